@@ -1,0 +1,36 @@
+"""Names shared by producers, workers, operators and tests: queues, Redis keys, task names."""
+
+from __future__ import annotations
+
+TASK_RUN_AGENT = "agentq.run_agent"
+"""Stable task name; producers that do not import agentq ``send_task`` it."""
+
+QUEUE_PREFIX = "agent."
+KEY_PREFIX = "agentq:"
+
+
+def queue_for(agent: str) -> str:
+    """Celery queue (a Redis list) of an agent type."""
+    return f"{QUEUE_PREFIX}{agent}"
+
+
+def lease_key(run_id: str) -> str:
+    """Redis key holding the worker that currently owns a run."""
+    return f"{KEY_PREFIX}lease:{run_id}"
+
+
+def published_key(run_id: str, step: int) -> str:
+    """Redis key set once the message for ``step`` of a run has been published."""
+    return f"{KEY_PREFIX}published:{run_id}:{step}"
+
+
+def kv_key(key: str) -> str:
+    """Redis key behind the key-value tools."""
+    return f"{KEY_PREFIX}kv:{key}"
+
+
+# Prompt layout shared with the scripted model in models/ (it reads the same markers).
+PROMPT_SYSTEM = "System: "
+PROMPT_USER = "User: "
+PROMPT_ASSISTANT = "Assistant: "
+PROMPT_TOOL = "Tool: "

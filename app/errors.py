@@ -1,0 +1,51 @@
+"""Every error agentq raises, in one tree. Catch :class:`AgentqError` for all of them."""
+
+from __future__ import annotations
+
+
+class AgentqError(Exception):
+    """Base of every agentq error."""
+
+
+class ConfigurationError(AgentqError):
+    """Raised when settings or an agents file are invalid; fix the configuration and restart."""
+
+
+class SubmitError(AgentqError):
+    """Raised when a run is refused at submit; nothing was enqueued."""
+
+
+class UnknownAgentError(SubmitError):
+    """Raised when a run names an agent type that is not in the registry."""
+
+
+class InvalidInputError(SubmitError):
+    """Raised when a run's fields are missing, of the wrong type or not JSON-serializable."""
+
+
+class PayloadTooLargeError(SubmitError):
+    """Raised when a run's input exceeds ``limits.max_input_bytes`` once JSON-encoded."""
+
+
+class InferenceError(AgentqError):
+    """Raised when the model server answers a call with an error (not retried)."""
+
+
+class InferenceUnavailableError(InferenceError):
+    """Raised when no model server could be reached within the deadline (retried later)."""
+
+
+class ToolError(AgentqError):
+    """Raised when a tool is unknown, gets bad arguments or fails; recorded as the step's result."""
+
+
+class RunFailedError(AgentqError):
+    """Raised by ``AsyncResult.get()`` when a run ended without an answer (reason in the message)."""
+
+
+class StoreError(AgentqError):
+    """Raised when the session store cannot be reached or its schema is not migrated."""
+
+
+class LocalServiceError(AgentqError):
+    """Raised when an embedded service (Redis, Triton, worker) fails to start or stop."""
