@@ -79,6 +79,14 @@ class WorkerSettings(BaseModel):
         gt=0,
         description="Delay before a step message whose run is leased elsewhere is tried again.",
     )
+    inference_retries: int = Field(
+        default=8,
+        ge=0,
+        description="Times a step is retried while no model server answers, before the run fails.",
+    )
+    retry_backoff_max_s: float = Field(
+        default=60.0, gt=0, description="Longest delay between two retries of a step."
+    )
     soft_shutdown_timeout_s: float = Field(
         default=30.0,
         ge=0,
@@ -146,3 +154,24 @@ class Settings(BaseSettings):
     def backend(self) -> str:
         """The Celery result backend URL in force."""
         return self.result_backend or self.redis_url
+
+
+def child_env(overrides: dict[str, str]) -> dict[str, str]:
+    """This process's environment plus ``overrides``, for a child process (worker, server)."""
+    import os
+
+    return {**os.environ, **overrides}
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The ``AGENTQ_`` variables that make a child process see the same services as ``settings``."""
+    import json
+
+    return {
+        "AGENTQ_REDIS_URL": settings.redis_url,
+        "AGENTQ_BROKER_URL": settings.broker,
+        "AGENTQ_RESULT_BACKEND": settings.backend,
+        "AGENTQ_DATABASE_URL": settings.database_url,
+        "AGENTQ_TRITON__URLS": json.dumps(settings.triton.urls),
+        **({"AGENTQ_AGENTS_FILE": str(settings.agents_file)} if settings.agents_file else {}),
+    }

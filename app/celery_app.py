@@ -1,0 +1,78 @@
+"""The Celery application: one queue per agent type, routes from the registry, JSON only."""
+
+from __future__ import annotations
+
+import threading
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from app.agents import AgentRegistry, load_registry
+from app.config import Settings
+from app.routing import AgentRouter
+
+
+def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> Celery:
+    """Build the Celery app for ``settings``; ``registry`` defaults to ``settings.agents_file``."""
+    registry = registry if registry is not None else load_registry(settings.agents_file)
+    app = Celery("agentq", broker=settings.broker, backend=settings.backend, set_as_current=False)
+    queues = [
+        Queue(spec.queue_name, Exchange(spec.queue_name, type="direct"), spec.queue_name)
+        for spec in registry
+    ]
+    worker = settings.worker
+    app.conf.update(
+        # JSON only: a pickled (or any non-JSON) message is refused, never executed.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        event_serializer="json",
+        task_queues=queues,
+        task_routes=(AgentRouter(registry.queues()),),
+        task_create_missing_queues=False,
+        # A step is acknowledged only once committed; a lost worker's step comes back.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": worker.visibility_timeout_s},
+        result_backend_transport_options={"visibility_timeout": worker.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        result_expires=worker.result_expires_s,
+        result_extended=True,
+        task_track_started=True,
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+        worker_soft_shutdown_timeout=worker.soft_shutdown_timeout_s,
+        worker_enable_soft_shutdown_on_idle=True,
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+    app.agentq_settings = settings  # type: ignore[attr-defined]
+    app.agentq_registry = registry  # type: ignore[attr-defined]
+    from app.tasks import register_tasks
+
+    register_tasks(app)
+    return app
+
+
+_default: Celery | None = None
+_default_lock = threading.Lock()
+
+
+def get_celery() -> Celery:
+    """The process-wide app built from the environment (what ``celery -A app.celery_app`` loads)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = create_celery(Settings())
+            _default.set_default()
+        return _default
+
+
+def __getattr__(name: str) -> Celery:
+    # `celery -A app.celery_app worker` looks up `app.celery_app.celery`; build it on first use.
+    if name in {"celery", "app"}:
+        return get_celery()
+    raise AttributeError(name)

@@ -1,0 +1,141 @@
+"""The ``agentq`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from app.config import Settings
+
+console = Console()
+
+
+@click.group()
+def main() -> None:
+    """agentq: run AI agents at scale on Celery."""
+
+
+@main.command()
+@click.option("--agents", "agents", default=None, help="Comma-separated agent types (default: all).")
+@click.option("--concurrency", "-c", type=int, default=None, help="Runs in flight per process.")
+@click.option("--pool", "-P", default=None, help="Celery pool (default: threads).")
+@click.option("--hostname", "-n", default=None, help="Worker node name.")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+def worker(
+    agents: str | None, concurrency: int | None, pool: str | None, hostname: str | None, loglevel: str
+) -> None:
+    """Consume the queues of AGENTS' types and run their steps."""
+    from app.celery_app import create_celery
+    from app.tasks.runtime import runtime_for
+
+    settings = Settings()
+    app = create_celery(settings)
+    registry = app.agentq_registry
+    names = [a.strip() for a in agents.split(",") if a.strip()] if agents else registry.names
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise click.BadParameter(f"unknown agent types {unknown}; known: {registry.names}")
+    queues = ",".join(registry.get(n).queue_name for n in names)
+    node = hostname or f"agentq-{'-'.join(names)}@%h"
+    runtime_for(app, node)  # connect and migrate now: a bad config fails at start, not per run
+    app.worker_main(
+        [
+            "worker",
+            "-Q", queues,
+            "-P", pool or settings.worker.pool,
+            "-c", str(concurrency or settings.worker.concurrency),
+            "-n", node,
+            "-l", loglevel,
+            "--without-mingle",
+            "--without-gossip",
+        ]
+    )  # fmt: skip
+
+
+@main.command()
+@click.argument("agent")
+@click.argument("text")
+@click.option("--session", "session_id", default=None, help="Session id (continues its history).")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the answer.")
+@click.option("--timeout", type=float, default=120.0, show_default=True)
+def submit(agent: str, text: str, session_id: str | None, wait: bool, timeout: float) -> None:
+    """Submit one run of AGENT with input TEXT (JSON objects are parsed)."""
+    from app.errors import SubmitError
+    from app.producer import submit as submit_run
+
+    run_input: object = text
+    if text.lstrip().startswith(("{", "[")):
+        try:
+            run_input = json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    try:
+        result = submit_run(agent, run_input, session_id)
+    except SubmitError as exc:
+        console.print(f"[red]refused:[/red] {exc}")
+        sys.exit(2)
+    console.print(f"run [bold]{result.id}[/bold] queued")
+    if wait:
+        console.print(result.get(timeout=timeout))
+
+
+@main.command()
+@click.option("--agent", default=None)
+@click.option("--limit", type=int, default=20, show_default=True)
+def status(agent: str | None, limit: int) -> None:
+    """Show recent runs from the session store."""
+    from app.memory.sessions import SessionStore
+
+    store = SessionStore.from_url(Settings().database_url, migrate=False)
+    table = Table("run", "agent", "status", "steps", "answer / error")
+    for run in store.list_runs(agent=agent, limit=limit):
+        table.add_row(run.id, run.agent, run.status, str(run.next_step), str(run.answer or run.error or ""))
+    console.print(table)
+
+
+@main.group()
+def db() -> None:
+    """Session store schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the Alembic migrations to AGENTQ_DATABASE_URL."""
+    from app.memory.migrate import migrate
+
+    migrate(Settings().database_url)
+    console.print("session store schema is up to date")
+
+
+@main.group()
+def triton() -> None:
+    """The local Triton server (CPU, scripted model) used by the demo and tests."""
+
+
+@triton.command("install")
+def triton_install() -> None:
+    """Extract tritonserver from the nvidia-pytriton wheel into settings.triton.home."""
+    from app.local.triton import install_triton
+
+    home = install_triton(Settings().triton.home)
+    console.print(f"tritonserver ready in {home}")
+
+
+@main.command()
+@click.option("--runs", type=click.IntRange(1, 10_000), default=36, show_default=True)
+@click.option("--agents", default="research,coder", show_default=True)
+@click.option("--timeout", type=float, default=180.0, show_default=True)
+def demo(runs: int, agents: str, timeout: float) -> None:
+    """Run the whole stack on this machine and push RUNS agent runs through it."""
+    from app.local.demo import run_demo
+
+    ok = run_demo(Settings(), [a.strip() for a in agents.split(",") if a.strip()], runs, timeout, console)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

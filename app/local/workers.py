@@ -1,0 +1,71 @@
+"""Worker processes started and stopped by PID (demo, e2e tests, benchmarks)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from celery import Celery
+
+from app.config import Settings, child_env, settings_env
+from app.errors import LocalServiceError
+from app.local.processes import log_tail, stop_process, wait_until
+
+
+class WorkerProcess:
+    """``agentq worker --agents ...`` as a child process with its own log file."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        agents: list[str],
+        *,
+        concurrency: int | None = None,
+        extra_env: dict[str, str] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.agents = agents
+        self.concurrency = concurrency
+        self.extra_env = extra_env or {}
+        self.node = f"{'-'.join(agents)}-{uuid.uuid4().hex[:8]}@localhost"
+        folder = log_dir or Path(tempfile.mkdtemp(prefix="agentq-worker-"))
+        self.log_path = folder / f"{self.node.split('@')[0]}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise LocalServiceError("worker not started")
+        return self.proc.pid
+
+    def start(self, celery: Celery, deadline_s: float = 60.0) -> WorkerProcess:
+        """Start the worker and wait until it answers a ping over the broker."""
+        args = [sys.executable, "-m", "app.cli", "worker", "--agents", ",".join(self.agents), "-n", self.node]
+        if self.concurrency:
+            args += ["-c", str(self.concurrency)]
+        env = child_env({**settings_env(self.settings), **self.extra_env, "PYTHONUNBUFFERED": "1"})
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+        def answers() -> bool:
+            return bool(celery.control.ping(destination=[self.node], timeout=0.5))
+
+        if not wait_until(answers, deadline_s, self.proc):
+            self.stop()
+            raise LocalServiceError(f"worker {self.node} did not start:\n{log_tail(self.log_path)}")
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM (Celery's warm shutdown), SIGKILL if it does not exit in time."""
+        return stop_process(self.proc, timeout_s) if self.proc else None
+
+    def kill(self) -> None:
+        """SIGKILL: the worker dies mid-step, as on a node failure."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)

@@ -1,0 +1,179 @@
+"""One step of an agent run, independent of Celery: lease, load, infer, tool, commit.
+
+The Celery task (:mod:`app.tasks.run_agent`) is a thin shell that turns the
+:class:`StepResult` into "publish the next step", "store the answer" or "retry".
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from app.agents import AgentRegistry, AgentSpec
+from app.config import Settings
+from app.errors import InferenceError, InferenceUnavailableError, ToolError
+from app.inference.backend import GenerationParams, InferenceBackend
+from app.leases import RunLease
+from app.memory.sessions import RunState, SessionStore, StepRecord
+from app.prompts import FinalAnswer, ToolCall, Turn, build_prompt, parse_reply
+from app.tools import ToolContext, run_tool
+
+
+class Outcome(enum.Enum):
+    """What the task shell does after a step."""
+
+    NEXT = "next"  # step committed: publish step `next_step`
+    REPUBLISH = "republish"  # step was committed earlier: make sure `next_step` was published
+    DONE = "done"  # run succeeded: store `answer` for the run
+    FAILED = "failed"  # run ended without an answer: store `reason`
+    BUSY = "busy"  # another worker holds the run: try this message again shortly
+    SKIP = "skip"  # a stale duplicate message: drop it
+
+
+@dataclass(frozen=True, slots=True)
+class StepMessage:
+    """The arguments of one ``agentq.run_agent`` message."""
+
+    run_id: str
+    agent: str
+    step: int
+    input: Any = None
+    session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    outcome: Outcome
+    next_step: int | None = None
+    answer: Any = None
+    reason: str | None = None
+
+
+class StepRunner:
+    """Executes steps; every collaborator is passed in (tests hand in real or fake ones)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: AgentRegistry,
+        store: SessionStore,
+        redis: Any,
+        backend: InferenceBackend,
+        worker_name: str = "",
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.redis = redis
+        self.backend = backend
+        self.lease = RunLease(redis)
+        self.worker_name = worker_name
+
+    def run_step(self, msg: StepMessage) -> StepResult:
+        """Execute ``msg`` once under the run's lease, or say why not."""
+        spec = self.registry.get(msg.agent)
+        if spec is None:
+            reason = f"unknown agent {msg.agent!r} (not in this worker's registry)"
+            return StepResult(Outcome.FAILED, reason=reason)
+        token = f"{self.worker_name}:{uuid.uuid4().hex}"
+        ttl = spec.step_timeout_s or self.settings.worker.step_timeout_s
+        if not self.lease.acquire(msg.run_id, token, ttl):
+            return StepResult(Outcome.BUSY)
+        try:
+            return self._run_leased(spec, msg)
+        finally:
+            self.lease.release(msg.run_id, token)
+
+    def _load_or_start(self, spec: AgentSpec, msg: StepMessage) -> RunState:
+        state = self.store.load_run(msg.run_id) if msg.step else None
+        if state is None:
+            state = self.store.start_run(msg.run_id, spec.name, msg.input, msg.session_id)
+        return state
+
+    def _run_leased(self, spec: AgentSpec, msg: StepMessage) -> StepResult:
+        state = self._load_or_start(spec, msg)
+        if state.status == "succeeded":
+            return StepResult(Outcome.DONE, answer=state.answer)
+        if state.status == "failed":
+            return StepResult(Outcome.FAILED, reason=state.error)
+        if msg.step != state.next_step:
+            # A redelivered message whose step is already committed hands the run on;
+            # anything older or newer is a duplicate.
+            if msg.step == state.next_step - 1:
+                return StepResult(Outcome.REPUBLISH, next_step=state.next_step)
+            return StepResult(Outcome.SKIP)
+        if msg.step == 0:
+            problem = self._input_problem(spec, state.input)
+            if problem:
+                return self._fail(msg, "error", problem)
+        return self._execute(spec, msg, state)
+
+    def _input_problem(self, spec: AgentSpec, run_input: Any) -> str | None:
+        # Producers that bypass submit() (send_task from other services) are checked here.
+        limit = spec.max_input_bytes or self.settings.limits.max_input_bytes
+        size = len(json.dumps(run_input).encode())
+        if run_input is None or run_input == "":
+            return "run input is empty"
+        if size > limit:
+            return f"run input is {size} bytes, over the limit of {limit}"
+        return None
+
+    def _execute(self, spec: AgentSpec, msg: StepMessage, state: RunState) -> StepResult:
+        history = self.store.history(state.session_id, before_run=state.id) if state.session_id else []
+        turns = [Turn(s.model_output, s.tool_result) for s in state.steps]
+        prompt = build_prompt(spec.system_prompt, state.input, turns, history)
+        params = GenerationParams(
+            max_tokens=spec.max_tokens or self.settings.triton.max_tokens,
+            temperature=spec.temperature,
+        )
+        started = time.perf_counter()
+        try:
+            completion = self.backend.generate(prompt, params)
+        except InferenceUnavailableError:
+            raise  # the task retries the step later; nothing was committed
+        except InferenceError as exc:
+            return self._fail(msg, "error", f"model call failed: {exc}")
+        latency_ms = (time.perf_counter() - started) * 1000
+        action = parse_reply(completion.text)
+        call = action if isinstance(action, ToolCall) else None
+        record = StepRecord(
+            step=msg.step,
+            kind="tool" if call else "final",
+            model_output=completion.text,
+            tool=call.tool if call else None,
+            tool_args=call.args if call else None,
+            tool_result=self._call_tool(spec, msg, call) if call else None,
+            tokens_in=completion.tokens_in,
+            tokens_out=completion.tokens_out,
+            latency_ms=latency_ms,
+            worker=self.worker_name,
+        )
+        if isinstance(action, FinalAnswer):
+            if not self.store.commit_step(msg.run_id, record, final_answer=action.answer):
+                return StepResult(Outcome.SKIP)
+            return StepResult(Outcome.DONE, answer=action.answer)
+        last = msg.step + 1 >= spec.max_steps
+        reason = f"step budget of {spec.max_steps} exhausted without a final answer" if last else None
+        if not self.store.commit_step(msg.run_id, record, failed_reason=reason):
+            return StepResult(Outcome.SKIP)
+        if reason:
+            return StepResult(Outcome.FAILED, reason=reason)
+        return StepResult(Outcome.NEXT, next_step=msg.step + 1)
+
+    def _call_tool(self, spec: AgentSpec, msg: StepMessage, call: ToolCall) -> Any:
+        if call.tool not in spec.tools:
+            return {"error": f"tool {call.tool!r} is not allowed for agent {spec.name!r}"}
+        ctx = ToolContext(run_id=msg.run_id, step=msg.step, agent=spec.name, redis=self.redis)
+        try:
+            return run_tool(call.tool, call.args, ctx)
+        except ToolError as exc:
+            return {"error": str(exc)}
+
+    def _fail(self, msg: StepMessage, kind: str, reason: str) -> StepResult:
+        record = StepRecord(step=msg.step, kind=kind, model_output="", worker=self.worker_name)
+        self.store.commit_step(msg.run_id, record, failed_reason=reason)
+        return StepResult(Outcome.FAILED, reason=reason)

@@ -1,0 +1,59 @@
+"""What a worker process needs to run steps, built once per process on first use."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Celery
+
+from app.agents import AgentRegistry
+from app.config import Settings
+from app.inference.backend import InferenceBackend
+from app.inference.triton import backend_from_settings
+from app.memory.sessions import SessionStore
+from app.tasks.runner import StepRunner
+
+
+@dataclass
+class WorkerRuntime:
+    """The external clients of one worker process (it keeps no other state)."""
+
+    settings: Settings
+    registry: AgentRegistry
+    store: SessionStore
+    redis: Any
+    backend: InferenceBackend
+    runner: StepRunner
+
+    @classmethod
+    def build(cls, settings: Settings, registry: AgentRegistry, worker_name: str = "") -> WorkerRuntime:
+        """Connect to the session store, Redis and the model server named by ``settings``."""
+        store = SessionStore.from_url(settings.database_url, migrate=settings.auto_migrate)
+        client = redis.Redis.from_url(settings.redis_url)
+        backend = backend_from_settings(settings)
+        runner = StepRunner(settings, registry, store, client, backend, worker_name)
+        return cls(settings, registry, store, client, backend, runner)
+
+    def close(self) -> None:
+        """Release connections."""
+        self.backend.close()
+        self.store.close()
+        self.redis.close()
+
+
+_lock = threading.Lock()
+
+
+def runtime_for(app: Celery, worker_name: str = "") -> WorkerRuntime:
+    """The runtime attached to ``app``, built on first use (threads share it)."""
+    runtime = getattr(app, "agentq_runtime", None)
+    if runtime is None:
+        with _lock:
+            runtime = getattr(app, "agentq_runtime", None)
+            if runtime is None:
+                runtime = WorkerRuntime.build(app.agentq_settings, app.agentq_registry, worker_name)
+                app.agentq_runtime = runtime
+    return runtime
