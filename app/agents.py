@@ -134,7 +134,7 @@ EXAMPLE_AGENTS = (
     AgentSpec(
         name="coder",
         system_prompt="You are a coding agent. Compute, record results, then answer.",
-        tools=("calculator", "kv_set", "kv_get", "word_count"),
+        tools=("calculator", "kv_set", "kv_get", "counter_incr", "word_count"),
         max_steps=8,
     ),
 )

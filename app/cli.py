@@ -29,6 +29,8 @@ def worker(
     agents: str | None, concurrency: int | None, pool: str | None, hostname: str | None, loglevel: str
 ) -> None:
     """Consume the queues of AGENTS' types and run their steps."""
+    from celery.utils.nodenames import host_format
+
     from app.celery_app import create_celery
     from app.tasks.runtime import runtime_for
 
@@ -40,7 +42,7 @@ def worker(
     if unknown:
         raise click.BadParameter(f"unknown agent types {unknown}; known: {registry.names}")
     queues = ",".join(registry.get(n).queue_name for n in names)
-    node = hostname or f"agentq-{'-'.join(names)}@%h"
+    node = host_format(hostname or f"agentq-{'-'.join(names)}@%h")
     runtime_for(app, node)  # connect and migrate now: a bad config fails at start, not per run
     app.worker_main(
         [

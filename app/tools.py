@@ -123,6 +123,12 @@ def kv_set(ctx: ToolContext, key: str, value: str) -> str:
     return "ok"
 
 
+@tool("counter_incr")
+def counter_incr(ctx: ToolContext, key: str) -> int:
+    """Add one to a counter in the key-value store and return it (a tool with a side effect)."""
+    return int(ctx.redis.incr(kv_key(key)))
+
+
 @tool("word_count")
 def word_count(ctx: ToolContext, text: str) -> int:
     """Count whitespace-separated words."""

@@ -1,0 +1,26 @@
+"""The README's demo command: embedded Redis, real Triton, real workers, every run answered."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from app.config import child_env
+
+pytestmark = pytest.mark.e2e
+
+
+def test_demo_runs_agents_end_to_end_and_stops_everything(tmp_path):
+    env = {k: v for k, v in child_env({"COLUMNS": "160"}).items() if not k.startswith("AGENTQ_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "demo", "--runs", "12"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "12 of 12 runs succeeded" in out.stdout
+    assert "embedded Redis" in out.stdout
+    assert "Answer: 391" in out.stdout  # 17 * 23 through the calculator tool
+    assert "everything stopped" in out.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing left in the working folder
