@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -20,13 +21,19 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--agents", "agents", default=None, help="Comma-separated agent types (default: all).")
+@click.option(
+    "--agents", "agents", default=None, help="Comma-separated agent types (default: all)."
+)
 @click.option("--concurrency", "-c", type=int, default=None, help="Runs in flight per process.")
 @click.option("--pool", "-P", default=None, help="Celery pool (default: threads).")
 @click.option("--hostname", "-n", default=None, help="Worker node name.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 def worker(
-    agents: str | None, concurrency: int | None, pool: str | None, hostname: str | None, loglevel: str
+    agents: str | None,
+    concurrency: int | None,
+    pool: str | None,
+    hostname: str | None,
+    loglevel: str,
 ) -> None:
     """Consume the queues of AGENTS' types and run their steps."""
     from celery.utils.nodenames import host_format
@@ -71,10 +78,8 @@ def submit(agent: str, text: str, session_id: str | None, wait: bool, timeout: f
 
     run_input: object = text
     if text.lstrip().startswith(("{", "[")):
-        try:
+        with contextlib.suppress(json.JSONDecodeError):
             run_input = json.loads(text)
-        except json.JSONDecodeError:
-            pass
     try:
         result = submit_run(agent, run_input, session_id)
     except SubmitError as exc:
@@ -95,7 +100,9 @@ def status(agent: str | None, limit: int) -> None:
     store = SessionStore.from_url(Settings().database_url, migrate=False)
     table = Table("run", "agent", "status", "steps", "answer / error")
     for run in store.list_runs(agent=agent, limit=limit):
-        table.add_row(run.id, run.agent, run.status, str(run.next_step), str(run.answer or run.error or ""))
+        table.add_row(
+            run.id, run.agent, run.status, str(run.next_step), str(run.answer or run.error or "")
+        )
     console.print(table)
 
 
@@ -135,7 +142,9 @@ def demo(runs: int, agents: str, timeout: float) -> None:
     """Run the whole stack on this machine and push RUNS agent runs through it."""
     from app.local.demo import run_demo
 
-    ok = run_demo(Settings(), [a.strip() for a in agents.split(",") if a.strip()], runs, timeout, console)
+    ok = run_demo(
+        Settings(), [a.strip() for a in agents.split(",") if a.strip()], runs, timeout, console
+    )
     sys.exit(0 if ok else 1)
 
 

@@ -40,7 +40,7 @@ class ToolError(AgentqError):
 
 
 class RunFailedError(AgentqError):
-    """Raised by ``AsyncResult.get()`` when a run ended without an answer (reason in the message)."""
+    """Raised by ``AsyncResult.get()`` when a run ended without an answer (the reason says why)."""
 
 
 class StoreError(AgentqError):

@@ -39,8 +39,8 @@ DEMO_INPUTS: dict[str, list[str]] = {
         "Summarise why queues decouple producers from workers.",
     ],
     "coder": [
-        'Record the build number, then read it back. [tool:kv_set {"key": "build", "value": "1042"}] '
-        '[tool:kv_get {"key": "build"}]',
+        "Record the build number, then read it back. "
+        '[tool:kv_set {"key": "build", "value": "1042"}] [tool:kv_get {"key": "build"}]',
         _calc("2 ** 16 - 1"),
         'Compute, count, compute. [tool:calculator {"expression": "6 * 7"}] '
         '[tool:word_count {"text": "one two three"}] [tool:calculator {"expression": "40 + 2"}]',
@@ -60,7 +60,9 @@ def demo_runs(agents: list[str], count: int) -> list[dict[str, Any]]:
     return runs
 
 
-def run_demo(settings: Settings, agents: list[str], count: int, timeout_s: float, console: Console) -> bool:
+def run_demo(
+    settings: Settings, agents: list[str], count: int, timeout_s: float, console: Console
+) -> bool:
     """Start Redis (unless AGENTQ_REDIS_URL is set), Triton and one worker per agent type; run."""
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentq-demo-")))
@@ -70,12 +72,16 @@ def run_demo(settings: Settings, agents: list[str], count: int, timeout_s: float
             stack.callback(celery.close)
             for agent in agents:
                 if agent not in celery.agentq_registry:
-                    raise AgentqError(f"unknown agent {agent!r}; known: {celery.agentq_registry.names}")
+                    raise AgentqError(
+                        f"unknown agent {agent!r}; known: {celery.agentq_registry.names}"
+                    )
             with console.status("starting one worker per agent type"):
                 for agent in agents:
                     worker = WorkerProcess(settings, [agent], log_dir=tmp).start(celery)
                     stack.callback(worker.stop)
-                    console.print(f"[green]✓[/green] worker for [bold]{agent}[/bold] (pid {worker.pid})")
+                    console.print(
+                        f"[green]✓[/green] worker for [bold]{agent}[/bold] (pid {worker.pid})"
+                    )
             store = SessionStore.from_url(settings.database_url, migrate=False)
             stack.callback(store.close)
             return _push_runs(celery, store, agents, count, timeout_s, console)
@@ -93,7 +99,9 @@ def _start_services(settings: Settings, tmp: Path, stack: ExitStack, console: Co
     if "redis_url" not in settings.model_fields_set:
         redis_server = stack.enter_context(RedisServer())
         updates["redis_url"] = redis_server.url
-        console.print(f"[green]✓[/green] embedded Redis on {redis_server.url} (pid {redis_server.pid})")
+        console.print(
+            f"[green]✓[/green] embedded Redis on {redis_server.url} (pid {redis_server.pid})"
+        )
     else:
         console.print(f"[green]✓[/green] Redis from AGENTQ_REDIS_URL: {settings.redis_url}")
     if "database_url" not in settings.model_fields_set:
@@ -116,7 +124,14 @@ def _start_services(settings: Settings, tmp: Path, stack: ExitStack, console: Co
     return merged
 
 
-def _push_runs(celery: Any, store: SessionStore, agents: list[str], count: int, timeout_s: float, console: Console) -> bool:
+def _push_runs(
+    celery: Any,
+    store: SessionStore,
+    agents: list[str],
+    count: int,
+    timeout_s: float,
+    console: Console,
+) -> bool:
     runs = demo_runs(agents, count)
     started = time.perf_counter()
     results = submit_many(runs, celery=celery)
@@ -124,9 +139,16 @@ def _push_runs(celery: Any, store: SessionStore, agents: list[str], count: int, 
     agent_of = {r.id: run["agent"] for r, run in zip(results, runs, strict=True)}
     pending = set(agent_of)
     done: Counter[str] = Counter()
-    columns = (TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description:>10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console) as progress:
-        bars = {a: progress.add_task(a, total=sum(1 for r in runs if r["agent"] == a)) for a in agents}
+        bars = {
+            a: progress.add_task(a, total=sum(1 for r in runs if r["agent"] == a)) for a in agents
+        }
         deadline = time.monotonic() + timeout_s
         while pending and time.monotonic() < deadline:
             for result in [r for r in results if r.id in pending]:

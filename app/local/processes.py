@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -18,7 +19,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(check: Callable[[], bool], deadline_s: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
+def wait_until(
+    check: Callable[[], bool], deadline_s: float, proc: subprocess.Popen[bytes] | None = None
+) -> bool:
     """Poll ``check`` until it is true (True), the deadline passes or ``proc`` exits (False)."""
     end = time.monotonic() + deadline_s
     delay = 0.02
@@ -32,13 +35,13 @@ def wait_until(check: Callable[[], bool], deadline_s: float, proc: subprocess.Po
     return check()
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
-    """Send ``sig`` to the process by its PID, wait, SIGKILL if it lingers; returns its exit code."""
+def stop_process(
+    proc: subprocess.Popen[bytes], timeout_s: float = 10.0, sig: int = signal.SIGTERM
+) -> int | None:
+    """Send ``sig`` to the process by its PID, wait, SIGKILL if it lingers; return the exit code."""
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:

@@ -45,7 +45,16 @@ class WorkerProcess:
 
     def start(self, celery: Celery, deadline_s: float = 60.0) -> WorkerProcess:
         """Start the worker and wait until it answers a ping over the broker."""
-        args = [sys.executable, "-m", "app.cli", "worker", "--agents", ",".join(self.agents), "-n", self.node]
+        args = [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "worker",
+            "--agents",
+            ",".join(self.agents),
+            "-n",
+            self.node,
+        ]
         if self.concurrency:
             args += ["-c", str(self.concurrency)]
         env = child_env({**settings_env(self.settings), **self.extra_env, "PYTHONUNBUFFERED": "1"})

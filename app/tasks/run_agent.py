@@ -64,7 +64,9 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
     match result.outcome:
         case Outcome.NEXT | Outcome.REPUBLISH:
             assert result.next_step is not None
-            _publish_step(task, runtime, msg, result.next_step, check=result.outcome is Outcome.REPUBLISH)
+            _publish_step(
+                task, runtime, msg, result.next_step, check=result.outcome is Outcome.REPUBLISH
+            )
         case Outcome.DONE:
             if is_first:
                 return result.answer
@@ -88,12 +90,19 @@ def _queue(runtime: WorkerRuntime, agent: str) -> str:
     return spec.queue_name
 
 
-def _publish_step(task: Task, runtime: WorkerRuntime, msg: StepMessage, step: int, *, check: bool) -> None:
+def _publish_step(
+    task: Task, runtime: WorkerRuntime, msg: StepMessage, step: int, *, check: bool
+) -> None:
     marker = published_key(msg.run_id, step)
     if check and runtime.redis.exists(marker):
         return
     task.apply_async(
-        kwargs={"agent": msg.agent, "session_id": msg.session_id, "run_id": msg.run_id, "step": step},
+        kwargs={
+            "agent": msg.agent,
+            "session_id": msg.session_id,
+            "run_id": msg.run_id,
+            "step": step,
+        },
         task_id=step_task_id(msg.run_id, step),
         queue=_queue(runtime, msg.agent),
     )

@@ -123,7 +123,9 @@ class StepRunner:
         return None
 
     def _execute(self, spec: AgentSpec, msg: StepMessage, state: RunState) -> StepResult:
-        history = self.store.history(state.session_id, before_run=state.id) if state.session_id else []
+        history = (
+            self.store.history(state.session_id, before_run=state.id) if state.session_id else []
+        )
         turns = [Turn(s.model_output, s.tool_result) for s in state.steps]
         prompt = build_prompt(spec.system_prompt, state.input, turns, history)
         params = GenerationParams(
@@ -157,7 +159,9 @@ class StepRunner:
                 return StepResult(Outcome.SKIP)
             return StepResult(Outcome.DONE, answer=action.answer)
         last = msg.step + 1 >= spec.max_steps
-        reason = f"step budget of {spec.max_steps} exhausted without a final answer" if last else None
+        reason = (
+            f"step budget of {spec.max_steps} exhausted without a final answer" if last else None
+        )
         if not self.store.commit_step(msg.run_id, record, failed_reason=reason):
             return StepResult(Outcome.SKIP)
         if reason:

@@ -29,7 +29,9 @@ class WorkerRuntime:
     runner: StepRunner
 
     @classmethod
-    def build(cls, settings: Settings, registry: AgentRegistry, worker_name: str = "") -> WorkerRuntime:
+    def build(
+        cls, settings: Settings, registry: AgentRegistry, worker_name: str = ""
+    ) -> WorkerRuntime:
         """Connect to the session store, Redis and the model server named by ``settings``."""
         store = SessionStore.from_url(settings.database_url, migrate=settings.auto_migrate)
         client = redis.Redis.from_url(settings.redis_url)

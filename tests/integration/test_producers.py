@@ -28,7 +28,9 @@ def _queue_state(client):
         ({"agent": "research", "input": "x" * 70_000}, PayloadTooLargeError),
     ],
 )
-def test_bad_input_raises_at_submit_and_leaves_redis_untouched(celery_app, redis_client, kwargs, error):
+def test_bad_input_raises_at_submit_and_leaves_redis_untouched(
+    celery_app, redis_client, kwargs, error
+):
     before = _queue_state(redis_client)
     with pytest.raises(error):
         submit(**kwargs, celery=celery_app)
@@ -61,7 +63,7 @@ def test_delay_routes_by_agent_and_get_returns_the_final_answer(celery_app, star
     start_worker(["research"])
     result = run_agent.delay(
         agent="research",
-        input='two tools [tool:calculator {"expression": "6*7"}] [tool:word_count {"text": "a b c"}]',
+        input='two [tool:calculator {"expression": "6*7"}] [tool:word_count {"text": "a b c"}]',
         session_id="s-1",
     )
     assert result.get(timeout=60) == "Answer: 3"
@@ -88,7 +90,9 @@ print(json.dumps({"id": result.id, "answer": answer}))
 """
 
 
-def test_a_producer_that_does_not_import_agentq_uses_send_task(settings, start_worker, store, tmp_path):
+def test_a_producer_that_does_not_import_agentq_uses_send_task(
+    settings, start_worker, store, tmp_path
+):
     start_worker(["research"])
     # Run from an empty folder so the project package is not importable at all.
     out = subprocess.run(

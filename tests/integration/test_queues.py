@@ -13,7 +13,9 @@ def _calc(expr: str) -> str:
     return f'compute [tool:calculator {{"expression": "{expr}"}}]'
 
 
-def test_each_agent_type_is_consumed_only_by_its_worker(celery_app, redis_client, start_worker, store):
+def test_each_agent_type_is_consumed_only_by_its_worker(
+    celery_app, redis_client, start_worker, store
+):
     research = [{"agent": "research", "input": _calc(f"{i} * 3")} for i in range(6)]
     coder = [{"agent": "coder", "input": f"explain item {i}"} for i in range(4)]
     results = submit_many(research + coder, celery=celery_app)

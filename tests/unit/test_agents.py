@@ -42,7 +42,12 @@ def test_yaml_and_toml_files_load_the_same_registry(tmp_path: Path):
 
 @pytest.mark.parametrize(
     "text",
-    ["agents: 3\n", "nothing: []\n", "agents:\n  - name: ok\n    unknown_field: 1\n", "agents: [\n"],
+    [
+        "agents: 3\n",
+        "nothing: []\n",
+        "agents:\n  - name: ok\n    unknown_field: 1\n",
+        "agents: [\n",
+    ],
 )
 def test_broken_agents_file_says_what_is_wrong(tmp_path: Path, text):
     path = tmp_path / "agents.yaml"

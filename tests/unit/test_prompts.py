@@ -26,7 +26,9 @@ def test_json_input_and_results_are_encoded_compactly():
 
 
 def test_tool_call_reply():
-    assert parse_reply(' {"tool": "kv_get", "args": {"key": "k"}} ') == ToolCall("kv_get", {"key": "k"})
+    assert parse_reply(' {"tool": "kv_get", "args": {"key": "k"}} ') == ToolCall(
+        "kv_get", {"key": "k"}
+    )
 
 
 def test_final_reply_forms():

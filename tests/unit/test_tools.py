@@ -12,7 +12,13 @@ def ctx():
 
 @pytest.mark.parametrize(
     ("expression", "value"),
-    [("17 * 23", 391), ("(1 + 2) ** 8", 6561), ("7 / 2", 3.5), ("-3 + 10 // 3", 0), ("2 ** 10 % 1000", 24)],
+    [
+        ("17 * 23", 391),
+        ("(1 + 2) ** 8", 6561),
+        ("7 / 2", 3.5),
+        ("-3 + 10 // 3", 0),
+        ("2 ** 10 % 1000", 24),
+    ],
 )
 def test_calculator(ctx, expression, value):
     assert run_tool("calculator", {"expression": expression}, ctx) == value
