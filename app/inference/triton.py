@@ -1,0 +1,206 @@
+"""Triton over gRPC, speaking the TensorRT-LLM ``ensemble`` interface (v0.19 names and types)."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from app.errors import InferenceError, InferenceUnavailableError
+from app.inference.backend import Completion, GenerationParams, count_tokens
+
+if TYPE_CHECKING:
+    from app.config import Settings
+
+# gRPC status codes meaning "no server answered in time", worth a retry elsewhere or later.
+_UNAVAILABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
+_HEALTH_TIMEOUT_S = 5.0
+
+
+def map_error(exc: InferenceServerException, url: str) -> InferenceError:
+    """The project error for a tritonclient error: unreachable or late, or refused by the model."""
+    status = str(exc.status() or "")
+    message = exc.message() or str(exc)
+    if any(code in status for code in _UNAVAILABLE) or "connection refused" in message.lower():
+        return InferenceUnavailableError(f"Triton at {url} unavailable ({status}): {message}")
+    return InferenceError(f"Triton at {url} refused the call ({status}): {message}")
+
+
+def _tensor(name: str, value: Any, datatype: str, dtype: Any) -> grpcclient.InferInput:
+    # Batch dim first: the ensemble has max_batch_size > 0, so a [1] input is rejected.
+    data = np.array([value if isinstance(value, list) else [value]], dtype=dtype)
+    tensor = grpcclient.InferInput(name, list(data.shape), datatype)
+    tensor.set_data_from_numpy(data)
+    return tensor
+
+
+def build_inputs(
+    prompt: str, params: GenerationParams, *, stream: bool | None = None
+) -> list[grpcclient.InferInput]:
+    """The ensemble's inputs for one request; optional ones only when set."""
+    inputs = [
+        _tensor("text_input", prompt.encode("utf-8"), "BYTES", np.object_),
+        _tensor("max_tokens", params.max_tokens, "INT32", np.int32),
+    ]
+    optional: list[tuple[str, Any, str, Any]] = [
+        ("temperature", params.temperature, "FP32", np.float32),
+        ("top_p", params.top_p, "FP32", np.float32),
+        ("top_k", params.top_k, "INT32", np.int32),
+        # v0.19 calls the sampling seed "seed" (older releases: "random_seed").
+        ("seed", params.random_seed, "UINT64", np.uint64),
+        ("stream", stream, "BOOL", np.bool_),
+    ]
+    inputs += [_tensor(n, v, t, d) for n, v, t, d in optional if v is not None]
+    if params.stop_words:
+        # stop_words has dims [-1]: one request row holding every stop word, shape [1, n].
+        words = [w.encode("utf-8") for w in params.stop_words]
+        inputs.append(_tensor("stop_words", words, "BYTES", np.object_))
+    return inputs
+
+
+def _text(result: grpcclient.InferResult) -> str | None:
+    chunk = result.as_numpy("text_output")
+    if chunk is None or chunk.size == 0:
+        return None
+    value = chunk.reshape(-1)[0]
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _callback_error(replies: queue.Queue[tuple[Any, Any]]) -> InferenceServerException | None:
+    # A broken stream makes the next send raise a generic error; the cause went to the callback.
+    try:
+        return replies.get(timeout=1)[1]
+    except queue.Empty:
+        return None
+
+
+def _is_final(result: grpcclient.InferResult) -> bool:
+    param = result.get_response().parameters.get("triton_final_response")
+    return bool(param is not None and param.bool_param)
+
+
+class TritonBackend:
+    """An InferenceBackend on one Triton replica.
+
+    tritonclient documents its clients as not thread-safe, so each calling thread gets its own
+    unary client (threading.local), and each stream its own client (a client holds one stream).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model: str = "ensemble",
+        stream_model: str = "ensemble_stream",
+        timeout_s: float = 60,
+    ) -> None:
+        self.url = url
+        self.model = model
+        self.stream_model = stream_model
+        self.timeout_s = timeout_s
+        self._local = threading.local()
+        self._clients: list[grpcclient.InferenceServerClient] = []
+        self._lock = threading.Lock()
+
+    def _client(self) -> grpcclient.InferenceServerClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = grpcclient.InferenceServerClient(self.url)
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def generate(self, prompt: str, params: GenerationParams) -> Completion:
+        """One unary call to the ensemble model."""
+        started = time.perf_counter()
+        try:
+            result = self._client().infer(
+                self.model, build_inputs(prompt, params), client_timeout=self.timeout_s
+            )
+        except InferenceServerException as exc:
+            raise map_error(exc, self.url) from exc
+        text = _text(result) or ""
+        return Completion(
+            text=text,
+            tokens_in=count_tokens(prompt),
+            tokens_out=count_tokens(text),
+            latency_s=time.perf_counter() - started,
+            replica=self.url,
+        )
+
+    def stream(self, prompt: str, params: GenerationParams) -> Generator[str, None, None]:
+        """Pieces of the reply from the decoupled model, in order, within ``timeout_s``."""
+        replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        deadline = time.monotonic() + self.timeout_s
+        client = grpcclient.InferenceServerClient(self.url)
+        finished = False
+        try:
+            # tritonclient calls the callback with keywords: the names must be result and error.
+            client.start_stream(
+                callback=lambda result, error: replies.put((result, error)),
+                stream_timeout=self.timeout_s,
+            )
+            client.async_stream_infer(
+                self.stream_model,
+                build_inputs(prompt, params, stream=True),
+                enable_empty_final_response=True,
+            )
+            while True:
+                try:
+                    result, error = replies.get(timeout=max(deadline - time.monotonic(), 0))
+                except queue.Empty:
+                    raise InferenceUnavailableError(
+                        f"Triton at {self.url}: stream not finished within {self.timeout_s} s"
+                    ) from None
+                if error is not None:
+                    finished = True  # the server ends the request with its error
+                    raise map_error(error, self.url)
+                piece = _text(result)
+                if piece:
+                    yield piece
+                if _is_final(result):
+                    finished = True
+                    return
+        except InferenceServerException as exc:
+            raise map_error(_callback_error(replies) or exc, self.url) from exc
+        finally:
+            # Cancel what is left when the caller stops early, so stop_stream does not wait.
+            with contextlib.suppress(InferenceServerException):
+                client.stop_stream(cancel_requests=not finished)
+            with contextlib.suppress(InferenceServerException):
+                client.close()
+
+    def health(self) -> bool:
+        """Server ready and both models ready; False on any error."""
+        try:
+            client = self._client()
+            timeout = min(self.timeout_s, _HEALTH_TIMEOUT_S)
+            return bool(
+                client.is_server_ready(client_timeout=timeout)
+                and client.is_model_ready(self.model, client_timeout=timeout)
+                and client.is_model_ready(self.stream_model, client_timeout=timeout)
+            )
+        except Exception:  # a health probe answers; it never raises
+            return False
+
+    def close(self) -> None:
+        """Close every client this backend opened (any thread's)."""
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            with contextlib.suppress(InferenceServerException):
+                client.close()
+        self._local = threading.local()
+
+
+def backend_from_settings(settings: Settings) -> TritonBackend:
+    """The backend for ``settings.triton.urls[0]`` (a replica pool comes later)."""
+    triton = settings.triton
+    return TritonBackend(triton.urls[0], triton.model, triton.stream_model, triton.timeout_s)

@@ -1,0 +1,47 @@
+"""Apply the session store's Alembic migrations from code (no alembic.ini needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import DBAPIError
+
+from app.memory.sessions import make_engine, store_error
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+# Key of the PostgreSQL advisory lock that serializes upgrades (any constant of our own).
+ADVISORY_LOCK_KEY = 0x61676E7471  # "agntq"
+
+
+def alembic_config() -> Config:
+    """An Alembic config whose scripts are the package's ``migrations`` folder."""
+    config = Config()
+    # '%' would start configparser interpolation.
+    config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+    return config
+
+
+def migrate(engine_or_url: Engine | str, revision: str = "head") -> None:
+    """Upgrade the schema to ``revision``; concurrent callers (threads, processes) are safe.
+
+    The whole upgrade runs in one transaction that first takes a lock: an advisory lock on
+    PostgreSQL, the database write lock (BEGIN IMMEDIATE) on SQLite. A second caller waits,
+    then finds the schema current and does nothing.
+    """
+    engine = make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
+    try:
+        with engine.execution_options(sqlite_begin="IMMEDIATE").begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(select(func.pg_advisory_xact_lock(ADVISORY_LOCK_KEY)))
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+    except DBAPIError as exc:
+        raise store_error(exc, engine) from exc
+    finally:
+        if isinstance(engine_or_url, str):
+            engine.dispose()

@@ -1,0 +1,434 @@
+"""The durable session and step store: runs are chains of steps committed under (run id, step).
+
+SQLite (default, one file, WAL) or PostgreSQL, chosen by URL. Every method is one short
+transaction, safe to call from many threads and processes at once: a step commits only
+when it is the run's next step, so a re-delivered message or a second worker can never
+commit the same step twice or one out of order.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Connection,
+    DateTime,
+    Dialect,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.dml import Insert
+
+from app.errors import StoreError
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend (SQLite stores it naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# JSONB on PostgreSQL (indexable, compact); JSON text elsewhere. None is stored as SQL NULL.
+JsonValue = JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+
+metadata = MetaData()
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("agent", String, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String, primary_key=True),  # the Celery task id of the run's first message
+    Column("session_id", String, ForeignKey("sessions.id"), nullable=True),
+    Column("agent", String, nullable=False),
+    Column("input", JsonValue, nullable=True),
+    Column("status", String, nullable=False),
+    Column("next_step", Integer, nullable=False),
+    Column("answer", JsonValue, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime, nullable=True),
+    Index("ix_runs_session_created", "session_id", "created_at"),
+    Index("ix_runs_status", "status"),
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    Column("run_id", String, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("step", Integer, primary_key=True),
+    Column("kind", String, nullable=False),
+    Column("model_output", Text, nullable=False),
+    Column("tool", String, nullable=True),
+    Column("tool_args", JsonValue, nullable=True),
+    Column("tool_result", JsonValue, nullable=True),
+    Column("tokens_in", Integer, nullable=False),
+    Column("tokens_out", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("worker", String, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+RUNNING: Final = "running"
+SUCCEEDED: Final = "succeeded"
+FAILED: Final = "failed"
+
+
+class _NoAnswer:
+    def __repr__(self) -> str:
+        return "NO_ANSWER"
+
+
+NO_ANSWER: Final = _NoAnswer()
+"""Default of ``commit_step(final_answer=...)``: the step is not final (None is a valid answer)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One committed step: the model's output and the tool it called, if any."""
+
+    step: int
+    kind: str  # "tool" | "final" | "error"
+    model_output: str
+    tool: str | None = None
+    tool_args: Any = None
+    tool_result: Any = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency_ms: float = 0.0
+    worker: str | None = None
+    created_at: datetime | None = None  # set by the store on commit
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """A run's row: its status and where it stands, without its steps."""
+
+    id: str
+    session_id: str | None
+    agent: str
+    input: Any
+    status: str  # "running" | "succeeded" | "failed"
+    next_step: int
+    answer: Any
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunState(RunRecord):
+    """A run with its committed steps, ordered by step index."""
+
+    steps: list[StepRecord] = field(default_factory=list)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
+
+
+def _enable_wal(cursor: Any) -> None:
+    # Switching a new file to WAL needs an exclusive lock, and SQLite reports "locked" at
+    # once instead of waiting for busy_timeout, so processes opening it together retry.
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def make_engine(url: str) -> Engine:
+    """The engine for ``url``: SQLite tuned for many threads and processes, or PostgreSQL."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        # A connection dropped by the server (restart, idle timeout) is replaced, not raised.
+        return create_engine(parsed, pool_pre_ping=True)
+    engine = create_engine(parsed, connect_args={"check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # We emit BEGIN ourselves (below); sqlite3's implicit one cannot be made IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        _enable_wal(cursor)
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock up front (waiting out busy_timeout); a deferred
+        # transaction that reads first would fail with SQLITE_BUSY instead of waiting.
+        conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', '')}")
+
+    return engine
+
+
+def _insert(dialect: str, table: Table) -> Insert:
+    # ON CONFLICT DO NOTHING: concurrent inserts of the same key both succeed; rowcount
+    # (kept on request only, for INSERT) says whether this one wrote the row.
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(table).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
+
+
+class SessionStore:
+    """Sessions, runs and their steps in SQL; share one instance between a process's threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
+        self._dialect = engine.dialect.name
+
+    @classmethod
+    def from_url(cls, url: str, *, migrate: bool) -> SessionStore:
+        """A store on ``url``; with ``migrate`` the schema is upgraded first (safe to race)."""
+        engine = make_engine(url)
+        if migrate:
+            from app.memory.migrate import migrate as run_migrations
+
+            run_migrations(engine)
+        return cls(engine)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine the store runs on."""
+        return self._engine
+
+    @contextmanager
+    def _transaction(self, *, write: bool = False) -> Iterator[Connection]:
+        try:
+            with (self._writer if write else self._engine).connect() as conn:
+                conn.begin()
+                yield conn
+                if conn.in_transaction():
+                    conn.commit()
+        except DBAPIError as exc:
+            raise store_error(exc, self._engine) from exc
+
+    def start_run(
+        self, run_id: str, agent: str, input: Any, session_id: str | None = None
+    ) -> RunState:
+        """Create the run (and its session) unless it exists, and return its current state."""
+        now = _now()
+        with self._transaction(write=True) as conn:
+            new_session = False
+            if session_id is not None:
+                new_session = bool(
+                    conn.execute(
+                        _insert(self._dialect, sessions).values(
+                            id=session_id, agent=agent, created_at=now, updated_at=now
+                        )
+                    ).rowcount
+                )
+            new_run = conn.execute(
+                _insert(self._dialect, runs).values(
+                    id=run_id,
+                    session_id=session_id,
+                    agent=agent,
+                    input=input,
+                    status=RUNNING,
+                    next_step=0,
+                    created_at=now,
+                )
+            ).rowcount
+            if new_run and session_id is not None and not new_session:
+                conn.execute(
+                    update(sessions).where(sessions.c.id == session_id).values(updated_at=now)
+                )
+            state = self._load(conn, run_id)
+        assert state is not None  # inserted above or already there
+        return state
+
+    def load_run(self, run_id: str) -> RunState | None:
+        """The run and its steps, or None if no such run was started."""
+        with self._transaction() as conn:
+            return self._load(conn, run_id)
+
+    def _load(self, conn: Connection, run_id: str) -> RunState | None:
+        # One round trip: the run joined to its steps (a run without steps yields one row).
+        step_cols = [c.label(f"step_{c.name}") for c in steps.c if c.name != "run_id"]
+        rows = conn.execute(
+            select(*runs.c, *step_cols)
+            .select_from(runs.outerjoin(steps, steps.c.run_id == runs.c.id))
+            .where(runs.c.id == run_id)
+            .order_by(steps.c.step)
+        ).all()
+        if not rows:
+            return None
+        first = rows[0]._mapping
+        records = [
+            StepRecord(
+                **{c.name: row._mapping[f"step_{c.name}"] for c in steps.c if c.name != "run_id"}
+            )
+            for row in rows
+            if row._mapping["step_step"] is not None
+        ]
+        return RunState(**{c.name: first[c.name] for c in runs.c}, steps=records)
+
+    def history(
+        self, session_id: str, *, before_run: str | None = None, limit: int = 20
+    ) -> list[tuple[Any, Any]]:
+        """(input, answer) of the session's last ``limit`` succeeded runs, oldest first.
+
+        With ``before_run``, only runs started before that one count.
+        """
+        query = select(runs.c.input, runs.c.answer).where(
+            runs.c.session_id == session_id, runs.c.status == SUCCEEDED
+        )
+        if before_run is not None:
+            started = select(runs.c.created_at).where(runs.c.id == before_run).scalar_subquery()
+            query = query.where(runs.c.created_at < started, runs.c.id != before_run)
+        query = query.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
+        with self._transaction() as conn:
+            rows = conn.execute(query).all()
+        return [(row.input, row.answer) for row in reversed(rows)]
+
+    def commit_step(
+        self,
+        run_id: str,
+        record: StepRecord,
+        *,
+        final_answer: Any = NO_ANSWER,
+        failed_reason: str | None = None,
+    ) -> bool:
+        """Commit ``record`` as the run's next step; False if it is not the next step.
+
+        False means another worker (or an earlier delivery) committed this step, the step
+        is out of order, or the run has ended; nothing was written. With ``final_answer``
+        (any JSON value) the run succeeds; with ``failed_reason`` it fails.
+        """
+        now = _now()
+        ending: dict[str, Any] = {}
+        if final_answer is not NO_ANSWER:
+            ending = {"status": SUCCEEDED, "answer": final_answer, "finished_at": now}
+        elif failed_reason is not None:
+            ending = {"status": FAILED, "error": failed_reason, "finished_at": now}
+        with self._transaction(write=True) as conn:
+            # The guard comes first: on PostgreSQL it locks the run row, so a concurrent
+            # commit of the same step waits here and then matches no row.
+            moved = conn.execute(
+                update(runs)
+                .where(
+                    runs.c.id == run_id,
+                    runs.c.next_step == record.step,
+                    runs.c.status == RUNNING,
+                )
+                .values(next_step=record.step + 1, **ending)
+            ).rowcount
+            if moved != 1:
+                conn.rollback()
+                return False
+            row = {c.name: getattr(record, c.name) for c in steps.c if c.name != "run_id"}
+            inserted = conn.execute(
+                _insert(self._dialect, steps).values(run_id=run_id, **{**row, "created_at": now})
+            ).rowcount
+            if inserted != 1:
+                # The step row exists although next_step said otherwise: keep what is there.
+                conn.rollback()
+                return False
+        return True
+
+    def fail_run(self, run_id: str, reason: str) -> bool:
+        """End a running run as failed without a step; False if it is not running."""
+        with self._transaction(write=True) as conn:
+            changed = conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status == RUNNING)
+                .values(status=FAILED, error=reason, finished_at=_now())
+            ).rowcount
+        return changed == 1
+
+    def count_steps(self, run_id: str) -> int:
+        """How many steps of the run are committed."""
+        with self._transaction() as conn:
+            count = conn.execute(
+                select(func.count()).select_from(steps).where(steps.c.run_id == run_id)
+            ).scalar_one()
+        return int(count)
+
+    def list_runs(
+        self, agent: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        """The most recent runs, newest first, optionally of one agent type or status."""
+        query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
+        if agent is not None:
+            query = query.where(runs.c.agent == agent)
+        if status is not None:
+            query = query.where(runs.c.status == status)
+        with self._transaction() as conn:
+            rows = conn.execute(query).all()
+        return [RunRecord(**row._mapping) for row in rows]
+
+    def close(self) -> None:
+        """Close the store's connections."""
+        self._engine.dispose()
+
+
+_MISSING_TABLE_CODES = {"42P01"}  # PostgreSQL undefined_table
+
+
+def store_error(exc: DBAPIError, engine: Engine) -> StoreError:
+    """A :class:`StoreError` saying what the database reported and what to do about it."""
+    where = engine.url.render_as_string(hide_password=True)
+    detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+    if getattr(exc.orig, "sqlstate", None) in _MISSING_TABLE_CODES or "no such table" in detail:
+        return StoreError(
+            f"the session store at {where} has no schema ({detail}); "
+            "run `agentq db upgrade` or start with AGENTQ_AUTO_MIGRATE=true"
+        )
+    return StoreError(
+        f"session store at {where} failed: {detail}; "
+        "check that the database is reachable and AGENTQ_DATABASE_URL is right"
+    )

@@ -1,0 +1,231 @@
+"""Scripted stand-in for an LLM behind the TensorRT-LLM ``ensemble`` interface (unary).
+
+The reply is a pure function of the prompt (see ``plan_reply``), so tests and the demo can
+drive an agent through tool calls, errors, delays and long streams by what they put in the
+user's turn:
+
+- ``[tool:NAME {json args}]`` (repeatable, args optional): ask for tool calls, one per step;
+- ``[delay:MS]``: sleep MS milliseconds before replying;
+- ``[error:MESSAGE]``: fail the call with MESSAGE;
+- ``[words:N]``: answer ``w1 w2 ... wN`` (long streams).
+
+The pure logic imports nothing from Triton, so unit tests load this file by path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+try:  # only present inside the python backend's stub process
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # unit tests import the pure logic below
+    pb_utils = None
+
+import numpy as np
+
+# Prompt markers; must match app/constants.py (a unit test checks), this file runs in Triton.
+PROMPT_USER = "User: "
+PROMPT_ASSISTANT = "Assistant: "
+PROMPT_TOOL = "Tool: "
+
+_DIRECTIVE = re.compile(r"\[(tool|delay|error|words):")
+_TOOL_NAME = re.compile(r"[^\s\]{]+")
+_NUMBER_END = re.compile(r"\s*(\d+)\s*\]")
+
+
+class DirectiveError(ValueError):
+    """Raised when a directive in the user's turn is malformed."""
+
+
+@dataclass(frozen=True)
+class Directives:
+    """What the user's turn asks of the scripted model."""
+
+    tools: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    delay_ms: int = 0
+    error: str | None = None
+    words: int | None = None
+    text: str = ""  # the user text with directives removed, whitespace-normalised
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The scripted model's answer to one prompt: text to send, or an error, after a delay."""
+
+    text: str
+    delay_ms: int = 0
+    error: str | None = None
+
+    @property
+    def pieces(self) -> list[str]:
+        """Stream chunks: one per token, later ones with a leading space (they concatenate)."""
+        tokens = self.text.split()
+        return tokens[:1] + [" " + t for t in tokens[1:]]
+
+
+def _is(line: str, marker: str) -> bool:
+    # The prompt builder ends with a bare "Assistant:" line, so match the marker unpadded.
+    return line.startswith(marker.rstrip())
+
+
+def _content(line: str, marker: str) -> str:
+    return line[len(marker.rstrip()) :].strip()
+
+
+def split_turn(prompt: str) -> tuple[str, list[str]]:
+    """The user's last turn and the tool results after it (no ``User:`` line: the whole prompt)."""
+    lines = prompt.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(PROMPT_USER)]
+    first = starts[-1] if starts else -1
+    rest = lines[first + 1 :]
+    user_lines = [lines[first][len(PROMPT_USER) :]] if starts else []
+    for line in rest:
+        if _is(line, PROMPT_ASSISTANT) or _is(line, PROMPT_TOOL):
+            if starts:
+                break
+            continue
+        user_lines.append(line)
+    tools = [_content(line, PROMPT_TOOL) for line in rest if _is(line, PROMPT_TOOL)]
+    return "\n".join(user_lines), tools
+
+
+def _number(text: str, pos: int, kind: str) -> tuple[int, int]:
+    match = _NUMBER_END.match(text, pos)
+    if not match:
+        raise DirectiveError(f"[{kind}:N] needs a whole number")
+    return int(match.group(1)), match.end()
+
+
+def _tool(text: str, pos: int) -> tuple[tuple[str, dict[str, Any]], int]:
+    name = _TOOL_NAME.match(text, pos)
+    if not name:
+        raise DirectiveError("[tool:NAME {args}] needs a tool name")
+    pos = name.end()
+    while pos < len(text) and text[pos].isspace():
+        pos += 1
+    args: Any = {}
+    if pos < len(text) and text[pos] == "{":
+        try:
+            args, pos = json.JSONDecoder().raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise DirectiveError(f"[tool:{name.group()}] has invalid JSON args: {exc}") from exc
+    while pos < len(text) and text[pos].isspace():
+        pos += 1
+    if pos >= len(text) or text[pos] != "]":
+        raise DirectiveError(f"[tool:{name.group()}] is not closed by ']'")
+    return (name.group(), args), pos + 1
+
+
+def parse_directives(user_text: str) -> Directives:
+    """Read the directives out of the user's text (see the module docstring)."""
+    tools: list[tuple[str, dict[str, Any]]] = []
+    delay_ms, error, words = 0, None, None
+    kept: list[str] = []
+    pos = 0
+    while (match := _DIRECTIVE.search(user_text, pos)) is not None:
+        kept.append(user_text[pos : match.start()])
+        kind, pos = match.group(1), match.end()
+        if kind == "tool":
+            call, pos = _tool(user_text, pos)
+            tools.append(call)
+        elif kind == "delay":
+            ms, pos = _number(user_text, pos, kind)
+            delay_ms += ms
+        elif kind == "words":
+            words, pos = _number(user_text, pos, kind)
+        else:
+            end = user_text.find("]", pos)
+            if end < 0:
+                raise DirectiveError("[error:MESSAGE] is not closed by ']'")
+            error, pos = user_text[pos:end].strip(), end + 1
+    kept.append(user_text[pos:])
+    text = " ".join("".join(kept).split())
+    return Directives(tools, delay_ms, error, words, text)
+
+
+def plan_reply(prompt: str, max_tokens: int, default_delay_ms: int = 0) -> Reply:
+    """The scripted reply to ``prompt``, cut to ``max_tokens`` whitespace-separated tokens."""
+    user_text, tool_results = split_turn(prompt)
+    try:
+        d = parse_directives(user_text)
+    except DirectiveError as exc:
+        return Reply("", default_delay_ms, f"scripted model: {exc}")
+    delay = default_delay_ms + d.delay_ms
+    if d.error is not None:
+        return Reply("", delay, d.error)
+    k = len(tool_results)
+    if k < len(d.tools):
+        name, args = d.tools[k]
+        text = json.dumps({"tool": name, "args": args}, separators=(",", ":"))
+    elif d.words is not None:
+        text = " ".join(f"w{i}" for i in range(1, d.words + 1))
+    elif k > 0:
+        text = "Answer: " + tool_results[-1]
+    else:
+        text = "Answer: " + d.text.upper()
+    return Reply(" ".join(text.split()[: max(max_tokens, 0)]), delay)
+
+
+# ---- Triton glue (runs only inside the python backend) ----
+
+
+def input_rows(request: Any, name: str) -> np.ndarray | None:
+    """Input ``name`` of a request as a [B] array (inputs arrive [B, 1]); None if not sent."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy().reshape(-1)
+
+
+def replies_for(request: Any, default_delay_ms: int) -> list[Reply]:
+    """One planned reply per batch row of ``request``."""
+    prompts = input_rows(request, "text_input")
+    limits = input_rows(request, "max_tokens")
+    out = []
+    for i, raw in enumerate(prompts if prompts is not None else []):
+        prompt = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        limit = int(limits[i]) if limits is not None else 0
+        out.append(plan_reply(prompt, limit, default_delay_ms))
+    return out
+
+
+def text_tensor(texts: list[str]) -> Any:
+    """``text_output`` as [B, 1] BYTES."""
+    rows = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_).reshape(-1, 1)
+    return pb_utils.Tensor("text_output", rows)
+
+
+def default_delay(args: dict[str, Any]) -> int:
+    """The ``delay_ms`` parameter of the model's config.pbtxt (0 when absent)."""
+    params = json.loads(args["model_config"]).get("parameters", {})
+    return int(params.get("delay_ms", {}).get("string_value", "0") or 0)
+
+
+def sleep_for(replies: list[Reply]) -> None:
+    """Wait once per request: the rows of a batch are served together."""
+    delay_ms = max((r.delay_ms for r in replies), default=0)
+    if delay_ms > 0:
+        time.sleep(delay_ms / 1000)
+
+
+class TritonPythonModel:
+    """Unary scripted model: one response per request."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        self.delay_ms = default_delay(args)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses = []
+        for request in requests:
+            replies = replies_for(request, self.delay_ms)
+            sleep_for(replies)
+            errors = [r.error for r in replies if r.error is not None]
+            if errors:
+                error = pb_utils.TritonError(errors[0])
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
+            else:
+                tensor = text_tensor([r.text for r in replies])
+                responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
+        return responses

@@ -1,0 +1,62 @@
+"""Scripted stand-in for an LLM behind the TensorRT-LLM ``ensemble`` interface (decoupled).
+
+Same replies as the unary ``ensemble`` model, sent one token per response and then a
+flags-only FINAL; with the optional ``stream`` input false, one response with the whole reply.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import triton_python_backend_utils as pb_utils
+
+# Both models' files are named model.py and the stub imports each as "model", so a sys.path
+# import would find this file itself: load the sibling's logic by path under its own name.
+_SHARED = Path(__file__).resolve().parents[2] / "ensemble" / "1" / "model.py"
+_spec = importlib.util.spec_from_file_location("agentq_scripted_ensemble", _SHARED)
+assert _spec is not None and _spec.loader is not None
+scripted = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = scripted  # dataclasses resolve their module through sys.modules
+_spec.loader.exec_module(scripted)
+
+
+def _wants_stream(request: Any) -> bool:
+    flags = scripted.input_rows(request, "stream")
+    # Absent means stream (this model exists to stream); all rows false means one response.
+    return flags is None or bool(flags.any())
+
+
+class TritonPythonModel:
+    """Decoupled scripted model: responses go through each request's sender."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        self.delay_ms = scripted.default_delay(args)
+
+    def execute(self, requests: list[Any]) -> None:
+        for request in requests:
+            self._serve(request)
+        return None
+
+    def _serve(self, request: Any) -> None:
+        sender = request.get_response_sender()
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        replies = scripted.replies_for(request, self.delay_ms)
+        scripted.sleep_for(replies)
+        errors = [r.error for r in replies if r.error is not None]
+        if errors:
+            error = pb_utils.TritonError(errors[0])
+            sender.send(pb_utils.InferenceResponse(output_tensors=[], error=error), flags=final)
+            return
+        if not _wants_stream(request):
+            tensor = scripted.text_tensor([r.text for r in replies])
+            sender.send(pb_utils.InferenceResponse(output_tensors=[tensor]), flags=final)
+            return
+        pieces = [r.pieces for r in replies]
+        # A response carries one row per batch entry: rows whose reply is done send "".
+        for i in range(max((len(p) for p in pieces), default=0)):
+            row = [p[i] if i < len(p) else "" for p in pieces]
+            sender.send(pb_utils.InferenceResponse(output_tensors=[scripted.text_tensor(row)]))
+        sender.send(flags=final)

@@ -1,0 +1,186 @@
+"""TritonBackend against the real tritonserver serving the scripted ensemble models."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from app.config import Settings
+from app.errors import InferenceError, InferenceUnavailableError
+from app.inference.backend import GenerationParams
+from app.inference.triton import TritonBackend
+from app.local.processes import free_port
+from app.local.triton import TritonServer, install_triton
+
+pytestmark = pytest.mark.integration
+
+PARAMS = GenerationParams(max_tokens=512)
+
+
+def _prompt(user: str, *tool_results: str) -> str:
+    """A prompt laid out as app.prompts.build_prompt does."""
+    lines = ["System: you are scripted", f"User: {user}"]
+    for result in tool_results:
+        lines += ["Assistant: (tool call)", f"Tool: {result}"]
+    return "\n".join([*lines, "Assistant:"])
+
+
+@pytest.fixture
+def backend(triton_server: TritonServer) -> Iterator[TritonBackend]:
+    client = TritonBackend(triton_server.grpc_url, timeout_s=30)
+    yield client
+    client.close()
+
+
+def test_generate_answers_plain_input(backend: TritonBackend) -> None:
+    completion = backend.generate(_prompt("hello   world"), PARAMS)
+    assert completion.text == "Answer: HELLO WORLD"
+    assert completion.tokens_out == 3
+    assert completion.tokens_in > 0
+    assert completion.replica == backend.url
+
+
+def test_generate_asks_for_a_tool_then_answers_with_its_result(backend: TritonBackend) -> None:
+    user = 'add them [tool:calculator {"expression":"2+3"}]'
+    call = backend.generate(_prompt(user), PARAMS)
+    assert json.loads(call.text) == {"tool": "calculator", "args": {"expression": "2+3"}}
+    final = backend.generate(_prompt(user, "5"), PARAMS)
+    assert final.text == "Answer: 5"
+
+
+def test_generate_sends_optional_inputs(backend: TritonBackend) -> None:
+    # The server rejects any name or type that the config does not declare.
+    params = GenerationParams(
+        max_tokens=8, temperature=0.2, top_p=0.9, top_k=5, random_seed=7, stop_words=["a", "b"]
+    )
+    assert backend.generate(_prompt("x y"), params).text == "Answer: X Y"
+
+
+def test_model_error_is_an_inference_error_with_its_message(backend: TritonBackend) -> None:
+    with pytest.raises(InferenceError, match="boom") as info:
+        backend.generate(_prompt("fail [error:boom]"), PARAMS)
+    assert not isinstance(info.value, InferenceUnavailableError)
+
+
+def test_max_tokens_cuts_the_reply(backend: TritonBackend) -> None:
+    text = backend.generate(_prompt("[words:40]"), GenerationParams(max_tokens=5)).text
+    assert text == "w1 w2 w3 w4 w5"
+
+
+def test_stream_yields_every_piece_in_order(backend: TritonBackend) -> None:
+    pieces = list(backend.stream(_prompt("[words:50]"), PARAMS))
+    assert len(pieces) == 50
+    assert pieces[:2] == ["w1", " w2"]
+    assert "".join(pieces) == " ".join(f"w{i}" for i in range(1, 51))
+
+
+def test_stream_with_model_error_raises(backend: TritonBackend) -> None:
+    with pytest.raises(InferenceError, match="x"):
+        list(backend.stream(_prompt("[error:x]"), PARAMS))
+
+
+def test_stream_stopped_early_leaves_backend_usable(backend: TritonBackend) -> None:
+    stream = backend.stream(_prompt("[words:30]"), PARAMS)
+    assert next(stream) == "w1"
+    stream.close()
+    assert "".join(backend.stream(_prompt("[words:3]"), PARAMS)) == "w1 w2 w3"
+
+
+def test_sixteen_threads_get_their_own_replies(backend: TritonBackend) -> None:
+    def call(i: int) -> tuple[int, str]:
+        return i, backend.generate(_prompt(f"request number {i}"), PARAMS).text
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(call, range(160)))
+    assert all(text == f"Answer: REQUEST NUMBER {i}" for i, text in results)
+
+
+def test_health_is_true_on_a_ready_server(backend: TritonBackend) -> None:
+    assert backend.health() is True
+
+
+def test_closed_port_is_unavailable_fast() -> None:
+    dead = TritonBackend(f"127.0.0.1:{free_port()}", timeout_s=2)
+    try:
+        started = time.monotonic()
+        with pytest.raises(InferenceUnavailableError):
+            dead.generate("User: hi", PARAMS)
+        with pytest.raises(InferenceUnavailableError):
+            list(dead.stream("User: hi", PARAMS))
+        assert dead.health() is False
+        assert time.monotonic() - started < 10
+    finally:
+        dead.close()
+
+
+def test_stop_leaves_no_process() -> None:
+    settings = Settings().triton
+    server = TritonServer(install_triton(settings.home), settings.model_repository)
+    with server:
+        pid = server.pid
+        stubs = server.stub_pids
+        assert len(stubs) == 4, "two instances of each scripted model, one stub each"
+        probe = TritonBackend(server.grpc_url, timeout_s=5)
+        assert probe.health()
+        probe.close()  # an open client would hold up the server's shutdown
+    assert server.stop() is not None  # idempotent
+    for gone in [pid, *stubs]:
+        assert not os.path.exists(f"/proc/{gone}"), f"process {gone} still there"
+
+
+def _batch(
+    prompts: list[str], max_tokens: int, stream: bool | None = None
+) -> list[grpcclient.InferInput]:
+    """Inputs of one request holding a batch of ``len(prompts)`` rows ([B, 1] tensors)."""
+
+    def tensor(name: str, rows: list, datatype: str, dtype: Any) -> grpcclient.InferInput:
+        data = np.array([[v] for v in rows], dtype=dtype)
+        t = grpcclient.InferInput(name, list(data.shape), datatype)
+        t.set_data_from_numpy(data)
+        return t
+
+    inputs = [
+        tensor("text_input", [p.encode() for p in prompts], "BYTES", np.object_),
+        tensor("max_tokens", [max_tokens] * len(prompts), "INT32", np.int32),
+    ]
+    if stream is not None:
+        inputs.append(tensor("stream", [stream] * len(prompts), "BOOL", np.bool_))
+    return inputs
+
+
+def test_batched_requests_get_one_row_each(triton_server: TritonServer) -> None:
+    prompts = [_prompt("one"), _prompt("[words:3]"), _prompt("two words")]
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    try:
+        out = client.infer("ensemble", _batch(prompts, 10)).as_numpy("text_output")
+        assert out.shape == (3, 1)
+        assert [r[0].decode() for r in out] == ["Answer: ONE", "w1 w2 w3", "Answer: TWO WORDS"]
+
+        replies: queue.Queue = queue.Queue()
+        for stream in (True, False):
+            client.start_stream(callback=lambda result, error: replies.put((result, error)))
+            client.async_stream_infer(
+                "ensemble_stream", _batch(prompts, 10, stream), enable_empty_final_response=True
+            )
+            rows = ["", "", ""]
+            while True:
+                result, error = replies.get(timeout=10)
+                assert error is None
+                chunk = result.as_numpy("text_output")
+                if chunk is not None:
+                    rows = [acc + r[0].decode() for acc, r in zip(rows, chunk, strict=True)]
+                if result.get_response().parameters["triton_final_response"].bool_param:
+                    break
+            client.stop_stream()
+            assert rows == ["Answer: ONE", "w1 w2 w3", "Answer: TWO WORDS"]
+    finally:
+        client.close()
