@@ -12,6 +12,20 @@ from app.config import Settings
 from app.routing import AgentRouter
 
 
+def broker_transport_options(visibility_timeout_s: int) -> dict[str, int]:
+    """Redis transport options: redeliver a lost step soon after its visibility timeout.
+
+    kombu sweeps for expired unacked messages every ``unacked_restore_interval`` seconds but
+    scans only on every ``unacked_restore_throttle``-th sweep (10 s x 10 by default), so a
+    lost message would wait ~100 s beyond its timeout; sweep every quarter timeout instead.
+    """
+    return {
+        "visibility_timeout": visibility_timeout_s,
+        "unacked_restore_interval": max(1, min(30, visibility_timeout_s // 4)),
+        "unacked_restore_throttle": 1,
+    }
+
+
 def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> Celery:
     """Build the Celery app for ``settings``; ``registry`` defaults to ``settings.agents_file``."""
     registry = registry if registry is not None else load_registry(settings.agents_file)
@@ -36,7 +50,7 @@ def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> 
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": worker.visibility_timeout_s},
+        broker_transport_options=broker_transport_options(worker.visibility_timeout_s),
         result_backend_transport_options={"visibility_timeout": worker.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
         result_expires=worker.result_expires_s,
