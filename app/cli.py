@@ -138,13 +138,19 @@ def triton_install() -> None:
 @click.option("--runs", type=click.IntRange(1, 10_000), default=36, show_default=True)
 @click.option("--agents", default="research,coder", show_default=True)
 @click.option("--timeout", type=float, default=180.0, show_default=True)
-def demo(runs: int, agents: str, timeout: float) -> None:
+@click.option(
+    "--model-latency-ms",
+    type=click.IntRange(0, 10_000),
+    default=150,
+    show_default=True,
+    help="How long each call of the scripted model takes, as an LLM call would.",
+)
+def demo(runs: int, agents: str, timeout: float, model_latency_ms: int) -> None:
     """Run the whole stack on this machine and push RUNS agent runs through it."""
     from app.local.demo import run_demo
 
-    ok = run_demo(
-        Settings(), [a.strip() for a in agents.split(",") if a.strip()], runs, timeout, console
-    )
+    names = [a.strip() for a in agents.split(",") if a.strip()]
+    ok = run_demo(Settings(), names, runs, timeout, console, model_latency_ms)
     sys.exit(0 if ok else 1)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import tempfile
 import time
 from collections import Counter
@@ -23,6 +24,12 @@ from app.local.workers import WorkerProcess
 from app.memory.sessions import SessionStore
 from app.producer import submit_many
 
+_DIRECTIVE = re.compile(r"\[(tool|delay|error|words):[^\]]*\]")
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 def _calc(expr: str) -> str:
     return f'Work out {expr}. [tool:calculator {{"expression": "{expr}"}}]'
@@ -34,8 +41,8 @@ DEMO_INPUTS: dict[str, list[str]] = {
         _calc("17 * 23"),
         _calc("(1 + 2) ** 8"),
         'Count the words of a sentence. [tool:word_count {"text": "agents run on celery workers"}]',
-        'Look up the release. [tool:kv_set {"key": "release", "value": "v1"}] '
-        '[tool:kv_get {"key": "release"}]',
+        'Add, then count. [tool:calculator {"expression": "1 + 2 + 3"}] '
+        '[tool:word_count {"text": "six words make a short sentence"}]',
         "Summarise why queues decouple producers from workers.",
     ],
     "coder": [
@@ -49,19 +56,30 @@ DEMO_INPUTS: dict[str, list[str]] = {
 }
 
 
-def demo_runs(agents: list[str], count: int) -> list[dict[str, Any]]:
-    """``count`` runs spread round-robin over ``agents``, each agent cycling its inputs."""
+def demo_runs(agents: list[str], count: int, model_latency_ms: int = 0) -> list[dict[str, Any]]:
+    """``count`` runs spread round-robin over ``agents``, each agent cycling its inputs.
+
+    ``model_latency_ms`` makes each model call of the scripted model take that long, as a
+    real LLM call would.
+    """
+    delay = f" [delay:{model_latency_ms}]" if model_latency_ms > 0 else ""
     cycles = {a: itertools.cycle(DEMO_INPUTS.get(a, ["Say hello."])) for a in agents}
     order = itertools.cycle(agents)
     runs = []
     for i in range(count):
         agent = next(order)
-        runs.append({"agent": agent, "input": next(cycles[agent]), "session_id": f"demo-{i % 6}"})
+        text = next(cycles[agent]) + delay
+        runs.append({"agent": agent, "input": text, "session_id": f"demo-{i % 6}"})
     return runs
 
 
 def run_demo(
-    settings: Settings, agents: list[str], count: int, timeout_s: float, console: Console
+    settings: Settings,
+    agents: list[str],
+    count: int,
+    timeout_s: float,
+    console: Console,
+    model_latency_ms: int = 0,
 ) -> bool:
     """Start Redis (unless AGENTQ_REDIS_URL is set), Triton and one worker per agent type; run."""
     with ExitStack() as stack:
@@ -84,7 +102,8 @@ def run_demo(
                     )
             store = SessionStore.from_url(settings.database_url, migrate=False)
             stack.callback(store.close)
-            return _push_runs(celery, store, agents, count, timeout_s, console)
+            runs = demo_runs(agents, count, model_latency_ms)
+            return _push_runs(celery, store, agents, runs, timeout_s, console)
         except AgentqError as exc:
             console.print(f"[red]demo failed:[/red] {exc}")
             return False
@@ -128,11 +147,10 @@ def _push_runs(
     celery: Any,
     store: SessionStore,
     agents: list[str],
-    count: int,
+    runs: list[dict[str, Any]],
     timeout_s: float,
     console: Console,
 ) -> bool:
-    runs = demo_runs(agents, count)
     started = time.perf_counter()
     results = submit_many(runs, celery=celery)
     console.print(f"[green]✓[/green] submitted {len(results)} runs with submit_many (one pipeline)")
@@ -158,23 +176,38 @@ def _push_runs(
                     progress.update(bars[agent_of[result.id]], completed=done[agent_of[result.id]])
             time.sleep(0.1)
     elapsed = time.perf_counter() - started
-    _print_results(store, results, console)
+    steps, tool_calls = _print_results(store, results, console)
     states = Counter(r.state for r in results)
     console.print(
         f"{states.get('SUCCESS', 0)} of {len(results)} runs succeeded in {elapsed:.1f} s "
-        f"({len(results) / elapsed:.1f} runs/s); states: {dict(states)}"
+        f"({len(results) / elapsed:.1f} runs/s): {steps} steps, each a model call answered by "
+        f"Triton, {tool_calls} tool calls; states: {dict(states)}"
     )
     return not pending and states.get("SUCCESS", 0) == len(results)
 
 
-def _print_results(store: SessionStore, results: list[Any], console: Console) -> None:
-    table = Table("run", "agent", "status", "steps", "tools called", "answer", title="agent runs")
+def _print_results(store: SessionStore, results: list[Any], console: Console) -> tuple[int, int]:
+    table = Table(title="agent runs")
+    for name in ("run", "agent", "status"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("steps", justify="right")
+    table.add_column("tools called")
+    wide = console.width >= 120  # the input column only where it fits
+    if wide:
+        table.add_column("input")
+    table.add_column("answer")
+    steps = tool_calls = 0
     for result in results:
         run = store.load_run(result.id)
         if run is None:
-            table.add_row(result.id[:8], "?", "queued", "0", "", "")
+            table.add_row(result.id[:8], "?", "queued", "0", "", *([""] * (1 + wide)))
             continue
-        tools = ", ".join(s.tool for s in run.steps if s.tool) or "-"
-        answer = str(run.answer if run.answer is not None else run.error or "")
-        table.add_row(run.id[:8], run.agent, run.status, str(len(run.steps)), tools, answer[:60])
+        tools = [s.tool for s in run.steps if s.tool]
+        steps, tool_calls = steps + len(run.steps), tool_calls + len(tools)
+        answer = _short(str(run.answer if run.answer is not None else run.error or ""))
+        question = _short(_DIRECTIVE.sub("", str(run.input)).strip())
+        status = run.status if run.status != "failed" else f"[red]{run.status}[/red]"
+        row = (run.id[:8], run.agent, status, str(len(run.steps)), ", ".join(tools) or "-")
+        table.add_row(*row, *((question,) if wide else ()), answer)
     console.print(table)
+    return steps, tool_calls

@@ -32,7 +32,7 @@ def retry_delay(retries: int, cap_s: float) -> float:
 def register_run_agent(app: Celery) -> Task:
     """Define ``agentq.run_agent`` on ``app``."""
 
-    @app.task(name=TASK_RUN_AGENT, bind=True, max_retries=None)
+    @app.task(name=TASK_RUN_AGENT, bind=True, max_retries=None, shared=False)
     def run_agent(
         self: Task,
         agent: str,

@@ -204,7 +204,7 @@ def default_delay(args: dict[str, Any]) -> int:
 
 
 def sleep_for(replies: list[Reply]) -> None:
-    """Wait once per request: the rows of a batch are served together."""
+    """Wait once for the longest delay: a batch is served together, as an LLM server's is."""
     delay_ms = max((r.delay_ms for r in replies), default=0)
     if delay_ms > 0:
         time.sleep(delay_ms / 1000)
@@ -217,10 +217,11 @@ class TritonPythonModel:
         self.delay_ms = default_delay(args)
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        # Dynamic batching hands over every request that queued meanwhile; they finish together.
+        batch = [replies_for(request, self.delay_ms) for request in requests]
+        sleep_for([reply for replies in batch for reply in replies])
         responses = []
-        for request in requests:
-            replies = replies_for(request, self.delay_ms)
-            sleep_for(replies)
+        for replies in batch:
             errors = [r.error for r in replies if r.error is not None]
             if errors:
                 error = pb_utils.TritonError(errors[0])

@@ -36,15 +36,16 @@ class TritonPythonModel:
         self.delay_ms = scripted.default_delay(args)
 
     def execute(self, requests: list[Any]) -> None:
-        for request in requests:
-            self._serve(request)
+        # Dynamic batching hands over every request that queued meanwhile; they start together.
+        batch = [(r, scripted.replies_for(r, self.delay_ms)) for r in requests]
+        scripted.sleep_for([reply for _, replies in batch for reply in replies])
+        for request, replies in batch:
+            self._serve(request, replies)
         return None
 
-    def _serve(self, request: Any) -> None:
+    def _serve(self, request: Any, replies: list[Any]) -> None:
         sender = request.get_response_sender()
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        replies = scripted.replies_for(request, self.delay_ms)
-        scripted.sleep_for(replies)
         errors = [r.error for r in replies if r.error is not None]
         if errors:
             error = pb_utils.TritonError(errors[0])
