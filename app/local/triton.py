@@ -11,7 +11,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -24,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 from app.errors import LocalServiceError
-from app.local.processes import log_tail, stop_process
+from app.local.processes import free_ports, log_tail, stop_process
 
 PYTRITON_VERSION = "0.7.0"
 PYTRITON_SHA256 = "21f063ff93bb426d0c06b7a55e7eb9efcfe62c0dddd9a908e9877e18710128df"
@@ -136,18 +135,6 @@ def install_triton(home: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return home
-
-
-def _free_ports(count: int) -> list[int]:
-    # Hold all sockets open together so the OS hands out distinct ports.
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def server_env(home: Path, base: dict[str, str]) -> dict[str, str]:
@@ -276,7 +263,7 @@ class TritonServer:
         if not self.model_repository.is_dir():
             raise LocalServiceError(f"model repository {self.model_repository} does not exist")
         for attempt in range(2):
-            self.ports = tuple(_free_ports(3))  # type: ignore[assignment]
+            self.ports = tuple(free_ports(3))  # type: ignore[assignment]
             outcome = self._launch()
             if outcome == "ready":
                 return self

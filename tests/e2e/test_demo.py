@@ -24,3 +24,16 @@ def test_demo_runs_agents_end_to_end_and_stops_everything(tmp_path):
     assert "Answer: 391" in out.stdout  # 17 * 23 through the calculator tool
     assert "everything stopped" in out.stdout
     assert list(tmp_path.iterdir()) == []  # nothing left in the working folder
+
+
+def test_demo_uses_the_redis_named_by_agentq_redis_url(tmp_path, redis_client, redis_url):
+    env = {k: v for k, v in child_env({}).items() if not k.startswith("AGENTQ_")}
+    env["AGENTQ_REDIS_URL"] = redis_url
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "demo", "--runs", "4", "--model-latency-ms", "0"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"Redis from AGENTQ_REDIS_URL: {redis_url}" in out.stdout
+    assert "embedded Redis" not in out.stdout
+    assert "4 of 4 runs succeeded" in out.stdout

@@ -1,0 +1,146 @@
+"""The step state machine: what a worker does with fresh, redelivered and duplicate messages."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from app.agents import AgentRegistry, AgentSpec
+from app.config import Settings
+from app.errors import InferenceError, InferenceUnavailableError
+from app.inference.backend import Completion, GenerationParams
+from app.leases import RunLease
+from app.memory.sessions import SessionStore
+from app.tasks.runner import Outcome, StepMessage, StepRunner
+
+
+class ReplyList:
+    """An InferenceBackend that answers from a list (the model itself is tested elsewhere)."""
+
+    def __init__(self, *replies: str | Exception) -> None:
+        self.replies = list(replies)
+        self.prompts: list[str] = []
+
+    def generate(self, prompt: str, params: GenerationParams) -> Completion:
+        self.prompts.append(prompt)
+        reply = self.replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return Completion(reply, 1, 1, 0.0, "fake")
+
+    def stream(self, prompt, params):  # pragma: no cover - not used by the runner
+        raise NotImplementedError
+
+    def health(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+CALC = '{"tool": "calculator", "args": {"expression": "2+3"}}'
+REGISTRY = AgentRegistry(
+    [
+        AgentSpec(name="research", tools=("calculator",), max_steps=3),
+        AgentSpec(name="tiny", max_input_bytes=10),
+    ]
+)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SessionStore.from_url(f"sqlite:///{tmp_path / 'db.sqlite3'}", migrate=True)
+    yield s
+    s.close()
+
+
+def runner(store, backend, redis=None):
+    return StepRunner(Settings(), REGISTRY, store, redis or fakeredis.FakeRedis(), backend, "w1")
+
+
+def test_a_run_goes_tool_then_final(store):
+    backend = ReplyList(CALC, "Answer: 5")
+    r = runner(store, backend)
+    first = r.run_step(StepMessage("run", "research", 0, "add", "s1"))
+    assert first.outcome is Outcome.NEXT and first.next_step == 1
+    done = r.run_step(StepMessage("run", "research", 1, session_id="s1"))
+    assert done.outcome is Outcome.DONE and done.answer == "Answer: 5"
+    assert backend.prompts[1].splitlines()[-2] == "Tool: 5"
+    run = store.load_run("run")
+    assert [(s.step, s.kind, s.tool_result) for s in run.steps] == [
+        (0, "tool", 5),
+        (1, "final", None),
+    ]
+
+
+def test_redelivered_and_duplicate_messages_never_repeat_a_step(store):
+    backend = ReplyList(CALC)
+    r = runner(store, backend)
+    assert r.run_step(StepMessage("run", "research", 0, "add")).outcome is Outcome.NEXT
+    # Step 0 redelivered after its commit: hand the run on, no model call.
+    again = r.run_step(StepMessage("run", "research", 0, "add"))
+    assert again.outcome is Outcome.REPUBLISH and again.next_step == 1
+    # A message for a step ahead of the run is a stray duplicate.
+    assert r.run_step(StepMessage("run", "research", 2)).outcome is Outcome.SKIP
+    assert len(backend.prompts) == 1
+    assert store.count_steps("run") == 1
+
+
+def test_a_finished_run_answers_again_without_work(store):
+    backend = ReplyList("Answer: ok")
+    r = runner(store, backend)
+    assert r.run_step(StepMessage("run", "research", 0, "hi")).answer == "Answer: ok"
+    replay = r.run_step(StepMessage("run", "research", 0, "hi"))
+    assert replay.outcome is Outcome.DONE and replay.answer == "Answer: ok"
+    assert len(backend.prompts) == 1
+
+
+def test_a_leased_run_is_busy_and_the_lease_is_released_after_a_step(store):
+    redis = fakeredis.FakeRedis()
+    RunLease(redis).acquire("run", "other-worker", ttl_s=30)
+    r = runner(store, ReplyList("Answer: ok"), redis)
+    assert r.run_step(StepMessage("run", "research", 0, "hi")).outcome is Outcome.BUSY
+    RunLease(redis).release("run", "other-worker")
+    assert r.run_step(StepMessage("run", "research", 0, "hi")).outcome is Outcome.DONE
+    assert RunLease(redis).holder("run") is None
+
+
+def test_a_tool_outside_the_allowlist_is_an_error_result_not_a_call(store):
+    backend = ReplyList('{"tool": "kv_set", "args": {"key": "k", "value": "v"}}', "Answer: no")
+    redis = fakeredis.FakeRedis()
+    r = runner(store, backend, redis)
+    r.run_step(StepMessage("run", "research", 0, "hi"))
+    step = store.load_run("run").steps[0]
+    assert step.tool_result == {"error": "tool 'kv_set' is not allowed for agent 'research'"}
+    assert redis.keys() == []
+
+
+def test_the_step_budget_ends_the_run(store):
+    r = runner(store, ReplyList(CALC, CALC, CALC))
+    outcomes = [r.run_step(StepMessage("run", "research", i, "loop")).outcome for i in range(3)]
+    assert outcomes == [Outcome.NEXT, Outcome.NEXT, Outcome.FAILED]
+    run = store.load_run("run")
+    assert run.status == "failed" and "step budget of 3" in run.error
+
+
+def test_a_model_error_fails_the_run_and_unavailability_commits_nothing(store):
+    r = runner(store, ReplyList(InferenceUnavailableError("down"), InferenceError("bad prompt")))
+    with pytest.raises(InferenceUnavailableError):
+        r.run_step(StepMessage("run", "research", 0, "hi"))
+    assert store.count_steps("run") == 0
+    failed = r.run_step(StepMessage("run", "research", 0, "hi"))
+    assert failed.outcome is Outcome.FAILED and "bad prompt" in failed.reason
+    assert store.load_run("run").steps[0].kind == "error"
+
+
+def test_oversized_input_from_send_task_fails_at_the_worker(store):
+    backend = ReplyList()
+    result = runner(store, backend).run_step(StepMessage("run", "tiny", 0, "x" * 50))
+    assert result.outcome is Outcome.FAILED and "over the limit" in result.reason
+    assert backend.prompts == []
+
+
+def test_unknown_agent_fails_without_touching_the_store(store):
+    result = runner(store, ReplyList()).run_step(StepMessage("run", "ghost", 0, "hi"))
+    assert result.outcome is Outcome.FAILED and "ghost" in result.reason
+    assert store.load_run("run") is None
