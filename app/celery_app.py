@@ -54,8 +54,10 @@ def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> 
         result_backend_transport_options={"visibility_timeout": worker.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
         result_expires=worker.result_expires_s,
-        result_extended=True,
-        task_track_started=True,
+        # Later steps' messages must not leave result keys behind: only the run id gets a
+        # result (STARTED once its first step is committed, then the answer).
+        result_extended=False,
+        task_track_started=False,
         worker_send_task_events=True,
         task_send_sent_event=False,
         worker_soft_shutdown_timeout=worker.soft_shutdown_timeout_s,

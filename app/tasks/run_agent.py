@@ -64,6 +64,8 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
     match result.outcome:
         case Outcome.NEXT | Outcome.REPUBLISH:
             assert result.next_step is not None
+            if is_first and result.outcome is Outcome.NEXT:
+                task.update_state(state=states.STARTED, meta={"next_step": result.next_step})
             _publish_step(
                 task, runtime, msg, result.next_step, check=result.outcome is Outcome.REPUBLISH
             )

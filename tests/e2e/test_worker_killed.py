@@ -37,7 +37,8 @@ def test_sigkilled_worker_run_resumes_elsewhere_without_repeating_steps(
         run = store.load_run(result.id)
         return run if run and len(run.steps) >= 2 else None
 
-    before = _wait_for(two_steps_done, 60, "two committed steps")
+    _wait_for(two_steps_done, 60, "two committed steps")
+    assert result.state == "STARTED"
     first.kill()
     before = store.load_run(result.id)  # re-read: a step may have committed just before the kill
     finished_before = {s.step: s for s in before.steps}

@@ -43,6 +43,10 @@ def test_each_agent_type_is_consumed_only_by_its_worker(
         assert run.status == "succeeded"
         assert [s.step for s in run.steps] == list(range(steps))
         assert {s.worker for s in run.steps} == {expected_worker}
+    # Only the run ids carry results; later steps' messages leave no result keys behind.
+    assert sorted(redis_client.keys("celery-task-meta-*")) == sorted(
+        f"celery-task-meta-{r.id}".encode() for r in results
+    )
     first = store.load_run(results[0].id)
     assert first.steps[0].tool == "calculator"
     assert first.steps[0].tool_result == 0

@@ -15,7 +15,8 @@ from alembic.migration import MigrationContext
 
 from app.errors import StoreError
 from app.memory.migrate import migrate
-from app.memory.sessions import SessionStore, StepRecord, make_engine, metadata
+from app.memory.schema import metadata
+from app.memory.sessions import SessionStore, StepRecord, make_engine
 
 SPAWN = multiprocessing.get_context("spawn")
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from app.memory.sessions import make_engine, metadata
+from app.memory.schema import metadata
+from app.memory.sessions import make_engine
 
 
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
