@@ -94,11 +94,13 @@ def run_demo(
                         f"unknown agent {agent!r}; known: {celery.agentq_registry.names}"
                     )
             with console.status("starting one worker per agent type"):
-                for agent in agents:
-                    worker = WorkerProcess(settings, [agent], log_dir=tmp).start(celery)
-                    stack.callback(worker.stop)
+                workers = [WorkerProcess(settings, [a], log_dir=tmp).spawn() for a in agents]
+                stack.callback(_stop_all, workers)
+                for worker in workers:
+                    worker.wait_ready(celery)
                     console.print(
-                        f"[green]✓[/green] worker for [bold]{agent}[/bold] (pid {worker.pid})"
+                        f"[green]✓[/green] worker for [bold]{worker.agents[0]}[/bold] "
+                        f"(pid {worker.pid})"
                     )
             store = SessionStore.from_url(settings.database_url, migrate=False)
             stack.callback(store.close)
@@ -111,6 +113,13 @@ def run_demo(
             with console.status("stopping workers, Triton and Redis"):
                 stack.close()
             console.print("[green]✓[/green] everything stopped")
+
+
+def _stop_all(workers: list[WorkerProcess]) -> None:
+    for worker in workers:  # signal all first: they shut down side by side
+        worker.terminate()
+    for worker in workers:
+        worker.stop()
 
 
 def _start_services(settings: Settings, tmp: Path, stack: ExitStack, console: Console) -> Settings:

@@ -45,6 +45,10 @@ class WorkerProcess:
 
     def start(self, celery: Celery, deadline_s: float = 60.0) -> WorkerProcess:
         """Start the worker and wait until it answers a ping over the broker."""
+        return self.spawn().wait_ready(celery, deadline_s)
+
+    def spawn(self) -> WorkerProcess:
+        """Start the process without waiting (start several, then wait for each)."""
         args = [
             sys.executable,
             "-m",
@@ -60,11 +64,15 @@ class WorkerProcess:
         env = child_env({**settings_env(self.settings), **self.extra_env, "PYTHONUNBUFFERED": "1"})
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def wait_ready(self, celery: Celery, deadline_s: float = 60.0) -> WorkerProcess:
+        """Wait until the worker answers a ping over the broker, or stop it and raise."""
 
         def answers() -> bool:
             return bool(celery.control.ping(destination=[self.node], timeout=0.5))
 
-        if not wait_until(answers, deadline_s, self.proc):
+        if self.proc is None or not wait_until(answers, deadline_s, self.proc):
             self.stop()
             raise LocalServiceError(f"worker {self.node} did not start:\n{log_tail(self.log_path)}")
         return self
@@ -72,6 +80,11 @@ class WorkerProcess:
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM (Celery's warm shutdown), SIGKILL if it does not exit in time."""
         return stop_process(self.proc, timeout_s) if self.proc else None
+
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting (stop several at once, then ``stop`` each)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
 
     def kill(self) -> None:
         """SIGKILL: the worker dies mid-step, as on a node failure."""

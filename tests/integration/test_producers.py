@@ -118,3 +118,24 @@ def test_a_pickled_message_is_refused_and_never_runs(celery_app, redis_client, s
     assert redis_client.llen("agent.research") == 0
     log = worker.log_path.read_text()
     assert "Refusing to deserialize" in log or "ContentDisallowed" in log
+
+
+def test_a_run_whose_model_server_never_answers_fails_after_its_retries(
+    celery_app, start_worker, store
+):
+    from app.local.processes import free_port
+
+    closed = f"127.0.0.1:{free_port()}"  # nothing listens there
+    start_worker(
+        ["research"],
+        env={
+            "AGENTQ_TRITON__URLS": f'["{closed}"]',
+            "AGENTQ_WORKER__INFERENCE_RETRIES": "2",
+            "AGENTQ_WORKER__RETRY_BACKOFF_MAX_S": "0.2",
+        },
+    )
+    result = submit("research", "anyone there?", celery=celery_app)
+    with pytest.raises(RunFailedError, match="no model server answered after 2 retries"):
+        result.get(timeout=60)
+    run = store.load_run(result.id)
+    assert run.status == "failed" and run.steps == []
