@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import math
-import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
@@ -15,70 +11,8 @@ from celery.result import AsyncResult
 from app.agents import AgentRegistry
 from app.config import Settings
 from app.constants import TASK_RUN_AGENT
-from app.errors import InvalidInputError, PayloadTooLargeError
-from app.routing import queue_for_agent
-
-
-@dataclass(frozen=True, slots=True)
-class RunRequest:
-    """A validated run, ready to enqueue."""
-
-    agent: str
-    input: Any
-    session_id: str | None
-    queue: str
-    run_id: str
-
-    def kwargs(self) -> dict[str, Any]:
-        """The task's keyword arguments (the wire format, JSON)."""
-        return {"agent": self.agent, "input": self.input, "session_id": self.session_id}
-
-
-def _check_json(value: Any, path: str = "input") -> None:
-    # json.dumps accepts NaN and non-str keys are coerced; both break other consumers.
-    if value is None or isinstance(value, (str, bool, int)):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidInputError(f"{path} holds {value!r}, which JSON cannot carry")
-        return
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_json(item, f"{path}[{i}]")
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidInputError(f"{path} has a non-string key {key!r}")
-            _check_json(item, f"{path}.{key}")
-        return
-    raise InvalidInputError(f"{path} holds a {type(value).__name__}, which is not JSON")
-
-
-def validate_run(
-    registry: AgentRegistry,
-    settings: Settings,
-    agent: Any,
-    input: Any,
-    session_id: Any = None,
-    run_id: str | None = None,
-) -> RunRequest:
-    """Check one run's fields and return it as a :class:`RunRequest`, or raise a SubmitError."""
-    queue = queue_for_agent(registry.queues(), agent)
-    spec = registry.get(agent)
-    assert spec is not None
-    if input is None or (isinstance(input, str) and not input.strip()):
-        raise InvalidInputError("'input' is required and must not be empty")
-    _check_json(input)
-    if session_id is not None and (not isinstance(session_id, str) or not session_id):
-        raise InvalidInputError(f"'session_id' must be a non-empty string, got {session_id!r}")
-    limit = spec.max_input_bytes or settings.limits.max_input_bytes
-    size = len(json.dumps(input).encode())
-    if size > limit:
-        raise PayloadTooLargeError(
-            f"input of agent {agent!r} is {size} bytes once JSON-encoded; the limit is {limit}"
-        )
-    return RunRequest(agent, input, session_id, queue, run_id or str(uuid.uuid4()))
+from app.errors import InvalidInputError
+from app.validation import validate_run
 
 
 def _registry(celery: Celery) -> AgentRegistry:

@@ -7,7 +7,6 @@ The Celery task (:mod:`app.tasks.run_agent`) is a thin shell that turns the
 from __future__ import annotations
 
 import enum
-import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -15,12 +14,13 @@ from typing import Any
 
 from app.agents import AgentRegistry, AgentSpec
 from app.config import Settings
-from app.errors import InferenceError, InferenceUnavailableError, ToolError
+from app.errors import InferenceError, InferenceUnavailableError, SubmitError, ToolError
 from app.inference.backend import GenerationParams, InferenceBackend
 from app.leases import RunLease
 from app.memory.sessions import RunState, SessionStore, StepRecord
 from app.prompts import FinalAnswer, ToolCall, Turn, build_prompt, parse_reply
 from app.tools import ToolContext, run_tool
+from app.validation import validate_run
 
 
 class Outcome(enum.Enum):
@@ -107,20 +107,12 @@ class StepRunner:
                 return StepResult(Outcome.REPUBLISH, next_step=state.next_step)
             return StepResult(Outcome.SKIP)
         if msg.step == 0:
-            problem = self._input_problem(spec, state.input)
-            if problem:
-                return self._fail(msg, "error", problem)
+            # Producers that bypass submit() (send_task from other services) are checked here.
+            try:
+                validate_run(self.registry, self.settings, spec.name, state.input, state.session_id)
+            except SubmitError as exc:
+                return self._fail(msg, "error", f"run refused: {exc}")
         return self._execute(spec, msg, state)
-
-    def _input_problem(self, spec: AgentSpec, run_input: Any) -> str | None:
-        # Producers that bypass submit() (send_task from other services) are checked here.
-        limit = spec.max_input_bytes or self.settings.limits.max_input_bytes
-        size = len(json.dumps(run_input).encode())
-        if run_input is None or run_input == "":
-            return "run input is empty"
-        if size > limit:
-            return f"run input is {size} bytes, over the limit of {limit}"
-        return None
 
     def _execute(self, spec: AgentSpec, msg: StepMessage, state: RunState) -> StepResult:
         history = (

@@ -5,7 +5,7 @@ import pytest
 from app.agents import AgentRegistry, AgentSpec
 from app.config import Settings
 from app.errors import InvalidInputError, PayloadTooLargeError, UnknownAgentError
-from app.producer import validate_run
+from app.validation import validate_run
 
 REGISTRY = AgentRegistry([AgentSpec(name="research"), AgentSpec(name="tiny", max_input_bytes=20)])
 SETTINGS = Settings(_env_file=None)

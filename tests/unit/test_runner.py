@@ -136,7 +136,7 @@ def test_a_model_error_fails_the_run_and_unavailability_commits_nothing(store):
 def test_oversized_input_from_send_task_fails_at_the_worker(store):
     backend = ReplyList()
     result = runner(store, backend).run_step(StepMessage("run", "tiny", 0, "x" * 50))
-    assert result.outcome is Outcome.FAILED and "over the limit" in result.reason
+    assert result.outcome is Outcome.FAILED and "the limit is 10" in result.reason
     assert backend.prompts == []
 
 
