@@ -15,12 +15,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from app.agents import load_registry
 from app.celery_app import create_celery
 from app.config import Settings
 from app.errors import AgentqError
 from app.local.redis import RedisServer
 from app.local.triton import TritonServer, install_triton
 from app.local.workers import WorkerProcess
+from app.memory.migrate import migrate
 from app.memory.sessions import SessionStore
 from app.producer import submit_many
 
@@ -85,14 +87,13 @@ def run_demo(
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentq-demo-")))
         try:
+            registry = load_registry(settings.agents_file)
+            for agent in agents:  # before anything starts
+                if agent not in registry:
+                    raise AgentqError(f"unknown agent {agent!r}; known: {registry.names}")
             settings = _start_services(settings, tmp, stack, console)
-            celery = create_celery(settings)
+            celery = create_celery(settings, registry)
             stack.callback(celery.close)
-            for agent in agents:
-                if agent not in celery.agentq_registry:
-                    raise AgentqError(
-                        f"unknown agent {agent!r}; known: {celery.agentq_registry.names}"
-                    )
             with console.status("starting one worker per agent type"):
                 workers = [WorkerProcess(settings, [a], log_dir=tmp).spawn() for a in agents]
                 stack.callback(_stop_all, workers)
@@ -143,10 +144,8 @@ def _start_services(settings: Settings, tmp: Path, stack: ExitStack, console: Co
     console.print(f"[green]✓[/green] Triton on grpc {server.grpc_url} (pid {server.pid})")
     triton = settings.triton.model_copy(update={"urls": [server.grpc_url]})
     updates["triton"] = triton
-    # Force a fresh Settings so that the changed URLs count as explicitly set.
     merged = settings.model_copy(update=updates)
-    from app.memory.migrate import migrate
-
+    # Migrate once here so the workers, starting side by side, find the schema ready.
     migrate(merged.database_url)
     console.print(f"[green]✓[/green] session store {merged.database_url}")
     return merged

@@ -15,15 +15,15 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
 from types import TracebackType
 
+from app.config import Settings, child_env
 from app.errors import LocalServiceError
-from app.local.processes import free_ports, log_tail, stop_process
+from app.local.processes import free_ports, log_tail, stop_process, wait_until
 
 PYTRITON_VERSION = "0.7.0"
 PYTRITON_SHA256 = "21f063ff93bb426d0c06b7a55e7eb9efcfe62c0dddd9a908e9877e18710128df"
@@ -208,7 +208,7 @@ class TritonServer:
         self.home = Path(home)
         self.model_repository = Path(model_repository)
         self.ready_timeout_s = ready_timeout_s
-        self.base_env = env if env is not None else _inherited_env()
+        self.base_env = env if env is not None else child_env({})
         self.proc: subprocess.Popen[bytes] | None = None
         self.ports: tuple[int, int, int] = (0, 0, 0)  # http, grpc, metrics
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -286,21 +286,15 @@ class TritonServer:
                 env=server_env(self.home, self.base_env),
                 cwd=self.log_path.parent,
             )
-        deadline = time.monotonic() + self.ready_timeout_s
-        delay = 0.05
-        while time.monotonic() < deadline:
-            code = self.proc.poll()
-            if code is not None:
-                self._terminate()  # stubs it started may outlive it
-                return f"exited with code {code}"
-            if self._ready():
-                # Remember the stubs now: a hard exit of the server reparents them.
-                self._tree = descendants(self.proc.pid)
-                return "ready"
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+        if wait_until(self._ready, self.ready_timeout_s, self.proc):
+            # Remember the stubs now: a hard exit of the server reparents them.
+            self._tree = descendants(self.proc.pid)
+            return "ready"
+        code = self.proc.poll()
+        self._terminate()  # stubs it started may outlive it
+        if code is not None:
+            return f"exited with code {code}"
         # A stub that cannot start leaves the server "loading" forever (pitfall 1).
-        self._terminate()
         return f"was not ready within {self.ready_timeout_s:.0f} s"
 
     def _ready(self) -> bool:
@@ -349,16 +343,8 @@ class TritonServer:
         self.stop()
 
 
-def _inherited_env() -> dict[str, str]:
-    from app.config import child_env
-
-    return child_env({})
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m app.local.triton install|serve``: extract tritonserver, or run it."""
-    from app.config import Settings
-
     args = sys.argv[1:] if argv is None else argv
     settings = Settings()
     if not args or args[0] not in ("install", "serve"):
