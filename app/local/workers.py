@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -24,17 +23,17 @@ class WorkerProcess:
         settings: Settings,
         agents: list[str],
         *,
+        log_dir: Path,
         concurrency: int | None = None,
         extra_env: dict[str, str] | None = None,
-        log_dir: Path | None = None,
     ) -> None:
         self.settings = settings
         self.agents = agents
         self.concurrency = concurrency
         self.extra_env = extra_env or {}
         self.node = f"{'-'.join(agents)}-{uuid.uuid4().hex[:8]}@localhost"
-        folder = log_dir or Path(tempfile.mkdtemp(prefix="agentq-worker-"))
-        self.log_path = folder / f"{self.node.split('@')[0]}.log"
+        # The caller owns the folder (a temp dir it removes), so nothing is left behind.
+        self.log_path = log_dir / f"{self.node.split('@')[0]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
