@@ -15,6 +15,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -32,6 +33,11 @@ class AgentSpec(BaseModel):
 
     name: str = Field(description="Agent type; also names its queue (agent.<name>).")
     model: str = Field(default="ensemble", description="Triton model serving this agent.")
+    backend: Literal["triton", "openai"] = Field(
+        default="triton",
+        description="Model server kind: Triton (gRPC, TensorRT-LLM ensemble) or an "
+        "OpenAI-compatible server (NIM, vLLM) from settings.openai.",
+    )
     system_prompt: str = Field(default="You are a helpful agent.", description="First prompt line.")
     tools: tuple[str, ...] = Field(default=(), description="Names of the tools it may call.")
     max_steps: int = Field(default=8, gt=0, le=1000, description="Step budget of one run.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from typing import Any
 
 import click
 from rich.console import Console
@@ -70,8 +71,11 @@ def worker(
 @click.argument("text")
 @click.option("--session", "session_id", default=None, help="Session id (continues its history).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the answer.")
+@click.option("--stream", is_flag=True, help="Print the model's tokens as they are generated.")
 @click.option("--timeout", type=float, default=120.0, show_default=True)
-def submit(agent: str, text: str, session_id: str | None, wait: bool, timeout: float) -> None:
+def submit(
+    agent: str, text: str, session_id: str | None, wait: bool, stream: bool, timeout: float
+) -> None:
     """Submit one run of AGENT with input TEXT (JSON objects are parsed)."""
     from app.errors import SubmitError
     from app.producer import submit as submit_run
@@ -81,13 +85,34 @@ def submit(agent: str, text: str, session_id: str | None, wait: bool, timeout: f
         with contextlib.suppress(json.JSONDecodeError):
             run_input = json.loads(text)
     try:
-        result = submit_run(agent, run_input, session_id)
+        result = submit_run(agent, run_input, session_id, stream=stream)
     except SubmitError as exc:
         console.print(f"[red]refused:[/red] {exc}")
         sys.exit(2)
-    console.print(f"run [bold]{result.id}[/bold] queued")
-    if wait:
+    console.print(f"run [bold]{result.id}[/bold] queued", highlight=False)
+    if stream:
+        _print_stream(result, timeout)
+    if wait or stream:
         console.print(result.get(timeout=timeout))
+
+
+def _print_stream(result: Any, timeout: float) -> None:
+    """Tokens as they come, each step on its own line; a restarted step is marked."""
+    from app.streaming import ATTEMPT, STEP, TOKEN
+
+    out = sys.stdout
+    seen: set[int] = set()
+    for event in result.events(timeout=timeout):
+        if event.kind == ATTEMPT:
+            if event.step in seen:
+                out.write(f"\n[step {event.step} restarted]\n")
+            seen.add(event.step)
+        elif event.kind == TOKEN:
+            out.write(event.text)
+        elif event.kind == STEP:
+            tool = event.data.get("tool") if event.data else None
+            out.write(f"\n[step {event.step}: {'tool ' + tool if tool else 'final'}]\n")
+        out.flush()
 
 
 @main.command()
@@ -152,6 +177,34 @@ def demo(runs: int, agents: str, timeout: float, model_latency_ms: int) -> None:
     names = [a.strip() for a in agents.split(",") if a.strip()]
     ok = run_demo(Settings(), names, runs, timeout, console, model_latency_ms)
     sys.exit(0 if ok else 1)
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks against the alternatives, side by side in one run (bench/ in the repository)."""
+
+
+@bench.command("inference")
+@click.option(
+    "--concurrency",
+    "concurrency",
+    default="1,16,64,256",
+    show_default=True,
+    help="Comma-separated concurrency levels C.",
+)
+@click.option("--latency-ms", type=int, default=200, show_default=True, help="Per model call.")
+@click.option("--out", type=click.Path(), default=None, help="JSON results file.")
+def bench_inference(concurrency: str, latency_ms: int, out: str | None) -> None:
+    """Direct tritonclient vs agent runs through Redis + worker, and streaming relay overhead."""
+    from app.config import REPO_ROOT
+
+    if not (REPO_ROOT / "bench" / "inference.py").is_file():
+        raise click.ClickException("bench/ is in the source repository; run from a checkout")
+    sys.path.insert(0, str(REPO_ROOT))
+    from bench.inference import main as run_bench
+
+    levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    sys.exit(run_bench(levels, latency_ms, out, console))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ Examples::
 from __future__ import annotations
 
 import sys
+from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -27,12 +28,106 @@ def _default_model_repository() -> Path:
     return Path(__file__).resolve().parent / "_models" / "scripted"
 
 
+class ReplicaSettings(BaseModel):
+    """One model server replica."""
+
+    url: str = Field(
+        description="Triton: gRPC endpoint host:port. OpenAI-compatible: base URL "
+        "(http://host:8000/v1)."
+    )
+    health_url: str | None = Field(
+        default=None,
+        description="HTTP readiness URL probed before a tripped circuit breaker closes "
+        "(Triton: http://host:8000/v2/health/ready; vLLM: http://host:8000/health). "
+        "Unset: the client's own health call.",
+    )
+    metrics_url: str | None = Field(
+        default=None,
+        description="Prometheus endpoint giving the replica's queue depth "
+        "(Triton: http://host:8002/metrics). Unset: the pool's own in-flight count stands in.",
+    )
+    weight: float = Field(default=1.0, gt=0, description="Share of calls under 'weighted'.")
+
+
+class Strategy(StrEnum):
+    """How the replica pool chooses a replica for a call."""
+
+    SHORTEST_QUEUE = "shortest_queue"
+    ROUND_ROBIN = "round_robin"
+    LEAST_IN_FLIGHT = "least_in_flight"
+    WEIGHTED = "weighted"
+    RANDOM = "random"
+    SESSION_AFFINITY = "session_affinity"
+
+
+class InferenceSettings(BaseModel):
+    """Replica choice, failure handling and admission control, for every backend."""
+
+    strategy: Strategy = Field(
+        default=Strategy.SHORTEST_QUEUE, description="Replica choice for agents not listed below."
+    )
+    agent_strategies: dict[str, Strategy] = Field(
+        default_factory=dict,
+        description='Replica choice per agent type, e.g. {"coder": "session_affinity"}.',
+    )
+    attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Tries of one model call across replicas before the step "
+        "is handed back to Celery for a later retry.",
+    )
+    backoff_s: float = Field(default=0.05, gt=0, description="First retry delay (doubles).")
+    backoff_max_s: float = Field(default=1.0, gt=0, description="Longest delay between tries.")
+    deadline_s: float = Field(
+        default=120.0, gt=0, description="Deadline of one model call, all tries included."
+    )
+    breaker_failures: int = Field(
+        default=3, ge=1, description="Consecutive failures that open a replica's circuit breaker."
+    )
+    breaker_cooldown_s: float = Field(
+        default=5.0, gt=0, description="Open breaker: wait before probing the replica's health."
+    )
+    metrics_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often replicas' metrics are scraped and open breakers probed.",
+    )
+    admission_max_depth: float | None = Field(
+        default=None,
+        ge=0,
+        description="Stop taking runs from Redis while every replica's "
+        "queue is deeper than this (None: never stop).",
+    )
+    admission_resume_depth: float | None = Field(
+        default=None,
+        ge=0,
+        description="Take runs again once a replica's queue is at or below "
+        "this (default: half of admission_max_depth).",
+    )
+
+    def strategy_for(self, agent: str) -> Strategy:
+        """The replica choice of ``agent``."""
+        return self.agent_strategies.get(agent, self.strategy)
+
+    def resume_depth(self) -> float | None:
+        """Queue depth at which a paused worker takes runs again (None: admission is off)."""
+        if self.admission_max_depth is None:
+            return None
+        if self.admission_resume_depth is not None:
+            return min(self.admission_resume_depth, self.admission_max_depth)
+        return self.admission_max_depth / 2
+
+
 class TritonSettings(BaseModel):
     """Where the inference server is and how to call it."""
 
     urls: list[str] = Field(
         default=["127.0.0.1:8001"],
-        description="gRPC endpoints (host:port) of the Triton replicas.",
+        description="gRPC endpoints (host:port) of the Triton replicas (shorthand for "
+        "replicas without health or metrics URLs).",
+    )
+    replicas: list[ReplicaSettings] = Field(
+        default_factory=list, description="Triton replicas in full; overrides urls when set."
     )
     model: str = Field(
         default="ensemble",
@@ -54,6 +149,40 @@ class TritonSettings(BaseModel):
         description="Model repository served by the local Triton (demo and tests).",
     )
 
+    def replica_list(self) -> list[ReplicaSettings]:
+        """The replicas in force: ``replicas``, else one per entry of ``urls``."""
+        return self.replicas or [ReplicaSettings(url=url) for url in self.urls]
+
+
+class OpenAISettings(BaseModel):
+    """An OpenAI-compatible chat completions server (NIM, vLLM), for agents with backend openai."""
+
+    replicas: list[ReplicaSettings] = Field(
+        default_factory=list, description="Servers, each with its base URL (http://host:8000/v1)."
+    )
+    model: str = Field(default="default", description="The 'model' field of each request.")
+    api_key: SecretStr | None = Field(
+        default=None, description="Bearer token (AGENTQ_OPENAI__API_KEY); never logged."
+    )
+    timeout_s: float = Field(default=60.0, gt=0, description="Deadline of one model call.")
+
+
+class StreamSettings(BaseModel):
+    """Token relay from workers to producers through Redis Streams."""
+
+    ttl_s: int = Field(
+        default=600, gt=0, description="A run's stream expires this long after its last entry."
+    )
+    max_len: int = Field(
+        default=10_000,
+        gt=0,
+        description="Entries kept per run's stream (older ones trimmed), "
+        "so an absent reader costs bounded memory.",
+    )
+    read_block_ms: int = Field(
+        default=1_000, gt=0, description="Longest a reader blocks in one XREAD."
+    )
+
 
 class WorkerSettings(BaseModel):
     """How a worker process consumes its queues."""
@@ -62,7 +191,11 @@ class WorkerSettings(BaseModel):
         default="threads",
         description="Celery pool. Agent steps wait on the model, so threads keep many in flight.",
     )
-    concurrency: int = Field(default=32, gt=0, description="Runs in flight per worker process.")
+    concurrency: int = Field(
+        default=64,
+        gt=0,
+        description="Runs in flight per worker process (threads pool: one thread per run).",
+    )
     visibility_timeout_s: int = Field(
         default=600,
         gt=0,
@@ -86,6 +219,9 @@ class WorkerSettings(BaseModel):
     )
     retry_backoff_max_s: float = Field(
         default=60.0, gt=0, description="Longest delay between two retries of a step."
+    )
+    dead_letter_max: int = Field(
+        default=100_000, gt=0, description="Dead-letter entries kept (oldest dropped beyond)."
     )
     soft_shutdown_timeout_s: float = Field(
         default=30.0,
@@ -135,6 +271,9 @@ class Settings(BaseSettings):
         default=None, description="YAML or TOML file declaring agent types (else the examples)."
     )
     triton: TritonSettings = Field(default_factory=TritonSettings)
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
 
@@ -167,11 +306,25 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The ``AGENTQ_`` variables that make a child process see the same services as ``settings``."""
     import json
 
-    return {
+    env = {
         "AGENTQ_REDIS_URL": settings.redis_url,
         "AGENTQ_BROKER_URL": settings.broker,
         "AGENTQ_RESULT_BACKEND": settings.backend,
         "AGENTQ_DATABASE_URL": settings.database_url,
         "AGENTQ_TRITON__URLS": json.dumps(settings.triton.urls),
-        **({"AGENTQ_AGENTS_FILE": str(settings.agents_file)} if settings.agents_file else {}),
+        "AGENTQ_INFERENCE": settings.inference.model_dump_json(),
+        "AGENTQ_STREAM": settings.stream.model_dump_json(),
     }
+    if settings.triton.replicas:
+        env["AGENTQ_TRITON__REPLICAS"] = json.dumps(
+            [r.model_dump() for r in settings.triton.replicas]
+        )
+    openai = settings.openai
+    if openai.replicas:
+        env["AGENTQ_OPENAI__REPLICAS"] = json.dumps([r.model_dump() for r in openai.replicas])
+        env["AGENTQ_OPENAI__MODEL"] = openai.model
+        if openai.api_key is not None:
+            env["AGENTQ_OPENAI__API_KEY"] = openai.api_key.get_secret_value()
+    if settings.agents_file:
+        env["AGENTQ_AGENTS_FILE"] = str(settings.agents_file)
+    return env

@@ -24,6 +24,18 @@ def published_key(run_id: str, step: int) -> str:
     return f"{KEY_PREFIX}published:{run_id}:{step}"
 
 
+def stream_key(run_id: str) -> str:
+    """Redis stream relaying a run's tokens to its producer."""
+    return f"{KEY_PREFIX}stream:{run_id}"
+
+
+DEAD_LETTERS = f"{KEY_PREFIX}dead"
+"""Redis list of dead-lettered runs (newest first), each a JSON object with its reason."""
+
+QUEUE_METRICS = ("nv_inference_pending_request_count", "vllm:num_requests_waiting")
+"""Gauges of requests waiting at a model server: Triton's, then vLLM's (NIM exports vLLM's)."""
+
+
 def kv_key(key: str) -> str:
     """Redis key behind the key-value tools."""
     return f"{KEY_PREFIX}kv:{key}"

@@ -35,8 +35,16 @@ class InferenceUnavailableError(InferenceError):
     """Raised when no model server could be reached within the deadline (retried later)."""
 
 
+class NoReplicaAvailableError(InferenceUnavailableError):
+    """Raised when every replica is down (circuit breakers open); the step is retried later."""
+
+
 class ToolError(AgentqError):
     """Raised when a tool is unknown, gets bad arguments or fails; recorded as the step's result."""
+
+
+class StreamTimeoutError(AgentqError):
+    """Raised when a run's token stream shows no end within the reader's timeout."""
 
 
 class RunFailedError(AgentqError):

@@ -6,12 +6,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from celery import Celery
-from celery.result import AsyncResult
 
 from app.agents import AgentRegistry
 from app.config import Settings
 from app.constants import TASK_RUN_AGENT
 from app.errors import InvalidInputError
+from app.streaming import RunResult
 from app.validation import validate_run
 
 
@@ -37,12 +37,19 @@ def submit(
     session_id: str | None = None,
     *,
     run_id: str | None = None,
+    stream: bool = False,
     celery: Celery | None = None,
-) -> AsyncResult:
-    """Validate and enqueue one run; ``.get()`` on the result waits for its answer."""
+) -> RunResult:
+    """Validate and enqueue one run; ``.get()`` on the result waits for its answer.
+
+    With ``stream=True`` the worker relays the model's tokens as they come:
+    ``for token in result.stream(): ...`` (or ``async for token in result.astream()``).
+    """
     celery = _default_celery(celery)
-    req = validate_run(_registry(celery), _settings(celery), agent, input, session_id, run_id)
-    return celery.tasks[TASK_RUN_AGENT].apply_async(
+    req = validate_run(
+        _registry(celery), _settings(celery), agent, input, session_id, run_id, stream
+    )
+    return celery.tasks[TASK_RUN_AGENT].apply_async(  # type: ignore[no-any-return]
         kwargs=req.kwargs(), task_id=req.run_id, queue=req.queue
     )
 
@@ -52,11 +59,11 @@ def submit_many(
     *,
     celery: Celery | None = None,
     batch_size: int = 1000,
-) -> list[AsyncResult]:
+) -> list[RunResult]:
     """Validate every run first, then enqueue all of them through pipelined Redis writes.
 
-    Each item is a mapping with ``agent``, ``input`` and optionally ``session_id`` and
-    ``run_id``. If any item is invalid, nothing is enqueued.
+    Each item is a mapping with ``agent``, ``input`` and optionally ``session_id``,
+    ``run_id`` and ``stream``. If any item is invalid, nothing is enqueued.
     """
     celery = _default_celery(celery)
     registry, settings = _registry(celery), _settings(celery)
@@ -64,7 +71,7 @@ def submit_many(
     for i, item in enumerate(runs):
         if not isinstance(item, Mapping):
             raise InvalidInputError(f"run #{i} must be a mapping, got {type(item).__name__}")
-        unknown = set(item) - {"agent", "input", "session_id", "run_id"}
+        unknown = set(item) - {"agent", "input", "session_id", "run_id", "stream"}
         if unknown:
             raise InvalidInputError(f"run #{i} has unknown fields: {sorted(unknown)}")
         requests.append(
@@ -75,6 +82,7 @@ def submit_many(
                 item.get("input"),
                 item.get("session_id"),
                 item.get("run_id"),
+                item.get("stream", False),
             )
         )
     task = celery.tasks[TASK_RUN_AGENT]

@@ -24,10 +24,14 @@ class RunRequest:
     session_id: str | None
     queue: str
     run_id: str
+    stream: bool = False
 
     def kwargs(self) -> dict[str, Any]:
         """The task's keyword arguments (the wire format, JSON)."""
-        return {"agent": self.agent, "input": self.input, "session_id": self.session_id}
+        kwargs = {"agent": self.agent, "input": self.input, "session_id": self.session_id}
+        if self.stream:
+            kwargs["stream"] = True
+        return kwargs
 
 
 def _check_json(value: Any, path: str = "input") -> None:
@@ -58,6 +62,7 @@ def validate_run(
     input: Any,
     session_id: Any = None,
     run_id: str | None = None,
+    stream: Any = False,
 ) -> RunRequest:
     """Check one run's fields and return it as a :class:`RunRequest`, or raise a SubmitError."""
     queue = queue_for_agent(registry.queues(), agent)
@@ -68,10 +73,12 @@ def validate_run(
     _check_json(input)
     if session_id is not None and (not isinstance(session_id, str) or not session_id):
         raise InvalidInputError(f"'session_id' must be a non-empty string, got {session_id!r}")
+    if not isinstance(stream, bool):
+        raise InvalidInputError(f"'stream' must be true or false, got {stream!r}")
     limit = spec.max_input_bytes or settings.limits.max_input_bytes
     size = len(json.dumps(input).encode())
     if size > limit:
         raise PayloadTooLargeError(
             f"input of agent {agent!r} is {size} bytes once JSON-encoded; the limit is {limit}"
         )
-    return RunRequest(agent, input, session_id, queue, run_id or str(uuid.uuid4()))
+    return RunRequest(agent, input, session_id, queue, run_id or str(uuid.uuid4()), stream)

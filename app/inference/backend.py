@@ -20,6 +20,17 @@ class GenerationParams:
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """What a replica pool needs to place a call: the run's session and the agent's strategy.
+
+    A single-server backend ignores it.
+    """
+
+    session_id: str | None = None
+    strategy: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Completion:
     """One model reply and what it cost.
 
@@ -40,13 +51,31 @@ def count_tokens(text: str) -> int:
 
 
 class InferenceBackend(Protocol):
-    """A model server as the workers use it; safe to call from many threads."""
+    """A model server as the workers use it; safe to call from many threads.
 
-    def generate(self, prompt: str, params: GenerationParams) -> Completion:
+    ``timeout_s`` bounds one call (default: the backend's own); ``route`` places it on a
+    replica when the backend is a pool.
+    """
+
+    def generate(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        *,
+        route: Route | None = None,
+        timeout_s: float | None = None,
+    ) -> Completion:
         """The whole reply to ``prompt``; raises InferenceError or InferenceUnavailableError."""
         ...
 
-    def stream(self, prompt: str, params: GenerationParams) -> Iterator[str]:
+    def stream(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        *,
+        route: Route | None = None,
+        timeout_s: float | None = None,
+    ) -> Iterator[str]:
         """The reply to ``prompt`` as pieces that concatenate to the whole text."""
         ...
 

@@ -14,13 +14,20 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from app.errors import InferenceError, InferenceUnavailableError
-from app.inference.backend import Completion, GenerationParams, count_tokens
+from app.inference.backend import Completion, GenerationParams, Route, count_tokens
 
 if TYPE_CHECKING:
     from app.config import Settings
 
-# gRPC status codes meaning "no server answered in time", worth a retry elsewhere or later.
-_UNAVAILABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
+# gRPC status codes worth a retry on another replica or later: the server did not serve the
+# call (down, overloaded, late); any other code is the model's answer and is not retried.
+RETRYABLE_CODES = (
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "RESOURCE_EXHAUSTED",
+    "ABORTED",
+    "CANCELLED",
+)
 _HEALTH_TIMEOUT_S = 5.0
 
 
@@ -28,7 +35,7 @@ def map_error(exc: InferenceServerException, url: str) -> InferenceError:
     """The project error for a tritonclient error: unreachable or late, or refused by the model."""
     status = str(exc.status() or "")
     message = exc.message() or str(exc)
-    if any(code in status for code in _UNAVAILABLE) or "connection refused" in message.lower():
+    if any(code in status for code in RETRYABLE_CODES) or "connection refused" in message.lower():
         return InferenceUnavailableError(f"Triton at {url} unavailable ({status}): {message}")
     return InferenceError(f"Triton at {url} refused the call ({status}): {message}")
 
@@ -117,12 +124,19 @@ class TritonBackend:
                 self._clients.append(client)
         return client
 
-    def generate(self, prompt: str, params: GenerationParams) -> Completion:
+    def generate(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        *,
+        route: Route | None = None,
+        timeout_s: float | None = None,
+    ) -> Completion:
         """One unary call to the ensemble model."""
         started = time.perf_counter()
         try:
             result = self._client().infer(
-                self.model, build_inputs(prompt, params), client_timeout=self.timeout_s
+                self.model, build_inputs(prompt, params), client_timeout=timeout_s or self.timeout_s
             )
         except InferenceServerException as exc:
             raise map_error(exc, self.url) from exc
@@ -135,17 +149,25 @@ class TritonBackend:
             replica=self.url,
         )
 
-    def stream(self, prompt: str, params: GenerationParams) -> Generator[str, None, None]:
-        """Pieces of the reply from the decoupled model, in order, within ``timeout_s``."""
+    def stream(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        *,
+        route: Route | None = None,
+        timeout_s: float | None = None,
+    ) -> Generator[str, None, None]:
+        """Pieces of the reply from the decoupled model, in order, within the timeout."""
         replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
-        deadline = time.monotonic() + self.timeout_s
+        timeout = timeout_s or self.timeout_s
+        deadline = time.monotonic() + timeout
         client = grpcclient.InferenceServerClient(self.url)
         finished = False
         try:
             # tritonclient calls the callback with keywords: the names must be result and error.
             client.start_stream(
                 callback=lambda result, error: replies.put((result, error)),
-                stream_timeout=self.timeout_s,
+                stream_timeout=timeout,
             )
             client.async_stream_infer(
                 self.stream_model,
@@ -157,7 +179,7 @@ class TritonBackend:
                     result, error = replies.get(timeout=max(deadline - time.monotonic(), 0))
                 except queue.Empty:
                     raise InferenceUnavailableError(
-                        f"Triton at {self.url}: stream not finished within {self.timeout_s} s"
+                        f"Triton at {self.url}: stream not finished within {timeout} s"
                     ) from None
                 if error is not None:
                     finished = True  # the server ends the request with its error

@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 from types import TracebackType
 
-from app.config import Settings, child_env
+from app.config import ReplicaSettings, Settings, child_env
 from app.errors import LocalServiceError
 from app.local.processes import free_ports, log_tail, stop_process, wait_until
 
@@ -204,13 +204,17 @@ class TritonServer:
         log_path: Path | None = None,
         ready_timeout_s: float = 60,
         env: dict[str, str] | None = None,
+        ports: tuple[int, int, int] | None = None,
     ) -> None:
+        """``ports`` (http, grpc, metrics) fixes the ports, e.g. to restart a replica where its
+        clients expect it; by default free ports are picked at each start."""
         self.home = Path(home)
         self.model_repository = Path(model_repository)
         self.ready_timeout_s = ready_timeout_s
         self.base_env = env if env is not None else child_env({})
         self.proc: subprocess.Popen[bytes] | None = None
-        self.ports: tuple[int, int, int] = (0, 0, 0)  # http, grpc, metrics
+        self.fixed_ports = ports
+        self.ports: tuple[int, int, int] = ports or (0, 0, 0)  # http, grpc, metrics
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._log_path = log_path
         self._tree: dict[int, int] = {}  # the server's stubs (and their sh wrappers)
@@ -235,6 +239,19 @@ class TritonServer:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.ports[2]}/metrics"
+
+    @property
+    def ready_url(self) -> str:
+        return f"{self.http_url}/v2/health/ready"
+
+    def replica(self, weight: float = 1.0) -> ReplicaSettings:
+        """This server as a replica of agentq's pool: gRPC, readiness and metrics URLs."""
+        return ReplicaSettings(
+            url=self.grpc_url,
+            health_url=self.ready_url,
+            metrics_url=self.metrics_url,
+            weight=weight,
+        )
 
     @property
     def pid(self) -> int | None:
@@ -263,12 +280,13 @@ class TritonServer:
         if not self.model_repository.is_dir():
             raise LocalServiceError(f"model repository {self.model_repository} does not exist")
         for attempt in range(2):
-            self.ports = tuple(free_ports(3))  # type: ignore[assignment]
+            self.ports = self.fixed_ports or tuple(free_ports(3))  # type: ignore[assignment]
             outcome = self._launch()
             if outcome == "ready":
                 return self
             # A port taken between picking and binding ends the server at once: pick anew.
-            if attempt == 0 and "already in use" in log_tail(self.log_path).lower():
+            retry = self.fixed_ports is None and attempt == 0
+            if retry and "already in use" in log_tail(self.log_path).lower():
                 continue
             break
         raise LocalServiceError(
@@ -299,7 +317,7 @@ class TritonServer:
 
     def _ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1) as resp:
+            with urllib.request.urlopen(self.ready_url, timeout=1) as resp:
                 return bool(resp.status == 200)
         except (urllib.error.URLError, OSError):
             return False

@@ -7,16 +7,21 @@ Later steps are messages of the same task carrying ``run_id`` and ``step``.
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
 from celery import Celery, Task, states
 from celery.exceptions import Ignore
 
+from app import dlq
 from app.constants import TASK_RUN_AGENT, published_key
 from app.errors import InferenceUnavailableError, RunFailedError
+from app.streaming import RunResult
 from app.tasks.runner import Outcome, StepMessage, StepResult
 from app.tasks.runtime import WorkerRuntime, runtime_for
+
+log = logging.getLogger(__name__)
 
 
 def step_task_id(run_id: str, step: int) -> str:
@@ -29,10 +34,17 @@ def retry_delay(retries: int, cap_s: float) -> float:
     return random.uniform(0, min(cap_s, 2.0**retries))
 
 
+class RunAgentTask(Task):  # type: ignore[misc]
+    """The task class: its results are :class:`RunResult` (``.stream()`` follows the tokens)."""
+
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> RunResult:
+        return RunResult(task_id, backend=self.backend, task_name=self.name, app=self.app, **kwargs)
+
+
 def register_run_agent(app: Celery) -> Task:
     """Define ``agentq.run_agent`` on ``app``."""
 
-    @app.task(name=TASK_RUN_AGENT, bind=True, max_retries=None, shared=False)
+    @app.task(name=TASK_RUN_AGENT, bind=True, max_retries=None, shared=False, base=RunAgentTask)
     def run_agent(
         self: Task,
         agent: str,
@@ -40,23 +52,46 @@ def register_run_agent(app: Celery) -> Task:
         session_id: str | None = None,
         run_id: str | None = None,
         step: int = 0,
+        stream: bool = False,
     ) -> Any:
         runtime = runtime_for(self.app, self.request.hostname or "")
-        msg = StepMessage(run_id or self.request.id, agent, step, input, session_id)
+        msg = StepMessage(run_id or self.request.id, agent, step, input, session_id, stream)
         try:
             result = runtime.runner.run_step(msg)
         except InferenceUnavailableError as exc:
             worker = runtime.settings.worker
             if self.request.retries >= worker.inference_retries:
-                reason = f"no model server answered after {self.request.retries} retries: {exc}"
-                runtime.store.fail_run(msg.run_id, reason)
-                result = StepResult(Outcome.FAILED, reason=reason)
+                result = _dead_letter(self, runtime, msg, exc)
             else:
+                # All replicas down: hand the step back to the broker for later, with backoff,
+                # rather than hold a thread here.
                 delay = retry_delay(self.request.retries, worker.retry_backoff_max_s)
                 raise self.retry(exc=exc, countdown=delay) from exc
         return _finish(self, runtime, msg, result)
 
     return run_agent
+
+
+def _dead_letter(
+    task: Task, runtime: WorkerRuntime, msg: StepMessage, exc: Exception
+) -> StepResult:
+    retries = task.request.retries
+    reason = f"no model server answered after {retries} retries: {exc}"
+    letter = dlq.DeadLetter(
+        run_id=msg.run_id,
+        agent=msg.agent,
+        step=msg.step,
+        reason=reason,
+        retries=retries,
+        kwargs=dict(task.request.kwargs or {}),
+        failed_at=dlq.now(),
+    )
+    dlq.push(runtime.redis, letter, runtime.settings.worker.dead_letter_max)
+    runtime.store.fail_run(msg.run_id, f"dead-lettered: {reason}")
+    log.error(
+        "run %s (agent %s) dead-lettered at step %d: %s", msg.run_id, msg.agent, msg.step, reason
+    )
+    return StepResult(Outcome.FAILED, reason=f"dead-lettered: {reason}")
 
 
 def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepResult) -> Any:
@@ -70,10 +105,14 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
                 task, runtime, msg, result.next_step, check=result.outcome is Outcome.REPUBLISH
             )
         case Outcome.DONE:
+            if msg.stream:
+                runtime.runner.relay.end(msg.run_id, "succeeded", answer=result.answer)
             if is_first:
                 return result.answer
             task.backend.store_result(msg.run_id, result.answer, states.SUCCESS)
         case Outcome.FAILED:
+            if msg.stream:
+                runtime.runner.relay.end(msg.run_id, "failed", error=result.reason)
             task.backend.mark_as_failure(msg.run_id, RunFailedError(result.reason or "run failed"))
         case Outcome.BUSY:
             # Another worker holds the run: come back shortly rather than wait in a thread.
@@ -104,6 +143,7 @@ def _publish_step(
             "session_id": msg.session_id,
             "run_id": msg.run_id,
             "step": step,
+            **({"stream": True} if msg.stream else {}),
         },
         task_id=step_task_id(msg.run_id, step),
         queue=_queue(runtime, msg.agent),

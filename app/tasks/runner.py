@@ -9,16 +9,24 @@ from __future__ import annotations
 import enum
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from app.agents import AgentRegistry, AgentSpec
 from app.config import Settings
 from app.errors import InferenceError, InferenceUnavailableError, SubmitError, ToolError
-from app.inference.backend import GenerationParams, InferenceBackend
+from app.inference.backend import (
+    Completion,
+    GenerationParams,
+    InferenceBackend,
+    Route,
+    count_tokens,
+)
 from app.leases import RunLease
 from app.memory.sessions import RunState, SessionStore, StepRecord
 from app.prompts import FinalAnswer, ToolCall, Turn, build_prompt, parse_reply
+from app.streaming import TokenRelay
 from app.tools import ToolContext, run_tool
 from app.validation import validate_run
 
@@ -43,6 +51,7 @@ class StepMessage:
     step: int
     input: Any = None
     session_id: str | None = None
+    stream: bool = False  # relay the model's tokens to the producer (app.streaming)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +71,16 @@ class StepRunner:
         registry: AgentRegistry,
         store: SessionStore,
         redis: Any,
-        backend: InferenceBackend,
+        backends: Mapping[str, InferenceBackend],
         worker_name: str = "",
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.store = store
         self.redis = redis
-        self.backend = backend
+        self.backends = backends
         self.lease = RunLease(redis)
+        self.relay = TokenRelay(redis, settings.stream)
         self.worker_name = worker_name
 
     def run_step(self, msg: StepMessage) -> StepResult:
@@ -126,7 +136,7 @@ class StepRunner:
         )
         started = time.perf_counter()
         try:
-            completion = self.backend.generate(prompt, params)
+            completion = self._infer(spec, msg, prompt, params, state.session_id)
         except InferenceUnavailableError:
             raise  # the task retries the step later; nothing was committed
         except InferenceError as exc:
@@ -149,6 +159,8 @@ class StepRunner:
         if isinstance(action, FinalAnswer):
             if not self.store.commit_step(msg.run_id, record, final_answer=action.answer):
                 return StepResult(Outcome.SKIP)
+            if msg.stream:
+                self.relay.step(msg.run_id, msg.step, record.kind)
             return StepResult(Outcome.DONE, answer=action.answer)
         last = msg.step + 1 >= spec.max_steps
         reason = (
@@ -156,9 +168,33 @@ class StepRunner:
         )
         if not self.store.commit_step(msg.run_id, record, failed_reason=reason):
             return StepResult(Outcome.SKIP)
+        if msg.stream:
+            self.relay.step(msg.run_id, msg.step, record.kind, record.tool)
         if reason:
             return StepResult(Outcome.FAILED, reason=reason)
         return StepResult(Outcome.NEXT, next_step=msg.step + 1)
+
+    def _infer(
+        self,
+        spec: AgentSpec,
+        msg: StepMessage,
+        prompt: str,
+        params: GenerationParams,
+        session_id: str | None,
+    ) -> Completion:
+        backend = self.backends[spec.backend]
+        route = Route(session_id, self.settings.inference.strategy_for(spec.name))
+        if not msg.stream:
+            return backend.generate(prompt, params, route=route)
+        started = time.perf_counter()
+        self.relay.attempt(msg.run_id, msg.step)
+        pieces = []
+        for piece in backend.stream(prompt, params, route=route):
+            pieces.append(piece)
+            self.relay.token(msg.run_id, msg.step, piece)
+        text = "".join(pieces)
+        latency = time.perf_counter() - started
+        return Completion(text, count_tokens(prompt), count_tokens(text), latency, spec.backend)
 
     def _call_tool(self, spec: AgentSpec, msg: StepMessage, call: ToolCall) -> Any:
         if call.tool not in spec.tools:

@@ -11,8 +11,8 @@ from celery import Celery
 
 from app.agents import AgentRegistry
 from app.config import Settings
-from app.inference.backend import InferenceBackend
-from app.inference.triton import backend_from_settings
+from app.errors import ConfigurationError
+from app.inference.pool import ReplicaPool, build_pools
 from app.memory.sessions import SessionStore
 from app.tasks.runner import StepRunner
 
@@ -25,7 +25,7 @@ class WorkerRuntime:
     registry: AgentRegistry
     store: SessionStore
     redis: Any
-    backend: InferenceBackend
+    pools: dict[str, ReplicaPool]  # backend kind -> its replicas
     runner: StepRunner
 
     @classmethod
@@ -35,13 +35,22 @@ class WorkerRuntime:
         """Connect to the session store, Redis and the model server named by ``settings``."""
         store = SessionStore.from_url(settings.database_url, migrate=settings.auto_migrate)
         client = redis.Redis.from_url(settings.redis_url)
-        backend = backend_from_settings(settings)
-        runner = StepRunner(settings, registry, store, client, backend, worker_name)
-        return cls(settings, registry, store, client, backend, runner)
+        pools = build_pools(settings)
+        missing = sorted({s.backend for s in registry} - set(pools))
+        if missing:
+            for pool in pools.values():
+                pool.close()
+            raise ConfigurationError(
+                f"agents use backend(s) {missing} but no replicas are configured for them "
+                "(set AGENTQ_OPENAI__REPLICAS)"
+            )
+        runner = StepRunner(settings, registry, store, client, pools, worker_name)
+        return cls(settings, registry, store, client, pools, runner)
 
     def close(self) -> None:
         """Release connections."""
-        self.backend.close()
+        for pool in self.pools.values():
+            pool.close()
         self.store.close()
         self.redis.close()
 

@@ -21,7 +21,7 @@ class ReplyList:
         self.replies = list(replies)
         self.prompts: list[str] = []
 
-    def generate(self, prompt: str, params: GenerationParams) -> Completion:
+    def generate(self, prompt: str, params: GenerationParams, **_route) -> Completion:
         self.prompts.append(prompt)
         reply = self.replies.pop(0)
         if isinstance(reply, Exception):
@@ -55,7 +55,9 @@ def store(tmp_path):
 
 
 def runner(store, backend, redis=None):
-    return StepRunner(Settings(), REGISTRY, store, redis or fakeredis.FakeRedis(), backend, "w1")
+    return StepRunner(
+        Settings(), REGISTRY, store, redis or fakeredis.FakeRedis(), {"triton": backend}, "w1"
+    )
 
 
 def test_a_run_goes_tool_then_final(store):

@@ -1,0 +1,382 @@
+"""Several replicas behind one InferenceBackend: choice by strategy, retries, circuit breakers.
+
+A call goes to a replica chosen by the agent's strategy (:func:`app.routing.choose_replica`)
+among those whose breaker is closed. A retryable failure (the replica did not serve the call)
+counts against its breaker and the call is tried again on another replica after an
+exponential, jittered backoff, within the call's deadline and ``attempts``. When no replica
+is left the pool raises at once: the Celery task retries the step later instead of a thread
+spinning here. A background thread scrapes each replica's queue depth and probes open
+breakers' readiness (``/v2/health/ready`` for Triton) before they close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import httpx
+
+from app.config import InferenceSettings, ReplicaSettings, Settings
+from app.errors import InferenceUnavailableError, NoReplicaAvailableError
+from app.inference.backend import Completion, GenerationParams, InferenceBackend, Route
+from app.inference.breaker import CircuitBreaker
+from app.routing import ReplicaView, choose_replica, parse_queue_depth
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_SCRAPE_TIMEOUT_S = 1.0
+
+
+def backoff_delay(attempt: int, base_s: float, cap_s: float, rand: float) -> float:
+    """Delay before try ``attempt + 1``: ``base * 2**attempt`` capped, with full jitter."""
+    return rand * min(cap_s, base_s * 2.0**attempt)
+
+
+@dataclass
+class Replica:
+    """One model server and what the pool knows of it (guarded by the pool's lock)."""
+
+    name: str
+    backend: InferenceBackend
+    breaker: CircuitBreaker
+    weight: float = 1.0
+    health_url: str | None = None
+    metrics_url: str | None = None
+    in_flight: int = 0
+    served: int = 0
+    failures: int = 0
+    queue_depth: float | None = None
+
+    def view(self) -> ReplicaView:
+        return ReplicaView(self.name, self.weight, self.in_flight, self.served, self.queue_depth)
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """A replica as operators and admission control see it."""
+
+    name: str
+    ready: bool  # breaker closed
+    in_flight: int
+    served: int
+    failures: int
+    queue_depth: float | None
+
+
+@dataclass
+class _Ticket:
+    counter: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+
+class ReplicaPool:
+    """An :class:`InferenceBackend` over ``replicas``; safe to call from many threads."""
+
+    def __init__(
+        self,
+        replicas: Sequence[Replica],
+        settings: InferenceSettings,
+        *,
+        http: httpx.Client | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not replicas:
+            raise ValueError("a replica pool needs at least one replica")
+        self.replicas = list(replicas)
+        self.settings = settings
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._ticket = _Ticket()
+        self._own_http = http is None
+        self._http = http or httpx.Client(timeout=_SCRAPE_TIMEOUT_S)
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    # ---- choosing and accounting ----
+
+    def _acquire(self, route: Route, avoid: Sequence[str]) -> Replica | None:
+        with self._lock:
+            ready = [r for r in self.replicas if r.breaker.closed]
+            fresh = [r for r in ready if r.name not in avoid]
+            candidates = fresh or ready
+            self._ticket.counter += 1
+            index = choose_replica(
+                route.strategy or self.settings.strategy,
+                [r.view() for r in candidates],
+                ticket=self._ticket.counter,
+                rand=self._ticket.rng.random(),
+                session_id=route.session_id,
+            )
+            if index is None:
+                return None
+            replica = candidates[index]
+            replica.in_flight += 1
+            replica.served += 1
+            return replica
+
+    def _release(self, replica: Replica, *, available: bool) -> None:
+        with self._lock:
+            replica.in_flight -= 1
+            if available:
+                replica.breaker.record_success()
+                return
+            replica.failures += 1
+            if replica.breaker.record_failure(self._clock()):
+                log.warning("replica %s: circuit breaker opened", replica.name)
+
+    def _acquire_or_probe(self, route: Route, avoid: Sequence[str]) -> Replica:
+        replica = self._acquire(route, avoid)
+        if replica is None:
+            # Every breaker is open: probe the ones due now rather than wait for the poller.
+            self.probe_due()
+            replica = self._acquire(route, avoid)
+        if replica is None:
+            raise NoReplicaAvailableError(f"no model replica is available: {self._describe()}")
+        return replica
+
+    def _describe(self) -> str:
+        with self._lock:
+            return ", ".join(
+                f"{r.name} ({'ready' if r.breaker.closed else 'circuit open'})"
+                for r in self.replicas
+            )
+
+    def _retry_pause(self, attempt: int, deadline: float) -> None:
+        s = self.settings
+        delay = backoff_delay(attempt, s.backoff_s, s.backoff_max_s, self._ticket.rng.random())
+        self._sleep(max(0.0, min(delay, deadline - self._clock())))
+
+    def _with_retries(
+        self,
+        route: Route,
+        timeout_s: float | None,
+        call: Callable[[Replica, float], T],
+        *,
+        hold: bool = False,
+    ) -> T:
+        """``call`` on a chosen replica, retried on others; ``hold`` keeps it acquired on success
+        (the caller releases it)."""
+        deadline = self._clock() + (timeout_s or self.settings.deadline_s)
+        tried: list[str] = []
+        last: InferenceUnavailableError | None = None
+        for attempt in range(self.settings.attempts):
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                break
+            replica = self._acquire_or_probe(route, tried)
+            try:
+                result = call(replica, remaining)
+            except InferenceUnavailableError as exc:
+                self._release(replica, available=False)
+                last = exc
+                tried.append(replica.name)
+                if attempt + 1 < self.settings.attempts:
+                    self._retry_pause(attempt, deadline)
+                continue
+            except BaseException:
+                self._release(replica, available=True)  # the replica answered (model error)
+                raise
+            if not hold:
+                self._release(replica, available=True)
+            return result
+        raise InferenceUnavailableError(
+            f"model call failed on {', '.join(tried) or 'no replica'} "
+            f"within {self.settings.attempts} tries: {last}"
+        )
+
+    # ---- InferenceBackend ----
+
+    def generate(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        *,
+        route: Route | None = None,
+        timeout_s: float | None = None,
+    ) -> Completion:
+        """One reply from a replica chosen by ``route.strategy``, retried on another on failure."""
+        return self._with_retries(
+            route or Route(),
+            timeout_s,
+            lambda replica, remaining: replica.backend.generate(
+                prompt, params, timeout_s=remaining
+            ),
+        )
+
+    def stream(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        *,
+        route: Route | None = None,
+        timeout_s: float | None = None,
+    ) -> Iterator[str]:
+        """Pieces of one reply. Retried on another replica only until the first piece arrives."""
+
+        def first_piece(replica: Replica, remaining: float) -> tuple[Replica, Iterator[str], str]:
+            pieces = replica.backend.stream(prompt, params, timeout_s=remaining)
+            try:
+                return replica, pieces, next(pieces, "")
+            except BaseException:
+                _close(pieces)
+                raise
+
+        # Once the first piece is in, the rest of the stream is the caller's to read: a failure
+        # then is not retried here (the pieces are out), and the replica stays counted in flight.
+        replica, pieces, first = self._with_retries(
+            route or Route(), timeout_s, first_piece, hold=True
+        )
+        return self._rest(replica, first, pieces)
+
+    def _rest(self, replica: Replica, first: str, pieces: Iterator[str]) -> Iterator[str]:
+        available = True
+        try:
+            if first:
+                yield first
+            yield from pieces
+        except InferenceUnavailableError:
+            available = False
+            raise
+        finally:
+            _close(pieces)
+            self._release(replica, available=available)
+
+    def health(self) -> bool:
+        """True when at least one replica's breaker is closed and it answers ready."""
+        return any(r.breaker.closed and self._ready(r) for r in self.replicas)
+
+    def close(self) -> None:
+        """Stop the poller and close every replica's client."""
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+        for replica in self.replicas:
+            replica.backend.close()
+        if self._own_http:
+            self._http.close()
+
+    # ---- observing replicas ----
+
+    def status(self) -> list[ReplicaStatus]:
+        """Every replica's readiness, load and queue depth."""
+        with self._lock:
+            return [
+                ReplicaStatus(
+                    r.name, r.breaker.closed, r.in_flight, r.served, r.failures, r.queue_depth
+                )
+                for r in self.replicas
+            ]
+
+    def _ready(self, replica: Replica) -> bool:
+        if replica.health_url is None:
+            return replica.backend.health()
+        try:
+            return self._http.get(replica.health_url).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def probe_due(self) -> None:
+        """Probe the readiness of each replica whose breaker's cooldown is over."""
+        now = self._clock()
+        with self._lock:
+            due = [r for r in self.replicas if r.breaker.probe_due(now)]
+        for replica in due:
+            ready = self._ready(replica)
+            with self._lock:
+                replica.breaker.record_probe(ready, self._clock())
+            if ready:
+                log.warning("replica %s: ready again, circuit breaker closed", replica.name)
+
+    def scrape(self) -> None:
+        """Read each replica's queue depth from its metrics endpoint (None when unreadable)."""
+        for replica in self.replicas:
+            if replica.metrics_url is None:
+                continue
+            depth: float | None = None
+            with contextlib.suppress(httpx.HTTPError):
+                resp = self._http.get(replica.metrics_url)
+                if resp.status_code == 200:
+                    depth = parse_queue_depth(resp.text)
+            with self._lock:
+                replica.queue_depth = depth
+
+    def start(self) -> ReplicaPool:
+        """Scrape metrics and probe open breakers every ``metrics_interval_s`` in a thread."""
+        if self._poller is None:
+            self._poller = threading.Thread(target=self._poll, name="agentq-replicas", daemon=True)
+            self._poller.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.scrape()
+                self.probe_due()
+            except Exception:  # the poller must outlive any one bad scrape
+                log.exception("replica poller")
+            self._stop.wait(self.settings.metrics_interval_s)
+
+
+def _close(pieces: Iterator[str]) -> None:
+    close = getattr(pieces, "close", None)
+    if close is not None:
+        close()
+
+
+def replicas_from_settings(
+    replicas: Sequence[ReplicaSettings],
+    make_backend: Callable[[ReplicaSettings], InferenceBackend],
+    settings: InferenceSettings,
+) -> list[Replica]:
+    """One :class:`Replica` per entry, each with its own client and breaker."""
+    return [
+        Replica(
+            name=r.url,
+            backend=make_backend(r),
+            breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s),
+            weight=r.weight,
+            health_url=r.health_url,
+            metrics_url=r.metrics_url,
+        )
+        for r in replicas
+    ]
+
+
+def build_pools(settings: Settings) -> dict[str, ReplicaPool]:
+    """A started pool per backend kind in use: ``triton`` always, ``openai`` when configured."""
+    from app.inference.triton import TritonBackend
+
+    triton = settings.triton
+    pools = {
+        "triton": ReplicaPool(
+            replicas_from_settings(
+                triton.replica_list(),
+                lambda r: TritonBackend(r.url, triton.model, triton.stream_model, triton.timeout_s),
+                settings.inference,
+            ),
+            settings.inference,
+        )
+    }
+    openai = settings.openai
+    if openai.replicas:
+        from app.inference.openai_compat import OpenAICompatBackend
+
+        key = openai.api_key.get_secret_value() if openai.api_key else None
+        pools["openai"] = ReplicaPool(
+            replicas_from_settings(
+                openai.replicas,
+                lambda r: OpenAICompatBackend(r.url, openai.model, key, openai.timeout_s),
+                settings.inference,
+            ),
+            settings.inference,
+        )
+    return {kind: pool.start() for kind, pool in pools.items()}
