@@ -67,8 +67,10 @@ def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> 
     )
     app.agentq_settings = settings  # type: ignore[attr-defined]
     app.agentq_registry = registry  # type: ignore[attr-defined]
+    from app.admission import AdmissionControl
     from app.tasks import register_tasks
 
+    app.steps["consumer"].add(AdmissionControl)
     register_tasks(app)
     return app
 

@@ -124,6 +124,17 @@ class TritonBackend:
                 self._clients.append(client)
         return client
 
+    def _drop_client(self) -> None:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            return
+        self._local.client = None
+        with self._lock:
+            if client in self._clients:
+                self._clients.remove(client)
+        with contextlib.suppress(InferenceServerException):
+            client.close()
+
     def generate(
         self,
         prompt: str,
@@ -139,7 +150,12 @@ class TritonBackend:
                 self.model, build_inputs(prompt, params), client_timeout=timeout_s or self.timeout_s
             )
         except InferenceServerException as exc:
-            raise map_error(exc, self.url) from exc
+            error = map_error(exc, self.url)
+            if isinstance(error, InferenceUnavailableError):
+                # gRPC would keep the broken channel in reconnect backoff (up to minutes) even
+                # once the server is back: start the next call on a fresh one.
+                self._drop_client()
+            raise error from exc
         text = _text(result) or ""
         return Completion(
             text=text,
@@ -210,6 +226,7 @@ class TritonBackend:
                 and client.is_model_ready(self.stream_model, client_timeout=timeout)
             )
         except Exception:  # a health probe answers; it never raises
+            self._drop_client()  # probe the next time on a fresh channel
             return False
 
     def close(self) -> None:

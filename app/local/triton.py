@@ -184,6 +184,18 @@ def _is_stub(pid: int) -> bool:
         return False
 
 
+def _shm_regions(pids: list[int]) -> set[Path]:
+    """The python backend's shared-memory files mapped by ``pids``."""
+    found: set[Path] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+                path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
+                if path.startswith("/dev/shm/triton_python_backend_shm_region"):
+                    found.add(Path(path.removesuffix(" (deleted)")))
+    return found
+
+
 def _kill_leftovers(procs: dict[int, int]) -> None:
     for pid, started in procs.items():
         stat = _stat(pid)
@@ -336,6 +348,19 @@ class TritonServer:
         if self.proc is None or self.proc.poll() is not None:
             return []
         return [p for p in descendants(self.proc.pid) if _is_stub(p)]
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crashed replica; its stubs and shared memory go too."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        tree = {**self._tree, **descendants(self.proc.pid)}
+        regions = _shm_regions([self.proc.pid, *tree])
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        _kill_leftovers(tree)
+        self._tree = {}
+        for region in regions:  # a hard exit leaves them behind (pitfall 8)
+            region.unlink(missing_ok=True)
 
     def stop(self) -> int | None:
         """SIGTERM, up to 10 s, then SIGKILL; leftover stubs are killed. Idempotent."""
