@@ -103,7 +103,7 @@ def test_model_errors_are_not_retried_and_do_not_open_the_breaker() -> None:
 
 def test_all_replicas_down_raises_unavailable_without_spinning() -> None:
     a, b = Server("a", up=False), Server("b", up=False)
-    pool, clock = make_pool(a, b, attempts=3)
+    pool, _ = make_pool(a, b, attempts=3)
     with pytest.raises(InferenceUnavailableError):
         pool.generate("hi", PARAMS)
     assert a.calls + b.calls == 3  # bounded by attempts
