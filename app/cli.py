@@ -132,6 +132,38 @@ def status(agent: str | None, limit: int) -> None:
 
 
 @main.group()
+def dlq() -> None:
+    """Dead-lettered runs (retries exhausted), kept with their reason."""
+
+
+@dlq.command("list")
+@click.option("--limit", type=int, default=50, show_default=True)
+def dlq_list(limit: int) -> None:
+    """The newest dead-lettered runs."""
+    import datetime
+
+    import redis
+
+    from app import dlq as dead
+
+    client = redis.Redis.from_url(Settings().redis_url)
+    letters = dead.list_letters(client, limit)
+    table = Table("run", "agent", "step", "retries", "failed at", "reason")
+    for letter in letters:
+        when = datetime.datetime.fromtimestamp(letter.failed_at, datetime.UTC)
+        table.add_row(
+            letter.run_id,
+            letter.agent,
+            str(letter.step),
+            str(letter.retries),
+            when.strftime("%Y-%m-%d %H:%M:%S"),
+            letter.reason,
+        )
+    console.print(table)
+    console.print(f"{dead.count(client)} dead-lettered run(s) in all")
+
+
+@main.group()
 def db() -> None:
     """Session store schema."""
 

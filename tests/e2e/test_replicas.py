@@ -155,3 +155,14 @@ def test_one_worker_process_keeps_64_model_calls_in_flight(
         sampler.join()
     # Two model instances execute one batch each; every other call waits in Triton's queue.
     assert peak >= 62, f"at most {peak:.0f} calls waited at once"
+
+
+def test_cli_lists_dead_letters_with_their_reason(settings, redis_client) -> None:
+    from tests.integration.test_cli import agentq
+
+    letter = dlq.DeadLetter("run-1", "research", 2, "no model server answered", 8, {}, time.time())
+    dlq.push(redis_client, letter, 100)
+    out = agentq(settings, "dlq", "list")
+    assert out.returncode == 0, out.stderr
+    assert "run-1" in out.stdout and "no model server answered" in out.stdout
+    assert "1 dead-lettered run(s) in all" in out.stdout

@@ -184,3 +184,20 @@ def test_batched_requests_get_one_row_each(triton_server: TritonServer) -> None:
             assert rows == ["Answer: ONE", "w1 w2 w3", "Answer: TWO WORDS"]
     finally:
         client.close()
+
+
+def test_errors_triton_reports_inside_a_200_response_are_recognised(
+    triton_server: TritonServer,
+) -> None:
+    # Triton's generate endpoint answers a decoupled model with HTTP 200 and an error body.
+    import httpx
+
+    from app.inference.openai_compat import error_in_body
+
+    body = {"text_input": "System: s\nUser: hi\nAssistant:", "max_tokens": 8}
+    bad = httpx.post(f"{triton_server.http_url}/v2/models/ensemble_stream/generate", json=body)
+    assert bad.status_code == 200
+    assert "exactly 1 response" in (error_in_body(bad.json()) or "")
+    good = httpx.post(f"{triton_server.http_url}/v2/models/ensemble/generate", json=body)
+    assert good.status_code == 200 and error_in_body(good.json()) is None
+    assert good.json()["text_output"] == "Answer: HI"
