@@ -56,6 +56,10 @@ class AdmissionControl(bootsteps.StartStopStep):  # type: ignore[misc]
         inference = c.app.agentq_settings.inference
         if inference.admission_max_depth is None:
             return
+        from app.tasks.runtime import runtime_for
+
+        # The pools must be up (scraping) before the first task, also under `celery worker`.
+        runtime_for(c.app, c.hostname or "")
         self.tref = c.timer.call_repeatedly(
             inference.metrics_interval_s, self.check, (c,), priority=10
         )

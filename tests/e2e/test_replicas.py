@@ -105,9 +105,10 @@ def _slow_calls(server, count: int, delay_ms: int) -> ThreadPoolExecutor:
             client.close()
 
     ex = ThreadPoolExecutor(count)
-    for _ in range(2):
+    for _ in range(2):  # one each for the two model instances (not one batch of two)
         ex.submit(call)
-    time.sleep(0.3)  # both model instances busy: the rest wait in Triton's queue
+        time.sleep(0.3)
+    # Both model instances busy: the rest wait in Triton's queue.
     for _ in range(count - 2):
         ex.submit(call)
     return ex
@@ -135,6 +136,9 @@ def test_one_worker_process_keeps_64_model_calls_in_flight(
     celery_app, start_worker, triton_server
 ) -> None:
     start_worker(["research"], concurrency=64)
+    # Both model instances busy with another client's calls: every call the worker makes
+    # waits in Triton's queue, so the queue depth counts the worker's calls in flight.
+    blockers = _slow_calls(triton_server, 2, 6000)
     peak = 0.0
     done = threading.Event()
 
@@ -147,14 +151,14 @@ def test_one_worker_process_keeps_64_model_calls_in_flight(
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        runs = [{"agent": "research", "input": f"[delay:3000] r{i}"} for i in range(64)]
+        runs = [{"agent": "research", "input": f"r{i}"} for i in range(64)]
         results = submit_many(runs, celery=celery_app)
         assert [r.get(timeout=90) for r in results] == [f"Answer: R{i}" for i in range(64)]
     finally:
         done.set()
         sampler.join()
-    # Two model instances execute one batch each; every other call waits in Triton's queue.
-    assert peak >= 62, f"at most {peak:.0f} calls waited at once"
+        blockers.shutdown(wait=True)
+    assert peak == 64, f"at most {peak:.0f} of the worker's calls were in flight at once"
 
 
 def test_cli_lists_dead_letters_with_their_reason(settings, redis_client) -> None:

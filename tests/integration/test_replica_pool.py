@@ -150,8 +150,11 @@ def loaded_first_replica(triton_pair) -> Iterator[TritonServer]:
             client.close()
 
     ex = ThreadPoolExecutor(24)
-    futures = [ex.submit(slow_call) for _ in range(2)]
-    time.sleep(0.3)  # both instances now sleep; later requests wait in the queue
+    futures = []
+    for _ in range(2):  # one each for the two model instances (not one batch of two)
+        futures.append(ex.submit(slow_call))
+        time.sleep(0.3)
+    # Both instances now sleep; later requests wait in the queue.
     futures += [ex.submit(slow_call) for _ in range(20)]
     assert wait_until(lambda: pending(target) >= 10, 10), "replica 0 did not queue requests"
     yield target
