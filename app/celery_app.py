@@ -8,6 +8,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from app.agents import AgentRegistry, load_registry
+from app.broker import install as install_broker_transport
 from app.config import Settings
 from app.routing import AgentRouter
 
@@ -29,6 +30,7 @@ def broker_transport_options(visibility_timeout_s: int) -> dict[str, int]:
 def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> Celery:
     """Build the Celery app for ``settings``; ``registry`` defaults to ``settings.agents_file``."""
     registry = registry if registry is not None else load_registry(settings.agents_file)
+    install_broker_transport()  # kombu's Redis transport, minus a client built per ack
     app = Celery("agentq", broker=settings.broker, backend=settings.backend, set_as_current=False)
     queues = [
         Queue(spec.queue_name, Exchange(spec.queue_name, type="direct"), spec.queue_name)
@@ -58,7 +60,7 @@ def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> 
         # result (STARTED once its first step is committed, then the answer).
         result_extended=False,
         task_track_started=False,
-        worker_send_task_events=True,
+        worker_send_task_events=worker.task_events,
         task_send_sent_event=False,
         worker_soft_shutdown_timeout=worker.soft_shutdown_timeout_s,
         worker_enable_soft_shutdown_on_idle=True,

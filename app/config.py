@@ -228,6 +228,16 @@ class WorkerSettings(BaseModel):
         ge=0,
         description="On SIGTERM, how long in-flight steps may finish (Celery soft shutdown).",
     )
+    task_events: bool = Field(
+        default=False,
+        description="Send Celery task events (needed by Flower and `celery events`); each "
+        "costs the worker a Redis publish per step, so they are off by default as in Celery.",
+    )
+    log_each_step: bool = Field(
+        default=False,
+        description="Keep Celery's INFO lines for each step message received and finished "
+        "(two per step; costly on a busy worker).",
+    )
     result_expires_s: int = Field(
         default=86_400, gt=0, description="How long run results stay in the result backend."
     )

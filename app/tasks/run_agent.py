@@ -17,6 +17,7 @@ from celery.exceptions import Ignore
 from app import dlq
 from app.constants import TASK_RUN_AGENT, published_key
 from app.errors import InferenceUnavailableError, RunFailedError
+from app.memory.sessions import NewRun
 from app.streaming import RunResult
 from app.tasks.runner import Outcome, StepMessage, StepResult
 from app.tasks.runtime import WorkerRuntime, runtime_for
@@ -87,7 +88,8 @@ def _dead_letter(
         failed_at=dlq.now(),
     )
     dlq.push(runtime.redis, letter, runtime.settings.worker.dead_letter_max)
-    runtime.store.fail_run(msg.run_id, f"dead-lettered: {reason}")
+    first = NewRun(msg.run_id, msg.agent, msg.input, msg.session_id) if msg.step == 0 else None
+    runtime.store.fail_run(msg.run_id, f"dead-lettered: {reason}", new_run=first)
     log.error(
         "run %s (agent %s) dead-lettered at step %d: %s", msg.run_id, msg.agent, msg.step, reason
     )

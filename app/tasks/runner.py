@@ -24,7 +24,7 @@ from app.inference.backend import (
     count_tokens,
 )
 from app.leases import RunLease
-from app.memory.sessions import RunState, SessionStore, StepRecord
+from app.memory.sessions import NewRun, RunState, SessionStore, StepRecord
 from app.prompts import FinalAnswer, ToolCall, Turn, build_prompt, parse_reply
 from app.streaming import TokenRelay
 from app.tools import ToolContext, run_tool
@@ -98,14 +98,15 @@ class StepRunner:
         finally:
             self.lease.release(msg.run_id, token)
 
-    def _load_or_start(self, spec: AgentSpec, msg: StepMessage) -> RunState:
-        state = self.store.load_run(msg.run_id) if msg.step else None
-        if state is None:
-            state = self.store.start_run(msg.run_id, spec.name, msg.input, msg.session_id)
-        return state
-
     def _run_leased(self, spec: AgentSpec, msg: StepMessage) -> StepResult:
-        state = self._load_or_start(spec, msg)
+        state = self.store.load_run(msg.run_id)
+        new_run = None
+        if state is None:
+            if msg.step != 0:
+                return StepResult(Outcome.SKIP)  # a later step of a run never started
+            # Created by the commit of its first step: one write per step, step 0 included.
+            new_run = NewRun(msg.run_id, spec.name, msg.input, msg.session_id)
+            state = new_run.state()
         if state.status == "succeeded":
             return StepResult(Outcome.DONE, answer=state.answer)
         if state.status == "failed":
@@ -121,13 +122,17 @@ class StepRunner:
             try:
                 validate_run(self.registry, self.settings, spec.name, state.input, state.session_id)
             except SubmitError as exc:
-                return self._fail(msg, "error", f"run refused: {exc}")
-        return self._execute(spec, msg, state)
+                return self._fail(msg, "error", f"run refused: {exc}", new_run)
+        return self._execute(spec, msg, state, new_run)
 
-    def _execute(self, spec: AgentSpec, msg: StepMessage, state: RunState) -> StepResult:
-        history = (
-            self.store.history(state.session_id, before_run=state.id) if state.session_id else []
-        )
+    def _execute(
+        self, spec: AgentSpec, msg: StepMessage, state: RunState, new_run: NewRun | None
+    ) -> StepResult:
+        history = []
+        if state.session_id:
+            # A run not in the store yet comes after every run of its session that is.
+            before = None if new_run else state.id
+            history = self.store.history(state.session_id, before_run=before)
         turns = [Turn(s.model_output, s.tool_result) for s in state.steps]
         prompt = build_prompt(spec.system_prompt, state.input, turns, history)
         params = GenerationParams(
@@ -140,7 +145,7 @@ class StepRunner:
         except InferenceUnavailableError:
             raise  # the task retries the step later; nothing was committed
         except InferenceError as exc:
-            return self._fail(msg, "error", f"model call failed: {exc}")
+            return self._fail(msg, "error", f"model call failed: {exc}", new_run)
         latency_ms = (time.perf_counter() - started) * 1000
         action = parse_reply(completion.text)
         call = action if isinstance(action, ToolCall) else None
@@ -157,7 +162,10 @@ class StepRunner:
             worker=self.worker_name,
         )
         if isinstance(action, FinalAnswer):
-            if not self.store.commit_step(msg.run_id, record, final_answer=action.answer):
+            committed = self.store.commit_step(
+                msg.run_id, record, final_answer=action.answer, new_run=new_run
+            )
+            if not committed:
                 return StepResult(Outcome.SKIP)
             if msg.stream:
                 self.relay.step(msg.run_id, msg.step, record.kind)
@@ -166,7 +174,7 @@ class StepRunner:
         reason = (
             f"step budget of {spec.max_steps} exhausted without a final answer" if last else None
         )
-        if not self.store.commit_step(msg.run_id, record, failed_reason=reason):
+        if not self.store.commit_step(msg.run_id, record, failed_reason=reason, new_run=new_run):
             return StepResult(Outcome.SKIP)
         if msg.stream:
             self.relay.step(msg.run_id, msg.step, record.kind, record.tool)
@@ -205,7 +213,9 @@ class StepRunner:
         except ToolError as exc:
             return {"error": str(exc)}
 
-    def _fail(self, msg: StepMessage, kind: str, reason: str) -> StepResult:
+    def _fail(
+        self, msg: StepMessage, kind: str, reason: str, new_run: NewRun | None = None
+    ) -> StepResult:
         record = StepRecord(step=msg.step, kind=kind, model_output="", worker=self.worker_name)
-        self.store.commit_step(msg.run_id, record, failed_reason=reason)
+        self.store.commit_step(msg.run_id, record, failed_reason=reason, new_run=new_run)
         return StepResult(Outcome.FAILED, reason=reason)

@@ -126,12 +126,15 @@ def test_an_open_breaker_closes_only_after_a_successful_probe() -> None:
     clock.now += 4.0
     pool.probe_due()
     assert not pool.status()[0].ready
-    clock.now += 1.0
+    clock.now += 1.5
     a.ready = False  # cooldown over, but the readiness probe fails: a new cooldown
     pool.probe_due()
     assert not pool.status()[0].ready
-    clock.now += 5.0
+    clock.now += 4.5
     a.ready = True
+    pool.probe_due()  # the new cooldown is not over yet
+    assert not pool.status()[0].ready
+    clock.now += 1.0
     pool.probe_due()
     assert pool.status()[0].ready
     assert {pool.generate("hi", PARAMS).replica for _ in range(4)} == {"a", "b"}
