@@ -334,13 +334,17 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
-    def _terminate(self) -> None:
+    def _terminate(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the server by PID, then its leftover stubs and their shared memory."""
         if self.proc is None:
             return
         tree = {**self._tree, **descendants(self.proc.pid)}
-        stop_process(self.proc, timeout_s=10.0)
+        regions = _shm_regions([self.proc.pid, *tree]) if self.proc.poll() is None else set()
+        stop_process(self.proc, timeout_s=10.0, sig=sig)
         _kill_leftovers(tree)
         self._tree = {}
+        for region in regions:  # a stub that did not exit cleanly leaves it (pitfall 8)
+            region.unlink(missing_ok=True)
 
     @property
     def stub_pids(self) -> list[int]:
@@ -351,16 +355,7 @@ class TritonServer:
 
     def kill(self) -> None:
         """SIGKILL the server, as a crashed replica; its stubs and shared memory go too."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        tree = {**self._tree, **descendants(self.proc.pid)}
-        regions = _shm_regions([self.proc.pid, *tree])
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-        _kill_leftovers(tree)
-        self._tree = {}
-        for region in regions:  # a hard exit leaves them behind (pitfall 8)
-            region.unlink(missing_ok=True)
+        self._terminate(signal.SIGKILL)
 
     def stop(self) -> int | None:
         """SIGTERM, up to 10 s, then SIGKILL; leftover stubs are killed. Idempotent."""
