@@ -19,18 +19,14 @@ from app.errors import InferenceError, InferenceUnavailableError
 from app.inference.backend import GenerationParams, count_tokens
 from app.inference.openai_compat import OpenAICompatBackend
 from tests.fixtures.openai_server import OpenAIServer
+from tests.fixtures.prompts import scripted_prompt
 
 pytestmark = pytest.mark.integration
 
 PARAMS = GenerationParams(max_tokens=512)
 
 
-def _prompt(user: str, *tool_results: str) -> str:
-    """A prompt laid out as app.prompts.build_prompt does."""
-    lines = ["System: you are scripted", f"User: {user}"]
-    for result in tool_results:
-        lines += ["Assistant: (tool call)", f"Tool: {result}"]
-    return "\n".join([*lines, "Assistant:"])
+_prompt = scripted_prompt
 
 
 def _wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:

@@ -23,14 +23,14 @@ from app.inference.triton import TritonBackend, build_inputs
 from app.local.processes import wait_until
 from app.local.triton import TritonServer
 from app.routing import parse_queue_depth
+from tests.fixtures.prompts import scripted_prompt
 
 pytestmark = pytest.mark.integration
 
 PARAMS = GenerationParams(max_tokens=32)
 
 
-def prompt(user: str) -> str:
-    return f"System: you are scripted\nUser: {user}\nAssistant:"
+prompt = scripted_prompt
 
 
 def served(server: TritonServer, model: str = "ensemble") -> int:

@@ -20,18 +20,14 @@ from app.inference.backend import GenerationParams
 from app.inference.triton import TritonBackend
 from app.local.processes import free_port
 from app.local.triton import TritonServer, install_triton
+from tests.fixtures.prompts import scripted_prompt
 
 pytestmark = pytest.mark.integration
 
 PARAMS = GenerationParams(max_tokens=512)
 
 
-def _prompt(user: str, *tool_results: str) -> str:
-    """A prompt laid out as app.prompts.build_prompt does."""
-    lines = ["System: you are scripted", f"User: {user}"]
-    for result in tool_results:
-        lines += ["Assistant: (tool call)", f"Tool: {result}"]
-    return "\n".join([*lines, "Assistant:"])
+_prompt = scripted_prompt
 
 
 @pytest.fixture
