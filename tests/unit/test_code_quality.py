@@ -15,9 +15,9 @@ BIN = Path(sys.executable).parent
 @pytest.mark.parametrize(
     "command",
     [
-        ["ruff", "check", "app", "tests", "models"],
-        ["ruff", "format", "--check", "app", "tests", "models"],
-        ["mypy", "app"],
+        ["ruff", "check", "app", "tests", "models", "bench"],
+        ["ruff", "format", "--check", "app", "tests", "models", "bench"],
+        ["mypy", "app", "bench"],
     ],
     ids=["ruff-check", "ruff-format", "mypy"],
 )

@@ -1,0 +1,34 @@
+"""The inference bench's pure parts: its model copy's config edit and its percentiles."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.config import Settings
+from bench.measure import BenchError, bench_repository, edit_config, percentile
+
+
+def test_the_bench_copy_changes_only_delay_and_batch_size(tmp_path) -> None:
+    source = Settings().triton.model_repository
+    repo = bench_repository(source, tmp_path / "models", 200, 256)
+    for model in ("ensemble", "ensemble_stream"):
+        before = (source / model / "config.pbtxt").read_text()
+        after = (repo / model / "config.pbtxt").read_text()
+        assert "max_batch_size: 256" in after
+        assert 'key: "delay_ms" value: { string_value: "200" }' in after
+        changed = [
+            a for a, b in zip(after.splitlines(), before.splitlines(), strict=True) if a != b
+        ]
+        assert len(changed) == 2
+
+
+def test_a_config_without_the_fields_is_refused() -> None:
+    with pytest.raises(BenchError):
+        edit_config('name: "x"\nbackend: "python"\n', 200, 256)
+
+
+def test_percentiles_interpolate() -> None:
+    assert percentile([], 0.5) is None
+    assert percentile([3.0], 0.99) == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    assert percentile(list(map(float, range(101))), 0.99) == pytest.approx(99.0)
