@@ -53,7 +53,7 @@ from bench.measure import (
 
 AGENT = "bench"
 INPUT = "Say hello."  # no directive: the scripted model answers at once, one step per run
-STREAM_INPUT = "[words:20] stream please"
+STREAM_INPUT = "[words:20] [pace:10] stream please"  # tokens 10 ms apart, as decoded
 MAX_BATCH_SIZE = 256  # 2 instances x 256: up to 512 calls execute at once
 ROUNDS, MIN_CALLS, MAX_CALLS = 16, 40, 1024  # calls per level: ROUNDS x C, bounded
 TWO_PROCESSES_FROM = 64

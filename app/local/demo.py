@@ -24,7 +24,7 @@ from app.local.triton import TritonServer, install_triton
 from app.local.workers import WorkerProcess
 from app.memory.migrate import migrate
 from app.memory.sessions import SessionStore
-from app.producer import submit_many
+from app.producer import submit, submit_many
 
 _DIRECTIVE = re.compile(r"\[(tool|delay|error|words):[^\]]*\]")
 
@@ -106,7 +106,8 @@ def run_demo(
             store = SessionStore.from_url(settings.database_url, migrate=False)
             stack.callback(store.close)
             runs = demo_runs(agents, count, model_latency_ms)
-            return _push_runs(celery, store, agents, runs, timeout_s, console)
+            ok = _push_runs(celery, store, agents, runs, timeout_s, console)
+            return _stream_run(celery, agents[0], timeout_s, console) and ok
         except AgentqError as exc:
             console.print(f"[red]demo failed:[/red] {exc}")
             return False
@@ -192,6 +193,34 @@ def _push_runs(
         f"Triton, {tool_calls} tool calls; states: {dict(states)}"
     )
     return not pending and states.get("SUCCESS", 0) == len(results)
+
+
+STREAM_INPUT = (
+    "Tokens travel from Triton through a Redis stream to this terminal as the model "
+    "generates them [pace:60]"
+)
+
+
+def _stream_run(celery: Any, agent: str, timeout_s: float, console: Console) -> bool:
+    """One run submitted with stream=True, its tokens printed as they arrive."""
+    console.print(f"streaming one [bold]{agent}[/bold] run, tokens as the model generates them:")
+    started = time.perf_counter()
+    result = submit(agent, STREAM_INPUT, stream=True, celery=celery)
+    first: float | None = None
+    tokens = []
+    for token in result.stream(timeout=timeout_s):
+        first = first or time.perf_counter() - started
+        tokens.append(token)
+        console.out(token, end="", highlight=False)
+    console.out("")
+    answer = result.get(timeout=timeout_s)
+    same = answer == "".join(tokens)
+    first_ms = (first or 0) * 1000
+    console.print(
+        f"[green]✓[/green] streamed {len(tokens)} tokens, the first {first_ms:.0f} ms after "
+        f"submit; they make up the run's answer: {'yes' if same else '[red]no[/red]'}"
+    )
+    return same
 
 
 def _print_results(store: SessionStore, results: list[Any], console: Console) -> tuple[int, int]:

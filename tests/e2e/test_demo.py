@@ -22,6 +22,9 @@ def test_demo_runs_agents_end_to_end_and_stops_everything(tmp_path):
     assert "12 of 12 runs succeeded" in out.stdout
     assert "embedded Redis" in out.stdout
     assert "Answer: 391" in out.stdout  # 17 * 23 through the calculator tool
+    # One run streamed live: its tokens, then the check that they make up its answer.
+    assert "Answer: TOKENS TRAVEL FROM TRITON THROUGH A REDIS STREAM" in out.stdout
+    assert "they make up the run's answer: yes" in out.stdout
     assert "everything stopped" in out.stdout
     assert list(tmp_path.iterdir()) == []  # nothing left in the working folder
 

@@ -197,3 +197,9 @@ def test_errors_triton_reports_inside_a_200_response_are_recognised(
     good = httpx.post(f"{triton_server.http_url}/v2/models/ensemble/generate", json=body)
     assert good.status_code == 200 and error_in_body(good.json()) is None
     assert good.json()["text_output"] == "Answer: HI"
+
+
+def test_pace_spaces_the_streamed_tokens_as_decode_steps(backend: TritonBackend) -> None:
+    arrivals = [time.monotonic() for _ in backend.stream(_prompt("[words:5] [pace:100]"), PARAMS)]
+    assert len(arrivals) == 5
+    assert arrivals[-1] - arrivals[0] >= 0.35  # four pauses of 100 ms (a lower bound)

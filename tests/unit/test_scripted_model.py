@@ -96,3 +96,9 @@ def test_stream_pieces_concatenate_to_the_reply() -> None:
     planned = reply(prompt("one two  three"))
     assert planned.pieces == ["Answer:", " ONE", " TWO", " THREE"]
     assert "".join(planned.pieces) == planned.text
+
+
+def test_pace_directive_sets_the_pause_between_streamed_tokens() -> None:
+    assert reply(prompt("[words:3] [pace:25]")).pace_ms == 25
+    assert reply(prompt("[words:3]")).pace_ms == 0
+    assert reply(prompt("[words:3] [pace:25]")).text == "w1 w2 w3"

@@ -7,7 +7,8 @@ user's turn:
 - ``[tool:NAME {json args}]`` (repeatable, args optional): ask for tool calls, one per step;
 - ``[delay:MS]``: sleep MS milliseconds before replying;
 - ``[error:MESSAGE]``: fail the call with MESSAGE;
-- ``[words:N]``: answer ``w1 w2 ... wN`` (long streams).
+- ``[words:N]``: answer ``w1 w2 ... wN`` (long streams);
+- ``[pace:MS]``: when streaming, MS milliseconds between tokens (an LLM's decode step).
 
 The pure logic imports nothing from Triton, so unit tests load this file by path.
 """
@@ -32,7 +33,7 @@ PROMPT_USER = "User: "
 PROMPT_ASSISTANT = "Assistant: "
 PROMPT_TOOL = "Tool: "
 
-_DIRECTIVE = re.compile(r"\[(tool|delay|error|words):")
+_DIRECTIVE = re.compile(r"\[(tool|delay|error|words|pace):")
 _TOOL_NAME = re.compile(r"[^\s\]{]+")
 _NUMBER_END = re.compile(r"\s*(\d+)\s*\]")
 
@@ -50,6 +51,7 @@ class Directives:
     error: str | None = None
     words: int | None = None
     text: str = ""  # the user text with directives removed, whitespace-normalised
+    pace_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Reply:
     text: str
     delay_ms: int = 0
     error: str | None = None
+    pace_ms: int = 0  # streaming only: pause between tokens
 
     @property
     def pieces(self) -> list[str]:
@@ -123,7 +126,7 @@ def _tool(text: str, pos: int) -> tuple[tuple[str, dict[str, Any]], int]:
 def parse_directives(user_text: str) -> Directives:
     """Read the directives out of the user's text (see the module docstring)."""
     tools: list[tuple[str, dict[str, Any]]] = []
-    delay_ms, error, words = 0, None, None
+    delay_ms, error, words, pace_ms = 0, None, None, 0
     kept: list[str] = []
     pos = 0
     while (match := _DIRECTIVE.search(user_text, pos)) is not None:
@@ -137,6 +140,8 @@ def parse_directives(user_text: str) -> Directives:
             delay_ms += ms
         elif kind == "words":
             words, pos = _number(user_text, pos, kind)
+        elif kind == "pace":
+            pace_ms, pos = _number(user_text, pos, kind)
         else:
             end = user_text.find("]", pos)
             if end < 0:
@@ -144,7 +149,7 @@ def parse_directives(user_text: str) -> Directives:
             error, pos = user_text[pos:end].strip(), end + 1
     kept.append(user_text[pos:])
     text = " ".join("".join(kept).split())
-    return Directives(tools, delay_ms, error, words, text)
+    return Directives(tools, delay_ms, error, words, text, pace_ms)
 
 
 def plan_reply(prompt: str, max_tokens: int, default_delay_ms: int = 0) -> Reply:
@@ -167,7 +172,7 @@ def plan_reply(prompt: str, max_tokens: int, default_delay_ms: int = 0) -> Reply
         text = "Answer: " + tool_results[-1]
     else:
         text = "Answer: " + d.text.upper()
-    return Reply(" ".join(text.split()[: max(max_tokens, 0)]), delay)
+    return Reply(" ".join(text.split()[: max(max_tokens, 0)]), delay, pace_ms=d.pace_ms)
 
 
 # ---- Triton glue (runs only inside the python backend) ----

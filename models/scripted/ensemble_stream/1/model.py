@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,25 +40,41 @@ class TritonPythonModel:
         # Dynamic batching hands over every request that queued meanwhile; they start together.
         batch = [(r, scripted.replies_for(r, self.delay_ms)) for r in requests]
         scripted.sleep_for([reply for _, replies in batch for reply in replies])
-        for request, replies in batch:
-            self._serve(request, replies)
+        streams = [s for r, replies in batch if (s := self._start(r, replies)) is not None]
+        # Tokens leave step by step across the batch, as an LLM decodes its batch together;
+        # [pace:MS] is the time one such step takes.
+        pace_ms = max((pace for _, _, pace in streams), default=0)
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        for i in range(max((len(p) for _, p, _ in streams), default=0)):
+            if i and pace_ms:
+                time.sleep(pace_ms / 1000)
+            for sender, pieces, _ in streams:
+                if i < len(pieces):
+                    sender.send(pb_utils.InferenceResponse(output_tensors=[pieces[i]]))
+                    if i == len(pieces) - 1:
+                        sender.send(flags=final)
         return None
 
-    def _serve(self, request: Any, replies: list[Any]) -> None:
+    def _start(self, request: Any, replies: list[Any]) -> tuple[Any, list[Any], int] | None:
+        """Answer at once (an error, or ``stream`` false), or return what to stream."""
         sender = request.get_response_sender()
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         errors = [r.error for r in replies if r.error is not None]
         if errors:
             error = pb_utils.TritonError(errors[0])
             sender.send(pb_utils.InferenceResponse(output_tensors=[], error=error), flags=final)
-            return
+            return None
         if not _wants_stream(request):
             tensor = scripted.text_tensor([r.text for r in replies])
             sender.send(pb_utils.InferenceResponse(output_tensors=[tensor]), flags=final)
-            return
+            return None
         pieces = [r.pieces for r in replies]
+        steps = max((len(p) for p in pieces), default=0)
+        if steps == 0:
+            sender.send(flags=final)
+            return None
         # A response carries one row per batch entry: rows whose reply is done send "".
-        for i in range(max((len(p) for p in pieces), default=0)):
-            row = [p[i] if i < len(p) else "" for p in pieces]
-            sender.send(pb_utils.InferenceResponse(output_tensors=[scripted.text_tensor(row)]))
-        sender.send(flags=final)
+        rows = [
+            scripted.text_tensor([p[i] if i < len(p) else "" for p in pieces]) for i in range(steps)
+        ]
+        return sender, rows, max(r.pace_ms for r in replies)
