@@ -121,6 +121,11 @@ def _deadline_ms(deadline: float, block_ms: int, run_id: str, timeout_s: float) 
     return max(1, min(block_ms, int(left * 1000)))
 
 
+def _events(response: Any) -> list[StreamEvent]:
+    """The events of one XREAD reply (None when it timed out)."""
+    return [decode(i, fields) for _key, entries in response or [] for i, fields in entries]
+
+
 def read_events(
     client: Any, run_id: str, *, timeout_s: float = 300.0, block_ms: int = 1000
 ) -> Iterator[StreamEvent]:
@@ -133,13 +138,11 @@ def read_events(
     deadline = time.monotonic() + timeout_s
     while True:
         block = _deadline_ms(deadline, block_ms, run_id, timeout_s)
-        for _key, entries in client.xread({key: last}, count=1024, block=block) or []:
-            for entry_id, fields in entries:
-                last = entry_id
-                event = decode(entry_id, fields)
-                yield event
-                if event.kind == END:
-                    return
+        for event in _events(client.xread({key: last}, count=1024, block=block)):
+            last = event.id
+            yield event
+            if event.kind == END:
+                return
 
 
 async def aread_events(
@@ -150,13 +153,11 @@ async def aread_events(
     deadline = time.monotonic() + timeout_s
     while True:
         block = _deadline_ms(deadline, block_ms, run_id, timeout_s)
-        for _key, entries in await client.xread({key: last}, count=1024, block=block) or []:
-            for entry_id, fields in entries:
-                last = entry_id
-                event = decode(entry_id, fields)
-                yield event
-                if event.kind == END:
-                    return
+        for event in _events(await client.xread({key: last}, count=1024, block=block)):
+            last = event.id
+            yield event
+            if event.kind == END:
+                return
 
 
 def _settings(result: AsyncResult) -> Settings:
