@@ -8,7 +8,6 @@ removed from it except by an operator (``agentq dlq``).
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -51,7 +50,3 @@ def list_letters(client: Any, limit: int = 100) -> list[DeadLetter]:
 def count(client: Any) -> int:
     """How many runs are dead-lettered."""
     return int(client.llen(DEAD_LETTERS))
-
-
-def now() -> float:
-    return time.time()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import Any
 
 from celery import Celery, Task, states
@@ -17,6 +18,7 @@ from celery.exceptions import Ignore
 from app import dlq
 from app.constants import TASK_RUN_AGENT, published_key
 from app.errors import InferenceUnavailableError, RunFailedError
+from app.inference.pool import backoff_delay
 from app.memory.sessions import NewRun
 from app.streaming import RunResult
 from app.tasks.runner import Outcome, StepMessage, StepResult
@@ -32,7 +34,7 @@ def step_task_id(run_id: str, step: int) -> str:
 
 def retry_delay(retries: int, cap_s: float) -> float:
     """Exponential backoff with full jitter: up to 1, 2, 4 ... seconds, capped."""
-    return random.uniform(0, min(cap_s, 2.0**retries))
+    return backoff_delay(retries, 1.0, cap_s, random.random())
 
 
 class RunAgentTask(Task):  # type: ignore[misc]
@@ -85,7 +87,7 @@ def _dead_letter(
         reason=reason,
         retries=retries,
         kwargs=dict(task.request.kwargs or {}),
-        failed_at=dlq.now(),
+        failed_at=time.time(),
     )
     dlq.push(runtime.redis, letter, runtime.settings.worker.dead_letter_max)
     first = NewRun(msg.run_id, msg.agent, msg.input, msg.session_id) if msg.step == 0 else None
