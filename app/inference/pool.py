@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import httpx
@@ -70,12 +70,6 @@ class ReplicaStatus:
     queue_depth: float | None
 
 
-@dataclass
-class _Ticket:
-    counter: int = 0
-    rng: random.Random = field(default_factory=random.Random)
-
-
 class ReplicaPool:
     """An :class:`InferenceBackend` over ``replicas``; safe to call from many threads."""
 
@@ -95,7 +89,8 @@ class ReplicaPool:
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._ticket = _Ticket()
+        self._ticket = 0  # calls so far, for round robin
+        self._rng = random.Random()
         self._own_http = http is None
         self._http = http or httpx.Client(timeout=_SCRAPE_TIMEOUT_S)
         self._stop = threading.Event()
@@ -108,12 +103,12 @@ class ReplicaPool:
             ready = [r for r in self.replicas if r.breaker.closed]
             fresh = [r for r in ready if r.name not in avoid]
             candidates = fresh or ready
-            self._ticket.counter += 1
+            self._ticket += 1
             index = choose_replica(
                 route.strategy or self.settings.strategy,
                 [r.view() for r in candidates],
-                ticket=self._ticket.counter,
-                rand=self._ticket.rng.random(),
+                ticket=self._ticket,
+                rand=self._rng.random(),
                 session_id=route.session_id,
             )
             if index is None:
@@ -144,15 +139,13 @@ class ReplicaPool:
         return replica
 
     def _describe(self) -> str:
-        with self._lock:
-            return ", ".join(
-                f"{r.name} ({'ready' if r.breaker.closed else 'circuit open'})"
-                for r in self.replicas
-            )
+        return ", ".join(
+            f"{s.name} ({'ready' if s.ready else 'circuit open'})" for s in self.status()
+        )
 
     def _retry_pause(self, attempt: int, deadline: float) -> None:
         s = self.settings
-        delay = backoff_delay(attempt, s.backoff_s, s.backoff_max_s, self._ticket.rng.random())
+        delay = backoff_delay(attempt, s.backoff_s, s.backoff_max_s, self._rng.random())
         self._sleep(max(0.0, min(delay, deadline - self._clock())))
 
     def _with_retries(

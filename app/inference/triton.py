@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -15,9 +15,6 @@ from tritonclient.utils import InferenceServerException
 
 from app.errors import InferenceError, InferenceUnavailableError
 from app.inference.backend import Completion, GenerationParams, Route, count_tokens
-
-if TYPE_CHECKING:
-    from app.config import Settings
 
 # gRPC status codes worth a retry on another replica or later: the server did not serve the
 # call (down, overloaded, late); any other code is the model's answer and is not retried.
@@ -237,9 +234,3 @@ class TritonBackend:
             with contextlib.suppress(InferenceServerException):
                 client.close()
         self._local = threading.local()
-
-
-def backend_from_settings(settings: Settings) -> TritonBackend:
-    """The backend for ``settings.triton.urls[0]`` (a replica pool comes later)."""
-    triton = settings.triton
-    return TritonBackend(triton.urls[0], triton.model, triton.stream_model, triton.timeout_s)
