@@ -20,8 +20,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from app.config import LimitSettings
 from app.constants import queue_for
 from app.errors import ConfigurationError
+from app.guardrails import Budget, Validator, ValidatorSpec, build_validators
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
@@ -52,6 +54,18 @@ class AgentSpec(BaseModel):
     max_input_bytes: int | None = Field(
         default=None, gt=0, description="Largest input it accepts (else settings.limits)."
     )
+    budget: Budget = Field(
+        default_factory=Budget,
+        description="Per-run limits on tokens, tool calls and wall time (unset ones default "
+        "to settings.limits; max_steps above is the step budget). A run may tighten them.",
+    )
+    input_validators: tuple[ValidatorSpec, ...] = Field(
+        default=(), description="Checks on a run's input at submit, e.g. blocked_patterns."
+    )
+    output_validators: tuple[ValidatorSpec, ...] = Field(
+        default=(),
+        description="Checks on the final answer before it is returned, e.g. json_schema.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -62,6 +76,18 @@ class AgentSpec(BaseModel):
                 "starting with a letter"
             )
         return value
+
+    def run_budget(self, limits: LimitSettings, override: Budget | None = None) -> Budget:
+        """A run's budget: this agent's, then ``limits``' defaults, tightened by ``override``."""
+        defaults = Budget(
+            max_steps=self.max_steps,
+            max_tokens_in=limits.max_tokens_in,
+            max_tokens_out=limits.max_tokens_out,
+            max_tool_calls=limits.max_tool_calls,
+            max_wall_time_s=limits.max_wall_time_s,
+        )
+        budget = self.budget.merged(defaults)
+        return budget.tightened(override) if override is not None else budget
 
     @property
     def queue_name(self) -> str:
@@ -74,6 +100,7 @@ class AgentRegistry:
 
     def __init__(self, specs: Iterable[AgentSpec] = ()) -> None:
         self._specs: dict[str, AgentSpec] = {}
+        self._validators: dict[str, tuple[list[tuple[str, Validator]], ...]] = {}
         for spec in specs:
             self.register(spec)
 
@@ -81,8 +108,21 @@ class AgentRegistry:
         """Add an agent type; a second spec with the same name is a configuration error."""
         if spec.name in self._specs:
             raise ConfigurationError(f"agent {spec.name!r} is declared twice")
+        # Built now, so a bad validator declaration fails at start-up, not in a run.
+        self._validators[spec.name] = (
+            build_validators(spec.input_validators),
+            build_validators(spec.output_validators),
+        )
         self._specs[spec.name] = spec
         return spec
+
+    def input_validators(self, name: str) -> list[tuple[str, Validator]]:
+        """The built input validators of agent type ``name``."""
+        return self._validators[name][0]
+
+    def output_validators(self, name: str) -> list[tuple[str, Validator]]:
+        """The built output validators of agent type ``name``."""
+        return self._validators[name][1]
 
     def get(self, name: str) -> AgentSpec | None:
         """The spec of ``name``, or None."""

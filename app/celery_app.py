@@ -10,6 +10,7 @@ from kombu import Exchange, Queue
 from app.agents import AgentRegistry, load_registry
 from app.broker import install as install_broker_transport
 from app.config import Settings
+from app.redis_client import celery_redis_options
 from app.routing import AgentRouter
 
 
@@ -66,13 +67,19 @@ def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> 
         worker_enable_soft_shutdown_on_idle=True,
         worker_hijack_root_logger=False,
         enable_utc=True,
+        # Password and TLS for rediss:// (kept out of the URLs, so never in the banner).
+        **celery_redis_options(settings),
     )
     app.agentq_settings = settings  # type: ignore[attr-defined]
     app.agentq_registry = registry  # type: ignore[attr-defined]
     from app.admission import AdmissionControl
+    from app.shutdown import GracefulShutdown
+    from app.health import install as install_health
     from app.tasks import register_tasks
 
     app.steps["consumer"].add(AdmissionControl)
+    app.steps["worker"].add(GracefulShutdown)  # SIGTERM: finish steps, hand back the rest
+    install_health(app)  # /livez /readyz /metrics of each worker (health.enabled)
     register_tasks(app)
     return app
 

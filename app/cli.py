@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from app import logs
 from app.config import Settings
 
 console = Console()
@@ -39,11 +40,18 @@ def worker(
 ) -> None:
     """Consume the queues of AGENTS' types and run their steps."""
     from celery.utils.nodenames import host_format
+    from pydantic import ValidationError
 
     from app.celery_app import create_celery
+    from app.errors import AgentqError, ConfigurationError
+    from app.redis_client import check_redis
     from app.tasks.runtime import runtime_for
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except (ConfigurationError, ValidationError) as exc:  # e.g. a secret file that is not there
+        raise click.ClickException(str(exc)) from None
+    logs.configure(settings.log_format, loglevel)
     app = create_celery(settings)
     registry = app.agentq_registry
     names = [a.strip() for a in agents.split(",") if a.strip()] if agents else registry.names
@@ -52,7 +60,12 @@ def worker(
         raise click.BadParameter(f"unknown agent types {unknown}; known: {registry.names}")
     queues = ",".join(registry.get(n).queue_name for n in names)
     node = host_format(hostname or f"agentq-{'-'.join(names)}@%h")
-    runtime_for(app, node)  # connect and migrate now: a bad config fails at start, not per run
+    try:
+        # Connect and migrate now: a bad config (password, TLS, URL) fails at start, not per run.
+        check_redis(settings)
+        runtime_for(app, node)
+    except AgentqError as exc:  # configuration, Redis, session store: one line, no traceback
+        raise click.ClickException(str(exc)) from None
     if not settings.worker.log_each_step:
         # Celery's "received" and "succeeded"/"ignored" INFO lines: two per step, ~8% of a
         # busy worker's CPU; Flower, metrics and the session store say the same.
@@ -60,6 +73,7 @@ def worker(
             logging.getLogger(name).setLevel(logging.WARNING)
     app.worker_main(
         [
+            *(["--quiet"] if settings.log_format == "json" else []),  # no banner amid JSON
             "worker",
             "-Q", queues,
             "-P", pool or settings.worker.pool,
@@ -73,14 +87,39 @@ def worker(
 
 
 @main.command()
+def flower() -> None:
+    """Flower on the broker; basic auth from AGENTQ_FLOWER__BASIC_AUTH is required."""
+    from app.errors import ConfigurationError
+    from app.flower import run_flower
+
+    try:
+        settings = Settings()
+        logs.configure(settings.log_format)
+        sys.exit(run_flower(settings) or 0)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
 @click.argument("agent")
 @click.argument("text")
 @click.option("--session", "session_id", default=None, help="Session id (continues its history).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the answer.")
 @click.option("--stream", is_flag=True, help="Print the model's tokens as they are generated.")
+@click.option(
+    "--idempotency-key",
+    default=None,
+    help="Submitting again with this key returns the first run instead of a new one.",
+)
 @click.option("--timeout", type=float, default=120.0, show_default=True)
 def submit(
-    agent: str, text: str, session_id: str | None, wait: bool, stream: bool, timeout: float
+    agent: str,
+    text: str,
+    session_id: str | None,
+    wait: bool,
+    stream: bool,
+    idempotency_key: str | None,
+    timeout: float,
 ) -> None:
     """Submit one run of AGENT with input TEXT (JSON objects are parsed)."""
     from app.errors import SubmitError
@@ -91,7 +130,9 @@ def submit(
         with contextlib.suppress(json.JSONDecodeError):
             run_input = json.loads(text)
     try:
-        result = submit_run(agent, run_input, session_id, stream=stream)
+        result = submit_run(
+            agent, run_input, session_id, stream=stream, idempotency_key=idempotency_key
+        )
     except SubmitError as exc:
         console.print(f"[red]refused:[/red] {exc}")
         sys.exit(2)
@@ -137,36 +178,122 @@ def status(agent: str | None, limit: int) -> None:
     console.print(table)
 
 
+@main.command()
+@click.option("--port", type=int, default=None, help="Port of /metrics (default: exporter.port).")
+def exporter(port: int | None) -> None:
+    """Serve every agent queue's true backlog and the DLQ size to Prometheus and KEDA."""
+    from app.exporter import run_exporter
+
+    run_exporter(Settings(), port)
+
+
 @main.group()
 def dlq() -> None:
     """Dead-lettered runs (retries exhausted), kept with their reason."""
 
 
+def _dlq_client() -> Any:
+    from app.redis_client import redis_client
+
+    return redis_client(Settings())
+
+
 @dlq.command("list")
+@click.option("--agent", default=None, help="Only this agent type's runs.")
 @click.option("--limit", type=int, default=50, show_default=True)
-def dlq_list(limit: int) -> None:
+def dlq_list(agent: str | None, limit: int) -> None:
     """The newest dead-lettered runs."""
     import datetime
 
-    import redis
-
     from app import dlq as dead
 
-    client = redis.Redis.from_url(Settings().redis_url)
-    letters = dead.list_letters(client, limit)
-    table = Table("run", "agent", "step", "retries", "failed at", "reason")
-    for letter in letters:
+    client = _dlq_client()
+    table = Table("run", "agent", "step", "kind", "retries", "failed at", "reason")
+    for letter in dead.list_letters(client, limit, agent):
         when = datetime.datetime.fromtimestamp(letter.failed_at, datetime.UTC)
         table.add_row(
             letter.run_id,
             letter.agent,
             str(letter.step),
+            letter.kind,
             str(letter.retries),
             when.strftime("%Y-%m-%d %H:%M:%S"),
             letter.reason,
         )
     console.print(table)
     console.print(f"{dead.count(client)} dead-lettered run(s) in all")
+
+
+@dlq.command("show")
+@click.argument("run_id")
+def dlq_show(run_id: str) -> None:
+    """One dead letter in full: reason, traceback and the step's arguments (JSON)."""
+    from dataclasses import asdict
+
+    from app import dlq as dead
+
+    letter = dead.get(_dlq_client(), run_id)
+    if letter is None:
+        raise click.ClickException(f"run {run_id} is not in the dead-letter queue")
+    click.echo(json.dumps(asdict(letter), indent=2))
+
+
+def _chosen(client: Any, run_ids: tuple[str, ...], all_: bool, agent: str | None) -> list[str]:
+    from app import dlq as dead
+
+    if bool(run_ids) == all_:
+        raise click.UsageError("name RUN_IDs or pass --all (not both)")
+    if run_ids:
+        return list(run_ids)
+    return [letter.run_id for letter in dead.list_letters(client, dead.count(client), agent)]
+
+
+@dlq.command("replay")
+@click.argument("run_ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dead letter (of --agent, if given).")
+@click.option("--agent", default=None, help="With --all: only this agent type's runs.")
+def dlq_replay(run_ids: tuple[str, ...], all_: bool, agent: str | None) -> None:
+    """Send dead-lettered runs back to their queues; they resume at the step that failed."""
+    from app.celery_app import create_celery
+    from app.errors import NotDeadLetteredError
+    from app.memory.sessions import SessionStore
+    from app.tasks.dead_letters import replay
+
+    settings = Settings()
+    client = _dlq_client()
+    celery = create_celery(settings)
+    store = SessionStore.from_url(settings.database_url, migrate=False)
+    failed = 0
+    try:
+        for run_id in _chosen(client, run_ids, all_, agent):
+            try:
+                letter = replay(celery, celery.agentq_registry, store, client, run_id)
+            except NotDeadLetteredError as exc:
+                console.print(f"[red]skipped:[/red] {exc}")
+                failed += 1
+                continue
+            console.print(f"replayed run {run_id} from step {letter.step}", highlight=False)
+    finally:
+        store.close()
+        celery.close()
+    sys.exit(1 if failed else 0)
+
+
+@dlq.command("purge")
+@click.argument("run_ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dead letter (of --agent, if given).")
+@click.option("--agent", default=None, help="With --all: only this agent type's runs.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dlq_purge(run_ids: tuple[str, ...], all_: bool, agent: str | None, yes: bool) -> None:
+    """Delete dead letters for good (their runs stay failed in the session store)."""
+    from app import dlq as dead
+
+    client = _dlq_client()
+    chosen = _chosen(client, run_ids, all_, agent)
+    if not yes:
+        click.confirm(f"Delete {len(chosen)} dead letter(s) for good?", abort=True)
+    removed = dead.remove(client, chosen)
+    console.print(f"purged {removed} dead letter(s)")
 
 
 @main.group()

@@ -11,12 +11,23 @@ Examples::
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from app.errors import ConfigurationError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -220,9 +231,6 @@ class WorkerSettings(BaseModel):
     retry_backoff_max_s: float = Field(
         default=60.0, gt=0, description="Longest delay between two retries of a step."
     )
-    dead_letter_max: int = Field(
-        default=100_000, gt=0, description="Dead-letter entries kept (oldest dropped beyond)."
-    )
     soft_shutdown_timeout_s: float = Field(
         default=30.0,
         ge=0,
@@ -250,14 +258,215 @@ class LimitSettings(BaseModel):
         default=64 * 1024, gt=0, description="Largest accepted run input, JSON-encoded."
     )
     max_steps: int = Field(default=8, gt=0, description="Default step budget of an agent.")
+    max_tokens_in: int | None = Field(
+        default=None, gt=0, description="Default prompt-token budget of a run (None: unlimited)."
+    )
+    max_tokens_out: int | None = Field(
+        default=None, gt=0, description="Default generated-token budget of a run (None: unlimited)."
+    )
+    max_tool_calls: int | None = Field(
+        default=None, ge=0, description="Default tool-call budget of a run (None: unlimited)."
+    )
+    max_wall_time_s: float | None = Field(
+        default=None, gt=0, description="Default wall-time budget of a run (None: unlimited)."
+    )
+    idempotency_window_s: int = Field(
+        default=86_400,
+        gt=0,
+        description="How long a submit's idempotency key keeps returning the run it created.",
+    )
     tool_timeout_s: float = Field(default=30.0, gt=0, description="Default tool call deadline.")
+
+
+class HealthSettings(BaseModel):
+    """A worker's HTTP endpoints: /livez, /readyz and /metrics."""
+
+    enabled: bool = Field(default=True, description="Serve the endpoints from each worker.")
+    host: str = Field(default="0.0.0.0", description="Address the endpoints listen on.")
+    port: int = Field(
+        default=9540,
+        ge=0,
+        le=65535,
+        description="Port of the endpoints (0: a free port, logged at start; a port in use "
+        "also falls back to a free one, so several workers can share a machine).",
+    )
+    heartbeat_interval_s: float = Field(
+        default=2.0, gt=0, description="How often the worker's event loop stamps its heartbeat."
+    )
+    heartbeat_misses: int = Field(
+        default=5,
+        ge=1,
+        description="/livez fails once the heartbeat is this many intervals old (event loop "
+        "wedged).",
+    )
+    step_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="/livez fails once a step has run worker.step_timeout_s plus this long "
+        "(a thread wedged in a step).",
+    )
+    check_timeout_s: float = Field(
+        default=1.0, gt=0, description="Deadline of each /readyz check (Redis, store, replicas)."
+    )
+    cache_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="/readyz and the replica gauges reuse a check's result this long, so a "
+        "scrape storm cannot hammer the model servers.",
+    )
+
+
+class ExporterSettings(BaseModel):
+    """``agentq exporter``: cluster-wide backlog gauges for Prometheus and KEDA."""
+
+    host: str = Field(default="0.0.0.0", description="Address the exporter listens on.")
+    port: int = Field(default=9541, ge=0, le=65535, description="Port of the exporter's /metrics.")
+    redis_timeout_s: float = Field(
+        default=2.0, gt=0, description="Deadline of the Redis reads behind one scrape."
+    )
+
+
+class FlowerSettings(BaseModel):
+    """``agentq flower``: Flower on the broker, behind HTTP basic auth."""
+
+    basic_auth: SecretStr | None = Field(
+        default=None,
+        description="'user:password' Flower requires (or AGENTQ_FLOWER__BASIC_AUTH_FILE); "
+        "Flower refuses to start without it. Never logged nor put on a command line.",
+    )
+    address: str = Field(
+        default="127.0.0.1",
+        description="Address Flower listens on (0.0.0.0 in a container behind a Service).",
+    )
+    port: int = Field(default=5555, ge=0, le=65535, description="Port of Flower's UI and API.")
+    url_prefix: str | None = Field(
+        default=None, description="Path prefix when Flower sits behind a proxy, e.g. 'flower'."
+    )
+    enable_events: bool = Field(
+        default=True,
+        description="Broadcast enable_events to the workers every 5 s, so workers started "
+        "without AGENTQ_WORKER__TASK_EVENTS send task events too (from the next broadcast on).",
+    )
+    max_tasks: int = Field(
+        default=100_000,
+        gt=0,
+        description="Tasks (one per step) Flower keeps in memory; older ones are forgotten.",
+    )
+    purge_offline_workers_s: int | None = Field(
+        default=600,
+        gt=0,
+        description="Forget workers offline this long (autoscaled workers come and go).",
+    )
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry spans from submit through each step to the model and tool calls."""
+
+    exporter: Literal["none", "console", "otlp"] = Field(
+        default="none",
+        description="Where spans go: nowhere (tracing off, no overhead), the console "
+        "(JSON, one span per line) or an OTLP/HTTP collector. Needs the [otel] extra.",
+    )
+    otlp_endpoint: str = Field(
+        default="http://127.0.0.1:4318/v1/traces",
+        description="OTLP/HTTP traces endpoint of the collector (exporter 'otlp').",
+    )
+    service_name: str = Field(
+        default="agentq", description="service.name of the spans' resource."
+    )
+    console_file: Path | None = Field(
+        default=None,
+        description="Exporter 'console': append the spans to this file instead of stdout.",
+    )
+
+
+class RedisTLSSettings(BaseModel):
+    """TLS for ``rediss://`` URLs: broker, result backend and every Redis client."""
+
+    ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle that signed the Redis server's certificate (unset: the system's).",
+    )
+    cert_file: Path | None = Field(
+        default=None, description="Client certificate, for servers that require one."
+    )
+    key_file: Path | None = Field(default=None, description="Private key of cert_file.")
+    verify: bool = Field(
+        default=True,
+        description="Verify the server's certificate and host name (turn off only to test).",
+    )
+
+
+# Settings that may hold a secret: each may also come from the file named by
+# AGENTQ_<NAME>_FILE (Docker and Kubernetes secrets), e.g. AGENTQ_REDIS_PASSWORD_FILE.
+SECRET_FIELDS = (
+    "redis_password",
+    "redis_url",
+    "broker_url",
+    "result_backend",
+    "database_url",
+    "openai.api_key",
+    "flower.basic_auth",
+)
+_URL_FIELDS = {"redis_url", "broker_url", "result_backend", "database_url"}
+
+
+def secret_file_var(field: str) -> str:
+    """The variable naming the file that holds ``field`` ("openai.api_key" -> ..._API_KEY_FILE)."""
+    return "AGENTQ_" + field.replace(".", "__").upper() + "_FILE"
+
+
+class SecretFileSource(PydanticBaseSettingsSource):
+    """Secrets read from the files named by ``AGENTQ_<NAME>_FILE``; the variable itself wins."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads every secret at once
+
+    def __call__(self) -> dict[str, Any]:
+        env = {name.upper(): value for name, value in os.environ.items()}
+        values: dict[str, Any] = {}
+        for field in SECRET_FIELDS:
+            var = secret_file_var(field)
+            if var not in env or var.removesuffix("_FILE") in env:
+                continue
+            try:
+                text = Path(env[var]).read_text()
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"{var}={env[var]}: cannot read the secret file ({exc.strerror}); "
+                    f"mount the secret there or unset {var}"
+                ) from None
+            *parents, leaf = field.split(".")
+            node = values
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            # Secret files usually end with a newline that is not part of the secret.
+            node[leaf] = text.removesuffix("\n").removesuffix("\r")
+        return values
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparseable URL>"
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 class Settings(BaseSettings):
     """agentq configuration, read from the environment (prefix ``AGENTQ_``)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="AGENTQ_", env_nested_delimiter="__", extra="ignore"
+        env_prefix="AGENTQ_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        hide_input_in_errors=True,  # a rejected value may be a secret
     )
 
     redis_url: str = Field(
@@ -269,6 +478,22 @@ class Settings(BaseSettings):
     )
     result_backend: str | None = Field(
         default=None, description="Celery result backend URL; defaults to redis_url."
+    )
+    redis_password: SecretStr | None = Field(
+        default=None,
+        description="Password of every Redis connection whose URL has none "
+        "(or AGENTQ_REDIS_PASSWORD_FILE); never logged.",
+    )
+    redis_tls: RedisTLSSettings = Field(
+        default_factory=RedisTLSSettings, description="Certificates for rediss:// URLs."
+    )
+    redis_connect_timeout_s: float = Field(
+        default=5.0, gt=0, description="Deadline of one connection to Redis (TLS included)."
+    )
+    redis_socket_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest wait for one Redis reply (above stream.read_block_ms).",
     )
     database_url: str = Field(
         default="sqlite:///agentq.sqlite3",
@@ -286,13 +511,46 @@ class Settings(BaseSettings):
     stream: StreamSettings = Field(default_factory=StreamSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    exporter: ExporterSettings = Field(default_factory=ExporterSettings)
+    flower: FlowerSettings = Field(default_factory=FlowerSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines of workers, the exporter and Flower: Celery's text, or one JSON "
+        "object per line with run_id, agent and step inside a step (AGENTQ_LOG_FORMAT).",
+    )
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None,
+        validation_alias="PROMETHEUS_MULTIPROC_DIR",
+        description="prometheus_client's multiprocess folder (PROMETHEUS_MULTIPROC_DIR, read "
+        "by prometheus_client too): set it when several processes share one /metrics.",
+    )
 
     @field_validator("redis_url", "broker_url", "result_backend")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"expected a redis:// or rediss:// URL, got {value!r}")
+            raise ValueError(f"expected a redis:// or rediss:// URL, got {mask_url(value)!r}")
         return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        secret_files = SecretFileSource(settings_cls)
+        return init_settings, env_settings, secret_files, dotenv_settings, file_secret_settings
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # URLs may carry passwords (SecretStr fields mask themselves).
+        for name, value in super().__repr_args__():
+            masked = name in _URL_FIELDS and isinstance(value, str)
+            yield name, mask_url(value) if masked else value
 
     @property
     def broker(self) -> str:
@@ -307,8 +565,6 @@ class Settings(BaseSettings):
 
 def child_env(overrides: dict[str, str]) -> dict[str, str]:
     """This process's environment plus ``overrides``, for a child process (worker, server)."""
-    import os
-
     return {**os.environ, **overrides}
 
 
@@ -324,7 +580,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "AGENTQ_TRITON__URLS": json.dumps(settings.triton.urls),
         "AGENTQ_INFERENCE": settings.inference.model_dump_json(),
         "AGENTQ_STREAM": settings.stream.model_dump_json(),
+        "AGENTQ_REDIS_TLS": settings.redis_tls.model_dump_json(),
+        "AGENTQ_REDIS_CONNECT_TIMEOUT_S": str(settings.redis_connect_timeout_s),
+        "AGENTQ_REDIS_SOCKET_TIMEOUT_S": str(settings.redis_socket_timeout_s),
     }
+    if settings.redis_password is not None:
+        env["AGENTQ_REDIS_PASSWORD"] = settings.redis_password.get_secret_value()
     if settings.triton.replicas:
         env["AGENTQ_TRITON__REPLICAS"] = json.dumps(
             [r.model_dump() for r in settings.triton.replicas]

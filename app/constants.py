@@ -30,7 +30,9 @@ def stream_key(run_id: str) -> str:
 
 
 DEAD_LETTERS = f"{KEY_PREFIX}dead"
-"""Redis list of dead-lettered runs (newest first), each a JSON object with its reason."""
+"""Redis hash of dead-lettered runs: run id -> JSON object with its reason (app.dlq)."""
+DEAD_LETTER_INDEX = f"{KEY_PREFIX}dead:index"
+"""Redis sorted set of dead-lettered run ids by the time they failed."""
 
 QUEUE_METRICS = ("nv_inference_pending_request_count", "vllm:num_requests_waiting")
 """Gauges of requests waiting at a model server: Triton's, then vLLM's (NIM exports vLLM's)."""
@@ -46,3 +48,22 @@ PROMPT_SYSTEM = "System: "
 PROMPT_USER = "User: "
 PROMPT_ASSISTANT = "Assistant: "
 PROMPT_TOOL = "Tool: "
+
+
+def tool_result_key(run_id: str, step: int) -> str:
+    """Redis key caching the tool result of a run's step (a redelivered step reuses it)."""
+    return f"{KEY_PREFIX}tool:{run_id}:{step}"
+
+
+def effect_key(run_id: str, step: int, name: str) -> str:
+    """Redis key marking that a step's side effect ``name`` happened (exactly-once tools)."""
+    return f"{KEY_PREFIX}effect:{run_id}:{step}:{name}"
+
+
+def idempotency_key(agent: str, key: str) -> str:
+    """Redis key mapping a submit's idempotency key to the run it created."""
+    return f"{KEY_PREFIX}idem:{agent}:{key}"
+
+
+EFFECT_TTL_S = 7 * 86_400
+"""How long step-level dedup records live: longer than any retry or DLQ replay of a step."""

@@ -27,6 +27,14 @@ class PayloadTooLargeError(SubmitError):
     """Raised when a run's input exceeds ``limits.max_input_bytes`` once JSON-encoded."""
 
 
+class InputRejectedError(SubmitError):
+    """Raised when one of the agent type's input validators rejects a run's input."""
+
+
+class IdempotencyConflictError(SubmitError):
+    """Raised when an idempotency key is reused for a run with different fields."""
+
+
 class InferenceError(AgentqError):
     """Raised when the model server answers a call with an error (not retried)."""
 
@@ -51,8 +59,28 @@ class RunFailedError(AgentqError):
     """Raised by ``AsyncResult.get()`` when a run ended without an answer (the reason says why)."""
 
 
+class GuardrailError(RunFailedError):
+    """Raised by ``AsyncResult.get()`` when a run was stopped by one of its guardrails."""
+
+
+class BudgetExceededError(GuardrailError):
+    """Raised by ``AsyncResult.get()`` when a run hit its step, token, tool-call or time budget."""
+
+
+class OutputRejectedError(GuardrailError):
+    """Raised by ``AsyncResult.get()`` when an output validator rejected the run's answer."""
+
+
+class DeadLetteredError(RunFailedError):
+    """Raised by ``AsyncResult.get()`` when a run went to the dead-letter queue (replayable)."""
+
+
 class StoreError(AgentqError):
     """Raised when the session store cannot be reached or its schema is not migrated."""
+
+
+class NotDeadLetteredError(AgentqError):
+    """Raised when an operator replays a run that is not in the dead-letter queue."""
 
 
 class LocalServiceError(AgentqError):

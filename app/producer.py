@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from celery import Celery
 
+from app import tracing
 from app.agents import AgentRegistry
 from app.config import Settings
-from app.constants import TASK_RUN_AGENT
-from app.errors import InvalidInputError
+from app.constants import TASK_RUN_AGENT, idempotency_key
+from app.errors import IdempotencyConflictError, InvalidInputError
+from app.redis_client import redis_client
 from app.streaming import RunResult
-from app.validation import validate_run
+from app.tasks.run_agent import message_headers
+from app.validation import RunRequest, validate_run
+
+RUN_FIELDS = frozenset(
+    {"agent", "input", "session_id", "run_id", "stream", "budget", "idempotency_key"}
+)
 
 
 def _registry(celery: Celery) -> AgentRegistry:
@@ -31,6 +41,61 @@ def _default_celery(celery: Celery | None) -> Celery:
     return get_celery()
 
 
+def _redis(celery: Celery) -> Any:
+    client = getattr(celery, "agentq_redis", None)
+    if client is None:
+        client = redis_client(_settings(celery))
+        celery.agentq_redis = client  # type: ignore[attr-defined]
+    return client
+
+
+def _digest(req: RunRequest) -> str:
+    fields = [req.agent, req.input, req.session_id, req.budget]
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _claim(celery: Celery, req: RunRequest, key: Any) -> str | None:
+    """Reserve idempotency ``key`` for ``req``; the run id it already names, if any.
+
+    SET NX makes concurrent submits with one key agree on one run. A key reused for a
+    different run (other agent, input, session or budget) is refused.
+    """
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key) > 256:
+        raise InvalidInputError(f"'idempotency_key' must be a string of 1-256 chars, got {key!r}")
+    name = idempotency_key(req.agent, key)
+    value = json.dumps({"run_id": req.run_id, "digest": _digest(req)})
+    window = _settings(celery).limits.idempotency_window_s
+    client = _redis(celery)
+    if client.set(name, value, nx=True, ex=window):
+        return None
+    raw = client.get(name)
+    if raw is None:  # expired between the two calls: claim it again
+        return _claim(celery, req, key)
+    held = json.loads(raw)
+    if held["digest"] != _digest(req):
+        raise IdempotencyConflictError(
+            f"idempotency key {key!r} of agent {req.agent!r} was used for run "
+            f"{held['run_id']} with different fields; use a new key for a new run"
+        )
+    return str(held["run_id"])
+
+
+def _submit_span(celery: Celery, req: RunRequest) -> AbstractContextManager[Any]:
+    """The ``agentq.submit`` span of one run; its context goes into the message headers."""
+    tracing.setup(_settings(celery).tracing)  # once per process, on the first submit
+    return tracing.span(
+        "agentq.submit", None, "producer", agent=req.agent, run_id=req.run_id, queue=req.queue
+    )
+
+
+def _release(celery: Celery, req: RunRequest, key: str | None) -> None:
+    # The run was not enqueued after all: let a retry of this submit claim the key anew.
+    if key is not None:
+        _redis(celery).delete(idempotency_key(req.agent, key))
+
+
 def submit(
     agent: str,
     input: Any,
@@ -38,20 +103,34 @@ def submit(
     *,
     run_id: str | None = None,
     stream: bool = False,
+    budget: Mapping[str, Any] | None = None,
+    idempotency_key: str | None = None,
     celery: Celery | None = None,
 ) -> RunResult:
     """Validate and enqueue one run; ``.get()`` on the result waits for its answer.
 
     With ``stream=True`` the worker relays the model's tokens as they come:
     ``for token in result.stream(): ...`` (or ``async for token in result.astream()``).
+    ``budget`` tightens the agent type's limits for this run (app.guardrails.Budget).
+    With ``idempotency_key``, a repeated submit within ``limits.idempotency_window_s``
+    returns the run the first one created instead of enqueueing another.
     """
     celery = _default_celery(celery)
     req = validate_run(
-        _registry(celery), _settings(celery), agent, input, session_id, run_id, stream
+        _registry(celery), _settings(celery), agent, input, session_id, run_id, stream, budget
     )
-    return celery.tasks[TASK_RUN_AGENT].apply_async(  # type: ignore[no-any-return]
-        kwargs=req.kwargs(), task_id=req.run_id, queue=req.queue
-    )
+    task = celery.tasks[TASK_RUN_AGENT]
+    existing = _claim(celery, req, idempotency_key)
+    if existing is not None:
+        return task.AsyncResult(existing)  # type: ignore[no-any-return]
+    try:
+        with _submit_span(celery, req):
+            return task.apply_async(  # type: ignore[no-any-return]
+                kwargs=req.kwargs(), task_id=req.run_id, queue=req.queue, headers=message_headers()
+            )
+    except BaseException:
+        _release(celery, req, idempotency_key)
+        raise
 
 
 def submit_many(
@@ -63,33 +142,52 @@ def submit_many(
     """Validate every run first, then enqueue all of them through pipelined Redis writes.
 
     Each item is a mapping with ``agent``, ``input`` and optionally ``session_id``,
-    ``run_id`` and ``stream``. If any item is invalid, nothing is enqueued.
+    ``run_id``, ``stream``, ``budget`` and ``idempotency_key`` (as for :func:`submit`).
+    If any item is invalid, nothing is enqueued.
     """
     celery = _default_celery(celery)
     registry, settings = _registry(celery), _settings(celery)
-    requests = []
+    requests: list[tuple[RunRequest, str | None]] = []
     for i, item in enumerate(runs):
         if not isinstance(item, Mapping):
             raise InvalidInputError(f"run #{i} must be a mapping, got {type(item).__name__}")
-        unknown = set(item) - {"agent", "input", "session_id", "run_id", "stream"}
+        unknown = set(item) - RUN_FIELDS
         if unknown:
             raise InvalidInputError(f"run #{i} has unknown fields: {sorted(unknown)}")
-        requests.append(
-            validate_run(
-                registry,
-                settings,
-                item.get("agent"),
-                item.get("input"),
-                item.get("session_id"),
-                item.get("run_id"),
-                item.get("stream", False),
-            )
+        req = validate_run(
+            registry,
+            settings,
+            item.get("agent"),
+            item.get("input"),
+            item.get("session_id"),
+            item.get("run_id"),
+            item.get("stream", False),
+            item.get("budget"),
         )
+        requests.append((req, item.get("idempotency_key")))
     task = celery.tasks[TASK_RUN_AGENT]
-    with celery.producer_or_acquire() as producer, producer.batch(max_size=batch_size):
-        return [
-            task.apply_async(
-                kwargs=req.kwargs(), task_id=req.run_id, queue=req.queue, producer=producer
-            )
-            for req in requests
-        ]
+    results: list[RunResult] = []
+    fresh: list[tuple[RunRequest, str | None]] = []
+    try:
+        for req, key in requests:
+            existing = _claim(celery, req, key)
+            if existing is not None:
+                results.append(task.AsyncResult(existing))
+            else:
+                fresh.append((req, key))
+                results.append(task.AsyncResult(req.run_id))
+        with celery.producer_or_acquire() as producer, producer.batch(max_size=batch_size):
+            for req, _ in fresh:
+                with _submit_span(celery, req):
+                    task.apply_async(
+                        kwargs=req.kwargs(),
+                        task_id=req.run_id,
+                        queue=req.queue,
+                        producer=producer,
+                        headers=message_headers(),
+                    )
+    except BaseException:
+        for req, key in fresh:
+            _release(celery, req, key)
+        raise
+    return results

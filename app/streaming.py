@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-import redis.asyncio
 from celery.result import AsyncResult
 
 from app.config import Settings, StreamSettings
 from app.constants import stream_key
 from app.errors import StreamTimeoutError
+from app.redis_client import async_redis_client, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def _client(result: AsyncResult) -> Any:
     app = result.app
     client = getattr(app, "agentq_stream_redis", None)
     if client is None:
-        client = redis.Redis.from_url(_settings(result).redis_url)
+        client = redis_client(_settings(result))
         app.agentq_stream_redis = client
     return client
 
@@ -192,7 +192,7 @@ class RunResult(AsyncResult):  # type: ignore[misc]
     async def aevents(self, timeout: float = 300.0) -> AsyncIterator[StreamEvent]:
         """:meth:`events` for asyncio."""
         settings = _settings(self)
-        client = redis.asyncio.Redis.from_url(settings.redis_url)
+        client = async_redis_client(settings)
         try:
             async for event in aread_events(
                 client, self.id, timeout_s=timeout, block_ms=settings.stream.read_block_ms

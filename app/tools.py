@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.constants import kv_key
+from app.constants import EFFECT_TTL_S, effect_key, kv_key
 from app.errors import ToolError
 
 
@@ -128,10 +128,24 @@ def kv_set(ctx: ToolContext, key: str, value: str) -> str:
     return "ok"
 
 
+# Increment once per (run, step): a step re-run after a crash returns the first result.
+_INCR_ONCE = """
+local done = redis.call('GET', KEYS[2])
+if done then return tonumber(done) end
+local value = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], value, 'EX', ARGV[1])
+return value
+"""
+
+
 @tool("counter_incr")
 def counter_incr(ctx: ToolContext, key: str) -> int:
-    """Add one to a counter in the key-value store and return it (a tool with a side effect)."""
-    return int(ctx.redis.incr(kv_key(key)))
+    """Add one to a counter in the key-value store and return it (a tool with a side effect).
+
+    Exactly once per step: the increment and its record are one atomic Redis script.
+    """
+    keys = [kv_key(key), effect_key(ctx.run_id, ctx.step, f"incr:{key}")]
+    return int(ctx.redis.eval(_INCR_ONCE, 2, *keys, EFFECT_TTL_S))
 
 
 @tool("word_count")

@@ -9,9 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from app.agents import AgentRegistry
 from app.config import Settings
-from app.errors import InvalidInputError, PayloadTooLargeError
+from app.errors import InputRejectedError, InvalidInputError, PayloadTooLargeError
+from app.guardrails import Budget, first_rejection
 from app.routing import queue_for_agent
 
 
@@ -25,12 +28,15 @@ class RunRequest:
     queue: str
     run_id: str
     stream: bool = False
+    budget: dict[str, Any] | None = None  # limits tightening the agent type's budget
 
     def kwargs(self) -> dict[str, Any]:
         """The task's keyword arguments (the wire format, JSON)."""
         kwargs = {"agent": self.agent, "input": self.input, "session_id": self.session_id}
         if self.stream:
             kwargs["stream"] = True
+        if self.budget:
+            kwargs["budget"] = self.budget
         return kwargs
 
 
@@ -63,6 +69,7 @@ def validate_run(
     session_id: Any = None,
     run_id: str | None = None,
     stream: Any = False,
+    budget: Any = None,
 ) -> RunRequest:
     """Check one run's fields and return it as a :class:`RunRequest`, or raise a SubmitError."""
     queue = queue_for_agent(registry.queues(), agent)
@@ -81,4 +88,24 @@ def validate_run(
         raise PayloadTooLargeError(
             f"input of agent {agent!r} is {size} bytes once JSON-encoded; the limit is {limit}"
         )
-    return RunRequest(agent, input, session_id, queue, run_id or str(uuid.uuid4()), stream)
+    rejection = first_rejection(registry.input_validators(spec.name), input)
+    if rejection is not None:
+        raise InputRejectedError(f"input of agent {agent!r} rejected by {rejection}")
+    return RunRequest(
+        agent, input, session_id, queue, run_id or str(uuid.uuid4()), stream, _budget(budget)
+    )
+
+
+def _budget(value: Any) -> dict[str, Any] | None:
+    """A run's budget override as JSON, checked; it can only tighten the agent's budget."""
+    if value is None:
+        return None
+    if isinstance(value, Budget):
+        return value.model_dump(exclude_none=True) or None
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(f"'budget' must be a mapping of limits, got {value!r}")
+    try:
+        return Budget.model_validate(dict(value)).model_dump(exclude_none=True) or None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidInputError(f"invalid 'budget': {problems}") from None

@@ -9,3 +9,15 @@ if ! python3 -m uv --version 2>/dev/null | grep -q "$UV_VERSION"; then
 fi
 python3 -m uv sync --quiet --frozen --all-extras
 .venv/bin/agentq triton install
+# promtool, for the monitoring tests (they skip without it, fail in CI): taken out of Debian's
+# prometheus package rather than installing it, which would also start a Prometheus server.
+if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && { apt-get download -qq prometheus || { apt-get update -qq && apt-get download -qq prometheus; }; } \
+      && dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool) >/dev/null 2>&1; then
+    install -m 0755 "$tmp/usr/bin/promtool" /usr/local/bin/promtool
+  else
+    echo "setup: could not get promtool (Debian package prometheus); its tests will skip" >&2
+  fi
+  rm -rf "$tmp"
+fi

@@ -19,7 +19,7 @@ from app.local.redis import RedisServer
 IN_CI = bool(os.environ.get("CI"))
 TEST_REDIS_DB = 13
 
-pytest_plugins = ["tests.fixtures.triton", "tests.fixtures.postgres"]
+pytest_plugins = ["tests.fixtures.triton", "tests.fixtures.postgres", "tests.fixtures.secure_redis"]
 
 
 def service_missing(reason: str) -> None:

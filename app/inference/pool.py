@@ -22,8 +22,9 @@ from typing import TypeVar
 
 import httpx
 
+from app import metrics
 from app.config import InferenceSettings, ReplicaSettings, Settings
-from app.errors import InferenceUnavailableError, NoReplicaAvailableError
+from app.errors import InferenceError, InferenceUnavailableError, NoReplicaAvailableError
 from app.inference.backend import Completion, GenerationParams, InferenceBackend, Route
 from app.inference.breaker import CircuitBreaker
 from app.routing import ReplicaView, choose_replica, parse_queue_depth
@@ -32,6 +33,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _SCRAPE_TIMEOUT_S = 1.0
+
+
+def error_kind(exc: BaseException) -> str:
+    """A model call failure as a metric label: the replica did not serve it, or the model
+    answered with an error, or something else broke."""
+    if isinstance(exc, InferenceUnavailableError):
+        return "unavailable"
+    if isinstance(exc, InferenceError):
+        return "model_error"
+    return "other"
 
 
 def backoff_delay(attempt: int, base_s: float, cap_s: float, rand: float) -> float:
@@ -81,10 +92,12 @@ class ReplicaPool:
         http: httpx.Client | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        kind: str = "triton",
     ) -> None:
         if not replicas:
             raise ValueError("a replica pool needs at least one replica")
         self.replicas = list(replicas)
+        self.kind = kind  # backend kind, the metrics' ``backend`` label
         self.settings = settings
         self._clock = clock
         self._sleep = sleep
@@ -143,6 +156,12 @@ class ReplicaPool:
             f"{s.name} ({'ready' if s.ready else 'circuit open'})" for s in self.status()
         )
 
+    def _observe(self, replica: Replica, started: float, exc: BaseException | None) -> None:
+        seconds = time.perf_counter() - started
+        metrics.model_call(
+            self.kind, replica.name, seconds, None if exc is None else error_kind(exc)
+        )
+
     def _retry_pause(self, attempt: int, deadline: float) -> None:
         s = self.settings
         delay = backoff_delay(attempt, s.backoff_s, s.backoff_max_s, self._rng.random())
@@ -166,19 +185,22 @@ class ReplicaPool:
             if remaining <= 0:
                 break
             replica = self._acquire_or_probe(route, tried)
+            started = time.perf_counter()
             try:
                 result = call(replica, remaining)
-            except InferenceUnavailableError as exc:
+            except BaseException as exc:
+                self._observe(replica, started, exc)
+                if not isinstance(exc, InferenceUnavailableError):
+                    self._release(replica, available=True)  # the replica answered (model error)
+                    raise
                 self._release(replica, available=False)
                 last = exc
                 tried.append(replica.name)
                 if attempt + 1 < self.settings.attempts:
                     self._retry_pause(attempt, deadline)
                 continue
-            except BaseException:
-                self._release(replica, available=True)  # the replica answered (model error)
-                raise
             if not hold:
+                self._observe(replica, started, None)
                 self._release(replica, available=True)
             return result
         raise InferenceUnavailableError(
@@ -215,33 +237,41 @@ class ReplicaPool:
     ) -> Iterator[str]:
         """Pieces of one reply. Retried on another replica only until the first piece arrives."""
 
-        def first_piece(replica: Replica, remaining: float) -> tuple[Replica, Iterator[str], str]:
+        def first_piece(
+            replica: Replica, remaining: float
+        ) -> tuple[Replica, Iterator[str], str, float]:
+            started = time.perf_counter()
             pieces = replica.backend.stream(prompt, params, timeout_s=remaining)
             try:
-                return replica, pieces, next(pieces, "")
+                return replica, pieces, next(pieces, ""), started
             except BaseException:
                 _close(pieces)
                 raise
 
         # Once the first piece is in, the rest of the stream is the caller's to read: a failure
         # then is not retried here (the pieces are out), and the replica stays counted in flight.
-        replica, pieces, first = self._with_retries(
+        replica, pieces, first, started = self._with_retries(
             route or Route(), timeout_s, first_piece, hold=True
         )
-        return self._rest(replica, first, pieces)
+        return self._rest(replica, first, pieces, started)
 
-    def _rest(self, replica: Replica, first: str, pieces: Iterator[str]) -> Iterator[str]:
-        available = True
+    def _rest(
+        self, replica: Replica, first: str, pieces: Iterator[str], started: float
+    ) -> Iterator[str]:
+        failure: BaseException | None = None
         try:
             if first:
                 yield first
             yield from pieces
-        except InferenceUnavailableError:
-            available = False
+        except GeneratorExit:
+            raise  # the reader stopped early: not the replica's failure
+        except BaseException as exc:
+            failure = exc
             raise
         finally:
             _close(pieces)
-            self._release(replica, available=available)
+            self._observe(replica, started, failure)
+            self._release(replica, available=not isinstance(failure, InferenceUnavailableError))
 
     def health(self) -> bool:
         """True when at least one replica's breaker is closed and it answers ready."""
@@ -268,6 +298,13 @@ class ReplicaPool:
                 )
                 for r in self.replicas
             ]
+
+    def readiness(self) -> dict[str, bool]:
+        """Each replica: its breaker is closed and it answers ready now (probes every such
+        replica; the health endpoints cache the answer)."""
+        with self._lock:
+            closed = {r.name: r.breaker.closed for r in self.replicas}
+        return {r.name: closed[r.name] and self._ready(r) for r in self.replicas}
 
     def _ready(self, replica: Replica) -> bool:
         if replica.health_url is None:
@@ -357,6 +394,7 @@ def build_pools(settings: Settings) -> dict[str, ReplicaPool]:
                 settings.inference,
             ),
             settings.inference,
+            kind="triton",
         )
     }
     openai = settings.openai
@@ -371,5 +409,6 @@ def build_pools(settings: Settings) -> dict[str, ReplicaPool]:
                 settings.inference,
             ),
             settings.inference,
+            kind="openai",
         )
     return {kind: pool.start() for kind, pool in pools.items()}

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from app.agents import load_registry
 from app.celery_app import create_celery
-from app.config import Settings
+from app.config import Settings, mask_url
 from app.errors import AgentqError
 from app.local.redis import RedisServer
 from app.local.triton import TritonServer, install_triton
@@ -133,7 +133,8 @@ def _start_services(settings: Settings, tmp: Path, stack: ExitStack, console: Co
             f"[green]✓[/green] embedded Redis on {redis_server.url} (pid {redis_server.pid})"
         )
     else:
-        console.print(f"[green]✓[/green] Redis from AGENTQ_REDIS_URL: {settings.redis_url}")
+        where = mask_url(settings.redis_url)
+        console.print(f"[green]✓[/green] Redis from AGENTQ_REDIS_URL: {where}")
     if "database_url" not in settings.model_fields_set:
         updates["database_url"] = f"sqlite:///{tmp / 'agentq.sqlite3'}"
     with console.status("installing tritonserver from the nvidia-pytriton wheel (first run only)"):
@@ -148,7 +149,7 @@ def _start_services(settings: Settings, tmp: Path, stack: ExitStack, console: Co
     merged = settings.model_copy(update=updates)
     # Migrate once here so the workers, starting side by side, find the schema ready.
     migrate(merged.database_url)
-    console.print(f"[green]✓[/green] session store {merged.database_url}")
+    console.print(f"[green]✓[/green] session store {mask_url(merged.database_url)}")
     return merged
 
 

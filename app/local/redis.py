@@ -6,8 +6,10 @@ import re
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 
@@ -40,20 +42,42 @@ def find_redis_server() -> Path:
     )
 
 
-class RedisServer:
-    """A Redis server on a free loopback port, in a temp folder, stopped by its PID."""
+@dataclass(frozen=True)
+class ServerTLS:
+    """The server's certificate, its key and the CA that signed it (PEM files)."""
 
-    def __init__(self, *, appendonly: bool = False, binary: Path | None = None) -> None:
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+
+class RedisServer:
+    """A Redis server on a free loopback port, in a temp folder, stopped by its PID.
+
+    With ``tls`` it listens on a TLS port only (``rediss://``); with ``password`` it
+    requires AUTH (written to a config file, so it is not on the process list).
+    """
+
+    def __init__(
+        self,
+        *,
+        appendonly: bool = False,
+        binary: Path | None = None,
+        password: str | None = None,
+        tls: ServerTLS | None = None,
+    ) -> None:
         self.binary = binary or find_redis_server()
         self.appendonly = appendonly
+        self.password = password
+        self.tls = tls
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:<port>/0``."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """``redis://127.0.0.1:<port>/0`` (``rediss://`` with TLS), without the password."""
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -65,13 +89,26 @@ class RedisServer:
         folder = Path(self._dir.name)
         self.port = self.port or free_port()
         log = folder / "redis.log"
+        config = folder / "redis.conf"
+        config.write_text(f"requirepass {self.password}\n" if self.password else "")
+        config.chmod(0o600)
         args = [
-            str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1",
+            str(self.binary), str(config), "--bind", "127.0.0.1",
             "--dir", str(folder), "--save", "", "--logfile", str(log), "--daemonize", "no",
             "--appendonly", "yes" if self.appendonly else "no",
         ]  # fmt: skip
+        if self.tls is None:
+            args += ["--port", str(self.port)]
+        else:  # TLS only: a plain-text client finds no port to talk to
+            args += [
+                "--port", "0", "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls.cert_file),
+                "--tls-key-file", str(self.tls.key_file),
+                "--tls-ca-cert-file", str(self.tls.ca_file),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = self.client(socket_connect_timeout=0.5)
 
         def answers() -> bool:
             try:
@@ -86,6 +123,11 @@ class RedisServer:
         finally:
             client.close()
         return self
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A client of this server, with its password and CA."""
+        tls = {"ssl_ca_certs": str(self.tls.ca_file)} if self.tls else {}
+        return redis.Redis.from_url(self.url, password=self.password, **tls, **kwargs)
 
     def stop(self) -> None:
         """Stop the server (SIGTERM by PID, SIGKILL after a grace period)."""

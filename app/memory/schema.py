@@ -68,6 +68,9 @@ runs = Table(
     Column("error", Text, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime, nullable=True),
+    # Why a failed run ended: budget_exceeded, output_rejected, model_error, dead_lettered...
+    Column("error_type", String, nullable=True),
+    Column("budget", JsonValue, nullable=True),  # the run's limits (app.guardrails.Budget)
     Index("ix_runs_session_created", "session_id", "created_at"),
     Index("ix_runs_status", "status"),
 )

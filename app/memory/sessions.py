@@ -80,6 +80,8 @@ class RunRecord:
     error: str | None
     created_at: datetime
     finished_at: datetime | None
+    error_type: str | None = None  # why a failed run ended (see app.guardrails, app.dlq)
+    budget: dict[str, Any] | None = None  # the run's limits (app.guardrails.Budget)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +103,22 @@ class NewRun:
     agent: str
     input: Any
     session_id: str | None = None
+    budget: dict[str, Any] | None = None
 
     def state(self) -> RunState:
         """The run as it stands before its first step."""
         return RunState(
-            self.id, self.session_id, self.agent, self.input, RUNNING, 0, None, None, _now(), None
+            self.id,
+            self.session_id,
+            self.agent,
+            self.input,
+            RUNNING,
+            0,
+            None,
+            None,
+            _now(),
+            None,
+            budget=self.budget,
         )
 
 
@@ -229,6 +242,7 @@ class SessionStore:
                 status=RUNNING,
                 next_step=0,
                 created_at=now,
+                budget=run.budget,
             )
         ).rowcount
         if new_run and run.session_id is not None and not new_session:
@@ -297,6 +311,7 @@ class SessionStore:
         *,
         final_answer: Any = NO_ANSWER,
         failed_reason: str | None = None,
+        error_type: str | None = None,
         new_run: NewRun | None = None,
     ) -> bool:
         """Commit ``record`` as the run's next step; False if it is not the next step.
@@ -311,7 +326,12 @@ class SessionStore:
         if final_answer is not NO_ANSWER:
             ending = {"status": SUCCEEDED, "answer": final_answer, "finished_at": now}
         elif failed_reason is not None:
-            ending = {"status": FAILED, "error": failed_reason, "finished_at": now}
+            ending = {
+                "status": FAILED,
+                "error": failed_reason,
+                "error_type": error_type,
+                "finished_at": now,
+            }
         with self._transaction(write=True) as conn:
             if new_run is not None:
                 self._insert_run(conn, new_run, now)
@@ -339,7 +359,14 @@ class SessionStore:
                 return False
         return True
 
-    def fail_run(self, run_id: str, reason: str, new_run: NewRun | None = None) -> bool:
+    def fail_run(
+        self,
+        run_id: str,
+        reason: str,
+        new_run: NewRun | None = None,
+        *,
+        error_type: str | None = None,
+    ) -> bool:
         """End a running run as failed without a step; False if it is not running.
 
         With ``new_run`` a run that has not committed a step yet is created first.
@@ -350,7 +377,22 @@ class SessionStore:
             changed = conn.execute(
                 update(runs)
                 .where(runs.c.id == run_id, runs.c.status == RUNNING)
-                .values(status=FAILED, error=reason, finished_at=_now())
+                .values(status=FAILED, error=reason, error_type=error_type, finished_at=_now())
+            ).rowcount
+        return changed == 1
+
+    def reopen_run(self, run_id: str, error_types: tuple[str, ...]) -> bool:
+        """Set a failed run running again (a dead letter being replayed); False if it was not
+        failed with one of ``error_types``. Its committed steps stay as they are."""
+        with self._transaction(write=True) as conn:
+            changed = conn.execute(
+                update(runs)
+                .where(
+                    runs.c.id == run_id,
+                    runs.c.status == FAILED,
+                    runs.c.error_type.in_(error_types),
+                )
+                .values(status=RUNNING, error=None, error_type=None, finished_at=None)
             ).rowcount
         return changed == 1
 
@@ -374,6 +416,11 @@ class SessionStore:
         with self._transaction() as conn:
             rows = conn.execute(query).all()
         return [RunRecord(**row._mapping) for row in rows]
+
+    def ping(self) -> None:
+        """``SELECT 1`` on the database; raises :class:`StoreError` when it is unreachable."""
+        with self._transaction() as conn:
+            conn.execute(select(1)).scalar_one()
 
     def close(self) -> None:
         """Close the store's connections."""

@@ -10,21 +10,59 @@ from __future__ import annotations
 import logging
 import random
 import time
+import traceback
 from typing import Any
 
+import redis
 from celery import Celery, Task, states
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject, Retry
 
-from app import dlq
+from app import dlq, logs, metrics, tracing
 from app.constants import TASK_RUN_AGENT, published_key
-from app.errors import InferenceUnavailableError, RunFailedError
+from app.errors import (
+    BudgetExceededError,
+    DeadLetteredError,
+    InferenceUnavailableError,
+    OutputRejectedError,
+    RunFailedError,
+    StoreError,
+)
+from app.guardrails import BUDGET_EXCEEDED, OUTPUT_REJECTED
 from app.inference.pool import backoff_delay
-from app.memory.sessions import NewRun
+from app.masking import task_kwargsrepr
 from app.streaming import RunResult
+from app.tasks.dead_letters import DEAD_LETTERED, dead_letter
 from app.tasks.runner import Outcome, StepMessage, StepResult
 from app.tasks.runtime import WorkerRuntime, runtime_for
 
 log = logging.getLogger(__name__)
+
+ENQUEUED_AT = "agentq_enqueued_at"
+"""Message header: Unix time the step was enqueued (for the queue-wait metric)."""
+
+# Errors that a later try may not hit: no model server, the store or Redis unreachable.
+TRANSIENT = (
+    InferenceUnavailableError,
+    StoreError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+)
+
+_RUN_ERRORS: dict[str | None, type[RunFailedError]] = {
+    BUDGET_EXCEEDED: BudgetExceededError,
+    OUTPUT_REJECTED: OutputRejectedError,
+    DEAD_LETTERED: DeadLetteredError,
+}
+
+
+def run_error(reason: str | None, error_type: str | None) -> RunFailedError:
+    """The typed error a failed run raises from ``AsyncResult.get()``."""
+    return _RUN_ERRORS.get(error_type, RunFailedError)(reason or "run failed")
+
+
+def message_headers() -> dict[str, Any]:
+    """Headers of a step message: when it was enqueued, and the trace it belongs to."""
+    return tracing.inject({ENQUEUED_AT: time.time()})
 
 
 def step_task_id(run_id: str, step: int) -> str:
@@ -43,59 +81,107 @@ class RunAgentTask(Task):  # type: ignore[misc]
     def AsyncResult(self, task_id: str, **kwargs: Any) -> RunResult:
         return RunResult(task_id, backend=self.backend, task_name=self.name, app=self.app, **kwargs)
 
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        # Every publish (submit, next step, retry): Flower and Celery's log lines show
+        # this text instead of the arguments, with secrets masked.
+        options.setdefault("kwargsrepr", task_kwargsrepr(kwargs))
+        return super().apply_async(args, kwargs, **options)
+
 
 def register_run_agent(app: Celery) -> Task:
     """Define ``agentq.run_agent`` on ``app``."""
 
-    @app.task(name=TASK_RUN_AGENT, bind=True, max_retries=None, shared=False, base=RunAgentTask)
+    @app.task(
+        name=TASK_RUN_AGENT,
+        bind=True,
+        max_retries=None,
+        shared=False,
+        base=RunAgentTask,
+        throws=(RunFailedError,),  # a run ending in failure is not a worker error
+    )
     def run_agent(
         self: Task,
-        agent: str,
+        agent: str = "",
         input: Any = None,
         session_id: str | None = None,
         run_id: str | None = None,
         step: int = 0,
         stream: bool = False,
+        budget: dict[str, Any] | None = None,
+        **unknown: Any,
     ) -> Any:
         runtime = runtime_for(self.app, self.request.hostname or "")
-        msg = StepMessage(run_id or self.request.id, agent, step, input, session_id, stream)
-        try:
-            result = runtime.runner.run_step(msg)
-        except InferenceUnavailableError as exc:
-            worker = runtime.settings.worker
-            if self.request.retries >= worker.inference_retries:
-                result = _dead_letter(self, runtime, msg, exc)
-            else:
-                # All replicas down: hand the step back to the broker for later, with backoff,
-                # rather than hold a thread here.
-                delay = retry_delay(self.request.retries, worker.retry_backoff_max_s)
-                raise self.retry(exc=exc, countdown=delay) from exc
-        return _finish(self, runtime, msg, result)
+        msg = StepMessage(run_id or self.request.id, agent, step, input, session_id, stream, budget)
+        enqueued = getattr(self.request, ENQUEUED_AT, None)
+        if isinstance(enqueued, (int, float)) and not self.request.retries:
+            metrics.queue_wait(agent, max(0.0, time.time() - enqueued))
+        parent = tracing.extract(self.request)
+        with (
+            logs.step_context(msg.run_id, agent, step),
+            tracing.span(
+                "agentq.step", parent, "consumer", agent=agent, run_id=msg.run_id, step=step
+            ) as span,
+        ):
+            metrics.step_started(agent)
+            try:
+                if unknown:
+                    raise TypeError(f"unexpected arguments {sorted(unknown)}")
+                result = runtime.runner.run_step(msg)
+            except TRANSIENT as exc:
+                if self.request.retries >= runtime.settings.worker.inference_retries:
+                    result = _dead_letter(self, runtime, msg, exc, dlq.RETRIES_EXHAUSTED)
+                else:
+                    _retry_later(self, runtime, msg, exc)
+            except Exception as exc:
+                # Poison: retrying cannot help (a bug, a malformed message): keep it for operators.
+                result = _dead_letter(self, runtime, msg, exc, dlq.POISON, traceback.format_exc())
+            finally:
+                metrics.step_ended(agent)
+            span.set(outcome=result.outcome.value)
+            return _finish(self, runtime, msg, result)
 
     return run_agent
 
 
+def _retry_later(task: Task, runtime: WorkerRuntime, msg: StepMessage, exc: Exception) -> None:
+    """Hand the step back to the broker with backoff rather than hold a thread here."""
+    metrics.step_retry(msg.agent, type(exc).__name__)
+    delay = retry_delay(task.request.retries, runtime.settings.worker.retry_backoff_max_s)
+    try:
+        raise task.retry(exc=exc, countdown=delay)
+    except Retry:
+        raise
+    except Exception as publish_error:
+        # The retry could not be published: leave the message unacknowledged for redelivery.
+        raise Reject(f"retry not published: {publish_error}", requeue=True) from exc
+
+
 def _dead_letter(
-    task: Task, runtime: WorkerRuntime, msg: StepMessage, exc: Exception
+    task: Task,
+    runtime: WorkerRuntime,
+    msg: StepMessage,
+    exc: Exception,
+    kind: str,
+    trace: str | None = None,
 ) -> StepResult:
     retries = task.request.retries
-    reason = f"no model server answered after {retries} retries: {exc}"
+    reason = f"{type(exc).__name__}: {exc}"
+    if kind == dlq.RETRIES_EXHAUSTED:
+        reason = f"still failing after {retries} retries: {reason}"
     letter = dlq.DeadLetter(
         run_id=msg.run_id,
         agent=msg.agent,
         step=msg.step,
+        kind=kind,
         reason=reason,
         retries=retries,
         kwargs=dict(task.request.kwargs or {}),
+        task_id=task.request.id,
         failed_at=time.time(),
+        traceback=trace,
     )
-    dlq.push(runtime.redis, letter, runtime.settings.worker.dead_letter_max)
-    first = NewRun(msg.run_id, msg.agent, msg.input, msg.session_id) if msg.step == 0 else None
-    runtime.store.fail_run(msg.run_id, f"dead-lettered: {reason}", new_run=first)
-    log.error(
-        "run %s (agent %s) dead-lettered at step %d: %s", msg.run_id, msg.agent, msg.step, reason
-    )
-    return StepResult(Outcome.FAILED, reason=f"dead-lettered: {reason}")
+    error = dead_letter(runtime.redis, runtime.store, letter, msg.input, msg.session_id)
+    return StepResult(Outcome.FAILED, reason=str(error), error_type=DEAD_LETTERED)
 
 
 def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepResult) -> Any:
@@ -117,7 +203,12 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
         case Outcome.FAILED:
             if msg.stream:
                 runtime.runner.relay.end(msg.run_id, "failed", error=result.reason)
-            task.backend.mark_as_failure(msg.run_id, RunFailedError(result.reason or "run failed"))
+            error = run_error(result.reason, result.error_type)
+            if not is_first:
+                task.backend.mark_as_failure(msg.run_id, error)
+            # Raised, so Flower and task events show the run's typed failure; later steps'
+            # messages ignore results, so only the run id holds it.
+            raise error
         case Outcome.BUSY:
             # Another worker holds the run: come back shortly rather than wait in a thread.
             task.apply_async(
@@ -125,6 +216,8 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
                 task_id=task.request.id,
                 countdown=runtime.settings.worker.lease_retry_s,
                 queue=_queue(runtime, msg.agent),
+                ignore_result=not is_first,
+                headers=message_headers(),
             )
     raise Ignore()
 
@@ -151,6 +244,8 @@ def _publish_step(
         },
         task_id=step_task_id(msg.run_id, step),
         queue=_queue(runtime, msg.agent),
+        ignore_result=True,  # the run's result lives under the run id only
+        headers=message_headers(),
     )
     # Set after publishing: a crash in between costs a duplicate message, never a lost one.
     runtime.redis.set(marker, 1, ex=2 * runtime.settings.worker.visibility_timeout_s)

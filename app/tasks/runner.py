@@ -13,9 +13,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from app import metrics, tracing
 from app.agents import AgentRegistry, AgentSpec
 from app.config import Settings
 from app.errors import InferenceError, InferenceUnavailableError, SubmitError, ToolError
+from app.guardrails import (
+    BUDGET_EXCEEDED,
+    OUTPUT_REJECTED,
+    TOOL_NOT_ALLOWED,
+    Budget,
+    Usage,
+    check_after_call,
+    check_before_step,
+    first_rejection,
+)
 from app.inference.backend import (
     Completion,
     GenerationParams,
@@ -24,7 +35,16 @@ from app.inference.backend import (
     count_tokens,
 )
 from app.leases import RunLease
-from app.memory.sessions import NewRun, RunState, SessionStore, StepRecord
+from app.memory.sessions import (
+    FAILED,
+    NO_ANSWER,
+    SUCCEEDED,
+    NewRun,
+    RunState,
+    SessionStore,
+    StepRecord,
+)
+from app.memory.tool_cache import MISS, ToolResultCache
 from app.prompts import FinalAnswer, ToolCall, Turn, build_prompt, parse_reply
 from app.streaming import TokenRelay
 from app.tools import ToolContext, run_tool
@@ -52,6 +72,13 @@ class StepMessage:
     input: Any = None
     session_id: str | None = None
     stream: bool = False  # relay the model's tokens to the producer (app.streaming)
+    budget: dict[str, Any] | None = None  # step 0 only: limits tightening the agent's budget
+
+
+# error_type of runs that end for reasons other than guardrails (see app.guardrails for those).
+MODEL_ERROR = "model_error"
+INPUT_REJECTED = "input_rejected"
+UNKNOWN_AGENT = "unknown_agent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +87,18 @@ class StepResult:
     next_step: int | None = None
     answer: Any = None
     reason: str | None = None
+    error_type: str | None = None  # FAILED: why (budget_exceeded, output_rejected, ...)
+
+
+def usage(state: RunState, now: float) -> Usage:
+    """What ``state``'s committed steps have spent (``now``: Unix time)."""
+    return Usage(
+        steps=len(state.steps),
+        tokens_in=sum(s.tokens_in for s in state.steps),
+        tokens_out=sum(s.tokens_out for s in state.steps),
+        tool_calls=sum(1 for s in state.steps if s.kind == "tool"),
+        wall_time_s=max(0.0, now - state.created_at.timestamp()),
+    )
 
 
 class StepRunner:
@@ -81,22 +120,36 @@ class StepRunner:
         self.backends = backends
         self.lease = RunLease(redis)
         self.relay = TokenRelay(redis, settings.stream)
+        self.tool_cache = ToolResultCache(redis)
         self.worker_name = worker_name
+        # Runs this process holds a lease on (token -> run id): released at shutdown, so a
+        # step handed back unfinished is taken at once elsewhere, not after the lease expires.
+        self.held: dict[str, str] = {}
 
     def run_step(self, msg: StepMessage) -> StepResult:
         """Execute ``msg`` once under the run's lease, or say why not."""
         spec = self.registry.get(msg.agent)
         if spec is None:
             reason = f"unknown agent {msg.agent!r} (not in this worker's registry)"
-            return StepResult(Outcome.FAILED, reason=reason)
+            return StepResult(Outcome.FAILED, reason=reason, error_type=UNKNOWN_AGENT)
         token = f"{self.worker_name}:{uuid.uuid4().hex}"
         ttl = spec.step_timeout_s or self.settings.worker.step_timeout_s
         if not self.lease.acquire(msg.run_id, token, ttl):
             return StepResult(Outcome.BUSY)
+        self.held[token] = msg.run_id
         try:
             return self._run_leased(spec, msg)
         finally:
+            self.held.pop(token, None)
             self.lease.release(msg.run_id, token)
+
+    def release_leases(self) -> int:
+        """Give back every lease this process holds (worker shutdown); how many were held."""
+        released = 0
+        for token, run_id in list(self.held.items()):
+            released += bool(self.lease.release(run_id, token))
+            self.held.pop(token, None)
+        return released
 
     def _run_leased(self, spec: AgentSpec, msg: StepMessage) -> StepResult:
         state = self.store.load_run(msg.run_id)
@@ -105,12 +158,21 @@ class StepRunner:
             if msg.step != 0:
                 return StepResult(Outcome.SKIP)  # a later step of a run never started
             # Created by the commit of its first step: one write per step, step 0 included.
-            new_run = NewRun(msg.run_id, spec.name, msg.input, msg.session_id)
+            budget = spec.run_budget(
+                self.settings.limits, Budget(**msg.budget) if msg.budget else None
+            )
+            new_run = NewRun(
+                msg.run_id,
+                spec.name,
+                msg.input,
+                msg.session_id,
+                budget.model_dump(exclude_none=True),
+            )
             state = new_run.state()
-        if state.status == "succeeded":
+        if state.status == SUCCEEDED:
             return StepResult(Outcome.DONE, answer=state.answer)
-        if state.status == "failed":
-            return StepResult(Outcome.FAILED, reason=state.error)
+        if state.status == FAILED:
+            return StepResult(Outcome.FAILED, reason=state.error, error_type=state.error_type)
         if msg.step != state.next_step:
             # A redelivered message whose step is already committed hands the run on;
             # anything older or newer is a duplicate.
@@ -122,7 +184,7 @@ class StepRunner:
             try:
                 validate_run(self.registry, self.settings, spec.name, state.input, state.session_id)
             except SubmitError as exc:
-                return self._fail(msg, "error", f"run refused: {exc}", new_run)
+                return self._fail(msg, f"run refused: {exc}", INPUT_REJECTED, new_run, state)
         return self._execute(spec, msg, state, new_run)
 
     def _execute(
@@ -135,52 +197,87 @@ class StepRunner:
             history = self.store.history(state.session_id, before_run=before)
         turns = [Turn(s.model_output, s.tool_result) for s in state.steps]
         prompt = build_prompt(spec.system_prompt, state.input, turns, history)
+        budget = Budget(**state.budget) if state.budget else spec.run_budget(self.settings.limits)
+        used = usage(state, time.time())
+        stop = check_before_step(budget, used, count_tokens(prompt))
+        if stop is not None:
+            return self._fail(msg, stop, BUDGET_EXCEEDED, new_run, state)
         params = GenerationParams(
             max_tokens=spec.max_tokens or self.settings.triton.max_tokens,
             temperature=spec.temperature,
         )
         started = time.perf_counter()
         try:
-            completion = self._infer(spec, msg, prompt, params, state.session_id)
+            with tracing.span("agentq.model_call", None, "client", backend=spec.backend) as span:
+                completion = self._infer(spec, msg, prompt, params, state.session_id)
+                span.set(
+                    replica=completion.replica,
+                    tokens_in=completion.tokens_in,
+                    tokens_out=completion.tokens_out,
+                )
         except InferenceUnavailableError:
             raise  # the task retries the step later; nothing was committed
         except InferenceError as exc:
-            return self._fail(msg, "error", f"model call failed: {exc}", new_run)
-        latency_ms = (time.perf_counter() - started) * 1000
+            return self._fail(msg, f"model call failed: {exc}", MODEL_ERROR, new_run, state)
         action = parse_reply(completion.text)
         call = action if isinstance(action, ToolCall) else None
+        stop = check_after_call(budget, used, completion.tokens_out, call is not None)
+        error_type = BUDGET_EXCEEDED if stop else None
+        kind, tool_result = "final", None
+        if call is not None and stop is None:
+            kind, tool_result = self._call_tool(spec, msg, call)
+        elif call is not None:
+            kind = "tool"  # asked for, not called: the budget stopped the run first
+        if isinstance(action, FinalAnswer) and stop is None:
+            rejection = first_rejection(self.registry.output_validators(spec.name), action.answer)
+            if rejection is not None:
+                stop, error_type = f"answer rejected by {rejection}", OUTPUT_REJECTED
+        last_step = budget.max_steps is not None and msg.step + 1 >= budget.max_steps
+        if stop is None and call is not None and last_step:
+            stop = f"step budget of {budget.max_steps} exhausted without a final answer"
+            error_type = BUDGET_EXCEEDED
         record = StepRecord(
             step=msg.step,
-            kind="tool" if call else "final",
+            kind=kind,
             model_output=completion.text,
             tool=call.tool if call else None,
             tool_args=call.args if call else None,
-            tool_result=self._call_tool(spec, msg, call) if call else None,
+            tool_result=tool_result,
             tokens_in=completion.tokens_in,
             tokens_out=completion.tokens_out,
-            latency_ms=latency_ms,
+            latency_ms=(time.perf_counter() - started) * 1000,
             worker=self.worker_name,
         )
-        if isinstance(action, FinalAnswer):
-            committed = self.store.commit_step(
-                msg.run_id, record, final_answer=action.answer, new_run=new_run
-            )
-            if not committed:
-                return StepResult(Outcome.SKIP)
-            if msg.stream:
-                self.relay.step(msg.run_id, msg.step, record.kind)
-            return StepResult(Outcome.DONE, answer=action.answer)
-        last = msg.step + 1 >= spec.max_steps
-        reason = (
-            f"step budget of {spec.max_steps} exhausted without a final answer" if last else None
+        final = isinstance(action, FinalAnswer) and stop is None
+        answer = action.answer if isinstance(action, FinalAnswer) else None
+        committed = self.store.commit_step(
+            msg.run_id,
+            record,
+            final_answer=answer if final else NO_ANSWER,
+            failed_reason=stop,
+            error_type=error_type,
+            new_run=new_run,
         )
-        if not self.store.commit_step(msg.run_id, record, failed_reason=reason, new_run=new_run):
+        if not committed:
             return StepResult(Outcome.SKIP)
+        metrics.step_finished(
+            spec.name, kind, record.latency_ms / 1000, record.tokens_in, record.tokens_out
+        )
         if msg.stream:
-            self.relay.step(msg.run_id, msg.step, record.kind, record.tool)
-        if reason:
-            return StepResult(Outcome.FAILED, reason=reason)
+            self.relay.step(msg.run_id, msg.step, kind, record.tool)
+        if final:
+            self._run_finished(state, SUCCEEDED, None)
+            return StepResult(Outcome.DONE, answer=answer)
+        if stop is not None:
+            assert error_type is not None
+            metrics.guardrail_stop(spec.name, error_type)
+            self._run_finished(state, FAILED, error_type)
+            return StepResult(Outcome.FAILED, reason=stop, error_type=error_type)
         return StepResult(Outcome.NEXT, next_step=msg.step + 1)
+
+    def _run_finished(self, state: RunState, status: str, error_type: str | None) -> None:
+        seconds = max(0.0, time.time() - state.created_at.timestamp())
+        metrics.run_finished(state.agent, status, error_type, seconds)
 
     def _infer(
         self,
@@ -204,18 +301,41 @@ class StepRunner:
         latency = time.perf_counter() - started
         return Completion(text, count_tokens(prompt), count_tokens(text), latency, spec.backend)
 
-    def _call_tool(self, spec: AgentSpec, msg: StepMessage, call: ToolCall) -> Any:
+    def _call_tool(self, spec: AgentSpec, msg: StepMessage, call: ToolCall) -> tuple[str, Any]:
+        """Run the tool (or reuse the result of this step's earlier delivery): (kind, result)."""
         if call.tool not in spec.tools:
-            return {"error": f"tool {call.tool!r} is not allowed for agent {spec.name!r}"}
+            metrics.guardrail_stop(spec.name, TOOL_NOT_ALLOWED)
+            error = f"tool {call.tool!r} is not allowed for agent {spec.name!r}"
+            return "denied", {"error": error}
+        cached = self.tool_cache.get(msg.run_id, msg.step)
+        if cached is not MISS:
+            metrics.tool_call(spec.name, call.tool, cached=True, error=False)
+            return "tool", cached
         ctx = ToolContext(run_id=msg.run_id, step=msg.step, agent=spec.name, redis=self.redis)
         try:
-            return run_tool(call.tool, call.args, ctx)
+            with tracing.span("agentq.tool_call", tool=call.tool):
+                result, failed = run_tool(call.tool, call.args, ctx), False
         except ToolError as exc:
-            return {"error": str(exc)}
+            result, failed = {"error": str(exc)}, True
+        self.tool_cache.put(msg.run_id, msg.step, result)
+        metrics.tool_call(spec.name, call.tool, cached=False, error=failed)
+        return "tool", result
 
     def _fail(
-        self, msg: StepMessage, kind: str, reason: str, new_run: NewRun | None = None
+        self,
+        msg: StepMessage,
+        reason: str,
+        error_type: str,
+        new_run: NewRun | None = None,
+        state: RunState | None = None,
     ) -> StepResult:
-        record = StepRecord(step=msg.step, kind=kind, model_output="", worker=self.worker_name)
-        self.store.commit_step(msg.run_id, record, failed_reason=reason, new_run=new_run)
-        return StepResult(Outcome.FAILED, reason=reason)
+        """End the run with an error step saying why (nothing else of the step is kept)."""
+        record = StepRecord(step=msg.step, kind="error", model_output="", worker=self.worker_name)
+        committed = self.store.commit_step(
+            msg.run_id, record, failed_reason=reason, error_type=error_type, new_run=new_run
+        )
+        if committed and state is not None:
+            if error_type == BUDGET_EXCEEDED:
+                metrics.guardrail_stop(msg.agent, error_type)
+            self._run_finished(state, FAILED, error_type)
+        return StepResult(Outcome.FAILED, reason=reason, error_type=error_type)

@@ -6,14 +6,15 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from celery import Celery
 
+from app import tracing
 from app.agents import AgentRegistry
 from app.config import Settings
 from app.errors import ConfigurationError
 from app.inference.pool import ReplicaPool, build_pools
 from app.memory.sessions import SessionStore
+from app.redis_client import redis_client
 from app.tasks.runner import StepRunner
 
 
@@ -33,8 +34,9 @@ class WorkerRuntime:
         cls, settings: Settings, registry: AgentRegistry, worker_name: str = ""
     ) -> WorkerRuntime:
         """Connect to the session store, Redis and the model server named by ``settings``."""
+        tracing.setup(settings.tracing)  # once per process: before the first step
         store = SessionStore.from_url(settings.database_url, migrate=settings.auto_migrate)
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis_client(settings)
         pools = build_pools(settings)
         missing = sorted({s.backend for s in registry} - set(pools))
         if missing:

@@ -57,6 +57,5 @@ def test_sigkilled_worker_run_resumes_elsewhere_without_repeating_steps(
         assert int(redis_client.get(kv_key(f"k{index}"))) == 1
     assert {s.worker for s in run.steps[len(finished_before) :]} == {second.node}
     for i in range(STEPS):
-        # The step in flight at the kill may have run its tool twice (at-least-once); no other.
-        allowed = {1, 2} if i == len(finished_before) else {1}
-        assert int(redis_client.get(kv_key(f"k{i}"))) in allowed
+        # Even the step in flight at the kill counted once: the tool's effect is per step.
+        assert int(redis_client.get(kv_key(f"k{i}"))) == 1

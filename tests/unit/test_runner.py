@@ -113,8 +113,11 @@ def test_a_tool_outside_the_allowlist_is_an_error_result_not_a_call(store):
     r = runner(store, backend, redis)
     r.run_step(StepMessage("run", "research", 0, "hi"))
     step = store.load_run("run").steps[0]
+    assert step.kind == "denied"
     assert step.tool_result == {"error": "tool 'kv_set' is not allowed for agent 'research'"}
-    assert redis.keys() == []
+    assert not redis.keys("agentq:kv:*")
+    # The run goes on: the model sees the refusal and answers.
+    assert r.run_step(StepMessage("run", "research", 1)).outcome is Outcome.DONE
 
 
 def test_the_step_budget_ends_the_run(store):
@@ -123,6 +126,7 @@ def test_the_step_budget_ends_the_run(store):
     assert outcomes == [Outcome.NEXT, Outcome.NEXT, Outcome.FAILED]
     run = store.load_run("run")
     assert run.status == "failed" and "step budget of 3" in run.error
+    assert run.error_type == "budget_exceeded"
 
 
 def test_a_model_error_fails_the_run_and_unavailability_commits_nothing(store):

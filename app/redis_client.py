@@ -1,0 +1,171 @@
+"""Every Redis client agentq opens, built from settings in one place, and the start-up check.
+
+A client gets the configured password (unless its URL has one), the TLS certificates for
+``rediss://`` URLs, timeouts and a short retry on connection errors. :func:`check_redis`
+pings each Redis the settings name and turns a failure into one line saying what is wrong
+and what to do, with the URL's password masked.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.retry import Retry
+
+from app.config import RedisTLSSettings, Settings, mask_url
+from app.errors import ConfigurationError
+
+HEALTH_CHECK_INTERVAL_S = 30  # ping a connection idle this long before reuse (NAT/LB drops)
+RETRIES = 3
+
+
+def is_tls(url: str) -> bool:
+    """Whether ``url`` asks for TLS (``rediss://``)."""
+    return url.startswith("rediss://")
+
+
+def ssl_options(tls: RedisTLSSettings) -> dict[str, Any]:
+    """The ``ssl_*`` options for a ``rediss://`` URL, as redis-py, kombu and Celery take them."""
+    return {
+        "ssl_cert_reqs": ssl.CERT_REQUIRED if tls.verify else ssl.CERT_NONE,
+        "ssl_check_hostname": tls.verify,
+        "ssl_ca_certs": str(tls.ca_file) if tls.ca_file else None,
+        "ssl_certfile": str(tls.cert_file) if tls.cert_file else None,
+        "ssl_keyfile": str(tls.key_file) if tls.key_file else None,
+    }
+
+
+def _password(settings: Settings, url: str) -> str | None:
+    """The password to send to ``url``: its own, else the configured one."""
+    if urlsplit(url).password or settings.redis_password is None:
+        return None  # redis-py takes the URL's
+    return settings.redis_password.get_secret_value()
+
+
+def client_options(settings: Settings, url: str) -> dict[str, Any]:
+    """redis-py keyword arguments for ``url``: password, TLS, timeouts (no retry policy)."""
+    options: dict[str, Any] = {
+        "socket_connect_timeout": settings.redis_connect_timeout_s,
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+    }
+    password = _password(settings, url)
+    if password is not None:
+        options["password"] = password
+    if is_tls(url):
+        options.update(ssl_options(settings.redis_tls))
+    return options
+
+
+def redis_client(settings: Settings, url: str | None = None, **overrides: Any) -> redis.Redis:
+    """A client for ``url`` (default ``settings.redis_url``); ``overrides`` win over settings."""
+    url = url or settings.redis_url
+    retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RETRIES)
+    options = {"retry": retry, **client_options(settings, url), **overrides}
+    return redis.Redis.from_url(url, **options)
+
+
+def async_redis_client(settings: Settings, url: str | None = None) -> redis.asyncio.Redis:
+    """:func:`redis_client` for asyncio."""
+    url = url or settings.redis_url
+    retry = AsyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RETRIES)
+    return redis.asyncio.Redis.from_url(url, retry=retry, **client_options(settings, url))
+
+
+def celery_redis_options(settings: Settings) -> dict[str, Any]:
+    """Celery settings giving the broker and result backend the password and TLS."""
+    conf: dict[str, Any] = {}
+    if settings.redis_password is not None:
+        # Not put in the URLs, so app.conf's URLs hold no secret; a URL's own password wins.
+        conf["broker_password"] = settings.redis_password.get_secret_value()
+        conf["redis_password"] = settings.redis_password.get_secret_value()
+    if is_tls(settings.broker):
+        conf["broker_use_ssl"] = ssl_options(settings.redis_tls)
+    if is_tls(settings.backend):
+        conf["redis_backend_use_ssl"] = ssl_options(settings.redis_tls)
+    return conf
+
+
+def check_redis(settings: Settings) -> None:
+    """Ping the broker, result backend and Redis of ``settings``; ConfigurationError on failure."""
+    urls = dict.fromkeys([settings.broker, settings.backend, settings.redis_url])
+    if any(is_tls(url) for url in urls):
+        _check_tls_files(settings.redis_tls)
+    timeout = settings.redis_connect_timeout_s  # a TLS handshake waits on the socket timeout
+    for url in urls:
+        client = redis_client(settings, url, retry=Retry(NoBackoff(), 0), socket_timeout=timeout)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise ConfigurationError(describe_failure(settings, url, exc)) from None
+        finally:
+            client.close()
+
+
+def _check_tls_files(tls: RedisTLSSettings) -> None:
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, name)
+        if path is not None and not path.is_file():
+            raise ConfigurationError(
+                f"AGENTQ_REDIS_TLS__{name.upper()}={path}: no such file; "
+                "mount the certificate there or fix the setting"
+            )
+
+
+def describe_failure(settings: Settings, url: str, exc: Exception) -> str:
+    """One line on why ``url`` failed with ``exc`` and what to do, without any password."""
+    where = f"Redis at {mask_url(url)}"
+    own = bool(urlsplit(url).password)
+    password_setting = "the password in the URL" if own else "AGENTQ_REDIS_PASSWORD"
+    detail = _scrub(str(exc), settings, url)
+    if isinstance(exc, redis.AuthenticationError):
+        if own or settings.redis_password is not None:
+            return (
+                f"{where} refused the password (AUTH failed): check {password_setting} "
+                "(or AGENTQ_REDIS_PASSWORD_FILE)"
+            )
+        return (
+            f"{where} requires a password (NOAUTH): set AGENTQ_REDIS_PASSWORD "
+            "or AGENTQ_REDIS_PASSWORD_FILE"
+        )
+    if "certificate verify failed" in detail.lower():
+        reason = detail.partition("certificate verify failed:")[2].split("(_ssl")[0].strip()
+        return (
+            f"{where}: certificate verify failed ({reason or detail}): set "
+            "AGENTQ_REDIS_TLS__CA_FILE to the CA that signed the server's certificate"
+        )
+    timeout = settings.redis_connect_timeout_s
+    if isinstance(exc, redis.TimeoutError):
+        if is_tls(url):
+            return (
+                f"{where} did not complete a TLS handshake within {timeout} s: the port may "
+                "not speak TLS; use redis:// or the server's TLS port"
+            )
+        return f"{where} did not answer within {timeout} s: check the host, port and firewall"
+    if "refused" in detail.lower():
+        return f"{where} refused the connection: check that Redis runs at that host and port"
+    if not is_tls(url) and any(s in detail.lower() for s in ("reset by peer", "closed")):
+        return (
+            f"{where} closed the connection: the server may require TLS; use rediss:// "
+            "and AGENTQ_REDIS_TLS__CA_FILE"
+        )
+    if is_tls(url) and "ssl" in detail.lower():
+        return f"{where}: TLS failed ({detail}): check the port and AGENTQ_REDIS_TLS__*"
+    return f"{where} cannot be used: {detail}"
+
+
+def _scrub(text: str, settings: Settings, url: str) -> str:
+    """``text`` with every password it might echo masked (redis-py's messages carry none)."""
+    secrets = [urlsplit(url).password]
+    if settings.redis_password is not None:
+        secrets.append(settings.redis_password.get_secret_value())
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text

@@ -1,0 +1,199 @@
+"""`agentq flower` against a real worker: basic auth required, the agent type, run id and step
+shown on each task, secrets in a run's input masked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.config import Settings, child_env, settings_env
+from app.local.processes import free_port, log_tail, stop_process, wait_until
+from app.producer import submit
+
+pytestmark = pytest.mark.e2e
+
+USER, PASSWORD = "ops", "fl0wer-pa55:with,comma"
+SECRET = "sk-live-abcdef123456"  # lower case: the scripted model's answer upper-cases its input
+
+
+@dataclass
+class Flower:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def get(self, path: str, auth: tuple[str, str] | None = (USER, PASSWORD)) -> httpx.Response:
+        return httpx.get(self.url + path, auth=auth, timeout=5)
+
+
+def flower_env(settings: Settings, port: int, **extra: str) -> dict[str, str]:
+    return child_env(
+        {
+            **settings_env(settings),
+            "AGENTQ_FLOWER__PORT": str(port),
+            "AGENTQ_LOG_FORMAT": "json",
+            "PYTHONUNBUFFERED": "1",
+            **extra,
+        }
+    )
+
+
+@pytest.fixture
+def start_flower(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], Flower]]:
+    """Factory: `agentq flower` on a free port with credentials; stopped by PID afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> Flower:
+        port = free_port()
+        env = flower_env(settings, port, AGENTQ_FLOWER__BASIC_AUTH=f"{USER}:{PASSWORD}")
+        log_path = tmp_path / f"flower-{port}.log"
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "flower"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        started.append(proc)
+        flower = Flower(proc, f"http://127.0.0.1:{port}", log_path)
+
+        def serving() -> bool:
+            try:
+                return flower.get("/api/workers").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        def hears_events() -> bool:
+            # Flower serves HTTP before its event receiver subscribes; a task whose
+            # task-received event came earlier would show without its arguments.
+            return "flower_worker_online{" in flower.get("/metrics", auth=None).text
+
+        if not (wait_until(serving, 60, proc) and wait_until(hears_events, 30, proc)):
+            raise AssertionError(f"flower did not start:\n{log_tail(log_path)}")
+        return flower
+
+    yield start
+    for proc in started:
+        stop_process(proc)
+
+
+def task_seen(flower: Flower, task_id: str, state: str | None = None) -> dict | None:
+    response = flower.get(f"/api/task/info/{task_id}")
+    if response.status_code != 200:
+        return None
+    task = response.json()
+    if state is not None and task.get("state") != state:
+        return None
+    return task
+
+
+def wait_for_task(flower: Flower, task_id: str, state: str | None = None) -> dict:
+    found: dict = {}
+
+    def seen() -> bool:
+        task = task_seen(flower, task_id, state)
+        if task:
+            found.update(task)
+        return bool(task)
+
+    assert wait_until(seen, 30), f"flower never showed task {task_id} ({state or 'any state'})"
+    return found
+
+
+def test_flower_shows_each_step_with_agent_and_run_id_behind_basic_auth(
+    celery_app, start_worker, start_flower
+) -> None:
+    start_worker(["research"], env={"AGENTQ_WORKER__TASK_EVENTS": "true"})
+    flower = start_flower()
+    run = submit("research", 'sum [tool:calculator {"expression": "2+2"}]', celery=celery_app)
+    assert run.get(timeout=60) == "Answer: 4"
+
+    first = wait_for_task(flower, run.id)
+    assert first["name"] == "agentq.run_agent"
+    assert first["kwargs"].startswith("{'agent': 'research', 'input': 'sum [tool:calculator")
+    second = wait_for_task(flower, f"{run.id}:1")
+    assert f"'run_id': '{run.id}'" in second["kwargs"]
+    assert "'agent': 'research'" in second["kwargs"] and "'step': 1" in second["kwargs"]
+    assert second["worker"].startswith("research-")
+
+    listed = flower.get("/api/tasks").json()
+    assert {run.id, f"{run.id}:1"} <= set(listed)
+    for path in ("/api/tasks", f"/api/task/info/{run.id}", "/api/workers", "/"):
+        assert flower.get(path, auth=None).status_code == 401, path
+        assert flower.get(path, auth=(USER, "wrong")).status_code == 401, path
+        assert flower.get(path, auth=("intruder", PASSWORD)).status_code == 401, path
+
+
+def test_flower_masks_secrets_in_a_runs_input(
+    celery_app, start_worker, start_flower, tmp_path
+) -> None:
+    start_worker(["research"], env={"AGENTQ_WORKER__TASK_EVENTS": "true"})
+    flower = start_flower()
+    run_input = {
+        "question": f"call the API with Authorization: Bearer {SECRET}",
+        "account": {"api_key": SECRET, "user": "alice"},
+        "notes": "x" * 500,
+    }
+    run = submit("research", run_input, celery=celery_app)
+    run.get(timeout=60)
+
+    task = wait_for_task(flower, run.id, "SUCCESS")
+    kwargs = task["kwargs"]
+    assert "'api_key': '********'" in kwargs and "'user': 'alice'" in kwargs
+    assert "Authorization: ********" in kwargs
+    assert "…(+300 chars)" in kwargs  # long text cut
+    for path in ("/api/tasks", f"/api/task/info/{run.id}"):
+        assert SECRET not in flower.get(path).text
+    assert SECRET not in flower.log_path.read_text()
+    assert PASSWORD not in flower.log_path.read_text()
+    for line in flower.log_path.read_text().splitlines():  # AGENTQ_LOG_FORMAT=json
+        assert isinstance(json.loads(line), dict), line
+
+
+def test_flower_turns_on_task_events_of_workers_started_without_them(
+    celery_app, start_worker, start_flower
+) -> None:
+    start_worker(["research"])  # AGENTQ_WORKER__TASK_EVENTS unset: off
+    flower = start_flower()
+    # Flower broadcasts enable_events every 5 s; runs before the first broadcast stay unseen.
+    started = time.monotonic()
+    for i in range(40):
+        run = submit("research", f"question {i}", celery=celery_app)
+        assert run.get(timeout=60) == f"Answer: QUESTION {i}"
+        if task_seen(flower, run.id):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("flower never saw a run of a worker started without task events")
+    print(f"first run seen by flower {time.monotonic() - started:.1f} s after it started")
+
+
+def test_flower_refuses_to_start_without_credentials(settings: Settings, tmp_path) -> None:
+    port = free_port()
+    for extra in ({}, {"AGENTQ_FLOWER__BASIC_AUTH": "only-a-password"}):
+        out = subprocess.run(
+            [sys.executable, "-m", "app.cli", "flower"],
+            env=flower_env(settings, port, **extra),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode != 0
+        assert "AGENTQ_FLOWER__BASIC_AUTH" in out.stderr
+        assert "only-a-password" not in out.stderr + out.stdout
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/api/tasks", timeout=2)
+
+
+def test_flower_credentials_stay_off_the_command_line(start_flower) -> None:
+    flower = start_flower()
+    cmdline = Path(f"/proc/{flower.proc.pid}/cmdline").read_bytes().decode()
+    assert PASSWORD not in cmdline and "BASIC_AUTH" not in cmdline

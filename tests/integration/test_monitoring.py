@@ -1,0 +1,125 @@
+"""promtool on the monitoring files and on real /metrics scrapes of a worker and the exporter."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from app import metrics
+from app.config import REPO_ROOT, child_env
+from app.exporter import Exporter
+from app.local.processes import free_port
+from app.producer import submit
+from tests.conftest import service_missing
+
+pytestmark = pytest.mark.integration
+
+PROMETHEUS = REPO_ROOT / "monitoring" / "prometheus"
+DASHBOARD = REPO_ROOT / "monitoring" / "grafana" / "dashboards" / "agentq.json"
+# Grafana's variables, as a query would see them.
+GRAFANA_VARS = {"$__rate_interval": "1m", "$agent": ".*"}
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        service_missing("promtool not installed (apt-get install prometheus; scripts/setup.sh)")
+    return str(path)
+
+
+def run(promtool: str, *args: str, stdin: str | None = None) -> str:
+    proc = subprocess.run(
+        [promtool, *args], input=stdin, capture_output=True, text=True, timeout=120, check=False
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    return output
+
+
+def test_alert_rules_are_valid_and_their_unit_tests_pass(promtool: str) -> None:
+    assert "SUCCESS" in run(promtool, "check", "rules", str(PROMETHEUS / "alerts.yml"))
+    assert "SUCCESS" in run(promtool, "test", "rules", str(PROMETHEUS / "alerts_test.yml"))
+
+
+def test_the_prometheus_config_is_valid(promtool: str) -> None:
+    assert "SUCCESS" in run(promtool, "check", "config", str(PROMETHEUS / "prometheus.yml"))
+
+
+def test_every_dashboard_query_is_valid_promql(promtool: str, tmp_path: Path) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    for var, value in GRAFANA_VARS.items():
+        exprs = [e.replace(var, value) for e in exprs]
+    # promtool parses PromQL in rule files: one recording rule per panel query.
+    rules = [{"record": f"dashboard:query_{i}", "expr": e} for i, e in enumerate(exprs)]
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    assert f"SUCCESS: {len(exprs)} rules found" in run(promtool, "check", "rules", str(path))
+
+
+@pytest.mark.e2e
+def test_a_real_workers_metrics_pass_promtools_lint(
+    promtool: str, celery_app, start_worker, settings
+) -> None:
+    port = free_port()
+    start_worker(["research"], env={"AGENTQ_HEALTH__PORT": str(port)})
+    assert submit("research", "lint me", celery=celery_app).get(timeout=60) == "Answer: LINT ME"
+    scrape = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert "agentq_model_call_duration_seconds_bucket" in scrape
+    run(promtool, "check", "metrics", stdin=scrape)
+
+    exporter = Exporter(settings).start(port=0)
+    try:
+        scrape = httpx.get(f"http://127.0.0.1:{exporter.port}/metrics", timeout=10).text
+    finally:
+        exporter.stop()
+    assert "agentq_backlog{" in scrape
+    run(promtool, "check", "metrics", stdin=scrape)
+
+
+RECORD = """
+from app import metrics
+metrics.model_call("triton", "t0:8001", 0.2, None)
+metrics.run_finished("research", "succeeded", None, 3.0)
+metrics.step_started("research")
+"""
+
+
+def test_several_processes_share_one_metrics_page_in_multiprocess_mode(tmp_path: Path) -> None:
+    folder = tmp_path / "prom"
+    folder.mkdir()
+    env = child_env({"PROMETHEUS_MULTIPROC_DIR": str(folder)})
+    pids = []
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-c", RECORD + "import os; print(os.getpid())"],
+            env=env, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        pids.append(int(proc.stdout))
+
+    def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        body, _ = metrics.exposition(folder)
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(body.decode())
+            for s in f.samples
+        }
+
+    calls = (("backend", "triton"), ("replica", "t0:8001"))
+    runs = (("agent", "research"), ("error_type", "none"), ("status", "succeeded"))
+    page = samples()
+    assert page[("agentq_model_call_duration_seconds_count", calls)] == 2
+    assert page[("agentq_runs_total", runs)] == 2
+    assert page[("agentq_runs_in_flight", (("agent", "research"),))] == 2
+    # A process that exited no longer counts in the live gauge (the worker marks it dead).
+    metrics.process_exited(folder, pids[0])
+    assert samples()[("agentq_runs_in_flight", (("agent", "research"),))] == 1
