@@ -184,7 +184,9 @@ def exporter(port: int | None) -> None:
     """Serve every agent queue's true backlog and the DLQ size to Prometheus and KEDA."""
     from app.exporter import run_exporter
 
-    run_exporter(Settings(), port)
+    settings = Settings()
+    logs.configure(settings.log_format)
+    run_exporter(settings, port)
 
 
 @main.group()

@@ -371,9 +371,7 @@ class TracingSettings(BaseModel):
         default="http://127.0.0.1:4318/v1/traces",
         description="OTLP/HTTP traces endpoint of the collector (exporter 'otlp').",
     )
-    service_name: str = Field(
-        default="agentq", description="service.name of the spans' resource."
-    )
+    service_name: str = Field(default="agentq", description="service.name of the spans' resource.")
     console_file: Path | None = Field(
         default=None,
         description="Exporter 'console': append the spans to this file instead of stdout.",

@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from app import metrics
 from app.config import Settings
 from app.http_server import Response, json_response, serve
+from app.masking import mask_text
 from app.redis_client import redis_client
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ def _guarded(check: Callable[[], CheckResult]) -> CheckResult:
     try:
         return check()
     except Exception as exc:  # a failing dependency is the check's answer, not a crash
-        return CheckResult(False, f"{type(exc).__name__}: {exc}")
+        return CheckResult(False, mask_text(f"{type(exc).__name__}: {exc}", limit=300))
 
 
 def redis_check(client: Any) -> Callable[[], CheckResult]:
@@ -194,7 +195,10 @@ class WorkerHealth:
         self.server: ThreadingHTTPServer | None = None
 
     def _kinds(self) -> list[str]:
-        return sorted({spec.backend for spec in self.app.agentq_registry})  # type: ignore[attr-defined]
+        """Backends of the agent types this worker consumes (all of them before ``-Q``)."""
+        consumed = set(self.app.amqp.queues.consume_from or {})
+        specs = self.app.agentq_registry  # type: ignore[attr-defined]
+        return sorted({s.backend for s in specs if not consumed or s.queue_name in consumed})
 
     def _runtime(self) -> Any:
         from app.tasks.runtime import runtime_for

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from itertools import pairwise
 from typing import Any
 
@@ -38,6 +39,7 @@ _PAIR = re.compile(
 _BEARER = re.compile(r"(?P<key>\bbearer\s+)(?P<value>[^\s\"',;}&]+)", re.IGNORECASE)
 
 
+@lru_cache(maxsize=4096)  # the same few keys come in every message
 def is_secret_key(key: str) -> bool:
     """Whether a mapping key names a secret (password, token, api_key, Authorization ...)."""
     words = [w.lower() for w in _WORD.findall(key)]

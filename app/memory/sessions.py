@@ -104,6 +104,8 @@ class NewRun:
     input: Any
     session_id: str | None = None
     budget: dict[str, Any] | None = None
+    # When its first step started (not when that step commits): wall-time budgets count it.
+    created_at: datetime = field(default_factory=lambda: _now())
 
     def state(self) -> RunState:
         """The run as it stands before its first step."""
@@ -116,7 +118,7 @@ class NewRun:
             0,
             None,
             None,
-            _now(),
+            self.created_at,
             None,
             budget=self.budget,
         )
@@ -241,7 +243,7 @@ class SessionStore:
                 input=run.input,
                 status=RUNNING,
                 next_step=0,
-                created_at=now,
+                created_at=run.created_at,
                 budget=run.budget,
             )
         ).rowcount

@@ -21,7 +21,7 @@ from app.producer import submit
 pytestmark = pytest.mark.e2e
 
 USER, PASSWORD = "ops", "fl0wer-pa55:with,comma"
-SECRET = "sk-live-abcdef123456"  # lower case: the scripted model's answer upper-cases its input
+SECRET = "sk-live-abcdef123456"
 
 
 @dataclass
@@ -47,11 +47,14 @@ def flower_env(settings: Settings, port: int, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def start_flower(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], Flower]]:
-    """Factory: `agentq flower` on a free port with credentials; stopped by PID afterwards."""
+def start_flower(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Flower]]:
+    """Factory: `agentq flower` on a free port with credentials; stopped by PID afterwards.
+
+    With ``workers`` (the default) it returns once Flower has heard a worker's heartbeat.
+    """
     started: list[subprocess.Popen[bytes]] = []
 
-    def start() -> Flower:
+    def start(workers: bool = True) -> Flower:
         port = free_port()
         env = flower_env(settings, port, AGENTQ_FLOWER__BASIC_AUTH=f"{USER}:{PASSWORD}")
         log_path = tmp_path / f"flower-{port}.log"
@@ -76,7 +79,8 @@ def start_flower(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], Fl
             # task-received event came earlier would show without its arguments.
             return "flower_worker_online{" in flower.get("/metrics", auth=None).text
 
-        if not (wait_until(serving, 60, proc) and wait_until(hears_events, 30, proc)):
+        ready = wait_until(serving, 60, proc) and (not workers or wait_until(hears_events, 30))
+        if not ready:
             raise AssertionError(f"flower did not start:\n{log_tail(log_path)}")
         return flower
 
@@ -138,20 +142,21 @@ def test_flower_masks_secrets_in_a_runs_input(
     start_worker(["research"], env={"AGENTQ_WORKER__TASK_EVENTS": "true"})
     flower = start_flower()
     run_input = {
-        "question": f"call the API with Authorization: Bearer {SECRET}",
+        # A tool call first, so the answer is the tool's result and does not echo the input.
+        "question": f"[tool:calculator] call the API with Authorization: Bearer {SECRET}",
         "account": {"api_key": SECRET, "user": "alice"},
         "notes": "x" * 500,
     }
     run = submit("research", run_input, celery=celery_app)
     run.get(timeout=60)
 
-    task = wait_for_task(flower, run.id, "SUCCESS")
+    task = wait_for_task(flower, run.id)
     kwargs = task["kwargs"]
     assert "'api_key': '********'" in kwargs and "'user': 'alice'" in kwargs
     assert "Authorization: ********" in kwargs
     assert "…(+300 chars)" in kwargs  # long text cut
-    for path in ("/api/tasks", f"/api/task/info/{run.id}"):
-        assert SECRET not in flower.get(path).text
+    for path in ("/api/tasks", f"/api/task/info/{run.id}", f"/api/task/info/{run.id}:1"):
+        assert SECRET.lower() not in flower.get(path).text.lower()
     assert SECRET not in flower.log_path.read_text()
     assert PASSWORD not in flower.log_path.read_text()
     for line in flower.log_path.read_text().splitlines():  # AGENTQ_LOG_FORMAT=json
@@ -194,6 +199,6 @@ def test_flower_refuses_to_start_without_credentials(settings: Settings, tmp_pat
 
 
 def test_flower_credentials_stay_off_the_command_line(start_flower) -> None:
-    flower = start_flower()
+    flower = start_flower(workers=False)
     cmdline = Path(f"/proc/{flower.proc.pid}/cmdline").read_bytes().decode()
     assert PASSWORD not in cmdline and "BASIC_AUTH" not in cmdline

@@ -1,5 +1,5 @@
 """Workers over several real Triton replicas: a replica lost mid-load, all replicas down,
-retries exhausted into the dead-letter queue, admission control, 64 calls in flight."""
+admission control, 64 calls in flight."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ import tritonclient.grpc as grpcclient
 
 from app import dlq
 from app.constants import queue_for
-from app.errors import RunFailedError
 from app.inference.backend import GenerationParams
 from app.inference.triton import build_inputs
-from app.local.processes import free_port, wait_until
+from app.local.processes import wait_until
 from app.producer import submit, submit_many
 from app.routing import parse_queue_depth
 
@@ -66,27 +65,6 @@ def test_all_replicas_down_runs_wait_then_finish_when_one_returns(
     assert dlq.count(redis_client) == 0
     start_triton(ports=ports)
     assert [r.get(timeout=60) for r in results] == [f"Answer: QUESTION {i}" for i in range(6)]
-
-
-def test_exhausted_retries_dead_letter_the_run_with_its_reason(
-    celery_app, start_worker, store, redis_client
-) -> None:
-    env = {
-        "AGENTQ_TRITON__URLS": json.dumps([f"127.0.0.1:{free_port()}"]),  # nobody serves there
-        "AGENTQ_WORKER__INFERENCE_RETRIES": "2",
-        "AGENTQ_WORKER__RETRY_BACKOFF_MAX_S": "0.2",
-    }
-    start_worker(["research"], env=env)
-    result = submit("research", "will never be answered", celery=celery_app)
-    with pytest.raises(RunFailedError, match="dead-lettered"):
-        result.get(timeout=60)
-    (letter,) = dlq.list_letters(redis_client)
-    assert letter.run_id == result.id and letter.agent == "research" and letter.step == 0
-    assert letter.retries == 2
-    assert "no model server answered after 2 retries" in letter.reason
-    assert letter.kwargs["input"] == "will never be answered"
-    run = store.load_run(result.id)
-    assert run.status == "failed" and run.error.startswith("dead-lettered")
 
 
 def _pending(server) -> float:
@@ -159,14 +137,3 @@ def test_one_worker_process_keeps_64_model_calls_in_flight(
         sampler.join()
         blockers.shutdown(wait=True)
     assert peak == 64, f"at most {peak:.0f} of the worker's calls were in flight at once"
-
-
-def test_cli_lists_dead_letters_with_their_reason(settings, redis_client) -> None:
-    from tests.integration.test_cli import agentq
-
-    letter = dlq.DeadLetter("run-1", "research", 2, "no model server answered", 8, {}, time.time())
-    dlq.push(redis_client, letter, 100)
-    out = agentq(settings, "dlq", "list")
-    assert out.returncode == 0, out.stderr
-    assert "run-1" in out.stdout and "no model server answered" in out.stdout
-    assert "1 dead-lettered run(s) in all" in out.stdout

@@ -30,9 +30,7 @@ REGISTRY = AgentRegistry(
         AgentSpec(name="tools", tools=("calculator",), budget=Budget(max_tool_calls=1)),
         AgentSpec(
             name="strict",
-            output_validators=(
-                ValidatorSpec(type="json_schema", schema={"type": "object"}),
-            ),
+            output_validators=(ValidatorSpec(type="json_schema", schema={"type": "object"}),),
         ),
     ]
 )
@@ -46,9 +44,7 @@ def store(tmp_path):
 
 
 def runner(store, backend):
-    return StepRunner(
-        Settings(), REGISTRY, store, fakeredis.FakeRedis(), {"triton": backend}, "w1"
-    )
+    return StepRunner(Settings(), REGISTRY, store, fakeredis.FakeRedis(), {"triton": backend}, "w1")
 
 
 def test_output_tokens_over_budget_stop_the_run_and_keep_the_output(store):

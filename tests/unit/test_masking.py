@@ -1,0 +1,60 @@
+"""What monitors see of a step message's arguments: secrets masked, long text cut."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.masking import MASK, MAX_REPR, is_secret_key, mask_text, task_kwargsrepr
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["password", "db_password", "api_key", "X-Api-Key", "apiKey", "authToken", "client_secret",
+     "Authorization", "private_key", "refresh_token", "AWSSecretAccessKey", "credentials"],
+)  # fmt: skip
+def test_secret_keys_are_recognised(key: str) -> None:
+    assert is_secret_key(key)
+
+
+@pytest.mark.parametrize(
+    "key", ["agent", "run_id", "session_id", "step", "max_tokens_in", "tokens", "author", "input"]
+)
+def test_ordinary_keys_are_not(key: str) -> None:
+    assert not is_secret_key(key)
+
+
+def test_secret_values_are_masked_at_any_depth() -> None:
+    kwargs = {
+        "agent": "research",
+        "input": {"q": "hi", "auth": {"user": "bob", "password": "pw1"}, "items": [{"token": 7}]},
+        "session_id": "s-1",
+        "budget": {"max_tokens_in": 100},
+    }
+    text = task_kwargsrepr(kwargs)
+    assert text == (
+        "{'agent': 'research', 'input': {'q': 'hi', 'auth': '********', "
+        "'items': [{'token': '********'}]}, 'session_id': 's-1', 'budget': {'max_tokens_in': 100}}"
+    )
+    assert kwargs["input"]["auth"]["password"] == "pw1"  # the message itself is untouched
+
+
+def test_a_later_steps_arguments_show_agent_run_and_step() -> None:
+    text = task_kwargsrepr({"agent": "coder", "session_id": None, "run_id": "r-1", "step": 2})
+    assert text == "{'agent': 'coder', 'session_id': None, 'run_id': 'r-1', 'step': 2}"
+
+
+def test_secrets_inside_text_are_masked() -> None:
+    assert mask_text("redis://:hunter2@cache:6379/0") == f"redis://:{MASK}@cache:6379/0"
+    assert mask_text("use password=hunter2 and api_key: 'k-1'") == (
+        f"use password={MASK} and api_key: '{MASK}'"
+    )
+    assert mask_text("Authorization: Bearer abc.def") == f"Authorization: {MASK} {MASK}"
+    assert mask_text("how many tokens is a token worth") == "how many tokens is a token worth"
+
+
+def test_long_values_are_cut_and_the_whole_repr_bounded() -> None:
+    assert mask_text("a" * 250) == "a" * 200 + "…(+50 chars)"
+    text = task_kwargsrepr({"agent": "a", "input": [f"item {i}" * 30 for i in range(100)]})
+    assert len(text) == MAX_REPR and text.endswith("…")
+    assert task_kwargsrepr({"input": list(range(25))}).endswith("19, '…5 more']}")
+    assert task_kwargsrepr(None) == "{}"
