@@ -73,8 +73,8 @@ def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> 
     app.agentq_settings = settings  # type: ignore[attr-defined]
     app.agentq_registry = registry  # type: ignore[attr-defined]
     from app.admission import AdmissionControl
-    from app.shutdown import GracefulShutdown
     from app.health import install as install_health
+    from app.shutdown import GracefulShutdown
     from app.tasks import register_tasks
 
     app.steps["consumer"].add(AdmissionControl)

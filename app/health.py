@@ -214,7 +214,9 @@ class WorkerHealth:
             pool = self._runtime().pools.get(kind)
             if pool is None:
                 return CheckResult(False, f"no {kind} replicas configured")
-            return replica_result(pool.readiness())
+            # Replicas by host:port only: an OpenAI-compatible URL may carry credentials.
+            ready = pool.readiness()
+            return replica_result({metrics.replica_label(n): ok for n, ok in ready.items()})
 
         return check
 
@@ -235,7 +237,7 @@ class WorkerHealth:
     def readyz(self) -> Response:
         return _verdict("ready", self.checks.results())
 
-    def metrics(self) -> Response:
+    def metrics_page(self) -> Response:
         body, content_type = metrics.exposition(
             self.settings.prometheus_multiproc_dir, [WorkerCollector(self)]
         )
@@ -244,7 +246,7 @@ class WorkerHealth:
     def start(self) -> WorkerHealth:
         """Serve the endpoints from a daemon thread."""
         h = self.settings.health
-        routes = {"/livez": self.livez, "/readyz": self.readyz, "/metrics": self.metrics}
+        routes = {"/livez": self.livez, "/readyz": self.readyz, "/metrics": self.metrics_page}
         self.server = serve(routes, h.host, h.port, "agentq health", fallback=True)
         return self
 
@@ -285,7 +287,7 @@ class WorkerCollector(Collector):
             if name.startswith("replicas."):
                 kind = name.split(".", 1)[1]
                 for replica, ready in result.replicas.items():
-                    replicas.add_metric([kind, metrics.replica_label(replica)], float(ready))
+                    replicas.add_metric([kind, replica], float(ready))
         yield replicas
         yield GaugeMetricFamily(
             "agentq_worker_ready",

@@ -126,7 +126,11 @@ def submit(
     try:
         with _submit_span(celery, req):
             return task.apply_async(  # type: ignore[no-any-return]
-                kwargs=req.kwargs(), task_id=req.run_id, queue=req.queue, headers=message_headers()
+                kwargs=req.kwargs(),
+                task_id=req.run_id,
+                queue=req.queue,
+                headers=message_headers(),
+                ignore_result=True,  # the worker stores the run's result itself
             )
     except BaseException:
         _release(celery, req, idempotency_key)
@@ -185,6 +189,7 @@ def submit_many(
                         queue=req.queue,
                         producer=producer,
                         headers=message_headers(),
+                        ignore_result=True,
                     )
     except BaseException:
         for req, key in fresh:

@@ -3,8 +3,8 @@ parent of the next) → ``agentq.model_call`` and ``agentq.tool_call``.
 
 The trace context travels in the step messages' headers (W3C ``traceparent``), so a run is one
 trace across the producer and every worker that runs one of its steps. Tracing is off by default
-(``AGENTQ_TRACING__EXPORTER=none``): then every helper here is a no-op and OpenTelemetry (the
-``[otel]`` extra) is never imported.
+(``AGENTQ_TRACING__EXPORTER=none``): then every helper here is a no-op and this module never
+imports OpenTelemetry (the ``[otel]`` extra).
 
     with tracing.span("agentq.tool_call", tool="calculator") as span:
         ...
@@ -13,6 +13,7 @@ trace across the producer and every worker that runs one of its steps. Tracing i
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager, contextmanager
@@ -110,7 +111,7 @@ class _Tracing:
                     return super().export(spans)
 
         return LineExporter(
-            out=self._file or _stdout(), formatter=lambda s: s.to_json(indent=None) + "\n"
+            out=self._file or sys.stdout, formatter=lambda s: s.to_json(indent=None) + "\n"
         )
 
     @contextmanager
@@ -139,12 +140,6 @@ class _Tracing:
         self.provider.shutdown()
         if self._file is not None:
             self._file.close()
-
-
-def _stdout() -> IO[str]:
-    import sys
-
-    return sys.stdout
 
 
 def _attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:

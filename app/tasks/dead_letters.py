@@ -74,7 +74,7 @@ def replay(
         kwargs=letter.kwargs,
         task_id=letter.task_id,
         queue=spec.queue_name,
-        ignore_result=letter.step > 0,
+        ignore_result=True,  # the worker stores the run's result itself
     )
     dlq.remove(redis, [run_id])
     log.warning("run %s: dead letter replayed from step %d", run_id, letter.step)

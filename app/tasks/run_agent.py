@@ -85,7 +85,11 @@ class RunAgentTask(Task):  # type: ignore[misc]
         # Every publish (submit, next step, retry): Flower and Celery's log lines show
         # this text instead of the arguments, with secrets masked.
         options.setdefault("kwargsrepr", task_kwargsrepr(kwargs))
-        return super().apply_async(args, kwargs, **options)
+        result = super().apply_async(args, kwargs, **options)
+        # Sent with ignore_result, the worker still stores the run's result under the run id
+        # (see _finish), so the handle must wait for it rather than return None.
+        result.ignored = False
+        return result
 
 
 def register_run_agent(app: Celery) -> Task:
@@ -186,6 +190,11 @@ def _dead_letter(
 
 def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepResult) -> Any:
     is_first = task.request.id == msg.run_id
+    # Messages sent with ignore_result (submit(), later steps, replays) leave the run's result
+    # to us and return a summary, so task events (Flower) show each step finished. A plain
+    # delay()/send_task first message stores its answer the Celery way instead.
+    own_results = bool(task.request.ignore_result)
+    summary = {"run_id": msg.run_id, "step": msg.step, "outcome": result.outcome.value}
     match result.outcome:
         case Outcome.NEXT | Outcome.REPUBLISH:
             assert result.next_step is not None
@@ -197,17 +206,16 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
         case Outcome.DONE:
             if msg.stream:
                 runtime.runner.relay.end(msg.run_id, "succeeded", answer=result.answer)
-            if is_first:
+            if is_first and not own_results:
                 return result.answer
             task.backend.store_result(msg.run_id, result.answer, states.SUCCESS)
         case Outcome.FAILED:
             if msg.stream:
                 runtime.runner.relay.end(msg.run_id, "failed", error=result.reason)
             error = run_error(result.reason, result.error_type)
-            if not is_first:
+            if own_results or not is_first:
                 task.backend.mark_as_failure(msg.run_id, error)
-            # Raised, so Flower and task events show the run's typed failure; later steps'
-            # messages ignore results, so only the run id holds it.
+            # Raised, so Flower and task events show the run's typed failure.
             raise error
         case Outcome.BUSY:
             # Another worker holds the run: come back shortly rather than wait in a thread.
@@ -216,9 +224,11 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
                 task_id=task.request.id,
                 countdown=runtime.settings.worker.lease_retry_s,
                 queue=_queue(runtime, msg.agent),
-                ignore_result=not is_first,
+                ignore_result=own_results or not is_first,
                 headers=message_headers(),
             )
+    if own_results:
+        return summary
     raise Ignore()
 
 

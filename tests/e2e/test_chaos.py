@@ -90,7 +90,9 @@ class PersistentRedis:
 
         try:
             if not wait_until(answers, 30, self.proc):
-                raise AssertionError(f"redis-server did not start:\n{log_tail(self.folder / 'redis.log')}")
+                raise AssertionError(
+                    f"redis-server did not start:\n{log_tail(self.folder / 'redis.log')}"
+                )
         finally:
             client.close()
 
