@@ -229,15 +229,17 @@ def dlq_list(agent: str | None, limit: int) -> None:
 @dlq.command("show")
 @click.argument("run_id")
 def dlq_show(run_id: str) -> None:
-    """One dead letter in full: reason, traceback and the step's arguments (JSON)."""
+    """One dead letter: reason, traceback and the step's arguments (JSON, secrets masked)."""
     from dataclasses import asdict
 
     from app import dlq as dead
+    from app.masking import masked
 
     letter = dead.get(_dlq_client(), run_id)
     if letter is None:
         raise click.ClickException(f"run {run_id} is not in the dead-letter queue")
-    click.echo(json.dumps(asdict(letter), indent=2))
+    shown = {**asdict(letter), "kwargs": masked(letter.kwargs)}  # replay uses the stored ones
+    click.echo(json.dumps(shown, indent=2))
 
 
 def _chosen(client: Any, run_ids: tuple[str, ...], all_: bool, agent: str | None) -> list[str]:

@@ -72,20 +72,22 @@ def test_a_poison_message_is_dead_lettered_with_its_traceback_and_purged_on_comm
     start_worker(["research"])
     # A producer in another service sends arguments this version does not know.
     bad = celery_app.send_task(
-        TASK_RUN_AGENT, kwargs={"agent": "research", "input": "hi", "colour": "red"},
+        TASK_RUN_AGENT, kwargs={"agent": "research", "input": "hi", "colour": "red", "api_key": "s3cret"},
         queue="agent.research",
     )  # fmt: skip
     with pytest.raises(DeadLetteredError, match="poison"):
         bad.get(timeout=60)
     letter = dlq.get(redis_client, bad.id)
     assert letter is not None and letter.kind == dlq.POISON and letter.retries == 0
-    assert "unexpected arguments ['colour']" in letter.reason
+    assert "unexpected arguments ['api_key', 'colour']" in letter.reason
     assert "Traceback (most recent call last)" in letter.traceback
     assert store.load_run(bad.id).error_type == "dead_lettered"
 
     shown = agentq(settings, "dlq", "show", bad.id)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["kwargs"]["colour"] == "red"
+    assert "s3cret" not in shown.stdout  # masked when shown; kept as sent for a replay
+    assert letter.kwargs["api_key"] == "s3cret"
 
     refused = agentq(settings, "dlq", "purge", "--all")  # asks first; no answer, no purge
     assert refused.returncode != 0 and dlq.count(redis_client) == 1
