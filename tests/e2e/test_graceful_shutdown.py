@@ -8,21 +8,12 @@ import pytest
 
 from app.constants import kv_key, lease_key, queue_for
 from app.producer import submit_many
+from tests.fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
 # A production-like visibility timeout: a handed-back step must not wait for it.
 SLOW_REDELIVERY = {"AGENTQ_WORKER__VISIBILITY_TIMEOUT_S": "600"}
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def counting_runs(n: int, steps: int, delay_ms: int) -> list[dict]:
@@ -74,7 +65,7 @@ def test_a_step_longer_than_the_deadline_is_handed_back_at_once(
         ["coder"], env={**SLOW_REDELIVERY, "AGENTQ_WORKER__SOFT_SHUTDOWN_TIMEOUT_S": "2"}
     )
     [result] = submit_many(counting_runs(1, steps=1, delay_ms=8000), celery=celery_app)
-    wait_for(lambda: redis_client.exists(lease_key(result.id)), 30, "the step to start")
+    wait_for(lambda: bool(redis_client.exists(lease_key(result.id))), 30, "the step to start")
     first.terminate()
     started = time.monotonic()
     assert first.proc.wait(timeout=30) == 0

@@ -16,9 +16,9 @@ from app import dlq
 from app.constants import queue_for
 from app.inference.backend import GenerationParams
 from app.inference.triton import build_inputs
-from app.local.processes import wait_until
 from app.producer import submit, submit_many
 from app.routing import parse_queue_depth
+from tests.fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -27,11 +27,6 @@ def replicas_env(*servers, **inference) -> dict[str, str]:
     env = {"AGENTQ_TRITON__REPLICAS": json.dumps([s.replica().model_dump() for s in servers])}
     env.update({f"AGENTQ_INFERENCE__{k.upper()}": str(v) for k, v in inference.items()})
     return env
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    if not wait_until(predicate, timeout_s):
-        raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_replica_killed_mid_load_fails_no_run(
