@@ -26,7 +26,7 @@ AGENTS = {
             "name": "guarded",
             "tools": ["calculator"],
             "max_steps": 6,
-            "budget": {"max_tokens_out": 50, "max_tool_calls": 1, "max_wall_time_s": 1.0},
+            "budget": {"max_tokens_out": 50, "max_tool_calls": 1},
             "input_validators": [{"type": "blocked_patterns", "patterns": ["(?i)rm -rf"]}],
         },
         {
@@ -74,7 +74,7 @@ def test_runs_that_ask_for_too_much_end_with_typed_reasons(guarded, store, redis
         "guarded",
         'slow [tool:calculator {"expression": "1"}] [delay:1500]',
         celery=app,
-        budget={"max_tool_calls": 5},  # tighter only: stays 1
+        budget={"max_tool_calls": 5, "max_wall_time_s": 1.0},  # the 5 cannot loosen the 1
     )
     schema = submit("structured", "no json here", celery=app)
 
