@@ -48,6 +48,11 @@ class AgentSpec(BaseModel):
     )
     temperature: float | None = Field(default=None, ge=0, description="Sampling temperature.")
     queue: str | None = Field(default=None, description="Queue override (default agent.<name>).")
+    max_replicas: int | None = Field(
+        default=None,
+        gt=0,
+        description="Most worker replicas the autoscaler may run (else settings.deploy).",
+    )
     step_timeout_s: float | None = Field(
         default=None, gt=0, description="Deadline of one step (else settings.worker)."
     )

@@ -1,10 +1,22 @@
-"""kombu's Redis transport, with one client per channel instead of one per operation.
+"""kombu's Redis transport, with a fetch that cannot lose a message and one client per channel.
 
-kombu builds a new ``redis.Redis`` object for every ack, QoS update and queue operation
-(``Channel.conn_or_acquire``); with redis-py 8 that costs ~150 us of CPU each time, on the
-worker's consumer thread, which dispatches every step (profiled: 15% of a worker's CPU).
-A client is thread-safe (each command borrows a connection from the pool), so the channel
-keeps one, rebuilt whenever kombu replaces its connection pool. Everything else is kombu's.
+**Fetch.** kombu takes a message with ``BRPOP`` and only then records it as unacknowledged
+(``HSET unacked`` + ``ZADD unacked_index``) in a second round trip. A worker killed in
+between, or a Redis that goes away in between, loses the message for good: it is in no list
+and in no unacked hash, so no visibility timeout brings it back (the chaos test saw about one
+lost step per few SIGKILLs on a busy machine). Here a Lua script pops the message and records
+it in one atomic step, so every message is always either waiting in its list or restorable.
+While the lists are empty the channel blocks on ``BLMOVE q q LEFT LEFT`` (a rotation that
+moves nothing: it only wakes the channel when its first queue gets a message), then fetches
+with the script; other queues and the priority sub-lists are looked at on every fetch and at
+least every ``brpop_timeout``. Consumers without acknowledgements (Celery's reply queues) keep
+kombu's ``BRPOP``.
+
+**One client.** kombu builds a new ``redis.Redis`` object for every ack, QoS update and queue
+operation (``Channel.conn_or_acquire``); with redis-py 8 that costs ~150 us of CPU each time,
+on the worker's consumer thread, which dispatches every step (profiled: 15% of a worker's
+CPU). A client is thread-safe (each command borrows a connection from the pool), so the
+channel keeps one, rebuilt whenever kombu replaces its connection pool.
 
 :func:`install` registers it for the ``redis://`` and ``rediss://`` schemes, so broker URLs
 read as usual (worker banner, Flower).
@@ -14,14 +26,75 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from queue import Empty
+from time import monotonic, time
 from typing import Any
 
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import base as virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+
+# KEYS: unacked hash, unacked index, then the lists in the order BRPOP would read them.
+# ARGV[1]: now (Unix time, as kombu scores the index). Returns {list, message} or false.
+# The unacked entry is kombu's [message, exchange, routing_key], built from the message
+# text itself so it restores byte for byte.
+_TAKE = """
+for i = 3, #KEYS do
+  local item = redis.call('RPOP', KEYS[i])
+  if item then
+    local ok, message = pcall(cjson.decode, item)
+    local props = ok and type(message) == 'table' and message.properties
+    if type(props) == 'table' and props.delivery_tag and type(props.delivery_info) == 'table' then
+      local info = props.delivery_info
+      redis.call('HSET', KEYS[1], props.delivery_tag, '[' .. item .. ',' ..
+        cjson.encode(info.exchange) .. ',' .. cjson.encode(info.routing_key) .. ']')
+      redis.call('ZADD', KEYS[2], ARGV[1], props.delivery_tag)
+    end
+    return {KEYS[i], item}
+  end
+end
+return false
+"""
+
+_FETCH, _WAIT = "fetch", "wait"
+
+
+def _recorded_tag(payload: Any) -> str | None:
+    """The delivery tag under which :data:`_TAKE` recorded ``payload`` (None: not recorded)."""
+    props = payload.get("properties") if isinstance(payload, dict) else None
+    if not isinstance(props, dict) or not isinstance(props.get("delivery_info"), dict):
+        return None
+    tag = props.get("delivery_tag")
+    return None if tag is None else str(tag)
+
+
+class QoS(kombu_redis.QoS):  # type: ignore[misc]
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        taken = self.channel._taken
+        if delivery_tag in taken:
+            # Already recorded as unacked by the fetch script: only track it here.
+            taken.discard(delivery_tag)
+            virtual.QoS.append(self, message, delivery_tag)
+            return
+        super().append(message, delivery_tag)
 
 
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
+    QoS = QoS
     _shared_client: Any = None
+    _sent: str | None = None  # what the pending poll command is: _FETCH, _WAIT or BRPOP
+    _fetch_next = True  # a fetch may find a message (else block until one arrives)
+    # kombu's poll state, typed as kombu uses it: the connection polled on, when it was sent.
+    _in_poll: Any = False
+    _brpop_sent_at: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._taken: set[str] = set()
+        self._no_ack_queues: set[str] = set()
+        self._sync_params: dict[str, Any] | None = None
+        super().__init__(*args, **kwargs)
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -32,6 +105,75 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         if shared is None or shared.connection_pool is not self.pool:
             shared = self._shared_client = self._create_client()
         yield shared
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        # After a connection loss Celery detaches the kombu connection before closing the
+        # channel, whose close then restores unacked messages (and late acks arrive): kombu
+        # would fail with AttributeError and kill the worker. Reuse the last parameters.
+        if self.connection.client is None and not asynchronous and self._sync_params:
+            return dict(self._sync_params)
+        params = super()._connparams(asynchronous=asynchronous)
+        if not asynchronous:
+            self._sync_params = dict(params)
+        return params
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        no_ack = kwargs.get("no_ack", args[0] if args else False)
+        (self._no_ack_queues.add if no_ack else self._no_ack_queues.discard)(queue)
+        return super().basic_consume(queue, *args, **kwargs)
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        if not self.ack_emulation or self.global_keyprefix or self._no_ack_queues & set(queues):
+            self._sent = "BRPOP"
+            super()._brpop_start(timeout)
+            return
+        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        connection = self.client.connection
+        self._in_poll = connection
+        self._brpop_sent_at = monotonic()
+        if self._fetch_next:
+            self._sent = _FETCH
+            connection.send_command(
+                "EVAL", _TAKE, 2 + len(keys), self.unacked_key, self.unacked_index_key,
+                *keys, time(),
+            )  # fmt: skip
+        else:
+            self._sent = _WAIT
+            wait = self.brpop_timeout if timeout is None else timeout
+            first = keys[0]
+            connection.send_command("BLMOVE", first, first, "LEFT", "LEFT", wait or 0)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        sent, self._sent = self._sent, None
+        if sent not in (_FETCH, _WAIT):
+            return bool(super()._brpop_read(**options))
+        try:
+            try:
+                reply = self.client.parse_response(
+                    self.client.connection, "EVAL" if sent == _FETCH else "BLMOVE", **options
+                )
+            except self.connection_errors:
+                self.client.connection.disconnect()  # the next poll reconnects
+                raise
+            # A wait ends when a message arrives or after brpop_timeout: fetch next either way.
+            self._fetch_next = sent == _WAIT or bool(reply)
+            if sent == _WAIT or not reply:
+                raise Empty()
+            dest, item = reply
+            payload = loads(bytes_to_str(item))
+            tag = _recorded_tag(payload)
+            if tag is not None:
+                self._taken.add(tag)
+            queue = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
+            self.connection._deliver(payload, queue)
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]

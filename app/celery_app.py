@@ -20,18 +20,33 @@ def broker_transport_options(visibility_timeout_s: int) -> dict[str, int]:
     kombu sweeps for expired unacked messages every ``unacked_restore_interval`` seconds but
     scans only on every ``unacked_restore_throttle``-th sweep (10 s x 10 by default), so a
     lost message would wait ~100 s beyond its timeout; sweep every quarter timeout instead.
+    A sweep holds a Redis lock that expires after 300 s by default: a worker killed (or a Redis
+    restarted) mid-sweep would stop every sweep that long, so it expires with the interval.
     """
+    interval = max(1, min(30, visibility_timeout_s // 4))
     return {
         "visibility_timeout": visibility_timeout_s,
-        "unacked_restore_interval": max(1, min(30, visibility_timeout_s // 4)),
+        "unacked_restore_interval": interval,
         "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": interval,
     }
+
+
+# A Redis restart takes seconds: a step's publishes (next step, retry) and result writes ride
+# it out (~10 s each) rather than leave the step to its visibility timeout.
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 12,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 1,
+}
+RESULT_BACKEND_RETRIES = 20  # exponential backoff from 10 ms, capped at 1 s, with jitter
 
 
 def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> Celery:
     """Build the Celery app for ``settings``; ``registry`` defaults to ``settings.agents_file``."""
     registry = registry if registry is not None else load_registry(settings.agents_file)
-    install_broker_transport()  # kombu's Redis transport, minus a client built per ack
+    install_broker_transport()  # kombu's Redis transport: atomic fetch, one client per channel
     app = Celery("agentq", broker=settings.broker, backend=settings.backend, set_as_current=False)
     queues = [
         Queue(spec.queue_name, Exchange(spec.queue_name, type="direct"), spec.queue_name)
@@ -56,6 +71,10 @@ def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> 
         broker_transport_options=broker_transport_options(worker.visibility_timeout_s),
         result_backend_transport_options={"visibility_timeout": worker.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
+        result_backend_always_retry=True,
+        result_backend_max_retries=RESULT_BACKEND_RETRIES,
+        result_backend_max_sleep_between_retries_ms=1000,
         result_expires=worker.result_expires_s,
         # Later steps' messages must not leave result keys behind: only the run id gets a
         # result (STARTED once its first step is committed, then the answer).

@@ -25,7 +25,10 @@ def main() -> None:
 
 @main.command()
 @click.option(
-    "--agents", "agents", default=None, help="Comma-separated agent types (default: all)."
+    "--agents",
+    "agents",
+    default=None,
+    help="Comma-separated agent types (default: AGENTQ_WORKER__AGENTS, else all).",
 )
 @click.option("--concurrency", "-c", type=int, default=None, help="Runs in flight per process.")
 @click.option("--pool", "-P", default=None, help="Celery pool (default: threads).")
@@ -54,6 +57,7 @@ def worker(
     logs.configure(settings.log_format, loglevel)
     app = create_celery(settings)
     registry = app.agentq_registry
+    agents = agents or settings.worker.agents  # the flag wins over the environment
     names = [a.strip() for a in agents.split(",") if a.strip()] if agents else registry.names
     unknown = [n for n in names if n not in registry]
     if unknown:
@@ -187,6 +191,22 @@ def exporter(port: int | None) -> None:
     settings = Settings()
     logs.configure(settings.log_format)
     run_exporter(settings, port)
+
+
+@main.command()
+@click.option("--out", default="keda", show_default=True, help="Folder of the generated files.")
+@click.option("--check", is_flag=True, help="Write nothing; list the drift and exit 1 if any.")
+def manifests(out: str, check: bool) -> None:
+    """Kubernetes and KEDA manifests for every agent type of the registry (keda/)."""
+    from pathlib import Path
+
+    from app.deploy.manifests import run
+    from app.errors import ConfigurationError
+
+    try:
+        sys.exit(run(Settings(), Path(out), check, click.echo))
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group()
@@ -374,6 +394,28 @@ def bench_inference(concurrency: str, latency_ms: int, out: str | None) -> None:
 
     levels = [int(c) for c in concurrency.split(",") if c.strip()]
     sys.exit(run_bench(levels, latency_ms, out, console))
+
+
+@bench.command("scaling")
+@click.option("--time-scale", type=float, default=0.1, show_default=True, help="Real s per sim s.")
+@click.option("--step-s", type=float, default=10.0, show_default=True, help="Sim s per step.")
+@click.option("--concurrency", type=int, default=4, show_default=True, help="Steps per replica.")
+@click.option("--out", type=click.Path(), default=None, help="JSON results file.")
+@click.option("--plot", type=click.Path(), default=None, help="PNG (default: beside the JSON).")
+def bench_scaling(
+    time_scale: float, step_s: float, concurrency: int, out: str | None, plot: str | None
+) -> None:
+    """KEDA's redis trigger (LLEN) vs the true backlog, replayed on real Redis queues."""
+    from app.config import REPO_ROOT
+
+    if not (REPO_ROOT / "bench" / "scaling.py").is_file():
+        raise click.ClickException("bench/ is in the source repository; run from a checkout")
+    sys.path.insert(0, str(REPO_ROOT))
+    from bench.scaling import SimConfig
+    from bench.scaling import main as run_scaling
+
+    cfg = SimConfig(time_scale=time_scale, step_s=step_s, concurrency=concurrency)
+    sys.exit(run_scaling(cfg, out, plot, console))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pydantic_settings import (
 
 from app.config.sections import (
     REPO_ROOT,
+    DeploySettings,
     ExporterSettings,
     FlowerSettings,
     HealthSettings,
@@ -45,6 +46,7 @@ from app.errors import ConfigurationError
 
 __all__ = [
     "REPO_ROOT",
+    "DeploySettings",
     "ExporterSettings",
     "FlowerSettings",
     "HealthSettings",
@@ -181,6 +183,9 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     exporter: ExporterSettings = Field(default_factory=ExporterSettings)
+    deploy: DeploySettings = Field(
+        default_factory=DeploySettings, description="What `agentq manifests` generates."
+    )
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     log_format: Literal["text", "json"] = Field(

@@ -233,6 +233,11 @@ class WorkerSettings(BaseModel):
     result_expires_s: int = Field(
         default=86_400, gt=0, description="How long run results stay in the result backend."
     )
+    agents: str | None = Field(
+        default=None,
+        description="Comma-separated agent types `agentq worker` consumes when --agents is not "
+        "given (a container's AGENTQ_WORKER__AGENTS, e.g. 'research'); unset: every type.",
+    )
 
 
 class LimitSettings(BaseModel):
@@ -376,6 +381,93 @@ class RedisTLSSettings(BaseModel):
     verify: bool = Field(
         default=True,
         description="Verify the server's certificate and host name (turn off only to test).",
+    )
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("agentq")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+class DeploySettings(BaseModel):
+    """``agentq manifests``: what the generated Kubernetes and KEDA objects point at."""
+
+    image: str = Field(default="agentq-worker", description="Worker image (without the tag).")
+    triton_image: str = Field(
+        default="agentq-triton", description="Triton + TensorRT-LLM image (without the tag)."
+    )
+    image_tag: str = Field(
+        default_factory=_package_version,
+        description="Tag of both images (default: the agentq version).",
+    )
+    redis_url: str = Field(
+        default="redis://redis.agentq.svc.cluster.local:6379/0",
+        description="Redis as seen from the cluster, without a password (that is in the "
+        "Secret). A fully qualified host: KEDA's operator resolves it from its own namespace.",
+    )
+    prometheus_url: str = Field(
+        default="http://prometheus.agentq.svc.cluster.local:9090",
+        description="Prometheus queried by the alternative prometheus trigger (fully qualified).",
+    )
+    max_replicas: int = Field(
+        default=10,
+        gt=0,
+        description="Most worker replicas per agent type (AgentSpec.max_replicas may override).",
+    )
+    backlog_per_replica: int | None = Field(
+        default=None,
+        gt=0,
+        description="Backlog one worker replica should carry: the trigger's target (listLength, "
+        "threshold). Default: worker.concurrency, a thread for every step waiting.",
+    )
+    activation_backlog: int = Field(
+        default=0, ge=0, description="Backlog above which KEDA scales from zero."
+    )
+    polling_interval_s: int = Field(default=15, gt=0, description="KEDA's pollingInterval.")
+    cooldown_s: int = Field(
+        default=300, ge=0, description="KEDA's cooldownPeriod: idle time before scaling to zero."
+    )
+    worker_cpu: str = Field(default="500m", description="CPU request of a worker container.")
+    worker_cpu_limit: str = Field(default="2", description="CPU limit of a worker container.")
+    worker_memory: str = Field(
+        default="512Mi", description="Memory request (and limit) of a worker container."
+    )
+    triton_gpus: int = Field(default=1, gt=0, description="GPUs per Triton replica.")
+    triton_cpu: str = Field(default="4", description="CPU request of a Triton container.")
+    triton_memory: str = Field(
+        default="32Gi", description="Memory request (and limit) of a Triton container."
+    )
+    triton_min_replicas: int = Field(default=1, gt=0, description="Fewest Triton replicas.")
+    triton_max_replicas: int = Field(default=4, gt=0, description="Most Triton replicas.")
+    triton_queue_target: int = Field(
+        default=8, gt=0, description="Requests waiting per Triton replica the HPA aims for."
+    )
+    triton_gpu_util_target: int = Field(
+        default=80, gt=0, le=100, description="GPU utilisation (%) per replica the HPA aims for."
+    )
+    triton_startup_s: int = Field(
+        default=1800,
+        gt=0,
+        description="Longest a Triton replica may take to load its engines before it is "
+        "restarted (the startup probe's budget).",
+    )
+    triton_storage: str = Field(
+        default="200Gi",
+        description="Size of the volume holding the Hugging Face checkpoint and the engines "
+        "(ReadWriteMany: every Triton replica mounts it).",
+    )
+    hf_model_id: str = Field(
+        default="",
+        description="Hugging Face Hub id the engine-build Job downloads when the volume holds "
+        "no checkpoint yet (empty: copy one to the volume's hf/ folder first).",
+    )
+    gpu_node_selector: dict[str, str] = Field(
+        default_factory=lambda: {"nvidia.com/gpu.present": "true"},
+        description="Node labels of the GPU node pool (GPU feature discovery sets this one).",
     )
 
 

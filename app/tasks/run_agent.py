@@ -16,6 +16,7 @@ from typing import Any
 import redis
 from celery import Celery, Task, states
 from celery.exceptions import Ignore, Reject, Retry
+from kombu.exceptions import OperationalError
 
 from app import dlq, logs, metrics, tracing
 from app.constants import TASK_RUN_AGENT, published_key
@@ -47,6 +48,9 @@ TRANSIENT = (
     redis.ConnectionError,
     redis.TimeoutError,
 )
+
+# Redis unreachable while the step is handed on (next step, result, lease retry published).
+HAND_ON_ERRORS = (OperationalError, redis.ConnectionError, redis.TimeoutError, OSError)
 
 _RUN_ERRORS: dict[str | None, type[RunFailedError]] = {
     BUDGET_EXCEEDED: BudgetExceededError,
@@ -142,7 +146,12 @@ def register_run_agent(app: Celery) -> Task:
             finally:
                 metrics.step_ended(agent)
             span.set(outcome=result.outcome.value)
-            return _finish(self, runtime, msg, result)
+            try:
+                return _finish(self, runtime, msg, result)
+            except HAND_ON_ERRORS as exc:
+                # Committed, not handed on: unacknowledged, the message comes back and, its
+                # step found committed, only hands on (acknowledging it would stall the run).
+                raise Reject(f"step not handed on: {exc!r}", requeue=True) from exc
 
     return run_agent
 

@@ -1,17 +1,20 @@
 """Chaos: 500 multi-step runs while workers are SIGKILLed and SIGTERMed and Redis restarts.
 
 Every run must complete exactly once: each of its steps committed once, each tool's side
-effect recorded once, nothing dead-lettered, and no message left behind in Redis.
+effect recorded once, its result readable, nothing dead-lettered, and no message left in Redis.
+Run with ``-s`` to see what the chaos did and the summary line with the counts.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import signal
 import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,11 +36,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
 RUNS = 500
 TOOL_STEPS = 3  # counter_incr steps per run, then the final answer
+STEPS = RUNS * (TOOL_STEPS + 1)
+STEP_MS = 20  # each model call: short, so the workers take many messages a second
 WORKERS = 3
 CONCURRENCY = 16
 SEED = 20240605
-FINISH_DEADLINE_S = 150  # generous: a stuck run fails the test; its time is not asserted
-CHAOS_UNTIL = 0.9  # keep killing workers until this share of the runs has succeeded
+CHAOS_UNTIL = 0.9  # kill workers until this share of the steps is committed
+STALL_S = 90  # no step committed for this long: a run is stuck (its time is not asserted)
 
 # A step's message comes back soon after a SIGKILL (visibility timeout) and the dead worker's
 # lease expires as soon (step timeout); a SIGTERMed worker hands its steps back after 3 s.
@@ -55,8 +60,8 @@ WORKER_ENV = {
     "AGENTQ_WORKER__SOFT_SHUTDOWN_TIMEOUT_S": str(WORKER.soft_shutdown_timeout_s),
     "AGENTQ_WORKER__LEASE_RETRY_S": str(WORKER.lease_retry_s),
     "AGENTQ_WORKER__RETRY_BACKOFF_MAX_S": str(WORKER.retry_backoff_max_s),
+    "AGENTQ_WORKER__LOG_EACH_STEP": "true",  # one "received" line per delivery, counted below
     "AGENTQ_HEALTH__PORT": "0",
-    "AGENTQ_WORKER__LOG_EACH_STEP": "true",
 }
 
 
@@ -84,20 +89,18 @@ class PersistentRedis:
         def answers() -> bool:
             try:
                 return bool(client.ping())
-            except redis.BusyLoadingError:
-                return False
-            except redis.ConnectionError:
+            except redis.ConnectionError:  # refused, or still loading its append-only file
                 return False
 
         try:
             if not wait_until(answers, 30, self.proc):
-                raise AssertionError(
-                    f"redis-server did not start:\n{log_tail(self.folder / 'redis.log')}"
-                )
+                log = log_tail(self.folder / "redis.log")
+                raise AssertionError(f"redis-server did not start:\n{log}")
         finally:
             client.close()
 
     def stop(self) -> None:
+        """SIGTERM by PID: Redis flushes its append-only file and exits."""
         if self.proc is not None:
             stop_process(self.proc)
 
@@ -140,8 +143,8 @@ def chaos_store(chaos_settings: Settings):
 
 
 @pytest.fixture
-def workers(chaos_settings: Settings, tmp_path: Path):
-    """Every worker process the test starts; each stopped by PID at the end."""
+def workers():
+    """Every worker process the test starts; each one stopped by its PID at the end."""
     started: list[WorkerProcess] = []
     yield started
     for worker in started:
@@ -154,12 +157,12 @@ def chaos_runs() -> list[dict]:
         tools = " ".join(
             f'[tool:counter_incr {{"key": "chaos-r{r}-s{i}"}}]' for i in range(TOOL_STEPS)
         )
-        runs.append({"agent": "coder", "input": f"count {tools} [delay:20]"})
+        runs.append({"agent": "coder", "input": f"count {tools} [delay:{STEP_MS}]"})
     return runs
 
 
 class Chaos:
-    """Kills (SIGKILL or SIGTERM) a random worker at random moments and starts a replacement;
+    """At random moments, SIGKILLs or SIGTERMs a random worker and starts a replacement;
     once, stops Redis and starts it again on the same port and folder."""
 
     def __init__(
@@ -169,22 +172,40 @@ class Chaos:
         workers: list[WorkerProcess],
         server: PersistentRedis,
         log_dir: Path,
-        progress: callable,
+        progress: Callable[[], float],
     ) -> None:
         self.rng = rng
         self.settings = settings
         self.workers = workers
         self.server = server
         self.log_dir = log_dir
-        self.progress = progress  # share of runs succeeded, 0..1
+        self.progress = progress  # share of the steps committed, 0..1
+        self.restart_at = rng.uniform(0.2, 0.5)  # progress at which Redis restarts
         self.stop_event = threading.Event()
         self.kills: Counter[str] = Counter()
         self.redis_restarts = 0
         self.events: list[str] = []
         self.error: BaseException | None = None
-        self.restart_at = rng.uniform(0.2, 0.5)  # progress at which Redis restarts
+        self._signals: list[signal.Signals] = []
         self.started = time.monotonic()
         self.thread = threading.Thread(target=self._run, name="chaos", daemon=True)
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=30)
+        if self.error is not None:
+            raise self.error
+
+    def next_signal(self) -> signal.Signals:
+        """SIGKILL or SIGTERM, in random order, as many of each (two by two)."""
+        if not self._signals:
+            self._signals = [signal.SIGKILL, signal.SIGTERM]
+            self.rng.shuffle(self._signals)
+        return self._signals.pop()
 
     def log(self, text: str) -> None:
         line = f"{time.monotonic() - self.started:6.1f}s {text}"
@@ -193,61 +214,56 @@ class Chaos:
 
     def spawn(self) -> WorkerProcess:
         worker = WorkerProcess(
-            self.settings,
-            ["coder"],
-            log_dir=self.log_dir,
-            concurrency=CONCURRENCY,
+            self.settings, ["coder"], log_dir=self.log_dir, concurrency=CONCURRENCY,
             extra_env=WORKER_ENV,
-        )
+        )  # fmt: skip
         self.workers.append(worker)
         return worker.spawn()
 
-    def live(self) -> list[WorkerProcess]:
-        return [w for w in self.workers if w.proc is not None and w.proc.poll() is None]
-
     def _run(self) -> None:
-        terminating: set[int] = set()
+        terminated: set[int] = set()
         try:
-            while not self.stop_event.wait(self.rng.uniform(2.0, 5.0)):
+            while not self.stop_event.wait(self.rng.uniform(1.0, 2.5)):
                 done = self.progress()
                 if done >= CHAOS_UNTIL:
                     return
                 if not self.redis_restarts and done >= self.restart_at:
-                    self.restart_redis()
+                    self.restart_redis(done)
                     continue
-                candidates = [w for w in self.live() if w.pid not in terminating]
-                victim = self.rng.choice(candidates)
-                sig = self.rng.choice([signal.SIGKILL, signal.SIGTERM])
+                # Busy workers, not ones still starting: a kill should cut steps mid-way.
+                ready = [w for w in self.workers if w.pid not in terminated and is_ready(w)]
+                if not ready:
+                    continue
+                victim = self.rng.choice(ready)
+                sig = self.next_signal()
                 if sig == signal.SIGKILL:
                     victim.kill()
                 else:
                     victim.terminate()  # it finishes or hands back its steps, then exits
-                    terminating.add(victim.pid)
+                    terminated.add(victim.pid)
                 self.kills[sig.name] += 1
-                replacement = self.spawn()
+                replacement = self.spawn()  # as Kubernetes would, without waiting
                 self.log(
-                    f"{sig.name} {victim.node} (pid {victim.pid}) at {done:.0%} of runs; "
+                    f"{sig.name} {victim.node} (pid {victim.pid}) at {done:.0%} of the steps; "
                     f"started {replacement.node}"
                 )
-        except BaseException as exc:  # reported by the test, not lost in the thread
+        except BaseException as exc:  # raised by stop(), not lost in the thread
             self.error = exc
 
-    def restart_redis(self) -> None:
-        self.log("stopping Redis (SIGTERM)")
+    def restart_redis(self, done: float) -> None:
+        self.log(f"stopping Redis (SIGTERM) at {done:.0%} of the steps")
         self.server.stop()
-        pause = self.rng.uniform(1.0, 2.0)
-        time.sleep(pause)
+        down = self.rng.uniform(1.0, 2.0)
+        time.sleep(down)
         self.server.start()
         self.redis_restarts += 1
-        self.log(f"Redis back on port {self.server.port} after {pause:.1f} s down")
+        self.log(f"Redis back on port {self.server.port} after {down:.1f} s down")
 
 
-def count_by_status(store: SessionStore) -> dict[str, int]:
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            select(runs_table.c.status, func.count()).group_by(runs_table.c.status)
-        ).all()
-    return {status: int(n) for status, n in rows}
+def is_ready(worker: WorkerProcess) -> bool:
+    if worker.proc is None or worker.proc.poll() is not None:
+        return False
+    return worker.log_path.exists() and " ready." in worker.log_path.read_text(errors="replace")
 
 
 def count_steps(store: SessionStore) -> int:
@@ -255,99 +271,111 @@ def count_steps(store: SessionStore) -> int:
         return int(conn.execute(select(func.count()).select_from(steps_table)).scalar_one())
 
 
+def count_finished(store: SessionStore) -> int:
+    with store.engine.connect() as conn:
+        query = select(func.count()).where(runs_table.c.status != "running")
+        return int(conn.execute(query).scalar_one())
+
+
+def wait_for_runs(store: SessionStore) -> bool:
+    """Wait until every run has ended; False once no step was committed for STALL_S."""
+    last, last_change = -1, time.monotonic()
+    while count_finished(store) < RUNS:
+        steps = count_steps(store)
+        if steps != last:
+            last, last_change = steps, time.monotonic()
+        elif time.monotonic() - last_change > STALL_S:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def leftovers(client: redis.Redis) -> dict[str, int]:
     """Messages still in Redis: the queue with its priority sub-lists, and unacked ones."""
     queue = queue_for("coder")
-    lists = [queue, *(f"{queue}\x06\x16{p}" for p in (3, 6, 9))]
-    found = {name: int(client.llen(name)) for name in lists}
-    found["unacked"] = int(client.hlen("unacked"))
-    found["unacked_index"] = int(client.zcard("unacked_index"))
-    return {name: n for name, n in found.items() if n}
+    found = {
+        name: client.llen(name) for name in [queue, *(f"{queue}\x06\x16{p}" for p in (3, 6, 9))]
+    }
+    found["unacked"] = client.hlen("unacked")
+    found["unacked_index"] = client.zcard("unacked_index")
+    return {name: int(n) for name, n in found.items() if n}
+
+
+def worker_logs(log_dir: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in log_dir.glob("coder-*.log"))
 
 
 def test_runs_complete_exactly_once_through_worker_kills_and_a_redis_restart(
     chaos_redis, chaos_settings, chaos_celery, chaos_store, workers, tmp_path
 ):
-    rng = random.Random(SEED)
     client = redis.Redis.from_url(chaos_redis.url)
-    started = time.monotonic()
-
-    def succeeded_share() -> float:
-        return count_by_status(chaos_store).get("succeeded", 0) / RUNS
-
-    chaos = Chaos(rng, chaos_settings, workers, chaos_redis, tmp_path, succeeded_share)
-    first = [chaos.spawn() for _ in range(WORKERS)]
-    for worker in first:
+    chaos = Chaos(
+        random.Random(SEED), chaos_settings, workers, chaos_redis, tmp_path,
+        lambda: count_steps(chaos_store) / STEPS,
+    )  # fmt: skip
+    for worker in [chaos.spawn() for _ in range(WORKERS)]:
         worker.wait_ready(chaos_celery)
     results = submit_many(chaos_runs(), celery=chaos_celery)
-    run_ids = [r.id for r in results]
-    chaos.started = time.monotonic()
-    chaos.thread.start()
-
-    def all_finished() -> bool:
-        counts = count_by_status(chaos_store)
-        return counts.get("succeeded", 0) + counts.get("failed", 0) == RUNS
-
-    finished = wait_until(all_finished, FINISH_DEADLINE_S)
-    chaos.stop_event.set()
-    chaos.thread.join(timeout=30)
-    run_wall_s = time.monotonic() - chaos.started
-    if chaos.error is not None:
-        raise chaos.error
+    chaos.start()
+    finished = wait_for_runs(chaos_store)
+    chaos.stop()
+    runs_s = time.monotonic() - chaos.started
     if not finished:
-        pending = [
-            (run_id, state.next_step if state else None, client.get(lease_key(run_id)))
-            for run_id in run_ids
-            if (state := chaos_store.load_run(run_id)) is None or state.status != "succeeded"
+        stuck = [
+            (r.id, state and state.next_step, client.get(lease_key(r.id)))
+            for r in results
+            if (state := chaos_store.load_run(r.id)) is None or state.status == "running"
         ]
         raise AssertionError(
-            f"{len(pending)} runs unfinished after {FINISH_DEADLINE_S} s "
-            f"(first: {pending[:5]}); in Redis: {leftovers(client)}; "
+            f"{len(stuck)} runs stuck, e.g. (run, next step, lease) {stuck[:5]}; "
+            f"in Redis: {leftovers(client)}, restore lock TTL {client.ttl('unacked_mutex')}; "
             f"chaos: {chaos.events}"
         )
 
-    # Every run succeeded once: each step committed once, in order, with the expected answer.
-    bad = []
-    for i, run_id in enumerate(run_ids):
-        run = chaos_store.load_run(run_id)
-        steps = [s.step for s in run.steps]
-        kinds = [s.kind for s in run.steps]
-        expected_kinds = ["tool"] * TOOL_STEPS + ["final"]
-        if (
-            run.status != "succeeded"
-            or run.answer != "Answer: 1"
-            or steps != list(range(TOOL_STEPS + 1))
-            or kinds != expected_kinds
-            or run.next_step != TOOL_STEPS + 1
-            or [s.tool_result for s in run.steps[:TOOL_STEPS]] != [1] * TOOL_STEPS
-        ):
-            bad.append((i, run_id, run.status, run.answer, run.error, steps, run.next_step))
-    assert not bad, f"{len(bad)} runs wrong, e.g. {bad[:5]}"
-    assert count_steps(chaos_store) == RUNS * (TOOL_STEPS + 1)
+    # Every run succeeded once: its steps committed once each, in order, with the answer.
+    wrong = []
+    for result in results:
+        run = chaos_store.load_run(result.id)
+        seen = (
+            run.status,
+            run.answer,
+            run.next_step,
+            [(s.step, s.kind, s.tool_result) for s in run.steps],
+        )
+        expected = (
+            "succeeded",
+            "Answer: 1",
+            TOOL_STEPS + 1,
+            [(i, "tool", 1) for i in range(TOOL_STEPS)] + [(TOOL_STEPS, "final", None)],
+        )
+        if seen != expected:
+            wrong.append((result.id, run.error, seen))
+    assert not wrong, f"{len(wrong)} runs wrong, e.g. {wrong[:3]}"
+    assert count_steps(chaos_store) == STEPS
 
     # No side effect recorded twice (nor lost): every counter is exactly 1.
     keys = [kv_key(f"chaos-r{r}-s{i}") for r in range(RUNS) for i in range(TOOL_STEPS)]
-    values = Counter(client.mget(keys))
-    assert values == {b"1": len(keys)}, values
+    assert Counter(client.mget(keys)) == {b"1": len(keys)}
 
     assert dlq.count(client) == 0, [letter.reason for letter in dlq.list_letters(client, 5)]
 
-    # The run's result resolves to its answer too (the result backend lived through it all).
-    states = Counter((r.state, r.result) for r in results)
-    assert states == {("SUCCESS", "Answer: 1"): RUNS}, states.most_common(5)
+    # Each run's result reads as its answer: the result backend lived through it too.
+    outcomes = Counter((r.state, r.result) for r in results)
+    assert outcomes == {("SUCCESS", "Answer: 1"): RUNS}, outcomes.most_common(5)
 
-    # Duplicates (redelivered, handed back, retried) drain: nothing is left in Redis.
+    # Duplicates (redelivered, handed back, retried messages) drain: nothing is left in Redis.
     drained = wait_until(lambda: not leftovers(client), 6 * WORKER.visibility_timeout_s)
     assert drained, leftovers(client)
-    wall_s = time.monotonic() - started
-    redelivered = sum(
-        log.read_text(errors="replace").count("handed back") for log in tmp_path.glob("*.log")
-    )
+
+    logs = worker_logs(tmp_path)
+    deliveries = logs.count("] received")
+    handed_back = sum(int(n) for n in re.findall(r"handed back (\d+) step", logs))
     print(
-        f"\nchaos summary: runs={RUNS} succeeded={RUNS} steps={count_steps(chaos_store)} "
+        f"\nchaos summary: runs={RUNS} succeeded={RUNS} steps={STEPS} "
         f"SIGKILL={chaos.kills['SIGKILL']} SIGTERM={chaos.kills['SIGTERM']} "
         f"redis_restarts={chaos.redis_restarts} workers_started={len(workers)} "
-        f"handback_logs={redelivered} runs_wall_s={run_wall_s:.1f} total_wall_s={wall_s:.1f}",
+        f"deliveries={deliveries} (beyond one per step: {deliveries - STEPS}) "
+        f"handed_back_at_deadline={handed_back} runs_wall_s={runs_s:.1f}",
         flush=True,
     )
     assert chaos.redis_restarts == 1

@@ -71,10 +71,8 @@ def test_a_poison_message_is_dead_lettered_with_its_traceback_and_purged_on_comm
 ) -> None:
     start_worker(["research"])
     # A producer in another service sends arguments this version does not know.
-    bad = celery_app.send_task(
-        TASK_RUN_AGENT, kwargs={"agent": "research", "input": "hi", "colour": "red", "api_key": "s3cret"},
-        queue="agent.research",
-    )  # fmt: skip
+    kwargs = {"agent": "research", "input": "hi", "colour": "red", "api_key": "s3cret"}
+    bad = celery_app.send_task(TASK_RUN_AGENT, kwargs=kwargs, queue="agent.research")
     with pytest.raises(DeadLetteredError, match="poison"):
         bad.get(timeout=60)
     letter = dlq.get(redis_client, bad.id)
