@@ -46,7 +46,8 @@ for i = 3, #KEYS do
   if item then
     local ok, message = pcall(cjson.decode, item)
     local props = ok and type(message) == 'table' and message.properties
-    if type(props) == 'table' and props.delivery_tag and type(props.delivery_info) == 'table' then
+    if type(props) == 'table' and type(props.delivery_tag) == 'string'
+        and type(props.delivery_info) == 'table' then
       local info = props.delivery_info
       redis.call('HSET', KEYS[1], props.delivery_tag, '[' .. item .. ',' ..
         cjson.encode(info.exchange) .. ',' .. cjson.encode(info.routing_key) .. ']')
@@ -67,7 +68,7 @@ def _recorded_tag(payload: Any) -> str | None:
     if not isinstance(props, dict) or not isinstance(props.get("delivery_info"), dict):
         return None
     tag = props.get("delivery_tag")
-    return None if tag is None else str(tag)
+    return tag if isinstance(tag, str) else None
 
 
 class QoS(kombu_redis.QoS):  # type: ignore[misc]
@@ -93,8 +94,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._taken: set[str] = set()
         self._no_ack_queues: set[str] = set()
-        self._sync_params: dict[str, Any] | None = None
         super().__init__(*args, **kwargs)
+        self._sync_params: dict[str, Any] = super()._connparams()
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -109,13 +110,10 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     def _connparams(self, asynchronous: bool = False) -> Any:
         # After a connection loss Celery detaches the kombu connection before closing the
         # channel, whose close then restores unacked messages (and late acks arrive): kombu
-        # would fail with AttributeError and kill the worker. Reuse the last parameters.
-        if self.connection.client is None and not asynchronous and self._sync_params:
+        # would fail with AttributeError and kill the worker. Use the channel's parameters.
+        if self.connection.client is None and not asynchronous:
             return dict(self._sync_params)
-        params = super()._connparams(asynchronous=asynchronous)
-        if not asynchronous:
-            self._sync_params = dict(params)
-        return params
+        return super()._connparams(asynchronous=asynchronous)
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         no_ack = kwargs.get("no_ack", args[0] if args else False)

@@ -24,7 +24,7 @@ import yaml
 
 from app.agents import AgentRegistry, load_registry
 from app.config import Settings
-from app.deploy import triton, workers
+from app.deploy import services, triton, workers
 from app.deploy.objects import SECRET, Obj, k8s_name, worker_name
 from app.errors import ConfigurationError
 
@@ -113,10 +113,10 @@ def manifest_files(
             )
         names[name] = spec.name
     mounted = agents_file[0] if agents_file else None
-    common: list[Obj] = [workers.service_account(), workers.config_map(settings, mounted)]
+    common: list[Obj] = [services.service_account(), services.config_map(settings, mounted)]
     if agents_file is not None:
-        common.append(workers.agents_config_map(*agents_file))
-    common.append(workers.workers_service(settings))
+        common.append(services.agents_config_map(*agents_file))
+    common.append(services.workers_service(settings))
     files = [
         ManifestFile(
             "base/common.yaml",
@@ -129,7 +129,7 @@ def manifest_files(
         *_agent_files(registry, settings, mounted),
         ManifestFile(
             "base/exporter.yaml",
-            workers.exporter_objects(settings),
+            services.exporter_objects(settings),
             ("`agentq exporter`: every queue's true backlog for Prometheus, KEDA and the HPA.",),
         ),
         ManifestFile(
@@ -158,7 +158,9 @@ def manifest_files(
                 "(AGENTQ_DEPLOY__HF_MODEL_ID; HF_TOKEN in the Secret for gated models).",
             ),
         ),
-        ManifestFile("base/flower.yaml", workers.flower_objects(settings), ("Flower (optional).",)),
+        ManifestFile(
+            "base/flower.yaml", services.flower_objects(settings), ("Flower (optional).",)
+        ),
         ManifestFile(
             "trigger-authentication.yaml",
             [workers.trigger_authentication()],
@@ -166,7 +168,7 @@ def manifest_files(
         ),
         ManifestFile(
             "templates/secret.yaml",
-            [workers.secret_template()],
+            [services.secret_template()],
             (
                 "TEMPLATE, never applied: the values are placeholders. Create the Secret with",
                 f"  kubectl -n <namespace> create secret generic {SECRET} \\",

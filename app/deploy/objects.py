@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from app.config import Settings
 from app.errors import ConfigurationError
 
 Obj = dict[str, Any]
@@ -102,14 +103,33 @@ def container_security(read_only_root: bool = True) -> Obj:
     }
 
 
-def config_env(with_secret: bool = True) -> list[Obj]:
+def config_env() -> list[Obj]:
     """``envFrom``: every AGENTQ_ setting from the ConfigMap, secrets from the Secret."""
-    sources: list[Obj] = [{"configMapRef": {"name": CONFIG_MAP}}]
-    if with_secret:
-        sources.append({"secretRef": {"name": SECRET}})
-    return sources
+    return [{"configMapRef": {"name": CONFIG_MAP}}, {"secretRef": {"name": SECRET}}]
 
 
 def tmp_volume() -> tuple[Obj, Obj]:
     """An emptyDir on /tmp, the only place a read-only container may write."""
     return {"name": "tmp", "emptyDir": {}}, {"name": "tmp", "mountPath": "/tmp"}
+
+
+def image(repository: str, settings: Settings) -> str:
+    """``repository`` with the deploy tag."""
+    return f"{repository}:{settings.deploy.image_tag}"
+
+
+def pod_template(
+    component: str, agent: str | None, container: Obj, grace_s: int, volumes: list[Obj], port: int
+) -> Obj:
+    """A pod template of ours: scraped by Prometheus, non-root, no API token."""
+    return {
+        "metadata": {"labels": labels(component, agent), "annotations": scrape_annotations(port)},
+        "spec": {
+            "serviceAccountName": SERVICE_ACCOUNT,
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": grace_s,
+            "securityContext": pod_security(),
+            "containers": [container],
+            "volumes": volumes,
+        },
+    }

@@ -18,11 +18,12 @@ from app.deploy.objects import (
     Obj,
     container_security,
     http_probe,
+    image,
     meta,
     pod_security,
     selector,
 )
-from app.deploy.workers import BACKLOG_METRIC, EXTERNAL_METRIC, image
+from app.deploy.workers import BACKLOG_METRIC, EXTERNAL_METRIC
 
 PORTS = (("http", 8000), ("grpc", 8001), ("metrics", 8002))
 MODELS_PVC = "triton-models"  # subPaths: hf/ (checkpoint, tokenizer), engines/ (TensorRT-LLM)

@@ -183,6 +183,7 @@ class Chaos:
         self.restart_at = rng.uniform(0.2, 0.5)  # progress at which Redis restarts
         self.stop_event = threading.Event()
         self.kills: Counter[str] = Counter()
+        self.signalled: dict[int, signal.Signals] = {}  # worker pid -> what it was sent
         self.redis_restarts = 0
         self.events: list[str] = []
         self.error: BaseException | None = None
@@ -221,9 +222,8 @@ class Chaos:
         return worker.spawn()
 
     def _run(self) -> None:
-        terminated: set[int] = set()
         try:
-            while not self.stop_event.wait(self.rng.uniform(1.0, 2.5)):
+            while not self.stop_event.wait(self.rng.uniform(0.5, 2.0)):
                 done = self.progress()
                 if done >= CHAOS_UNTIL:
                     return
@@ -231,16 +231,16 @@ class Chaos:
                     self.restart_redis(done)
                     continue
                 # Busy workers, not ones still starting: a kill should cut steps mid-way.
-                ready = [w for w in self.workers if w.pid not in terminated and is_ready(w)]
+                ready = [w for w in self.workers if w.pid not in self.signalled and is_ready(w)]
                 if not ready:
                     continue
                 victim = self.rng.choice(ready)
                 sig = self.next_signal()
+                self.signalled[victim.pid] = sig
                 if sig == signal.SIGKILL:
                     victim.kill()
                 else:
                     victim.terminate()  # it finishes or hands back its steps, then exits
-                    terminated.add(victim.pid)
                 self.kills[sig.name] += 1
                 replacement = self.spawn()  # as Kubernetes would, without waiting
                 self.log(
@@ -378,6 +378,13 @@ def test_runs_complete_exactly_once_through_worker_kills_and_a_redis_restart(
         f"handed_back_at_deadline={handed_back} runs_wall_s={runs_s:.1f}",
         flush=True,
     )
+    # No worker died but those killed; each one told to stop did so cleanly.
+    for worker in workers:
+        sent = chaos.signalled.get(worker.pid)
+        if sent is None:
+            assert worker.proc.poll() is None, f"{worker.node} died:\n{log_tail(worker.log_path)}"
+        elif sent == signal.SIGTERM:
+            assert worker.proc.wait(timeout=30) == 0, log_tail(worker.log_path)
     assert chaos.redis_restarts == 1
     assert chaos.kills["SIGKILL"] and chaos.kills["SIGTERM"]
     client.close()

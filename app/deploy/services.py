@@ -1,0 +1,196 @@
+"""The objects every agent type shares: configuration, the Secret's template, the workers'
+headless Service, the exporter and Flower."""
+
+from __future__ import annotations
+
+import json
+
+from app.config import Settings
+from app.deploy.objects import (
+    AGENTS_CONFIG_MAP,
+    AGENTS_DIR,
+    CONFIG_MAP,
+    EXPORTER,
+    FLOWER,
+    HEALTH_PORT_NAME,
+    SECRET,
+    SERVICE_ACCOUNT,
+    TRITON,
+    WORKERS_SERVICE,
+    Obj,
+    config_env,
+    container_security,
+    http_probe,
+    image,
+    meta,
+    pod_template,
+    selector,
+    tmp_volume,
+)
+from app.deploy.workers import redis_endpoint
+from app.errors import ConfigurationError
+
+
+def config_map(settings: Settings, agents_file: str | None) -> Obj:
+    """Every non-secret AGENTQ_ setting the pods need (secrets: the Secret)."""
+    health, exporter = settings.health.port, settings.exporter.port
+    if not health or not exporter:
+        raise ConfigurationError("health.port and exporter.port must be fixed ports (not 0)")
+    redis_endpoint(settings)  # refuse a password before it reaches the ConfigMap
+    triton = [
+        {
+            "url": f"{TRITON}:8001",
+            "health_url": f"http://{TRITON}:8000/v2/health/ready",
+            "metrics_url": f"http://{TRITON}:8002/metrics",
+        }
+    ]
+    data = {
+        "AGENTQ_REDIS_URL": settings.deploy.redis_url,
+        "AGENTQ_TRITON__REPLICAS": json.dumps(triton),
+        "AGENTQ_LOG_FORMAT": "json",
+        "AGENTQ_WORKER__CONCURRENCY": str(settings.worker.concurrency),
+        "AGENTQ_WORKER__SOFT_SHUTDOWN_TIMEOUT_S": str(settings.worker.soft_shutdown_timeout_s),
+        "AGENTQ_HEALTH__HOST": "0.0.0.0",
+        "AGENTQ_HEALTH__PORT": str(health),
+        "AGENTQ_EXPORTER__HOST": "0.0.0.0",
+        "AGENTQ_EXPORTER__PORT": str(exporter),
+        "AGENTQ_FLOWER__ADDRESS": "0.0.0.0",
+        "AGENTQ_FLOWER__PORT": str(settings.flower.port),
+    }
+    if agents_file is not None:
+        data["AGENTQ_AGENTS_FILE"] = f"{AGENTS_DIR}/{agents_file}"
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta(CONFIG_MAP, "config"),
+        "data": data,
+    }
+
+
+def agents_config_map(filename: str, text: str) -> Obj:
+    """The agents file itself, mounted into every worker at AGENTS_DIR."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta(AGENTS_CONFIG_MAP, "config"),
+        "data": {filename: text},
+    }
+
+
+def service_account() -> Obj:
+    # The pods never call the Kubernetes API: no token mounted.
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": meta(SERVICE_ACCOUNT, "config"),
+        "automountServiceAccountToken": False,
+    }
+
+
+def workers_service(settings: Settings) -> Obj:
+    """Headless Service over every worker pod: one A record each for Prometheus' dns_sd."""
+    port = settings.health.port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(WORKERS_SERVICE, "worker"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,  # an unready worker's metrics say why
+            "selector": selector("worker"),
+            "ports": [{"name": HEALTH_PORT_NAME, "port": port, "targetPort": HEALTH_PORT_NAME}],
+        },
+    }
+
+
+def secret_template() -> Obj:
+    """The Secret's shape with placeholders: never applied as is (see keda/templates/)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta(SECRET, "config"),
+        "type": "Opaque",
+        "stringData": {
+            "AGENTQ_REDIS_PASSWORD": "<redis password>",
+            "AGENTQ_DATABASE_URL": "postgresql+psycopg://agentq:<password>@<host>:5432/agentq",
+            "AGENTQ_FLOWER__BASIC_AUTH": "<user>:<password>",
+        },
+    }
+
+
+def _single(name: str, component: str, container: Obj, port: int) -> Obj:
+    tmp, tmp_mount = tmp_volume()
+    container = {**container, "volumeMounts": [tmp_mount]}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta(name, component),
+        "spec": {
+            "replicas": 1,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": selector(component)},
+            "template": pod_template(component, None, container, 30, [tmp], port),
+        },
+    }
+
+
+def _service(name: str, component: str, port_name: str, port: int) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(name, component),
+        "spec": {
+            "selector": selector(component),
+            "ports": [{"name": port_name, "port": port, "targetPort": port_name}],
+        },
+    }
+
+
+def exporter_objects(settings: Settings) -> list[Obj]:
+    """``agentq exporter`` (one per cluster) and its Service (Prometheus scrapes it by name)."""
+    port = settings.exporter.port
+    container = {
+        "name": "exporter",
+        "image": image(settings.deploy.image, settings),
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["agentq", "exporter"],
+        "envFrom": config_env(),
+        "ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}],
+        "livenessProbe": http_probe("/livez", "metrics", period_s=10, failures=3),
+        "readinessProbe": http_probe("/readyz", "metrics", period_s=10, failures=3),
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "128Mi"},
+            "limits": {"cpu": "500m", "memory": "128Mi"},
+        },
+        "securityContext": container_security(),
+    }
+    return [
+        _single(EXPORTER, "exporter", container, port),
+        _service(EXPORTER, "exporter", "metrics", port),
+    ]
+
+
+def flower_objects(settings: Settings) -> list[Obj]:
+    """``agentq flower`` behind basic auth (AGENTQ_FLOWER__BASIC_AUTH in the Secret)."""
+    port = settings.flower.port
+    # TCP probes: every Flower page, its health check included, sits behind basic auth.
+    tcp = {"tcpSocket": {"port": "http"}, "periodSeconds": 10, "failureThreshold": 3}
+    container = {
+        "name": "flower",
+        "image": image(settings.deploy.image, settings),
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["agentq", "flower"],
+        "envFrom": config_env(),
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "livenessProbe": tcp,
+        "readinessProbe": tcp,
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"cpu": "1", "memory": "512Mi"},
+        },
+        "securityContext": container_security(),
+    }
+    deployment = _single(FLOWER, "flower", container, port)
+    # Flower's own /metrics sits behind its basic auth: not scraped.
+    deployment["spec"]["template"]["metadata"].pop("annotations")
+    return [deployment, _service(FLOWER, "flower", "http", port)]
