@@ -9,6 +9,7 @@ list, counts every priority sub-list and the messages taken but not yet acknowle
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
@@ -144,8 +145,11 @@ class Exporter:
 def run_exporter(settings: Settings, port: int | None = None) -> None:
     """Serve until the process is stopped (SIGTERM or Ctrl-C)."""
     exporter = Exporter(settings).start(port)
+    stopped = threading.Event()
+    # As a container's PID 1 the process has no default SIGTERM action: handle it explicitly.
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     try:
-        threading.Event().wait()
+        stopped.wait()
     except KeyboardInterrupt:
         pass
     finally:

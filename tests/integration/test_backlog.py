@@ -53,7 +53,9 @@ def exporter(settings: Settings, log_dir: Path) -> Iterator[str]:
             raise LocalServiceError(f"exporter did not start:\n{log_tail(log)}")
         yield f"{base}/metrics"
     finally:
-        stop_process(proc)
+        code = stop_process(proc)
+    # SIGTERM must stop it cleanly: in a pod it is PID 1, which has no default SIGTERM action.
+    assert code == 0, log_tail(log)
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
