@@ -35,10 +35,11 @@ class AgentSpec(BaseModel):
 
     name: str = Field(description="Agent type; also names its queue (agent.<name>).")
     model: str = Field(default="ensemble", description="Triton model serving this agent.")
-    backend: Literal["triton", "openai"] = Field(
+    backend: Literal["triton", "openai", "echo"] = Field(
         default="triton",
-        description="Model server kind: Triton (gRPC, TensorRT-LLM ensemble) or an "
-        "OpenAI-compatible server (NIM, vLLM) from settings.openai.",
+        description="Model server kind: Triton (gRPC, TensorRT-LLM ensemble), an "
+        "OpenAI-compatible server (NIM, vLLM) from settings.openai, or echo (no server: "
+        "each run answers with its input in one step; smoke and load tests).",
     )
     system_prompt: str = Field(default="You are a helpful agent.", description="First prompt line.")
     tools: tuple[str, ...] = Field(default=(), description="Names of the tools it may call.")

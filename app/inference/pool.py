@@ -27,6 +27,7 @@ from app.config import InferenceSettings, ReplicaSettings, Settings
 from app.errors import InferenceError, InferenceUnavailableError, NoReplicaAvailableError
 from app.inference.backend import Completion, GenerationParams, InferenceBackend, Route
 from app.inference.breaker import CircuitBreaker
+from app.inference.echo import EchoBackend
 from app.routing import ReplicaView, choose_replica, parse_queue_depth
 
 log = logging.getLogger(__name__)
@@ -382,7 +383,8 @@ def replicas_from_settings(
 
 
 def build_pools(settings: Settings) -> dict[str, ReplicaPool]:
-    """A started pool per backend kind in use: ``triton`` always, ``openai`` when configured."""
+    """A started pool per backend kind: ``triton`` and ``echo`` always, ``openai`` when
+    configured."""
     from app.inference.triton import TritonBackend
 
     triton = settings.triton
@@ -411,4 +413,8 @@ def build_pools(settings: Settings) -> dict[str, ReplicaPool]:
             settings.inference,
             kind="openai",
         )
-    return {kind: pool.start() for kind, pool in pools.items()}
+    inference = settings.inference
+    breaker = CircuitBreaker(inference.breaker_failures, inference.breaker_cooldown_s)
+    # No server behind it, nothing to scrape or probe: not started.
+    echo = ReplicaPool([Replica("echo", EchoBackend(), breaker)], inference, kind="echo")
+    return {**{kind: pool.start() for kind, pool in pools.items()}, "echo": echo}

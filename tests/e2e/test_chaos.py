@@ -22,6 +22,7 @@ import redis
 from sqlalchemy import func, select
 
 from app import dlq
+from app.backlog import priority_lists
 from app.config import Settings, TritonSettings, WorkerSettings
 from app.constants import kv_key, lease_key, queue_for
 from app.local.processes import free_port, log_tail, stop_process, wait_until
@@ -113,6 +114,13 @@ def chaos_redis(tmp_path: Path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def client(chaos_redis: PersistentRedis):
+    client = redis.Redis.from_url(chaos_redis.url)
+    yield client
+    client.close()
 
 
 @pytest.fixture
@@ -292,10 +300,7 @@ def wait_for_runs(store: SessionStore) -> bool:
 
 def leftovers(client: redis.Redis) -> dict[str, int]:
     """Messages still in Redis: the queue with its priority sub-lists, and unacked ones."""
-    queue = queue_for("coder")
-    found = {
-        name: client.llen(name) for name in [queue, *(f"{queue}\x06\x16{p}" for p in (3, 6, 9))]
-    }
+    found = {name: client.llen(name) for name in priority_lists(queue_for("coder"))}
     found["unacked"] = client.hlen("unacked")
     found["unacked_index"] = client.zcard("unacked_index")
     return {name: int(n) for name, n in found.items() if n}
@@ -306,9 +311,8 @@ def worker_logs(log_dir: Path) -> str:
 
 
 def test_runs_complete_exactly_once_through_worker_kills_and_a_redis_restart(
-    chaos_redis, chaos_settings, chaos_celery, chaos_store, workers, tmp_path
+    chaos_redis, chaos_settings, chaos_celery, chaos_store, client, workers, tmp_path
 ):
-    client = redis.Redis.from_url(chaos_redis.url)
     chaos = Chaos(
         random.Random(SEED), chaos_settings, workers, chaos_redis, tmp_path,
         lambda: count_steps(chaos_store) / STEPS,
@@ -387,4 +391,3 @@ def test_runs_complete_exactly_once_through_worker_kills_and_a_redis_restart(
             assert worker.proc.wait(timeout=30) == 0, log_tail(worker.log_path)
     assert chaos.redis_restarts == 1
     assert chaos.kills["SIGKILL"] and chaos.kills["SIGTERM"]
-    client.close()

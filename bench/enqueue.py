@@ -1,0 +1,112 @@
+"""Enqueue: N runs through agentq's ``submit_many`` vs a loop of stock ``delay()``, and the
+raw ceiling: redis-py pipelining LPUSHes of bodies the size of agentq's messages.
+
+No worker runs: what is timed is the producer putting messages into Redis.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import ExitStack
+from typing import Any
+
+from app.producer import submit_many
+from bench.report import rate, ratio, scenario, target
+from bench.services import TRIVIAL, Services
+from bench.stock import NOOP, QUEUE
+
+TARGET_VS_STOCK, TARGET_VS_RAW = 20.0, 0.5
+RAW_BATCH = 1000
+INPUT = "What is the capital of France?"
+
+
+def _queue_bytes(services: Services, queue: str) -> int:
+    item = services.redis.lindex(queue, 0)
+    return len(item) if item is not None else 0
+
+
+def _agentq(services: Services, runs: int) -> dict[str, Any]:
+    services.flush()
+    with ExitStack() as stack:
+        celery = services.agentq(services.settings(services.sqlite_url()), stack)
+        spec = celery.agentq_registry.get(TRIVIAL)  # type: ignore[attr-defined]
+        submit_many([{"agent": TRIVIAL, "input": INPUT}], celery=celery)  # connect, warm caches
+        services.flush()
+        items = [{"agent": TRIVIAL, "input": INPUT} for _ in range(runs)]
+        started = time.perf_counter()
+        submit_many(items, celery=celery)
+        wall = time.perf_counter() - started
+    queued = int(services.redis.llen(spec.queue_name))
+    size = _queue_bytes(services, spec.queue_name)
+    return {
+        "runs": runs,
+        "queued": queued,
+        "wall_s": round(wall, 3),
+        "runs_per_s": round(rate(queued, wall) or 0, 1),
+        "message_bytes": size,
+        "how": "app.producer.submit_many (validated, pipelined)",
+    }
+
+
+def _stock(services: Services, runs: int) -> dict[str, Any]:
+    services.flush()
+    task = services.stock.tasks[NOOP]
+    task.delay()  # connect
+    services.flush()
+    started = time.perf_counter()
+    for _ in range(runs):
+        task.delay()
+    wall = time.perf_counter() - started
+    queued = int(services.redis.llen(QUEUE))
+    return {
+        "runs": runs,
+        "queued": queued,
+        "wall_s": round(wall, 3),
+        "runs_per_s": round(rate(queued, wall) or 0, 1),
+        "message_bytes": _queue_bytes(services, QUEUE),
+        "how": "a loop of task.delay() on a plain Celery app",
+    }
+
+
+def _raw(services: Services, runs: int, size: int) -> dict[str, Any]:
+    services.flush()
+    body = uuid.uuid4().hex.encode() * (size // 32 + 1)
+    body = body[:size]
+    key = "raw"
+    started = time.perf_counter()
+    pipe = services.redis.pipeline(transaction=False)
+    for i in range(runs):
+        pipe.lpush(key, body)
+        if (i + 1) % RAW_BATCH == 0:
+            pipe.execute()
+    pipe.execute()
+    wall = time.perf_counter() - started
+    queued = int(services.redis.llen(key))
+    services.flush()
+    return {
+        "runs": runs,
+        "queued": queued,
+        "wall_s": round(wall, 3),
+        "runs_per_s": round(rate(queued, wall) or 0, 1),
+        "message_bytes": size,
+        "how": f"redis-py pipeline, LPUSH of {size}-byte bodies, {RAW_BATCH} per round trip",
+    }
+
+
+def run(services: Services, runs: int) -> dict[str, Any]:
+    """The enqueue scenario's document."""
+    agentq = _agentq(services, runs)
+    stock = _stock(services, runs)
+    raw = _raw(services, runs, agentq["message_bytes"] or 1000)
+    vs_raw = ratio(agentq["runs_per_s"], raw["runs_per_s"])
+    return scenario(
+        "enqueue",
+        "runs_per_s",
+        {"agentq": agentq, "stock": stock, "raw_ceiling": raw},
+        ratio_to_raw_ceiling=vs_raw,
+        targets={
+            "ratio": target(ratio(agentq["runs_per_s"], stock["runs_per_s"]), TARGET_VS_STOCK),
+            "ratio_to_raw_ceiling": target(vs_raw, TARGET_VS_RAW),
+        },
+    )
