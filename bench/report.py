@@ -17,8 +17,8 @@ from typing import Any
 
 from bench.measure import percentile
 
-SIDES = ("agentq", "stock")
-SCENARIO_KEYS = ("scenario", "metric", "higher_is_better", "sides", "ratio", "machine", "versions")
+SCENARIO_KEYS = ("scenario", "metric", "higher_is_better", "baseline", "sides", "ratio")
+DOCUMENT_KEYS = ("machine", "versions", "date")
 
 
 def rate(count: int, seconds: float) -> float | None:
@@ -26,11 +26,11 @@ def rate(count: int, seconds: float) -> float | None:
     return count / seconds if count > 0 and seconds > 0 else None
 
 
-def ratio(agentq: float | None, stock: float | None) -> float | None:
+def ratio(agentq: float | None, baseline: float | None) -> float | None:
     """agentq's figure over the baseline's, rounded; None when either is missing or zero."""
-    if not agentq or not stock:
+    if not agentq or not baseline:
         return None
-    return round(agentq / stock, 3)
+    return round(agentq / baseline, 3)
 
 
 def latency_summary(seconds: Sequence[float]) -> dict[str, Any]:
@@ -55,32 +55,31 @@ def scenario(
     metric: str,
     sides: dict[str, dict[str, Any]],
     *,
+    baseline: str = "stock",
     higher_is_better: bool = True,
-    ratio_of: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """One scenario's document: each side's figures and ``ratio`` = agentq / stock of ``metric``.
-
-    ``ratio_of`` names the figure the ratio is taken of when it is not ``metric`` itself.
-    """
-    key = ratio_of or metric
-    figures = {side: sides.get(side, {}).get(key) for side in SIDES}
+    """One scenario's document: each side's figures and ``ratio``, agentq's ``metric`` over
+    the ``baseline`` side's (stock Celery, or the direct Triton client)."""
     return {
         "scenario": name,
         "metric": metric,
         "higher_is_better": higher_is_better,
+        "baseline": baseline,
         "sides": sides,
-        "ratio": ratio(figures["agentq"], figures["stock"]),
+        "ratio": ratio(sides["agentq"].get(metric), sides[baseline].get(metric)),
         **extra,
     }
 
 
-def check_shape(doc: dict[str, Any]) -> list[str]:
-    """What a scenario document lacks (empty when it is complete)."""
-    missing = [k for k in SCENARIO_KEYS if k not in doc]
+def check_shape(doc: dict[str, Any], *, document: bool = True) -> list[str]:
+    """What a scenario document lacks (empty when complete); ``document``: it is a file's
+    top level, which also names the machine and the versions."""
+    keys = SCENARIO_KEYS + (DOCUMENT_KEYS if document else ())
+    missing = [k for k in keys if k not in doc]
     sides = doc.get("sides")
     if isinstance(sides, dict):
-        missing += [f"sides.{s}" for s in SIDES if s not in sides]
+        missing += [f"sides.{s}" for s in ("agentq", doc.get("baseline")) if s not in sides]
     return missing
 
 

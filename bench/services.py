@@ -184,7 +184,6 @@ class Services:
         if triton_url:
             extra["triton"] = TritonSettings(urls=[triton_url])
         return Settings(
-            _env_file=None,
             redis_url=self.redis_url,
             database_url=database_url,
             agents_file=self.agents_file,
@@ -211,7 +210,7 @@ class Services:
         """A stock Celery worker process, same pool and concurrency, stopped with ``stack``."""
         worker = StockWorker(
             self.redis_url,
-            pool=Settings(_env_file=None).worker.pool,
+            pool=Settings().worker.pool,
             concurrency=concurrency or self.concurrency,
             log_dir=self.tmp,
         )

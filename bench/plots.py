@@ -1,0 +1,140 @@
+"""One PNG per scenario of the suite, from its JSON document (matplotlib, ``bench`` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+AGENTQ, STOCK, OTHER = "#1f77b4", "#ff7f0e", "#7f7f7f"
+
+
+def _bars(ax: Any, labels: list[str], values: list[float | None], colors: list[str]) -> None:
+    heights = [v or 0.0 for v in values]
+    bars = ax.bar(labels, heights, color=colors)
+    for bar, value in zip(bars, values, strict=True):
+        text = "—" if value is None else f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                    va="bottom", fontsize=8)  # fmt: skip
+
+
+def _ratio_title(doc: dict[str, Any], what: str) -> str:
+    r = doc.get("ratio")
+    return f"{what} (ratio {r:.2f})" if r is not None else what
+
+
+def enqueue(ax: Any, doc: dict[str, Any]) -> None:
+    s = doc["sides"]
+    _bars(
+        ax,
+        ["stock delay() loop", "agentq submit_many", "raw LPUSH pipeline"],
+        [s["stock"]["runs_per_s"], s["agentq"]["runs_per_s"], s["raw_ceiling"]["runs_per_s"]],
+        [STOCK, AGENTQ, OTHER],
+    )
+    ax.set_ylabel("runs enqueued / s")
+    ax.set_title(_ratio_title(doc, f"enqueue, {s['agentq']['runs']:,} runs"))
+
+
+def dispatch(ax: Any, doc: dict[str, Any]) -> None:
+    groups = [("SQLite", doc)]
+    if "sides" in doc.get("postgres", {}):
+        groups.append(("PostgreSQL", doc["postgres"]))
+    labels, values, colors = [], [], []
+    for name, group in groups:
+        labels += [f"stock\n({name} run)", f"agentq\n{name}"]
+        values += [group["sides"]["stock"]["runs_per_s"], group["sides"]["agentq"]["runs_per_s"]]
+        colors += [STOCK, AGENTQ]
+    _bars(ax, labels, values, colors)
+    ratios = ", ".join(
+        f"{name} {g['ratio']:.2f}" for name, g in groups if g.get("ratio") is not None
+    )
+    ax.set_ylabel("runs drained / s (one worker process)")
+    ax.set_title(f"dispatch, {doc['sides']['agentq']['runs']:,} trivial runs (ratio {ratios})")
+
+
+def latency(ax: Any, doc: dict[str, Any]) -> None:
+    width = 0.38
+    quantiles = ("p50_ms", "p95_ms", "p99_ms")
+    for i, (side, color) in enumerate((("stock", STOCK), ("agentq", AGENTQ))):
+        summary = doc["sides"][side]["enqueue_to_start"]
+        xs = [q + (i - 0.5) * width for q in range(len(quantiles))]
+        ax.bar(xs, [summary[q] or 0 for q in quantiles], width, color=color, label=side)
+    ax.set_xticks(range(len(quantiles)), [q.removesuffix("_ms") for q in quantiles])
+    ax.set_yscale("log")  # a p99 tail and a p50 of a few ms on one chart
+    ax.set_ylabel("enqueue → first step started (ms, log)")
+    ax.legend()
+    ax.set_title(
+        _ratio_title(doc, f"latency at {doc['offered_runs_per_s']:,.0f} runs/s offered (p50)")
+    )
+
+
+def memory(ax: Any, doc: dict[str, Any]) -> None:
+    s = doc["sides"]
+    _bars(
+        ax,
+        ["stock idle", "stock 64 in flight", "agentq idle", "agentq 64 in flight"],
+        [
+            s["stock"]["idle_rss_mib"],
+            s["stock"]["peak_rss_mib"],
+            s["agentq"]["idle_rss_mib"],
+            s["agentq"]["peak_rss_mib"],
+        ],
+        [STOCK, STOCK, AGENTQ, AGENTQ],
+    )
+    bound = doc["targets"]["agentq_peak_rss_mib"]["max"]
+    ax.axhline(bound, color="red", linestyle="--", linewidth=1, label=f"target {bound:.0f} MiB")
+    ax.set_ylabel("worker RSS (MiB)")
+    ax.legend()
+    ax.set_title(_ratio_title(doc, "worker memory"))
+
+
+def inference(ax: Any, doc: dict[str, Any]) -> None:
+    levels = doc["levels"]
+    cs = [row["concurrency"] for row in levels]
+    for key, label, color in (
+        ("direct", "tritonclient direct", STOCK),
+        ("agentq", "agentq, 1 worker process", AGENTQ),
+        ("agentq_two_processes", "agentq, 2 worker processes", "#2ca02c"),
+    ):
+        ys = [(row[key] or {}).get("calls_per_s") or float("nan") for row in levels]
+        ax.plot(cs, ys, "o-", color=color, label=label)
+    ax.plot(cs, [row["ideal_calls_per_s"] for row in levels], ":", color=OTHER, label="ideal")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrency C")
+    ax.set_ylabel("model calls / s")
+    ax.legend()
+    ax.set_title(_ratio_title(doc, f"inference, {doc['latency_ms']} ms per call"))
+
+
+PLOTS = {
+    "enqueue": enqueue,
+    "dispatch": dispatch,
+    "latency": latency,
+    "memory": memory,
+    "inference": inference,
+}
+
+
+def plot(doc: dict[str, Any], path: Path) -> Path:
+    """Draw the scenario ``doc`` into ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    try:
+        PLOTS[doc["scenario"]](ax, doc)
+        machine = doc.get("machine", {})
+        fig.text(
+            0.01, 0.01,
+            f"{machine.get('cpu_model')}, {machine.get('cpu_count')} cores, "
+            f"{doc.get('date', '')} (shared machine: compare the ratios, not the absolutes)",
+            fontsize=6, color=OTHER,
+        )  # fmt: skip
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+    return path
