@@ -9,7 +9,6 @@ rounds, so the second shows what the first left allocated.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -65,8 +64,10 @@ def _rounds(
     for done_before in range(0, ROUNDS * IN_FLIGHT, IN_FLIGHT):
         with RssSampler(pid) as sampler:
             send()
-            time.sleep(hold / 2)  # every run has been taken and waits by now
-            in_flight.append(_active(celery, node))
+            seen = 0
+            while seen < IN_FLIGHT and len(watch.done.seen) == done_before:
+                seen = max(seen, _active(celery, node))
+            in_flight.append(seen)
             if not watch.wait(done_before + IN_FLIGHT, 60 + hold * 4):
                 raise DrainError(f"{len(watch.done.seen)} runs of {IN_FLIGHT} finished")
         peaks.append(round(sampler.peak, 1))

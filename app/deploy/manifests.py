@@ -3,12 +3,14 @@
 Layout (``kubectl apply -f`` is not recursive, so each folder is one choice):
 
 - ``base/``: what every cluster needs: configuration, one worker Deployment + PDB per agent
-  type, the exporter, Triton (Deployment, Services, HPA, PDB), Flower;
-- ``keda/`` itself: KEDA's TriggerAuthentication and one ScaledObject (redis trigger) per
-  agent type;
-- ``prometheus-trigger/``: the same ScaledObjects on the exporter's true backlog instead;
-- ``without-keda/``: plain HPAs for clusters without KEDA;
+  type, the exporter, Triton (Deployment, Services, PDB), Flower;
+- ``keda/`` itself: KEDA's TriggerAuthentication, one ScaledObject (redis trigger) per
+  agent type and Triton's (prometheus triggers);
+- ``prometheus-trigger/``: the same worker ScaledObjects on the exporter's true backlog;
+- ``without-keda/``: plain HPAs (workers, Triton) for clusters without KEDA;
 - ``prometheus-adapter/``: Helm values for prometheus-adapter (not Kubernetes objects);
+- ``gpu-operator/``: a headless Service over the GPU operator's dcgm-exporter for
+  Prometheus (its namespace is set in the object);
 - ``jobs/``: the one-off Job building Triton's TensorRT-LLM engines;
 - ``templates/``: the Secret's shape, never applied as is.
 """
@@ -138,14 +140,40 @@ def manifest_files(
                 triton.models_claim(settings),
                 triton.triton_deployment(settings),
                 *triton.triton_services(),
-                triton.triton_hpa(settings),
                 triton.triton_pdb(),
             ],
             (
                 "Triton + TensorRT-LLM on the GPU node pool, serving the engines on the",
-                "triton-models volume (build them first: ../jobs/build-engines.yaml). Its HPA",
-                "needs prometheus-adapter with ../prometheus-adapter/values.yaml and NVIDIA's",
-                "dcgm-exporter.",
+                "triton-models volume (build them first: ../jobs/build-engines.yaml). It scales",
+                "with ../triton-scaledobject.yaml (KEDA) or ../without-keda/triton-hpa.yaml.",
+            ),
+        ),
+        ManifestFile(
+            "triton-scaledobject.yaml",
+            [triton.triton_scaled_object(settings)],
+            (
+                "KEDA scales Triton on triton_queue_depth (requests waiting, summed over the",
+                "replicas) and triton_gpu_utilization (GPU %, summed over Triton's GPUs), each",
+                "an AverageValue per replica. Needs Prometheus' triton and dcgm-exporter jobs",
+                "(monitoring/prometheus/prometheus.yml, gpu-operator/dcgm-exporter.yaml).",
+            ),
+        ),
+        ManifestFile(
+            "without-keda/triton-hpa.yaml",
+            [triton.triton_hpa(settings)],
+            (
+                "For clusters without KEDA: Triton's HPA on the external metrics",
+                "triton_queue_depth and triton_gpu_utilization (prometheus-adapter with",
+                "../prometheus-adapter/values-without-keda.yaml).",
+            ),
+        ),
+        ManifestFile(
+            "gpu-operator/dcgm-exporter.yaml",
+            [triton.dcgm_exporter_service()],
+            (
+                "For Prometheus' dcgm-exporter job: every GPU node's exporter by DNS (the GPU",
+                "operator's nvidia-dcgm-exporter Service has a cluster IP: one address).",
+                "Its namespace is set here: kubectl apply -f keda/gpu-operator (no -n).",
             ),
         ),
         ManifestFile(
@@ -179,22 +207,15 @@ def manifest_files(
             ),
         ),
         ManifestFile(
-            "prometheus-adapter/values.yaml",
-            [triton.adapter_values(external=False)],
-            (
-                "Helm values: helm upgrade --install prometheus-adapter",
-                "  prometheus-community/prometheus-adapter -f keda/prometheus-adapter/values.yaml",
-                "  --set prometheus.url=<prometheus URL>",
-                "Per-pod metrics of the Triton HPA; KEDA keeps external.metrics.k8s.io.",
-            ),
-            kubernetes=False,
-        ),
-        ManifestFile(
             "prometheus-adapter/values-without-keda.yaml",
-            [triton.adapter_values(external=True)],
+            [triton.adapter_values()],
             (
-                "Helm values for a cluster without KEDA: values.yaml plus the external metric",
-                "task_queue_depth (agentq_backlog by queue) of the worker HPAs in without-keda/.",
+                "Helm values for a cluster without KEDA (KEDA owns external.metrics.k8s.io; not",
+                "beside it): helm upgrade --install prometheus-adapter",
+                "  prometheus-community/prometheus-adapter --set prometheus.url=<URL>",
+                "  -f keda/prometheus-adapter/values-without-keda.yaml",
+                "External metrics of the HPAs in without-keda/: task_queue_depth (agentq_backlog",
+                "by queue), triton_queue_depth and triton_gpu_utilization.",
             ),
             kubernetes=False,
         ),

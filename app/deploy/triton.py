@@ -1,10 +1,19 @@
-"""Triton on the GPU node pool: Deployment, Services, HPA, PDB; and prometheus-adapter's rules.
+"""Triton on the GPU node pool: Deployment, Services, PDB, autoscaling; prometheus-adapter's rules.
 
-The HPA scales Triton on two per-pod metrics prometheus-adapter serves from Prometheus:
-requests waiting in Triton's queue (``nv_inference_pending_request_count``, scraped from
-each replica's :8002/metrics) and GPU utilisation (``DCGM_FI_DEV_GPU_UTIL`` from NVIDIA's
-dcgm-exporter, labelled with the pod using the GPU). They are custom (per-pod) metrics, so
-the adapter serves them beside KEDA, which owns external.metrics.k8s.io on KEDA clusters.
+Triton scales on two External metrics that need no per-pod labels (our Prometheus finds
+its targets through headless Services, dns_sd, so series carry ``job`` and ``instance``
+only):
+
+- ``triton_queue_depth``: the sum of ``nv_inference_pending_request_count`` (every model)
+  over the replicas Prometheus' ``triton`` job scrapes;
+- ``triton_gpu_utilization``: the sum of ``DCGM_FI_DEV_GPU_UTIL`` (percent) over the GPUs
+  dcgm-exporter (job ``dcgm-exporter``) reports in use by our ``triton`` containers. A sum,
+  not an average: an AverageValue target divides the metric by the replica count, so the
+  target is the utilisation per replica (per-GPU target x GPUs per replica).
+
+With KEDA, a ScaledObject's prometheus triggers run these queries (KEDA owns
+external.metrics.k8s.io and makes the HPA); without it, prometheus-adapter's external rules
+serve them to ``without-keda/hpa-triton.yaml``. Both read the same PromQL from here.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import math
 
 from app.config import Settings
 from app.deploy.objects import (
+    EXPORTER,
     SECRET,
     TRITON,
     Obj,
@@ -28,8 +38,21 @@ from app.deploy.workers import BACKLOG_METRIC, EXTERNAL_METRIC
 PORTS = (("http", 8000), ("grpc", 8001), ("metrics", 8002))
 MODELS_PVC = "triton-models"  # subPaths: hf/ (checkpoint, tokenizer), engines/ (TensorRT-LLM)
 TRITON_UID = 10001  # triton.Dockerfile's user; owns /engines and /checkpoints
-QUEUE_METRIC = "triton_queue_depth"  # nv_inference_pending_request_count, per pod
-GPU_METRIC = "gpu_utilization"  # DCGM_FI_DEV_GPU_UTIL, per pod
+NAMESPACE = "agentq"  # the README's namespace; monitoring/prometheus/prometheus.yml assumes it
+TRITON_JOB = "triton"  # job names in monitoring/prometheus/prometheus.yml
+DCGM_JOB = "dcgm-exporter"
+# NVIDIA GPU operator's dcgm-exporter DaemonSet: its namespace and pod labels.
+GPU_OPERATOR_NAMESPACE = "gpu-operator"
+DCGM_POD_LABELS = {"app": "nvidia-dcgm-exporter"}
+DCGM_SERVICE = "agentq-dcgm-exporter"
+DCGM_PORT = 9400
+QUEUE_METRIC = "triton_queue_depth"
+GPU_METRIC = "triton_gpu_utilization"
+QUEUE_SERIES = "nv_inference_pending_request_count"
+GPU_SERIES = "DCGM_FI_DEV_GPU_UTIL"
+# Only our Triton's series: its scrape job, and GPUs dcgm-exporter maps to our container.
+QUEUE_LABELS = f'job="{TRITON_JOB}"'
+GPU_LABELS = f'job="{DCGM_JOB}",namespace="{NAMESPACE}",container="triton"'
 STARTUP_PERIOD_S = 10
 
 
@@ -200,42 +223,115 @@ def triton_services() -> list[Obj]:
     ]
 
 
-def triton_hpa(settings: Settings) -> Obj:
-    """Scale Triton on its queue depth and GPU utilisation, whichever asks for more."""
-    d = settings.deploy
+def queue_query() -> str:
+    """PromQL of ``triton_queue_depth``: requests waiting in every replica's queues."""
+    return f"sum({QUEUE_SERIES}{{{QUEUE_LABELS}}})"
 
-    def pods_metric(name: str, target: int) -> Obj:
-        return {
-            "type": "Pods",
-            "pods": {
+
+def gpu_query() -> str:
+    """PromQL of ``triton_gpu_utilization``: summed utilisation (%) of Triton's GPUs."""
+    return f"sum({GPU_SERIES}{{{GPU_LABELS}}})"
+
+
+def _targets(settings: Settings) -> list[tuple[str, int, str]]:
+    """(metric, AverageValue target per replica, PromQL) of each Triton scaling metric."""
+    d = settings.deploy
+    return [
+        (QUEUE_METRIC, d.triton_queue_target, queue_query()),
+        (GPU_METRIC, d.triton_gpu_util_target * d.triton_gpus, gpu_query()),
+    ]
+
+
+def _triton_behavior() -> Obj:
+    # A GPU replica takes minutes to load: add one at a time, keep it 10 minutes.
+    return {
+        "scaleUp": {
+            "stabilizationWindowSeconds": 60,
+            "policies": [{"type": "Pods", "value": 1, "periodSeconds": 180}],
+        },
+        "scaleDown": {
+            "stabilizationWindowSeconds": 600,
+            "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}],
+        },
+    }
+
+
+def _scale_target() -> Obj:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "name": TRITON}
+
+
+def triton_scaled_object(settings: Settings) -> Obj:
+    """With KEDA: its HPA on both queries as External metrics, whichever asks for more."""
+    d = settings.deploy
+    triggers = [
+        {
+            "type": "prometheus",
+            "name": name,
+            "metricType": "AverageValue",
+            "metadata": {
+                "serverAddress": d.prometheus_url,
+                "query": query,
+                "threshold": str(target),
+                # No sample (scrape broken) is an error, never a reason to scale in.
+                "ignoreNullValues": "false",
+            },
+        }
+        for name, target, query in _targets(settings)
+    ]
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": meta(TRITON, "inference"),
+        "spec": {
+            "scaleTargetRef": _scale_target(),
+            "pollingInterval": d.polling_interval_s,
+            "minReplicaCount": d.triton_min_replicas,  # never zero: engines load for minutes
+            "maxReplicaCount": max(d.triton_max_replicas, d.triton_min_replicas),
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": _triton_behavior()}},
+            "triggers": triggers,
+        },
+    }
+
+
+def triton_hpa(settings: Settings) -> Obj:
+    """Without KEDA: the same External metrics, served by prometheus-adapter's rules."""
+    d = settings.deploy
+    metrics = [
+        {
+            "type": "External",
+            "external": {
                 "metric": {"name": name},
                 "target": {"type": "AverageValue", "averageValue": str(target)},
             },
         }
-
+        for name, target, _ in _targets(settings)
+    ]
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": meta(TRITON, "inference"),
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": TRITON},
+            "scaleTargetRef": _scale_target(),
             "minReplicas": d.triton_min_replicas,
             "maxReplicas": max(d.triton_max_replicas, d.triton_min_replicas),
-            "metrics": [
-                pods_metric(QUEUE_METRIC, d.triton_queue_target),
-                pods_metric(GPU_METRIC, d.triton_gpu_util_target),
-            ],
-            # A GPU replica takes minutes to load: add one at a time, keep it 10 minutes.
-            "behavior": {
-                "scaleUp": {
-                    "stabilizationWindowSeconds": 60,
-                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 180}],
-                },
-                "scaleDown": {
-                    "stabilizationWindowSeconds": 600,
-                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}],
-                },
-            },
+            "metrics": metrics,
+            "behavior": _triton_behavior(),
+        },
+    }
+
+
+def dcgm_exporter_service() -> Obj:
+    """A headless twin of the GPU operator's ``nvidia-dcgm-exporter`` Service: that one has a
+    cluster IP, so Prometheus' dns_sd would see one address and scrape a random node's GPUs;
+    this one resolves to every node's exporter."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {**meta(DCGM_SERVICE, "monitoring"), "namespace": GPU_OPERATOR_NAMESPACE},
+        "spec": {
+            "clusterIP": "None",
+            "selector": dict(DCGM_POD_LABELS),
+            "ports": [{"name": "gpu-metrics", "port": DCGM_PORT, "targetPort": DCGM_PORT}],
         },
     }
 
@@ -250,38 +346,34 @@ def triton_pdb() -> Obj:
     }
 
 
-def adapter_values(external: bool) -> Obj:
-    """Helm values of prometheus-adapter (prometheus-community chart): the per-pod metrics
-    of the Triton HPA, and with ``external`` the backlog as ``task_queue_depth`` for the
-    worker HPAs of a cluster without KEDA (KEDA serves external metrics itself)."""
-    pod_resources = {
-        "overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+def _external_rule(series: str, labels: str, name: str, aggregate: str, by: str = "") -> Obj:
+    # seriesQuery only finds the series; metricsQuery must filter by the scrape job again.
+    return {
+        "seriesQuery": f"{series}{{{labels}}}",
+        "resources": {"namespaced": False},  # dns_sd series carry no namespace of ours
+        "name": {"matches": f"^{series}$", "as": name},
+        "metricsQuery": f"{aggregate}(<<.Series>>{{{labels},<<.LabelMatchers>>}}){by}",
     }
-    rules: Obj = {
-        "default": False,
-        "custom": [
-            {
-                "seriesQuery": 'nv_inference_pending_request_count{namespace!="",pod!=""}',
-                "resources": pod_resources,
-                "name": {"matches": "^nv_inference_pending_request_count$", "as": QUEUE_METRIC},
-                "metricsQuery": "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)",
-            },
-            {
-                "seriesQuery": 'DCGM_FI_DEV_GPU_UTIL{namespace!="",pod!=""}',
-                "resources": pod_resources,
-                "name": {"matches": "^DCGM_FI_DEV_GPU_UTIL$", "as": GPU_METRIC},
-                "metricsQuery": "avg(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)",
-            },
-        ],
+
+
+def adapter_values() -> Obj:
+    """Helm values of prometheus-adapter (prometheus-community chart) for a cluster without
+    KEDA: external rules serving Triton's two metrics and the backlog as
+    ``task_queue_depth``. With KEDA it is not needed (KEDA owns external.metrics.k8s.io)."""
+    return {
+        "rules": {
+            "default": False,
+            "external": [
+                _external_rule(QUEUE_SERIES, QUEUE_LABELS, QUEUE_METRIC, "sum"),
+                _external_rule(GPU_SERIES, GPU_LABELS, GPU_METRIC, "sum"),
+                # One exporter per cluster; max() so two replicas do not double it.
+                _external_rule(
+                    BACKLOG_METRIC,
+                    f'job="{EXPORTER}",queue!=""',
+                    EXTERNAL_METRIC,
+                    "max",
+                    " by (queue)",
+                ),
+            ],
+        }
     }
-    if external:
-        rules["external"] = [
-            {
-                # The exporter is one per cluster: its series are not tied to a namespace.
-                "seriesQuery": f'{BACKLOG_METRIC}{{queue!=""}}',
-                "resources": {"namespaced": False},
-                "name": {"matches": f"^{BACKLOG_METRIC}$", "as": EXTERNAL_METRIC},
-                "metricsQuery": "max(<<.Series>>{<<.LabelMatchers>>}) by (queue)",
-            }
-        ]
-    return {"rules": rules}

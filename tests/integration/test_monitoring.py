@@ -19,6 +19,12 @@ from app.exporter import Exporter
 from app.local.processes import free_port
 from app.producer import submit
 from tests.conftest import service_missing
+from tests.unit.manifest_checks import (
+    KEDA_DIR,
+    committed_objects,
+    load_documents,
+    render_adapter_query,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -50,8 +56,31 @@ def test_alert_rules_are_valid_and_their_unit_tests_pass(promtool: str) -> None:
     assert "SUCCESS" in run(promtool, "test", "rules", str(PROMETHEUS / "alerts_test.yml"))
 
 
-def test_the_prometheus_config_is_valid(promtool: str) -> None:
-    assert "SUCCESS" in run(promtool, "check", "config", str(PROMETHEUS / "prometheus.yml"))
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-compose.yml"])
+def test_the_prometheus_config_is_valid(promtool: str, config: str) -> None:
+    assert "SUCCESS" in run(promtool, "check", "config", str(PROMETHEUS / config))
+
+
+def test_every_autoscaling_query_is_valid_promql(promtool: str, tmp_path: Path) -> None:
+    values = load_documents(KEDA_DIR / "prometheus-adapter" / "values-without-keda.yaml")[0]
+    exprs = []
+    for rule in values["rules"]["external"]:
+        series = rule["name"]["matches"].strip("^$")
+        exprs.append(rule["seriesQuery"])
+        # As prometheus-adapter sends it: without a metric selector, and with one.
+        for matchers in ("", 'queue="agent.research"'):
+            exprs.append(render_adapter_query(rule["metricsQuery"], series, matchers))
+    exprs += [
+        trigger["metadata"]["query"]
+        for _, obj in committed_objects()
+        if obj["kind"] == "ScaledObject"
+        for trigger in obj["spec"]["triggers"]
+        if trigger["type"] == "prometheus"
+    ]
+    rules = [{"record": f"autoscaling:query_{i}", "expr": e} for i, e in enumerate(exprs)]
+    path = tmp_path / "autoscaling_rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "autoscaling", "rules": rules}]}))
+    assert f"SUCCESS: {len(exprs)} rules found" in run(promtool, "check", "rules", str(path))
 
 
 def test_every_dashboard_query_is_valid_promql(promtool: str, tmp_path: Path) -> None:

@@ -8,12 +8,16 @@
   ``additionalProperties`` allows it (CRD schemas leave ``additionalProperties`` out, so
   jsonschema alone would accept anything).
 - KEDA's redis scaler rules: what the scaler's parser demands of a trigger's metadata.
+- The metrics chain: every HPA metric comes from a prometheus-adapter rule, and that rule
+  (or a KEDA prometheus trigger) reads a series our Prometheus scrapes, filtered by the
+  job that scrapes it.
 
 Each function returns a list of problems (empty: accepted).
 """
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -205,3 +209,73 @@ def committed_objects(folder: Path = KEDA_DIR) -> list[tuple[str, dict[str, Any]
         if not name.startswith(VALUES_DIR):
             found += [(name, doc) for doc in load_documents(path)]
     return found
+
+
+# ---- HPA metric -> adapter rule -> PromQL -> Prometheus scrape job ----
+
+_SELECTOR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)\{([^}]*)\}")
+_MATCHER = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!=|!~|=)\s*"([^"]*)"')
+
+
+def render_adapter_query(metrics_query: str, series: str, matchers: str = "") -> str:
+    """A metricsQuery as prometheus-adapter sends it, for ``series`` and an HPA's
+    ``matchers`` (empty: no selector)."""
+    return metrics_query.replace("<<.Series>>", series).replace("<<.LabelMatchers>>", matchers)
+
+
+def selectors(promql: str) -> list[tuple[str, dict[str, str]]]:
+    """(metric, its ``label="value"`` matchers) of every ``metric{...}`` selector."""
+    return [
+        (name, {k: v for k, op, v in _MATCHER.findall(body) if op == "="})
+        for name, body in _SELECTOR.findall(promql)
+    ]
+
+
+def query_problems(
+    promql: str, jobs: set[str], sources: dict[str, str], require_job: bool = True
+) -> list[str]:
+    """What breaks between ``promql`` and Prometheus: a series no scrape job in ``jobs``
+    exports (``sources``: series -> the job exporting it), or a ``job`` filter naming
+    another job (or none, with ``require_job``)."""
+    found = selectors(promql)
+    if not found:
+        return [f"{promql!r}: no metric{{...}} selector"]
+    problems = []
+    for series, labels in found:
+        job = sources.get(series)
+        if job is None:
+            problems.append(f"{series}: no known exporter")
+        elif job not in jobs:
+            problems.append(f"{series}: Prometheus has no scrape job {job!r}")
+        elif labels.get("job", job if not require_job else None) != job:
+            problems.append(f"{series}: filtered by job {labels.get('job')!r}, scraped by {job!r}")
+    return problems
+
+
+def adapter_problems(
+    hpas: list[dict[str, Any]],
+    rules: list[dict[str, Any]],
+    jobs: set[str],
+    sources: dict[str, str],
+) -> list[str]:
+    """Each HPA metric must be External (our dns_sd series have no pod label) and served by
+    an external rule of ``rules`` whose series and metrics queries pass query_problems."""
+    by_name = {r["name"]["as"]: r for r in rules}
+    problems = []
+    for hpa in hpas:
+        for metric in hpa["spec"]["metrics"]:
+            where = f"HPA {hpa['metadata']['name']}"
+            if metric["type"] != "External":
+                problems.append(f"{where}: a {metric['type']} metric needs per-pod series")
+                continue
+            name = metric["external"]["metric"]["name"]
+            rule = by_name.get(name)
+            if rule is None:
+                problems.append(f"{where}: no adapter rule serves {name!r}")
+                continue
+            series = rule["name"]["matches"].strip("^$")
+            if [n for n, _ in selectors(rule["seriesQuery"])] != [series]:
+                problems.append(f"rule {name}: seriesQuery does not find {series}")
+            for query in (rule["seriesQuery"], render_adapter_query(rule["metricsQuery"], series)):
+                problems += [f"rule {name}: {p}" for p in query_problems(query, jobs, sources)]
+    return problems

@@ -7,15 +7,26 @@ ConfigMap, Secret, selector, metric) points at something that exists.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from app.agents import EXAMPLE_AGENTS
-from app.config import DeploySettings, HealthSettings, Settings, WorkerSettings
-from app.deploy.objects import CONFIG_MAP, SECRET, worker_name
+from app.config import REPO_ROOT, DeploySettings, HealthSettings, Settings, WorkerSettings
+from app.deploy.objects import CONFIG_MAP, EXPORTER, SECRET, worker_name
+from app.deploy.triton import NAMESPACE
 from app.deploy.workers import termination_grace_s
-from tests.unit.manifest_checks import KEDA_DIR, committed_objects, load_documents
+from tests.unit.manifest_checks import (
+    KEDA_DIR,
+    adapter_problems,
+    committed_objects,
+    load_documents,
+    query_problems,
+)
 
 OBJECTS = committed_objects()
 DEFAULTS = Settings.model_construct(
@@ -116,6 +127,8 @@ def test_services_and_budgets_select_pods_that_exist() -> None:
     deployments = _all("Deployment")
     for kind in ("Service", "PodDisruptionBudget"):
         for obj in _all(kind):
+            if "namespace" in obj["metadata"]:
+                continue  # another namespace: the GPU operator's pods, not ours
             spec = obj["spec"]
             selector = spec["selector"] if kind == "Service" else spec["selector"]["matchLabels"]
             matched = [d for d in deployments if _selects(selector, d)]
@@ -184,22 +197,114 @@ def test_triton_runs_on_the_gpu_pool_and_waits_for_its_engines() -> None:
     assert job["spec"]["template"]["spec"]["nodeSelector"] == pod["nodeSelector"]
 
 
-def test_every_hpa_metric_is_served_by_the_adapter_rules() -> None:
-    def served(values: str, kind: str) -> set[str]:
-        rules = load_documents(KEDA_DIR / "prometheus-adapter" / values)[0]["rules"]
-        return {r["name"]["as"] for r in rules.get(kind, [])}
+PROMETHEUS_CONFIG = REPO_ROOT / "monitoring" / "prometheus" / "prometheus.yml"
+# Which scrape job exports each series our autoscaling reads.
+SOURCES = {
+    "agentq_backlog": EXPORTER,
+    "nv_inference_pending_request_count": "triton",
+    "DCGM_FI_DEV_GPU_UTIL": "dcgm-exporter",
+}
 
-    triton = _one("HorizontalPodAutoscaler", "triton")
-    pods = {m["pods"]["metric"]["name"] for m in triton["spec"]["metrics"] if m["type"] == "Pods"}
-    assert pods == {"triton_queue_depth", "gpu_utilization"}
-    assert pods <= served("values.yaml", "custom")
-    assert (
-        "external"
-        not in load_documents(KEDA_DIR / "prometheus-adapter" / "values.yaml")[0]["rules"]
-    )
-    external = {
-        m["external"]["metric"]["name"]
-        for hpa in _all("HorizontalPodAutoscaler", "without-keda/")
-        for m in hpa["spec"]["metrics"]
-    }
-    assert external == {"task_queue_depth"} <= served("values-without-keda.yaml", "external")
+
+def _jobs(config_path: Path = PROMETHEUS_CONFIG) -> dict[str, dict[str, Any]]:
+    config = yaml.safe_load(config_path.read_text())
+    return {job["job_name"]: job for job in config["scrape_configs"]}
+
+
+def _adapter_rules() -> list[dict[str, Any]]:
+    values = load_documents(KEDA_DIR / "prometheus-adapter" / "values-without-keda.yaml")[0]
+    assert set(values["rules"]) == {"default", "external"}, "KEDA clusters need no adapter"
+    rules: list[dict[str, Any]] = values["rules"]["external"]
+    return rules
+
+
+def test_every_hpa_metric_comes_from_a_series_prometheus_scrapes() -> None:
+    hpas = _all("HorizontalPodAutoscaler")
+    assert {h["metadata"]["name"] for h in hpas} == {"triton", *map(worker_name, AGENTS)}
+    triton = _one("HorizontalPodAutoscaler", "triton", "without-keda/")
+    names = {m["external"]["metric"]["name"] for m in triton["spec"]["metrics"]}
+    assert names == {"triton_queue_depth", "triton_gpu_utilization"}
+    assert adapter_problems(hpas, _adapter_rules(), set(_jobs()), SOURCES) == []
+
+
+def test_every_keda_prometheus_query_reads_a_scraped_series() -> None:
+    jobs = set(_jobs())
+    triton = _one("ScaledObject", "triton")
+    assert [t["name"] for t in triton["spec"]["triggers"]] == [
+        "triton_queue_depth",
+        "triton_gpu_utilization",
+    ]
+    for scaled in _all("ScaledObject"):
+        for trigger in scaled["spec"]["triggers"]:
+            if trigger["type"] == "prometheus":
+                # Triton's queries must pick our Triton's series by job; the exporter's
+                # agentq_backlog is ours alone.
+                strict = scaled is triton
+                query = trigger["metadata"]["query"]
+                assert query_problems(query, jobs, SOURCES, require_job=strict) == []
+
+
+def _rename_metric(hpas: list[dict[str, Any]], rules: list[dict[str, Any]]) -> None:
+    hpas[0]["spec"]["metrics"][0]["external"]["metric"]["name"] = "triton_queue_lenght"
+
+
+def _per_pod_metric(hpas: list[dict[str, Any]], rules: list[dict[str, Any]]) -> None:
+    metric = hpas[0]["spec"]["metrics"][0]
+    metric.update(type="Pods", pods=metric.pop("external"))
+
+
+def _other_job(hpas: list[dict[str, Any]], rules: list[dict[str, Any]]) -> None:
+    rules[0]["metricsQuery"] = rules[0]["metricsQuery"].replace('job="triton"', 'job="tritn"')
+
+
+def _no_job_filter(hpas: list[dict[str, Any]], rules: list[dict[str, Any]]) -> None:
+    rules[1]["seriesQuery"] = rules[1]["seriesQuery"].replace('job="dcgm-exporter",', "")
+
+
+def _other_series(hpas: list[dict[str, Any]], rules: list[dict[str, Any]]) -> None:
+    rules[0]["seriesQuery"] = "nv_inference_request_success" + '{job="triton"}'
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [_rename_metric, _per_pod_metric, _other_job, _no_job_filter, _other_series],
+    ids=lambda m: m.__name__.strip("_"),
+)
+def test_the_metric_chain_check_catches_a_broken_link(
+    mutate: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None],
+) -> None:
+    hpas = copy.deepcopy([_one("HorizontalPodAutoscaler", "triton", "without-keda/")])
+    rules = copy.deepcopy(_adapter_rules())
+    assert rules[0]["name"]["as"] == "triton_queue_depth"  # what the mutations edit
+    mutate(hpas, rules)
+    assert adapter_problems(hpas, rules, set(_jobs()), SOURCES)
+
+
+def test_a_missing_scrape_job_breaks_the_chain(tmp_path: Path) -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    config["scrape_configs"] = [j for j in config["scrape_configs"] if j["job_name"] != "triton"]
+    edited = tmp_path / "prometheus.yml"
+    edited.write_text(yaml.safe_dump(config))
+    hpas = _all("HorizontalPodAutoscaler")
+    problems = adapter_problems(hpas, _adapter_rules(), set(_jobs(edited)), SOURCES)
+    assert any("no scrape job 'triton'" in p for p in problems)
+    query = _one("ScaledObject", "triton")["spec"]["triggers"][0]["metadata"]["query"]
+    assert query_problems(query, set(_jobs(edited)), SOURCES)
+
+
+def test_prometheus_finds_triton_and_dcgm_exporter_through_their_headless_services() -> None:
+    jobs = _jobs()
+    for job, name, port_name in (
+        ("triton", "triton-headless", "metrics"),
+        ("dcgm-exporter", "agentq-dcgm-exporter", "gpu-metrics"),
+    ):
+        service = _one("Service", name)
+        assert service["spec"]["clusterIP"] == "None", "dns_sd needs one A record per pod"
+        namespace = service["metadata"].get("namespace", NAMESPACE)
+        (sd,) = jobs[job]["dns_sd_configs"]
+        assert sd["names"] == [f"{name}.{namespace}.svc.cluster.local"]
+        assert sd["port"] == {p["name"]: p["port"] for p in service["spec"]["ports"]}[port_name]
+    assert jobs["triton"]["dns_sd_configs"][0]["port"] == 8002
+    dcgm = _one("Service", "agentq-dcgm-exporter")
+    assert dcgm["metadata"]["namespace"] == "gpu-operator"
+    assert dcgm["spec"]["selector"] == {"app": "nvidia-dcgm-exporter"}  # the GPU operator's
