@@ -21,6 +21,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    bindparam,
     create_engine,
     event,
     func,
@@ -168,7 +169,9 @@ def make_engine(url: str) -> Engine:
     def _on_begin(conn: Connection) -> None:
         # Writers take the write lock up front (waiting out busy_timeout); a deferred
         # transaction that reads first would fail with SQLITE_BUSY instead of waiting.
-        conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', '')}")
+        mode = conn.get_execution_options().get("sqlite_begin", "")
+        if mode is not None:  # None: one SELECT, a transaction of its own in autocommit mode
+            conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
 
@@ -180,6 +183,43 @@ def _insert(dialect: str, table: Table) -> Insert:
     return insert(table).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
 
 
+_STEP_COLUMNS = tuple(c.name for c in steps.c if c.name != "run_id")
+
+
+class _Statements:
+    """The step path's statements, built once and executed with parameters.
+
+    Building ``insert(...).values(...)`` or ``update(...).where(...)`` per call, and hashing
+    it for SQLAlchemy's compiled cache, was most of a step's SQL CPU (profiled); a statement
+    built once keeps its cache key and compiles once per set of parameter names.
+    """
+
+    def __init__(self, dialect: str) -> None:
+        self.insert_session = _insert(dialect, sessions)
+        self.insert_run = _insert(dialect, runs)
+        self.insert_step = _insert(dialect, steps)
+        self.touch_session = (
+            update(sessions)
+            .where(sessions.c.id == bindparam("b_id"))
+            .values(updated_at=bindparam("b_now"))
+        )
+        # The guard: the run is running and this is its next step. The new values come as
+        # parameters named after their columns (next_step, status, answer, ...).
+        self.advance = update(runs).where(
+            runs.c.id == bindparam("b_id"),
+            runs.c.next_step == bindparam("b_step"),
+            runs.c.status == RUNNING,
+        )
+        # One round trip: the run joined to its steps (a run without steps yields one row).
+        step_cols = [steps.c[name].label(f"step_{name}") for name in _STEP_COLUMNS]
+        self.load = (
+            select(*runs.c, *step_cols)
+            .select_from(runs.outerjoin(steps, steps.c.run_id == runs.c.id))
+            .where(runs.c.id == bindparam("b_id"))
+            .order_by(steps.c.step)
+        )
+
+
 class SessionStore:
     """Sessions, runs and their steps in SQL; share one instance between a process's threads."""
 
@@ -187,6 +227,14 @@ class SessionStore:
         self._engine = engine
         self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
         self._dialect = engine.dialect.name
+        # Reads are one statement each, consistent on its own: no BEGIN and COMMIT around it
+        # (two round trips fewer per read on PostgreSQL).
+        self._reader = (
+            engine.execution_options(sqlite_begin=None)
+            if self._dialect == "sqlite"
+            else engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
+        self._sql = _Statements(self._dialect)
         # SQLite has one writer at a time. A process's threads queue for it here, in order,
         # rather than in SQLite's busy handler, which sleeps and retries (measured: 120 ms
         # mean wait per write with 64 threads, most of it sleeping past a free lock).
@@ -213,7 +261,11 @@ class SessionStore:
         try:
             if lock is not None:
                 lock.acquire()
-            with (self._writer if write else self._engine).connect() as conn:
+            if not write:
+                with self._reader.connect() as conn:
+                    yield conn
+                return
+            with self._writer.connect() as conn:
                 conn.begin()
                 yield conn
                 if conn.in_transaction():
@@ -224,33 +276,43 @@ class SessionStore:
             if lock is not None:
                 lock.release()
 
-    def _insert_run(self, conn: Connection, run: NewRun, now: datetime) -> None:
-        """Create the run (and its session) unless it exists."""
+    def _insert_run(
+        self, conn: Connection, run: NewRun, now: datetime, state: dict[str, Any] | None = None
+    ) -> bool:
+        """Create the run (and its session) unless it exists; whether this call created it.
+
+        ``state`` gives the new row other values than a run before its first step (the commit
+        of step 0 writes the run as that step leaves it: one statement less).
+        """
+        sql = self._sql
         new_session = False
         if run.session_id is not None:
             new_session = bool(
                 conn.execute(
-                    _insert(self._dialect, sessions).values(
-                        id=run.session_id, agent=run.agent, created_at=now, updated_at=now
-                    )
+                    sql.insert_session,
+                    {
+                        "id": run.session_id,
+                        "agent": run.agent,
+                        "created_at": now,
+                        "updated_at": now,
+                    },
                 ).rowcount
             )
-        new_run = conn.execute(
-            _insert(self._dialect, runs).values(
-                id=run.id,
-                session_id=run.session_id,
-                agent=run.agent,
-                input=run.input,
-                status=RUNNING,
-                next_step=0,
-                created_at=run.created_at,
-                budget=run.budget,
-            )
-        ).rowcount
-        if new_run and run.session_id is not None and not new_session:
-            conn.execute(
-                update(sessions).where(sessions.c.id == run.session_id).values(updated_at=now)
-            )
+        row = {
+            "id": run.id,
+            "session_id": run.session_id,
+            "agent": run.agent,
+            "input": run.input,
+            "status": RUNNING,
+            "next_step": 0,
+            "created_at": run.created_at,
+            "budget": run.budget,
+            **(state or {}),
+        }
+        created = bool(conn.execute(sql.insert_run, row).rowcount)
+        if created and run.session_id is not None and not new_session:
+            conn.execute(sql.touch_session, {"b_id": run.session_id, "b_now": now})
+        return created
 
     def start_run(
         self, run_id: str, agent: str, input: Any, session_id: str | None = None
@@ -268,21 +330,12 @@ class SessionStore:
             return self._load(conn, run_id)
 
     def _load(self, conn: Connection, run_id: str) -> RunState | None:
-        # One round trip: the run joined to its steps (a run without steps yields one row).
-        step_cols = [c.label(f"step_{c.name}") for c in steps.c if c.name != "run_id"]
-        rows = conn.execute(
-            select(*runs.c, *step_cols)
-            .select_from(runs.outerjoin(steps, steps.c.run_id == runs.c.id))
-            .where(runs.c.id == run_id)
-            .order_by(steps.c.step)
-        ).all()
+        rows = conn.execute(self._sql.load, {"b_id": run_id}).all()
         if not rows:
             return None
         first = rows[0]._mapping
         records = [
-            StepRecord(
-                **{c.name: row._mapping[f"step_{c.name}"] for c in steps.c if c.name != "run_id"}
-            )
+            StepRecord(**{name: row._mapping[f"step_{name}"] for name in _STEP_COLUMNS})
             for row in rows
             if row._mapping["step_step"] is not None
         ]
@@ -334,26 +387,28 @@ class SessionStore:
                 "error_type": error_type,
                 "finished_at": now,
             }
+        moved = {"next_step": record.step + 1, **ending}
         with self._transaction(write=True) as conn:
-            if new_run is not None:
+            created = False
+            if new_run is not None and record.step == 0:
+                # A run created by this commit is at step 0 by construction: written as the
+                # step leaves it, no guard to check.
+                created = self._insert_run(conn, new_run, now, moved)
+            elif new_run is not None:
                 self._insert_run(conn, new_run, now)
             # The guard comes first: on PostgreSQL it locks the run row, so a concurrent
             # commit of the same step waits here and then matches no row.
-            moved = conn.execute(
-                update(runs)
-                .where(
-                    runs.c.id == run_id,
-                    runs.c.next_step == record.step,
-                    runs.c.status == RUNNING,
-                )
-                .values(next_step=record.step + 1, **ending)
-            ).rowcount
-            if moved != 1:
+            if not created and (
+                conn.execute(
+                    self._sql.advance, {"b_id": run_id, "b_step": record.step, **moved}
+                ).rowcount
+                != 1
+            ):
                 conn.rollback()
                 return False
-            row = {c.name: getattr(record, c.name) for c in steps.c if c.name != "run_id"}
+            row = {name: getattr(record, name) for name in _STEP_COLUMNS}
             inserted = conn.execute(
-                _insert(self._dialect, steps).values(run_id=run_id, **{**row, "created_at": now})
+                self._sql.insert_step, {**row, "run_id": run_id, "created_at": now}
             ).rowcount
             if inserted != 1:
                 # The step row exists although next_step said otherwise: keep what is there.

@@ -11,6 +11,7 @@ import logging
 import random
 import time
 import traceback
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -208,7 +209,9 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
         case Outcome.NEXT | Outcome.REPUBLISH:
             assert result.next_step is not None
             if is_first and result.outcome is Outcome.NEXT:
-                task.update_state(state=states.STARTED, meta={"next_step": result.next_step})
+                store_result(
+                    task.backend, msg.run_id, states.STARTED, {"next_step": result.next_step}
+                )
             _publish_step(
                 task, runtime, msg, result.next_step, check=result.outcome is Outcome.REPUBLISH
             )
@@ -217,7 +220,7 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
                 runtime.runner.relay.end(msg.run_id, "succeeded", answer=result.answer)
             if is_first and not own_results:
                 return result.answer
-            task.backend.store_result(msg.run_id, result.answer, states.SUCCESS)
+            store_result(task.backend, msg.run_id, states.SUCCESS, result.answer)
         case Outcome.FAILED:
             if msg.stream:
                 runtime.runner.relay.end(msg.run_id, "failed", error=result.reason)
@@ -239,6 +242,23 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
     if own_results:
         return summary
     raise Ignore()
+
+
+def store_result(backend: Any, run_id: str, state: str, result: Any) -> None:
+    """Write the run's result as Celery's Redis backend does (same key, JSON, PUBLISH), with
+    its connection retries, but without ``store_result``'s read of the current result first
+    (guarding a SUCCESS against a lost duplicate): the session store decides a run's end,
+    and a run's answer is written only once it is final there. One round trip, not two.
+    """
+    meta = {
+        "status": state,
+        "result": result,
+        "traceback": None,
+        "children": [],
+        "date_done": datetime.now(UTC).isoformat() if state in states.READY_STATES else None,
+        "task_id": run_id,
+    }
+    backend.set(backend.get_key_for_task(run_id), backend.encode(meta))
 
 
 def _queue(runtime: WorkerRuntime, agent: str) -> str:

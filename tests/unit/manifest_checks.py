@@ -27,9 +27,10 @@ import kubernetes_validate
 import yaml
 
 from app.config import REPO_ROOT
+from tests.fixtures.shared import shared_schemas
 
 K8S_VERSION = "1.33"
-KEDA_SCHEMAS = REPO_ROOT.parent / "shared" / "schemas" / "keda"
+KEDA_SCHEMAS = shared_schemas() / "keda"
 CRD_FILES = {
     "ScaledObject": "keda.sh_scaledobjects.yaml",
     "TriggerAuthentication": "keda.sh_triggerauthentications.yaml",

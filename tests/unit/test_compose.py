@@ -21,11 +21,12 @@ from app.agents import EXAMPLE_AGENTS
 from app.config import REPO_ROOT, WorkerSettings
 from tests.conftest import service_missing
 from tests.fixtures import compose_rules as rules
+from tests.fixtures.shared import shared_schemas
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 PROMETHEUS_COMPOSE = REPO_ROOT / "monitoring" / "prometheus" / "prometheus-compose.yml"
-SCHEMAS = REPO_ROOT.parent / "shared" / "schemas"
+SCHEMAS = shared_schemas()
 AGENT_TYPES = [spec.name for spec in EXAMPLE_AGENTS]
 SOFT_SHUTDOWN_S = WorkerSettings().soft_shutdown_timeout_s
 
