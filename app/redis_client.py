@@ -8,7 +8,9 @@ and what to do, with the URL's password masked.
 
 from __future__ import annotations
 
+import logging
 import ssl
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,6 +22,8 @@ from redis.retry import Retry
 
 from app.config import RedisTLSSettings, Settings, mask_url
 from app.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
 
 HEALTH_CHECK_INTERVAL_S = 30  # ping a connection idle this long before reuse (NAT/LB drops)
 RETRIES = 3
@@ -98,14 +102,31 @@ def check_redis(settings: Settings) -> None:
     if any(is_tls(url) for url in urls):
         _check_tls_files(settings.redis_tls)
     timeout = settings.redis_connect_timeout_s  # a TLS handshake waits on the socket timeout
+    deadline = time.monotonic() + settings.redis_startup_wait_s
     for url in urls:
         client = redis_client(settings, url, retry=Retry(NoBackoff(), 0), socket_timeout=timeout)
         try:
-            client.ping()
-        except redis.RedisError as exc:
-            raise ConfigurationError(describe_failure(settings, url, exc)) from None
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.RedisError as exc:
+                    # Not up yet (a restart, a pod starting beside it): wait, as Celery would;
+                    # anything else is a configuration error and fails now.
+                    if not _refused(exc) or time.monotonic() >= deadline:
+                        raise ConfigurationError(describe_failure(settings, url, exc)) from None
+                    log.warning("%s: waiting for Redis to accept connections", mask_url(url))
+                    time.sleep(1.0)
         finally:
             client.close()
+
+
+def _refused(exc: Exception) -> bool:
+    """Whether ``exc`` says nobody listens (yet) rather than that the setup is wrong."""
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(exc, redis.ConnectionError) and (
+        isinstance(cause, ConnectionRefusedError) or "Connection refused" in str(exc)
+    )
 
 
 def _check_tls_files(tls: RedisTLSSettings) -> None:

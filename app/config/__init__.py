@@ -160,6 +160,13 @@ class Settings(BaseSettings):
     redis_connect_timeout_s: float = Field(
         default=5.0, gt=0, description="Deadline of one connection to Redis (TLS included)."
     )
+    redis_startup_wait_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a starting worker waits for a Redis that refuses connections "
+        "(restarting, not up yet) before it gives up; a wrong password or TLS mismatch fails "
+        "at once.",
+    )
     redis_socket_timeout_s: float = Field(
         default=30.0,
         gt=0,

@@ -131,3 +131,26 @@ def test_tls_to_a_plain_text_port_says_the_port_may_not_speak_tls(redis_url) -> 
     assert "did not complete a TLS handshake within 0.5 s: the port may not speak TLS" in (
         _failure(settings)
     )
+
+
+def test_a_starting_worker_waits_for_a_redis_that_is_not_up_yet() -> None:
+    import threading
+
+    from app.local.processes import free_port
+    from app.local.redis import RedisServer
+
+    server = RedisServer()
+    server.port = free_port()
+    settings = Settings(_env_file=None, redis_url=server.url, redis_startup_wait_s=30)
+    late = threading.Timer(1.5, server.start)  # a Redis restarting beside the worker
+    late.start()
+    try:
+        check_redis(settings)  # returns once it answers, instead of failing at once
+        assert redis_client(settings).ping()
+    finally:
+        late.join()
+        server.stop()
+    # Nobody listening past the wait: the clear error, after the wait.
+    gone = Settings(_env_file=None, redis_url=server.url, redis_startup_wait_s=0)
+    with pytest.raises(ConfigurationError, match="refused the connection"):
+        check_redis(gone)
