@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
 from celery import Celery
+from celery.signals import worker_ready
 from kombu import Exchange, Queue
 
 from app.agents import AgentRegistry, load_registry
@@ -100,7 +102,15 @@ def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> 
     app.steps["worker"].add(GracefulShutdown)  # SIGTERM: finish steps, hand back the rest
     install_health(app)  # /livez /readyz /metrics of each worker (health.enabled)
     register_tasks(app)
+    worker_ready.connect(_freeze_startup_objects, dispatch_uid="agentq.gc_freeze", weak=False)
     return app
+
+
+def _freeze_startup_objects(**_: object) -> None:
+    # What is alive once the worker is ready (modules, clients, the runtime) stays alive:
+    # moved out of the collector's reach, a full collection no longer walks it. Without
+    # this, each one held up every thread of the worker for 60-120 ms (bench latency p99).
+    gc.freeze()
 
 
 _default: Celery | None = None

@@ -29,6 +29,11 @@ class RunLease:
         """Give the run back if ``token`` still holds it."""
         return bool(self._release(keys=[lease_key(run_id)], args=[token]))
 
+    def release_on(self, pipe: Any, run_id: str, token: str) -> None:
+        """Queue the release on ``pipe``: given back with the pipeline's other commands."""
+        # EVAL, not EVALSHA: a pipeline with a Script first checks it is loaded (a round trip).
+        pipe.eval(_RELEASE, 1, lease_key(run_id), token)
+
     def holder(self, run_id: str) -> str | None:
         """The token holding the run, if any."""
         value = self.redis.get(lease_key(run_id))

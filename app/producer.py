@@ -9,12 +9,14 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from celery import Celery
+from celery.utils.nodenames import anon_nodename
 
 from app import tracing
 from app.agents import AgentRegistry
 from app.config import Settings
 from app.constants import TASK_RUN_AGENT, idempotency_key
 from app.errors import IdempotencyConflictError, InvalidInputError
+from app.messages import run_message
 from app.redis_client import redis_client
 from app.streaming import RunResult
 from app.tasks.run_agent import message_headers
@@ -143,7 +145,8 @@ def submit_many(
     celery: Celery | None = None,
     batch_size: int = 1000,
 ) -> list[RunResult]:
-    """Validate every run first, then enqueue all of them through pipelined Redis writes.
+    """Validate every run first, then enqueue all of them through pipelined Redis writes
+    (``batch_size`` messages per round trip).
 
     Each item is a mapping with ``agent``, ``input`` and optionally ``session_id``,
     ``run_id``, ``stream``, ``budget`` and ``idempotency_key`` (as for :func:`submit`).
@@ -180,19 +183,35 @@ def submit_many(
             else:
                 fresh.append((req, key))
                 results.append(task.AsyncResult(req.run_id))
-        with celery.producer_or_acquire() as producer, producer.batch(max_size=batch_size):
-            for req, _ in fresh:
-                with _submit_span(celery, req):
-                    task.apply_async(
-                        kwargs=req.kwargs(),
-                        task_id=req.run_id,
-                        queue=req.queue,
-                        producer=producer,
-                        headers=message_headers(),
-                        ignore_result=True,
-                    )
+        _push(celery, [req for req, _ in fresh], batch_size)
     except BaseException:
         for req, key in fresh:
             _release(celery, req, key)
         raise
     return results
+
+
+def _broker(celery: Celery) -> Any:
+    client = getattr(celery, "agentq_broker", None)
+    if client is None:
+        settings = _settings(celery)
+        client = redis_client(settings, settings.broker)
+        celery.agentq_broker = client  # type: ignore[attr-defined]
+    return client
+
+
+def _push(celery: Celery, requests: list[RunRequest], batch_size: int) -> None:
+    """LPUSH the runs' first messages (built by :mod:`app.messages`, as apply_async would)
+    into their queues, ``batch_size`` per round trip, each batch one MULTI/EXEC."""
+    reply_to, origin = celery.thread_oid, anon_nodename()
+    with _broker(celery).pipeline(transaction=True) as pipe:
+        for i, req in enumerate(requests, 1):
+            with _submit_span(celery, req):
+                message = run_message(
+                    req.run_id, req.kwargs(), req.queue, message_headers(),
+                    reply_to=reply_to, origin=origin,
+                )  # fmt: skip
+            pipe.lpush(req.queue, message)
+            if i % batch_size == 0:
+                pipe.execute()
+        pipe.execute()

@@ -8,33 +8,31 @@ commit the same step twice or one out of order.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import (
     Connection,
     Engine,
     Table,
     bindparam,
-    create_engine,
-    event,
     func,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
 
 from app.errors import StoreError
+from app.memory.engine import make_engine
 from app.memory.schema import runs, sessions, steps
+
+T = TypeVar("T")
 
 RUNNING: Final = "running"
 SUCCEEDED: Final = "succeeded"
@@ -129,53 +127,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
-
-
-def _enable_wal(cursor: Any) -> None:
-    # Switching a new file to WAL needs an exclusive lock, and SQLite reports "locked" at
-    # once instead of waiting for busy_timeout, so processes opening it together retry.
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
-def make_engine(url: str) -> Engine:
-    """The engine for ``url``: SQLite tuned for many threads and processes, or PostgreSQL."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        # A connection dropped by the server (restart, idle timeout) is replaced, not raised.
-        return create_engine(parsed, pool_pre_ping=True)
-    engine = create_engine(parsed, connect_args={"check_same_thread": False})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # We emit BEGIN ourselves (below); sqlite3's implicit one cannot be made IMMEDIATE.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        _enable_wal(cursor)
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        # Writers take the write lock up front (waiting out busy_timeout); a deferred
-        # transaction that reads first would fail with SQLITE_BUSY instead of waiting.
-        mode = conn.get_execution_options().get("sqlite_begin", "")
-        if mode is not None:  # None: one SELECT, a transaction of its own in autocommit mode
-            conn.exec_driver_sql(f"BEGIN {mode}")
-
-    return engine
-
-
 def _insert(dialect: str, table: Table) -> Insert:
     # ON CONFLICT DO NOTHING: concurrent inserts of the same key both succeed; rowcount
     # (kept on request only, for INSERT) says whether this one wrote the row.
@@ -256,15 +207,12 @@ class SessionStore:
         return self._engine
 
     @contextmanager
-    def _transaction(self, *, write: bool = False) -> Iterator[Connection]:
-        lock = self._write_lock if write else None
+    def _transaction(self) -> Iterator[Connection]:
+        """A write transaction (SQLite: the process's writers queue for it in order)."""
+        lock = self._write_lock
         try:
             if lock is not None:
                 lock.acquire()
-            if not write:
-                with self._reader.connect() as conn:
-                    yield conn
-                return
             with self._writer.connect() as conn:
                 conn.begin()
                 yield conn
@@ -275,6 +223,19 @@ class SessionStore:
         finally:
             if lock is not None:
                 lock.release()
+
+    def _read(self, query: Callable[[Connection], T]) -> T:
+        """``query``'s one statement, no transaction around it; once more on a new connection
+        when the server had dropped this one (restart, idle timeout): reads are idempotent."""
+        for attempt in (1, 2):
+            try:
+                with self._reader.connect() as conn:
+                    return query(conn)
+            except DBAPIError as exc:
+                if attempt == 1 and exc.connection_invalidated:
+                    continue
+                raise store_error(exc, self._engine) from exc
+        raise AssertionError("unreachable")
 
     def _insert_run(
         self, conn: Connection, run: NewRun, now: datetime, state: dict[str, Any] | None = None
@@ -318,7 +279,7 @@ class SessionStore:
         self, run_id: str, agent: str, input: Any, session_id: str | None = None
     ) -> RunState:
         """Create the run (and its session) unless it exists, and return its current state."""
-        with self._transaction(write=True) as conn:
+        with self._transaction() as conn:
             self._insert_run(conn, NewRun(run_id, agent, input, session_id), _now())
             state = self._load(conn, run_id)
         assert state is not None  # inserted above or already there
@@ -326,8 +287,7 @@ class SessionStore:
 
     def load_run(self, run_id: str) -> RunState | None:
         """The run and its steps, or None if no such run was started."""
-        with self._transaction() as conn:
-            return self._load(conn, run_id)
+        return self._read(lambda conn: self._load(conn, run_id))
 
     def _load(self, conn: Connection, run_id: str) -> RunState | None:
         rows = conn.execute(self._sql.load, {"b_id": run_id}).all()
@@ -355,8 +315,7 @@ class SessionStore:
             started = select(runs.c.created_at).where(runs.c.id == before_run).scalar_subquery()
             query = query.where(runs.c.created_at < started, runs.c.id != before_run)
         query = query.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
-        with self._transaction() as conn:
-            rows = conn.execute(query).all()
+        rows = self._read(lambda conn: conn.execute(query).all())
         return [(row.input, row.answer) for row in reversed(rows)]
 
     def commit_step(
@@ -388,7 +347,7 @@ class SessionStore:
                 "finished_at": now,
             }
         moved = {"next_step": record.step + 1, **ending}
-        with self._transaction(write=True) as conn:
+        with self._transaction() as conn:
             created = False
             if new_run is not None and record.step == 0:
                 # A run created by this commit is at step 0 by construction: written as the
@@ -428,7 +387,7 @@ class SessionStore:
 
         With ``new_run`` a run that has not committed a step yet is created first.
         """
-        with self._transaction(write=True) as conn:
+        with self._transaction() as conn:
             if new_run is not None:
                 self._insert_run(conn, new_run, _now())
             changed = conn.execute(
@@ -441,7 +400,7 @@ class SessionStore:
     def reopen_run(self, run_id: str, error_types: tuple[str, ...]) -> bool:
         """Set a failed run running again (a dead letter being replayed); False if it was not
         failed with one of ``error_types``. Its committed steps stay as they are."""
-        with self._transaction(write=True) as conn:
+        with self._transaction() as conn:
             changed = conn.execute(
                 update(runs)
                 .where(
@@ -455,11 +414,8 @@ class SessionStore:
 
     def count_steps(self, run_id: str) -> int:
         """How many steps of the run are committed."""
-        with self._transaction() as conn:
-            count = conn.execute(
-                select(func.count()).select_from(steps).where(steps.c.run_id == run_id)
-            ).scalar_one()
-        return int(count)
+        query = select(func.count()).select_from(steps).where(steps.c.run_id == run_id)
+        return int(self._read(lambda conn: conn.execute(query).scalar_one()))
 
     def list_runs(
         self, agent: str | None = None, status: str | None = None, limit: int = 100
@@ -470,14 +426,12 @@ class SessionStore:
             query = query.where(runs.c.agent == agent)
         if status is not None:
             query = query.where(runs.c.status == status)
-        with self._transaction() as conn:
-            rows = conn.execute(query).all()
+        rows = self._read(lambda conn: conn.execute(query).all())
         return [RunRecord(**row._mapping) for row in rows]
 
     def ping(self) -> None:
         """``SELECT 1`` on the database; raises :class:`StoreError` when it is unreachable."""
-        with self._transaction() as conn:
-            conn.execute(select(1)).scalar_one()
+        self._read(lambda conn: conn.execute(select(1)).scalar_one())
 
     def close(self) -> None:
         """Close the store's connections."""

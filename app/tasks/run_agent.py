@@ -7,6 +7,7 @@ Later steps are messages of the same task carrying ``run_id`` and ``step``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -89,7 +90,12 @@ class RunAgentTask(Task):  # type: ignore[misc]
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         # Every publish (submit, next step, retry): Flower and Celery's log lines show
         # this text instead of the arguments, with secrets masked.
-        options.setdefault("kwargsrepr", task_kwargsrepr(kwargs))
+        # As a header, not the kwargsrepr option: Celery copies options into the message
+        # properties too, so the text (the run's input, cut) would travel twice.
+        options["headers"] = {
+            "kwargsrepr": task_kwargsrepr(kwargs),
+            **(options.get("headers") or {}),
+        }
         result = super().apply_async(args, kwargs, **options)
         # Sent with ignore_result, the worker still stores the run's result under the run id
         # (see _finish), so the handle must wait for it rather than return None.
@@ -135,7 +141,7 @@ def register_run_agent(app: Celery) -> Task:
             try:
                 if unknown:
                     raise TypeError(f"unexpected arguments {sorted(unknown)}")
-                result = runtime.runner.run_step(msg)
+                result = runtime.runner.run_step(msg, keep_lease=True)
             except TRANSIENT as exc:
                 if self.request.retries >= runtime.settings.worker.inference_retries:
                     result = _dead_letter(self, runtime, msg, exc, dlq.RETRIES_EXHAUSTED)
@@ -153,6 +159,12 @@ def register_run_agent(app: Celery) -> Task:
                 # Committed, not handed on: unacknowledged, the message comes back and, its
                 # step found committed, only hands on (acknowledging it would stall the run).
                 raise Reject(f"step not handed on: {exc!r}", requeue=True) from exc
+            finally:
+                if result.lease is not None:
+                    # Kept to go back with the answer; given back here if that did not happen
+                    # (with Redis away, it expires on its own).
+                    with contextlib.suppress(*HAND_ON_ERRORS):
+                        runtime.runner.release(msg.run_id, result.lease)
 
     return run_agent
 
@@ -220,7 +232,7 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
                 runtime.runner.relay.end(msg.run_id, "succeeded", answer=result.answer)
             if is_first and not own_results:
                 return result.answer
-            store_result(task.backend, msg.run_id, states.SUCCESS, result.answer)
+            _store_answer(task, runtime, msg, result)
         case Outcome.FAILED:
             if msg.stream:
                 runtime.runner.relay.end(msg.run_id, "failed", error=result.reason)
@@ -244,12 +256,8 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
     raise Ignore()
 
 
-def store_result(backend: Any, run_id: str, state: str, result: Any) -> None:
-    """Write the run's result as Celery's Redis backend does (same key, JSON, PUBLISH), with
-    its connection retries, but without ``store_result``'s read of the current result first
-    (guarding a SUCCESS against a lost duplicate): the session store decides a run's end,
-    and a run's answer is written only once it is final there. One round trip, not two.
-    """
+def result_value(backend: Any, run_id: str, state: str, result: Any) -> tuple[bytes, Any]:
+    """Key and value of the run's result as Celery's Redis backend writes them."""
     meta = {
         "status": state,
         "result": result,
@@ -258,7 +266,40 @@ def store_result(backend: Any, run_id: str, state: str, result: Any) -> None:
         "date_done": datetime.now(UTC).isoformat() if state in states.READY_STATES else None,
         "task_id": run_id,
     }
-    backend.set(backend.get_key_for_task(run_id), backend.encode(meta))
+    return backend.get_key_for_task(run_id), backend.encode(meta)
+
+
+def store_result(backend: Any, run_id: str, state: str, result: Any) -> None:
+    """Write the run's result as Celery's Redis backend does (same key, JSON, PUBLISH), with
+    its connection retries, but without ``store_result``'s read of the current result first
+    (guarding a SUCCESS against a lost duplicate): the session store decides a run's end,
+    and a run's answer is written only once it is final there. One round trip, not two.
+    """
+    backend.set(*result_value(backend, run_id, state, result))
+
+
+def _store_answer(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepResult) -> None:
+    """The run's answer, and the run's lease given back in the same round trip when the
+    result backend is the Redis the leases are in (the default)."""
+    settings, backend, lease = runtime.settings, task.backend, result.lease
+    if lease is None or settings.backend != settings.redis_url:
+        store_result(backend, msg.run_id, states.SUCCESS, result.answer)
+        return
+    key, value = result_value(backend, msg.run_id, states.SUCCESS, result.answer)
+
+    def write() -> None:
+        with (
+            runtime.redis.pipeline(transaction=False) as pipe,  # order kept; no MULTI needed
+            runtime.runner.releasing(msg.run_id, lease, pipe),
+        ):
+            if backend.expires:
+                pipe.setex(key, backend.expires, value)
+            else:
+                pipe.set(key, value)
+            pipe.publish(key, value)
+            pipe.execute()
+
+    backend.ensure(write, ())  # the backend's retries on connection errors, as for set()
 
 
 def _queue(runtime: WorkerRuntime, agent: str) -> str:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import enum
 import time
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 from app import metrics, tracing
@@ -88,6 +89,7 @@ class StepResult:
     answer: Any = None
     reason: str | None = None
     error_type: str | None = None  # FAILED: why (budget_exceeded, output_rejected, ...)
+    lease: str | None = None  # run_step(keep_lease=True): the token of the lease still held
 
 
 def usage(state: RunState, now: float) -> Usage:
@@ -126,8 +128,13 @@ class StepRunner:
         # step handed back unfinished is taken at once elsewhere, not after the lease expires.
         self.held: dict[str, str] = {}
 
-    def run_step(self, msg: StepMessage) -> StepResult:
-        """Execute ``msg`` once under the run's lease, or say why not."""
+    def run_step(self, msg: StepMessage, *, keep_lease: bool = False) -> StepResult:
+        """Execute ``msg`` once under the run's lease, or say why not.
+
+        With ``keep_lease``, a run that is done keeps its lease, named by ``result.lease``:
+        the caller gives it back with :meth:`release`, in the round trip that stores the
+        answer. Any other outcome (and any error) releases it here.
+        """
         spec = self.registry.get(msg.agent)
         if spec is None:
             reason = f"unknown agent {msg.agent!r} (not in this worker's registry)"
@@ -137,11 +144,27 @@ class StepRunner:
         if not self.lease.acquire(msg.run_id, token, ttl):
             return StepResult(Outcome.BUSY)
         self.held[token] = msg.run_id
+        kept = False
         try:
-            return self._run_leased(spec, msg)
+            result = self._run_leased(spec, msg)
+            kept = keep_lease and result.outcome is Outcome.DONE
+            return replace(result, lease=token) if kept else result
         finally:
-            self.held.pop(token, None)
-            self.lease.release(msg.run_id, token)
+            if not kept:
+                self.release(msg.run_id, token)
+
+    def release(self, run_id: str, token: str) -> None:
+        """Give back a lease this runner holds (nothing if it was given back already)."""
+        if self.held.pop(token, None) is not None:
+            self.lease.release(run_id, token)
+
+    @contextmanager
+    def releasing(self, run_id: str, token: str, pipe: Any) -> Iterator[None]:
+        """Queue the release of a kept lease on Redis pipeline ``pipe``; it counts as given
+        back once the block (which executes the pipeline) ends without an error."""
+        self.lease.release_on(pipe, run_id, token)
+        yield
+        self.held.pop(token, None)
 
     def release_leases(self) -> int:
         """Give back every lease this process holds (worker shutdown); how many were held."""

@@ -1,0 +1,99 @@
+"""``agentq.run_agent`` messages built directly: Celery's protocol 2 in kombu's Redis envelope.
+
+``submit_many`` enqueues thousands of runs at once; through ``apply_async`` each costs about
+0.25 ms of CPU (option merging, routing, entity declaration, kombu's publish machinery), ten
+times what building the same message costs. The envelope is what kombu's Redis transport
+LPUSHes: the body (``[args, kwargs, embed]``) as JSON text, headers and properties as
+Celery writes them, except that the body is not base64-encoded (kombu decodes per message,
+by its ``body_encoding``; without one the text is taken as is: a quarter smaller, no
+encoding either way) and ``kwargsrepr`` is in the headers only (``apply_async`` also copies
+it into the properties).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from celery.utils.nodenames import anon_nodename
+
+from app.constants import TASK_RUN_AGENT
+from app.masking import task_kwargsrepr
+
+CONTENT_TYPE = "application/json"
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _template() -> str:
+    """The envelope as a %-format string: every variable field a ``%(name)s`` slot that takes
+    JSON text. Formatting it costs a third of encoding the whole envelope each time."""
+    slots = ("body", "id", "kwargsrepr", "origin", "ignore_result", "reply_to", "queue", "tag")
+    envelope = {
+        "body": "body",
+        "content-encoding": "utf-8",
+        "content-type": CONTENT_TYPE,
+        "headers": {
+            "lang": "py",
+            "task": TASK_RUN_AGENT,
+            "id": "id",
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [None, None],
+            "root_id": "id",
+            "parent_id": None,
+            "argsrepr": "()",
+            "kwargsrepr": "kwargsrepr",
+            "origin": "origin",
+            "ignore_result": "ignore_result",
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+        },
+        "properties": {
+            "correlation_id": "id",
+            "reply_to": "reply_to",
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": "queue"},
+            "priority": 0,
+            "delivery_tag": "tag",
+        },
+    }
+    text = _compact(envelope).replace("%", "%%").replace('"stamps":{}}', '"stamps":{}%(extra)s}')
+    for slot in slots:
+        text = text.replace(f':"{slot}"', f":%({slot})s")
+    return text
+
+
+_TEMPLATE = _template()
+
+
+def run_message(
+    task_id: str,
+    kwargs: Mapping[str, Any],
+    queue: str,
+    headers: Mapping[str, Any],
+    *,
+    reply_to: str,
+    origin: str | None = None,
+    ignore_result: bool = True,
+) -> str:
+    """The JSON text kombu's Redis transport keeps in list ``queue`` for this message."""
+    extra = _compact(dict(headers))[1:-1]
+    return _TEMPLATE % {
+        "body": _compact(_compact([[], dict(kwargs), _EMBED])),
+        "id": _compact(task_id),
+        "kwargsrepr": _compact(task_kwargsrepr(kwargs)),
+        "origin": _compact(origin or anon_nodename()),
+        "ignore_result": "true" if ignore_result else "false",
+        "reply_to": _compact(reply_to),
+        "queue": _compact(queue),
+        "tag": _compact(str(uuid.uuid4())),
+        "extra": "," + extra if extra else "",
+    }
