@@ -24,7 +24,7 @@ from app import dlq
 from app.agents import AgentRegistry, load_registry
 from app.backlog import read_backlog
 from app.config import Settings
-from app.http_server import Response, json_response, serve
+from app.http_server import Response, json_response, serve, shutdown
 from app.redis_client import redis_client
 
 log = logging.getLogger(__name__)
@@ -134,10 +134,8 @@ class Exporter:
         return self.server.server_port if self.server is not None else 0
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+        shutdown(self.server)
+        self.server = None
         for client in self._clients.values():
             client.close()
 

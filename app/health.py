@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 
 from app import metrics
 from app.config import Settings
-from app.http_server import Response, json_response, serve
+from app.http_server import Response, json_response, serve, shutdown
 from app.masking import mask_text
 from app.redis_client import redis_client
 
@@ -255,10 +255,8 @@ class WorkerHealth:
         return self.server.server_port if self.server is not None else 0
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+        shutdown(self.server)
+        self.server = None
         self.checks.close()
         for client in self._clients:
             client.close()

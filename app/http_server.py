@@ -69,3 +69,10 @@ def serve(
     thread.start()
     log.warning("%s listening on http://%s:%d", name, host, server.server_port)
     return server
+
+
+def shutdown(server: ThreadingHTTPServer | None) -> None:
+    """Stop a server started by :func:`serve` and close its socket (None: nothing to do)."""
+    if server is not None:
+        server.shutdown()
+        server.server_close()
