@@ -4,8 +4,11 @@
 (``HSET unacked`` + ``ZADD unacked_index``) in a second round trip. A worker killed in
 between, or a Redis that goes away in between, loses the message for good: it is in no list
 and in no unacked hash, so no visibility timeout brings it back (the chaos test saw about one
-lost step per few SIGKILLs on a busy machine). Here a Lua script pops the message and records
-it in one atomic step, so every message is always either waiting in its list or restorable.
+lost step per few SIGKILLs on a busy machine). Here a Lua script pops messages and records
+them in one atomic step, so every message is always either waiting in its list or restorable.
+One fetch takes as many messages as the prefetch limit leaves room for (at most
+:data:`FETCH_MAX`): a worker whose threads finish a batch of model calls together refills
+them in one round trip, not one per thread.
 While the lists are empty the channel blocks on ``BLMOVE q q LEFT LEFT`` (a rotation that
 moves nothing: it only wakes the channel when its first queue gets a message), then fetches
 with the script; other queues and the priority sub-lists are looked at on every fetch and at
@@ -37,13 +40,17 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 # KEYS: unacked hash, unacked index, then the lists in the order BRPOP would read them.
-# ARGV[1]: now (Unix time, as kombu scores the index). Returns {list, message} or false.
+# ARGV[1]: now (Unix time, as kombu scores the index); ARGV[2]: how many messages at most.
+# Returns {list, message, list, message ...}, oldest first, empty when every list is.
 # The unacked entry is kombu's [message, exchange, routing_key], built from the message
 # text itself so it restores byte for byte.
 _TAKE = """
+local limit = tonumber(ARGV[2])
+local taken = {}
 for i = 3, #KEYS do
-  local item = redis.call('RPOP', KEYS[i])
-  if item then
+  while #taken < 2 * limit do
+    local item = redis.call('RPOP', KEYS[i])
+    if not item then break end
     local ok, message = pcall(cjson.decode, item)
     local props = ok and type(message) == 'table' and message.properties
     if type(props) == 'table' and type(props.delivery_tag) == 'string'
@@ -53,11 +60,14 @@ for i = 3, #KEYS do
         cjson.encode(info.exchange) .. ',' .. cjson.encode(info.routing_key) .. ']')
       redis.call('ZADD', KEYS[2], ARGV[1], props.delivery_tag)
     end
-    return {KEYS[i], item}
+    taken[#taken + 1] = KEYS[i]
+    taken[#taken + 1] = item
   end
 end
-return false
+return taken
 """
+FETCH_MAX = 64
+"""Messages one fetch takes at most (fewer when the prefetch limit leaves fewer free)."""
 
 _FETCH, _WAIT = "fetch", "wait"
 
@@ -87,6 +97,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     _shared_client: Any = None
     _sent: str | None = None  # what the pending poll command is: _FETCH, _WAIT or BRPOP
     _fetch_next = True  # a fetch may find a message (else block until one arrives)
+    _fetch_limit = 1  # how many messages the pending fetch asked for
     # kombu's poll state, typed as kombu uses it: the connection polled on, when it was sent.
     _in_poll: Any = False
     _brpop_sent_at: Any = None
@@ -134,9 +145,10 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._brpop_sent_at = monotonic()
         if self._fetch_next:
             self._sent = _FETCH
+            self._fetch_limit = min(self.qos.can_consume_max_estimate() or FETCH_MAX, FETCH_MAX)
             connection.send_command(
                 "EVAL", _TAKE, 2 + len(keys), self.unacked_key, self.unacked_index_key,
-                *keys, time(),
+                *keys, time(), max(1, self._fetch_limit),
             )  # fmt: skip
         else:
             self._sent = _WAIT
@@ -157,17 +169,20 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 self.client.connection.disconnect()  # the next poll reconnects
                 raise
             # A wait ends when a message arrives or after brpop_timeout: fetch next either way.
-            self._fetch_next = sent == _WAIT or bool(reply)
+            # A fetch that took fewer than it asked for emptied every list: wait next.
+            self._fetch_next = sent == _WAIT or len(reply) >= 2 * self._fetch_limit
             if sent == _WAIT or not reply:
                 raise Empty()
-            dest, item = reply
-            payload = loads(bytes_to_str(item))
-            tag = _recorded_tag(payload)
-            if tag is not None:
-                self._taken.add(tag)
-            queue = bytes_to_str(dest).rsplit(self.sep, 1)[0]
-            self._queue_cycle.rotate(queue)
-            self.connection._deliver(payload, queue)
+            # Each one is recorded as unacked already: one that a failing delivery leaves
+            # undelivered comes back after its visibility timeout.
+            for dest, item in zip(reply[::2], reply[1::2], strict=True):
+                payload = loads(bytes_to_str(item))
+                tag = _recorded_tag(payload)
+                if tag is not None:
+                    self._taken.add(tag)
+                queue = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+                self._queue_cycle.rotate(queue)
+                self.connection._deliver(payload, queue)
             return True
         finally:
             self._in_poll = None

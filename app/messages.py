@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from celery.utils.nodenames import anon_nodename
@@ -25,6 +26,8 @@ from app.masking import task_kwargsrepr
 CONTENT_TYPE = "application/json"
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _compact = json.JSONEncoder(separators=(",", ":")).encode
+# Queue names, origin and reply-to are the same for every message of a batch.
+_constant = lru_cache(maxsize=1024)(_compact)
 
 
 def _template() -> str:
@@ -83,17 +86,22 @@ def run_message(
     reply_to: str,
     origin: str | None = None,
     ignore_result: bool = True,
+    tag: str | None = None,
 ) -> str:
-    """The JSON text kombu's Redis transport keeps in list ``queue`` for this message."""
+    """The JSON text kombu's Redis transport keeps in list ``queue`` for this message.
+
+    ``tag`` is its delivery tag, unique among messages (a fresh UUID by default); the
+    unacknowledged message is kept under it while a worker holds it.
+    """
     extra = _compact(dict(headers))[1:-1]
     return _TEMPLATE % {
         "body": _compact(_compact([[], dict(kwargs), _EMBED])),
         "id": _compact(task_id),
         "kwargsrepr": _compact(task_kwargsrepr(kwargs)),
-        "origin": _compact(origin or anon_nodename()),
+        "origin": _constant(origin or anon_nodename()),
         "ignore_result": "true" if ignore_result else "false",
-        "reply_to": _compact(reply_to),
-        "queue": _compact(queue),
-        "tag": _compact(str(uuid.uuid4())),
+        "reply_to": _constant(reply_to),
+        "queue": _constant(queue),
+        "tag": _compact(tag or str(uuid.uuid4())),
         "extra": "," + extra if extra else "",
     }

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, overload
 
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
@@ -139,18 +140,50 @@ def submit(
         raise
 
 
+class RunResults(Sequence[RunResult]):
+    """The handles of runs submitted together, in submit order (what :func:`submit_many`
+    returns). A list of run ids that makes each :class:`RunResult` when it is first read:
+    building tens of thousands of handles nobody reads would cost more than enqueueing."""
+
+    def __init__(self, task: Any, run_ids: list[str]) -> None:
+        self._task = task
+        self.ids = run_ids
+        self._handles: list[RunResult | None] = [None] * len(run_ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> RunResult: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[RunResult]: ...
+
+    def __getitem__(self, index: int | slice) -> RunResult | list[RunResult]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        handle = self._handles[index]
+        if handle is None:
+            handle = self._handles[index] = self._task.AsyncResult(self.ids[index])
+        return handle
+
+    def __repr__(self) -> str:
+        return f"<RunResults of {len(self)} runs>"
+
+
 def submit_many(
     runs: Iterable[Mapping[str, Any]],
     *,
     celery: Celery | None = None,
     batch_size: int = 1000,
-) -> list[RunResult]:
+) -> RunResults:
     """Validate every run first, then enqueue all of them through pipelined Redis writes
     (``batch_size`` messages per round trip).
 
     Each item is a mapping with ``agent``, ``input`` and optionally ``session_id``,
     ``run_id``, ``stream``, ``budget`` and ``idempotency_key`` (as for :func:`submit`).
-    If any item is invalid, nothing is enqueued.
+    If any item is invalid, nothing is enqueued. The result is a sequence of
+    :class:`RunResult`, one per item in order (``.ids`` lists the run ids).
     """
     celery = _default_celery(celery)
     registry, settings = _registry(celery), _settings(celery)
@@ -172,23 +205,22 @@ def submit_many(
             item.get("budget"),
         )
         requests.append((req, item.get("idempotency_key")))
-    task = celery.tasks[TASK_RUN_AGENT]
-    results: list[RunResult] = []
+    run_ids: list[str] = []
     fresh: list[tuple[RunRequest, str | None]] = []
     try:
         for req, key in requests:
-            existing = _claim(celery, req, key)
+            existing = _claim(celery, req, key) if key is not None else None
             if existing is not None:
-                results.append(task.AsyncResult(existing))
+                run_ids.append(existing)
             else:
                 fresh.append((req, key))
-                results.append(task.AsyncResult(req.run_id))
+                run_ids.append(req.run_id)
         _push(celery, [req for req, _ in fresh], batch_size)
     except BaseException:
         for req, key in fresh:
             _release(celery, req, key)
         raise
-    return results
+    return RunResults(celery.tasks[TASK_RUN_AGENT], run_ids)
 
 
 def _broker(celery: Celery) -> Any:
@@ -202,16 +234,20 @@ def _broker(celery: Celery) -> Any:
 
 def _push(celery: Celery, requests: list[RunRequest], batch_size: int) -> None:
     """LPUSH the runs' first messages (built by :mod:`app.messages`, as apply_async would)
-    into their queues, ``batch_size`` per round trip, each batch one MULTI/EXEC."""
+    into their queues, ``batch_size`` per round trip, each batch one MULTI/EXEC with one
+    LPUSH per queue: a worker takes a queue's messages in submit order."""
     reply_to, origin = celery.thread_oid, anon_nodename()
+    tags = f"{uuid.uuid4()}."  # + the run's index: unique, and cheaper than a UUID each
     with _broker(celery).pipeline(transaction=True) as pipe:
-        for i, req in enumerate(requests, 1):
-            with _submit_span(celery, req):
-                message = run_message(
-                    req.run_id, req.kwargs(), req.queue, message_headers(),
-                    reply_to=reply_to, origin=origin,
-                )  # fmt: skip
-            pipe.lpush(req.queue, message)
-            if i % batch_size == 0:
-                pipe.execute()
-        pipe.execute()
+        for start in range(0, len(requests), batch_size):
+            batch: dict[str, list[str]] = {}
+            for i, req in enumerate(requests[start : start + batch_size], start):
+                with _submit_span(celery, req):
+                    message = run_message(
+                        req.run_id, req.kwargs(), req.queue, message_headers(),
+                        reply_to=reply_to, origin=origin, tag=f"{tags}{i}",
+                    )  # fmt: skip
+                batch.setdefault(req.queue, []).append(message)
+            for queue, messages in batch.items():
+                pipe.lpush(queue, *messages)
+            pipe.execute()

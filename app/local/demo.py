@@ -7,6 +7,7 @@ import re
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -224,7 +225,9 @@ def _stream_run(celery: Any, agent: str, timeout_s: float, console: Console) -> 
     return same
 
 
-def _print_results(store: SessionStore, results: list[Any], console: Console) -> tuple[int, int]:
+def _print_results(
+    store: SessionStore, results: Sequence[Any], console: Console
+) -> tuple[int, int]:
     table = Table(title="agent runs")
     for name in ("run", "agent", "status"):
         table.add_column(name, no_wrap=True)

@@ -306,6 +306,13 @@ def leftovers(client: redis.Redis) -> dict[str, int]:
     return {name: int(n) for name, n in found.items() if n}
 
 
+def redis_keys(client: redis.Redis) -> dict[str, str]:
+    """Every key but the per-run ones, with its type (a message routed elsewhere shows here)."""
+    per_run = ("celery-task-meta-", "agentq:")
+    names = sorted(k.decode() for k in client.scan_iter(count=1000))
+    return {k: client.type(k).decode() for k in names if not k.startswith(per_run)}
+
+
 def worker_logs(log_dir: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in log_dir.glob("coder-*.log"))
 
@@ -330,10 +337,12 @@ def test_runs_complete_exactly_once_through_worker_kills_and_a_redis_restart(
             for r in results
             if (state := chaos_store.load_run(r.id)) is None or state.status == "running"
         ]
+        logs = worker_logs(tmp_path).splitlines()
+        traces = {run: [line for line in logs if run in line] for run, _, _ in stuck[:3]}
         raise AssertionError(
             f"{len(stuck)} runs stuck, e.g. (run, next step, lease) {stuck[:5]}; "
-            f"in Redis: {leftovers(client)}, restore lock TTL {client.ttl('unacked_mutex')}; "
-            f"chaos: {chaos.events}"
+            f"in Redis: {leftovers(client)}, restore lock TTL {client.ttl('unacked_mutex')}, "
+            f"keys {redis_keys(client)}; chaos: {chaos.events}; their log lines: {traces}"
         )
 
     # Every run succeeded once: its steps committed once each, in order, with the answer.

@@ -58,3 +58,21 @@ def test_long_values_are_cut_and_the_whole_repr_bounded() -> None:
     assert len(text) == MAX_REPR and text.endswith("…")
     assert task_kwargsrepr({"input": list(range(25))}).endswith("19, '…5 more']}")
     assert task_kwargsrepr(None) == "{}"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("AMQP://guest:Guest1@rabbit/", f"AMQP://guest:{MASK}@rabbit/"),
+        ("PASSWD = s3cr3t", f"PASSWD = {MASK}"),
+        ("pwd:x", f"pwd:{MASK}"),
+        ('{"Secret": "abc"}', f'{{"Secret": "{MASK}"}}'),
+        ("TOKEN=t-1;", f"TOKEN={MASK};"),
+        ("API-Key=k", f"API-Key={MASK}"),
+        ("bEaReR xyz", f"bEaReR {MASK}"),
+        ("capital of France?", "capital of France?"),
+    ],
+)
+def test_every_kind_of_secret_passes_the_quick_check_before_masking(text: str, shown: str) -> None:
+    # Text without any trigger word skips the three patterns; any case of a trigger must not.
+    assert mask_text(text) == shown

@@ -1,0 +1,54 @@
+"""The worker's fetch: as many messages as its prefetch room in one round trip, each one
+recorded as unacknowledged by the same script, in the order they were published."""
+
+from __future__ import annotations
+
+import pytest
+from kombu import Consumer, Exchange, Producer, Queue
+
+from app.celery_app import create_celery
+from app.config import Settings
+
+pytestmark = pytest.mark.integration
+
+QUEUE = Queue("agent.fetch-test", Exchange("agent.fetch-test", type="direct"), "agent.fetch-test")
+
+
+def test_one_fetch_fills_the_prefetch_room_and_records_each_message(redis_url, redis_client):
+    app = create_celery(Settings(_env_file=None, redis_url=redis_url))
+    got: list[int] = []
+    messages = []
+
+    def on_message(body, message) -> None:
+        got.append(body["n"])
+        messages.append(message)
+
+    with app.connection_for_write() as conn:
+        producer = Producer(conn.default_channel, serializer="json")
+        for n in range(10):
+            producer.publish({"n": n}, exchange=QUEUE.exchange, routing_key=QUEUE.routing_key,
+                             declare=[QUEUE])  # fmt: skip
+        channel = conn.channel()
+        with Consumer(channel, [QUEUE], callbacks=[on_message], accept=["json"]) as consumer:
+            consumer.qos(prefetch_count=4)
+            conn.drain_events(timeout=2)
+            assert got == [0, 1, 2, 3]  # one event, four messages, oldest first
+            assert redis_client.hlen("unacked") == redis_client.zcard("unacked_index") == 4
+            assert redis_client.llen(QUEUE.name) == 6
+
+            for message in messages[:3]:
+                message.ack()
+            conn.drain_events(timeout=2)
+            assert got == list(range(7))  # the room the acks made, no more
+            assert redis_client.hlen("unacked") == 4
+
+            for message in messages[3:]:
+                message.ack()
+            while len(got) < 10:
+                conn.drain_events(timeout=2)
+            assert got == list(range(10))
+            for message in messages[7:]:
+                message.ack()
+        assert redis_client.hlen("unacked") == 0 and redis_client.llen(QUEUE.name) == 0
+        channel.close()
+    app.close()
