@@ -70,6 +70,7 @@ FETCH_MAX = 64
 """Messages one fetch takes at most (fewer when the prefetch limit leaves fewer free)."""
 
 _FETCH, _WAIT = "fetch", "wait"
+UNACKED, UNACKED_INDEX = "unacked", "unacked_index"  # kombu's default key names
 
 
 def _recorded_tag(payload: Any) -> str | None:
@@ -81,7 +82,44 @@ def _recorded_tag(payload: Any) -> str | None:
     return tag if isinstance(tag, str) else None
 
 
+# Delivery tags whose unacked entry a step removed itself, in the MULTI that handed the step
+# on (:func:`ack_on`); kombu's ack of them then only does its bookkeeping.
+_acked_in_pipeline: set[str] = set()
+
+
+def ack_on(pipe: Any, tag: str) -> None:
+    """Queue the acknowledgement of the message delivered as ``tag`` on Redis pipeline ``pipe``
+    (what kombu's ack sends); call :func:`acked` once the pipeline has executed. Only for
+    brokers whose transport options keep kombu's key names (see :func:`acks_in_pipelines`)."""
+    pipe.zrem(UNACKED_INDEX, tag)
+    pipe.hdel(UNACKED, tag)
+
+
+def acks_in_pipelines(broker_url: str, redis_url: str, transport_options: dict[str, Any]) -> bool:
+    """Whether a step may acknowledge its message in its own pipeline on ``redis_url``: the
+    broker is that Redis, with kombu's unacked key names."""
+    renamed = {"global_keyprefix", "unacked_key", "unacked_index_key"} & set(transport_options)
+    return broker_url == redis_url and broker_url.startswith(("redis", "rediss")) and not renamed
+
+
+def acked(tag: str) -> None:
+    """The pipeline holding :func:`ack_on` for ``tag`` executed: Celery's own ack of it skips
+    the round trip."""
+    _acked_in_pipeline.add(tag)
+
+
 class QoS(kombu_redis.QoS):  # type: ignore[misc]
+    def ack(self, delivery_tag: Any) -> None:
+        if delivery_tag in _acked_in_pipeline:
+            _acked_in_pipeline.discard(delivery_tag)
+            virtual.QoS.ack(self, delivery_tag)
+            return
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        _acked_in_pipeline.discard(delivery_tag)  # acknowledged already: nothing to restore
+        super().reject(delivery_tag, requeue=requeue)
+
     def append(self, message: Any, delivery_tag: Any) -> None:
         taken = self.channel._taken
         if delivery_tag in taken:

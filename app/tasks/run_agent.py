@@ -8,6 +8,7 @@ Later steps are messages of the same task carrying ``run_id`` and ``step``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -18,9 +19,11 @@ from typing import Any
 import redis
 from celery import Celery, Task, states
 from celery.exceptions import Ignore, Reject, Retry
+from celery.utils.nodenames import anon_nodename
 from kombu.exceptions import OperationalError
 
 from app import dlq, logs, metrics, tracing
+from app.broker import ack_on, acked
 from app.constants import TASK_RUN_AGENT, published_key
 from app.errors import (
     BudgetExceededError,
@@ -33,6 +36,7 @@ from app.errors import (
 from app.guardrails import BUDGET_EXCEEDED, OUTPUT_REJECTED
 from app.inference.pool import backoff_delay
 from app.masking import task_kwargsrepr
+from app.messages import run_message
 from app.streaming import RunResult
 from app.tasks.dead_letters import DEAD_LETTERED, dead_letter
 from app.tasks.runner import Outcome, StepMessage, StepResult
@@ -220,13 +224,11 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
     match result.outcome:
         case Outcome.NEXT | Outcome.REPUBLISH:
             assert result.next_step is not None
-            if is_first and result.outcome is Outcome.NEXT:
-                store_result(
-                    task.backend, msg.run_id, states.STARTED, {"next_step": result.next_step}
-                )
+            started = is_first and result.outcome is Outcome.NEXT
             _publish_step(
-                task, runtime, msg, result.next_step, check=result.outcome is Outcome.REPUBLISH
-            )
+                task, runtime, msg, result.next_step,
+                check=result.outcome is Outcome.REPUBLISH, started=started,
+            )  # fmt: skip
         case Outcome.DONE:
             if msg.stream:
                 runtime.runner.relay.end(msg.run_id, "succeeded", answer=result.answer)
@@ -286,20 +288,39 @@ def _store_answer(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: 
         store_result(backend, msg.run_id, states.SUCCESS, result.answer)
         return
     key, value = result_value(backend, msg.run_id, states.SUCCESS, result.answer)
+    tag = _own_ack(task, runtime)
 
     def write() -> None:
         with (
             runtime.redis.pipeline(transaction=False) as pipe,  # order kept; no MULTI needed
             runtime.runner.releasing(msg.run_id, lease, pipe),
         ):
-            if backend.expires:
-                pipe.setex(key, backend.expires, value)
-            else:
-                pipe.set(key, value)
-            pipe.publish(key, value)
+            _queue_result(pipe, backend, key, value)
+            if tag is not None:
+                ack_on(pipe, tag)
             pipe.execute()
 
     backend.ensure(write, ())  # the backend's retries on connection errors, as for set()
+    if tag is not None:
+        acked(tag)
+
+
+def _queue_result(pipe: Any, backend: Any, key: bytes, value: Any) -> None:
+    """Queue on ``pipe`` what the Redis result backend's ``set`` sends: SET(EX), PUBLISH."""
+    if backend.expires:
+        pipe.setex(key, backend.expires, value)
+    else:
+        pipe.set(key, value)
+    pipe.publish(key, value)
+
+
+def _own_ack(task: Task, runtime: WorkerRuntime) -> str | None:
+    """The delivery tag of this step's message when the step acknowledges it itself, in the
+    pipeline that hands it on (the broker is the runtime's Redis); else None."""
+    if not runtime.pipeline_acks or task.request.is_eager:
+        return None
+    tag = (getattr(task.request, "properties", None) or {}).get("delivery_tag")
+    return tag if isinstance(tag, str) else None
 
 
 def _queue(runtime: WorkerRuntime, agent: str) -> str:
@@ -309,23 +330,67 @@ def _queue(runtime: WorkerRuntime, agent: str) -> str:
 
 
 def _publish_step(
-    task: Task, runtime: WorkerRuntime, msg: StepMessage, step: int, *, check: bool
+    task: Task,
+    runtime: WorkerRuntime,
+    msg: StepMessage,
+    step: int,
+    *,
+    check: bool,
+    started: bool,
 ) -> None:
+    """Hand the run on: publish its step ``step``, mark it published, and (``started``) store
+    the run's STARTED result. On the broker's Redis, all of it and this step's own
+    acknowledgement go in one MULTI: the message is acknowledged if and only if the next one
+    is published."""
     marker = published_key(msg.run_id, step)
     if check and runtime.redis.exists(marker):
         return
-    task.apply_async(
-        kwargs={
-            "agent": msg.agent,
-            "session_id": msg.session_id,
-            "run_id": msg.run_id,
-            "step": step,
-            **({"stream": True} if msg.stream else {}),
-        },
-        task_id=step_task_id(msg.run_id, step),
-        queue=_queue(runtime, msg.agent),
-        ignore_result=True,  # the run's result lives under the run id only
-        headers=message_headers(),
+    backend, marker_ttl = task.backend, 2 * runtime.settings.worker.visibility_timeout_s
+    kwargs = {
+        "agent": msg.agent,
+        "session_id": msg.session_id,
+        "run_id": msg.run_id,
+        "step": step,
+        **({"stream": True} if msg.stream else {}),
+    }
+    task_id, queue = step_task_id(msg.run_id, step), _queue(runtime, msg.agent)
+    tag = _own_ack(task, runtime)
+    if tag is None:
+        if started:
+            store_result(backend, msg.run_id, states.STARTED, {"next_step": step})
+        task.apply_async(
+            kwargs=kwargs,
+            task_id=task_id,
+            queue=queue,
+            ignore_result=True,  # the run's result lives under the run id only
+            headers=message_headers(),
+        )
+        # Set after publishing: a crash in between costs a duplicate message, never a lost one.
+        runtime.redis.set(marker, 1, ex=marker_ttl)
+        return
+    message = run_message(
+        task_id, kwargs, queue, message_headers(), reply_to=task.app.thread_oid, origin=_origin()
     )
-    # Set after publishing: a crash in between costs a duplicate message, never a lost one.
-    runtime.redis.set(marker, 1, ex=2 * runtime.settings.worker.visibility_timeout_s)
+    result = None
+    if started and runtime.settings.backend == runtime.settings.redis_url:
+        result = result_value(backend, msg.run_id, states.STARTED, {"next_step": step})
+    elif started:
+        store_result(backend, msg.run_id, states.STARTED, {"next_step": step})
+
+    def write() -> None:
+        with runtime.redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(queue, message)
+            pipe.set(marker, 1, ex=marker_ttl)
+            if result is not None:
+                _queue_result(pipe, backend, *result)
+            ack_on(pipe, tag)
+            pipe.execute()
+
+    backend.ensure(write, ())  # ridden out across a Redis restart, as the result writes are
+    acked(tag)
+
+
+@functools.cache
+def _origin() -> str:
+    """The ``origin`` header of messages this process publishes (Celery's anon node name)."""
+    return anon_nodename()

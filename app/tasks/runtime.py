@@ -10,6 +10,7 @@ from celery import Celery
 
 from app import tracing
 from app.agents import AgentRegistry
+from app.broker import acks_in_pipelines
 from app.config import Settings
 from app.errors import ConfigurationError
 from app.inference.pool import ReplicaPool, build_pools
@@ -28,6 +29,9 @@ class WorkerRuntime:
     redis: Any
     pools: dict[str, ReplicaPool]  # backend kind -> its replicas
     runner: StepRunner
+    # The broker is ``redis``, with kombu's key names: a step publishes its next step and
+    # acknowledges its own message in one MULTI (app.broker.ack_on).
+    pipeline_acks: bool = False
 
     @classmethod
     def build(
@@ -67,6 +71,10 @@ def runtime_for(app: Celery, worker_name: str = "") -> WorkerRuntime:
         with _lock:
             runtime = getattr(app, "agentq_runtime", None)
             if runtime is None:
-                runtime = WorkerRuntime.build(app.agentq_settings, app.agentq_registry, worker_name)
+                settings = app.agentq_settings
+                runtime = WorkerRuntime.build(settings, app.agentq_registry, worker_name)
+                runtime.pipeline_acks = acks_in_pipelines(
+                    settings.broker, settings.redis_url, app.conf.broker_transport_options or {}
+                )
                 app.agentq_runtime = runtime
     return runtime

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from kombu import Consumer, Exchange, Producer, Queue
 
+from app.broker import ack_on, acked
 from app.celery_app import create_celery
 from app.config import Settings
 
@@ -50,5 +51,40 @@ def test_one_fetch_fills_the_prefetch_room_and_records_each_message(redis_url, r
             for message in messages[7:]:
                 message.ack()
         assert redis_client.hlen("unacked") == 0 and redis_client.llen(QUEUE.name) == 0
+        channel.close()
+    app.close()
+
+
+def test_a_message_acknowledged_in_a_steps_pipeline_is_not_acknowledged_twice(
+    redis_url, redis_client
+):
+    app = create_celery(Settings(_env_file=None, redis_url=redis_url))
+    messages = []
+    with app.connection_for_write() as conn:
+        producer = Producer(conn.default_channel, serializer="json")
+        for n in range(2):
+            producer.publish({"n": n}, exchange=QUEUE.exchange, routing_key=QUEUE.routing_key,
+                             declare=[QUEUE])  # fmt: skip
+        channel = conn.channel()
+        with Consumer(channel, [QUEUE], callbacks=[lambda _b, m: messages.append(m)]) as consumer:
+            consumer.qos(prefetch_count=2)
+            conn.drain_events(timeout=2)
+            first, second = messages
+            with redis_client.pipeline() as pipe:
+                ack_on(pipe, first.delivery_tag)
+                pipe.set("handed-on", 1)
+                pipe.execute()
+            acked(first.delivery_tag)
+            assert redis_client.hkeys("unacked") == [second.delivery_tag.encode()]
+
+            # kombu's ack of it must not touch Redis again: an entry put back under the same
+            # tag (as a redelivered copy would be) stays.
+            redis_client.hset("unacked", first.delivery_tag, "copy")
+            first.ack()
+            assert redis_client.hget("unacked", first.delivery_tag) == b"copy"
+            assert channel.qos.can_consume()  # its prefetch room is given back all the same
+
+            second.ack()  # acknowledged the usual way
+            assert redis_client.hkeys("unacked") == [first.delivery_tag.encode()]
         channel.close()
     app.close()
