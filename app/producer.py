@@ -20,7 +20,7 @@ from app.errors import IdempotencyConflictError, InvalidInputError
 from app.messages import run_message
 from app.redis_client import redis_client
 from app.streaming import RunResult
-from app.tasks.run_agent import message_headers
+from app.tasks.run_agent import NEW_RUN, message_headers
 from app.validation import RunRequest, validate_run
 
 RUN_FIELDS = frozenset(
@@ -132,7 +132,7 @@ def submit(
                 kwargs=req.kwargs(),
                 task_id=req.run_id,
                 queue=req.queue,
-                headers=message_headers(),
+                headers={**message_headers(), NEW_RUN: True},
                 ignore_result=True,  # the worker stores the run's result itself
             )
     except BaseException:
@@ -244,7 +244,7 @@ def _push(celery: Celery, requests: list[RunRequest], batch_size: int) -> None:
             for i, req in enumerate(requests[start : start + batch_size], start):
                 with _submit_span(celery, req):
                     message = run_message(
-                        req.run_id, req.kwargs(), req.queue, message_headers(),
+                        req.run_id, req.kwargs(), req.queue, {**message_headers(), NEW_RUN: True},
                         reply_to=reply_to, origin=origin, tag=f"{tags}{i}",
                     )  # fmt: skip
                 batch.setdefault(req.queue, []).append(message)

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 ENQUEUED_AT = "agentq_enqueued_at"
 """Message header: Unix time the step was enqueued (for the queue-wait metric)."""
 
+NEW_RUN = "agentq_new_run"
+"""Message header of a run's first message as submit()/submit_many() publish it."""
+
 # Errors that a later try may not hit: no model server, the store or Redis unreachable.
 TRANSIENT = (
     InferenceUnavailableError,
@@ -130,7 +133,17 @@ def register_run_agent(app: Celery) -> Task:
         **unknown: Any,
     ) -> Any:
         runtime = runtime_for(self.app, self.request.hostname or "")
-        msg = StepMessage(run_id or self.request.id, agent, step, input, session_id, stream, budget)
+        request = self.request
+        first = (
+            step == 0
+            and not stream
+            and getattr(request, NEW_RUN, None) is True
+            and not request.retries
+            and not (request.delivery_info or {}).get("redelivered")
+        )
+        msg = StepMessage(
+            run_id or request.id, agent, step, input, session_id, stream, budget, first
+        )
         enqueued = getattr(self.request, ENQUEUED_AT, None)
         if isinstance(enqueued, (int, float)) and not self.request.retries:
             metrics.queue_wait(agent, max(0.0, time.time() - enqueued))

@@ -74,6 +74,10 @@ class StepMessage:
     session_id: str | None = None
     stream: bool = False  # relay the model's tokens to the producer (app.streaming)
     budget: dict[str, Any] | None = None  # step 0 only: limits tightening the agent's budget
+    # Step 0 as a producer submitted it, delivered for the first time (not redelivered,
+    # retried or requeued): its run is almost never in the store yet, so the load is put
+    # off until something depends on it (see StepRunner._run_leased).
+    first: bool = False
 
 
 # error_type of runs that end for reasons other than guardrails (see app.guardrails for those).
@@ -175,7 +179,11 @@ class StepRunner:
         return released
 
     def _run_leased(self, spec: AgentSpec, msg: StepMessage) -> StepResult:
-        state = self.store.load_run(msg.run_id)
+        # A first delivery of step 0 skips the load (one SELECT per run): nothing with an
+        # effect happens before the store is asked. A tool call loads first, and a commit
+        # that fails (the run was there: a duplicate message) loads to decide the outcome.
+        deferred = msg.first and msg.step == 0
+        state = None if deferred else self.store.load_run(msg.run_id)
         new_run = None
         if state is None:
             if msg.step != 0:
@@ -192,26 +200,33 @@ class StepRunner:
                 budget.model_dump(exclude_none=True),
             )
             state = new_run.state()
-        if state.status == SUCCEEDED:
-            return StepResult(Outcome.DONE, answer=state.answer)
-        if state.status == FAILED:
-            return StepResult(Outcome.FAILED, reason=state.error, error_type=state.error_type)
-        if msg.step != state.next_step:
-            # A redelivered message whose step is already committed hands the run on;
-            # anything older or newer is a duplicate.
-            if msg.step == state.next_step - 1:
-                return StepResult(Outcome.REPUBLISH, next_step=state.next_step)
-            return StepResult(Outcome.SKIP)
+        else:
+            settled = _settled(msg, state)
+            if settled is not None:
+                return settled
         if msg.step == 0:
             # Producers that bypass submit() (send_task from other services) are checked here.
             try:
                 validate_run(self.registry, self.settings, spec.name, state.input, state.session_id)
             except SubmitError as exc:
-                return self._fail(msg, f"run refused: {exc}", INPUT_REJECTED, new_run, state)
-        return self._execute(spec, msg, state, new_run)
+                return self._fail(
+                    msg, f"run refused: {exc}", INPUT_REJECTED, new_run, state, deferred
+                )
+        return self._execute(spec, msg, state, new_run, deferred)
+
+    def _stored_outcome(self, msg: StepMessage) -> StepResult | None:
+        """For a step whose load was put off: what the store says of its run (None: the
+        step may go ahead, its run is not there or waits for this step)."""
+        state = self.store.load_run(msg.run_id)
+        return None if state is None else _settled(msg, state)
 
     def _execute(
-        self, spec: AgentSpec, msg: StepMessage, state: RunState, new_run: NewRun | None
+        self,
+        spec: AgentSpec,
+        msg: StepMessage,
+        state: RunState,
+        new_run: NewRun | None,
+        deferred: bool = False,
     ) -> StepResult:
         history = []
         if state.session_id:
@@ -224,7 +239,7 @@ class StepRunner:
         used = usage(state, time.time())
         stop = check_before_step(budget, used, count_tokens(prompt))
         if stop is not None:
-            return self._fail(msg, stop, BUDGET_EXCEEDED, new_run, state)
+            return self._fail(msg, stop, BUDGET_EXCEEDED, new_run, state, deferred)
         params = GenerationParams(
             max_tokens=spec.max_tokens or self.settings.triton.max_tokens,
             temperature=spec.temperature,
@@ -241,13 +256,18 @@ class StepRunner:
         except InferenceUnavailableError:
             raise  # the task retries the step later; nothing was committed
         except InferenceError as exc:
-            return self._fail(msg, f"model call failed: {exc}", MODEL_ERROR, new_run, state)
+            return self._fail(
+                msg, f"model call failed: {exc}", MODEL_ERROR, new_run, state, deferred
+            )
         action = parse_reply(completion.text)
         call = action if isinstance(action, ToolCall) else None
         stop = check_after_call(budget, used, completion.tokens_out, call is not None)
         error_type = BUDGET_EXCEEDED if stop else None
         kind, tool_result = "final", None
         if call is not None and stop is None:
+            settled = self._stored_outcome(msg) if deferred else None
+            if settled is not None:
+                return settled  # a duplicate: the tool's effect belongs to the first one
             kind, tool_result = self._call_tool(spec, msg, call)
         elif call is not None:
             kind = "tool"  # asked for, not called: the budget stopped the run first
@@ -282,7 +302,7 @@ class StepRunner:
             new_run=new_run,
         )
         if not committed:
-            return StepResult(Outcome.SKIP)
+            return (self._stored_outcome(msg) if deferred else None) or StepResult(Outcome.SKIP)
         metrics.step_finished(
             spec.name, kind, record.latency_ms / 1000, record.tokens_in, record.tokens_out
         )
@@ -351,14 +371,33 @@ class StepRunner:
         error_type: str,
         new_run: NewRun | None = None,
         state: RunState | None = None,
+        deferred: bool = False,
     ) -> StepResult:
         """End the run with an error step saying why (nothing else of the step is kept)."""
         record = StepRecord(step=msg.step, kind="error", model_output="", worker=self.worker_name)
         committed = self.store.commit_step(
             msg.run_id, record, failed_reason=reason, error_type=error_type, new_run=new_run
         )
+        if not committed and deferred:
+            # The run was in the store after all: its outcome is the store's, not this one.
+            return self._stored_outcome(msg) or StepResult(Outcome.SKIP)
         if committed and state is not None:
             if error_type == BUDGET_EXCEEDED:
                 metrics.guardrail_stop(msg.agent, error_type)
             self._run_finished(state, FAILED, error_type)
         return StepResult(Outcome.FAILED, reason=reason, error_type=error_type)
+
+
+def _settled(msg: StepMessage, state: RunState) -> StepResult | None:
+    """What a step message does with a run already in the store that it cannot run:
+    an ended run reports its end; a step committed before hands the run on; anything older
+    or newer is a duplicate. None: the message is the run's next step."""
+    if state.status == SUCCEEDED:
+        return StepResult(Outcome.DONE, answer=state.answer)
+    if state.status == FAILED:
+        return StepResult(Outcome.FAILED, reason=state.error, error_type=state.error_type)
+    if msg.step != state.next_step:
+        if msg.step == state.next_step - 1:
+            return StepResult(Outcome.REPUBLISH, next_step=state.next_step)
+        return StepResult(Outcome.SKIP)
+    return None

@@ -150,3 +150,57 @@ def test_unknown_agent_fails_without_touching_the_store(store):
     result = runner(store, ReplyList()).run_step(StepMessage("run", "ghost", 0, "hi"))
     assert result.outcome is Outcome.FAILED and "ghost" in result.reason
     assert store.load_run("run") is None
+
+
+class CountingStore:
+    """The store, counting its loads."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store, self.loads = store, 0
+
+    def load_run(self, run_id):
+        self.loads += 1
+        return self.store.load_run(run_id)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def first(run_id: str, text: str = "add") -> StepMessage:
+    """Step 0 as submitted, on its first delivery."""
+    return StepMessage(run_id, "research", 0, text, first=True)
+
+
+def test_a_first_delivery_commits_a_final_answer_without_loading_the_run(store):
+    counting = CountingStore(store)
+    result = runner(counting, ReplyList("Answer: 5")).run_step(first("run"))
+    assert result.outcome is Outcome.DONE and result.answer == "Answer: 5"
+    assert counting.loads == 0
+    assert store.load_run("run").status == "succeeded"
+
+
+def test_a_first_delivery_loads_before_a_tool_call(store):
+    counting = CountingStore(store)
+    result = runner(counting, ReplyList(CALC)).run_step(first("run"))
+    assert result.outcome is Outcome.NEXT and counting.loads == 1
+    assert [s.tool_result for s in store.load_run("run").steps] == [5]
+
+
+def test_a_duplicate_of_a_first_message_neither_repeats_its_tool_nor_ends_the_run(store):
+    calls: list[str] = []
+    redis = fakeredis.FakeRedis()
+    r = runner(store, ReplyList(CALC, CALC), redis)
+    assert r.run_step(first("run")).outcome is Outcome.NEXT
+    redis.flushall()  # no cached tool result to fall back on
+    r._call_tool = lambda *args: calls.append("tool")  # type: ignore[method-assign]
+    again = r.run_step(first("run"))  # e.g. published twice by a producer's retry
+    assert (again.outcome, again.next_step, calls) == (Outcome.REPUBLISH, 1, [])
+
+    # A finished run: its duplicate answers again (model error or not), never fails it.
+    done = runner(store, ReplyList("Answer: 7")).run_step(first("other"))
+    assert done.outcome is Outcome.DONE
+    dup = runner(store, ReplyList(InferenceError("model broke"))).run_step(first("other"))
+    assert (dup.outcome, dup.answer) == (Outcome.DONE, "Answer: 7")
+    dup = runner(store, ReplyList("Answer: 8")).run_step(first("other"))
+    assert (dup.outcome, dup.answer) == (Outcome.DONE, "Answer: 7")
+    assert store.load_run("other").answer == "Answer: 7"
