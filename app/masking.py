@@ -70,6 +70,11 @@ def masked(value: Any, depth: int = 0) -> Any:
     """A copy of ``value`` fit to show: secrets masked, long text and collections cut."""
     if depth >= MAX_DEPTH:
         return "…"
+    kind = type(value)
+    if kind is str:
+        return mask_text(value)
+    if value is None or kind is int or kind is bool or kind is float:
+        return value  # checked first: an ABC isinstance below costs more than all of this
     if isinstance(value, str):
         return mask_text(value)
     if isinstance(value, Mapping):
