@@ -13,6 +13,7 @@ it into the properties).
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Mapping
 from functools import lru_cache
@@ -20,10 +21,17 @@ from typing import Any
 
 from celery.utils.nodenames import anon_nodename
 
+from app import tracing
 from app.constants import TASK_RUN_AGENT
 from app.masking import task_kwargsrepr
 
 CONTENT_TYPE = "application/json"
+
+ENQUEUED_AT = "agentq_enqueued_at"
+"""Message header: Unix time the step was enqueued (for the queue-wait metric)."""
+
+NEW_RUN = "agentq_new_run"
+"""Message header of a run's first message as submit()/submit_many() publish it."""
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 # Queue names, origin and reply-to are the same for every message of a batch.
@@ -105,3 +113,13 @@ def run_message(
         "tag": _compact(tag or str(uuid.uuid4())),
         "extra": "," + extra if extra else "",
     }
+
+
+def message_headers() -> dict[str, Any]:
+    """Headers of a step message: when it was enqueued, and the trace it belongs to."""
+    return tracing.inject({ENQUEUED_AT: time.time()})
+
+
+def step_task_id(run_id: str, step: int) -> str:
+    """Task id of a run's later step messages (step 0's is the run id)."""
+    return f"{run_id}:{step}"

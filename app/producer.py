@@ -17,10 +17,9 @@ from app.agents import AgentRegistry
 from app.config import Settings
 from app.constants import TASK_RUN_AGENT, idempotency_key
 from app.errors import IdempotencyConflictError, InvalidInputError
-from app.messages import run_message
+from app.messages import NEW_RUN, message_headers, run_message
 from app.redis_client import redis_client
 from app.streaming import RunResult
-from app.tasks.run_agent import NEW_RUN, message_headers
 from app.validation import RunRequest, validate_run
 
 RUN_FIELDS = frozenset(

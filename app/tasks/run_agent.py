@@ -8,23 +8,19 @@ Later steps are messages of the same task carrying ``run_id`` and ``step``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import random
 import time
 import traceback
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from celery import Celery, Task, states
+from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
-from celery.utils.nodenames import anon_nodename
 from kombu.exceptions import OperationalError
 
 from app import dlq, logs, metrics, tracing
-from app.broker import ack_on, acked
-from app.constants import TASK_RUN_AGENT, published_key
+from app.constants import TASK_RUN_AGENT
 from app.errors import (
     BudgetExceededError,
     DeadLetteredError,
@@ -36,19 +32,14 @@ from app.errors import (
 from app.guardrails import BUDGET_EXCEEDED, OUTPUT_REJECTED
 from app.inference.pool import backoff_delay
 from app.masking import task_kwargsrepr
-from app.messages import run_message
+from app.messages import ENQUEUED_AT, NEW_RUN, message_headers
 from app.streaming import RunResult
 from app.tasks.dead_letters import DEAD_LETTERED, dead_letter
+from app.tasks.handoff import publish_step, queue_of, store_answer
 from app.tasks.runner import Outcome, StepMessage, StepResult
 from app.tasks.runtime import WorkerRuntime, runtime_for
 
 log = logging.getLogger(__name__)
-
-ENQUEUED_AT = "agentq_enqueued_at"
-"""Message header: Unix time the step was enqueued (for the queue-wait metric)."""
-
-NEW_RUN = "agentq_new_run"
-"""Message header of a run's first message as submit()/submit_many() publish it."""
 
 # Errors that a later try may not hit: no model server, the store or Redis unreachable.
 TRANSIENT = (
@@ -71,16 +62,6 @@ _RUN_ERRORS: dict[str | None, type[RunFailedError]] = {
 def run_error(reason: str | None, error_type: str | None) -> RunFailedError:
     """The typed error a failed run raises from ``AsyncResult.get()``."""
     return _RUN_ERRORS.get(error_type, RunFailedError)(reason or "run failed")
-
-
-def message_headers() -> dict[str, Any]:
-    """Headers of a step message: when it was enqueued, and the trace it belongs to."""
-    return tracing.inject({ENQUEUED_AT: time.time()})
-
-
-def step_task_id(run_id: str, step: int) -> str:
-    """Task id of a run's later step messages (step 0's is the run id)."""
-    return f"{run_id}:{step}"
 
 
 def retry_delay(retries: int, cap_s: float) -> float:
@@ -238,7 +219,7 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
         case Outcome.NEXT | Outcome.REPUBLISH:
             assert result.next_step is not None
             started = is_first and result.outcome is Outcome.NEXT
-            _publish_step(
+            publish_step(
                 task, runtime, msg, result.next_step,
                 check=result.outcome is Outcome.REPUBLISH, started=started,
             )  # fmt: skip
@@ -247,7 +228,7 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
                 runtime.runner.relay.end(msg.run_id, "succeeded", answer=result.answer)
             if is_first and not own_results:
                 return result.answer
-            _store_answer(task, runtime, msg, result)
+            store_answer(task, runtime, msg, result)
         case Outcome.FAILED:
             if msg.stream:
                 runtime.runner.relay.end(msg.run_id, "failed", error=result.reason)
@@ -262,148 +243,10 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
                 kwargs=task.request.kwargs,
                 task_id=task.request.id,
                 countdown=runtime.settings.worker.lease_retry_s,
-                queue=_queue(runtime, msg.agent),
+                queue=queue_of(runtime, msg.agent),
                 ignore_result=own_results or not is_first,
                 headers=message_headers(),
             )
     if own_results:
         return summary
     raise Ignore()
-
-
-def result_value(backend: Any, run_id: str, state: str, result: Any) -> tuple[bytes, Any]:
-    """Key and value of the run's result as Celery's Redis backend writes them."""
-    meta = {
-        "status": state,
-        "result": result,
-        "traceback": None,
-        "children": [],
-        "date_done": datetime.now(UTC).isoformat() if state in states.READY_STATES else None,
-        "task_id": run_id,
-    }
-    return backend.get_key_for_task(run_id), backend.encode(meta)
-
-
-def store_result(backend: Any, run_id: str, state: str, result: Any) -> None:
-    """Write the run's result as Celery's Redis backend does (same key, JSON, PUBLISH), with
-    its connection retries, but without ``store_result``'s read of the current result first
-    (guarding a SUCCESS against a lost duplicate): the session store decides a run's end,
-    and a run's answer is written only once it is final there. One round trip, not two.
-    """
-    backend.set(*result_value(backend, run_id, state, result))
-
-
-def _store_answer(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepResult) -> None:
-    """The run's answer, and the run's lease given back in the same round trip when the
-    result backend is the Redis the leases are in (the default)."""
-    settings, backend, lease = runtime.settings, task.backend, result.lease
-    if lease is None or settings.backend != settings.redis_url:
-        store_result(backend, msg.run_id, states.SUCCESS, result.answer)
-        return
-    key, value = result_value(backend, msg.run_id, states.SUCCESS, result.answer)
-    tag = _own_ack(task, runtime)
-
-    def write() -> None:
-        with (
-            runtime.redis.pipeline(transaction=False) as pipe,  # order kept; no MULTI needed
-            runtime.runner.releasing(msg.run_id, lease, pipe),
-        ):
-            _queue_result(pipe, backend, key, value)
-            if tag is not None:
-                ack_on(pipe, tag)
-            pipe.execute()
-
-    backend.ensure(write, ())  # the backend's retries on connection errors, as for set()
-    if tag is not None:
-        acked(tag)
-
-
-def _queue_result(pipe: Any, backend: Any, key: bytes, value: Any) -> None:
-    """Queue on ``pipe`` what the Redis result backend's ``set`` sends: SET(EX), PUBLISH."""
-    if backend.expires:
-        pipe.setex(key, backend.expires, value)
-    else:
-        pipe.set(key, value)
-    pipe.publish(key, value)
-
-
-def _own_ack(task: Task, runtime: WorkerRuntime) -> str | None:
-    """The delivery tag of this step's message when the step acknowledges it itself, in the
-    pipeline that hands it on (the broker is the runtime's Redis); else None."""
-    if not runtime.pipeline_acks or task.request.is_eager:
-        return None
-    tag = (getattr(task.request, "properties", None) or {}).get("delivery_tag")
-    return tag if isinstance(tag, str) else None
-
-
-def _queue(runtime: WorkerRuntime, agent: str) -> str:
-    spec = runtime.registry.get(agent)
-    assert spec is not None
-    return spec.queue_name
-
-
-def _publish_step(
-    task: Task,
-    runtime: WorkerRuntime,
-    msg: StepMessage,
-    step: int,
-    *,
-    check: bool,
-    started: bool,
-) -> None:
-    """Hand the run on: publish its step ``step``, mark it published, and (``started``) store
-    the run's STARTED result. On the broker's Redis, all of it and this step's own
-    acknowledgement go in one MULTI: the message is acknowledged if and only if the next one
-    is published."""
-    marker = published_key(msg.run_id, step)
-    if check and runtime.redis.exists(marker):
-        return
-    backend, marker_ttl = task.backend, 2 * runtime.settings.worker.visibility_timeout_s
-    kwargs = {
-        "agent": msg.agent,
-        "session_id": msg.session_id,
-        "run_id": msg.run_id,
-        "step": step,
-        **({"stream": True} if msg.stream else {}),
-    }
-    task_id, queue = step_task_id(msg.run_id, step), _queue(runtime, msg.agent)
-    tag = _own_ack(task, runtime)
-    if tag is None:
-        if started:
-            store_result(backend, msg.run_id, states.STARTED, {"next_step": step})
-        task.apply_async(
-            kwargs=kwargs,
-            task_id=task_id,
-            queue=queue,
-            ignore_result=True,  # the run's result lives under the run id only
-            headers=message_headers(),
-        )
-        # Set after publishing: a crash in between costs a duplicate message, never a lost one.
-        runtime.redis.set(marker, 1, ex=marker_ttl)
-        return
-    message = run_message(
-        task_id, kwargs, queue, message_headers(), reply_to=task.app.thread_oid, origin=_origin()
-    )
-    result = None
-    if started and runtime.settings.backend == runtime.settings.redis_url:
-        result = result_value(backend, msg.run_id, states.STARTED, {"next_step": step})
-    elif started:
-        store_result(backend, msg.run_id, states.STARTED, {"next_step": step})
-
-    def write() -> None:
-        with runtime.redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(queue, message)
-            pipe.set(marker, 1, ex=marker_ttl)
-            if result is not None:
-                _queue_result(pipe, backend, *result)
-            ack_on(pipe, tag)
-            pipe.execute()
-
-    backend.ensure(write, ())  # ridden out across a Redis restart, as the result writes are
-    acked(tag)
-
-
-@functools.cache
-def _origin() -> str:
-    """The ``origin`` header of messages this process publishes (Celery's anon node name)."""
-    return anon_nodename()

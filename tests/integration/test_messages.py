@@ -8,9 +8,8 @@ import json
 import pytest
 
 from app.constants import TASK_RUN_AGENT
-from app.messages import run_message
+from app.messages import message_headers, run_message
 from app.producer import submit_many
-from app.tasks.run_agent import message_headers
 
 pytestmark = pytest.mark.integration
 

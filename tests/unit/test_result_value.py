@@ -9,7 +9,7 @@ from celery import states
 
 from app.celery_app import create_celery
 from app.config import Settings
-from app.tasks.run_agent import result_value
+from app.tasks.handoff import result_value
 
 
 def test_the_result_is_celerys_own_format() -> None:

@@ -1,0 +1,155 @@
+"""How a finished step hands its run on in Redis: the next step's message, the run's result,
+the step's own acknowledgement, in as few round trips as the broker and backend allow."""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Task, states
+from celery.utils.nodenames import anon_nodename
+
+from app.broker import ack_on, acked
+from app.constants import published_key
+from app.messages import message_headers, run_message, step_task_id
+from app.tasks.runner import StepMessage, StepResult
+from app.tasks.runtime import WorkerRuntime
+
+
+def result_value(backend: Any, run_id: str, state: str, result: Any) -> tuple[bytes, Any]:
+    """Key and value of the run's result as Celery's Redis backend writes them."""
+    meta = {
+        "status": state,
+        "result": result,
+        "traceback": None,
+        "children": [],
+        "date_done": datetime.now(UTC).isoformat() if state in states.READY_STATES else None,
+        "task_id": run_id,
+    }
+    return backend.get_key_for_task(run_id), backend.encode(meta)
+
+
+def store_result(backend: Any, run_id: str, state: str, result: Any) -> None:
+    """Write the run's result as Celery's Redis backend does (same key, JSON, PUBLISH), with
+    its connection retries, but without ``store_result``'s read of the current result first
+    (guarding a SUCCESS against a lost duplicate): the session store decides a run's end,
+    and a run's answer is written only once it is final there. One round trip, not two.
+    """
+    backend.set(*result_value(backend, run_id, state, result))
+
+
+def store_answer(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepResult) -> None:
+    """The run's answer, and the run's lease given back in the same round trip when the
+    result backend is the Redis the leases are in (the default)."""
+    settings, backend, lease = runtime.settings, task.backend, result.lease
+    if lease is None or settings.backend != settings.redis_url:
+        store_result(backend, msg.run_id, states.SUCCESS, result.answer)
+        return
+    key, value = result_value(backend, msg.run_id, states.SUCCESS, result.answer)
+    tag = own_ack(task, runtime)
+
+    def write() -> None:
+        with (
+            runtime.redis.pipeline(transaction=False) as pipe,  # order kept; no MULTI needed
+            runtime.runner.releasing(msg.run_id, lease, pipe),
+        ):
+            _queue_result(pipe, backend, key, value)
+            if tag is not None:
+                ack_on(pipe, tag)
+            pipe.execute()
+
+    backend.ensure(write, ())  # the backend's retries on connection errors, as for set()
+    if tag is not None:
+        acked(tag)
+
+
+def _queue_result(pipe: Any, backend: Any, key: bytes, value: Any) -> None:
+    """Queue on ``pipe`` what the Redis result backend's ``set`` sends: SET(EX), PUBLISH."""
+    if backend.expires:
+        pipe.setex(key, backend.expires, value)
+    else:
+        pipe.set(key, value)
+    pipe.publish(key, value)
+
+
+def own_ack(task: Task, runtime: WorkerRuntime) -> str | None:
+    """The delivery tag of this step's message when the step acknowledges it itself, in the
+    pipeline that hands it on (the broker is the runtime's Redis); else None."""
+    if not runtime.pipeline_acks or task.request.is_eager:
+        return None
+    tag = (getattr(task.request, "properties", None) or {}).get("delivery_tag")
+    return tag if isinstance(tag, str) else None
+
+
+def queue_of(runtime: WorkerRuntime, agent: str) -> str:
+    spec = runtime.registry.get(agent)
+    assert spec is not None
+    return spec.queue_name
+
+
+def publish_step(
+    task: Task,
+    runtime: WorkerRuntime,
+    msg: StepMessage,
+    step: int,
+    *,
+    check: bool,
+    started: bool,
+) -> None:
+    """Hand the run on: publish its step ``step``, mark it published, and (``started``) store
+    the run's STARTED result. On the broker's Redis, all of it and this step's own
+    acknowledgement go in one MULTI: the message is acknowledged if and only if the next one
+    is published."""
+    marker = published_key(msg.run_id, step)
+    if check and runtime.redis.exists(marker):
+        return
+    backend, marker_ttl = task.backend, 2 * runtime.settings.worker.visibility_timeout_s
+    kwargs = {
+        "agent": msg.agent,
+        "session_id": msg.session_id,
+        "run_id": msg.run_id,
+        "step": step,
+        **({"stream": True} if msg.stream else {}),
+    }
+    task_id, queue = step_task_id(msg.run_id, step), queue_of(runtime, msg.agent)
+    tag = own_ack(task, runtime)
+    if tag is None:
+        if started:
+            store_result(backend, msg.run_id, states.STARTED, {"next_step": step})
+        task.apply_async(
+            kwargs=kwargs,
+            task_id=task_id,
+            queue=queue,
+            ignore_result=True,  # the run's result lives under the run id only
+            headers=message_headers(),
+        )
+        # Set after publishing: a crash in between costs a duplicate message, never a lost one.
+        runtime.redis.set(marker, 1, ex=marker_ttl)
+        return
+    message = run_message(
+        task_id, kwargs, queue, message_headers(), reply_to=task.app.thread_oid, origin=_origin()
+    )
+    result = None
+    if started and runtime.settings.backend == runtime.settings.redis_url:
+        result = result_value(backend, msg.run_id, states.STARTED, {"next_step": step})
+    elif started:
+        store_result(backend, msg.run_id, states.STARTED, {"next_step": step})
+
+    def write() -> None:
+        with runtime.redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(queue, message)
+            pipe.set(marker, 1, ex=marker_ttl)
+            if result is not None:
+                _queue_result(pipe, backend, *result)
+            ack_on(pipe, tag)
+            pipe.execute()
+
+    backend.ensure(write, ())  # ridden out across a Redis restart, as the result writes are
+    acked(tag)
+
+
+@functools.cache
+def _origin() -> str:
+    """The ``origin`` header of messages this process publishes (Celery's anon node name)."""
+    return anon_nodename()
