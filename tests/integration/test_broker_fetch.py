@@ -15,6 +15,15 @@ pytestmark = pytest.mark.integration
 QUEUE = Queue("agent.fetch-test", Exchange("agent.fetch-test", type="direct"), "agent.fetch-test")
 
 
+def publish(conn, count: int) -> None:
+    """``count`` messages {"n": 0}, {"n": 1} ... on the test queue."""
+    producer = Producer(conn.default_channel, serializer="json")
+    for n in range(count):
+        producer.publish(
+            {"n": n}, exchange=QUEUE.exchange, routing_key=QUEUE.routing_key, declare=[QUEUE]
+        )
+
+
 def test_one_fetch_fills_the_prefetch_room_and_records_each_message(redis_url, redis_client):
     app = create_celery(Settings(_env_file=None, redis_url=redis_url))
     got: list[int] = []
@@ -25,10 +34,7 @@ def test_one_fetch_fills_the_prefetch_room_and_records_each_message(redis_url, r
         messages.append(message)
 
     with app.connection_for_write() as conn:
-        producer = Producer(conn.default_channel, serializer="json")
-        for n in range(10):
-            producer.publish({"n": n}, exchange=QUEUE.exchange, routing_key=QUEUE.routing_key,
-                             declare=[QUEUE])  # fmt: skip
+        publish(conn, 10)
         channel = conn.channel()
         with Consumer(channel, [QUEUE], callbacks=[on_message], accept=["json"]) as consumer:
             consumer.qos(prefetch_count=4)
@@ -61,10 +67,7 @@ def test_a_message_acknowledged_in_a_steps_pipeline_is_not_acknowledged_twice(
     app = create_celery(Settings(_env_file=None, redis_url=redis_url))
     messages = []
     with app.connection_for_write() as conn:
-        producer = Producer(conn.default_channel, serializer="json")
-        for n in range(2):
-            producer.publish({"n": n}, exchange=QUEUE.exchange, routing_key=QUEUE.routing_key,
-                             declare=[QUEUE])  # fmt: skip
+        publish(conn, 2)
         channel = conn.channel()
         with Consumer(channel, [QUEUE], callbacks=[lambda _b, m: messages.append(m)]) as consumer:
             consumer.qos(prefetch_count=2)
