@@ -1,0 +1,105 @@
+"""``agentq bench ...``: benchmarks against the alternatives (bench/ in the repository)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from app.cli import console, main
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks against the alternatives, side by side in one run (bench/ in the repository)."""
+
+
+def _bench_checkout(module: str) -> None:
+    """Make the checkout's bench/ importable, or fail: it is not part of the package."""
+    from app.config import REPO_ROOT
+
+    if not (REPO_ROOT / "bench" / module).is_file():
+        raise click.ClickException("bench/ is in the source repository; run from a checkout")
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def _suite_command(name: str, summary: str) -> None:
+    @bench.command(name, help=summary)
+    @click.option("--quick", is_flag=True, help="Smaller counts (about a fifth of the time).")
+    @click.option("--runs", type=click.IntRange(10), default=None, help="Runs (enqueue, dispatch).")
+    @click.option("--concurrency", type=click.IntRange(1), default=None, help="Worker threads.")
+    @click.option("--postgres-url", default=None, help="PostgreSQL for dispatch ('' to skip).")
+    @click.option("--out-dir", type=click.Path(), default=None, help="JSON and PNG folder.")
+    def command(
+        quick: bool,
+        runs: int | None,
+        concurrency: int | None,
+        postgres_url: str | None,
+        out_dir: str | None,
+    ) -> None:
+        from dataclasses import replace
+        from pathlib import Path
+
+        _bench_checkout("suite.py")
+        from bench.suite import main as run_suite
+        from bench.suite import plan_for
+
+        plan = plan_for(quick, enqueue_runs=runs, dispatch_runs=runs, concurrency=concurrency)
+        if postgres_url is not None:
+            plan = replace(plan, postgres_url=postgres_url or None)
+        sys.exit(run_suite([name], plan, Path(out_dir) if out_dir else None, console))
+
+
+for _name, _summary in (
+    ("all", "Every scenario below in one run (under 10 minutes), then the table of ratios."),
+    ("enqueue", "submit_many vs a stock delay() loop vs raw pipelined LPUSH (runs/s)."),
+    ("dispatch", "Trivial runs drained by one worker vs stock no-op tasks (SQLite, PostgreSQL)."),
+    ("latency", "Enqueue to first step started, p50/p95/p99, at half the saturation rate."),
+    ("memory", "Worker RSS with 64 runs in flight, agentq vs a stock worker."),
+):
+    _suite_command(_name, _summary)
+
+
+@bench.command("inference")
+@click.option(
+    "--concurrency",
+    "concurrency",
+    default="1,16,64,256",
+    show_default=True,
+    help="Comma-separated concurrency levels C.",
+)
+@click.option("--latency-ms", type=int, default=200, show_default=True, help="Per model call.")
+@click.option("--out", type=click.Path(), default=None, help="JSON results file.")
+def bench_inference(concurrency: str, latency_ms: int, out: str | None) -> None:
+    """Direct tritonclient vs agent runs through Redis + worker, and streaming relay overhead."""
+    from app.config import REPO_ROOT
+
+    if not (REPO_ROOT / "bench" / "inference.py").is_file():
+        raise click.ClickException("bench/ is in the source repository; run from a checkout")
+    sys.path.insert(0, str(REPO_ROOT))
+    from bench.inference import main as run_bench
+
+    levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    sys.exit(run_bench(levels, latency_ms, out, console))
+
+
+@bench.command("scaling")
+@click.option("--time-scale", type=float, default=0.1, show_default=True, help="Real s per sim s.")
+@click.option("--step-s", type=float, default=10.0, show_default=True, help="Sim s per step.")
+@click.option("--concurrency", type=int, default=4, show_default=True, help="Steps per replica.")
+@click.option("--out", type=click.Path(), default=None, help="JSON results file.")
+@click.option("--plot", type=click.Path(), default=None, help="PNG (default: beside the JSON).")
+def bench_scaling(
+    time_scale: float, step_s: float, concurrency: int, out: str | None, plot: str | None
+) -> None:
+    """KEDA's redis trigger (LLEN) vs the true backlog, replayed on real Redis queues."""
+    from app.config import REPO_ROOT
+
+    if not (REPO_ROOT / "bench" / "scaling.py").is_file():
+        raise click.ClickException("bench/ is in the source repository; run from a checkout")
+    sys.path.insert(0, str(REPO_ROOT))
+    from bench.scaling import SimConfig
+    from bench.scaling import main as run_scaling
+
+    cfg = SimConfig(time_scale=time_scale, step_s=step_s, concurrency=concurrency)
+    sys.exit(run_scaling(cfg, out, plot, console))

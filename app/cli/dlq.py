@@ -1,0 +1,124 @@
+"""``agentq dlq ...``: dead-lettered runs: list, show, replay, purge."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.table import Table
+
+from app.cli import console, main
+from app.config import Settings
+
+
+@main.group()
+def dlq() -> None:
+    """Dead-lettered runs (retries exhausted), kept with their reason."""
+
+
+def _dlq_client() -> Any:
+    from app.redis_client import redis_client
+
+    return redis_client(Settings())
+
+
+@dlq.command("list")
+@click.option("--agent", default=None, help="Only this agent type's runs.")
+@click.option("--limit", type=int, default=50, show_default=True)
+def dlq_list(agent: str | None, limit: int) -> None:
+    """The newest dead-lettered runs."""
+    import datetime
+
+    from app import dlq as dead
+
+    client = _dlq_client()
+    table = Table("run", "agent", "step", "kind", "retries", "failed at", "reason")
+    for letter in dead.list_letters(client, limit, agent):
+        when = datetime.datetime.fromtimestamp(letter.failed_at, datetime.UTC)
+        table.add_row(
+            letter.run_id,
+            letter.agent,
+            str(letter.step),
+            letter.kind,
+            str(letter.retries),
+            when.strftime("%Y-%m-%d %H:%M:%S"),
+            letter.reason,
+        )
+    console.print(table)
+    console.print(f"{dead.count(client)} dead-lettered run(s) in all")
+
+
+@dlq.command("show")
+@click.argument("run_id")
+def dlq_show(run_id: str) -> None:
+    """One dead letter: reason, traceback and the step's arguments (JSON, secrets masked)."""
+    from dataclasses import asdict
+
+    from app import dlq as dead
+    from app.masking import masked
+
+    letter = dead.get(_dlq_client(), run_id)
+    if letter is None:
+        raise click.ClickException(f"run {run_id} is not in the dead-letter queue")
+    shown = {**asdict(letter), "kwargs": masked(letter.kwargs)}  # replay uses the stored ones
+    click.echo(json.dumps(shown, indent=2))
+
+
+def _chosen(client: Any, run_ids: tuple[str, ...], all_: bool, agent: str | None) -> list[str]:
+    from app import dlq as dead
+
+    if bool(run_ids) == all_:
+        raise click.UsageError("name RUN_IDs or pass --all (not both)")
+    if run_ids:
+        return list(run_ids)
+    return [letter.run_id for letter in dead.list_letters(client, dead.count(client), agent)]
+
+
+@dlq.command("replay")
+@click.argument("run_ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dead letter (of --agent, if given).")
+@click.option("--agent", default=None, help="With --all: only this agent type's runs.")
+def dlq_replay(run_ids: tuple[str, ...], all_: bool, agent: str | None) -> None:
+    """Send dead-lettered runs back to their queues; they resume at the step that failed."""
+    from app.celery_app import create_celery
+    from app.errors import NotDeadLetteredError
+    from app.memory.sessions import SessionStore
+    from app.tasks.dead_letters import replay
+
+    settings = Settings()
+    client = _dlq_client()
+    celery = create_celery(settings)
+    store = SessionStore.from_url(settings.database_url, migrate=False)
+    failed = 0
+    try:
+        for run_id in _chosen(client, run_ids, all_, agent):
+            try:
+                letter = replay(celery, celery.agentq_registry, store, client, run_id)
+            except NotDeadLetteredError as exc:
+                console.print(f"[red]skipped:[/red] {exc}")
+                failed += 1
+                continue
+            console.print(f"replayed run {run_id} from step {letter.step}", highlight=False)
+    finally:
+        store.close()
+        celery.close()
+    sys.exit(1 if failed else 0)
+
+
+@dlq.command("purge")
+@click.argument("run_ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dead letter (of --agent, if given).")
+@click.option("--agent", default=None, help="With --all: only this agent type's runs.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dlq_purge(run_ids: tuple[str, ...], all_: bool, agent: str | None, yes: bool) -> None:
+    """Delete dead letters for good (their runs stay failed in the session store)."""
+    from app import dlq as dead
+
+    client = _dlq_client()
+    chosen = _chosen(client, run_ids, all_, agent)
+    if not yes:
+        click.confirm(f"Delete {len(chosen)} dead letter(s) for good?", abort=True)
+    removed = dead.remove(client, chosen)
+    console.print(f"purged {removed} dead letter(s)")
