@@ -70,7 +70,8 @@ FETCH_MAX = 64
 """Messages one fetch takes at most (fewer when the prefetch limit leaves fewer free)."""
 
 _FETCH, _WAIT = "fetch", "wait"
-UNACKED, UNACKED_INDEX = "unacked", "unacked_index"  # kombu's default key names
+# kombu's default key names (transport options can rename them: see acks_in_pipelines).
+UNACKED, UNACKED_INDEX = kombu_redis.Channel.unacked_key, kombu_redis.Channel.unacked_index_key
 
 
 def _recorded_tag(payload: Any) -> str | None:
@@ -183,10 +184,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._brpop_sent_at = monotonic()
         if self._fetch_next:
             self._sent = _FETCH
-            self._fetch_limit = min(self.qos.can_consume_max_estimate() or FETCH_MAX, FETCH_MAX)
+            room = self.qos.can_consume_max_estimate()  # None: no prefetch limit
+            self._fetch_limit = FETCH_MAX if room is None else max(1, min(room, FETCH_MAX))
             connection.send_command(
                 "EVAL", _TAKE, 2 + len(keys), self.unacked_key, self.unacked_index_key,
-                *keys, time(), max(1, self._fetch_limit),
+                *keys, time(), self._fetch_limit,
             )  # fmt: skip
         else:
             self._sent = _WAIT

@@ -115,9 +115,13 @@ def run_message(
     }
 
 
-def message_headers() -> dict[str, Any]:
-    """Headers of a step message: when it was enqueued, and the trace it belongs to."""
-    return tracing.inject({ENQUEUED_AT: time.time()})
+def message_headers(*, new_run: bool = False) -> dict[str, Any]:
+    """Headers of a step message: when it was enqueued, and the trace it belongs to;
+    ``new_run`` marks a run's first message as a producer submits it (:data:`NEW_RUN`)."""
+    headers = tracing.inject({ENQUEUED_AT: time.time()})
+    if new_run:
+        headers[NEW_RUN] = True
+    return headers
 
 
 def step_task_id(run_id: str, step: int) -> str:

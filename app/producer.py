@@ -17,7 +17,7 @@ from app.agents import AgentRegistry
 from app.config import Settings
 from app.constants import TASK_RUN_AGENT, idempotency_key
 from app.errors import IdempotencyConflictError, InvalidInputError
-from app.messages import NEW_RUN, message_headers, run_message
+from app.messages import message_headers, run_message
 from app.redis_client import redis_client
 from app.streaming import RunResult
 from app.validation import RunRequest, validate_run
@@ -131,7 +131,7 @@ def submit(
                 kwargs=req.kwargs(),
                 task_id=req.run_id,
                 queue=req.queue,
-                headers={**message_headers(), NEW_RUN: True},
+                headers=message_headers(new_run=True),
                 ignore_result=True,  # the worker stores the run's result itself
             )
     except BaseException:
@@ -208,7 +208,7 @@ def submit_many(
     fresh: list[tuple[RunRequest, str | None]] = []
     try:
         for req, key in requests:
-            existing = _claim(celery, req, key) if key is not None else None
+            existing = _claim(celery, req, key)
             if existing is not None:
                 run_ids.append(existing)
             else:
@@ -243,7 +243,7 @@ def _push(celery: Celery, requests: list[RunRequest], batch_size: int) -> None:
             for i, req in enumerate(requests[start : start + batch_size], start):
                 with _submit_span(celery, req):
                     message = run_message(
-                        req.run_id, req.kwargs(), req.queue, {**message_headers(), NEW_RUN: True},
+                        req.run_id, req.kwargs(), req.queue, message_headers(new_run=True),
                         reply_to=reply_to, origin=origin, tag=f"{tags}{i}",
                     )  # fmt: skip
                 batch.setdefault(req.queue, []).append(message)

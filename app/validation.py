@@ -42,7 +42,7 @@ class RunRequest:
 
 def _check_json(value: Any, path: str = "input") -> None:
     # json.dumps accepts NaN and non-str keys are coerced; both break other consumers.
-    if value is None or type(value) is str or isinstance(value, (str, bool, int)):
+    if value is None or isinstance(value, (str, bool, int)):
         return
     if isinstance(value, float):
         if not math.isfinite(value):

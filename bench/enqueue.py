@@ -26,6 +26,18 @@ def _queue_bytes(services: Services, queue: str) -> int:
     return len(item) if item is not None else 0
 
 
+def _side(runs: int, queued: int, wall: float, size: int, how: str) -> dict[str, Any]:
+    """One side's figures: ``queued`` of ``runs`` messages of ``size`` bytes in ``wall`` s."""
+    return {
+        "runs": runs,
+        "queued": queued,
+        "wall_s": round(wall, 3),
+        "runs_per_s": round(rate(queued, wall) or 0, 1),
+        "message_bytes": size,
+        "how": how,
+    }
+
+
 def _agentq(services: Services, runs: int) -> dict[str, Any]:
     services.flush()
     with ExitStack() as stack:
@@ -39,14 +51,7 @@ def _agentq(services: Services, runs: int) -> dict[str, Any]:
         wall = time.perf_counter() - started
     queued = int(services.redis.llen(spec.queue_name))
     size = _queue_bytes(services, spec.queue_name)
-    return {
-        "runs": runs,
-        "queued": queued,
-        "wall_s": round(wall, 3),
-        "runs_per_s": round(rate(queued, wall) or 0, 1),
-        "message_bytes": size,
-        "how": "app.producer.submit_many (validated, pipelined)",
-    }
+    return _side(runs, queued, wall, size, "app.producer.submit_many (validated, pipelined)")
 
 
 def _stock(services: Services, runs: int) -> dict[str, Any]:
@@ -59,14 +64,8 @@ def _stock(services: Services, runs: int) -> dict[str, Any]:
         task.delay()
     wall = time.perf_counter() - started
     queued = int(services.redis.llen(QUEUE))
-    return {
-        "runs": runs,
-        "queued": queued,
-        "wall_s": round(wall, 3),
-        "runs_per_s": round(rate(queued, wall) or 0, 1),
-        "message_bytes": _queue_bytes(services, QUEUE),
-        "how": "a loop of task.delay() on a plain Celery app",
-    }
+    size = _queue_bytes(services, QUEUE)
+    return _side(runs, queued, wall, size, "a loop of task.delay() on a plain Celery app")
 
 
 def _raw(services: Services, runs: int, size: int) -> dict[str, Any]:
@@ -84,14 +83,8 @@ def _raw(services: Services, runs: int, size: int) -> dict[str, Any]:
     wall = time.perf_counter() - started
     queued = int(services.redis.llen(key))
     services.flush()
-    return {
-        "runs": runs,
-        "queued": queued,
-        "wall_s": round(wall, 3),
-        "runs_per_s": round(rate(queued, wall) or 0, 1),
-        "message_bytes": size,
-        "how": f"redis-py pipeline, LPUSH of {size}-byte bodies, {RAW_BATCH} per round trip",
-    }
+    how = f"redis-py pipeline, LPUSH of {size}-byte bodies, {RAW_BATCH} per round trip"
+    return _side(runs, queued, wall, size, how)
 
 
 def run(services: Services, runs: int) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from bench.measure import (
     scrape,
     streamed_runs,
 )
+from bench.report import write
 
 AGENT = "bench"
 INPUT = "Say hello."  # no directive: the scripted model answers at once, one step per run
@@ -325,16 +326,6 @@ def environment() -> dict[str, Any]:
         },
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-
-
-def write(report: dict[str, Any], path: Path) -> None:
-    """The report as JSON, written whole or not at all."""
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def main(levels: list[int], latency_ms: int, out: str | None, console: Console) -> int:

@@ -20,6 +20,7 @@ import redis
 from celery import Celery
 from celery.utils.serialization import bytes_to_str
 
+from app.backlog import UNACKED_KEY  # messages delivered to a worker, not acknowledged
 from app.inference.backend import GenerationParams
 from app.inference.triton import build_inputs
 from app.producer import submit, submit_many
@@ -27,7 +28,6 @@ from app.streaming import TOKEN
 
 BENCH_MODELS = ("ensemble", "ensemble_stream")
 READY = {"SUCCESS", "FAILURE", "REVOKED"}
-UNACKED_KEY = "unacked"  # kombu's Redis transport: messages delivered to a worker, not acked
 
 
 class BenchError(RuntimeError):

@@ -114,9 +114,14 @@ def publish_step(
     }
     task_id, queue = step_task_id(msg.run_id, step), queue_of(runtime, msg.agent)
     tag = own_ack(task, runtime)
+    result = None  # the run's STARTED result, when it rides in the MULTI below
+    if started:
+        progress = (backend, msg.run_id, states.STARTED, {"next_step": step})
+        if tag is not None and runtime.settings.backend == runtime.settings.redis_url:
+            result = result_value(*progress)
+        else:
+            store_result(*progress)
     if tag is None:
-        if started:
-            store_result(backend, msg.run_id, states.STARTED, {"next_step": step})
         task.apply_async(
             kwargs=kwargs,
             task_id=task_id,
@@ -130,11 +135,6 @@ def publish_step(
     message = run_message(
         task_id, kwargs, queue, message_headers(), reply_to=task.app.thread_oid, origin=_origin()
     )
-    result = None
-    if started and runtime.settings.backend == runtime.settings.redis_url:
-        result = result_value(backend, msg.run_id, states.STARTED, {"next_step": step})
-    elif started:
-        store_result(backend, msg.run_id, states.STARTED, {"next_step": step})
 
     def write() -> None:
         with runtime.redis.pipeline(transaction=True) as pipe:

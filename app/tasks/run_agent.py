@@ -125,8 +125,8 @@ def register_run_agent(app: Celery) -> Task:
         msg = StepMessage(
             run_id or request.id, agent, step, input, session_id, stream, budget, first
         )
-        enqueued = getattr(self.request, ENQUEUED_AT, None)
-        if isinstance(enqueued, (int, float)) and not self.request.retries:
+        enqueued = getattr(request, ENQUEUED_AT, None)
+        if isinstance(enqueued, (int, float)) and not request.retries:
             metrics.queue_wait(agent, max(0.0, time.time() - enqueued))
         parent = tracing.extract(self.request)
         with (
