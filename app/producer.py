@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, overload
 
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
 
-from app import tracing
+from app import messages, tracing
 from app.agents import AgentRegistry
 from app.config import Settings
 from app.constants import TASK_RUN_AGENT, idempotency_key
 from app.errors import IdempotencyConflictError, InvalidInputError
-from app.messages import message_headers, run_message
+from app.masking import task_kwargsrepr
+from app.messages import message_headers, new_id, new_ids
 from app.redis_client import redis_client
 from app.streaming import RunResult
 from app.validation import RunRequest, validate_run
@@ -25,6 +25,9 @@ from app.validation import RunRequest, validate_run
 RUN_FIELDS = frozenset(
     {"agent", "input", "session_id", "run_id", "stream", "budget", "idempotency_key"}
 )
+
+
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _registry(celery: Celery) -> AgentRegistry:
@@ -186,38 +189,47 @@ def submit_many(
     """
     celery = _default_celery(celery)
     registry, settings = _registry(celery), _settings(celery)
-    requests: list[tuple[RunRequest, str | None]] = []
+    requests: list[RunRequest] = []
+    keys: dict[int, Any] = {}  # index -> idempotency key, for the runs that have one
+    ids = new_ids()
     for i, item in enumerate(runs):
-        if not isinstance(item, Mapping):
+        if type(item) is not dict and not isinstance(item, Mapping):
             raise InvalidInputError(f"run #{i} must be a mapping, got {type(item).__name__}")
-        unknown = set(item) - RUN_FIELDS
-        if unknown:
+        if not RUN_FIELDS.issuperset(item):
+            unknown = set(item) - RUN_FIELDS
             raise InvalidInputError(f"run #{i} has unknown fields: {sorted(unknown)}")
+        get = item.get
         req = validate_run(
             registry,
             settings,
-            item.get("agent"),
-            item.get("input"),
-            item.get("session_id"),
-            item.get("run_id"),
-            item.get("stream", False),
-            item.get("budget"),
+            get("agent"),
+            get("input"),
+            get("session_id"),
+            get("run_id") or next(ids),
+            get("stream", False),
+            get("budget"),
         )
-        requests.append((req, item.get("idempotency_key")))
-    run_ids: list[str] = []
-    fresh: list[tuple[RunRequest, str | None]] = []
+        key = get("idempotency_key")
+        if key is not None:
+            keys[i] = key
+        requests.append(req)
+    run_ids = [req.run_id for req in requests]
+    fresh = requests if not keys else []
+    claimed: list[int] = []  # the runs whose key this call reserved
     try:
-        for req, key in requests:
-            existing = _claim(celery, req, key)
-            if existing is not None:
-                run_ids.append(existing)
-            else:
-                fresh.append((req, key))
-                run_ids.append(req.run_id)
-        _push(celery, [req for req, _ in fresh], batch_size)
+        if keys:
+            for i, req in enumerate(requests):
+                existing = _claim(celery, req, keys.get(i))
+                if existing is not None:
+                    run_ids[i] = existing
+                    continue
+                if i in keys:
+                    claimed.append(i)
+                fresh.append(req)
+        _push(celery, fresh, batch_size)
     except BaseException:
-        for req, key in fresh:
-            _release(celery, req, key)
+        for i in claimed:
+            _release(celery, requests[i], keys[i])
         raise
     return RunResults(celery.tasks[TASK_RUN_AGENT], run_ids)
 
@@ -232,21 +244,43 @@ def _broker(celery: Celery) -> Any:
 
 
 def _push(celery: Celery, requests: list[RunRequest], batch_size: int) -> None:
-    """LPUSH the runs' first messages (built by :mod:`app.messages`, as apply_async would)
-    into their queues, ``batch_size`` per round trip, each batch one MULTI/EXEC with one
-    LPUSH per queue: a worker takes a queue's messages in submit order."""
-    reply_to, origin = celery.thread_oid, anon_nodename()
-    tags = f"{uuid.uuid4()}."  # + the run's index: unique, and cheaper than a UUID each
+    """LPUSH the runs' first messages into their queues, ``batch_size`` per round trip, each
+    batch one MULTI/EXEC with one LPUSH per queue: a worker takes a queue's messages in
+    submit order."""
     with _broker(celery).pipeline(transaction=True) as pipe:
-        for start in range(0, len(requests), batch_size):
-            batch: dict[str, list[str]] = {}
-            for i, req in enumerate(requests[start : start + batch_size], start):
-                with _submit_span(celery, req):
-                    message = run_message(
-                        req.run_id, req.kwargs(), req.queue, message_headers(new_run=True),
-                        reply_to=reply_to, origin=origin, tag=f"{tags}{i}",
-                    )  # fmt: skip
-                batch.setdefault(req.queue, []).append(message)
-            for queue, messages in batch.items():
-                pipe.lpush(queue, *messages)
+        for batch in _batches(celery, requests, batch_size):
+            for queue, queued in batch.items():
+                pipe.lpush(queue, *queued)
             pipe.execute()
+
+
+def _batches(
+    celery: Celery, requests: list[RunRequest], batch_size: int
+) -> Iterator[dict[str, list[str]]]:
+    """The runs' first messages (built by :mod:`app.messages`, as apply_async would), by
+    queue, ``batch_size`` runs at a time.
+
+    Without tracing every message of the call carries the same headers (one enqueue time:
+    they reach Redis together); with it, each run has its own submit span and context."""
+    reply_to, origin = celery.thread_oid, anon_nodename()
+    tags = f"{new_id()}."  # + the run's index: unique, and cheaper than a UUID each
+    traced = tracing.enabled()
+    shared = _compact(message_headers(new_run=True))
+    envelopes: dict[str, messages.Envelope] = {}
+    for start in range(0, len(requests), batch_size):
+        batch: dict[str, list[str]] = {}
+        for i, req in enumerate(requests[start : start + batch_size], start):
+            envelope = envelopes.get(req.queue)
+            if envelope is None:
+                envelope = envelopes[req.queue] = messages.envelope(req.queue, reply_to, origin)
+            kwargs_json, kwargsrepr = req.kwargs_json(), task_kwargsrepr(req.kwargs())
+            if traced:
+                with _submit_span(celery, req):
+                    headers = _compact(message_headers(new_run=True))
+            else:
+                headers = shared
+            message = messages.fill(
+                envelope, req.run_id, kwargs_json, kwargsrepr, headers, f"{tags}{i}"
+            )
+            batch.setdefault(req.queue, []).append(message)
+        yield batch

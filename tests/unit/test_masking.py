@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.masking import MASK, MAX_REPR, is_secret_key, mask_text, task_kwargsrepr
+from app.masking import MASK, MAX_REPR, is_secret_key, mask_text, masked, task_kwargsrepr
 
 
 @pytest.mark.parametrize(
@@ -76,3 +76,28 @@ def test_long_values_are_cut_and_the_whole_repr_bounded() -> None:
 def test_every_kind_of_secret_passes_the_quick_check_before_masking(text: str, shown: str) -> None:
     # Text without any trigger word skips the three patterns; any case of a trigger must not.
     assert mask_text(text) == shown
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"agent": "research", "input": "What is the capital of France?", "session_id": None},
+        {"agent": "research", "input": "pass the salt", "session_id": "s-1", "stream": True},
+        {"agent": "research", "input": "Bearer abc", "session_id": None},
+        {"agent": "research", "input": "my pa\u017fsword=hunter2", "session_id": None},
+        {"agent": "research", "input": "AUTHORİZATION: x", "session_id": None},
+        {"agent": "research", "input": "x" * 201, "session_id": None},
+        {"agent": "research", "input": "q", "session_id": "redis://:pw@host/0"},
+        {"agent": "research", "input": "q", "api_key": 7},
+        {"agent": "research", "input": "q", "token": None},
+        {"agent": "research", "input": {"password": "pw"}},
+        {"agent": "research", "input": ["a"] * 25},
+        {f"k{i}": i for i in range(25)},
+    ],
+)
+def test_flat_arguments_without_secrets_look_the_same_as_when_masked(kwargs: dict) -> None:
+    # task_kwargsrepr skips masking when a quick look finds nothing to mask or cut: whatever
+    # it decides, the text is what masking everything would show.
+    text = repr(masked(kwargs))
+    expected = text if len(text) <= MAX_REPR else text[: MAX_REPR - 1] + "…"
+    assert task_kwargsrepr(kwargs) == expected

@@ -1,10 +1,14 @@
+import itertools
+import json
 import math
+import uuid
 
 import pytest
 
 from app.agents import AgentRegistry, AgentSpec
 from app.config import Settings
 from app.errors import InvalidInputError, PayloadTooLargeError, UnknownAgentError
+from app.messages import new_id, new_ids
 from app.validation import validate_run
 
 REGISTRY = AgentRegistry([AgentSpec(name="research"), AgentSpec(name="tiny", max_input_bytes=20)])
@@ -37,3 +41,27 @@ def test_valid_run_gets_its_queue_and_an_id():
 def test_bad_input_is_a_typed_error(agent, value, session, error):
     with pytest.raises(error):
         validate_run(REGISTRY, SETTINGS, agent, value, session)
+
+
+@pytest.mark.parametrize(
+    ("value", "session", "extra"),
+    [
+        ("What is the capital of France?", None, {}),
+        ('100% "quoted" \u00e9 \u2603\n', "s-\u00e9", {"stream": True}),
+        ({"q": [1, 2.5, None, True], "nested": {"k": "v"}}, "s1", {"budget": {"max_steps": 2}}),
+    ],
+)
+def test_the_kwargs_text_sent_is_the_kwargs(value, session, extra):
+    req = validate_run(REGISTRY, SETTINGS, "research", value, session, **extra)
+    text = req.kwargs_json()
+    assert json.loads(text) == req.kwargs()
+    assert text.isascii()  # its length is its size in bytes
+
+
+def test_run_ids_are_random_version_4_uuids():
+    ids = [new_id() for _ in range(200)] + list(itertools.islice(new_ids(chunk=64), 200))
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
