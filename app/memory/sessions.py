@@ -190,6 +190,7 @@ class SessionStore:
         # rather than in SQLite's busy handler, which sleeps and retries (measured: 120 ms
         # mean wait per write with 64 threads, most of it sleeping past a free lock).
         self._write_lock = threading.Lock() if self._dialect == "sqlite" else None
+        self._sqlite_writer: Connection | None = None  # guarded by _write_lock
 
     @classmethod
     def from_url(cls, url: str, *, migrate: bool) -> SessionStore:
@@ -209,10 +210,11 @@ class SessionStore:
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
         """A write transaction (SQLite: the process's writers queue for it in order)."""
-        lock = self._write_lock
+        if self._write_lock is not None:
+            with self._write_lock, self._sqlite_transaction() as conn:
+                yield conn
+            return
         try:
-            if lock is not None:
-                lock.acquire()
             with self._writer.connect() as conn:
                 conn.begin()
                 yield conn
@@ -220,9 +222,25 @@ class SessionStore:
                     conn.commit()
         except DBAPIError as exc:
             raise store_error(exc, self._engine) from exc
-        finally:
-            if lock is not None:
-                lock.release()
+
+    @contextmanager
+    def _sqlite_transaction(self) -> Iterator[Connection]:
+        # One writer at a time, so one connection for all of them, kept between writes:
+        # no pool checkout, connection object and reset per write. Dropped after an error.
+        conn = self._sqlite_writer
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._sqlite_writer = self._writer.connect()
+        try:
+            conn.begin()
+            yield conn
+            if conn.in_transaction():
+                conn.commit()
+        except BaseException as exc:
+            self._sqlite_writer = None
+            conn.close()  # rolls back what is open and returns the connection to the pool
+            if isinstance(exc, DBAPIError):
+                raise store_error(exc, self._engine) from exc
+            raise
 
     def _read(self, query: Callable[[Connection], T]) -> T:
         """``query``'s one statement, no transaction around it; once more on a new connection
@@ -435,6 +453,11 @@ class SessionStore:
 
     def close(self) -> None:
         """Close the store's connections."""
+        if self._write_lock is not None:
+            with self._write_lock:
+                if self._sqlite_writer is not None:
+                    self._sqlite_writer.close()
+                    self._sqlite_writer = None
         self._engine.dispose()
 
 

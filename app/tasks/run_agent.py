@@ -214,7 +214,8 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
     # to us and return a summary, so task events (Flower) show each step finished. A plain
     # delay()/send_task first message stores its answer the Celery way instead.
     own_results = bool(task.request.ignore_result)
-    summary = {"run_id": msg.run_id, "step": msg.step, "outcome": result.outcome.value}
+    # Text, not a dict: Celery takes the saferepr of what a task returns (7x as long for a dict).
+    summary = f"run {msg.run_id} step {msg.step}: {result.outcome.value}"
     match result.outcome:
         case Outcome.NEXT | Outcome.REPUBLISH:
             assert result.next_step is not None

@@ -7,6 +7,7 @@ The Celery task (:mod:`app.tasks.run_agent`) is a thin shell that turns the
 from __future__ import annotations
 
 import enum
+import functools
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -131,6 +132,7 @@ class StepRunner:
         # Runs this process holds a lease on (token -> run id): released at shutdown, so a
         # step handed back unfinished is taken at once elsewhere, not after the lease expires.
         self.held: dict[str, str] = {}
+        self._budgets: dict[tuple[str, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
 
     def run_step(self, msg: StepMessage, *, keep_lease: bool = False) -> StepResult:
         """Execute ``msg`` once under the run's lease, or say why not.
@@ -189,15 +191,8 @@ class StepRunner:
             if msg.step != 0:
                 return StepResult(Outcome.SKIP)  # a later step of a run never started
             # Created by the commit of its first step: one write per step, step 0 included.
-            budget = spec.run_budget(
-                self.settings.limits, Budget(**msg.budget) if msg.budget else None
-            )
             new_run = NewRun(
-                msg.run_id,
-                spec.name,
-                msg.input,
-                msg.session_id,
-                budget.model_dump(exclude_none=True),
+                msg.run_id, spec.name, msg.input, msg.session_id, self._run_budget(spec, msg)
             )
             state = new_run.state()
         else:
@@ -213,6 +208,19 @@ class StepRunner:
                     msg, f"run refused: {exc}", INPUT_REJECTED, new_run, state, deferred
                 )
         return self._execute(spec, msg, state, new_run, deferred)
+
+    def _run_budget(self, spec: AgentSpec, msg: StepMessage) -> dict[str, Any]:
+        """The limits a new run is stored with: its agent's, tightened by the message's (the
+        same few in every run, so made once each)."""
+        key = (spec.name, tuple(msg.budget.items()) if msg.budget else ())
+        limits = self._budgets.get(key)
+        if limits is None:
+            override = Budget(**msg.budget) if msg.budget else None
+            budget = spec.run_budget(self.settings.limits, override)
+            if len(self._budgets) >= 1024:
+                self._budgets.clear()
+            limits = self._budgets[key] = budget.model_dump(exclude_none=True)
+        return dict(limits)
 
     def _stored_outcome(self, msg: StepMessage) -> StepResult | None:
         """For a step whose load was put off: what the store says of its run (None: the
@@ -235,7 +243,11 @@ class StepRunner:
             history = self.store.history(state.session_id, before_run=before)
         turns = [Turn(s.model_output, s.tool_result) for s in state.steps]
         prompt = build_prompt(spec.system_prompt, state.input, turns, history)
-        budget = Budget(**state.budget) if state.budget else spec.run_budget(self.settings.limits)
+        budget = (
+            _budget(tuple(state.budget.items()))
+            if state.budget
+            else spec.run_budget(self.settings.limits)
+        )
         used = usage(state, time.time())
         stop = check_before_step(budget, used, count_tokens(prompt))
         if stop is not None:
@@ -386,6 +398,12 @@ class StepRunner:
                 metrics.guardrail_stop(msg.agent, error_type)
             self._run_finished(state, FAILED, error_type)
         return StepResult(Outcome.FAILED, reason=reason, error_type=error_type)
+
+
+@functools.lru_cache(maxsize=256)
+def _budget(limits: tuple[tuple[str, Any], ...]) -> Budget:
+    """A stored run's :class:`Budget` (frozen, so one per set of limits serves every step)."""
+    return Budget(**dict(limits))
 
 
 def _settled(msg: StepMessage, state: RunState) -> StepResult | None:
