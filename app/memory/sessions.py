@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     bindparam,
     func,
+    insert,
     select,
     update,
 )
@@ -161,6 +162,7 @@ class _Statements:
             runs.c.next_step == bindparam("b_step"),
             runs.c.status == RUNNING,
         )
+        self._creates: dict[tuple[frozenset[str], bool], Insert] = {}
         # One round trip: the run joined to its steps (a run without steps yields one row).
         step_cols = [steps.c[name].label(f"step_{name}") for name in _STEP_COLUMNS]
         self.load = (
@@ -169,6 +171,47 @@ class _Statements:
             .where(runs.c.id == bindparam("b_id"))
             .order_by(steps.c.step)
         )
+
+    def create_with_step(self, run_columns: frozenset[str], with_session: bool) -> Insert:
+        """PostgreSQL: a new run (and its session) with its first step, in one statement:
+        one round trip in autocommit instead of BEGIN, two or three INSERTs and COMMIT.
+        Parameters: ``r_<column>`` of the run, ``s_<column>`` of the step and, with a
+        session, ``session_id``, ``agent`` and ``now``. It inserts no step (rowcount 0)
+        when the run exists; a session that exists has its ``updated_at`` moved."""
+        key = (run_columns, with_session)
+        statement = self._creates.get(key)
+        if statement is not None:
+            return statement
+        new_run = (
+            postgresql.insert(runs)
+            .values({c: bindparam(f"r_{c}", type_=runs.c[c].type) for c in sorted(run_columns)})
+            .on_conflict_do_nothing()
+            .returning(runs.c.id)
+            .cte("new_run")
+        )
+        columns = [c for c in steps.c if c.name != "run_id"]
+        statement = (
+            insert(steps)
+            .from_select(
+                ["run_id", *(c.name for c in columns)],
+                select(new_run.c.id, *(bindparam(f"s_{c.name}", type_=c.type) for c in columns)),
+            )
+            .execution_options(preserve_rowcount=True)
+        )
+        if with_session:
+            touched = bindparam("now", type_=sessions.c.updated_at.type)
+            session = postgresql.insert(sessions).values(
+                id=bindparam("session_id"), agent=bindparam("agent"), created_at=touched,
+                updated_at=touched,
+            )  # fmt: skip
+            upsert = session.on_conflict_do_update(
+                index_elements=[sessions.c.id], set_={"updated_at": session.excluded.updated_at}
+            )
+            # Referenced by nothing, so added explicitly; PostgreSQL runs every data-modifying
+            # WITH once, and checks the run's foreign key at the end of the statement.
+            statement = statement.add_cte(upsert.returning(sessions.c.id).cte("new_session"))
+        self._creates[key] = statement
+        return statement
 
 
 class SessionStore:
@@ -244,7 +287,8 @@ class SessionStore:
 
     def _read(self, query: Callable[[Connection], T]) -> T:
         """``query``'s one statement, no transaction around it; once more on a new connection
-        when the server had dropped this one (restart, idle timeout): reads are idempotent."""
+        when the server had dropped this one (restart, idle timeout): reads are idempotent,
+        and so must be any write made this way."""
         for attempt in (1, 2):
             try:
                 with self._reader.connect() as conn:
@@ -365,6 +409,15 @@ class SessionStore:
                 "finished_at": now,
             }
         moved = {"next_step": record.step + 1, **ending}
+        created = (
+            new_run is not None
+            and record.step == 0
+            and self._dialect == "postgresql"
+            and self._create_with_step(new_run, record, now, moved)
+        )
+        if created:
+            return True
+        # Otherwise (or the run was there already) the transaction says if this step is next.
         with self._transaction() as conn:
             created = False
             if new_run is not None and record.step == 0:
@@ -392,6 +445,25 @@ class SessionStore:
                 conn.rollback()
                 return False
         return True
+
+    def _create_with_step(
+        self, run: NewRun, record: StepRecord, now: datetime, moved: dict[str, Any]
+    ) -> bool:
+        """PostgreSQL: create ``run`` as its first step ``record`` leaves it, with that step,
+        in one statement; False (nothing written) when the run exists."""
+        row = {
+            "id": run.id, "session_id": run.session_id, "agent": run.agent, "input": run.input,
+            "status": RUNNING, "created_at": run.created_at, "budget": run.budget, **moved,
+        }  # fmt: skip
+        params = {f"r_{name}": value for name, value in row.items()}
+        params.update({f"s_{name}": getattr(record, name) for name in _STEP_COLUMNS})
+        params["s_created_at"] = now
+        if run.session_id is not None:
+            params.update(session_id=run.session_id, agent=run.agent, now=now)
+        statement = self._sql.create_with_step(frozenset(row), run.session_id is not None)
+        # Safe to repeat (the _read way) after a dropped connection: a run created by the
+        # first try makes the second insert nothing, and the caller asks the store.
+        return bool(self._read(lambda conn: conn.execute(statement, params).rowcount))
 
     def fail_run(
         self,

@@ -16,7 +16,7 @@ from alembic.migration import MigrationContext
 from app.errors import StoreError
 from app.memory.migrate import migrate
 from app.memory.schema import metadata
-from app.memory.sessions import SessionStore, StepRecord, make_engine
+from app.memory.sessions import NewRun, SessionStore, StepRecord, make_engine
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -194,6 +194,72 @@ class StoreContract:
             outcomes = list(pool.map(commit, range(8)))
         assert outcomes.count(True) == 1
         assert session_store.count_steps("r1") == 1
+
+    @pytest.mark.parametrize("session_id", [None, "s1"])
+    def test_first_commit_creates_the_run_with_its_step(
+        self, session_store: SessionStore, session_id: str | None
+    ) -> None:
+        session_store.start_run("earlier", "calc", "before", session_id)  # the session exists
+        session_store.commit_step("earlier", final_step(0), final_answer="old")
+        new = NewRun("r1", "calc", {"q": "2+2"}, session_id, {"max_steps": 3})
+        assert session_store.commit_step("r1", tool_step(0), new_run=new) is True
+        assert session_store.commit_step("r1", tool_step(0), new_run=new) is False
+        state = session_store.load_run("r1")
+        assert state is not None
+        assert (state.status, state.next_step, state.input, state.budget) == (
+            "running", 1, {"q": "2+2"}, {"max_steps": 3},
+        )  # fmt: skip
+        assert (state.session_id, state.created_at) == (session_id, new.created_at)
+        assert [(s.step, s.tool_args, s.tool_result) for s in state.steps] == [
+            (0, {"a": 0}, {"sum": 0})
+        ]
+        assert session_store.commit_step("r1", final_step(1), final_answer=4) is True
+        if session_id is not None:
+            assert session_store.history(session_id) == [("before", "old"), ({"q": "2+2"}, 4)]
+
+    @pytest.mark.parametrize("session_id", [None, "s-new"])
+    def test_a_run_that_ends_on_its_first_commit(
+        self, session_store: SessionStore, session_id: str | None
+    ) -> None:
+        new = NewRun("r1", "calc", "hi", session_id)
+        assert session_store.commit_step("r1", final_step(0), final_answer=[1], new_run=new)
+        failed = NewRun("r2", "calc", "hi", session_id)
+        error = StepRecord(step=0, kind="error", model_output="")
+        assert session_store.commit_step(
+            "r2", error, failed_reason="too long", error_type="budget_exceeded", new_run=failed
+        )
+        done, broken = session_store.load_run("r1"), session_store.load_run("r2")
+        assert done is not None and broken is not None
+        assert (done.status, done.answer, done.next_step) == ("succeeded", [1], 1)
+        assert done.finished_at is not None and done.error is None
+        assert (broken.status, broken.error, broken.error_type, broken.answer) == (
+            "failed", "too long", "budget_exceeded", None,
+        )  # fmt: skip
+
+    def test_first_commit_of_a_started_run_goes_ahead(self, session_store: SessionStore) -> None:
+        # The run is there (started by another path) but waits for step 0: the commit
+        # with new_run still takes it, once.
+        session_store.start_run("r1", "calc", "hi", None)
+        new = NewRun("r1", "calc", "hi", None)
+        assert session_store.commit_step("r1", tool_step(0), new_run=new) is True
+        assert session_store.commit_step("r1", tool_step(0), new_run=new) is False
+        assert session_store.count_steps("r1") == 1
+
+    def test_first_commit_from_8_threads_creates_the_run_once(
+        self, session_store: SessionStore
+    ) -> None:
+        barrier = threading.Barrier(8)
+
+        def commit(_: int) -> bool:
+            barrier.wait(timeout=30)
+            new = NewRun("r1", "calc", "hi", "s1")
+            return session_store.commit_step("r1", tool_step(0), new_run=new)
+
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(commit, range(8)))
+        assert outcomes.count(True) == 1
+        assert session_store.count_steps("r1") == 1
+        assert [r.id for r in session_store.list_runs()] == ["r1"]
 
     def test_same_step_from_2_processes_commits_once(
         self, session_store: SessionStore, store_url: str
