@@ -4,6 +4,7 @@ the step's own acknowledgement, in as few round trips as the broker and backend 
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,7 +44,7 @@ def store_answer(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: S
     """The run's answer, and the run's lease given back in the same round trip when the
     result backend is the Redis the leases are in (the default)."""
     settings, backend, lease = runtime.settings, task.backend, result.lease
-    if lease is None or settings.backend != settings.redis_url:
+    if settings.backend != settings.redis_url:
         store_result(backend, msg.run_id, states.SUCCESS, result.answer)
         return
     key, value = result_value(backend, msg.run_id, states.SUCCESS, result.answer)
@@ -52,7 +53,7 @@ def store_answer(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: S
     def write() -> None:
         with (
             runtime.redis.pipeline(transaction=False) as pipe,  # order kept; no MULTI needed
-            runtime.runner.releasing(msg.run_id, lease, pipe),
+            runtime.runner.releasing(msg.run_id, lease, pipe) if lease else nullcontext(),
         ):
             _queue_result(pipe, backend, key, value)
             if tag is not None:

@@ -140,24 +140,36 @@ class StepRunner:
         With ``keep_lease``, a run that is done keeps its lease, named by ``result.lease``:
         the caller gives it back with :meth:`release`, in the round trip that stores the
         answer. Any other outcome (and any error) releases it here.
+
+        A run's first message on its first delivery takes the lease only before a tool
+        call: until then nothing it does has an effect that its commit does not guard (the
+        commit creates the run, so of two copies of that message one commits and the other
+        reads the outcome), and a new run has nobody else working on it.
         """
         spec = self.registry.get(msg.agent)
         if spec is None:
             reason = f"unknown agent {msg.agent!r} (not in this worker's registry)"
             return StepResult(Outcome.FAILED, reason=reason, error_type=UNKNOWN_AGENT)
-        token = f"{self.worker_name}:{uuid.uuid4().hex}"
-        ttl = spec.step_timeout_s or self.settings.worker.step_timeout_s
-        if not self.lease.acquire(msg.run_id, token, ttl):
+        hold = _Hold(msg.run_id, spec.step_timeout_s or self.settings.worker.step_timeout_s)
+        if not _deferred(msg) and not self._take(hold):
             return StepResult(Outcome.BUSY)
-        self.held[token] = msg.run_id
         kept = False
         try:
-            result = self._run_leased(spec, msg)
-            kept = keep_lease and result.outcome is Outcome.DONE
-            return replace(result, lease=token) if kept else result
+            result = self._run_leased(spec, msg, hold)
+            kept = keep_lease and result.outcome is Outcome.DONE and hold.token is not None
+            return replace(result, lease=hold.token) if kept else result
         finally:
-            if not kept:
-                self.release(msg.run_id, token)
+            if not kept and hold.token is not None:
+                self.release(msg.run_id, hold.token)
+
+    def _take(self, hold: _Hold) -> bool:
+        """Take the run's lease for this step; False when another worker holds it."""
+        token = f"{self.worker_name}:{uuid.uuid4().hex}"
+        if not self.lease.acquire(hold.run_id, token, hold.ttl_s):
+            return False
+        self.held[token] = hold.run_id
+        hold.token = token
+        return True
 
     def release(self, run_id: str, token: str) -> None:
         """Give back a lease this runner holds (nothing if it was given back already)."""
@@ -180,11 +192,12 @@ class StepRunner:
             self.held.pop(token, None)
         return released
 
-    def _run_leased(self, spec: AgentSpec, msg: StepMessage) -> StepResult:
-        # A first delivery of step 0 skips the load (one SELECT per run): nothing with an
-        # effect happens before the store is asked. A tool call loads first, and a commit
-        # that fails (the run was there: a duplicate message) loads to decide the outcome.
-        deferred = msg.first and msg.step == 0
+    def _run_leased(self, spec: AgentSpec, msg: StepMessage, hold: _Hold) -> StepResult:
+        # A first delivery of step 0 skips the load (one SELECT per run) and the lease:
+        # nothing with an effect happens before the store is asked. A tool call takes the
+        # lease and loads first, and a commit that fails (the run was there: a duplicate
+        # message) loads to decide the outcome.
+        deferred = _deferred(msg)
         state = None if deferred else self.store.load_run(msg.run_id)
         new_run = None
         if state is None:
@@ -207,7 +220,7 @@ class StepRunner:
                 return self._fail(
                     msg, f"run refused: {exc}", INPUT_REJECTED, new_run, state, deferred
                 )
-        return self._execute(spec, msg, state, new_run, deferred)
+        return self._execute(spec, msg, state, new_run, hold if deferred else None)
 
     def _run_budget(self, spec: AgentSpec, msg: StepMessage) -> dict[str, Any]:
         """The limits a new run is stored with: its agent's, tightened by the message's (the
@@ -234,8 +247,11 @@ class StepRunner:
         msg: StepMessage,
         state: RunState,
         new_run: NewRun | None,
-        deferred: bool = False,
+        unleased: _Hold | None = None,
     ) -> StepResult:
+        """The step itself. ``unleased``: a deferred first delivery, which holds neither the
+        lease nor a loaded state yet (see :meth:`run_step`)."""
+        deferred = unleased is not None
         history = []
         if state.session_id:
             # A run not in the store yet comes after every run of its session that is.
@@ -277,9 +293,12 @@ class StepRunner:
         error_type = BUDGET_EXCEEDED if stop else None
         kind, tool_result = "final", None
         if call is not None and stop is None:
-            settled = self._stored_outcome(msg) if deferred else None
-            if settled is not None:
-                return settled  # a duplicate: the tool's effect belongs to the first one
+            if unleased is not None:
+                if not self._take(unleased):
+                    return StepResult(Outcome.BUSY)  # a copy of this message holds the run
+                settled = self._stored_outcome(msg)
+                if settled is not None:
+                    return settled  # a duplicate: the tool's effect belongs to the first one
             kind, tool_result = self._call_tool(spec, msg, call)
         elif call is not None:
             kind = "tool"  # asked for, not called: the budget stopped the run first
@@ -398,6 +417,20 @@ class StepRunner:
                 metrics.guardrail_stop(msg.agent, error_type)
             self._run_finished(state, FAILED, error_type)
         return StepResult(Outcome.FAILED, reason=reason, error_type=error_type)
+
+
+@dataclass(slots=True)
+class _Hold:
+    """A step's claim on its run's lease: the token once taken."""
+
+    run_id: str
+    ttl_s: float
+    token: str | None = None
+
+
+def _deferred(msg: StepMessage) -> bool:
+    """Whether ``msg`` puts off its load and lease (step 0 on its first delivery)."""
+    return msg.first and msg.step == 0
 
 
 @functools.lru_cache(maxsize=256)

@@ -204,3 +204,30 @@ def test_a_duplicate_of_a_first_message_neither_repeats_its_tool_nor_ends_the_ru
     dup = runner(store, ReplyList("Answer: 8")).run_step(first("other"))
     assert (dup.outcome, dup.answer) == (Outcome.DONE, "Answer: 7")
     assert store.load_run("other").answer == "Answer: 7"
+
+
+def test_a_first_delivery_takes_the_lease_only_for_a_tool_call(store):
+    redis = fakeredis.FakeRedis()
+    RunLease(redis).acquire("held", "a copy elsewhere", 60)
+    calls: list[str] = []
+    r = runner(store, ReplyList("Answer: 5", CALC), redis)
+    # No tool: nothing the commit does not guard, so a lease held elsewhere does not stop it.
+    done = r.run_step(first("run"), keep_lease=True)
+    assert (done.outcome, done.lease) == (Outcome.DONE, None)
+    assert RunLease(redis).holder("run") is None and r.held == {}
+    # A tool call waits for the lease: the copy that holds it may be calling the tool now.
+    r._call_tool = lambda *args: calls.append("tool")  # type: ignore[method-assign]
+    busy = r.run_step(first("held"))
+    assert busy.outcome is Outcome.BUSY and calls == []
+    assert store.load_run("held") is None  # nothing committed: the message comes back
+
+
+def test_a_first_delivery_with_a_tool_call_gives_its_lease_back(store):
+    redis = fakeredis.FakeRedis()
+    r = runner(store, ReplyList(CALC), redis)
+    result = r.run_step(first("run"), keep_lease=True)
+    assert result.outcome is Outcome.NEXT and result.lease is None
+    assert RunLease(redis).holder("run") is None and r.held == {}
+    # Any other message takes the lease first: held elsewhere, it waits.
+    RunLease(redis).acquire("run", "a copy elsewhere", 60)
+    assert r.run_step(StepMessage("run", "research", 1)).outcome is Outcome.BUSY
