@@ -6,8 +6,8 @@ so neither worker is past half its capacity. Runs are submitted one at a time on
 schedule (``submit()`` / ``delay()``), each stamped with the time just before its call.
 
 When the first step started: for agentq, the run's ``created_at`` in the session store,
-stamped by the worker when its first step begins (after the lease and the session load,
-so it counts a little of the step against agentq); for stock Celery, the time the task
+stamped by the worker when its first step begins (a first delivery takes no lease and
+loads nothing before it); for stock Celery, the time the task
 ``bench.stamp`` returns, taken as its first line runs.
 """
 

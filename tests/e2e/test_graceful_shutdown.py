@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from app.backlog import UNACKED_KEY
 from app.constants import kv_key, lease_key, queue_for
 from app.producer import submit_many
 from tests.fixtures.waiting import wait_for
@@ -71,7 +72,13 @@ def test_a_step_longer_than_the_deadline_is_handed_back_at_once(
         ["coder"], env={**SLOW_REDELIVERY, "AGENTQ_WORKER__SOFT_SHUTDOWN_TIMEOUT_S": "2"}
     )
     [result] = submit_many(counting_runs(1, steps=1, delay_ms=8000), celery=celery_app)
-    wait_for(lambda: bool(redis_client.exists(lease_key(result.id))), 30, "the step to start")
+    # Taken by the worker (a first delivery holds no lease before its tool call, 8 s away).
+    wait_for(
+        lambda: redis_client.llen(queue_for("coder")) == 0 and redis_client.hlen(UNACKED_KEY) == 1,
+        30,
+        "the step to start",
+    )
+    time.sleep(1)  # into its 8 s model call
     first.terminate()
     started = time.monotonic()
     assert first.proc.wait(timeout=30) == 0
