@@ -35,9 +35,12 @@ ENQUEUED_AT = "agentq_enqueued_at"
 NEW_RUN = "agentq_new_run"
 """Message header of a run's first message as submit()/submit_many() publish it."""
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-_compact = json.JSONEncoder(separators=(",", ":")).encode
-_EMBED_TAIL = f",{_compact(_EMBED)}]"  # the body after its kwargs
-_SLOTS = ("body", "id", "kwargsrepr", "extra", "tag")  # what differs between a queue's messages
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
+"""JSON text without spaces, ASCII only (its length is its size in bytes)."""
+_EMBED_TAIL = f",{compact_json(_EMBED)}]"  # the body after its kwargs
+# What differs between a queue's messages, in the order the envelope's text holds them.
+_ORDER = ("body", "id", "id", "kwargsrepr", "extra", "id", "tag")
+_SLOTS = tuple(dict.fromkeys(_ORDER))
 Envelope = tuple[str, str, str, str, str, str, str, str]
 _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
@@ -80,16 +83,15 @@ def _template() -> str:
             "delivery_tag": "tag",
         },
     }
-    text = _compact(envelope).replace("%", "%%").replace('"stamps":{}}', '"stamps":{}%(extra)s}')
+    text = (
+        compact_json(envelope).replace("%", "%%").replace('"stamps":{}}', '"stamps":{}%(extra)s}')
+    )
     for slot in slots:
         text = text.replace(f':"{slot}"', f":%({slot})s")
     return text
 
 
 _TEMPLATE = _template()
-
-
-_ORDER = ["body", "id", "id", "kwargsrepr", "extra", "id", "tag"]  # the slots in the text
 
 
 @lru_cache(maxsize=1024)
@@ -99,13 +101,13 @@ def envelope(queue: str, reply_to: str, origin: str, ignore_result: bool = True)
     keep = {slot: f"\0{slot}\0" for slot in _SLOTS}
     text = _TEMPLATE % {
         **keep,
-        "origin": _compact(origin),
+        "origin": compact_json(origin),
         "ignore_result": "true" if ignore_result else "false",
-        "reply_to": _compact(reply_to),
-        "queue": _compact(queue),
+        "reply_to": compact_json(reply_to),
+        "queue": compact_json(queue),
     }
     pieces = re.split("\0(\\w+)\0", text)
-    assert pieces[1::2] == _ORDER, pieces[1::2]
+    assert tuple(pieces[1::2]) == _ORDER, pieces[1::2]
     return tuple(pieces[0::2])  # type: ignore[return-value]
 
 
@@ -161,9 +163,9 @@ def run_message(
     return fill(
         envelope(queue, reply_to, origin or anon_nodename(), ignore_result),
         task_id,
-        _compact(dict(kwargs)),
+        compact_json(dict(kwargs)),
         task_kwargsrepr(kwargs),
-        _compact(dict(headers)),
+        compact_json(dict(headers)),
         tag or new_id(),
     )
 

@@ -17,7 +17,7 @@ from app.config import Settings
 from app.constants import TASK_RUN_AGENT, idempotency_key
 from app.errors import IdempotencyConflictError, InvalidInputError
 from app.masking import task_kwargsrepr
-from app.messages import message_headers, new_id, new_ids
+from app.messages import compact_json, message_headers, new_id, new_ids
 from app.redis_client import redis_client
 from app.streaming import RunResult
 from app.validation import RunRequest, validate_run
@@ -25,9 +25,6 @@ from app.validation import RunRequest, validate_run
 RUN_FIELDS = frozenset(
     {"agent", "input", "session_id", "run_id", "stream", "budget", "idempotency_key"}
 )
-
-
-_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _registry(celery: Celery) -> AgentRegistry:
@@ -265,7 +262,7 @@ def _batches(
     reply_to, origin = celery.thread_oid, anon_nodename()
     tags = f"{new_id()}."  # + the run's index: unique, and cheaper than a UUID each
     traced = tracing.enabled()
-    shared = _compact(message_headers(new_run=True))
+    shared = compact_json(message_headers(new_run=True))
     envelopes: dict[str, messages.Envelope] = {}
     for start in range(0, len(requests), batch_size):
         batch: dict[str, list[str]] = {}
@@ -276,7 +273,7 @@ def _batches(
             kwargs_json, kwargsrepr = req.kwargs_json(), task_kwargsrepr(req.kwargs())
             if traced:
                 with _submit_span(celery, req):
-                    headers = _compact(message_headers(new_run=True))
+                    headers = compact_json(message_headers(new_run=True))
             else:
                 headers = shared
             message = messages.fill(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,10 +14,8 @@ from app.agents import AgentRegistry
 from app.config import Settings
 from app.errors import InputRejectedError, InvalidInputError, PayloadTooLargeError
 from app.guardrails import Budget, first_rejection
-from app.messages import new_id
+from app.messages import compact_json, new_id
 from app.routing import queue_for_agent
-
-_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass takes five times as long to make
@@ -49,14 +46,14 @@ class RunRequest:
         session = "null" if self.session_id is None else encode_basestring_ascii(self.session_id)
         extra = ',"stream":true' if self.stream else ""
         if self.budget:
-            extra += f',"budget":{_compact(self.budget)}'
+            extra += f',"budget":{compact_json(self.budget)}'
         agent = encode_basestring_ascii(self.agent)
         return f'{{"agent":{agent},"input":{text},"session_id":{session}{extra}}}'
 
 
 def _json_text(value: Any) -> str:
     """``value`` as compact, ASCII-only JSON text (its length is its size in bytes)."""
-    return encode_basestring_ascii(value) if type(value) is str else _compact(value)
+    return encode_basestring_ascii(value) if type(value) is str else compact_json(value)
 
 
 def _check_json(value: Any, path: str = "input") -> None:
