@@ -9,6 +9,12 @@ machines are noisy):
 - the token relay's overhead: for streamed runs, when the producer sees a token minus when
   the worker wrote it.
 
+The scripted model answers each call ``latency_ms`` after it arrived whatever else runs
+(``inflight`` scheduling, as TensorRT-LLM's in-flight batcher does while the GPU has room),
+so the ideal is C / latency and a shortfall is the client's. ``--scheduling batch`` serves
+as the default model does instead: two instances, each answering what queued meanwhile
+together (static batching; throughput then depends on how calls line up).
+
 ``agentq bench inference`` or ``python -m bench.inference``; results also go to JSON.
 """
 
@@ -61,6 +67,9 @@ TWO_PROCESSES_FROM = 64
 STREAM_RUNS, STREAM_CONCURRENCY = 200, 8
 TARGET_RATIO, TARGET_RATIO_AT = 0.9, 64
 TARGET_FIRST_P50_MS, TARGET_FIRST_P99_MS = 2.0, 10.0
+# The scripted model's scheduling parameter (models/scripted/ensemble/1/model.py).
+INFLIGHT, BATCH = "inflight", "batch"
+SCHEDULING = (INFLIGHT, BATCH)
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "inference.json"
 
 
@@ -89,14 +98,16 @@ def _figures(tp: Throughput | None, ideal: float) -> dict[str, Any] | None:
 class Bench:
     """The services of one bench run, started into ``stack`` (which stops them by PID)."""
 
-    def __init__(self, stack: ExitStack, tmp: Path, latency_ms: int, console: Console) -> None:
+    def __init__(
+        self, stack: ExitStack, tmp: Path, latency_ms: int, scheduling: str, console: Console
+    ) -> None:
         self.stack, self.tmp, self.console = stack, tmp, console
         base = Settings()
         server = RedisServer()
         stack.callback(server.cleanup)
         server.start()
         repo = bench_repository(
-            base.triton.model_repository, tmp / "models", latency_ms, MAX_BATCH_SIZE
+            base.triton.model_repository, tmp / "models", latency_ms, MAX_BATCH_SIZE, scheduling
         )
         self.triton = TritonServer(
             install_triton(base.triton.home), repo, log_path=tmp / "triton.log"
@@ -180,45 +191,54 @@ class Bench:
         return {"concurrency": concurrency, "input": STREAM_INPUT, **out.summary()}
 
 
-def _line(name: str, tp: Throughput, ideal: float) -> str:
+def _line(name: str, tp: Throughput, ideal: float, scheduling: str) -> str:
     server = tp.extra.get("server") or {}
     failed = f", [red]{tp.failed} failed[/red]" if tp.failed else ""
     held = tp.extra.get("mean_held_by_workers")
     held_text = f"; workers held {held} steps on average" if held is not None else ""
+    # In-flight calls leave execute() at once: Triton's batch and duration figures say
+    # nothing then, its queue wait still does.
+    batch = (
+        f"mean batch {server.get('mean_batch')}, mean {server.get('mean_in_server')} "
+        "requests in it, "
+        if scheduling == BATCH
+        else ""
+    )
     return (
         f"  {name}: {tp.per_s:,.0f} calls/s ({tp.per_s / ideal:.0%} of ideal), "
-        f"{tp.calls} calls in {tp.wall_s:.2f} s{failed}; Triton: mean batch "
-        f"{server.get('mean_batch')}, mean {server.get('mean_in_server')} requests in it, "
+        f"{tp.calls} calls in {tp.wall_s:.2f} s{failed}; Triton: {batch}"
         f"mean queue {server.get('mean_queue_ms')} ms{held_text}"
     )
 
 
-def run(levels: list[int], latency_ms: int, console: Console) -> dict[str, Any]:
+def run(levels: list[int], latency_ms: int, scheduling: str, console: Console) -> dict[str, Any]:
     """Start the services, measure every level and the streaming overhead; the report."""
     rows = []
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentq-bench-")))
         with console.status("starting Redis and Triton"):
-            bench = Bench(stack, tmp, latency_ms, console)
+            bench = Bench(stack, tmp, latency_ms, scheduling, console)
         console.print(
             f"[green]✓[/green] Triton (pid {bench.triton.pid}) serving a copy of "
-            f"models/scripted: ensemble and ensemble_stream with delay_ms={latency_ms} and "
-            f"max_batch_size={MAX_BATCH_SIZE} (the bench copy changes these two)"
+            f"models/scripted: ensemble and ensemble_stream with delay_ms={latency_ms}, "
+            f"max_batch_size={MAX_BATCH_SIZE} and scheduling={scheduling} (the bench copy "
+            "changes these three)"
         )
         for c in levels:
             calls, ideal = calls_for(c), c / (latency_ms / 1000)
             console.rule(f"C = {c}: {calls} calls, ideal {ideal:,.0f} calls/s")
             with console.status(f"C={c}: tritonclient directly"):
                 direct = bench.direct(c, calls)
-            console.print(_line("direct   ", direct, ideal))
+            console.print(_line("direct   ", direct, ideal, scheduling))
             with console.status(f"C={c}: agent runs, one worker process"):
                 one = bench.agentq(1, c, calls)
-            console.print(_line("agentq 1p", one, ideal))
+            console.print(_line("agentq 1p", one, ideal, scheduling))
             two = None
             if c >= TWO_PROCESSES_FROM:
                 with console.status(f"C={c}: agent runs, two worker processes of {c} each"):
                     two = bench.agentq(2, c, calls)
-                console.print(_line("agentq 2p", two, ideal) + f" (up to {2 * c} in flight)")
+                line = _line("agentq 2p", two, 2 * ideal, scheduling)
+                console.print(f"{line} (up to {2 * c} in flight)")
             rows.append(
                 {
                     "concurrency": c,
@@ -226,7 +246,7 @@ def run(levels: list[int], latency_ms: int, console: Console) -> dict[str, Any]:
                     "ideal_calls_per_s": round(ideal, 1),
                     "direct": _figures(direct, ideal),
                     "agentq": _figures(one, ideal),
-                    "agentq_two_processes": _figures(two, ideal),
+                    "agentq_two_processes": _figures(two, 2 * ideal),
                     "ratio": round(one.per_s / direct.per_s, 3) if direct.per_s else None,
                 }
             )
@@ -256,7 +276,11 @@ def _mark(ok: bool) -> str:
 
 def show(report: dict[str, Any], console: Console) -> None:
     """The results table, the streaming figures and the targets."""
-    table = Table(title=f"calls/s (fraction of ideal), model latency {report['latency_ms']} ms")
+    model = report["model_changes"]
+    table = Table(
+        title=f"calls/s (fraction of ideal), model latency {report['latency_ms']} ms, "
+        f"{model['scheduling']} scheduling"
+    )
     for name in ("C", "direct", "agentq 1 process", "ratio", "agentq 2 processes", "ideal"):
         table.add_column(name, justify="right")
     for row in report["levels"]:
@@ -269,7 +293,10 @@ def show(report: dict[str, Any], console: Console) -> None:
             f"{row['ideal_calls_per_s']:,.0f}",
         )
     console.print(table)
-    console.print("agentq 2 processes: two workers of concurrency C each (up to 2C in flight)")
+    console.print(
+        "agentq 2 processes: two workers of concurrency C each (up to 2C in flight; "
+        "their fraction is of 2C / latency)"
+    )
     for row in report["levels"]:
         if row["concurrency"] == TARGET_RATIO_AT and row["ratio"] is not None:
             ok = row["ratio"] >= TARGET_RATIO
@@ -328,14 +355,20 @@ def environment() -> dict[str, Any]:
     }
 
 
-def main(levels: list[int], latency_ms: int, out: str | None, console: Console) -> int:
+def main(
+    levels: list[int],
+    latency_ms: int,
+    out: str | None,
+    console: Console,
+    scheduling: str = INFLIGHT,
+) -> int:
     """Run the bench at ``levels``; print the results and write them to ``out`` (exit code)."""
     if not levels or min(levels) < 1 or latency_ms < 1:
         console.print("[red]concurrency levels and the latency must be positive[/red]")
         return 2
     started = time.monotonic()
     try:
-        measured = run(levels, latency_ms, console)
+        measured = run(levels, latency_ms, scheduling, console)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; every process the bench started is stopped[/yellow]")
         return 130
@@ -349,6 +382,7 @@ def main(levels: list[int], latency_ms: int, out: str | None, console: Console) 
             "models": ["ensemble", "ensemble_stream"],
             "delay_ms": latency_ms,
             "max_batch_size": MAX_BATCH_SIZE,
+            "scheduling": scheduling,
         },
         **measured,
         "targets": {
@@ -377,6 +411,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.inference", description=__doc__)
     parser.add_argument("--concurrency", default="1,16,64,256", help="comma-separated levels C")
     parser.add_argument("--latency-ms", type=int, default=200, help="per model call")
+    parser.add_argument(
+        "--scheduling", choices=SCHEDULING, default=INFLIGHT, help="how the model serves calls"
+    )
     parser.add_argument("--out", default=None, help=f"JSON results (default {DEFAULT_OUT})")
     return parser.parse_args(argv)
 
@@ -384,4 +421,4 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 if __name__ == "__main__":
     args = _parse(None)
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    sys.exit(main(levels, args.latency_ms, args.out, Console()))
+    sys.exit(main(levels, args.latency_ms, args.out, Console(), args.scheduling))

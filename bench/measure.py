@@ -37,25 +37,35 @@ class BenchError(RuntimeError):
 # ---- the bench's copy of the model repository ----
 
 
-def edit_config(text: str, delay_ms: int, max_batch_size: int) -> str:
-    """``config.pbtxt`` text with the ``delay_ms`` parameter and ``max_batch_size`` replaced."""
+def _parameter(name: str) -> str:
+    return rf'(key:\s*"{name}"\s*value:\s*\{{\s*string_value:\s*)"[^"]*"'
+
+
+def edit_config(text: str, delay_ms: int, max_batch_size: int, scheduling: str) -> str:
+    """``config.pbtxt`` text with ``max_batch_size`` and the ``delay_ms`` and ``scheduling``
+    parameters replaced."""
     text, batch = re.subn(
         r"^max_batch_size:\s*\d+", f"max_batch_size: {max_batch_size}", text, flags=re.M
     )
-    text, delay = re.subn(
-        r'(key:\s*"delay_ms"\s*value:\s*\{\s*string_value:\s*)"\d*"', rf'\1"{delay_ms}"', text
-    )
-    if batch != 1 or delay != 1:
-        raise BenchError(f"expected one max_batch_size and one delay_ms, found {batch} and {delay}")
+    text, delay = re.subn(_parameter("delay_ms"), rf'\1"{delay_ms}"', text)
+    text, mode = re.subn(_parameter("scheduling"), rf'\1"{scheduling}"', text)
+    if (batch, delay, mode) != (1, 1, 1):
+        raise BenchError(
+            "expected one max_batch_size, delay_ms and scheduling, "
+            f"found {batch}, {delay} and {mode}"
+        )
     return text
 
 
-def bench_repository(source: Path, dest: Path, delay_ms: int, max_batch_size: int) -> Path:
-    """A copy of ``source`` whose bench models have the given delay and batch size."""
+def bench_repository(
+    source: Path, dest: Path, delay_ms: int, max_batch_size: int, scheduling: str = "inflight"
+) -> Path:
+    """A copy of ``source`` whose bench models have the given delay, batch size and
+    scheduling (``inflight`` by default: a fixed per-call latency)."""
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__"))
     for model in BENCH_MODELS:
         config = dest / model / "config.pbtxt"
-        config.write_text(edit_config(config.read_text(), delay_ms, max_batch_size))
+        config.write_text(edit_config(config.read_text(), delay_ms, max_batch_size, scheduling))
     return dest
 
 

@@ -69,8 +69,16 @@ for _name, _summary in (
     help="Comma-separated concurrency levels C.",
 )
 @click.option("--latency-ms", type=int, default=200, show_default=True, help="Per model call.")
+@click.option(
+    "--scheduling",
+    type=click.Choice(["inflight", "batch"]),
+    default="inflight",
+    show_default=True,
+    help="inflight: every call answered latency-ms after it arrives; batch: two model "
+    "instances, each answering what queued meanwhile together.",
+)
 @click.option("--out", type=click.Path(), default=None, help="JSON results file.")
-def bench_inference(concurrency: str, latency_ms: int, out: str | None) -> None:
+def bench_inference(concurrency: str, latency_ms: int, scheduling: str, out: str | None) -> None:
     """Direct tritonclient vs agent runs through Redis + worker, and streaming relay overhead."""
     from app.config import REPO_ROOT
 
@@ -80,7 +88,7 @@ def bench_inference(concurrency: str, latency_ms: int, out: str | None) -> None:
     from bench.inference import main as run_bench
 
     levels = [int(c) for c in concurrency.split(",") if c.strip()]
-    sys.exit(run_bench(levels, latency_ms, out, console))
+    sys.exit(run_bench(levels, latency_ms, out, console, scheduling))
 
 
 @bench.command("scaling")

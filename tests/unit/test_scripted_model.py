@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 
@@ -102,3 +103,51 @@ def test_pace_directive_sets_the_pause_between_streamed_tokens() -> None:
     assert reply(prompt("[words:3] [pace:25]")).pace_ms == 25
     assert reply(prompt("[words:3]")).pace_ms == 0
     assert reply(prompt("[words:3] [pace:25]")).text == "w1 w2 w3"
+
+
+def _args(**params: str) -> dict[str, str]:
+    config = {"parameters": {k: {"string_value": v} for k, v in params.items()}}
+    return {"model_config": json.dumps(config)}
+
+
+def test_scheduling_defaults_to_batch_and_refuses_unknown_modes() -> None:
+    assert scripted.scheduling(_args()) == scripted.BATCH
+    assert scripted.scheduling(_args(scheduling="")) == scripted.BATCH
+    assert scripted.scheduling(_args(scheduling="inflight")) == scripted.INFLIGHT
+    with pytest.raises(ValueError, match="continuous"):
+        scripted.scheduling(_args(scheduling="continuous"))
+
+
+def test_timeline_runs_each_action_at_its_time_in_time_order() -> None:
+    done: list[str] = []
+    finished = threading.Event()
+    timeline = scripted.Timeline()
+    try:
+        timeline.after(0.15, lambda: (done.append("late"), finished.set()))
+        timeline.after(0.05, lambda: done.append("early"))
+        timeline.after(0.0, lambda: done.append("now"))
+        assert finished.wait(10)
+    finally:
+        timeline.close()
+    assert done == ["now", "early", "late"]
+
+
+def test_a_failing_action_does_not_stop_the_others(capsys) -> None:
+    done = threading.Event()
+    timeline = scripted.Timeline()
+    try:
+        timeline.after(0.0, lambda: 1 / 0)
+        timeline.after(0.01, done.set)
+        assert done.wait(10)
+    finally:
+        timeline.close()
+    assert "ZeroDivisionError" in capsys.readouterr().out
+
+
+def test_close_runs_what_is_left_at_once() -> None:
+    done: list[int] = []
+    timeline = scripted.Timeline()
+    timeline.after(3600, lambda: done.append(1))
+    timeline.after(7200, lambda: done.append(2))
+    timeline.close()  # a model unloaded with calls in flight still answers them
+    assert done == [1, 2]

@@ -10,14 +10,27 @@ user's turn:
 - ``[words:N]``: answer ``w1 w2 ... wN`` (long streams);
 - ``[pace:MS]``: when streaming, MS milliseconds between tokens (an LLM's decode step).
 
+Two ways to serve (the ``scheduling`` parameter of config.pbtxt):
+
+- ``batch`` (default): an instance takes every request queued when it is free and answers
+  them together after the longest delay; later requests wait in Triton's queue (static
+  batching: queue depth and admission control can be seen with two instances);
+- ``inflight``: every call runs on its own clock, answered ``delay`` after it arrived
+  whatever else is running, as TensorRT-LLM's in-flight batcher serves calls while the GPU
+  has room: a fixed per-call latency (the inference bench).
+
 The pure logic imports nothing from Triton, so unit tests load this file by path.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import re
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,6 +221,65 @@ def default_delay(args: dict[str, Any]) -> int:
     return int(params.get("delay_ms", {}).get("string_value", "0") or 0)
 
 
+BATCH, INFLIGHT = "batch", "inflight"
+
+
+def scheduling(args: dict[str, Any]) -> str:
+    """The ``scheduling`` parameter: ``batch`` (default) or ``inflight``."""
+    params = json.loads(args["model_config"]).get("parameters", {})
+    mode = params.get("scheduling", {}).get("string_value", "") or BATCH
+    if mode not in (BATCH, INFLIGHT):
+        raise ValueError(f"scheduling must be {BATCH!r} or {INFLIGHT!r}, got {mode!r}")
+    return mode
+
+
+class Timeline:
+    """Runs each action at its own time from one thread (in-flight scheduling).
+
+    ``close`` runs what is left at once, so no request is left without its responses.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="scripted-timeline", daemon=True)
+        self._thread.start()
+
+    def at(self, when: float, action: Callable[[], None]) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (when, next(self._order), action))
+            self._cond.notify()
+
+    def after(self, delay_s: float, action: Callable[[], None]) -> None:
+        self.at(self._clock() + delay_s, action)
+
+    def _next(self) -> Callable[[], None] | None:
+        with self._cond:
+            while True:
+                if self._heap and (self._closed or self._heap[0][0] <= self._clock()):
+                    return heapq.heappop(self._heap)[2]
+                if self._closed:
+                    return None
+                timeout = self._heap[0][0] - self._clock() if self._heap else None
+                self._cond.wait(timeout)
+
+    def _run(self) -> None:
+        while (action := self._next()) is not None:
+            try:
+                action()
+            except Exception as exc:  # a failed send must not stop the other calls' clocks
+                print(f"scripted model: a scheduled response failed: {exc!r}", flush=True)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+
+
 def sleep_for(replies: list[Reply]) -> None:
     """Wait once for the longest delay: a batch is served together, as an LLM server's is."""
     delay_ms = max((r.delay_ms for r in replies), default=0)
@@ -215,23 +287,37 @@ def sleep_for(replies: list[Reply]) -> None:
         time.sleep(delay_ms / 1000)
 
 
+def response_for(replies: list[Reply]) -> Any:
+    """The one response of a unary request: its rows' texts, or the first row's error."""
+    errors = [r.error for r in replies if r.error is not None]
+    if errors:
+        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(errors[0]))
+    return pb_utils.InferenceResponse(output_tensors=[text_tensor([r.text for r in replies])])
+
+
 class TritonPythonModel:
     """Unary scripted model: one response per request."""
 
     def initialize(self, args: dict[str, Any]) -> None:
         self.delay_ms = default_delay(args)
+        self.timeline = Timeline() if scheduling(args) == INFLIGHT else None
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        # Dynamic batching hands over every request that queued meanwhile; they finish together.
+    def execute(self, requests: list[Any]) -> list[Any] | None:
         batch = [replies_for(request, self.delay_ms) for request in requests]
-        sleep_for([reply for replies in batch for reply in replies])
-        responses = []
-        for replies in batch:
-            errors = [r.error for r in replies if r.error is not None]
-            if errors:
-                error = pb_utils.TritonError(errors[0])
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
-            else:
-                tensor = text_tensor([r.text for r in replies])
-                responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
-        return responses
+        if self.timeline is None:
+            # Dynamic batching hands over every request that queued meanwhile; they finish
+            # together.
+            sleep_for([reply for replies in batch for reply in replies])
+            return [response_for(replies) for replies in batch]
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        for request, replies in zip(requests, batch, strict=True):
+            sender = request.get_response_sender()
+            delay_s = max((r.delay_ms for r in replies), default=0) / 1000
+            self.timeline.after(
+                delay_s, lambda s=sender, r=replies: s.send(response_for(r), flags=final)
+            )
+        return None  # each request is answered through its sender when its time comes
+
+    def finalize(self) -> None:
+        if self.timeline is not None:
+            self.timeline.close()

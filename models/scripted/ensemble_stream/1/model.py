@@ -35,10 +35,22 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, Any]) -> None:
         self.delay_ms = scripted.default_delay(args)
+        inflight = scripted.scheduling(args) == scripted.INFLIGHT
+        self.timeline = scripted.Timeline() if inflight else None
+
+    def finalize(self) -> None:
+        if self.timeline is not None:
+            self.timeline.close()
 
     def execute(self, requests: list[Any]) -> None:
-        # Dynamic batching hands over every request that queued meanwhile; they start together.
         batch = [(r, scripted.replies_for(r, self.delay_ms)) for r in requests]
+        if self.timeline is not None:
+            # Each call on its own clock: its first token after its delay, then one per pace.
+            for request, replies in batch:
+                delay_s = max((r.delay_ms for r in replies), default=0) / 1000
+                self.timeline.after(delay_s, lambda q=request, r=replies: self._begin(q, r))
+            return None
+        # Dynamic batching hands over every request that queued meanwhile; they start together.
         scripted.sleep_for([reply for _, replies in batch for reply in replies])
         streams = [s for r, replies in batch if (s := self._start(r, replies)) is not None]
         # Tokens leave step by step across the batch, as an LLM decodes its batch together;
@@ -54,6 +66,23 @@ class TritonPythonModel:
                     if i == len(pieces) - 1:
                         sender.send(flags=final)
         return None
+
+    def _begin(self, request: Any, replies: list[Any]) -> None:
+        """In-flight scheduling: start one call's stream, its tokens put on the timeline."""
+        stream = self._start(request, replies)
+        if stream is None or self.timeline is None:
+            return
+        sender, rows, pace_ms = stream
+        start, final = time.monotonic(), pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+        def send(row: Any, last: bool) -> None:
+            sender.send(pb_utils.InferenceResponse(output_tensors=[row]))
+            if last:
+                sender.send(flags=final)
+
+        last = len(rows) - 1
+        for i, row in enumerate(rows):
+            self.timeline.at(start + i * pace_ms / 1000, lambda r=row, e=i == last: send(r, e))
 
     def _start(self, request: Any, replies: list[Any]) -> tuple[Any, list[Any], int] | None:
         """Answer at once (an error, or ``stream`` false), or return what to stream."""

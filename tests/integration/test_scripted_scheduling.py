@@ -1,0 +1,129 @@
+"""The scripted model's two schedulings on a real tritonserver.
+
+``batch`` (the repository's default): two instances, each answering together what queued
+while it was busy, so a call can wait for another's delay. ``inflight`` (the inference
+bench's): each call answered its delay after it arrived, whatever else runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from app.config import Settings
+from app.errors import InferenceError
+from app.inference.backend import GenerationParams
+from app.inference.triton import TritonBackend
+from app.local.triton import TritonServer, install_triton
+from bench.measure import bench_repository
+from tests.fixtures.prompts import scripted_prompt
+
+pytestmark = pytest.mark.integration
+
+PARAMS = GenerationParams(max_tokens=512)
+LONG = scripted_prompt("slow [delay:3000]")
+
+
+@pytest.fixture(scope="module")
+def inflight_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """tritonserver serving a copy of models/scripted with ``scheduling: inflight``."""
+    tmp = tmp_path_factory.mktemp("inflight")
+    settings = Settings().triton
+    repo = bench_repository(settings.model_repository, tmp / "models", 0, 64, "inflight")
+    server = TritonServer(install_triton(settings.home), repo, log_path=tmp / "triton.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+def _client(server: TritonServer) -> TritonBackend:
+    return TritonBackend(server.grpc_url, timeout_s=30)
+
+
+def _short_call_beside_two_long_ones(server: TritonServer) -> tuple[str, list[Future[str]]]:
+    """Two 3 s calls sent apart (one per instance in batch mode), then a quick one: its answer
+    and the long calls' futures as they stood when it came back."""
+    clients = [_client(server) for _ in range(3)]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            longs = []
+            for client in clients[:2]:
+                longs.append(pool.submit(lambda c=client: c.generate(LONG, PARAMS).text))
+                time.sleep(0.3)  # the first is executing before the second arrives
+            quick = clients[2].generate(scripted_prompt("quick"), PARAMS).text
+            pending = [f for f in longs if not f.done()]
+            assert [f.result(timeout=30) for f in longs] == ["Answer: SLOW"] * 2
+        return quick, pending
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_inflight_answers_a_call_without_waiting_for_others(inflight_server) -> None:
+    quick, pending = _short_call_beside_two_long_ones(inflight_server)
+    assert quick == "Answer: QUICK"
+    assert len(pending) == 2  # both long calls were still running when it came back
+
+
+def test_batch_scheduling_makes_a_call_wait_for_a_free_instance(triton_server) -> None:
+    quick, pending = _short_call_beside_two_long_ones(triton_server)
+    assert quick == "Answer: QUICK"
+    assert len(pending) < 2  # it queued until the first long call's instance was free
+
+
+def test_inflight_streams_interleave_each_complete_and_in_order(inflight_server) -> None:
+    def stream(text: str) -> list[str]:
+        client = _client(inflight_server)
+        try:
+            return list(client.stream(scripted_prompt(text), PARAMS))
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(3) as pool:
+        slow = pool.submit(stream, "[words:8] [pace:100]")
+        time.sleep(0.1)
+        fast = pool.submit(stream, "[words:30]")
+        fast_pieces = fast.result(timeout=30)
+        slow_running = not slow.done()  # decode steps of one call do not hold up another
+        slow_pieces = slow.result(timeout=30)
+    assert "".join(fast_pieces) == " ".join(f"w{i}" for i in range(1, 31))
+    assert "".join(slow_pieces) == " ".join(f"w{i}" for i in range(1, 9))
+    assert len(slow_pieces) == 8 and len(fast_pieces) == 30
+    assert slow_running
+
+
+def test_inflight_reports_model_errors(inflight_server) -> None:
+    client = _client(inflight_server)
+    try:
+        with pytest.raises(InferenceError, match="boom"):
+            client.generate(scripted_prompt("[error:boom]"), PARAMS)
+        with pytest.raises(InferenceError, match="boom"):
+            list(client.stream(scripted_prompt("[error:boom]"), PARAMS))
+        assert client.generate(scripted_prompt("after"), PARAMS).text == "Answer: AFTER"
+    finally:
+        client.close()
+
+
+def test_inflight_server_stops_with_calls_in_flight(tmp_path: Path) -> None:
+    settings = Settings().triton
+    repo = bench_repository(settings.model_repository, tmp_path / "models", 0, 64, "inflight")
+    server = TritonServer(install_triton(settings.home), repo, log_path=tmp_path / "t.log")
+    server.start()
+    client = _client(server)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            call = pool.submit(client.generate, scripted_prompt("[delay:600000]"), PARAMS)
+            time.sleep(0.5)
+            server.stop()
+            try:  # answered at unload or cut off: either way the caller is not left hanging
+                outcome = call.result(timeout=60).text
+            except InferenceError as exc:
+                outcome = type(exc).__name__
+        print(f"\na call in flight when the server stopped: {outcome!r}")
+        assert server.proc is not None and server.proc.poll() is not None
+    finally:
+        client.close()
