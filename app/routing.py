@@ -10,7 +10,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Strategy
-from app.constants import QUEUE_METRICS, TASK_RUN_AGENT
+from app.constants import QUEUE_METRICS, TASK_RUN_AGENT, QueueGauge
 from app.errors import InvalidInputError, UnknownAgentError
 
 
@@ -116,22 +116,28 @@ def choose_replica(
     return _least(indices, lambda i: replicas[i].in_flight)
 
 
-def parse_queue_depth(text: str, metric_names: Sequence[str] = QUEUE_METRICS) -> float | None:
+def parse_queue_depth(
+    text: str, servers: Sequence[Sequence[QueueGauge]] = QUEUE_METRICS
+) -> float | None:
     """Requests waiting at a model server, from its Prometheus exposition ``text``.
 
-    Sums every sample of the first of ``metric_names`` present (all models of a Triton
-    replica: ``nv_inference_pending_request_count``; vLLM: ``vllm:num_requests_waiting``).
-    None when none is present or the text does not parse.
+    Sums every matching sample of the gauges of the first kind of ``servers`` present (a
+    Triton replica: ``nv_inference_pending_request_count`` of every model plus TensorRT-LLM's
+    ``nv_trt_llm_request_metrics{request_type="waiting"}``; vLLM:
+    ``vllm:num_requests_waiting``). None when none is present or the text does not parse.
     """
-    totals: dict[str, float] = {}
+    totals: dict[int, float] = {}
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name in metric_names:
-                    totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+                for kind, gauges in enumerate(servers):
+                    if any(_counts(sample.name, sample.labels, g) for g in gauges):
+                        totals[kind] = totals.get(kind, 0.0) + sample.value
     except ValueError:
         return None
-    for name in metric_names:
-        if name in totals:
-            return totals[name]
-    return None
+    return totals[min(totals)] if totals else None
+
+
+def _counts(name: str, labels: Mapping[str, str], gauge: QueueGauge) -> bool:
+    wanted, required = gauge
+    return name == wanted and all(labels.get(k) == v for k, v in required)

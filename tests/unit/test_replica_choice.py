@@ -139,6 +139,27 @@ def test_queue_depth_sums_triton_pending_requests_over_models() -> None:
     assert parse_queue_depth(TRITON_METRICS) == 9
 
 
+# Triton in front of TensorRT-LLM: the decoupled backend takes requests at once, so Triton's
+# queue is empty and the batcher's gauge holds the waiting ones (active/max are not waiting).
+TRTLLM_METRICS = """\
+# HELP nv_inference_pending_request_count Instantaneous number of pending requests
+# TYPE nv_inference_pending_request_count gauge
+nv_inference_pending_request_count{model="ensemble",version="1"} 0
+nv_inference_pending_request_count{model="tensorrt_llm",version="1"} 1
+# HELP nv_trt_llm_request_metrics TRT LLM request metrics
+# TYPE nv_trt_llm_request_metrics gauge
+nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="waiting",version="1"} 12
+nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="context",version="1"} 3
+nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="scheduled",version="1"} 64
+nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="max",version="1"} 64
+nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="active",version="1"} 76
+"""
+
+
+def test_queue_depth_adds_the_requests_tensorrt_llm_holds_waiting() -> None:
+    assert parse_queue_depth(TRTLLM_METRICS) == 13
+
+
 def test_queue_depth_reads_vllm_waiting_requests() -> None:
     assert parse_queue_depth(VLLM_METRICS) == 4
 
