@@ -212,7 +212,8 @@ def submit_many(
         requests.append(req)
     run_ids = [req.run_id for req in requests]
     fresh = requests if not keys else []
-    claimed: list[int] = []  # the runs whose key this call reserved
+    claimed: list[tuple[int, int]] = []  # (place in fresh, index) of runs whose key we took
+    pushed = _Pushed()
     try:
         if keys:
             for i, req in enumerate(requests):
@@ -221,14 +222,23 @@ def submit_many(
                     run_ids[i] = existing
                     continue
                 if i in keys:
-                    claimed.append(i)
+                    claimed.append((len(fresh), i))
                 fresh.append(req)
-        _push(celery, fresh, batch_size)
+        _push(celery, fresh, batch_size, pushed)
     except BaseException:
-        for i in claimed:
-            _release(celery, requests[i], keys[i])
+        # Runs of the batches Redis executed are enqueued: their keys stay, so a retry of
+        # this call names them instead of enqueueing them twice. The others' keys go.
+        for place, i in claimed:
+            if place >= pushed.runs:
+                _release(celery, requests[i], keys[i])
         raise
     return RunResults(celery.tasks[TASK_RUN_AGENT], run_ids)
+
+
+class _Pushed:
+    """How many of the runs given to :func:`_push` are in Redis (their batch executed)."""
+
+    runs = 0
 
 
 def _broker(celery: Celery) -> Any:
@@ -240,15 +250,16 @@ def _broker(celery: Celery) -> Any:
     return client
 
 
-def _push(celery: Celery, requests: list[RunRequest], batch_size: int) -> None:
+def _push(celery: Celery, requests: list[RunRequest], batch_size: int, pushed: _Pushed) -> None:
     """LPUSH the runs' first messages into their queues, ``batch_size`` per round trip, each
     batch one MULTI/EXEC with one LPUSH per queue: a worker takes a queue's messages in
-    submit order."""
+    submit order. ``pushed`` counts the runs of the batches executed."""
     with _broker(celery).pipeline(transaction=True) as pipe:
         for batch in _batches(celery, requests, batch_size):
             for queue, queued in batch.items():
                 pipe.lpush(queue, *queued)
             pipe.execute()
+            pushed.runs += sum(map(len, batch.values()))
 
 
 def _batches(

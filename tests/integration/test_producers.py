@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import pytest
+import redis
 
-from app.constants import TASK_RUN_AGENT
+from app.constants import TASK_RUN_AGENT, idempotency_key
 from app.errors import InvalidInputError, PayloadTooLargeError, RunFailedError, UnknownAgentError
 from app.producer import submit, submit_many
 
@@ -139,3 +140,26 @@ def test_a_run_whose_model_server_never_answers_fails_after_its_retries(
         result.get(timeout=60)
     run = store.load_run(result.id)
     assert run.status == "failed" and run.steps == []
+
+
+def test_submit_many_failing_midway_keeps_the_keys_of_the_runs_it_enqueued(
+    celery_app, redis_client
+):
+    runs = [
+        {"agent": "research" if i < 20 else "coder", "input": f"q{i}", "idempotency_key": f"k{i}"}
+        for i in range(30)
+    ]
+    redis_client.set("agent.coder", "not a list")  # the third batch's LPUSH fails
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        submit_many(runs, celery=celery_app, batch_size=10)
+    assert redis_client.llen("agent.research") == 20  # the first two batches went in
+    held = [
+        bool(redis_client.exists(idempotency_key(r["agent"], r["idempotency_key"]))) for r in runs
+    ]
+    assert held == [True] * 20 + [False] * 10
+    redis_client.delete("agent.coder")
+    results = submit_many(runs, celery=celery_app, batch_size=10)  # the caller retries
+    assert redis_client.llen("agent.research") == 20  # not enqueued twice
+    assert redis_client.llen("agent.coder") == 10
+    queued = {json.loads(m)["headers"]["id"] for m in redis_client.lrange("agent.research", 0, -1)}
+    assert queued == set(results.ids[:20])
