@@ -5,178 +5,39 @@ Each is read from ``AGENTQ_<SECTION>__<FIELD>``; see ``app/config/__init__.py``.
 
 from __future__ import annotations
 
-import sys
-from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
-APP_DIR = Path(__file__).resolve().parent.parent
-REPO_ROOT = APP_DIR.parent
+from app.config.inference import (
+    InferenceSettings,
+    OpenAISettings,
+    ReplicaSettings,
+    Strategy,
+    StreamSettings,
+    TritonSettings,
+)
+from app.config.paths import APP_DIR, REPO_ROOT
 
-
-def _default_model_repository() -> Path:
-    in_repo = REPO_ROOT / "models" / "scripted"
-    if in_repo.is_dir():
-        return in_repo
-    return APP_DIR / "_models" / "scripted"
-
-
-class ReplicaSettings(BaseModel):
-    """One model server replica."""
-
-    url: str = Field(
-        description="Triton: gRPC endpoint host:port. OpenAI-compatible: base URL "
-        "(http://host:8000/v1)."
-    )
-    health_url: str | None = Field(
-        default=None,
-        description="HTTP readiness URL probed before a tripped circuit breaker closes "
-        "(Triton: http://host:8000/v2/health/ready; vLLM: http://host:8000/health). "
-        "Unset: the client's own health call.",
-    )
-    metrics_url: str | None = Field(
-        default=None,
-        description="Prometheus endpoint giving the replica's queue depth "
-        "(Triton: http://host:8002/metrics). Unset: the pool's own in-flight count stands in.",
-    )
-    weight: float = Field(default=1.0, gt=0, description="Share of calls under 'weighted'.")
-
-
-class Strategy(StrEnum):
-    """How the replica pool chooses a replica for a call."""
-
-    SHORTEST_QUEUE = "shortest_queue"
-    ROUND_ROBIN = "round_robin"
-    LEAST_IN_FLIGHT = "least_in_flight"
-    WEIGHTED = "weighted"
-    RANDOM = "random"
-    SESSION_AFFINITY = "session_affinity"
-
-
-class InferenceSettings(BaseModel):
-    """Replica choice, failure handling and admission control, for every backend."""
-
-    strategy: Strategy = Field(
-        default=Strategy.SHORTEST_QUEUE, description="Replica choice for agents not listed below."
-    )
-    agent_strategies: dict[str, Strategy] = Field(
-        default_factory=dict,
-        description='Replica choice per agent type, e.g. {"coder": "session_affinity"}.',
-    )
-    attempts: int = Field(
-        default=3,
-        ge=1,
-        description="Tries of one model call across replicas before the step "
-        "is handed back to Celery for a later retry.",
-    )
-    backoff_s: float = Field(default=0.05, gt=0, description="First retry delay (doubles).")
-    backoff_max_s: float = Field(default=1.0, gt=0, description="Longest delay between tries.")
-    deadline_s: float = Field(
-        default=120.0, gt=0, description="Deadline of one model call, all tries included."
-    )
-    breaker_failures: int = Field(
-        default=3, ge=1, description="Consecutive failures that open a replica's circuit breaker."
-    )
-    breaker_cooldown_s: float = Field(
-        default=5.0, gt=0, description="Open breaker: wait before probing the replica's health."
-    )
-    metrics_interval_s: float = Field(
-        default=1.0,
-        gt=0,
-        description="How often replicas' metrics are scraped and open breakers probed.",
-    )
-    admission_max_depth: float | None = Field(
-        default=None,
-        ge=0,
-        description="Stop taking runs from Redis while every replica's "
-        "queue is deeper than this (None: never stop).",
-    )
-    admission_resume_depth: float | None = Field(
-        default=None,
-        ge=0,
-        description="Take runs again once a replica's queue is at or below "
-        "this (default: half of admission_max_depth).",
-    )
-
-    def strategy_for(self, agent: str) -> Strategy:
-        """The replica choice of ``agent``."""
-        return self.agent_strategies.get(agent, self.strategy)
-
-    def resume_depth(self) -> float | None:
-        """Queue depth at which a paused worker takes runs again (None: admission is off)."""
-        if self.admission_max_depth is None:
-            return None
-        if self.admission_resume_depth is not None:
-            return min(self.admission_resume_depth, self.admission_max_depth)
-        return self.admission_max_depth / 2
-
-
-class TritonSettings(BaseModel):
-    """Where the inference server is and how to call it."""
-
-    urls: list[str] = Field(
-        default=["127.0.0.1:8001"],
-        description="gRPC endpoints (host:port) of the Triton replicas (shorthand for "
-        "replicas without health or metrics URLs).",
-    )
-    replicas: list[ReplicaSettings] = Field(
-        default_factory=list, description="Triton replicas in full; overrides urls when set."
-    )
-    model: str = Field(
-        default="ensemble",
-        description="Model for unary calls (TensorRT-LLM ensemble interface).",
-    )
-    stream_model: str = Field(
-        default="ensemble_stream",
-        description="Decoupled model for token streaming (same interface).",
-    )
-    timeout_s: float = Field(default=60.0, gt=0, description="Deadline of one model call.")
-    max_tokens: int = Field(default=512, gt=0, description="max_tokens sent with each call.")
-    home: Path = Field(
-        default=Path(sys.prefix) / "share" / "agentq" / "triton",
-        description="Folder holding the tritonserver extracted from the nvidia-pytriton wheel "
-        "(used by the demo and tests only).",
-    )
-    model_repository: Path = Field(
-        default_factory=_default_model_repository,
-        description="Model repository served by the local Triton (demo and tests).",
-    )
-
-    def replica_list(self) -> list[ReplicaSettings]:
-        """The replicas in force: ``replicas``, else one per entry of ``urls``."""
-        return self.replicas or [ReplicaSettings(url=url) for url in self.urls]
-
-
-class OpenAISettings(BaseModel):
-    """An OpenAI-compatible chat completions server (NIM, vLLM), for agents with backend openai."""
-
-    replicas: list[ReplicaSettings] = Field(
-        default_factory=list, description="Servers, each with its base URL (http://host:8000/v1)."
-    )
-    model: str = Field(default="default", description="The 'model' field of each request.")
-    api_key: SecretStr | None = Field(
-        default=None, description="Bearer token (AGENTQ_OPENAI__API_KEY); never logged."
-    )
-    timeout_s: float = Field(default=60.0, gt=0, description="Deadline of one model call.")
-
-
-class StreamSettings(BaseModel):
-    """Token relay from workers to producers through Redis Streams."""
-
-    ttl_s: int = Field(
-        default=600, gt=0, description="A run's stream expires this long after its last entry."
-    )
-    max_len: int = Field(
-        default=10_000,
-        gt=0,
-        description="Entries kept per run's stream (older ones trimmed), "
-        "so an absent reader costs bounded memory.",
-    )
-    read_block_ms: int = Field(
-        default=1_000, gt=0, description="Longest a reader blocks in one XREAD."
-    )
+__all__ = [
+    "APP_DIR",
+    "REPO_ROOT",
+    "DeploySettings",
+    "ExporterSettings",
+    "FlowerSettings",
+    "HealthSettings",
+    "InferenceSettings",
+    "LimitSettings",
+    "OpenAISettings",
+    "RedisTLSSettings",
+    "ReplicaSettings",
+    "Strategy",
+    "StreamSettings",
+    "TracingSettings",
+    "TritonSettings",
+    "WorkerSettings",
+]
 
 
 class WorkerSettings(BaseModel):

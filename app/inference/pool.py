@@ -23,11 +23,10 @@ from typing import TypeVar
 import httpx
 
 from app import metrics
-from app.config import InferenceSettings, ReplicaSettings, Settings
+from app.config import InferenceSettings
 from app.errors import InferenceError, InferenceUnavailableError, NoReplicaAvailableError
 from app.inference.backend import Completion, GenerationParams, InferenceBackend, Route
 from app.inference.breaker import CircuitBreaker
-from app.inference.echo import EchoBackend
 from app.routing import ReplicaView, choose_replica, parse_queue_depth
 
 log = logging.getLogger(__name__)
@@ -361,60 +360,3 @@ def _close(pieces: Iterator[str]) -> None:
     close = getattr(pieces, "close", None)
     if close is not None:
         close()
-
-
-def replicas_from_settings(
-    replicas: Sequence[ReplicaSettings],
-    make_backend: Callable[[ReplicaSettings], InferenceBackend],
-    settings: InferenceSettings,
-) -> list[Replica]:
-    """One :class:`Replica` per entry, each with its own client and breaker."""
-    return [
-        Replica(
-            name=r.url,
-            backend=make_backend(r),
-            breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s),
-            weight=r.weight,
-            health_url=r.health_url,
-            metrics_url=r.metrics_url,
-        )
-        for r in replicas
-    ]
-
-
-def build_pools(settings: Settings) -> dict[str, ReplicaPool]:
-    """A started pool per backend kind: ``triton`` and ``echo`` always, ``openai`` when
-    configured."""
-    from app.inference.triton import TritonBackend
-
-    triton = settings.triton
-    pools = {
-        "triton": ReplicaPool(
-            replicas_from_settings(
-                triton.replica_list(),
-                lambda r: TritonBackend(r.url, triton.model, triton.stream_model, triton.timeout_s),
-                settings.inference,
-            ),
-            settings.inference,
-            kind="triton",
-        )
-    }
-    openai = settings.openai
-    if openai.replicas:
-        from app.inference.openai_compat import OpenAICompatBackend
-
-        key = openai.api_key.get_secret_value() if openai.api_key else None
-        pools["openai"] = ReplicaPool(
-            replicas_from_settings(
-                openai.replicas,
-                lambda r: OpenAICompatBackend(r.url, openai.model, key, openai.timeout_s),
-                settings.inference,
-            ),
-            settings.inference,
-            kind="openai",
-        )
-    inference = settings.inference
-    breaker = CircuitBreaker(inference.breaker_failures, inference.breaker_cooldown_s)
-    # No server behind it, nothing to scrape or probe: not started.
-    echo = ReplicaPool([Replica("echo", EchoBackend(), breaker)], inference, kind="echo")
-    return {**{kind: pool.start() for kind, pool in pools.items()}, "echo": echo}

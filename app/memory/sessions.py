@@ -11,207 +11,49 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Final, TypeVar
+from datetime import datetime
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
     Engine,
-    Table,
-    bindparam,
     func,
-    insert,
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql.dml import Insert
 
 from app.errors import StoreError
 from app.memory.engine import make_engine
-from app.memory.schema import runs, sessions, steps
+from app.memory.records import (
+    FAILED,
+    NO_ANSWER,
+    RUNNING,
+    SUCCEEDED,
+    NewRun,
+    RunRecord,
+    RunState,
+    StepRecord,
+    utc_now,
+)
+from app.memory.schema import runs, steps
+from app.memory.statements import STEP_COLUMNS, Statements
+
+__all__ = [
+    "FAILED",
+    "NO_ANSWER",
+    "RUNNING",
+    "SUCCEEDED",
+    "NewRun",
+    "RunRecord",
+    "RunState",
+    "SessionStore",
+    "StepRecord",
+    "make_engine",
+    "store_error",
+]
 
 T = TypeVar("T")
-
-RUNNING: Final = "running"
-SUCCEEDED: Final = "succeeded"
-FAILED: Final = "failed"
-
-
-class _NoAnswer:
-    def __repr__(self) -> str:
-        return "NO_ANSWER"
-
-
-NO_ANSWER: Final = _NoAnswer()
-"""Default of ``commit_step(final_answer=...)``: the step is not final (None is a valid answer)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StepRecord:
-    """One committed step: the model's output and the tool it called, if any."""
-
-    step: int
-    kind: str  # "tool" | "final" | "error"
-    model_output: str
-    tool: str | None = None
-    tool_args: Any = None
-    tool_result: Any = None
-    tokens_in: int = 0
-    tokens_out: int = 0
-    latency_ms: float = 0.0
-    worker: str | None = None
-    created_at: datetime | None = None  # set by the store on commit
-
-
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    """A run's row: its status and where it stands, without its steps."""
-
-    id: str
-    session_id: str | None
-    agent: str
-    input: Any
-    status: str  # "running" | "succeeded" | "failed"
-    next_step: int
-    answer: Any
-    error: str | None
-    created_at: datetime
-    finished_at: datetime | None
-    error_type: str | None = None  # why a failed run ended (see app.guardrails, app.dlq)
-    budget: dict[str, Any] | None = None  # the run's limits (app.guardrails.Budget)
-
-
-@dataclass(frozen=True, slots=True)
-class RunState(RunRecord):
-    """A run with its committed steps, ordered by step index."""
-
-    steps: list[StepRecord] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class NewRun:
-    """A run not yet in the store: the commit of its first step creates it, in one transaction.
-
-    So a run's step 0 costs one write, not two; a worker lost before that commit leaves
-    nothing behind, and the redelivered message starts the run afresh.
-    """
-
-    id: str
-    agent: str
-    input: Any
-    session_id: str | None = None
-    budget: dict[str, Any] | None = None
-    # When its first step started (not when that step commits): wall-time budgets count it.
-    created_at: datetime = field(default_factory=lambda: _now())
-
-    def state(self) -> RunState:
-        """The run as it stands before its first step."""
-        return RunState(
-            self.id,
-            self.session_id,
-            self.agent,
-            self.input,
-            RUNNING,
-            0,
-            None,
-            None,
-            self.created_at,
-            None,
-            budget=self.budget,
-        )
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _insert(dialect: str, table: Table) -> Insert:
-    # ON CONFLICT DO NOTHING: concurrent inserts of the same key both succeed; rowcount
-    # (kept on request only, for INSERT) says whether this one wrote the row.
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(table).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
-
-
-_STEP_COLUMNS = tuple(c.name for c in steps.c if c.name != "run_id")
-
-
-class _Statements:
-    """The step path's statements, built once and executed with parameters.
-
-    Building ``insert(...).values(...)`` or ``update(...).where(...)`` per call, and hashing
-    it for SQLAlchemy's compiled cache, was most of a step's SQL CPU (profiled); a statement
-    built once keeps its cache key and compiles once per set of parameter names.
-    """
-
-    def __init__(self, dialect: str) -> None:
-        self.insert_session = _insert(dialect, sessions)
-        self.insert_run = _insert(dialect, runs)
-        self.insert_step = _insert(dialect, steps)
-        self.touch_session = (
-            update(sessions)
-            .where(sessions.c.id == bindparam("b_id"))
-            .values(updated_at=bindparam("b_now"))
-        )
-        # The guard: the run is running and this is its next step. The new values come as
-        # parameters named after their columns (next_step, status, answer, ...).
-        self.advance = update(runs).where(
-            runs.c.id == bindparam("b_id"),
-            runs.c.next_step == bindparam("b_step"),
-            runs.c.status == RUNNING,
-        )
-        self._creates: dict[tuple[frozenset[str], bool], Insert] = {}
-        # One round trip: the run joined to its steps (a run without steps yields one row).
-        step_cols = [steps.c[name].label(f"step_{name}") for name in _STEP_COLUMNS]
-        self.load = (
-            select(*runs.c, *step_cols)
-            .select_from(runs.outerjoin(steps, steps.c.run_id == runs.c.id))
-            .where(runs.c.id == bindparam("b_id"))
-            .order_by(steps.c.step)
-        )
-
-    def create_with_step(self, run_columns: frozenset[str], with_session: bool) -> Insert:
-        """PostgreSQL: a new run (and its session) with its first step, in one statement:
-        one round trip in autocommit instead of BEGIN, two or three INSERTs and COMMIT.
-        Parameters: ``r_<column>`` of the run, ``s_<column>`` of the step and, with a
-        session, ``session_id``, ``agent`` and ``now``. It inserts no step (rowcount 0)
-        when the run exists; a session that exists has its ``updated_at`` moved."""
-        key = (run_columns, with_session)
-        statement = self._creates.get(key)
-        if statement is not None:
-            return statement
-        new_run = (
-            postgresql.insert(runs)
-            .values({c: bindparam(f"r_{c}", type_=runs.c[c].type) for c in sorted(run_columns)})
-            .on_conflict_do_nothing()
-            .returning(runs.c.id)
-            .cte("new_run")
-        )
-        columns = [c for c in steps.c if c.name != "run_id"]
-        statement = (
-            insert(steps)
-            .from_select(
-                ["run_id", *(c.name for c in columns)],
-                select(new_run.c.id, *(bindparam(f"s_{c.name}", type_=c.type) for c in columns)),
-            )
-            .execution_options(preserve_rowcount=True)
-        )
-        if with_session:
-            touched = bindparam("now", type_=sessions.c.updated_at.type)
-            session = postgresql.insert(sessions).values(
-                id=bindparam("session_id"), agent=bindparam("agent"), created_at=touched,
-                updated_at=touched,
-            )  # fmt: skip
-            upsert = session.on_conflict_do_update(
-                index_elements=[sessions.c.id], set_={"updated_at": session.excluded.updated_at}
-            )
-            # Referenced by nothing, so added explicitly; PostgreSQL runs every data-modifying
-            # WITH once, and checks the run's foreign key at the end of the statement.
-            statement = statement.add_cte(upsert.returning(sessions.c.id).cte("new_session"))
-        self._creates[key] = statement
-        return statement
 
 
 class SessionStore:
@@ -228,7 +70,7 @@ class SessionStore:
             if self._dialect == "sqlite"
             else engine.execution_options(isolation_level="AUTOCOMMIT")
         )
-        self._sql = _Statements(self._dialect)
+        self._sql = Statements(self._dialect)
         # SQLite has one writer at a time. A process's threads queue for it here, in order,
         # rather than in SQLite's busy handler, which sleeps and retries (measured: 120 ms
         # mean wait per write with 64 threads, most of it sleeping past a free lock).
@@ -342,7 +184,7 @@ class SessionStore:
     ) -> RunState:
         """Create the run (and its session) unless it exists, and return its current state."""
         with self._transaction() as conn:
-            self._insert_run(conn, NewRun(run_id, agent, input, session_id), _now())
+            self._insert_run(conn, NewRun(run_id, agent, input, session_id), utc_now())
             state = self._load(conn, run_id)
         assert state is not None  # inserted above or already there
         return state
@@ -357,7 +199,7 @@ class SessionStore:
             return None
         first = rows[0]._mapping
         records = [
-            StepRecord(**{name: row._mapping[f"step_{name}"] for name in _STEP_COLUMNS})
+            StepRecord(**{name: row._mapping[f"step_{name}"] for name in STEP_COLUMNS})
             for row in rows
             if row._mapping["step_step"] is not None
         ]
@@ -397,7 +239,7 @@ class SessionStore:
         (any JSON value) the run succeeds; with ``failed_reason`` it fails. With ``new_run``
         the run is created first if it does not exist, in the same transaction.
         """
-        now = _now()
+        now = utc_now()
         ending: dict[str, Any] = {}
         if final_answer is not NO_ANSWER:
             ending = {"status": SUCCEEDED, "answer": final_answer, "finished_at": now}
@@ -436,7 +278,7 @@ class SessionStore:
             ):
                 conn.rollback()
                 return False
-            row = {name: getattr(record, name) for name in _STEP_COLUMNS}
+            row = {name: getattr(record, name) for name in STEP_COLUMNS}
             inserted = conn.execute(
                 self._sql.insert_step, {**row, "run_id": run_id, "created_at": now}
             ).rowcount
@@ -456,7 +298,7 @@ class SessionStore:
             "status": RUNNING, "created_at": run.created_at, "budget": run.budget, **moved,
         }  # fmt: skip
         params = {f"r_{name}": value for name, value in row.items()}
-        params.update({f"s_{name}": getattr(record, name) for name in _STEP_COLUMNS})
+        params.update({f"s_{name}": getattr(record, name) for name in STEP_COLUMNS})
         params["s_created_at"] = now
         if run.session_id is not None:
             params.update(session_id=run.session_id, agent=run.agent, now=now)
@@ -479,11 +321,11 @@ class SessionStore:
         """
         with self._transaction() as conn:
             if new_run is not None:
-                self._insert_run(conn, new_run, _now())
+                self._insert_run(conn, new_run, utc_now())
             changed = conn.execute(
                 update(runs)
                 .where(runs.c.id == run_id, runs.c.status == RUNNING)
-                .values(status=FAILED, error=reason, error_type=error_type, finished_at=_now())
+                .values(status=FAILED, error=reason, error_type=error_type, finished_at=utc_now())
             ).rowcount
         return changed == 1
 

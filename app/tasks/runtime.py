@@ -13,7 +13,8 @@ from app.agents import AgentRegistry
 from app.broker import acks_in_pipelines
 from app.config import Settings
 from app.errors import ConfigurationError
-from app.inference.pool import ReplicaPool, build_pools
+from app.inference.pool import ReplicaPool
+from app.inference.pools import build_pools
 from app.memory.sessions import SessionStore
 from app.redis_client import redis_client
 from app.tasks.runner import StepRunner

@@ -18,7 +18,8 @@ import tritonclient.grpc as grpcclient
 
 from app.config import InferenceSettings, Strategy
 from app.inference.backend import GenerationParams, Route
-from app.inference.pool import ReplicaPool, replicas_from_settings
+from app.inference.pool import ReplicaPool
+from app.inference.pools import replicas_from_settings
 from app.inference.triton import TritonBackend, build_inputs
 from app.local.processes import wait_until
 from app.local.triton import TritonServer

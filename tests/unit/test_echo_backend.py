@@ -11,7 +11,7 @@ from app.agents import AgentRegistry, AgentSpec
 from app.config import Settings
 from app.inference.backend import GenerationParams
 from app.inference.echo import EchoBackend, echo_reply
-from app.inference.pool import build_pools
+from app.inference.pools import build_pools
 from app.memory.sessions import SessionStore
 from app.prompts import FinalAnswer, build_prompt, parse_reply
 from app.tasks.runner import Outcome, StepMessage, StepRunner

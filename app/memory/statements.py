@@ -1,0 +1,96 @@
+"""The session store's step-path statements, built once per dialect."""
+
+from __future__ import annotations
+
+from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+from app.memory.records import RUNNING
+from app.memory.schema import runs, sessions, steps
+
+
+def insert_ignoring(dialect: str, table: Table) -> Insert:
+    # ON CONFLICT DO NOTHING: concurrent inserts of the same key both succeed; rowcount
+    # (kept on request only, for INSERT) says whether this one wrote the row.
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(table).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
+
+
+STEP_COLUMNS = tuple(c.name for c in steps.c if c.name != "run_id")
+
+
+class Statements:
+    """The step path's statements, built once and executed with parameters.
+
+    Building ``insert(...).values(...)`` or ``update(...).where(...)`` per call, and hashing
+    it for SQLAlchemy's compiled cache, was most of a step's SQL CPU (profiled); a statement
+    built once keeps its cache key and compiles once per set of parameter names.
+    """
+
+    def __init__(self, dialect: str) -> None:
+        self.insert_session = insert_ignoring(dialect, sessions)
+        self.insert_run = insert_ignoring(dialect, runs)
+        self.insert_step = insert_ignoring(dialect, steps)
+        self.touch_session = (
+            update(sessions)
+            .where(sessions.c.id == bindparam("b_id"))
+            .values(updated_at=bindparam("b_now"))
+        )
+        # The guard: the run is running and this is its next step. The new values come as
+        # parameters named after their columns (next_step, status, answer, ...).
+        self.advance = update(runs).where(
+            runs.c.id == bindparam("b_id"),
+            runs.c.next_step == bindparam("b_step"),
+            runs.c.status == RUNNING,
+        )
+        self._creates: dict[tuple[frozenset[str], bool], Insert] = {}
+        # One round trip: the run joined to its steps (a run without steps yields one row).
+        step_cols = [steps.c[name].label(f"step_{name}") for name in STEP_COLUMNS]
+        self.load = (
+            select(*runs.c, *step_cols)
+            .select_from(runs.outerjoin(steps, steps.c.run_id == runs.c.id))
+            .where(runs.c.id == bindparam("b_id"))
+            .order_by(steps.c.step)
+        )
+
+    def create_with_step(self, run_columns: frozenset[str], with_session: bool) -> Insert:
+        """PostgreSQL: a new run (and its session) with its first step, in one statement:
+        one round trip in autocommit instead of BEGIN, two or three INSERTs and COMMIT.
+        Parameters: ``r_<column>`` of the run, ``s_<column>`` of the step and, with a
+        session, ``session_id``, ``agent`` and ``now``. It inserts no step (rowcount 0)
+        when the run exists; a session that exists has its ``updated_at`` moved."""
+        key = (run_columns, with_session)
+        statement = self._creates.get(key)
+        if statement is not None:
+            return statement
+        new_run = (
+            postgresql.insert(runs)
+            .values({c: bindparam(f"r_{c}", type_=runs.c[c].type) for c in sorted(run_columns)})
+            .on_conflict_do_nothing()
+            .returning(runs.c.id)
+            .cte("new_run")
+        )
+        columns = [c for c in steps.c if c.name != "run_id"]
+        statement = (
+            insert(steps)
+            .from_select(
+                ["run_id", *(c.name for c in columns)],
+                select(new_run.c.id, *(bindparam(f"s_{c.name}", type_=c.type) for c in columns)),
+            )
+            .execution_options(preserve_rowcount=True)
+        )
+        if with_session:
+            touched = bindparam("now", type_=sessions.c.updated_at.type)
+            session = postgresql.insert(sessions).values(
+                id=bindparam("session_id"), agent=bindparam("agent"), created_at=touched,
+                updated_at=touched,
+            )  # fmt: skip
+            upsert = session.on_conflict_do_update(
+                index_elements=[sessions.c.id], set_={"updated_at": session.excluded.updated_at}
+            )
+            # Referenced by nothing, so added explicitly; PostgreSQL runs every data-modifying
+            # WITH once, and checks the run's foreign key at the end of the statement.
+            statement = statement.add_cte(upsert.returning(sessions.c.id).cte("new_session"))
+        self._creates[key] = statement
+        return statement

@@ -1,0 +1,65 @@
+"""What a step gets and gives: the message's arguments, the outcome the task shell acts on."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from app.guardrails import Usage
+from app.memory.sessions import RunState
+
+
+class Outcome(enum.Enum):
+    """What the task shell does after a step."""
+
+    NEXT = "next"  # step committed: publish step `next_step`
+    REPUBLISH = "republish"  # step was committed earlier: make sure `next_step` was published
+    DONE = "done"  # run succeeded: store `answer` for the run
+    FAILED = "failed"  # run ended without an answer: store `reason`
+    BUSY = "busy"  # another worker holds the run: try this message again shortly
+    SKIP = "skip"  # a stale duplicate message: drop it
+
+
+@dataclass(frozen=True, slots=True)
+class StepMessage:
+    """The arguments of one ``agentq.run_agent`` message."""
+
+    run_id: str
+    agent: str
+    step: int
+    input: Any = None
+    session_id: str | None = None
+    stream: bool = False  # relay the model's tokens to the producer (app.streaming)
+    budget: dict[str, Any] | None = None  # step 0 only: limits tightening the agent's budget
+    # Step 0 as a producer submitted it, delivered for the first time (not redelivered,
+    # retried or requeued): its run is almost never in the store yet, so the load is put
+    # off until something depends on it (see StepRunner._run_leased).
+    first: bool = False
+
+
+# error_type of runs that end for reasons other than guardrails (see app.guardrails for those).
+MODEL_ERROR = "model_error"
+INPUT_REJECTED = "input_rejected"
+UNKNOWN_AGENT = "unknown_agent"
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    outcome: Outcome
+    next_step: int | None = None
+    answer: Any = None
+    reason: str | None = None
+    error_type: str | None = None  # FAILED: why (budget_exceeded, output_rejected, ...)
+    lease: str | None = None  # run_step(keep_lease=True): the token of the lease still held
+
+
+def usage(state: RunState, now: float) -> Usage:
+    """What ``state``'s committed steps have spent (``now``: Unix time)."""
+    return Usage(
+        steps=len(state.steps),
+        tokens_in=sum(s.tokens_in for s in state.steps),
+        tokens_out=sum(s.tokens_out for s in state.steps),
+        tool_calls=sum(1 for s in state.steps if s.kind == "tool"),
+        wall_time_s=max(0.0, now - state.created_at.timestamp()),
+    )
