@@ -5,7 +5,9 @@ its targets through headless Services, dns_sd, so series carry ``job`` and ``ins
 only):
 
 - ``triton_queue_depth``: the sum of ``nv_inference_pending_request_count`` (every model)
-  over the replicas Prometheus' ``triton`` job scrapes;
+  plus TensorRT-LLM's ``nv_trt_llm_request_metrics{request_type="waiting"}`` over the
+  replicas Prometheus' ``triton`` job scrapes (the TensorRT-LLM backend is decoupled and
+  takes every request at once: the requests waiting for the GPU are counted inside it);
 - ``triton_gpu_utilization``: the sum of ``DCGM_FI_DEV_GPU_UTIL`` (percent) over the GPUs
   dcgm-exporter (job ``dcgm-exporter``) reports in use by our ``triton`` containers. A sum,
   not an average: an AverageValue target divides the metric by the replica count, so the
@@ -49,6 +51,8 @@ DCGM_PORT = 9400
 QUEUE_METRIC = "triton_queue_depth"
 GPU_METRIC = "triton_gpu_utilization"
 QUEUE_SERIES = "nv_inference_pending_request_count"
+WAITING_SERIES = "nv_trt_llm_request_metrics"  # TensorRT-LLM's in-flight batcher, by type
+WAITING_LABELS = 'request_type="waiting"'
 GPU_SERIES = "DCGM_FI_DEV_GPU_UTIL"
 # Only our Triton's series: its scrape job, and GPUs dcgm-exporter maps to our container.
 QUEUE_LABELS = f'job="{TRITON_JOB}"'
@@ -225,7 +229,14 @@ def triton_services() -> list[Obj]:
 
 def queue_query() -> str:
     """PromQL of ``triton_queue_depth``: requests waiting in every replica's queues."""
-    return f"sum({QUEUE_SERIES}{{{QUEUE_LABELS}}})"
+    return _queue_expression(QUEUE_SERIES, "")
+
+
+def _queue_expression(series: str, matchers: str) -> str:
+    # "or vector(0)": a Triton serving no TensorRT-LLM model has no such series, and a sum
+    # with an empty side would be empty.
+    waiting = f"{WAITING_SERIES}{{{QUEUE_LABELS},{WAITING_LABELS}{matchers}}}"
+    return f"sum({series}{{{QUEUE_LABELS}{matchers}}}) + (sum({waiting}) or vector(0))"
 
 
 def gpu_query() -> str:
@@ -346,13 +357,15 @@ def triton_pdb() -> Obj:
     }
 
 
-def _external_rule(series: str, labels: str, name: str, aggregate: str, by: str = "") -> Obj:
+def _external_rule(
+    series: str, labels: str, name: str, aggregate: str, by: str = "", query: str | None = None
+) -> Obj:
     # seriesQuery only finds the series; metricsQuery must filter by the scrape job again.
     return {
         "seriesQuery": f"{series}{{{labels}}}",
         "resources": {"namespaced": False},  # dns_sd series carry no namespace of ours
         "name": {"matches": f"^{series}$", "as": name},
-        "metricsQuery": f"{aggregate}(<<.Series>>{{{labels},<<.LabelMatchers>>}}){by}",
+        "metricsQuery": query or f"{aggregate}(<<.Series>>{{{labels},<<.LabelMatchers>>}}){by}",
     }
 
 
@@ -364,7 +377,13 @@ def adapter_values() -> Obj:
         "rules": {
             "default": False,
             "external": [
-                _external_rule(QUEUE_SERIES, QUEUE_LABELS, QUEUE_METRIC, "sum"),
+                _external_rule(
+                    QUEUE_SERIES,
+                    QUEUE_LABELS,
+                    QUEUE_METRIC,
+                    "sum",
+                    query=_queue_expression("<<.Series>>", ",<<.LabelMatchers>>"),
+                ),
                 _external_rule(GPU_SERIES, GPU_LABELS, GPU_METRIC, "sum"),
                 # One exporter per cluster; max() so two replicas do not double it.
                 _external_rule(

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import metrics
 from app.config import REPO_ROOT, child_env
+from app.deploy.triton import queue_query
 from app.exporter import Exporter
 from app.local.processes import free_port
 from app.producer import submit
@@ -152,3 +153,51 @@ def test_several_processes_share_one_metrics_page_in_multiprocess_mode(tmp_path:
     # A process that exited no longer counts in the live gauge (the worker marks it dead).
     metrics.process_exited(folder, pids[0])
     assert samples()[("agentq_runs_in_flight", (("agent", "research"),))] == 1
+
+
+def _triton_series(waiting: bool) -> list[dict[str, str]]:
+    series = [
+        ('nv_inference_pending_request_count{job="triton",instance="t0",model="ensemble"}', "2"),
+        ('nv_inference_pending_request_count{job="triton",instance="t1",model="ensemble"}', "1"),
+        ('nv_inference_pending_request_count{job="other",instance="x",model="ensemble"}', "50"),
+    ]
+    if waiting:
+        for instance, value in (("t0", "7"), ("t1", "5")):
+            labels = f'job="triton",instance="{instance}",model="tensorrt_llm"'
+            series += [
+                (f'nv_trt_llm_request_metrics{{{labels},request_type="waiting"}}', value),
+                (f'nv_trt_llm_request_metrics{{{labels},request_type="active"}}', "64"),
+            ]
+    return [{"series": name, "values": f"{value}x5"} for name, value in series]
+
+
+@pytest.mark.parametrize(("waiting", "depth"), [(True, 15), (False, 3)])
+def test_the_triton_queue_query_counts_what_tensorrt_llm_holds_waiting(
+    promtool: str, tmp_path: Path, waiting: bool, depth: int
+) -> None:
+    values = load_documents(KEDA_DIR / "prometheus-adapter" / "values-without-keda.yaml")[0]
+    [rule] = [r for r in values["rules"]["external"] if r["name"]["as"] == "triton_queue_depth"]
+    series = rule["name"]["matches"].strip("^$")
+    exprs = [queue_query(), render_adapter_query(rule["metricsQuery"], series)]
+    exprs += [
+        trigger["metadata"]["query"]
+        for _, obj in committed_objects()
+        if obj["kind"] == "ScaledObject" and obj["metadata"]["name"] == "triton"
+        for trigger in obj["spec"]["triggers"]
+        if trigger["name"] == "triton_queue_depth"
+    ]
+    assert len(exprs) == 3
+    checks = [
+        {"expr": e, "eval_time": "2m", "exp_samples": [{"labels": "{}", "value": depth}]}
+        for e in exprs
+    ]
+    test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {"interval": "1m", "input_series": _triton_series(waiting), "promql_expr_test": checks}
+        ],
+    }
+    path = tmp_path / "triton_queue_test.yml"
+    path.write_text(yaml.safe_dump(test))
+    assert "SUCCESS" in run(promtool, "test", "rules", str(path))

@@ -202,6 +202,7 @@ PROMETHEUS_CONFIG = REPO_ROOT / "monitoring" / "prometheus" / "prometheus.yml"
 SOURCES = {
     "agentq_backlog": EXPORTER,
     "nv_inference_pending_request_count": "triton",
+    "nv_trt_llm_request_metrics": "triton",
     "DCGM_FI_DEV_GPU_UTIL": "dcgm-exporter",
 }
 
