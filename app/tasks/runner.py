@@ -178,7 +178,14 @@ class StepRunner:
         if msg.step == 0:
             # Producers that bypass submit() (send_task from other services) are checked here.
             try:
-                validate_run(self.registry, self.settings, spec.name, state.input, state.session_id)
+                validate_run(  # with the run's own id: no fresh one drawn per step
+                    self.registry,
+                    self.settings,
+                    spec.name,
+                    state.input,
+                    state.session_id,
+                    msg.run_id,
+                )
             except SubmitError as exc:
                 return self._fail(
                     msg, f"run refused: {exc}", INPUT_REJECTED, new_run, state, deferred
