@@ -97,13 +97,15 @@ def inference(ax: Any, doc: dict[str, Any]) -> None:
     ):
         ys = [(row[key] or {}).get("calls_per_s") or float("nan") for row in levels]
         ax.plot(cs, ys, "o-", color=color, label=label)
-    ax.plot(cs, [row["ideal_calls_per_s"] for row in levels], ":", color=OTHER, label="ideal")
+    ideal = [row["ideal_calls_per_s"] for row in levels]
+    ax.plot(cs, ideal, ":", color=OTHER, label="ideal, C calls in flight (C / latency)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("concurrency C")
     ax.set_ylabel("model calls / s")
     ax.legend()
-    ax.set_title(_ratio_title(doc, f"inference, {doc['latency_ms']} ms per call"))
+    scheduling = (doc.get("model_changes") or {}).get("scheduling", "batch")
+    ax.set_title(_ratio_title(doc, f"inference, {doc['latency_ms']} ms per call ({scheduling})"))
 
 
 PLOTS = {
