@@ -25,21 +25,23 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from app.config.inference import (
+    InferenceSettings,
+    OpenAISettings,
+    ReplicaSettings,
+    Strategy,
+    StreamSettings,
+    TritonSettings,
+)
+from app.config.paths import REPO_ROOT
 from app.config.sections import (
-    REPO_ROOT,
     DeploySettings,
     ExporterSettings,
     FlowerSettings,
     HealthSettings,
-    InferenceSettings,
     LimitSettings,
-    OpenAISettings,
     RedisTLSSettings,
-    ReplicaSettings,
-    Strategy,
-    StreamSettings,
     TracingSettings,
-    TritonSettings,
     WorkerSettings,
 )
 from app.errors import ConfigurationError

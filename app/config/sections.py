@@ -10,35 +10,6 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
-from app.config.inference import (
-    InferenceSettings,
-    OpenAISettings,
-    ReplicaSettings,
-    Strategy,
-    StreamSettings,
-    TritonSettings,
-)
-from app.config.paths import APP_DIR, REPO_ROOT
-
-__all__ = [
-    "APP_DIR",
-    "REPO_ROOT",
-    "DeploySettings",
-    "ExporterSettings",
-    "FlowerSettings",
-    "HealthSettings",
-    "InferenceSettings",
-    "LimitSettings",
-    "OpenAISettings",
-    "RedisTLSSettings",
-    "ReplicaSettings",
-    "Strategy",
-    "StreamSettings",
-    "TracingSettings",
-    "TritonSettings",
-    "WorkerSettings",
-]
-
 
 class WorkerSettings(BaseModel):
     """How a worker process consumes its queues."""
