@@ -1,4 +1,5 @@
-"""The sections of :class:`app.config.Settings`: one pydantic model per concern.
+"""The sections of :class:`app.config.Settings`: one pydantic model per concern (those of
+inference are in :mod:`app.config.inference`).
 
 Each is read from ``AGENTQ_<SECTION>__<FIELD>``; see ``app/config/__init__.py``.
 """
