@@ -48,6 +48,9 @@ from app.local.workers import WorkerProcess
 from app.memory.migrate import migrate
 from app.prompts import build_prompt
 from bench.measure import (
+    BATCH,
+    INFLIGHT,
+    SCHEDULING,
     BenchError,
     Throughput,
     agent_runs,
@@ -67,9 +70,6 @@ TWO_PROCESSES_FROM = 64
 STREAM_RUNS, STREAM_CONCURRENCY = 200, 8
 TARGET_RATIO, TARGET_RATIO_AT = 0.9, 64
 TARGET_FIRST_P50_MS, TARGET_FIRST_P99_MS = 2.0, 10.0
-# The scripted model's scheduling parameter (models/scripted/ensemble/1/model.py).
-INFLIGHT, BATCH = "inflight", "batch"
-SCHEDULING = (INFLIGHT, BATCH)
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "inference.json"
 
 

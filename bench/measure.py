@@ -37,6 +37,11 @@ class BenchError(RuntimeError):
 # ---- the bench's copy of the model repository ----
 
 
+# The scripted model's scheduling parameter (models/scripted/ensemble/1/model.py).
+INFLIGHT, BATCH = "inflight", "batch"
+SCHEDULING = (INFLIGHT, BATCH)
+
+
 def _parameter(name: str) -> str:
     return rf'(key:\s*"{name}"\s*value:\s*\{{\s*string_value:\s*)"[^"]*"'
 
@@ -58,7 +63,7 @@ def edit_config(text: str, delay_ms: int, max_batch_size: int, scheduling: str) 
 
 
 def bench_repository(
-    source: Path, dest: Path, delay_ms: int, max_batch_size: int, scheduling: str = "inflight"
+    source: Path, dest: Path, delay_ms: int, max_batch_size: int, scheduling: str = INFLIGHT
 ) -> Path:
     """A copy of ``source`` whose bench models have the given delay, batch size and
     scheduling (``inflight`` by default: a fixed per-call latency)."""

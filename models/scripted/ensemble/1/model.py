@@ -215,10 +215,15 @@ def text_tensor(texts: list[str]) -> Any:
     return pb_utils.Tensor("text_output", rows)
 
 
+def _parameter(args: dict[str, Any], name: str) -> str:
+    """A ``parameters`` entry of the model's config.pbtxt ("" when absent)."""
+    params = json.loads(args["model_config"]).get("parameters", {})
+    return str(params.get(name, {}).get("string_value", ""))
+
+
 def default_delay(args: dict[str, Any]) -> int:
     """The ``delay_ms`` parameter of the model's config.pbtxt (0 when absent)."""
-    params = json.loads(args["model_config"]).get("parameters", {})
-    return int(params.get("delay_ms", {}).get("string_value", "0") or 0)
+    return int(_parameter(args, "delay_ms") or 0)
 
 
 BATCH, INFLIGHT = "batch", "inflight"
@@ -226,8 +231,7 @@ BATCH, INFLIGHT = "batch", "inflight"
 
 def scheduling(args: dict[str, Any]) -> str:
     """The ``scheduling`` parameter: ``batch`` (default) or ``inflight``."""
-    params = json.loads(args["model_config"]).get("parameters", {})
-    mode = params.get("scheduling", {}).get("string_value", "") or BATCH
+    mode = _parameter(args, "scheduling") or BATCH
     if mode not in (BATCH, INFLIGHT):
         raise ValueError(f"scheduling must be {BATCH!r} or {INFLIGHT!r}, got {mode!r}")
     return mode
@@ -280,11 +284,16 @@ class Timeline:
         self._thread.join(timeout=30)
 
 
+def longest_delay_s(replies: list[Reply]) -> float:
+    """The longest delay of ``replies`` (the rows of a request, or a whole batch), in s."""
+    return max((r.delay_ms for r in replies), default=0) / 1000
+
+
 def sleep_for(replies: list[Reply]) -> None:
     """Wait once for the longest delay: a batch is served together, as an LLM server's is."""
-    delay_ms = max((r.delay_ms for r in replies), default=0)
-    if delay_ms > 0:
-        time.sleep(delay_ms / 1000)
+    delay_s = longest_delay_s(replies)
+    if delay_s > 0:
+        time.sleep(delay_s)
 
 
 def response_for(replies: list[Reply]) -> Any:
@@ -312,9 +321,9 @@ class TritonPythonModel:
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         for request, replies in zip(requests, batch, strict=True):
             sender = request.get_response_sender()
-            delay_s = max((r.delay_ms for r in replies), default=0) / 1000
             self.timeline.after(
-                delay_s, lambda s=sender, r=replies: s.send(response_for(r), flags=final)
+                longest_delay_s(replies),
+                lambda s=sender, r=replies: s.send(response_for(r), flags=final),
             )
         return None  # each request is answered through its sender when its time comes
 

@@ -47,7 +47,7 @@ class TritonPythonModel:
         if self.timeline is not None:
             # Each call on its own clock: its first token after its delay, then one per pace.
             for request, replies in batch:
-                delay_s = max((r.delay_ms for r in replies), default=0) / 1000
+                delay_s = scripted.longest_delay_s(replies)
                 self.timeline.after(delay_s, lambda q=request, r=replies: self._begin(q, r))
             return None
         # Dynamic batching hands over every request that queued meanwhile; they start together.
