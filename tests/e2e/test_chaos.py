@@ -43,6 +43,8 @@ WORKERS = 3
 CONCURRENCY = 16
 SEED = 20240605
 CHAOS_UNTIL = 0.9  # kill workers until this share of the steps is committed
+SIGNALS_UNTIL = 0.7  # the planned signals fall before this share (a ready victim may lag)
+POLL_S = 0.1  # how often the chaos thread reads the progress
 STALL_S = 90  # no step committed for this long: a run is stuck (its time is not asserted)
 
 # A step's message comes back soon after a SIGKILL (visibility timeout) and the dead worker's
@@ -170,8 +172,11 @@ def chaos_runs() -> list[dict]:
 
 
 class Chaos:
-    """At random moments, SIGKILLs or SIGTERMs a random worker and starts a replacement;
-    once, stops Redis and starts it again on the same port and folder."""
+    """At random points of the run's progress, SIGKILLs or SIGTERMs a random worker and
+    starts a replacement; once, stops Redis and starts it again on the same port and folder.
+
+    The points are shares of the steps committed, not moments: however fast the workers
+    are, every planned signal lands while steps are still running."""
 
     def __init__(
         self,
@@ -189,13 +194,17 @@ class Chaos:
         self.log_dir = log_dir
         self.progress = progress  # share of the steps committed, 0..1
         self.restart_at = rng.uniform(0.2, 0.5)  # progress at which Redis restarts
+        # Progress at which each signal is sent: two of each kind, in random order.
+        kinds = [signal.SIGKILL, signal.SIGTERM] * 2
+        rng.shuffle(kinds)
+        points = sorted(rng.uniform(0.05, SIGNALS_UNTIL) for _ in kinds)
+        self.plan: list[tuple[float, signal.Signals]] = list(zip(points, kinds, strict=True))
         self.stop_event = threading.Event()
         self.kills: Counter[str] = Counter()
         self.signalled: dict[int, signal.Signals] = {}  # worker pid -> what it was sent
         self.redis_restarts = 0
         self.events: list[str] = []
         self.error: BaseException | None = None
-        self._signals: list[signal.Signals] = []
         self.started = time.monotonic()
         self.thread = threading.Thread(target=self._run, name="chaos", daemon=True)
 
@@ -208,13 +217,6 @@ class Chaos:
         self.thread.join(timeout=30)
         if self.error is not None:
             raise self.error
-
-    def next_signal(self) -> signal.Signals:
-        """SIGKILL or SIGTERM, in random order, as many of each (two by two)."""
-        if not self._signals:
-            self._signals = [signal.SIGKILL, signal.SIGTERM]
-            self.rng.shuffle(self._signals)
-        return self._signals.pop()
 
     def log(self, text: str) -> None:
         line = f"{time.monotonic() - self.started:6.1f}s {text}"
@@ -231,19 +233,21 @@ class Chaos:
 
     def _run(self) -> None:
         try:
-            while not self.stop_event.wait(self.rng.uniform(0.5, 2.0)):
+            while not self.stop_event.wait(POLL_S):
                 done = self.progress()
                 if done >= CHAOS_UNTIL:
                     return
                 if not self.redis_restarts and done >= self.restart_at:
                     self.restart_redis(done)
                     continue
+                if not self.plan or done < self.plan[0][0]:
+                    continue
                 # Busy workers, not ones still starting: a kill should cut steps mid-way.
                 ready = [w for w in self.workers if w.pid not in self.signalled and is_ready(w)]
                 if not ready:
                     continue
                 victim = self.rng.choice(ready)
-                sig = self.next_signal()
+                _, sig = self.plan.pop(0)
                 self.signalled[victim.pid] = sig
                 if sig == signal.SIGKILL:
                     victim.kill()
