@@ -111,18 +111,22 @@ def check_redis(settings: Settings) -> None:
                     client.ping()
                     break
                 except redis.RedisError as exc:
-                    # Not up yet (a restart, a pod starting beside it): wait, as Celery would;
-                    # anything else is a configuration error and fails now.
-                    if not _refused(exc) or time.monotonic() >= deadline:
+                    # Not up yet (a restart, a pod starting beside it, the data still
+                    # loading): wait, as Celery would; anything else is a configuration
+                    # error and fails now.
+                    if not _not_up_yet(exc) or time.monotonic() >= deadline:
                         raise ConfigurationError(describe_failure(settings, url, exc)) from None
-                    log.warning("%s: waiting for Redis to accept connections", mask_url(url))
+                    log.warning("%s: waiting for Redis to come up", mask_url(url))
                     time.sleep(1.0)
         finally:
             client.close()
 
 
-def _refused(exc: Exception) -> bool:
-    """Whether ``exc`` says nobody listens (yet) rather than that the setup is wrong."""
+def _not_up_yet(exc: Exception) -> bool:
+    """Whether ``exc`` says Redis is not up yet (nobody listens, or it is still loading its
+    data after a restart) rather than that the setup is wrong."""
+    if isinstance(exc, redis.BusyLoadingError):
+        return True
     cause = exc.__cause__ or exc.__context__
     return isinstance(exc, redis.ConnectionError) and (
         isinstance(cause, ConnectionRefusedError) or "Connection refused" in str(exc)

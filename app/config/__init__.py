@@ -166,8 +166,8 @@ class Settings(BaseSettings):
         default=60.0,
         ge=0,
         description="How long a starting worker waits for a Redis that refuses connections "
-        "(restarting, not up yet) before it gives up; a wrong password or TLS mismatch fails "
-        "at once.",
+        "or is still loading its data (restarting, not up yet) before it gives up; a wrong "
+        "password or TLS mismatch fails at once.",
     )
     redis_socket_timeout_s: float = Field(
         default=30.0,
