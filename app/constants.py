@@ -30,25 +30,9 @@ def stream_key(run_id: str) -> str:
 
 
 DEAD_LETTERS = f"{KEY_PREFIX}dead"
-"""Redis hash of dead-lettered runs: run id -> JSON object with its reason (app.dlq)."""
+"""Redis hash of dead-lettered runs: run id -> JSON object with its reason (dead_letters)."""
 DEAD_LETTER_INDEX = f"{KEY_PREFIX}dead:index"
 """Redis sorted set of dead-lettered run ids by the time they failed."""
-
-QueueGauge = tuple[str, tuple[tuple[str, str], ...]]
-"""A gauge of waiting requests: its name and the labels a sample must have to count."""
-
-QUEUE_METRICS: tuple[tuple[QueueGauge, ...], ...] = (
-    # Triton: requests in its own queues (every model), plus those TensorRT-LLM's in-flight
-    # batcher holds waiting: its backend takes each request at once (decoupled), so Triton's
-    # queue stays near empty in front of it and the wait is inside.
-    (
-        ("nv_inference_pending_request_count", ()),
-        ("nv_trt_llm_request_metrics", (("request_type", "waiting"),)),
-    ),
-    (("vllm:num_requests_waiting", ()),),  # vLLM (NIM exports vLLM's)
-)
-"""Per kind of model server, the gauges whose samples add up to the requests waiting there;
-the first kind found in a server's exposition is its kind."""
 
 
 def kv_key(key: str) -> str:

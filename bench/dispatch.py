@@ -19,7 +19,7 @@ from typing import Any
 from celery import Celery
 
 from app.errors import AgentqError
-from app.producer import submit_many
+from app.producer.submit import submit_many
 from bench.report import rate, ratio, scenario, target
 from bench.services import TRIVIAL, Services, cpu_seconds, postgres_problem, postgres_schema
 from bench.stock import NOOP

@@ -11,7 +11,7 @@ import uuid
 from contextlib import ExitStack
 from typing import Any
 
-from app.producer import submit_many
+from app.producer.submit import submit_many
 from bench.report import rate, ratio, scenario, target
 from bench.services import TRIVIAL, Services
 from bench.stock import NOOP, QUEUE

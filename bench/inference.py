@@ -38,7 +38,8 @@ from celery import Celery
 from rich.console import Console
 from rich.table import Table
 
-from app.celery_app import create_celery
+from app.agents.prompts import build_prompt
+from app.celery_ext.app import create_celery
 from app.config import REPO_ROOT, InferenceSettings, Settings, Strategy, TritonSettings
 from app.errors import AgentqError
 from app.local.processes import log_tail
@@ -46,7 +47,6 @@ from app.local.redis import RedisServer
 from app.local.triton import TritonServer, install_triton
 from app.local.workers import WorkerProcess
 from app.memory.migrate import migrate
-from app.prompts import build_prompt
 from bench.measure import (
     BATCH,
     INFLIGHT,

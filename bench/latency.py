@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import create_engine, select
 
 from app.memory.schema import runs as runs_table
-from app.producer import submit
+from app.producer.submit import submit
 from bench import dispatch
 from bench.report import latency_summary, ratio, scenario, target
 from bench.services import RESULT_PREFIX, TRIVIAL, ResultWatch, Services

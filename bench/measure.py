@@ -20,11 +20,11 @@ import redis
 from celery import Celery
 from celery.utils.serialization import bytes_to_str
 
-from app.backlog import UNACKED_KEY  # messages delivered to a worker, not acknowledged
+from app.celery_ext.backlog import UNACKED_KEY  # messages delivered to a worker, not acknowledged
 from app.inference.backend import GenerationParams
 from app.inference.triton import build_inputs
-from app.producer import submit, submit_many
-from app.streaming import TOKEN
+from app.producer.submit import submit, submit_many
+from app.tasks.relay import TOKEN
 
 BENCH_MODELS = ("ensemble", "ensemble_stream")
 READY = {"SUCCESS", "FAILURE", "REVOKED"}

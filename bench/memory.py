@@ -18,7 +18,7 @@ from celery import Celery
 
 from app.config import Settings
 from app.local.triton import TritonServer, install_triton
-from app.producer import submit_many
+from app.producer.submit import submit_many
 from bench.dispatch import DrainError
 from bench.report import scenario, target
 from bench.services import HOLDING, ResultWatch, Services, rss_mib

@@ -8,8 +8,8 @@ reads its metric and sets the replica count:
 
 - ``llen``: what KEDA's redis trigger reads, ``LLEN`` of the queue's list;
 - ``backlog``: what the prometheus trigger reads, the exporter's ``agentq_backlog``
-  (:func:`app.backlog.read_backlog`: every priority sub-list plus the unacked messages), as
-  Prometheus scraped it every 15 s.
+  (:func:`app.celery_ext.backlog.read_backlog`: every priority sub-list plus the unacked
+  messages), as Prometheus scraped it every 15 s.
 
 A replica is a worker as Celery runs one: it takes messages through kombu's Redis transport
 (the project's, as the workers use it) with late acks and ``concurrency`` in flight
@@ -47,9 +47,9 @@ import redis
 from celery import Celery
 from rich.console import Console
 
-from app.agents import AgentRegistry, AgentSpec
-from app.backlog import read_backlog
-from app.celery_app import create_celery
+from app.agents.registry import AgentRegistry, AgentSpec
+from app.celery_ext.app import create_celery
+from app.celery_ext.backlog import read_backlog
 from app.config import REPO_ROOT, DeploySettings, Settings, WorkerSettings
 from app.constants import TASK_RUN_AGENT
 from app.deploy import workers

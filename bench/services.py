@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from app.celery_app import create_celery
+from app.celery_ext.app import create_celery
 from app.config import Settings, TritonSettings
 from app.local.redis import RedisServer
 from app.local.workers import WorkerProcess

@@ -15,18 +15,11 @@ import redis
 
 from app.config import Settings, TritonSettings
 from app.local.redis import RedisServer
+from tests.fixtures.services import service_missing  # noqa: F401
 
-IN_CI = bool(os.environ.get("CI"))
 TEST_REDIS_DB = 13
 
 pytest_plugins = ["tests.fixtures.triton", "tests.fixtures.postgres", "tests.fixtures.secure_redis"]
-
-
-def service_missing(reason: str) -> None:
-    """Skip locally, fail in CI: a CI run must not pass by skipping what it should test."""
-    if IN_CI:
-        pytest.fail(f"required service missing in CI: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +64,7 @@ def settings(redis_client: redis.Redis, redis_url: str, sqlite_url: str, triton_
 @pytest.fixture
 def celery_app(settings: Settings):
     """The agentq Celery app for ``settings`` (producer side)."""
-    from app.celery_app import create_celery
+    from app.celery_ext.app import create_celery
 
     app = create_celery(settings)
     yield app

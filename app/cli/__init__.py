@@ -14,8 +14,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from app import logs
 from app.config import Settings
+from app.ops import logs
 
 console = Console()
 
@@ -47,9 +47,9 @@ def worker(
     from celery.utils.nodenames import host_format
     from pydantic import ValidationError
 
-    from app.celery_app import create_celery
+    from app.celery_ext.app import create_celery
     from app.errors import AgentqError, ConfigurationError
-    from app.redis_client import check_redis
+    from app.ops.redis_clients import check_redis
     from app.tasks.runtime import runtime_for
 
     try:
@@ -96,7 +96,7 @@ def worker(
 def flower() -> None:
     """Flower on the broker; basic auth from AGENTQ_FLOWER__BASIC_AUTH is required."""
     from app.errors import ConfigurationError
-    from app.flower import run_flower
+    from app.ops.flower import run_flower
 
     try:
         settings = Settings()
@@ -129,7 +129,7 @@ def submit(
 ) -> None:
     """Submit one run of AGENT with input TEXT (JSON objects are parsed)."""
     from app.errors import SubmitError
-    from app.producer import submit as submit_run
+    from app.producer.submit import submit as submit_run
 
     run_input: object = text
     if text.lstrip().startswith(("{", "[")):
@@ -151,7 +151,7 @@ def submit(
 
 def _print_stream(result: Any, timeout: float) -> None:
     """Tokens as they come, each step on its own line; a restarted step is marked."""
-    from app.streaming import ATTEMPT, STEP, TOKEN
+    from app.tasks.relay import ATTEMPT, STEP, TOKEN
 
     out = sys.stdout
     seen: set[int] = set()
@@ -188,7 +188,7 @@ def status(agent: str | None, limit: int) -> None:
 @click.option("--port", type=int, default=None, help="Port of /metrics (default: exporter.port).")
 def exporter(port: int | None) -> None:
     """Serve every agent queue's true backlog and the DLQ size to Prometheus and KEDA."""
-    from app.exporter import run_exporter
+    from app.ops.exporter import run_exporter
 
     settings = Settings()
     logs.configure(settings.log_format)

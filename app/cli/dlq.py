@@ -19,7 +19,7 @@ def dlq() -> None:
 
 
 def _dlq_client() -> Any:
-    from app.redis_client import redis_client
+    from app.ops.redis_clients import redis_client
 
     return redis_client(Settings())
 
@@ -31,7 +31,7 @@ def dlq_list(agent: str | None, limit: int) -> None:
     """The newest dead-lettered runs."""
     import datetime
 
-    from app import dlq as dead
+    from app.tasks import dead_letters as dead
 
     client = _dlq_client()
     table = Table("run", "agent", "step", "kind", "retries", "failed at", "reason")
@@ -56,8 +56,8 @@ def dlq_show(run_id: str) -> None:
     """One dead letter: reason, traceback and the step's arguments (JSON, secrets masked)."""
     from dataclasses import asdict
 
-    from app import dlq as dead
-    from app.masking import masked
+    from app.ops.masking import masked
+    from app.tasks import dead_letters as dead
 
     letter = dead.get(_dlq_client(), run_id)
     if letter is None:
@@ -67,7 +67,7 @@ def dlq_show(run_id: str) -> None:
 
 
 def _chosen(client: Any, run_ids: tuple[str, ...], all_: bool, agent: str | None) -> list[str]:
-    from app import dlq as dead
+    from app.tasks import dead_letters as dead
 
     if bool(run_ids) == all_:
         raise click.UsageError("name RUN_IDs or pass --all (not both)")
@@ -82,7 +82,7 @@ def _chosen(client: Any, run_ids: tuple[str, ...], all_: bool, agent: str | None
 @click.option("--agent", default=None, help="With --all: only this agent type's runs.")
 def dlq_replay(run_ids: tuple[str, ...], all_: bool, agent: str | None) -> None:
     """Send dead-lettered runs back to their queues; they resume at the step that failed."""
-    from app.celery_app import create_celery
+    from app.celery_ext.app import create_celery
     from app.errors import NotDeadLetteredError
     from app.memory.sessions import SessionStore
     from app.tasks.dead_letters import replay
@@ -114,7 +114,7 @@ def dlq_replay(run_ids: tuple[str, ...], all_: bool, agent: str | None) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def dlq_purge(run_ids: tuple[str, ...], all_: bool, agent: str | None, yes: bool) -> None:
     """Delete dead letters for good (their runs stay failed in the session store)."""
-    from app import dlq as dead
+    from app.tasks import dead_letters as dead
 
     client = _dlq_client()
     chosen = _chosen(client, run_ids, all_, agent)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from app.agents import AgentRegistry, load_registry
+from app.agents.registry import AgentRegistry, load_registry
 from app.config import Settings
 from app.deploy import services, triton, workers
 from app.deploy.objects import SECRET, Obj, k8s_name, worker_name

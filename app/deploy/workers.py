@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from urllib.parse import urlsplit
 
-from app.agents import AgentSpec
+from app.agents.registry import AgentSpec
 from app.config import Settings
 from app.deploy.objects import (
     AGENTS_CONFIG_MAP,

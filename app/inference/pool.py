@@ -1,12 +1,13 @@
 """Several replicas behind one InferenceBackend: choice by strategy, retries, circuit breakers.
 
-A call goes to a replica chosen by the agent's strategy (:func:`app.routing.choose_replica`)
-among those whose breaker is closed. A retryable failure (the replica did not serve the call)
-counts against its breaker and the call is tried again on another replica after an
-exponential, jittered backoff, within the call's deadline and ``attempts``. When no replica
-is left the pool raises at once: the Celery task retries the step later instead of a thread
-spinning here. A background thread scrapes each replica's queue depth and probes open
-breakers' readiness (``/v2/health/ready`` for Triton) before they close.
+A call goes to a replica chosen by the agent's strategy
+(:func:`app.inference.strategies.choose_replica`) among those whose breaker is closed. A
+retryable failure (the replica did not serve the call) counts against its breaker and the call
+is tried again on another replica after an exponential, jittered backoff, within the call's
+deadline and ``attempts``. When no replica is left the pool raises at once: the Celery task
+retries the step later instead of a thread spinning here. A background thread scrapes each
+replica's queue depth and probes open breakers' readiness (``/v2/health/ready`` for Triton)
+before they close.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from typing import TypeVar
 
 import httpx
 
-from app import metrics
 from app.config import InferenceSettings
 from app.errors import InferenceError, InferenceUnavailableError, NoReplicaAvailableError
 from app.inference.backend import Completion, GenerationParams, InferenceBackend, Route
 from app.inference.breaker import CircuitBreaker
-from app.routing import ReplicaView, choose_replica, parse_queue_depth
+from app.inference.queue_depth import parse_queue_depth
+from app.inference.strategies import ReplicaView, choose_replica
+from app.ops import metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

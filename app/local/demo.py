@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from app.agents import load_registry
-from app.celery_app import create_celery
+from app.agents.registry import load_registry
+from app.celery_ext.app import create_celery
 from app.config import Settings, mask_url
 from app.errors import AgentqError
 from app.local.redis import RedisServer
@@ -25,7 +25,7 @@ from app.local.triton import TritonServer, install_triton
 from app.local.workers import WorkerProcess
 from app.memory.migrate import migrate
 from app.memory.sessions import SessionStore
-from app.producer import submit, submit_many
+from app.producer.submit import submit, submit_many
 
 _DIRECTIVE = re.compile(r"\[(tool|delay|error|words):[^\]]*\]")
 

@@ -51,8 +51,10 @@ class RunRecord:
     error: str | None
     created_at: datetime
     finished_at: datetime | None
-    error_type: str | None = None  # why a failed run ended (see app.guardrails, app.dlq)
-    budget: dict[str, Any] | None = None  # the run's limits (app.guardrails.Budget)
+    error_type: str | None = (
+        None  # why a failed run ended (see app.agents.guardrails, app.tasks.dead_letters)
+    )
+    budget: dict[str, Any] | None = None  # the run's limits (app.agents.guardrails.Budget)
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,7 +70,7 @@ runs = Table(
     Column("finished_at", UtcDateTime, nullable=True),
     # Why a failed run ended: budget_exceeded, output_rejected, model_error, dead_lettered...
     Column("error_type", String, nullable=True),
-    Column("budget", JsonValue, nullable=True),  # the run's limits (app.guardrails.Budget)
+    Column("budget", JsonValue, nullable=True),  # the run's limits (app.agents.guardrails.Budget)
     Index("ix_runs_session_created", "session_id", "created_at"),
     Index("ix_runs_status", "status"),
 )

@@ -1,20 +1,107 @@
-"""Dead-lettering a run from the worker, and replaying it for an operator (``agentq dlq``)."""
+"""Dead letters: runs whose step exhausted its retries or hit a poison error, kept with why.
+
+One entry per run in a Redis hash (run id -> JSON) with a sorted-set index by time, holding
+everything needed to replay the step: the task's keyword arguments, the reason, the
+traceback of a poison error, the retries spent. Nothing leaves it except by an operator's
+command (``agentq dlq replay|purge``); there is no size cap that would drop entries.
+
+The worker dead-letters a run (:func:`dead_letter`); an operator lists, replays or purges them
+(``agentq dlq``, :func:`replay`).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from celery import Celery, states
 
-from app import dlq, metrics
-from app.agents import AgentRegistry
-from app.constants import TASK_RUN_AGENT
+from app.agents.registry import AgentRegistry
+from app.constants import DEAD_LETTER_INDEX, DEAD_LETTERS, TASK_RUN_AGENT
 from app.errors import DeadLetteredError, NotDeadLetteredError, StoreError
 from app.memory.sessions import NewRun, SessionStore
+from app.ops import metrics
 
 log = logging.getLogger(__name__)
+
+RETRIES_EXHAUSTED: Final = "retries_exhausted"  # no model server / store answered in time
+POISON: Final = "poison"  # the step raised an error no retry will fix (a bug, a bad message)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One dead-lettered run."""
+
+    run_id: str
+    agent: str
+    step: int
+    kind: str  # RETRIES_EXHAUSTED | POISON
+    reason: str
+    retries: int
+    kwargs: dict[str, Any]  # the step message's arguments, to replay it
+    task_id: str  # the step message's task id (step 0's is the run id)
+    failed_at: float  # Unix time
+    traceback: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> DeadLetter:
+        return cls(**json.loads(raw))
+
+
+def push(client: Any, letter: DeadLetter) -> None:
+    """Record ``letter`` (replacing an older entry of the same run)."""
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(DEAD_LETTERS, letter.run_id, letter.to_json())
+    pipe.zadd(DEAD_LETTER_INDEX, {letter.run_id: letter.failed_at})
+    pipe.execute()
+
+
+def get(client: Any, run_id: str) -> DeadLetter | None:
+    """The dead letter of ``run_id``, or None."""
+    raw = client.hget(DEAD_LETTERS, run_id)
+    return None if raw is None else DeadLetter.from_json(raw)
+
+
+def list_letters(client: Any, limit: int = 100, agent: str | None = None) -> list[DeadLetter]:
+    """The newest ``limit`` dead letters (of one agent type when ``agent`` is given)."""
+    found: list[DeadLetter] = []
+    start, page = 0, max(limit, 100)
+    while len(found) < limit:
+        ids = client.zrevrange(DEAD_LETTER_INDEX, start, start + page - 1)
+        if not ids:
+            break
+        start += page
+        for raw in client.hmget(DEAD_LETTERS, ids):
+            if raw is not None:
+                letter = DeadLetter.from_json(raw)
+                if agent is None or letter.agent == agent:
+                    found.append(letter)
+    return found[:limit]
+
+
+def count(client: Any) -> int:
+    """How many runs are dead-lettered."""
+    return int(client.hlen(DEAD_LETTERS))
+
+
+def remove(client: Any, run_ids: Iterable[str]) -> int:
+    """Delete the entries of ``run_ids``; how many existed."""
+    ids = list(run_ids)
+    if not ids:
+        return 0
+    pipe = client.pipeline(transaction=True)
+    pipe.hdel(DEAD_LETTERS, *ids)
+    pipe.zrem(DEAD_LETTER_INDEX, *ids)
+    removed, _ = pipe.execute()
+    return int(removed)
+
 
 DEAD_LETTERED: Final = "dead_lettered"
 """error_type of a run failed by the dead-letter queue (replayable)."""
@@ -23,7 +110,7 @@ DEAD_LETTERED: Final = "dead_lettered"
 def dead_letter(
     redis: Any,
     store: SessionStore,
-    letter: dlq.DeadLetter,
+    letter: DeadLetter,
     run_input: Any = None,
     session_id: str | None = None,
 ) -> DeadLetteredError:
@@ -32,7 +119,7 @@ def dead_letter(
     The entry is written first: if the store is down too, the run is still findable and
     replayable, and the store learns of the failure on replay.
     """
-    dlq.push(redis, letter)
+    push(redis, letter)
     reason = f"dead-lettered ({letter.kind}): {letter.reason}"
     first = NewRun(letter.run_id, letter.agent, run_input, session_id) if letter.step == 0 else None
     try:
@@ -53,13 +140,13 @@ def dead_letter(
 
 def replay(
     celery: Celery, registry: AgentRegistry, store: SessionStore, redis: Any, run_id: str
-) -> dlq.DeadLetter:
+) -> DeadLetter:
     """Send a dead-lettered run's step back to its queue, then drop the entry.
 
     The run is set running again first; a crash between publishing and dropping leaves the
     entry in place (replaying it twice is harmless: a step commits once).
     """
-    letter = dlq.get(redis, run_id)
+    letter = get(redis, run_id)
     if letter is None:
         raise NotDeadLetteredError(f"run {run_id!r} is not in the dead-letter queue")
     spec = registry.get(letter.agent)
@@ -76,6 +163,6 @@ def replay(
         queue=spec.queue_name,
         ignore_result=True,  # the worker stores the run's result itself
     )
-    dlq.remove(redis, [run_id])
+    remove(redis, [run_id])
     log.warning("run %s: dead letter replayed from step %d", run_id, letter.step)
     return letter

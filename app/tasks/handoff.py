@@ -11,9 +11,9 @@ from typing import Any
 from celery import Task, states
 from celery.utils.nodenames import anon_nodename
 
-from app.broker import ack_on, acked
+from app.celery_ext.envelope import message_headers, run_message, step_task_id
+from app.celery_ext.transport import ack_on, acked
 from app.constants import published_key
-from app.messages import message_headers, run_message, step_task_id
 from app.tasks.runner import StepMessage, StepResult
 from app.tasks.runtime import WorkerRuntime
 

@@ -19,7 +19,8 @@ from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
 from kombu.exceptions import OperationalError
 
-from app import dlq, logs, metrics, tracing
+from app.agents.guardrails import BUDGET_EXCEEDED, OUTPUT_REJECTED
+from app.celery_ext.envelope import ENQUEUED_AT, NEW_RUN, message_headers
 from app.constants import TASK_RUN_AGENT
 from app.errors import (
     BudgetExceededError,
@@ -29,11 +30,11 @@ from app.errors import (
     RunFailedError,
     StoreError,
 )
-from app.guardrails import BUDGET_EXCEEDED, OUTPUT_REJECTED
 from app.inference.pool import backoff_delay
-from app.masking import task_kwargsrepr
-from app.messages import ENQUEUED_AT, NEW_RUN, message_headers
-from app.streaming import RunResult
+from app.ops import logs, metrics, tracing
+from app.ops.masking import task_kwargsrepr
+from app.producer.results import RunResult
+from app.tasks import dead_letters as dlq
 from app.tasks.dead_letters import DEAD_LETTERED, dead_letter
 from app.tasks.handoff import publish_step, queue_of, store_answer
 from app.tasks.runner import Outcome, StepMessage, StepResult

@@ -14,11 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from app import metrics, tracing
-from app.agents import AgentRegistry, AgentSpec
-from app.config import Settings
-from app.errors import InferenceError, InferenceUnavailableError, SubmitError, ToolError
-from app.guardrails import (
+from app.agents.guardrails import (
     BUDGET_EXCEEDED,
     OUTPUT_REJECTED,
     TOOL_NOT_ALLOWED,
@@ -27,6 +23,12 @@ from app.guardrails import (
     check_before_step,
     first_rejection,
 )
+from app.agents.prompts import FinalAnswer, ToolCall, Turn, build_prompt, parse_reply
+from app.agents.registry import AgentRegistry, AgentSpec
+from app.agents.tools import ToolContext, run_tool
+from app.agents.validation import validate_run
+from app.config import Settings
+from app.errors import InferenceError, InferenceUnavailableError, SubmitError, ToolError
 from app.inference.backend import (
     Completion,
     GenerationParams,
@@ -34,7 +36,6 @@ from app.inference.backend import (
     Route,
     count_tokens,
 )
-from app.leases import RunLease
 from app.memory.sessions import (
     FAILED,
     NO_ANSWER,
@@ -45,8 +46,9 @@ from app.memory.sessions import (
     StepRecord,
 )
 from app.memory.tool_cache import MISS, ToolResultCache
-from app.prompts import FinalAnswer, ToolCall, Turn, build_prompt, parse_reply
-from app.streaming import TokenRelay
+from app.ops import metrics, tracing
+from app.tasks.leases import RunLease
+from app.tasks.relay import TokenRelay
 from app.tasks.steps import (
     INPUT_REJECTED,
     MODEL_ERROR,
@@ -56,8 +58,6 @@ from app.tasks.steps import (
     StepResult,
     usage,
 )
-from app.tools import ToolContext, run_tool
-from app.validation import validate_run
 
 __all__ = [
     "INPUT_REJECTED",

@@ -8,15 +8,15 @@ from typing import Any
 
 from celery import Celery
 
-from app import tracing
-from app.agents import AgentRegistry
-from app.broker import acks_in_pipelines
+from app.agents.registry import AgentRegistry
+from app.celery_ext.transport import acks_in_pipelines
 from app.config import Settings
 from app.errors import ConfigurationError
+from app.inference.factory import build_pools
 from app.inference.pool import ReplicaPool
-from app.inference.pools import build_pools
 from app.memory.sessions import SessionStore
-from app.redis_client import redis_client
+from app.ops import tracing
+from app.ops.redis_clients import redis_client
 from app.tasks.runner import StepRunner
 
 
@@ -31,7 +31,7 @@ class WorkerRuntime:
     pools: dict[str, ReplicaPool]  # backend kind -> its replicas
     runner: StepRunner
     # The broker is ``redis``, with kombu's key names: a step publishes its next step and
-    # acknowledges its own message in one MULTI (app.broker.ack_on).
+    # acknowledges its own message in one MULTI (app.celery_ext.transport.ack_on).
     pipeline_acks: bool = False
 
     @classmethod

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from app.guardrails import Usage
+from app.agents.guardrails import Usage
 from app.memory.sessions import RunState
 
 
@@ -30,7 +30,7 @@ class StepMessage:
     step: int
     input: Any = None
     session_id: str | None = None
-    stream: bool = False  # relay the model's tokens to the producer (app.streaming)
+    stream: bool = False  # relay the model's tokens to the producer (app.producer.results)
     budget: dict[str, Any] | None = None  # step 0 only: limits tightening the agent's budget
     # Step 0 as a producer submitted it, delivered for the first time (not redelivered,
     # retried or requeued): its run is almost never in the store yet, so the load is put
@@ -38,7 +38,7 @@ class StepMessage:
     first: bool = False
 
 
-# error_type of runs that end for reasons other than guardrails (see app.guardrails for those).
+# error_type of runs that end for reasons other than guardrails (app.agents.guardrails has those).
 MODEL_ERROR = "model_error"
 INPUT_REJECTED = "input_rejected"
 UNKNOWN_AGENT = "unknown_agent"

@@ -21,8 +21,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from app import dlq
-from app.backlog import priority_lists
+from app.celery_ext.backlog import priority_lists
 from app.config import Settings, TritonSettings, WorkerSettings
 from app.constants import kv_key, lease_key, queue_for
 from app.local.processes import free_port, log_tail, stop_process, wait_until
@@ -31,7 +30,8 @@ from app.local.workers import WorkerProcess
 from app.memory.schema import runs as runs_table
 from app.memory.schema import steps as steps_table
 from app.memory.sessions import SessionStore
-from app.producer import submit_many
+from app.producer.submit import submit_many
+from app.tasks import dead_letters as dlq
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -138,7 +138,7 @@ def chaos_settings(chaos_redis: PersistentRedis, tmp_path: Path, triton_server) 
 
 @pytest.fixture
 def chaos_celery(chaos_settings: Settings):
-    from app.celery_app import create_celery
+    from app.celery_ext.app import create_celery
 
     app = create_celery(chaos_settings)
     yield app

@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from app import dlq
 from app.constants import TASK_RUN_AGENT
 from app.errors import DeadLetteredError
 from app.local.processes import free_port
-from app.producer import submit
-from tests.integration.test_cli import agentq
+from app.producer.submit import submit
+from app.tasks import dead_letters as dlq
+from tests.fixtures.cli import agentq
 
 pytestmark = pytest.mark.e2e
 

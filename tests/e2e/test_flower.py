@@ -16,7 +16,7 @@ import pytest
 
 from app.config import Settings, child_env, settings_env
 from app.local.processes import free_port, log_tail, stop_process, wait_until
-from app.producer import submit
+from app.producer.submit import submit
 
 pytestmark = pytest.mark.e2e
 

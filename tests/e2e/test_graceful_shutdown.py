@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from app.backlog import UNACKED_KEY
+from app.celery_ext.backlog import UNACKED_KEY
 from app.constants import kv_key, lease_key, queue_for
-from app.producer import submit_many
+from app.producer.submit import submit_many
 from tests.fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

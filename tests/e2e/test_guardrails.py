@@ -12,11 +12,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.celery_app import create_celery
+from app.celery_ext.app import create_celery
 from app.constants import kv_key, queue_for
 from app.errors import BudgetExceededError, InputRejectedError, OutputRejectedError
 from app.local.processes import free_port
-from app.producer import submit
+from app.producer.submit import submit
 
 pytestmark = pytest.mark.e2e
 

@@ -9,12 +9,12 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from app.celery_app import create_celery
+from app.celery_ext.app import create_celery
 from app.config import Settings, TritonSettings
 from app.local.processes import free_port, log_tail, wait_until
 from app.local.redis import RedisServer
 from app.local.workers import WorkerProcess
-from app.producer import submit
+from app.producer.submit import submit
 
 pytestmark = pytest.mark.e2e
 

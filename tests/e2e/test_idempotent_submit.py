@@ -7,12 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.celery_app import create_celery
+from app.celery_ext.app import create_celery
 from app.config import LimitSettings
 from app.constants import queue_for
 from app.errors import IdempotencyConflictError
-from app.producer import submit, submit_many
-from tests.integration.test_cli import agentq
+from app.producer.submit import submit, submit_many
+from tests.fixtures.cli import agentq
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ import pytest
 from app.constants import TASK_RUN_AGENT, queue_for
 from app.errors import RunFailedError
 from app.local.processes import wait_until
-from app.producer import submit
+from app.producer.submit import submit
 
 pytestmark = pytest.mark.e2e
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from app.celery_app import create_celery
+from app.celery_ext.app import create_celery
 from app.config import OpenAISettings, ReplicaSettings
 from app.local.workers import WorkerProcess
-from app.producer import submit
+from app.producer.submit import submit
 from tests.fixtures.openai_server import OpenAIServer
 
 pytestmark = pytest.mark.e2e

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from app.celery_app import create_celery
+from app.celery_ext.app import create_celery
 from app.config import RedisTLSSettings, Settings
 from app.local.workers import WorkerProcess
-from app.producer import submit
-from app.streaming import TOKEN
+from app.producer.submit import submit
+from app.tasks.relay import TOKEN
 
 pytestmark = pytest.mark.e2e
 

@@ -12,12 +12,12 @@ import httpx
 import pytest
 import tritonclient.grpc as grpcclient
 
-from app import dlq
 from app.constants import queue_for
 from app.inference.backend import GenerationParams
+from app.inference.queue_depth import parse_queue_depth
 from app.inference.triton import build_inputs
-from app.producer import submit, submit_many
-from app.routing import parse_queue_depth
+from app.producer.submit import submit, submit_many
+from app.tasks import dead_letters as dlq
 from tests.fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -7,9 +7,9 @@ import asyncio
 import pytest
 
 from app.constants import stream_key
-from app.producer import submit
-from app.streaming import ATTEMPT, END, STEP, TOKEN
-from tests.integration.test_cli import agentq
+from app.producer.submit import submit
+from app.tasks.relay import ATTEMPT, END, STEP, TOKEN
+from tests.fixtures.cli import agentq
 
 pytestmark = pytest.mark.e2e
 

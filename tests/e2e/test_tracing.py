@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from app import tracing
 from app.config import TracingSettings
 from app.constants import queue_for
 from app.errors import RunFailedError
 from app.local.processes import wait_until
-from app.producer import submit
+from app.ops import tracing
+from app.producer.submit import submit
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from app.constants import kv_key
-from app.producer import submit
+from app.producer.submit import submit
 
 pytestmark = pytest.mark.e2e
 

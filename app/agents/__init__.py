@@ -1,0 +1,1 @@
+"""Agents: their declarations (registry), prompts, tools, guardrails and the checks on a run."""

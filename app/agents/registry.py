@@ -1,0 +1,200 @@
+"""Agent types declared as data: :class:`AgentSpec` and the :class:`AgentRegistry`.
+
+An agents file (YAML or TOML) holds a list under ``agents``::
+
+    agents:
+      - name: research
+        system_prompt: You answer research questions.
+        tools: [calculator, kv_get]
+        max_steps: 6
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from app.agents.guardrails import Budget, Validator, ValidatorSpec, build_validators
+from app.config import LimitSettings
+from app.constants import queue_for
+from app.errors import ConfigurationError
+
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+class AgentSpec(BaseModel):
+    """One agent type: what model it calls, how it is prompted, what it may do."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="Agent type; also names its queue (agent.<name>).")
+    model: str = Field(default="ensemble", description="Triton model serving this agent.")
+    backend: Literal["triton", "openai", "echo"] = Field(
+        default="triton",
+        description="Model server kind: Triton (gRPC, TensorRT-LLM ensemble), an "
+        "OpenAI-compatible server (NIM, vLLM) from settings.openai, or echo (no server: "
+        "each run answers with its input in one step; smoke and load tests).",
+    )
+    system_prompt: str = Field(default="You are a helpful agent.", description="First prompt line.")
+    tools: tuple[str, ...] = Field(default=(), description="Names of the tools it may call.")
+    max_steps: int = Field(default=8, gt=0, le=1000, description="Step budget of one run.")
+    max_tokens: int | None = Field(
+        default=None, gt=0, description="max_tokens per model call (else settings.triton)."
+    )
+    temperature: float | None = Field(default=None, ge=0, description="Sampling temperature.")
+    queue: str | None = Field(default=None, description="Queue override (default agent.<name>).")
+    max_replicas: int | None = Field(
+        default=None,
+        gt=0,
+        description="Most worker replicas the autoscaler may run (else settings.deploy).",
+    )
+    step_timeout_s: float | None = Field(
+        default=None, gt=0, description="Deadline of one step (else settings.worker)."
+    )
+    max_input_bytes: int | None = Field(
+        default=None, gt=0, description="Largest input it accepts (else settings.limits)."
+    )
+    budget: Budget = Field(
+        default_factory=Budget,
+        description="Per-run limits on tokens, tool calls and wall time (unset ones default "
+        "to settings.limits; max_steps above is the step budget). A run may tighten them.",
+    )
+    input_validators: tuple[ValidatorSpec, ...] = Field(
+        default=(), description="Checks on a run's input at submit, e.g. blocked_patterns."
+    )
+    output_validators: tuple[ValidatorSpec, ...] = Field(
+        default=(),
+        description="Checks on the final answer before it is returned, e.g. json_schema.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                f"agent name {value!r} must be lower-case letters, digits, '-' or '_', "
+                "starting with a letter"
+            )
+        return value
+
+    def run_budget(self, limits: LimitSettings, override: Budget | None = None) -> Budget:
+        """A run's budget: this agent's, then ``limits``' defaults, tightened by ``override``."""
+        defaults = Budget(
+            max_steps=self.max_steps,
+            max_tokens_in=limits.max_tokens_in,
+            max_tokens_out=limits.max_tokens_out,
+            max_tool_calls=limits.max_tool_calls,
+            max_wall_time_s=limits.max_wall_time_s,
+        )
+        budget = self.budget.merged(defaults)
+        return budget.tightened(override) if override is not None else budget
+
+    @property
+    def queue_name(self) -> str:
+        """The Celery queue this agent's runs wait in."""
+        return self.queue or queue_for(self.name)
+
+
+class AgentRegistry:
+    """The agent types a deployment knows, by name."""
+
+    def __init__(self, specs: Iterable[AgentSpec] = ()) -> None:
+        self._specs: dict[str, AgentSpec] = {}
+        self._validators: dict[str, tuple[list[tuple[str, Validator]], ...]] = {}
+        for spec in specs:
+            self.register(spec)
+
+    def register(self, spec: AgentSpec) -> AgentSpec:
+        """Add an agent type; a second spec with the same name is a configuration error."""
+        if spec.name in self._specs:
+            raise ConfigurationError(f"agent {spec.name!r} is declared twice")
+        # Built now, so a bad validator declaration fails at start-up, not in a run.
+        self._validators[spec.name] = (
+            build_validators(spec.input_validators),
+            build_validators(spec.output_validators),
+        )
+        self._specs[spec.name] = spec
+        return spec
+
+    def input_validators(self, name: str) -> list[tuple[str, Validator]]:
+        """The built input validators of agent type ``name``."""
+        return self._validators[name][0]
+
+    def output_validators(self, name: str) -> list[tuple[str, Validator]]:
+        """The built output validators of agent type ``name``."""
+        return self._validators[name][1]
+
+    def get(self, name: str) -> AgentSpec | None:
+        """The spec of ``name``, or None."""
+        return self._specs.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __iter__(self) -> Iterator[AgentSpec]:
+        return iter(self._specs.values())
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    @property
+    def names(self) -> list[str]:
+        """Agent type names, in declaration order."""
+        return list(self._specs)
+
+    def queues(self) -> dict[str, str]:
+        """Agent type -> queue name."""
+        return {spec.name: spec.queue_name for spec in self}
+
+    @classmethod
+    def from_file(cls, path: Path) -> AgentRegistry:
+        """Load agent types from a YAML (.yaml/.yml) or TOML (.toml) file."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read agents file {path}: {exc}") from exc
+        try:
+            if path.suffix == ".toml":
+                data = tomllib.loads(text)
+            elif path.suffix in {".yaml", ".yml"}:
+                data = yaml.safe_load(text)
+            else:
+                raise ConfigurationError(f"agents file {path} must end in .yaml, .yml or .toml")
+        except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigurationError(f"agents file {path} does not parse: {exc}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("agents"), list):
+            raise ConfigurationError(f"agents file {path} needs a list under 'agents'")
+        try:
+            return cls(AgentSpec.model_validate(item) for item in data["agents"])
+        except ValidationError as exc:
+            raise ConfigurationError(f"agents file {path}: {exc}") from exc
+
+
+EXAMPLE_AGENTS = (
+    AgentSpec(
+        name="research",
+        system_prompt="You are a research agent. Use tools to look facts up, then answer.",
+        tools=("calculator", "kv_get", "word_count"),
+        max_steps=8,
+    ),
+    AgentSpec(
+        name="coder",
+        system_prompt="You are a coding agent. Compute, record results, then answer.",
+        tools=("calculator", "kv_set", "kv_get", "counter_incr", "word_count"),
+        max_steps=8,
+    ),
+)
+"""The agent types used when no agents file is configured (demo, tests, examples)."""
+
+
+def load_registry(agents_file: Path | None) -> AgentRegistry:
+    """The registry from ``agents_file``, or the example agents when it is None."""
+    if agents_file is None:
+        return AgentRegistry(EXAMPLE_AGENTS)
+    return AgentRegistry.from_file(agents_file)

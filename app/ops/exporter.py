@@ -1,0 +1,154 @@
+"""``agentq exporter``: the cluster's backlog and dead letters, read from Redis at scrape time.
+
+One process serves it for the whole cluster (workers come and go; a queue's backlog is not
+any one worker's). Prometheus scrapes it and KEDA's prometheus trigger scales each agent
+type's workers on ``agentq_backlog{agent="..."}``, which, unlike the length of one Redis
+list, counts every priority sub-list and the messages taken but not yet acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
+from typing import Any
+
+import redis
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from app.agents.registry import AgentRegistry, load_registry
+from app.celery_ext.backlog import read_backlog
+from app.config import Settings
+from app.ops.http import Response, json_response, serve, shutdown
+from app.ops.redis_clients import redis_client
+from app.tasks import dead_letters as dlq
+
+log = logging.getLogger(__name__)
+
+METRIC_NAMES = (
+    "agentq_backlog",
+    "agentq_backlog_ready",
+    "agentq_backlog_unacked",
+    "agentq_dead_letters",
+    "agentq_exporter_redis_up",
+)
+
+
+class BacklogCollector(Collector):
+    """Every agent queue's backlog and the dead-letter count, read when collected."""
+
+    def __init__(self, broker: Any, store: Any, registry: AgentRegistry) -> None:
+        self.broker = broker  # the Redis holding the queues
+        self.store = store  # the Redis holding the dead letters (often the same)
+        self.registry = registry
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily(
+            "agentq_exporter_redis_up", "1 when the last scrape could read Redis."
+        )
+        agents = {spec.name: spec.queue_name for spec in self.registry}
+        try:
+            backlog = read_backlog(self.broker, sorted(set(agents.values())))
+            dead = dlq.count(self.store)
+        except redis.RedisError as exc:
+            # No sample rather than a wrong one: KEDA falls back, an alert fires on redis_up.
+            log.warning("exporter: cannot read Redis: %s", exc)
+            up.add_metric([], 0.0)
+            yield up
+            return
+        up.add_metric([], 1.0)
+        yield up
+        families = {
+            "total": GaugeMetricFamily(
+                "agentq_backlog",
+                "Step messages of an agent queue not yet done: waiting at every priority "
+                "plus taken but unacknowledged.",
+                labels=["agent", "queue"],
+            ),
+            "ready": GaugeMetricFamily(
+                "agentq_backlog_ready",
+                "Step messages waiting in an agent queue's lists (every priority).",
+                labels=["agent", "queue"],
+            ),
+            "unacked": GaugeMetricFamily(
+                "agentq_backlog_unacked",
+                "Step messages taken by a worker and not yet acknowledged.",
+                labels=["agent", "queue"],
+            ),
+        }
+        for agent, queue in sorted(agents.items()):
+            b = backlog[queue]
+            families["total"].add_metric([agent, queue], b.total)
+            families["ready"].add_metric([agent, queue], b.ready)
+            families["unacked"].add_metric([agent, queue], b.unacked)
+        yield from families.values()
+        yield GaugeMetricFamily(
+            "agentq_dead_letters", "Runs in the dead-letter queue.", value=float(dead)
+        )
+
+
+class Exporter:
+    """The exporter's clients, collector and HTTP server."""
+
+    def __init__(self, settings: Settings, registry: AgentRegistry | None = None) -> None:
+        timeout = settings.exporter.redis_timeout_s
+        self._clients = {
+            url: redis_client(settings, url, socket_timeout=timeout, socket_connect_timeout=timeout)
+            for url in (settings.broker, settings.redis_url)
+        }
+        registry = registry if registry is not None else load_registry(settings.agents_file)
+        self.collector = BacklogCollector(
+            self._clients[settings.broker], self._clients[settings.redis_url], registry
+        )
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.collector)
+        self.settings = settings
+        self.server: ThreadingHTTPServer | None = None
+
+    def metrics(self) -> Response:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
+    def livez(self) -> Response:
+        return json_response(200, {"live": True})
+
+    def readyz(self) -> Response:
+        try:
+            self.collector.broker.ping()
+        except redis.RedisError as exc:
+            return json_response(503, {"ready": False, "detail": f"broker: {exc}"})
+        return json_response(200, {"ready": True})
+
+    def start(self, port: int | None = None) -> Exporter:
+        """Serve /metrics, /livez and /readyz from a daemon thread."""
+        routes = {"/metrics": self.metrics, "/livez": self.livez, "/readyz": self.readyz}
+        s = self.settings.exporter
+        self.server = serve(routes, s.host, s.port if port is None else port, "agentq exporter")
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.server.server_port if self.server is not None else 0
+
+    def stop(self) -> None:
+        shutdown(self.server)
+        self.server = None
+        for client in self._clients.values():
+            client.close()
+
+
+def run_exporter(settings: Settings, port: int | None = None) -> None:
+    """Serve until the process is stopped (SIGTERM or Ctrl-C)."""
+    exporter = Exporter(settings).start(port)
+    stopped = threading.Event()
+    # As a container's PID 1 the process has no default SIGTERM action: handle it explicitly.
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        exporter.stop()

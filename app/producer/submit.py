@@ -1,0 +1,295 @@
+"""Producers: validate a run at the edge, then enqueue it. Nothing invalid reaches a queue."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, overload
+
+from celery import Celery
+from celery.utils.nodenames import anon_nodename
+
+from app.agents.registry import AgentRegistry
+from app.agents.validation import RunRequest, validate_run
+from app.celery_ext import envelope as messages
+from app.celery_ext.envelope import compact_json, message_headers, new_id, new_ids
+from app.config import Settings
+from app.constants import TASK_RUN_AGENT, idempotency_key
+from app.errors import IdempotencyConflictError, InvalidInputError
+from app.ops import tracing
+from app.ops.masking import task_kwargsrepr
+from app.ops.redis_clients import redis_client
+from app.producer.results import RunResult
+
+RUN_FIELDS = frozenset(
+    {"agent", "input", "session_id", "run_id", "stream", "budget", "idempotency_key"}
+)
+
+
+def _registry(celery: Celery) -> AgentRegistry:
+    return celery.agentq_registry  # type: ignore[attr-defined,no-any-return]
+
+
+def _settings(celery: Celery) -> Settings:
+    return celery.agentq_settings  # type: ignore[attr-defined,no-any-return]
+
+
+def _default_celery(celery: Celery | None) -> Celery:
+    if celery is not None:
+        return celery
+    from app.celery_app import get_celery
+
+    return get_celery()
+
+
+def _redis(celery: Celery) -> Any:
+    client = getattr(celery, "agentq_redis", None)
+    if client is None:
+        client = redis_client(_settings(celery))
+        celery.agentq_redis = client  # type: ignore[attr-defined]
+    return client
+
+
+def _digest(req: RunRequest) -> str:
+    fields = [req.agent, req.input, req.session_id, req.budget]
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _claim(celery: Celery, req: RunRequest, key: Any) -> str | None:
+    """Reserve idempotency ``key`` for ``req``; the run id it already names, if any.
+
+    SET NX makes concurrent submits with one key agree on one run. A key reused for a
+    different run (other agent, input, session or budget) is refused.
+    """
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key) > 256:
+        raise InvalidInputError(f"'idempotency_key' must be a string of 1-256 chars, got {key!r}")
+    name = idempotency_key(req.agent, key)
+    value = json.dumps({"run_id": req.run_id, "digest": _digest(req)})
+    window = _settings(celery).limits.idempotency_window_s
+    client = _redis(celery)
+    if client.set(name, value, nx=True, ex=window):
+        return None
+    raw = client.get(name)
+    if raw is None:  # expired between the two calls: claim it again
+        return _claim(celery, req, key)
+    held = json.loads(raw)
+    if held["digest"] != _digest(req):
+        raise IdempotencyConflictError(
+            f"idempotency key {key!r} of agent {req.agent!r} was used for run "
+            f"{held['run_id']} with different fields; use a new key for a new run"
+        )
+    return str(held["run_id"])
+
+
+def _submit_span(celery: Celery, req: RunRequest) -> AbstractContextManager[Any]:
+    """The ``agentq.submit`` span of one run; its context goes into the message headers."""
+    tracing.setup(_settings(celery).tracing)  # once per process, on the first submit
+    return tracing.span(
+        "agentq.submit", None, "producer", agent=req.agent, run_id=req.run_id, queue=req.queue
+    )
+
+
+def _release(celery: Celery, req: RunRequest, key: str | None) -> None:
+    # The run was not enqueued after all: let a retry of this submit claim the key anew.
+    if key is not None:
+        _redis(celery).delete(idempotency_key(req.agent, key))
+
+
+def submit(
+    agent: str,
+    input: Any,
+    session_id: str | None = None,
+    *,
+    run_id: str | None = None,
+    stream: bool = False,
+    budget: Mapping[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    celery: Celery | None = None,
+) -> RunResult:
+    """Validate and enqueue one run; ``.get()`` on the result waits for its answer.
+
+    With ``stream=True`` the worker relays the model's tokens as they come:
+    ``for token in result.stream(): ...`` (or ``async for token in result.astream()``).
+    ``budget`` tightens the agent type's limits for this run (app.agents.guardrails.Budget).
+    With ``idempotency_key``, a repeated submit within ``limits.idempotency_window_s``
+    returns the run the first one created instead of enqueueing another.
+    """
+    celery = _default_celery(celery)
+    req = validate_run(
+        _registry(celery), _settings(celery), agent, input, session_id, run_id, stream, budget
+    )
+    task = celery.tasks[TASK_RUN_AGENT]
+    existing = _claim(celery, req, idempotency_key)
+    if existing is not None:
+        return task.AsyncResult(existing)  # type: ignore[no-any-return]
+    try:
+        with _submit_span(celery, req):
+            return task.apply_async(  # type: ignore[no-any-return]
+                kwargs=req.kwargs(),
+                task_id=req.run_id,
+                queue=req.queue,
+                headers=message_headers(new_run=True),
+                ignore_result=True,  # the worker stores the run's result itself
+            )
+    except BaseException:
+        _release(celery, req, idempotency_key)
+        raise
+
+
+class RunResults(Sequence[RunResult]):
+    """The handles of runs submitted together, in submit order (what :func:`submit_many`
+    returns). A list of run ids that makes each :class:`RunResult` when it is first read:
+    building tens of thousands of handles nobody reads would cost more than enqueueing."""
+
+    def __init__(self, task: Any, run_ids: list[str]) -> None:
+        self._task = task
+        self.ids = run_ids
+        self._handles: list[RunResult | None] = [None] * len(run_ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> RunResult: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[RunResult]: ...
+
+    def __getitem__(self, index: int | slice) -> RunResult | list[RunResult]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        handle = self._handles[index]
+        if handle is None:
+            handle = self._handles[index] = self._task.AsyncResult(self.ids[index])
+        return handle
+
+    def __repr__(self) -> str:
+        return f"<RunResults of {len(self)} runs>"
+
+
+def submit_many(
+    runs: Iterable[Mapping[str, Any]],
+    *,
+    celery: Celery | None = None,
+    batch_size: int = 1000,
+) -> RunResults:
+    """Validate every run first, then enqueue all of them through pipelined Redis writes
+    (``batch_size`` messages per round trip).
+
+    Each item is a mapping with ``agent``, ``input`` and optionally ``session_id``,
+    ``run_id``, ``stream``, ``budget`` and ``idempotency_key`` (as for :func:`submit`).
+    If any item is invalid, nothing is enqueued. The result is a sequence of
+    :class:`RunResult`, one per item in order (``.ids`` lists the run ids).
+    """
+    celery = _default_celery(celery)
+    registry, settings = _registry(celery), _settings(celery)
+    requests: list[RunRequest] = []
+    keys: dict[int, Any] = {}  # index -> idempotency key, for the runs that have one
+    ids = new_ids()
+    for i, item in enumerate(runs):
+        if type(item) is not dict and not isinstance(item, Mapping):
+            raise InvalidInputError(f"run #{i} must be a mapping, got {type(item).__name__}")
+        if not RUN_FIELDS.issuperset(item):
+            unknown = set(item) - RUN_FIELDS
+            raise InvalidInputError(f"run #{i} has unknown fields: {sorted(unknown)}")
+        get = item.get
+        req = validate_run(
+            registry,
+            settings,
+            get("agent"),
+            get("input"),
+            get("session_id"),
+            get("run_id") or next(ids),
+            get("stream", False),
+            get("budget"),
+        )
+        key = get("idempotency_key")
+        if key is not None:
+            keys[i] = key
+        requests.append(req)
+    run_ids = [req.run_id for req in requests]
+    fresh = requests if not keys else []
+    claimed: list[tuple[int, int]] = []  # (place in fresh, index) of runs whose key we took
+    pushed = _Pushed()
+    try:
+        if keys:
+            for i, req in enumerate(requests):
+                existing = _claim(celery, req, keys.get(i))
+                if existing is not None:
+                    run_ids[i] = existing
+                    continue
+                if i in keys:
+                    claimed.append((len(fresh), i))
+                fresh.append(req)
+        _push(celery, fresh, batch_size, pushed)
+    except BaseException:
+        # Runs of the batches Redis executed are enqueued: their keys stay, so a retry of
+        # this call names them instead of enqueueing them twice. The others' keys go.
+        for place, i in claimed:
+            if place >= pushed.runs:
+                _release(celery, requests[i], keys[i])
+        raise
+    return RunResults(celery.tasks[TASK_RUN_AGENT], run_ids)
+
+
+class _Pushed:
+    """How many of the runs given to :func:`_push` are in Redis (their batch executed)."""
+
+    runs = 0
+
+
+def _broker(celery: Celery) -> Any:
+    client = getattr(celery, "agentq_broker", None)
+    if client is None:
+        settings = _settings(celery)
+        client = redis_client(settings, settings.broker)
+        celery.agentq_broker = client  # type: ignore[attr-defined]
+    return client
+
+
+def _push(celery: Celery, requests: list[RunRequest], batch_size: int, pushed: _Pushed) -> None:
+    """LPUSH the runs' first messages into their queues, ``batch_size`` per round trip, each
+    batch one MULTI/EXEC with one LPUSH per queue: a worker takes a queue's messages in
+    submit order. ``pushed`` counts the runs of the batches executed."""
+    with _broker(celery).pipeline(transaction=True) as pipe:
+        for batch in _batches(celery, requests, batch_size):
+            for queue, queued in batch.items():
+                pipe.lpush(queue, *queued)
+            pipe.execute()
+            pushed.runs += sum(map(len, batch.values()))
+
+
+def _batches(
+    celery: Celery, requests: list[RunRequest], batch_size: int
+) -> Iterator[dict[str, list[str]]]:
+    """The runs' first messages (built by :mod:`app.celery_ext.envelope`, as apply_async would), by
+    queue, ``batch_size`` runs at a time.
+
+    Without tracing every message of the call carries the same headers (one enqueue time:
+    they reach Redis together); with it, each run has its own submit span and context."""
+    reply_to, origin = celery.thread_oid, anon_nodename()
+    tags = f"{new_id()}."  # + the run's index: unique, and cheaper than a UUID each
+    traced = tracing.enabled()
+    shared = compact_json(message_headers(new_run=True))
+    envelopes: dict[str, messages.Envelope] = {}
+    for start in range(0, len(requests), batch_size):
+        batch: dict[str, list[str]] = {}
+        for i, req in enumerate(requests[start : start + batch_size], start):
+            envelope = envelopes.get(req.queue)
+            if envelope is None:
+                envelope = envelopes[req.queue] = messages.envelope(req.queue, reply_to, origin)
+            kwargs_json, kwargsrepr = req.kwargs_json(), task_kwargsrepr(req.kwargs())
+            if traced:
+                with _submit_span(celery, req):
+                    headers = compact_json(message_headers(new_run=True))
+            else:
+                headers = shared
+            message = messages.fill(
+                envelope, req.run_id, kwargs_json, kwargsrepr, headers, f"{tags}{i}"
+            )
+            batch.setdefault(req.queue, []).append(message)
+        yield batch

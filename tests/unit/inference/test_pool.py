@@ -1,0 +1,138 @@
+"""The replica pool's failure handling: failover, breakers, probes, deadlines, in-flight counts.
+
+The replicas here are in-process backends (the pool's logic under test is ours); the same
+behaviour against real Triton servers is in tests/integration/test_replica_pool.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from app.config import Strategy
+from app.errors import InferenceError, InferenceUnavailableError, NoReplicaAvailableError
+from app.inference.backend import Route
+from tests.fixtures.backends import PARAMS, Server, make_pool
+
+
+def test_a_down_replica_is_skipped_and_the_call_succeeds_elsewhere() -> None:
+    a, b = Server("a", up=False), Server("b")
+    pool, clock = make_pool(a, b)
+    results = [pool.generate("hi", PARAMS).replica for _ in range(6)]
+    assert results == ["b"] * 6
+    # a failed twice, which opened its breaker; then no call went there any more.
+    assert a.calls == 2
+    status = {s.name: s for s in pool.status()}
+    assert not status["a"].ready and status["a"].failures == 2
+    assert status["b"].ready and status["b"].in_flight == 0
+    assert all(0 <= s <= 1.0 for s in clock.slept)
+
+
+def test_model_errors_are_not_retried_and_do_not_open_the_breaker() -> None:
+    a, b = Server("a"), Server("b")
+    pool, _ = make_pool(a, b)
+    for _ in range(5):
+        with pytest.raises(InferenceError) as info:
+            pool.generate("[error]", PARAMS)
+        assert not isinstance(info.value, InferenceUnavailableError)
+    assert a.calls + b.calls == 5
+    assert all(s.ready and s.in_flight == 0 for s in pool.status())
+
+
+def test_all_replicas_down_raises_unavailable_without_spinning() -> None:
+    a, b = Server("a", up=False), Server("b", up=False)
+    pool, _ = make_pool(a, b, attempts=3)
+    with pytest.raises(InferenceUnavailableError):
+        pool.generate("hi", PARAMS)
+    assert a.calls + b.calls == 3  # bounded by attempts
+    with pytest.raises(InferenceUnavailableError):
+        pool.generate("hi", PARAMS)
+    # Both breakers are open now: the next call fails at once, calling nobody.
+    calls = a.calls + b.calls
+    with pytest.raises(NoReplicaAvailableError, match="circuit open"):
+        pool.generate("hi", PARAMS)
+    assert a.calls + b.calls == calls
+
+
+def test_an_open_breaker_closes_only_after_a_successful_probe() -> None:
+    a, b = Server("a", up=False), Server("b")
+    pool, clock = make_pool(a, b, breaker_cooldown_s=5.0)
+    for _ in range(4):
+        pool.generate("hi", PARAMS)
+    assert not pool.status()[0].ready
+    a.up = True  # back, but the breaker holds until the cooldown ends and a probe passes
+    clock.now += 4.0
+    pool.probe_due()
+    assert not pool.status()[0].ready
+    clock.now += 1.5
+    a.ready = False  # cooldown over, but the readiness probe fails: a new cooldown
+    pool.probe_due()
+    assert not pool.status()[0].ready
+    clock.now += 4.5
+    a.ready = True
+    pool.probe_due()  # the new cooldown is not over yet
+    assert not pool.status()[0].ready
+    clock.now += 1.0
+    pool.probe_due()
+    assert pool.status()[0].ready
+    assert {pool.generate("hi", PARAMS).replica for _ in range(4)} == {"a", "b"}
+
+
+def test_when_every_breaker_is_open_a_call_probes_before_giving_up() -> None:
+    a = Server("a", up=False)
+    pool, clock = make_pool(a, breaker_cooldown_s=1.0)
+    for _ in range(2):
+        with pytest.raises(InferenceUnavailableError):
+            pool.generate("hi", PARAMS)
+    a.up = a.ready = True
+    clock.now += 1.0
+    assert pool.generate("hi", PARAMS).replica == "a"  # no poller thread needed
+
+
+def test_the_deadline_bounds_all_tries() -> None:
+    a = Server("a", up=False)
+    pool, clock = make_pool(a, attempts=50, breaker_failures=100, backoff_s=1.0, backoff_max_s=1.0)
+    with pytest.raises(InferenceUnavailableError):
+        pool.generate("hi", PARAMS, timeout_s=3.0)
+    assert clock.now <= 3.0 + 1e-9
+
+
+def test_session_affinity_follows_the_session_and_fails_over() -> None:
+    a, b = Server("a"), Server("b")
+    pool, _ = make_pool(a, b, strategy=Strategy.SESSION_AFFINITY)
+    route = Route(session_id="user-1")
+    home = pool.generate("hi", PARAMS, route=route).replica
+    assert {pool.generate("hi", PARAMS, route=route).replica for _ in range(5)} == {home}
+    (a if home == "a" else b).up = False
+    other = "b" if home == "a" else "a"
+    assert pool.generate("hi", PARAMS, route=route).replica == other
+
+
+def test_stream_fails_over_before_the_first_piece() -> None:
+    a, b = Server("a", up=False), Server("b")
+    pool, _ = make_pool(a, b)
+    assert list(pool.stream("hi", PARAMS)) == ["b0 ", "b1 ", "b2 "]
+    assert all(s.in_flight == 0 for s in pool.status())
+
+
+def test_stream_is_not_retried_once_pieces_went_out() -> None:
+    a = Server("a")
+    a.fail_after = 1
+    pool, _ = make_pool(a, Server("b"), strategy=Strategy.LEAST_IN_FLIGHT)
+    got = []
+    with pytest.raises(InferenceUnavailableError):
+        for piece in pool.stream("hi", PARAMS):
+            got.append(piece)
+    assert got == ["a0 "]
+    status = pool.status()[0]
+    assert status.in_flight == 0 and status.failures == 1
+
+
+def test_stream_holds_its_replica_in_flight_until_read_to_the_end() -> None:
+    a, b = Server("a"), Server("b")
+    pool, _ = make_pool(a, b, strategy=Strategy.LEAST_IN_FLIGHT)
+    first = pool.stream("hi", PARAMS)
+    assert next(first) == "a0 "
+    assert [s.in_flight for s in pool.status()] == [1, 0]
+    assert pool.generate("hi", PARAMS).replica == "b"  # least in flight sees the open stream
+    first.close()  # the caller stops early
+    assert [s.in_flight for s in pool.status()] == [0, 0]
