@@ -97,7 +97,12 @@ class LimitSettings(BaseModel):
         gt=0,
         description="How long a submit's idempotency key keeps returning the run it created.",
     )
-    tool_timeout_s: float = Field(default=30.0, gt=0, description="Default tool call deadline.")
+    tool_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Default tool call deadline. Not yet used: tool deadlines come with the "
+        "malformed-message issue (#17).",
+    )
 
 
 class HealthSettings(BaseModel):

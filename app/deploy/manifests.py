@@ -18,7 +18,7 @@ Layout (``kubectl apply -f`` is not recursive, so each folder is one choice):
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -301,11 +301,6 @@ def write(out_dir: Path, files: dict[str, str]) -> list[str]:
         (out_dir / path).unlink()
         changed.append(path)
     return changed
-
-
-def kubernetes_objects(files: Iterable[ManifestFile]) -> list[tuple[str, Obj]]:
-    """(path, object) of every Kubernetes object in ``files`` (Helm values excluded)."""
-    return [(f.path, doc) for f in files if f.kubernetes for doc in f.docs]
 
 
 def registry_inputs(settings: Settings) -> tuple[AgentRegistry, tuple[str, str] | None]:

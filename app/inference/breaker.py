@@ -25,7 +25,6 @@ class CircuitBreaker:
     state: BreakerState = BreakerState.CLOSED
     failures: int = 0
     opened_at: float | None = None
-    opened_total: int = 0
 
     @property
     def closed(self) -> bool:
@@ -60,6 +59,4 @@ class CircuitBreaker:
             self._open(now)
 
     def _open(self, now: float) -> None:
-        if self.state is BreakerState.CLOSED:
-            self.opened_total += 1
         self.state, self.opened_at = BreakerState.OPEN, now
