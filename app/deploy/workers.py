@@ -46,7 +46,7 @@ def max_replicas(spec: AgentSpec, settings: Settings) -> int:
 
 def termination_grace_s(settings: Settings) -> int:
     """Longer than the soft-shutdown deadline, so a scaled-in worker hands its steps back
-    before Kubernetes' SIGKILL (app/shutdown.py)."""
+    before Kubernetes' SIGKILL (app/tasks/shutdown.py)."""
     return math.ceil(settings.worker.soft_shutdown_timeout_s) + SHUTDOWN_MARGIN_S
 
 

@@ -9,7 +9,6 @@ import pytest
 from app.errors import StoreError
 from app.memory.migrate import migrate
 from app.memory.sessions import SessionStore, make_engine
-from tests.fixtures.store_contract import *  # noqa: F403
 from tests.fixtures.store_contract import StoreContract
 
 
