@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import DBAPIError
 
 from app.memory.sessions import make_engine, store_error
@@ -34,7 +36,11 @@ def migrate(engine_or_url: Engine | str, revision: str = "head") -> None:
     """
     engine = make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
     try:
-        with engine.execution_options(sqlite_begin="IMMEDIATE").begin() as conn:
+        with (
+            engine.connect() as conn,
+            _sqlite_foreign_keys_off(conn),
+            conn.execution_options(sqlite_begin="IMMEDIATE").begin(),
+        ):
             if conn.dialect.name == "postgresql":
                 conn.execute(select(func.pg_advisory_xact_lock(ADVISORY_LOCK_KEY)))
             config = alembic_config()
@@ -45,3 +51,20 @@ def migrate(engine_or_url: Engine | str, revision: str = "head") -> None:
     finally:
         if isinstance(engine_or_url, str):
             engine.dispose()
+
+
+@contextmanager
+def _sqlite_foreign_keys_off(conn: Connection) -> Iterator[None]:
+    """On SQLite, foreign keys off for the block (set outside a transaction, where SQLite
+    reads it): batch mode replaces a table by a copy, and dropping the old ``runs`` would
+    otherwise delete every step through ON DELETE CASCADE."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    driver.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        driver.execute("PRAGMA foreign_keys=ON")

@@ -1,14 +1,55 @@
-"""What the session store keeps: a run's row, its steps, and a run not yet stored."""
+"""What the session store keeps: a run's row, its steps, and a run not yet stored.
+
+The enums below are the values the store's columns allow (``app.memory.schema`` derives its
+CHECK constraints from them); their values are the strings stored, sent and used as metric
+labels.
+"""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-RUNNING: Final = "running"
-SUCCEEDED: Final = "succeeded"
-FAILED: Final = "failed"
+
+class RunStatus(enum.StrEnum):
+    """Where a run stands (``runs.status``)."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class StepKind(enum.StrEnum):
+    """What a committed step did (``steps.kind``)."""
+
+    TOOL = "tool"  # the model asked for a tool (called, or stopped by a budget first)
+    DENIED = "denied"  # the model asked for a tool its agent may not use; the run goes on
+    FINAL = "final"  # the model gave an answer (accepted, or rejected by a validator)
+    ERROR = "error"  # no model output kept: the run ended before or at the model call
+
+
+class ErrorType(enum.StrEnum):
+    """Why a run failed (``runs.error_type``), or which guardrail stopped a step."""
+
+    BUDGET_EXCEEDED = "budget_exceeded"
+    OUTPUT_REJECTED = "output_rejected"
+    TOOL_NOT_ALLOWED = "tool_not_allowed"  # a denied step only; never a run's error_type
+    MODEL_ERROR = "model_error"
+    INPUT_REJECTED = "input_rejected"
+    UNKNOWN_AGENT = "unknown_agent"
+    DEAD_LETTERED = "dead_lettered"
+
+    @property
+    def guardrail(self) -> bool:
+        """Whether a guardrail (budget, tool allowlist, validator) raised it."""
+        return self in _GUARDRAILS
+
+
+_GUARDRAILS = frozenset(
+    {ErrorType.BUDGET_EXCEEDED, ErrorType.OUTPUT_REJECTED, ErrorType.TOOL_NOT_ALLOWED}
+)
 
 
 class _NoAnswer:
@@ -25,7 +66,7 @@ class StepRecord:
     """One committed step: the model's output and the tool it called, if any."""
 
     step: int
-    kind: str  # "tool" | "final" | "error"
+    kind: StepKind
     model_output: str
     tool: str | None = None
     tool_args: Any = None
@@ -45,15 +86,13 @@ class RunRecord:
     session_id: str | None
     agent: str
     input: Any
-    status: str  # "running" | "succeeded" | "failed"
+    status: RunStatus
     next_step: int
     answer: Any
     error: str | None
     created_at: datetime
     finished_at: datetime | None
-    error_type: str | None = (
-        None  # why a failed run ended (see app.agents.guardrails, app.tasks.dead_letters)
-    )
+    error_type: ErrorType | None = None  # why a failed run ended
     budget: dict[str, Any] | None = None  # the run's limits (app.agents.guardrails.Budget)
 
 
@@ -87,7 +126,7 @@ class NewRun:
             self.session_id,
             self.agent,
             self.input,
-            RUNNING,
+            RunStatus.RUNNING,
             0,
             None,
             None,

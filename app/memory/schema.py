@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
+    CheckConstraint,
     Column,
     DateTime,
     Dialect,
@@ -20,6 +23,8 @@ from sqlalchemy import (
     TypeDecorator,
 )
 from sqlalchemy.dialects import postgresql
+
+from app.memory.records import ErrorType, RunStatus, StepKind
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -39,6 +44,33 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+E = TypeVar("E", bound=enum.StrEnum)
+
+
+class EnumText(TypeDecorator[E]):
+    """A column of one of ``enum``'s values, stored as its text and read back as a member."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum_type: type[E]) -> None:
+        super().__init__()
+        self.enum_type = enum_type
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        # Plain text for the driver: psycopg adapts a bare Enum by its name, not its value.
+        return None if value is None else str(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
+        return None if value is None else self.enum_type(value)
+
+
+def allowed(column: str, values: type[enum.StrEnum]) -> str:
+    """A CHECK condition: ``column`` holds one of ``values`` (NULL passes, as in any CHECK)."""
+    listed = ", ".join(f"'{value.value}'" for value in values)
+    return f"{column} IN ({listed})"
 
 
 # JSONB on PostgreSQL (indexable, compact); JSON text elsewhere. None is stored as SQL NULL.
@@ -62,15 +94,16 @@ runs = Table(
     Column("session_id", String, ForeignKey("sessions.id"), nullable=True),
     Column("agent", String, nullable=False),
     Column("input", JsonValue, nullable=True),
-    Column("status", String, nullable=False),
+    Column("status", EnumText(RunStatus), nullable=False),
     Column("next_step", Integer, nullable=False),
     Column("answer", JsonValue, nullable=True),
     Column("error", Text, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime, nullable=True),
-    # Why a failed run ended: budget_exceeded, output_rejected, model_error, dead_lettered...
-    Column("error_type", String, nullable=True),
+    Column("error_type", EnumText(ErrorType), nullable=True),  # why a failed run ended
     Column("budget", JsonValue, nullable=True),  # the run's limits (app.agents.guardrails.Budget)
+    CheckConstraint(allowed("status", RunStatus), name="ck_runs_status"),
+    CheckConstraint(allowed("error_type", ErrorType), name="ck_runs_error_type"),
     Index("ix_runs_session_created", "session_id", "created_at"),
     Index("ix_runs_status", "status"),
 )
@@ -80,7 +113,7 @@ steps = Table(
     metadata,
     Column("run_id", String, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
     Column("step", Integer, primary_key=True),
-    Column("kind", String, nullable=False),
+    Column("kind", EnumText(StepKind), nullable=False),
     Column("model_output", Text, nullable=False),
     Column("tool", String, nullable=True),
     Column("tool_args", JsonValue, nullable=True),
@@ -90,4 +123,5 @@ steps = Table(
     Column("latency_ms", Float, nullable=False),
     Column("worker", String, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
+    CheckConstraint(allowed("kind", StepKind), name="ck_steps_kind"),
 )

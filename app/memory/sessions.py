@@ -26,13 +26,12 @@ from sqlalchemy.exc import DBAPIError
 from app.errors import StoreError
 from app.memory.engine import make_engine
 from app.memory.records import (
-    FAILED,
     NO_ANSWER,
-    RUNNING,
-    SUCCEEDED,
+    ErrorType,
     NewRun,
     RunRecord,
     RunState,
+    RunStatus,
     StepRecord,
     utc_now,
 )
@@ -40,13 +39,12 @@ from app.memory.schema import runs, steps
 from app.memory.statements import STEP_COLUMNS, Statements
 
 __all__ = [
-    "FAILED",
     "NO_ANSWER",
-    "RUNNING",
-    "SUCCEEDED",
+    "ErrorType",
     "NewRun",
     "RunRecord",
     "RunState",
+    "RunStatus",
     "SessionStore",
     "StepRecord",
     "make_engine",
@@ -168,7 +166,7 @@ class SessionStore:
             "session_id": run.session_id,
             "agent": run.agent,
             "input": run.input,
-            "status": RUNNING,
+            "status": RunStatus.RUNNING,
             "next_step": 0,
             "created_at": run.created_at,
             "budget": run.budget,
@@ -213,7 +211,7 @@ class SessionStore:
         With ``before_run``, only runs started before that one count.
         """
         query = select(runs.c.input, runs.c.answer).where(
-            runs.c.session_id == session_id, runs.c.status == SUCCEEDED
+            runs.c.session_id == session_id, runs.c.status == RunStatus.SUCCEEDED
         )
         if before_run is not None:
             started = select(runs.c.created_at).where(runs.c.id == before_run).scalar_subquery()
@@ -229,7 +227,7 @@ class SessionStore:
         *,
         final_answer: Any = NO_ANSWER,
         failed_reason: str | None = None,
-        error_type: str | None = None,
+        error_type: ErrorType | None = None,
         new_run: NewRun | None = None,
     ) -> bool:
         """Commit ``record`` as the run's next step; False if it is not the next step.
@@ -242,10 +240,10 @@ class SessionStore:
         now = utc_now()
         ending: dict[str, Any] = {}
         if final_answer is not NO_ANSWER:
-            ending = {"status": SUCCEEDED, "answer": final_answer, "finished_at": now}
+            ending = {"status": RunStatus.SUCCEEDED, "answer": final_answer, "finished_at": now}
         elif failed_reason is not None:
             ending = {
-                "status": FAILED,
+                "status": RunStatus.FAILED,
                 "error": failed_reason,
                 "error_type": error_type,
                 "finished_at": now,
@@ -295,7 +293,8 @@ class SessionStore:
         in one statement; False (nothing written) when the run exists."""
         row = {
             "id": run.id, "session_id": run.session_id, "agent": run.agent, "input": run.input,
-            "status": RUNNING, "created_at": run.created_at, "budget": run.budget, **moved,
+            "status": RunStatus.RUNNING, "created_at": run.created_at, "budget": run.budget,
+            **moved,
         }  # fmt: skip
         params = {f"r_{name}": value for name, value in row.items()}
         params.update({f"s_{name}": getattr(record, name) for name in STEP_COLUMNS})
@@ -313,7 +312,7 @@ class SessionStore:
         reason: str,
         new_run: NewRun | None = None,
         *,
-        error_type: str | None = None,
+        error_type: ErrorType | None = None,
     ) -> bool:
         """End a running run as failed without a step; False if it is not running.
 
@@ -324,12 +323,17 @@ class SessionStore:
                 self._insert_run(conn, new_run, utc_now())
             changed = conn.execute(
                 update(runs)
-                .where(runs.c.id == run_id, runs.c.status == RUNNING)
-                .values(status=FAILED, error=reason, error_type=error_type, finished_at=utc_now())
+                .where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING)
+                .values(
+                    status=RunStatus.FAILED,
+                    error=reason,
+                    error_type=error_type,
+                    finished_at=utc_now(),
+                )
             ).rowcount
         return changed == 1
 
-    def reopen_run(self, run_id: str, error_types: tuple[str, ...]) -> bool:
+    def reopen_run(self, run_id: str, error_types: tuple[ErrorType, ...]) -> bool:
         """Set a failed run running again (a dead letter being replayed); False if it was not
         failed with one of ``error_types``. Its committed steps stay as they are."""
         with self._transaction() as conn:
@@ -337,10 +341,10 @@ class SessionStore:
                 update(runs)
                 .where(
                     runs.c.id == run_id,
-                    runs.c.status == FAILED,
+                    runs.c.status == RunStatus.FAILED,
                     runs.c.error_type.in_(error_types),
                 )
-                .values(status=RUNNING, error=None, error_type=None, finished_at=None)
+                .values(status=RunStatus.RUNNING, error=None, error_type=None, finished_at=None)
             ).rowcount
         return changed == 1
 

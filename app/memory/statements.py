@@ -6,7 +6,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
-from app.memory.records import RUNNING
+from app.memory.records import RunStatus
 from app.memory.schema import runs, sessions, steps
 
 
@@ -42,7 +42,7 @@ class Statements:
         self.advance = update(runs).where(
             runs.c.id == bindparam("b_id"),
             runs.c.next_step == bindparam("b_step"),
-            runs.c.status == RUNNING,
+            runs.c.status == RunStatus.RUNNING,
         )
         self._creates: dict[tuple[frozenset[str], bool], Insert] = {}
         # One round trip: the run joined to its steps (a run without steps yields one row).
