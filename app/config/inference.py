@@ -140,7 +140,8 @@ class TritonSettings(BaseModel):
     )
     model_repository: Path = Field(
         default_factory=_default_model_repository,
-        description="Model repository served by the local Triton (demo and tests).",
+        description="Model repository served by the local Triton (demo and tests); default: "
+        "models/scripted in a checkout, else the copy installed with the package.",
     )
 
     def replica_list(self) -> list[ReplicaSettings]:
