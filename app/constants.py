@@ -6,12 +6,8 @@ TASK_RUN_AGENT = "agentq.run_agent"
 """Stable task name; producers that do not import agentq ``send_task`` it."""
 
 QUEUE_PREFIX = "agent."
+"""An agent type's default queue is this prefix and its name (``AgentSpec.queue_name``)."""
 KEY_PREFIX = "agentq:"
-
-
-def queue_for(agent: str) -> str:
-    """Celery queue (a Redis list) of an agent type."""
-    return f"{QUEUE_PREFIX}{agent}"
 
 
 def lease_key(run_id: str) -> str:

@@ -11,6 +11,7 @@ import uuid
 from contextlib import ExitStack
 from typing import Any
 
+from app.celery_ext.context import context_of
 from app.producer.submit import submit_many
 from bench.report import rate, ratio, scenario, target
 from bench.services import TRIVIAL, Services
@@ -42,7 +43,7 @@ def _agentq(services: Services, runs: int) -> dict[str, Any]:
     services.flush()
     with ExitStack() as stack:
         celery = services.agentq(services.settings(services.sqlite_url()), stack)
-        spec = celery.agentq_registry.get(TRIVIAL)  # type: ignore[attr-defined]
+        spec = context_of(celery).registry.spec(TRIVIAL)
         submit_many([{"agent": TRIVIAL, "input": INPUT}], celery=celery)  # connect, warm caches
         services.flush()
         items = [{"agent": TRIVIAL, "input": INPUT} for _ in range(runs)]

@@ -40,6 +40,7 @@ from rich.table import Table
 
 from app.agents.prompts import build_prompt
 from app.celery_ext.app import create_celery
+from app.celery_ext.context import context_of
 from app.config import REPO_ROOT, InferenceSettings, Settings, Strategy, TritonSettings
 from app.errors import AgentqError
 from app.local.processes import log_tail
@@ -128,7 +129,7 @@ class Bench:
         stack.callback(self.celery.close)
         self.redis = redis.Redis.from_url(server.url)
         stack.callback(self.redis.close)
-        spec = self.celery.agentq_registry.get(AGENT)  # type: ignore[attr-defined]
+        spec = context_of(self.celery).registry.spec(AGENT)
         self.prompt = build_prompt(spec.system_prompt, INPUT, [])
         self._dbs = 0
         self.log_errors: list[str] = []

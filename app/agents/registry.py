@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app.agents.guardrails import Budget, Validator, ValidatorSpec, build_validators
 from app.config import LimitSettings
-from app.constants import queue_for
-from app.errors import ConfigurationError
+from app.constants import QUEUE_PREFIX
+from app.errors import ConfigurationError, InvalidInputError, UnknownAgentError
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
@@ -34,7 +34,11 @@ class AgentSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(description="Agent type; also names its queue (agent.<name>).")
-    model: str = Field(default="ensemble", description="Triton model serving this agent.")
+    model: str = Field(
+        default="ensemble",
+        description="Model serving this agent. Not yet used: every run is served by the "
+        "backend's configured model until the agent SDK issue (#18) routes by it.",
+    )
     backend: Literal["triton", "openai", "echo"] = Field(
         default="triton",
         description="Model server kind: Triton (gRPC, TensorRT-LLM ensemble), an "
@@ -97,8 +101,9 @@ class AgentSpec(BaseModel):
 
     @property
     def queue_name(self) -> str:
-        """The Celery queue this agent's runs wait in."""
-        return self.queue or queue_for(self.name)
+        """The Celery queue (a Redis list) this agent's runs wait in: ``queue``, else
+        ``agent.<name>``."""
+        return self.queue or f"{QUEUE_PREFIX}{self.name}"
 
 
 class AgentRegistry:
@@ -134,6 +139,19 @@ class AgentRegistry:
         """The spec of ``name``, or None."""
         return self._specs.get(name)
 
+    def spec(self, agent: object) -> AgentSpec:
+        """The spec of agent type ``agent``, as a run names it (its queue is
+        ``spec(agent).queue_name``); InvalidInputError or UnknownAgentError otherwise."""
+        if not isinstance(agent, str) or not agent:
+            raise InvalidInputError(f"'agent' must be a non-empty string, got {agent!r}")
+        try:
+            return self._specs[agent]
+        except KeyError:
+            known = ", ".join(sorted(self._specs)) or "none"
+            raise UnknownAgentError(
+                f"unknown agent {agent!r}; known agent types: {known}"
+            ) from None
+
     def __contains__(self, name: object) -> bool:
         return name in self._specs
 
@@ -147,10 +165,6 @@ class AgentRegistry:
     def names(self) -> list[str]:
         """Agent type names, in declaration order."""
         return list(self._specs)
-
-    def queues(self) -> dict[str, str]:
-        """Agent type -> queue name."""
-        return {spec.name: spec.queue_name for spec in self}
 
     @classmethod
     def from_file(cls, path: Path) -> AgentRegistry:

@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from app.agents.guardrails import Budget, first_rejection
 from app.agents.registry import AgentRegistry
 from app.celery_ext.envelope import compact_json, new_id
-from app.celery_ext.routes import queue_for_agent
 from app.config import Settings
 from app.errors import InputRejectedError, InvalidInputError, PayloadTooLargeError
 
@@ -88,10 +87,7 @@ def validate_run(
     budget: Any = None,
 ) -> RunRequest:
     """Check one run's fields and return it as a :class:`RunRequest`, or raise a SubmitError."""
-    spec = registry.get(agent) if type(agent) is str else None
-    if spec is None:
-        queue_for_agent(registry.queues(), agent)  # raises the typed error
-    assert spec is not None
+    spec = registry.spec(agent)
     if input is None or (isinstance(input, str) and not input.strip()):
         raise InvalidInputError("'input' is required and must not be empty")
     _check_json(input)

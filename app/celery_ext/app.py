@@ -9,6 +9,7 @@ from celery.signals import worker_ready
 from kombu import Exchange, Queue
 
 from app.agents.registry import AgentRegistry, load_registry
+from app.celery_ext.context import AgentqContext, attach
 from app.celery_ext.routes import AgentRouter
 from app.celery_ext.transport import install as install_broker_transport
 from app.config import Settings
@@ -62,7 +63,7 @@ def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> 
         result_accept_content=["json"],
         event_serializer="json",
         task_queues=queues,
-        task_routes=(AgentRouter(registry.queues()),),
+        task_routes=(AgentRouter(registry),),
         task_create_missing_queues=False,
         # A step is acknowledged only once committed; a lost worker's step comes back.
         task_acks_late=True,
@@ -90,8 +91,7 @@ def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> 
         # Password and TLS for rediss:// (kept out of the URLs, so never in the banner).
         **celery_redis_options(settings),
     )
-    app.agentq_settings = settings  # type: ignore[attr-defined]
-    app.agentq_registry = registry  # type: ignore[attr-defined]
+    attach(app, AgentqContext(settings, registry))
     from app.ops.health import install as install_health
     from app.tasks import register_tasks
     from app.tasks.admission import AdmissionControl

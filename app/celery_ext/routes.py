@@ -5,30 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from app.agents.registry import AgentRegistry
 from app.constants import TASK_RUN_AGENT
-from app.errors import InvalidInputError, UnknownAgentError
-
-
-def queue_for_agent(queues: Mapping[str, str], agent: object) -> str:
-    """The queue of ``agent`` in ``queues`` (agent type -> queue), or a typed error."""
-    if not isinstance(agent, str) or not agent:
-        raise InvalidInputError(f"'agent' must be a non-empty string, got {agent!r}")
-    try:
-        return queues[agent]
-    except KeyError:
-        known = ", ".join(sorted(queues)) or "none"
-        raise UnknownAgentError(f"unknown agent {agent!r}; known agent types: {known}") from None
 
 
 class AgentRouter:
     """Celery router: sends ``agentq.run_agent`` to the queue of its ``agent`` argument.
 
-    Routes are data (the registry's agent -> queue table), so ``run_agent.delay(agent=...)``
-    needs no ``queue=`` and an unknown agent fails at the producer.
+    Routes are data (the registry's agent types and their queues), so
+    ``run_agent.delay(agent=...)`` needs no ``queue=`` and an unknown agent fails at the producer.
     """
 
-    def __init__(self, queues: Mapping[str, str]) -> None:
-        self.queues = dict(queues)
+    def __init__(self, registry: AgentRegistry) -> None:
+        self.registry = registry
 
     def __call__(
         self,
@@ -44,4 +33,4 @@ class AgentRouter:
         agent = kwargs.get("agent") if kwargs else None
         if agent is None and args:
             agent = args[0]
-        return {"queue": queue_for_agent(self.queues, agent)}
+        return {"queue": self.registry.spec(agent).queue_name}

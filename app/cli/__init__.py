@@ -48,6 +48,7 @@ def worker(
     from pydantic import ValidationError
 
     from app.celery_ext.app import create_celery
+    from app.celery_ext.context import context_of
     from app.errors import AgentqError, ConfigurationError
     from app.ops.redis_clients import check_redis
     from app.tasks.runtime import runtime_for
@@ -58,13 +59,13 @@ def worker(
         raise click.ClickException(str(exc)) from None
     logs.configure(settings.log_format, loglevel)
     app = create_celery(settings)
-    registry = app.agentq_registry
+    registry = context_of(app).registry
     agents = agents or settings.worker.agents  # the flag wins over the environment
     names = [a.strip() for a in agents.split(",") if a.strip()] if agents else registry.names
     unknown = [n for n in names if n not in registry]
     if unknown:
         raise click.BadParameter(f"unknown agent types {unknown}; known: {registry.names}")
-    queues = ",".join(registry.get(n).queue_name for n in names)
+    queues = ",".join(registry.spec(n).queue_name for n in names)
     node = host_format(hostname or f"agentq-{'-'.join(names)}@%h")
     try:
         # Connect and migrate now: a bad config (password, TLS, URL) fails at start, not per run.

@@ -83,6 +83,7 @@ def _chosen(client: Any, run_ids: tuple[str, ...], all_: bool, agent: str | None
 def dlq_replay(run_ids: tuple[str, ...], all_: bool, agent: str | None) -> None:
     """Send dead-lettered runs back to their queues; they resume at the step that failed."""
     from app.celery_ext.app import create_celery
+    from app.celery_ext.context import context_of
     from app.errors import NotDeadLetteredError
     from app.memory.sessions import SessionStore
     from app.tasks.dead_letters import replay
@@ -95,7 +96,7 @@ def dlq_replay(run_ids: tuple[str, ...], all_: bool, agent: str | None) -> None:
     try:
         for run_id in _chosen(client, run_ids, all_, agent):
             try:
-                letter = replay(celery, celery.agentq_registry, store, client, run_id)
+                letter = replay(celery, context_of(celery).registry, store, client, run_id)
             except NotDeadLetteredError as exc:
                 console.print(f"[red]skipped:[/red] {exc}")
                 failed += 1

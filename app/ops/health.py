@@ -26,6 +26,7 @@ from celery import Celery, bootsteps
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from app.celery_ext.context import context_of
 from app.config import Settings
 from app.ops import metrics
 from app.ops.http import Response, json_response, serve, shutdown
@@ -197,7 +198,7 @@ class WorkerHealth:
     def _kinds(self) -> list[str]:
         """Backends of the agent types this worker consumes (all of them before ``-Q``)."""
         consumed = set(self.app.amqp.queues.consume_from or {})
-        specs = self.app.agentq_registry  # type: ignore[attr-defined]
+        specs = context_of(self.app).registry
         return sorted({s.backend for s in specs if not consumed or s.queue_name in consumed})
 
     def _runtime(self) -> Any:
@@ -314,17 +315,19 @@ class HealthServer(bootsteps.StartStopStep):  # type: ignore[misc]
         self.health: WorkerHealth | None = None
 
     def start(self, w: Any) -> None:
-        settings: Settings = w.app.agentq_settings
-        if not settings.health.enabled:
+        context = context_of(w.app)
+        if not context.settings.health.enabled:
             return
-        self.health = WorkerHealth(w.app, settings, w.hostname or "").start()
-        w.app.agentq_health = self.health
+        self.health = WorkerHealth(w.app, context.settings, w.hostname or "").start()
+        context.health = self.health
 
     def stop(self, w: Any) -> None:
         if self.health is not None:
             self.health.stop()
             self.health = None
-            metrics.process_exited(w.app.agentq_settings.prometheus_multiproc_dir, os.getpid())
+            context = context_of(w.app)
+            context.health = None
+            metrics.process_exited(context.settings.prometheus_multiproc_dir, os.getpid())
 
     shutdown = stop
 
@@ -340,7 +343,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self.tref: Any = None
 
     def start(self, c: Any) -> None:
-        health: WorkerHealth | None = getattr(c.app, "agentq_health", None)
+        health = context_of(c.app).health
         if health is None:
             return
         interval = health.settings.health.heartbeat_interval_s
@@ -352,7 +355,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
         if self.tref is not None:
             self.tref.cancel()
             self.tref = None
-        health: WorkerHealth | None = getattr(c.app, "agentq_health", None)
+        health = context_of(c.app).health
         if health is not None:
             health.heartbeat.pause()  # reconnecting or shutting down: not a wedged loop
 

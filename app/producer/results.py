@@ -13,10 +13,10 @@ from typing import Any
 
 from celery.result import AsyncResult
 
-from app.config import Settings
+from app.celery_ext.context import context_of
 from app.constants import stream_key
 from app.errors import StreamTimeoutError
-from app.ops.redis_clients import async_redis_client, redis_client
+from app.ops.redis_clients import async_redis_client
 from app.tasks.relay import END, TOKEN, StreamEvent, decode
 
 
@@ -66,19 +66,6 @@ async def aread_events(
                 return
 
 
-def _settings(result: AsyncResult) -> Settings:
-    return result.app.agentq_settings  # type: ignore[no-any-return]
-
-
-def _client(result: AsyncResult) -> Any:
-    app = result.app
-    client = getattr(app, "agentq_stream_redis", None)
-    if client is None:
-        client = redis_client(_settings(result))
-        app.agentq_stream_redis = client
-    return client
-
-
 class RunResult(AsyncResult):  # type: ignore[misc]
     """A run's ``AsyncResult`` that can also follow its tokens (runs submitted with stream=True).
 
@@ -88,8 +75,9 @@ class RunResult(AsyncResult):  # type: ignore[misc]
 
     def events(self, timeout: float = 300.0) -> Iterator[StreamEvent]:
         """Every event of the run's stream (see the module docstring) until it ends."""
-        block_ms = _settings(self).stream.read_block_ms
-        return read_events(_client(self), self.id, timeout_s=timeout, block_ms=block_ms)
+        context = context_of(self.app)
+        block_ms = context.settings.stream.read_block_ms
+        return read_events(context.redis, self.id, timeout_s=timeout, block_ms=block_ms)
 
     def stream(self, timeout: float = 300.0) -> Iterator[str]:
         """The model's tokens of every step, in order, as they are generated."""
@@ -97,7 +85,7 @@ class RunResult(AsyncResult):  # type: ignore[misc]
 
     async def aevents(self, timeout: float = 300.0) -> AsyncIterator[StreamEvent]:
         """:meth:`events` for asyncio."""
-        settings = _settings(self)
+        settings = context_of(self.app).settings
         client = async_redis_client(settings)
         try:
             async for event in aread_events(

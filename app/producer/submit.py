@@ -11,29 +11,19 @@ from typing import Any, overload
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
 
-from app.agents.registry import AgentRegistry
 from app.agents.validation import RunRequest, validate_run
 from app.celery_ext import envelope as messages
+from app.celery_ext.context import context_of
 from app.celery_ext.envelope import compact_json, message_headers, new_id, new_ids
-from app.config import Settings
 from app.constants import TASK_RUN_AGENT, idempotency_key
 from app.errors import IdempotencyConflictError, InvalidInputError
 from app.ops import tracing
 from app.ops.masking import task_kwargsrepr
-from app.ops.redis_clients import redis_client
 from app.producer.results import RunResult
 
 RUN_FIELDS = frozenset(
     {"agent", "input", "session_id", "run_id", "stream", "budget", "idempotency_key"}
 )
-
-
-def _registry(celery: Celery) -> AgentRegistry:
-    return celery.agentq_registry  # type: ignore[attr-defined,no-any-return]
-
-
-def _settings(celery: Celery) -> Settings:
-    return celery.agentq_settings  # type: ignore[attr-defined,no-any-return]
 
 
 def _default_celery(celery: Celery | None) -> Celery:
@@ -42,14 +32,6 @@ def _default_celery(celery: Celery | None) -> Celery:
     from app.celery_app import get_celery
 
     return get_celery()
-
-
-def _redis(celery: Celery) -> Any:
-    client = getattr(celery, "agentq_redis", None)
-    if client is None:
-        client = redis_client(_settings(celery))
-        celery.agentq_redis = client  # type: ignore[attr-defined]
-    return client
 
 
 def _digest(req: RunRequest) -> str:
@@ -69,8 +51,9 @@ def _claim(celery: Celery, req: RunRequest, key: Any) -> str | None:
         raise InvalidInputError(f"'idempotency_key' must be a string of 1-256 chars, got {key!r}")
     name = idempotency_key(req.agent, key)
     value = json.dumps({"run_id": req.run_id, "digest": _digest(req)})
-    window = _settings(celery).limits.idempotency_window_s
-    client = _redis(celery)
+    context = context_of(celery)
+    window = context.settings.limits.idempotency_window_s
+    client = context.redis
     if client.set(name, value, nx=True, ex=window):
         return None
     raw = client.get(name)
@@ -87,7 +70,7 @@ def _claim(celery: Celery, req: RunRequest, key: Any) -> str | None:
 
 def _submit_span(celery: Celery, req: RunRequest) -> AbstractContextManager[Any]:
     """The ``agentq.submit`` span of one run; its context goes into the message headers."""
-    tracing.setup(_settings(celery).tracing)  # once per process, on the first submit
+    tracing.setup(context_of(celery).settings.tracing)  # once per process, on the first submit
     return tracing.span(
         "agentq.submit", None, "producer", agent=req.agent, run_id=req.run_id, queue=req.queue
     )
@@ -96,7 +79,7 @@ def _submit_span(celery: Celery, req: RunRequest) -> AbstractContextManager[Any]
 def _release(celery: Celery, req: RunRequest, key: str | None) -> None:
     # The run was not enqueued after all: let a retry of this submit claim the key anew.
     if key is not None:
-        _redis(celery).delete(idempotency_key(req.agent, key))
+        context_of(celery).redis.delete(idempotency_key(req.agent, key))
 
 
 def submit(
@@ -119,8 +102,9 @@ def submit(
     returns the run the first one created instead of enqueueing another.
     """
     celery = _default_celery(celery)
+    context = context_of(celery)
     req = validate_run(
-        _registry(celery), _settings(celery), agent, input, session_id, run_id, stream, budget
+        context.registry, context.settings, agent, input, session_id, run_id, stream, budget
     )
     task = celery.tasks[TASK_RUN_AGENT]
     existing = _claim(celery, req, idempotency_key)
@@ -186,7 +170,8 @@ def submit_many(
     :class:`RunResult`, one per item in order (``.ids`` lists the run ids).
     """
     celery = _default_celery(celery)
-    registry, settings = _registry(celery), _settings(celery)
+    context = context_of(celery)
+    registry, settings = context.registry, context.settings
     requests: list[RunRequest] = []
     keys: dict[int, Any] = {}  # index -> idempotency key, for the runs that have one
     ids = new_ids()
@@ -242,20 +227,11 @@ class _Pushed:
     runs = 0
 
 
-def _broker(celery: Celery) -> Any:
-    client = getattr(celery, "agentq_broker", None)
-    if client is None:
-        settings = _settings(celery)
-        client = redis_client(settings, settings.broker)
-        celery.agentq_broker = client  # type: ignore[attr-defined]
-    return client
-
-
 def _push(celery: Celery, requests: list[RunRequest], batch_size: int, pushed: _Pushed) -> None:
     """LPUSH the runs' first messages into their queues, ``batch_size`` per round trip, each
     batch one MULTI/EXEC with one LPUSH per queue: a worker takes a queue's messages in
     submit order. ``pushed`` counts the runs of the batches executed."""
-    with _broker(celery).pipeline(transaction=True) as pipe:
+    with context_of(celery).broker.pipeline(transaction=True) as pipe:
         for batch in _batches(celery, requests, batch_size):
             for queue, queued in batch.items():
                 pipe.lpush(queue, *queued)

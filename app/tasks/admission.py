@@ -15,6 +15,7 @@ from typing import Any
 
 from celery import bootsteps
 
+from app.celery_ext.context import context_of
 from app.inference.pool import ReplicaStatus
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class AdmissionControl(bootsteps.StartStopStep):  # type: ignore[misc]
         self.paused: set[str] = set()
 
     def start(self, c: Any) -> None:
-        inference = c.app.agentq_settings.inference
+        inference = context_of(c.app).settings.inference
         if inference.admission_max_depth is None:
             return
         from app.tasks.runtime import runtime_for
@@ -71,7 +72,7 @@ class AdmissionControl(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def check(self, c: Any) -> None:
         """Pause the queues whose backend is full; resume those whose backend has room."""
-        runtime = getattr(c.app, "agentq_runtime", None)
+        runtime = context_of(c.app).runtime
         if runtime is None:
             return
         inference = runtime.settings.inference

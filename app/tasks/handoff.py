@@ -83,12 +83,6 @@ def own_ack(task: Task, runtime: WorkerRuntime) -> str | None:
     return tag if isinstance(tag, str) else None
 
 
-def queue_of(runtime: WorkerRuntime, agent: str) -> str:
-    spec = runtime.registry.get(agent)
-    assert spec is not None
-    return spec.queue_name
-
-
 def publish_step(
     task: Task,
     runtime: WorkerRuntime,
@@ -113,7 +107,7 @@ def publish_step(
         "step": step,
         **({"stream": True} if msg.stream else {}),
     }
-    task_id, queue = step_task_id(msg.run_id, step), queue_of(runtime, msg.agent)
+    task_id, queue = step_task_id(msg.run_id, step), runtime.registry.spec(msg.agent).queue_name
     tag = own_ack(task, runtime)
     result = None  # the run's STARTED result, when it rides in the MULTI below
     if started:

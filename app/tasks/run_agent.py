@@ -36,7 +36,7 @@ from app.ops.masking import task_kwargsrepr
 from app.producer.results import RunResult
 from app.tasks import dead_letters as dlq
 from app.tasks.dead_letters import DEAD_LETTERED, dead_letter
-from app.tasks.handoff import publish_step, queue_of, store_answer
+from app.tasks.handoff import publish_step, store_answer
 from app.tasks.runner import Outcome, StepMessage, StepResult
 from app.tasks.runtime import WorkerRuntime, runtime_for
 
@@ -245,7 +245,7 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
                 kwargs=task.request.kwargs,
                 task_id=task.request.id,
                 countdown=runtime.settings.worker.lease_retry_s,
-                queue=queue_of(runtime, msg.agent),
+                queue=runtime.registry.spec(msg.agent).queue_name,
                 ignore_result=own_results or not is_first,
                 headers=message_headers(),
             )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 
 from app.agents.registry import AgentRegistry
+from app.celery_ext.context import context_of
 from app.celery_ext.transport import acks_in_pipelines
 from app.config import Settings
 from app.errors import ConfigurationError
@@ -62,20 +62,18 @@ class WorkerRuntime:
         self.redis.close()
 
 
-_lock = threading.Lock()
-
-
 def runtime_for(app: Celery, worker_name: str = "") -> WorkerRuntime:
-    """The runtime attached to ``app``, built on first use (threads share it)."""
-    runtime = getattr(app, "agentq_runtime", None)
+    """The runtime in ``app``'s context, built on first use (threads share it)."""
+    context = context_of(app)
+    runtime = context.runtime
     if runtime is None:
-        with _lock:
-            runtime = getattr(app, "agentq_runtime", None)
+        with context.lock:
+            runtime = context.runtime
             if runtime is None:
-                settings = app.agentq_settings
-                runtime = WorkerRuntime.build(settings, app.agentq_registry, worker_name)
+                settings = context.settings
+                runtime = WorkerRuntime.build(settings, context.registry, worker_name)
                 runtime.pipeline_acks = acks_in_pipelines(
                     settings.broker, settings.redis_url, app.conf.broker_transport_options or {}
                 )
-                app.agentq_runtime = runtime
+                context.runtime = runtime
     return runtime

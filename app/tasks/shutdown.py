@@ -25,6 +25,8 @@ from celery import Celery, bootsteps
 from celery.signals import worker_shutting_down
 from celery.worker import state
 
+from app.celery_ext.context import context_of
+
 log = logging.getLogger(__name__)
 
 EXIT_HANDED_BACK = 0
@@ -46,7 +48,7 @@ def hand_back(app: Celery) -> int:
             handed += 1
         except Exception as exc:  # the message comes back after its visibility timeout
             log.error("could not hand back step %s: %s", request.id, exc)
-    runtime = getattr(app, "agentq_runtime", None)
+    runtime = context_of(app).runtime
     released = runtime.runner.release_leases() if runtime is not None else 0
     log.warning("shutdown deadline: handed back %d step(s), released %d lease(s)", handed, released)
     return handed
@@ -60,7 +62,7 @@ class GracefulShutdown(bootsteps.StartStopStep):  # type: ignore[misc]
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         self.app: Celery = worker.app
-        self.timeout_s = float(self.app.agentq_settings.worker.soft_shutdown_timeout_s)
+        self.timeout_s = float(context_of(self.app).settings.worker.soft_shutdown_timeout_s)
         self._armed = False
         worker_shutting_down.connect(self._on_shutting_down, weak=False)
 
@@ -83,6 +85,6 @@ class GracefulShutdown(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def stop(self, worker: Any) -> None:
         worker_shutting_down.disconnect(self._on_shutting_down)
-        runtime = getattr(self.app, "agentq_runtime", None)
+        runtime = context_of(self.app).runtime
         if runtime is not None:
             runtime.runner.release_leases()

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from app.celery_ext.backlog import priority_lists
 from app.config import Settings, TritonSettings, WorkerSettings
-from app.constants import kv_key, lease_key, queue_for
+from app.constants import kv_key, lease_key
 from app.local.processes import free_port, log_tail, stop_process, wait_until
 from app.local.redis import find_redis_server
 from app.local.workers import WorkerProcess
@@ -304,7 +304,7 @@ def wait_for_runs(store: SessionStore) -> bool:
 
 def leftovers(client: redis.Redis) -> dict[str, int]:
     """Messages still in Redis: the queue with its priority sub-lists, and unacked ones."""
-    found = {name: client.llen(name) for name in priority_lists(queue_for("coder"))}
+    found = {name: client.llen(name) for name in priority_lists("agent.coder")}
     found["unacked"] = client.hlen("unacked")
     found["unacked_index"] = client.zcard("unacked_index")
     return {name: int(n) for name, n in found.items() if n}

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from app.celery_ext.backlog import UNACKED_KEY
-from app.constants import kv_key, lease_key, queue_for
+from app.constants import kv_key, lease_key
 from app.producer.submit import submit_many
 from tests.fixtures.waiting import wait_for
 
@@ -74,7 +74,7 @@ def test_a_step_longer_than_the_deadline_is_handed_back_at_once(
     [result] = submit_many(counting_runs(1, steps=1, delay_ms=8000), celery=celery_app)
     # Taken by the worker (a first delivery holds no lease before its tool call, 8 s away).
     wait_for(
-        lambda: redis_client.llen(queue_for("coder")) == 0 and redis_client.hlen(UNACKED_KEY) == 1,
+        lambda: redis_client.llen("agent.coder") == 0 and redis_client.hlen(UNACKED_KEY) == 1,
         30,
         "the step to start",
     )
@@ -84,7 +84,7 @@ def test_a_step_longer_than_the_deadline_is_handed_back_at_once(
     assert first.proc.wait(timeout=30) == 0
     assert time.monotonic() - started < 10  # the deadline, not the 8 s step
     # Handed back: the message is on its queue again and the run's lease is free.
-    assert redis_client.llen(queue_for("coder")) == 1
+    assert redis_client.llen("agent.coder") == 1
     assert not redis_client.exists(lease_key(result.id))
     assert store.load_run(result.id) is None  # the cut step committed nothing
 

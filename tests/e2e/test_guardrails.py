@@ -13,7 +13,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.celery_ext.app import create_celery
-from app.constants import kv_key, queue_for
+from app.constants import kv_key
 from app.errors import BudgetExceededError, InputRejectedError, OutputRejectedError
 from app.local.processes import free_port
 from app.producer.submit import submit
@@ -120,4 +120,4 @@ def test_an_input_validator_refuses_at_submit_and_nothing_is_enqueued(guarded, r
     app, _ = guarded
     with pytest.raises(InputRejectedError, match="blocked pattern"):
         submit("guarded", "please rm -rf / for me", celery=app)
-    assert redis_client.llen(queue_for("guarded")) == 0
+    assert redis_client.llen("agent.guarded") == 0

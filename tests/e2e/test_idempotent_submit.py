@@ -9,7 +9,6 @@ import pytest
 
 from app.celery_ext.app import create_celery
 from app.config import LimitSettings
-from app.constants import queue_for
 from app.errors import IdempotencyConflictError
 from app.producer.submit import submit, submit_many
 from tests.fixtures.cli import agentq
@@ -29,7 +28,7 @@ def test_a_repeated_submit_returns_the_first_run(celery_app, redis_client, start
             )
         )
     assert len({r.id for r in results}) == 1
-    assert redis_client.llen(queue_for("coder")) == 1
+    assert redis_client.llen("agent.coder") == 1
     start_worker(["coder"])
     assert results[0].get(timeout=60) == "Answer: 1"
     # Later repeats, also through submit_many, still name the same finished run.
@@ -46,7 +45,7 @@ def test_a_key_reused_for_a_different_run_is_refused(celery_app, redis_client):
     submit("coder", "first", celery=celery_app, idempotency_key="k1")
     with pytest.raises(IdempotencyConflictError, match="different fields"):
         submit("coder", "second", celery=celery_app, idempotency_key="k1")
-    assert redis_client.llen(queue_for("coder")) == 1
+    assert redis_client.llen("agent.coder") == 1
 
 
 def test_after_the_window_the_key_starts_a_new_run(settings, redis_client):
@@ -59,7 +58,7 @@ def test_after_the_window_the_key_starts_a_new_run(settings, redis_client):
     finally:
         app.close()
     assert first.id != second.id
-    assert redis_client.llen(queue_for("coder")) == 2
+    assert redis_client.llen("agent.coder") == 2
 
 
 def test_the_cli_takes_an_idempotency_key(settings, start_worker, redis_client):

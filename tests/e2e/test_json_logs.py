@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from app.constants import TASK_RUN_AGENT, queue_for
+from app.constants import TASK_RUN_AGENT
 from app.errors import RunFailedError
 from app.local.processes import wait_until
 from app.producer.submit import submit
@@ -28,7 +28,7 @@ def test_worker_logs_are_json_lines_tagged_with_their_step(celery_app, start_wor
     poison = celery_app.send_task(
         TASK_RUN_AGENT,
         kwargs={"agent": "research", "input": "x", "colour": "blue"},
-        queue=queue_for("research"),
+        queue="agent.research",
     )
     with pytest.raises(RunFailedError, match="dead-lettered"):
         poison.get(timeout=60)

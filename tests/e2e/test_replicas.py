@@ -12,7 +12,6 @@ import httpx
 import pytest
 import tritonclient.grpc as grpcclient
 
-from app.constants import queue_for
 from app.inference.backend import GenerationParams
 from app.inference.queue_depth import parse_queue_depth
 from app.inference.triton import build_inputs
@@ -98,7 +97,7 @@ def test_admission_control_keeps_runs_in_redis_while_the_replicas_are_full(
     wait_for(lambda: "not taking runs" in worker.log_path.read_text(), 10, "the worker to pause")
     results = [submit("research", f"q{i}", celery=celery_app) for i in range(10)]
     time.sleep(1.5)
-    assert redis_client.llen(queue_for("research")) == 10  # all waiting in Redis (KEDA sees them)
+    assert redis_client.llen("agent.research") == 10  # all waiting in Redis (KEDA sees them)
     assert store.list_runs(limit=20) == []  # none started
     load.shutdown(wait=True)  # the load drains; the worker takes runs again
     assert [r.get(timeout=60) for r in results] == [f"Answer: Q{i}" for i in range(10)]

@@ -11,7 +11,6 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from app.config import TracingSettings
-from app.constants import queue_for
 from app.errors import RunFailedError
 from app.local.processes import wait_until
 from app.ops import tracing
@@ -124,6 +123,6 @@ def test_tracing_off_writes_nothing_and_adds_no_header(
     assert tracing.span("agentq.submit", agent="research") is tracing.NO_SPAN
     assert tracing.inject({}) == {}
     submit("coder", "nobody consumes agent.coder here", celery=celery_app)
-    message = json.loads(redis_client.lindex(queue_for("coder"), 0))
+    message = json.loads(redis_client.lindex("agent.coder", 0))
     assert not {"traceparent", "tracestate"} & set(message["headers"])
     assert not spans_file.exists()

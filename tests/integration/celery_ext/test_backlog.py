@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.celery_ext.backlog import priority_lists
 from app.config import Settings, child_env, settings_env
-from app.constants import TASK_RUN_AGENT, queue_for
+from app.constants import TASK_RUN_AGENT
 from app.errors import LocalServiceError
 from app.local.processes import free_port, log_tail, stop_process, wait_until
 from app.local.redis import RedisServer
@@ -27,7 +27,7 @@ from app.tasks import dead_letters as dlq
 
 pytestmark = pytest.mark.integration
 
-QUEUE = queue_for("research")
+QUEUE = "agent.research"
 PRIORITIES = {0: 4, 3: 3, 6: 5, 9: 2}  # priority -> runs enqueued at it
 
 
@@ -101,7 +101,7 @@ def test_backlog_counts_every_priority_and_the_unacked_while_llen_does_not(
         assert gauge(samples, "agentq_backlog", **labels) == enqueued
         assert gauge(samples, "agentq_backlog_ready", **labels) == enqueued - held
         assert gauge(samples, "agentq_backlog_unacked", **labels) == held
-        assert gauge(samples, "agentq_backlog", agent="coder", queue=queue_for("coder")) == 0
+        assert gauge(samples, "agentq_backlog", agent="coder", queue="agent.coder") == 0
         assert gauge(samples, "agentq_dead_letters") == dlq.count(redis_client)
         assert gauge(samples, "agentq_exporter_redis_up") == 1
         # What KEDA's redis trigger reads: one list, far from the truth.

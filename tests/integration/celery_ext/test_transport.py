@@ -9,13 +9,13 @@ import pytest
 
 from app.celery_ext.app import create_celery
 from app.config import Settings, WorkerSettings
-from app.constants import TASK_RUN_AGENT, queue_for
+from app.constants import TASK_RUN_AGENT
 from app.local.processes import wait_until
 from app.local.redis import RedisServer
 
 pytestmark = pytest.mark.integration
 
-QUEUE = queue_for("coder")
+QUEUE = "agent.coder"
 
 
 @pytest.fixture

@@ -37,7 +37,10 @@ def test_yaml_and_toml_files_load_the_same_registry(tmp_path: Path):
         assert registry.names == ["triage", "writer"]
         assert registry.get("triage").tools == ("calculator",)
         assert registry.get("triage").max_steps == 3
-        assert registry.queues() == {"triage": "agent.triage", "writer": "agent.writer"}
+        assert [registry.spec(n).queue_name for n in registry.names] == [
+            "agent.triage",
+            "agent.writer",
+        ]
 
 
 @pytest.mark.parametrize(
