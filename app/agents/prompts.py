@@ -1,6 +1,6 @@
 """Prompt building and reply parsing for the agent loop. Pure functions, no I/O.
 
-Reply format (what a model must produce, documented in the README):
+Reply format (what a model must produce, documented in docs/agents.md):
 
 - a tool call is one JSON object ``{"tool": "<name>", "args": {...}}``;
 - a final answer is ``{"final": <any JSON>}`` or any other text (taken verbatim).
