@@ -11,6 +11,11 @@ class ConfigurationError(AgentqError):
     """Raised when settings or an agents file are invalid; fix the configuration and restart."""
 
 
+class CeleryInternalsError(ConfigurationError):
+    """Raised at worker start when the installed Celery or kombu lacks a private name agentq
+    relies on (``app.celery_ext.PRIVATE_NAMES``); install the versions ``uv.lock`` pins."""
+
+
 class SubmitError(AgentqError):
     """Raised when a run is refused at submit; nothing was enqueued."""
 

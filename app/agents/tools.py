@@ -19,6 +19,7 @@ from typing import Any
 
 from app.constants import EFFECT_TTL_S, effect_key, kv_key
 from app.errors import ToolError
+from app.ops.redis_scripts import Script
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,13 +130,7 @@ def kv_set(ctx: ToolContext, key: str, value: str) -> str:
 
 
 # Increment once per (run, step): a step re-run after a crash returns the first result.
-_INCR_ONCE = """
-local done = redis.call('GET', KEYS[2])
-if done then return tonumber(done) end
-local value = redis.call('INCR', KEYS[1])
-redis.call('SET', KEYS[2], value, 'EX', ARGV[1])
-return value
-"""
+INCR_ONCE = Script("app.agents", "lua/incr_once.lua")
 
 
 @tool("counter_incr")
@@ -145,7 +140,7 @@ def counter_incr(ctx: ToolContext, key: str) -> int:
     Exactly once per step: the increment and its record are one atomic Redis script.
     """
     keys = [kv_key(key), effect_key(ctx.run_id, ctx.step, f"incr:{key}")]
-    return int(ctx.redis.eval(_INCR_ONCE, 2, *keys, EFFECT_TTL_S))
+    return int(INCR_ONCE(ctx.redis, keys, [EFFECT_TTL_S]))
 
 
 @tool("word_count")

@@ -21,6 +21,7 @@ from functools import lru_cache
 from json.encoder import encode_basestring_ascii as _string
 from typing import Any
 
+from celery import Celery
 from celery.utils.nodenames import anon_nodename
 
 from app.constants import TASK_RUN_AGENT
@@ -168,6 +169,17 @@ def run_message(
         compact_json(dict(headers)),
         tag or new_id(),
     )
+
+
+def reply_to_of(app: Celery) -> str:
+    """The ``reply_to`` property of messages ``app`` publishes from this thread (as Celery
+    writes it)."""
+    return str(app.thread_oid)
+
+
+def process_origin() -> str:
+    """The ``origin`` header of messages this process publishes (Celery's anon node name)."""
+    return str(anon_nodename())
 
 
 def message_headers(*, new_run: bool = False) -> dict[str, Any]:

@@ -4,8 +4,9 @@
 (``HSET unacked`` + ``ZADD unacked_index``) in a second round trip. A worker killed in
 between, or a Redis that goes away in between, loses the message for good: it is in no list
 and in no unacked hash, so no visibility timeout brings it back (the chaos test saw about one
-lost step per few SIGKILLs on a busy machine). Here a Lua script pops messages and records
-them in one atomic step, so every message is always either waiting in its list or restorable.
+lost step per few SIGKILLs on a busy machine). Here a Lua script (``lua/take.lua``) pops
+messages and records them in one atomic step, so every message is always either waiting in
+its list or restorable.
 One fetch takes as many messages as the prefetch limit leaves room for (at most
 :data:`FETCH_MAX`): a worker whose threads finish a batch of model calls together refills
 them in one round trip, not one per thread.
@@ -38,34 +39,12 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis.exceptions import NoScriptError
 
-# KEYS: unacked hash, unacked index, then the lists in the order BRPOP would read them.
-# ARGV[1]: now (Unix time, as kombu scores the index); ARGV[2]: how many messages at most.
-# Returns {list, message, list, message ...}, oldest first, empty when every list is.
-# The unacked entry is kombu's [message, exchange, routing_key], built from the message
-# text itself so it restores byte for byte.
-_TAKE = """
-local limit = tonumber(ARGV[2])
-local taken = {}
-for i = 3, #KEYS do
-  while #taken < 2 * limit do
-    local item = redis.call('RPOP', KEYS[i])
-    if not item then break end
-    local ok, message = pcall(cjson.decode, item)
-    local props = ok and type(message) == 'table' and message.properties
-    if type(props) == 'table' and type(props.delivery_tag) == 'string'
-        and type(props.delivery_info) == 'table' then
-      local info = props.delivery_info
-      redis.call('HSET', KEYS[1], props.delivery_tag, '[' .. item .. ',' ..
-        cjson.encode(info.exchange) .. ',' .. cjson.encode(info.routing_key) .. ']')
-      redis.call('ZADD', KEYS[2], ARGV[1], props.delivery_tag)
-    end
-    taken[#taken + 1] = KEYS[i]
-    taken[#taken + 1] = item
-  end
-end
-return taken
-"""
+from app.ops.redis_scripts import Script
+
+# Pops messages and records them as unacknowledged in one atomic step (see the file).
+TAKE = Script("app.celery_ext", "lua/take.lua")
 FETCH_MAX = 64
 """Messages one fetch takes at most (fewer when the prefetch limit leaves fewer free)."""
 
@@ -75,7 +54,7 @@ UNACKED, UNACKED_INDEX = kombu_redis.Channel.unacked_key, kombu_redis.Channel.un
 
 
 def _recorded_tag(payload: Any) -> str | None:
-    """The delivery tag under which :data:`_TAKE` recorded ``payload`` (None: not recorded)."""
+    """The delivery tag under which :data:`TAKE` recorded ``payload`` (None: not recorded)."""
     props = payload.get("properties") if isinstance(payload, dict) else None
     if not isinstance(props, dict) or not isinstance(props.get("delivery_info"), dict):
         return None
@@ -137,6 +116,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     _sent: str | None = None  # what the pending poll command is: _FETCH, _WAIT or BRPOP
     _fetch_next = True  # a fetch may find a message (else block until one arrives)
     _fetch_limit = 1  # how many messages the pending fetch asked for
+    _take_loaded = False  # TAKE registered on the broker (again after a restart, SCRIPT FLUSH)
     # kombu's poll state, typed as kombu uses it: the connection polled on, when it was sent.
     _in_poll: Any = False
     _brpop_sent_at: Any = None
@@ -183,11 +163,17 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._in_poll = connection
         self._brpop_sent_at = monotonic()
         if self._fetch_next:
+            if not self._take_loaded:
+                with self.conn_or_acquire() as client:
+                    TAKE.load(client)
+                self._take_loaded = True
             self._sent = _FETCH
             room = self.qos.can_consume_max_estimate()  # None: no prefetch limit
             self._fetch_limit = FETCH_MAX if room is None else max(1, min(room, FETCH_MAX))
+            # EVALSHA sent and its reply parsed here: redis-py's NOSCRIPT fallback does not
+            # apply, so a NOSCRIPT reply (see _brpop_read) has the next fetch load it again.
             connection.send_command(
-                "EVAL", _TAKE, 2 + len(keys), self.unacked_key, self.unacked_index_key,
+                "EVALSHA", TAKE.sha, 2 + len(keys), self.unacked_key, self.unacked_index_key,
                 *keys, time(), self._fetch_limit,
             )  # fmt: skip
         else:
@@ -203,11 +189,15 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         try:
             try:
                 reply = self.client.parse_response(
-                    self.client.connection, "EVAL" if sent == _FETCH else "BLMOVE", **options
+                    self.client.connection, "EVALSHA" if sent == _FETCH else "BLMOVE", **options
                 )
             except self.connection_errors:
                 self.client.connection.disconnect()  # the next poll reconnects
                 raise
+            except NoScriptError:
+                # Redis restarted or its scripts were flushed: load it, fetch on the next poll.
+                self._take_loaded, self._fetch_next = False, True
+                raise Empty() from None
             # A wait ends when a message arrives or after brpop_timeout: fetch next either way.
             # A fetch that took fewer than it asked for emptied every list: wait next.
             self._fetch_next = sent == _WAIT or len(reply) >= 2 * self._fetch_limit

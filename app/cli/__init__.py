@@ -44,11 +44,12 @@ def worker(
     loglevel: str,
 ) -> None:
     """Consume the queues of AGENTS' types and run their steps."""
-    from celery.utils.nodenames import host_format
     from pydantic import ValidationError
 
+    from app.celery_ext import check_internals
     from app.celery_ext.app import create_celery
     from app.celery_ext.context import context_of
+    from app.celery_ext.worker import node_name
     from app.errors import AgentqError, ConfigurationError
     from app.ops.redis_clients import check_redis
     from app.tasks.runtime import runtime_for
@@ -66,9 +67,10 @@ def worker(
     if unknown:
         raise click.BadParameter(f"unknown agent types {unknown}; known: {registry.names}")
     queues = ",".join(registry.spec(n).queue_name for n in names)
-    node = host_format(hostname or f"agentq-{'-'.join(names)}@%h")
+    node = node_name(hostname or f"agentq-{'-'.join(names)}@%h")
     try:
         # Connect and migrate now: a bad config (password, TLS, URL) fails at start, not per run.
+        check_internals()  # and a Celery/kombu without what app.celery_ext relies on
         check_redis(settings)
         runtime_for(app, node)
     except AgentqError as exc:  # configuration, Redis, session store: one line, no traceback

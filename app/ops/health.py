@@ -27,6 +27,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from app.celery_ext.context import context_of
+from app.celery_ext.worker import consumed_queues
 from app.config import Settings
 from app.ops import metrics
 from app.ops.http import Response, json_response, serve, shutdown
@@ -197,7 +198,7 @@ class WorkerHealth:
 
     def _kinds(self) -> list[str]:
         """Backends of the agent types this worker consumes (all of them before ``-Q``)."""
-        consumed = set(self.app.amqp.queues.consume_from or {})
+        consumed = consumed_queues(self.app)
         specs = context_of(self.app).registry
         return sorted({s.backend for s in specs if not consumed or s.queue_name in consumed})
 

@@ -9,7 +9,6 @@ from contextlib import AbstractContextManager
 from typing import Any, overload
 
 from celery import Celery
-from celery.utils.nodenames import anon_nodename
 
 from app.agents.validation import RunRequest, validate_run
 from app.celery_ext import envelope as messages
@@ -247,7 +246,7 @@ def _batches(
 
     Without tracing every message of the call carries the same headers (one enqueue time:
     they reach Redis together); with it, each run has its own submit span and context."""
-    reply_to, origin = celery.thread_oid, anon_nodename()
+    reply_to, origin = messages.reply_to_of(celery), messages.process_origin()
     tags = f"{new_id()}."  # + the run's index: unique, and cheaper than a UUID each
     traced = tracing.enabled()
     shared = compact_json(message_headers(new_run=True))

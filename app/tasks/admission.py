@@ -16,6 +16,7 @@ from typing import Any
 from celery import bootsteps
 
 from app.celery_ext.context import context_of
+from app.celery_ext.worker import consumed_queues
 from app.inference.pool import ReplicaStatus
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class AdmissionControl(bootsteps.StartStopStep):  # type: ignore[misc]
         if runtime is None:
             return
         inference = runtime.settings.inference
-        consuming = set(c.app.amqp.queues.consume_from or {})
+        consuming = consumed_queues(c.app)
         for spec in runtime.registry:
             queue = spec.queue_name
             if queue not in consuming and queue not in self.paused:

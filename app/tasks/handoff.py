@@ -5,39 +5,22 @@ from __future__ import annotations
 
 import functools
 from contextlib import nullcontext
-from datetime import UTC, datetime
-from typing import Any
 
 from celery import Task, states
-from celery.utils.nodenames import anon_nodename
 
-from app.celery_ext.envelope import message_headers, run_message, step_task_id
+from app.celery_ext.envelope import (
+    message_headers,
+    process_origin,
+    reply_to_of,
+    run_message,
+    step_task_id,
+)
+from app.celery_ext.results import queue_result, result_value, store_result, with_retries
 from app.celery_ext.transport import ack_on, acked
+from app.celery_ext.worker import delivery_tag
 from app.constants import published_key
 from app.tasks.runner import StepMessage, StepResult
 from app.tasks.runtime import WorkerRuntime
-
-
-def result_value(backend: Any, run_id: str, state: str, result: Any) -> tuple[bytes, Any]:
-    """Key and value of the run's result as Celery's Redis backend writes them."""
-    meta = {
-        "status": state,
-        "result": result,
-        "traceback": None,
-        "children": [],
-        "date_done": datetime.now(UTC).isoformat() if state in states.READY_STATES else None,
-        "task_id": run_id,
-    }
-    return backend.get_key_for_task(run_id), backend.encode(meta)
-
-
-def store_result(backend: Any, run_id: str, state: str, result: Any) -> None:
-    """Write the run's result as Celery's Redis backend does (same key, JSON, PUBLISH), with
-    its connection retries, but without ``store_result``'s read of the current result first
-    (guarding a SUCCESS against a lost duplicate): the session store decides a run's end,
-    and a run's answer is written only once it is final there. One round trip, not two.
-    """
-    backend.set(*result_value(backend, run_id, state, result))
 
 
 def store_answer(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepResult) -> None:
@@ -55,32 +38,20 @@ def store_answer(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: S
             runtime.redis.pipeline(transaction=False) as pipe,  # order kept; no MULTI needed
             runtime.runner.releasing(msg.run_id, lease, pipe) if lease else nullcontext(),
         ):
-            _queue_result(pipe, backend, key, value)
+            queue_result(pipe, backend, key, value)
             if tag is not None:
                 ack_on(pipe, tag)
             pipe.execute()
 
-    backend.ensure(write, ())  # the backend's retries on connection errors, as for set()
+    with_retries(backend, write)
     if tag is not None:
         acked(tag)
-
-
-def _queue_result(pipe: Any, backend: Any, key: bytes, value: Any) -> None:
-    """Queue on ``pipe`` what the Redis result backend's ``set`` sends: SET(EX), PUBLISH."""
-    if backend.expires:
-        pipe.setex(key, backend.expires, value)
-    else:
-        pipe.set(key, value)
-    pipe.publish(key, value)
 
 
 def own_ack(task: Task, runtime: WorkerRuntime) -> str | None:
     """The delivery tag of this step's message when the step acknowledges it itself, in the
     pipeline that hands it on (the broker is the runtime's Redis); else None."""
-    if not runtime.pipeline_acks or task.request.is_eager:
-        return None
-    tag = (getattr(task.request, "properties", None) or {}).get("delivery_tag")
-    return tag if isinstance(tag, str) else None
+    return delivery_tag(task) if runtime.pipeline_acks else None
 
 
 def publish_step(
@@ -128,7 +99,7 @@ def publish_step(
         runtime.redis.set(marker, 1, ex=marker_ttl)
         return
     message = run_message(
-        task_id, kwargs, queue, message_headers(), reply_to=task.app.thread_oid, origin=_origin()
+        task_id, kwargs, queue, message_headers(), reply_to=reply_to_of(task.app), origin=_origin()
     )
 
     def write() -> None:
@@ -136,15 +107,12 @@ def publish_step(
             pipe.lpush(queue, message)
             pipe.set(marker, 1, ex=marker_ttl)
             if result is not None:
-                _queue_result(pipe, backend, *result)
+                queue_result(pipe, backend, *result)
             ack_on(pipe, tag)
             pipe.execute()
 
-    backend.ensure(write, ())  # ridden out across a Redis restart, as the result writes are
+    with_retries(backend, write)  # ridden out across a Redis restart, as the result writes are
     acked(tag)
 
 
-@functools.cache
-def _origin() -> str:
-    """The ``origin`` header of messages this process publishes (Celery's anon node name)."""
-    return anon_nodename()
+_origin = functools.cache(process_origin)  # a worker's node name does not change

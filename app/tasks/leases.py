@@ -5,13 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from app.constants import lease_key
+from app.ops.redis_scripts import Script
 
-# Delete the key only if we still own it, so an expired lease taken over by another
-# worker is never released by the first one.
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
+# Deletes the key only if we still own it (see the file).
+RELEASE = Script("app.tasks", "lua/release_lease.lua")
 
 
 class RunLease:
@@ -19,7 +16,6 @@ class RunLease:
 
     def __init__(self, redis: Any) -> None:
         self.redis = redis
-        self._release = redis.register_script(_RELEASE)
 
     def acquire(self, run_id: str, token: str, ttl_s: float) -> bool:
         """Take the run for ``ttl_s`` seconds; False when another worker holds it."""
@@ -27,12 +23,13 @@ class RunLease:
 
     def release(self, run_id: str, token: str) -> bool:
         """Give the run back if ``token`` still holds it."""
-        return bool(self._release(keys=[lease_key(run_id)], args=[token]))
+        return bool(RELEASE(self.redis, [lease_key(run_id)], [token]))
 
     def release_on(self, pipe: Any, run_id: str, token: str) -> None:
-        """Queue the release on ``pipe``: given back with the pipeline's other commands."""
-        # EVAL, not EVALSHA: a pipeline with a Script first checks it is loaded (a round trip).
-        pipe.eval(_RELEASE, 1, lease_key(run_id), token)
+        """Queue the release on ``pipe``: given back with the pipeline's other commands. If
+        Redis lost the script, ``pipe.execute()`` raises ``NoScriptError`` (the other
+        commands ran): call :meth:`release` then."""
+        RELEASE.queue(pipe, [lease_key(run_id)], [token])
 
     def holder(self, run_id: str) -> str | None:
         """The token holding the run, if any."""

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from app.agents.guardrails import (
     BUDGET_EXCEEDED,
     OUTPUT_REJECTED,
@@ -144,7 +146,11 @@ class StepRunner:
         """Queue the release of a kept lease on Redis pipeline ``pipe``; it counts as given
         back once the block (which executes the pipeline) ends without an error."""
         self.lease.release_on(pipe, run_id, token)
-        yield
+        try:
+            yield
+        except NoScriptError:
+            # Redis lost the script (restart, SCRIPT FLUSH); the pipeline's other commands ran.
+            self.lease.release(run_id, token)
         self.held.pop(token, None)
 
     def release_leases(self) -> int:

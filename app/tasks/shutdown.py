@@ -23,9 +23,9 @@ from typing import Any
 
 from celery import Celery, bootsteps
 from celery.signals import worker_shutting_down
-from celery.worker import state
 
 from app.celery_ext.context import context_of
+from app.celery_ext.worker import requeue_unacknowledged
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +35,7 @@ EXIT_HANDED_BACK = 0
 
 def hand_back(app: Celery) -> int:
     """Requeue every unacknowledged message of this worker and release its run leases."""
-    requests = [*state.active_requests, *state.reserved_requests]
-    handed = 0
-    for request in {id(r): r for r in requests}.values():
-        if request.acknowledged:
-            continue
-        try:
-            # Straight to the broker: Celery's own reject is queued for the event loop,
-            # which no longer runs once a warm shutdown has begun.
-            request.message.reject(requeue=True)
-            request.acknowledged = True  # the step's thread must not ack it when it ends
-            handed += 1
-        except Exception as exc:  # the message comes back after its visibility timeout
-            log.error("could not hand back step %s: %s", request.id, exc)
+    handed = requeue_unacknowledged()
     runtime = context_of(app).runtime
     released = runtime.runner.release_leases() if runtime is not None else 0
     log.warning("shutdown deadline: handed back %d step(s), released %d lease(s)", handed, released)

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 from celery import states
 
 from app.celery_ext.app import create_celery
+from app.celery_ext.results import result_value
 from app.config import Settings
-from app.tasks.handoff import result_value
 
 
 def test_the_result_is_celerys_own_format() -> None:

@@ -1,0 +1,68 @@
+"""Reads and writes of a running Celery worker's own state, beyond Celery's public API."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, bootsteps
+from celery.utils.nodenames import host_format
+from celery.worker import state
+
+from app.celery_ext import check_internals
+from app.errors import CeleryInternalsError
+
+log = logging.getLogger(__name__)
+
+
+class InternalsCheck(bootsteps.Step):  # type: ignore[misc]
+    """Worker bootstep: stop at start, with one line, when the installed Celery or kombu
+    lacks a private name agentq relies on (:func:`app.celery_ext.check_internals`)."""
+
+    label = "agentq internals check"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        try:
+            check_internals()
+        except CeleryInternalsError as exc:
+            raise SystemExit(f"agentq: {exc}") from None  # one line, no traceback
+
+
+def requeue_unacknowledged() -> int:
+    """Put every message this worker holds unacknowledged (steps in flight, retries waiting
+    for their countdown) back on its queue at once; how many went back."""
+    requests = [*state.active_requests, *state.reserved_requests]
+    handed = 0
+    for request in {id(r): r for r in requests}.values():
+        if request.acknowledged:
+            continue
+        try:
+            # Straight to the broker: Celery's own reject is queued for the event loop,
+            # which no longer runs once a warm shutdown has begun.
+            request.message.reject(requeue=True)
+            request.acknowledged = True  # the step's thread must not ack it when it ends
+            handed += 1
+        except Exception as exc:  # the message comes back after its visibility timeout
+            log.error("could not hand back step %s: %s", request.id, exc)
+    return handed
+
+
+def delivery_tag(task: Any) -> str | None:
+    """The delivery tag of the message ``task`` is running (None: run eagerly, or no tag)."""
+    request = task.request
+    if request.is_eager:
+        return None
+    tag = (getattr(request, "properties", None) or {}).get("delivery_tag")
+    return tag if isinstance(tag, str) else None
+
+
+def consumed_queues(app: Celery) -> set[str]:
+    """The queues this worker was started to consume (``-Q``)."""
+    return set(app.amqp.queues.consume_from or {})
+
+
+def node_name(template: str) -> str:
+    """A worker's node name from ``template``, ``%h`` (host), ``%n`` and ``%d`` expanded as
+    ``celery worker -n`` expands them."""
+    return str(host_format(template))

@@ -1,0 +1,24 @@
+"""A worker's own state as app.celery_ext.worker reads it."""
+
+from __future__ import annotations
+
+import socket
+
+from app.celery_ext.app import create_celery
+from app.celery_ext.worker import consumed_queues, node_name
+from app.config import Settings
+
+
+def test_consumed_queues_are_the_ones_the_worker_was_started_with() -> None:
+    app = create_celery(Settings(_env_file=None))
+    try:
+        assert consumed_queues(app) == {"agent.research", "agent.coder"}  # no -Q: every queue
+        app.amqp.queues.select(["agent.research"])  # what `celery worker -Q` does
+        assert consumed_queues(app) == {"agent.research"}
+    finally:
+        app.close()
+
+
+def test_node_names_expand_the_host_as_celery_worker_does() -> None:
+    assert node_name("agentq-research@%h") == f"agentq-research@{socket.gethostname()}"
+    assert node_name("w1@fixed") == "w1@fixed"
