@@ -57,3 +57,17 @@ def test_a_failed_pipeline_leaves_the_lease_to_release(runner) -> None:
     assert runner.held == {result.lease: "r4"}
     runner.release("r4", result.lease)
     assert RunLease(runner.redis).holder("r4") is None
+
+
+def test_a_pipeline_that_meets_a_flushed_script_still_gives_the_lease_back(runner) -> None:
+    result = runner.run_step(StepMessage("r5", "trivial", 0, "hi"), keep_lease=True)
+    assert result.lease is not None
+    runner.redis.script_flush()  # Redis restarted, or SCRIPT FLUSH: the release script is gone
+    with (
+        runner.redis.pipeline(transaction=False) as pipe,
+        runner.releasing("r5", result.lease, pipe),
+    ):
+        pipe.set("answer", "hi")
+        pipe.execute()
+    assert runner.redis.get("answer") == b"hi"
+    assert RunLease(runner.redis).holder("r5") is None and runner.held == {}
