@@ -41,6 +41,11 @@ class IdempotencyConflictError(SubmitError):
 
 
 class InferenceError(AgentqError):
+    """Base of the errors a model call raises; only :class:`InferenceUnavailableError` (and its
+    subclasses) is retried, any other fails the run with error type ``model_error``."""
+
+
+class ModelRefusedError(InferenceError):
     """Raised when the model server answers a call with an error (not retried)."""
 
 

@@ -18,16 +18,11 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import ConfigurationError
-
-# Typed reasons a run ends early; stored as the run's error_type and used as metric labels.
-BUDGET_EXCEEDED: Final = "budget_exceeded"
-OUTPUT_REJECTED: Final = "output_rejected"
-TOOL_NOT_ALLOWED: Final = "tool_not_allowed"  # an error step; the run goes on
 
 
 class Budget(BaseModel):

@@ -65,7 +65,7 @@ class InferenceBackend(Protocol):
         route: Route | None = None,
         timeout_s: float | None = None,
     ) -> Completion:
-        """The whole reply to ``prompt``; raises InferenceError or InferenceUnavailableError."""
+        """The whole reply to ``prompt``; raises ModelRefusedError or InferenceUnavailableError."""
         ...
 
     def stream(

@@ -3,7 +3,8 @@
 The agent loop builds one text prompt; :func:`prompt_to_messages` turns it into chat messages.
 Errors follow the Triton backend: a server that did not serve the call (unreachable, late,
 overloaded) raises InferenceUnavailableError, retried elsewhere or later; any error the server
-answered with, including one inside an HTTP 200 body or an event stream, raises InferenceError.
+answered with, including one inside an HTTP 200 body or an event stream, raises
+ModelRefusedError.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import httpx
 
 from app.constants import PROMPT_ASSISTANT, PROMPT_SYSTEM, PROMPT_TOOL, PROMPT_USER
-from app.errors import InferenceError, InferenceUnavailableError
+from app.errors import InferenceError, InferenceUnavailableError, ModelRefusedError
 from app.inference.backend import Completion, GenerationParams, Route, count_tokens
 
 # Tool results travel as user messages: the "tool" role needs the id of an assistant tool_call.
@@ -241,8 +242,8 @@ class OpenAICompatBackend:
         # Servers may echo a refused key in their message; it must not reach logs.
         return text.replace(self._api_key, "***") if self._api_key else text
 
-    def _refused(self, what: str) -> InferenceError:
-        return InferenceError(self._redact(f"Server at {self.base_url} {what}"))
+    def _refused(self, what: str) -> ModelRefusedError:
+        return ModelRefusedError(self._redact(f"Server at {self.base_url} {what}"))
 
     def _unreachable(self, exc: httpx.HTTPError) -> InferenceError:
         if isinstance(exc, httpx.UnsupportedProtocol):  # a bad URL: retrying will not help

@@ -13,7 +13,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from app.errors import InferenceError, InferenceUnavailableError
+from app.errors import InferenceError, InferenceUnavailableError, ModelRefusedError
 from app.inference.backend import Completion, GenerationParams, Route, count_tokens
 
 # gRPC status codes worth a retry on another replica or later: the server did not serve the
@@ -34,7 +34,7 @@ def map_error(exc: InferenceServerException, url: str) -> InferenceError:
     message = exc.message() or str(exc)
     if any(code in status for code in RETRYABLE_CODES) or "connection refused" in message.lower():
         return InferenceUnavailableError(f"Triton at {url} unavailable ({status}): {message}")
-    return InferenceError(f"Triton at {url} refused the call ({status}): {message}")
+    return ModelRefusedError(f"Triton at {url} refused the call ({status}): {message}")
 
 
 def _tensor(name: str, value: Any, datatype: str, dtype: Any) -> grpcclient.InferInput:

@@ -31,6 +31,8 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 
+from app.memory.records import ErrorType, RunStatus, StepKind
+
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _RUN_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 _WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
@@ -168,7 +170,9 @@ def steps_in_flight() -> list[StepInFlight]:
 # ---- what the worker reports ----
 
 
-def step_finished(agent: str, kind: str, seconds: float, tokens_in: int, tokens_out: int) -> None:
+def step_finished(
+    agent: str, kind: StepKind, seconds: float, tokens_in: int, tokens_out: int
+) -> None:
     """A step ended: its latency, the tokens it used and the model's output speed."""
     agent = label(agent)
     STEP_SECONDS.labels(agent, label(kind)).observe(seconds)
@@ -180,11 +184,13 @@ def step_finished(agent: str, kind: str, seconds: float, tokens_in: int, tokens_
             OUTPUT_SPEED.labels(agent).observe(tokens_out / seconds)
 
 
-def run_finished(agent: str, status: str, error_type: str | None, seconds: float) -> None:
+def run_finished(
+    agent: str, status: RunStatus, error_type: ErrorType | None, seconds: float
+) -> None:
     """A run ended with ``status`` (succeeded or failed) and, when failed, its error type."""
-    agent, status = label(agent), label(status)
-    RUN_SECONDS.labels(agent, status).observe(seconds)
-    RUNS.labels(agent, status, label(error_type)).inc()
+    agent, ended = label(agent), label(status)
+    RUN_SECONDS.labels(agent, ended).observe(seconds)
+    RUNS.labels(agent, ended, label(error_type)).inc()
 
 
 def queue_wait(agent: str, seconds: float) -> None:
@@ -220,7 +226,7 @@ def dead_lettered(agent: str, kind: str) -> None:
     DEAD_LETTERED.labels(label(agent), label(kind)).inc()
 
 
-def guardrail_stop(agent: str, kind: str) -> None:
+def guardrail_stop(agent: str, kind: ErrorType) -> None:
     """A guardrail (budget, tool allowlist, validator) stopped a run."""
     GUARDRAIL_STOPS.labels(label(agent), label(kind)).inc()
 

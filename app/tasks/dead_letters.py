@@ -23,7 +23,7 @@ from celery import Celery, states
 from app.agents.registry import AgentRegistry
 from app.constants import DEAD_LETTER_INDEX, DEAD_LETTERS, TASK_RUN_AGENT
 from app.errors import DeadLetteredError, NotDeadLetteredError, StoreError
-from app.memory.sessions import NewRun, SessionStore
+from app.memory.sessions import ErrorType, NewRun, SessionStore
 from app.ops import metrics
 
 log = logging.getLogger(__name__)
@@ -103,10 +103,6 @@ def remove(client: Any, run_ids: Iterable[str]) -> int:
     return int(removed)
 
 
-DEAD_LETTERED: Final = "dead_lettered"
-"""error_type of a run failed by the dead-letter queue (replayable)."""
-
-
 def dead_letter(
     redis: Any,
     store: SessionStore,
@@ -123,7 +119,7 @@ def dead_letter(
     reason = f"dead-lettered ({letter.kind}): {letter.reason}"
     first = NewRun(letter.run_id, letter.agent, run_input, session_id) if letter.step == 0 else None
     try:
-        store.fail_run(letter.run_id, reason, new_run=first, error_type=DEAD_LETTERED)
+        store.fail_run(letter.run_id, reason, new_run=first, error_type=ErrorType.DEAD_LETTERED)
     except StoreError as exc:
         log.error("run %s: dead-lettered, but the store could not be told: %s", letter.run_id, exc)
     metrics.dead_lettered(letter.agent, letter.kind)
@@ -154,7 +150,7 @@ def replay(
         raise NotDeadLetteredError(
             f"run {run_id!r} belongs to agent type {letter.agent!r}, which is not registered"
         )
-    store.reopen_run(run_id, (DEAD_LETTERED,))
+    store.reopen_run(run_id, (ErrorType.DEAD_LETTERED,))
     # The run's result goes back from FAILURE to STARTED until the replay finishes it.
     celery.backend.store_result(run_id, {"replayed_at": time.time()}, states.STARTED)
     celery.tasks[TASK_RUN_AGENT].apply_async(

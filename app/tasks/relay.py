@@ -27,6 +27,7 @@ import redis
 
 from app.config import StreamSettings
 from app.constants import stream_key
+from app.memory.records import RunStatus, StepKind
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +99,17 @@ class TokenRelay:
         """A piece of the reply, as it left the model server."""
         self._add(run_id, encode(TOKEN, step, piece))
 
-    def step(self, run_id: str, step: int, kind: str, tool: str | None = None) -> None:
+    def step(self, run_id: str, step: int, kind: StepKind, tool: str | None = None) -> None:
         """The step is committed."""
         self._add(run_id, encode(STEP, step, data={"kind": kind, "tool": tool}))
 
-    def end(self, run_id: str, status: str, answer: Any = None, error: str | None = None) -> None:
+    def end(
+        self, run_id: str, status: RunStatus, answer: Any = None, error: str | None = None
+    ) -> None:
         """The run is over: ``status`` is succeeded or failed."""
-        data = {"status": status, "answer": answer} if error is None else {"status": status}
-        if error is not None:
+        data: dict[str, Any] = {"status": status}
+        if error is None:
+            data["answer"] = answer
+        else:
             data["error"] = error
         self._add(run_id, encode(END, -1, data=data))

@@ -19,7 +19,6 @@ from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
 from kombu.exceptions import OperationalError
 
-from app.agents.guardrails import BUDGET_EXCEEDED, OUTPUT_REJECTED
 from app.celery_ext.envelope import ENQUEUED_AT, NEW_RUN, message_headers
 from app.constants import TASK_RUN_AGENT
 from app.errors import (
@@ -31,11 +30,12 @@ from app.errors import (
     StoreError,
 )
 from app.inference.pool import backoff_delay
+from app.memory.records import ErrorType, RunStatus
 from app.ops import logs, metrics, tracing
 from app.ops.masking import task_kwargsrepr
 from app.producer.results import RunResult
 from app.tasks import dead_letters as dlq
-from app.tasks.dead_letters import DEAD_LETTERED, dead_letter
+from app.tasks.dead_letters import dead_letter
 from app.tasks.handoff import publish_step, store_answer
 from app.tasks.runner import Outcome, StepMessage, StepResult
 from app.tasks.runtime import WorkerRuntime, runtime_for
@@ -53,14 +53,14 @@ TRANSIENT = (
 # Redis unreachable while the step is handed on (next step, result, lease retry published).
 HAND_ON_ERRORS = (OperationalError, redis.ConnectionError, redis.TimeoutError, OSError)
 
-_RUN_ERRORS: dict[str | None, type[RunFailedError]] = {
-    BUDGET_EXCEEDED: BudgetExceededError,
-    OUTPUT_REJECTED: OutputRejectedError,
-    DEAD_LETTERED: DeadLetteredError,
+_RUN_ERRORS: dict[ErrorType | None, type[RunFailedError]] = {
+    ErrorType.BUDGET_EXCEEDED: BudgetExceededError,
+    ErrorType.OUTPUT_REJECTED: OutputRejectedError,
+    ErrorType.DEAD_LETTERED: DeadLetteredError,
 }
 
 
-def run_error(reason: str | None, error_type: str | None) -> RunFailedError:
+def run_error(reason: str | None, error_type: ErrorType | None) -> RunFailedError:
     """The typed error a failed run raises from ``AsyncResult.get()``."""
     return _RUN_ERRORS.get(error_type, RunFailedError)(reason or "run failed")
 
@@ -206,7 +206,7 @@ def _dead_letter(
         traceback=trace,
     )
     error = dead_letter(runtime.redis, runtime.store, letter, msg.input, msg.session_id)
-    return StepResult(Outcome.FAILED, reason=str(error), error_type=DEAD_LETTERED)
+    return StepResult(Outcome.FAILED, reason=str(error), error_type=ErrorType.DEAD_LETTERED)
 
 
 def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepResult) -> Any:
@@ -227,13 +227,13 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
             )  # fmt: skip
         case Outcome.DONE:
             if msg.stream:
-                runtime.runner.relay.end(msg.run_id, "succeeded", answer=result.answer)
+                runtime.runner.relay.end(msg.run_id, RunStatus.SUCCEEDED, answer=result.answer)
             if is_first and not own_results:
                 return result.answer
             store_answer(task, runtime, msg, result)
         case Outcome.FAILED:
             if msg.stream:
-                runtime.runner.relay.end(msg.run_id, "failed", error=result.reason)
+                runtime.runner.relay.end(msg.run_id, RunStatus.FAILED, error=result.reason)
             error = run_error(result.reason, result.error_type)
             if own_results or not is_first:
                 task.backend.mark_as_failure(msg.run_id, error)

@@ -16,16 +16,8 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from app.agents.guardrails import (
-    BUDGET_EXCEEDED,
-    OUTPUT_REJECTED,
-    TOOL_NOT_ALLOWED,
-    Budget,
-    check_after_call,
-    check_before_step,
-    first_rejection,
-)
-from app.agents.prompts import FinalAnswer, ToolCall, Turn, build_prompt, parse_reply
+from app.agents.guardrails import Budget
+from app.agents.prompts import Turn, build_prompt, parse_reply
 from app.agents.registry import AgentRegistry, AgentSpec
 from app.agents.tools import ToolContext, run_tool
 from app.agents.validation import validate_run
@@ -38,33 +30,17 @@ from app.inference.backend import (
     Route,
     count_tokens,
 )
-from app.memory.sessions import (
-    FAILED,
-    NO_ANSWER,
-    SUCCEEDED,
-    NewRun,
-    RunState,
-    SessionStore,
-    StepRecord,
-)
+from app.memory.records import ErrorType, RunStatus, StepKind
+from app.memory.sessions import NO_ANSWER, NewRun, RunState, SessionStore, StepRecord
 from app.memory.tool_cache import MISS, ToolResultCache
 from app.ops import metrics, tracing
+from app.tasks import verdict
 from app.tasks.leases import RunLease
 from app.tasks.relay import TokenRelay
-from app.tasks.steps import (
-    INPUT_REJECTED,
-    MODEL_ERROR,
-    UNKNOWN_AGENT,
-    Outcome,
-    StepMessage,
-    StepResult,
-    usage,
-)
+from app.tasks.steps import Outcome, StepMessage, StepResult, usage
+from app.tasks.verdict import Verdict
 
 __all__ = [
-    "INPUT_REJECTED",
-    "MODEL_ERROR",
-    "UNKNOWN_AGENT",
     "Outcome",
     "StepMessage",
     "StepResult",
@@ -114,7 +90,7 @@ class StepRunner:
         spec = self.registry.get(msg.agent)
         if spec is None:
             reason = f"unknown agent {msg.agent!r} (not in this worker's registry)"
-            return StepResult(Outcome.FAILED, reason=reason, error_type=UNKNOWN_AGENT)
+            return StepResult(Outcome.FAILED, reason=reason, error_type=ErrorType.UNKNOWN_AGENT)
         hold = _Hold(msg.run_id, spec.step_timeout_s or self.settings.worker.step_timeout_s)
         if not _deferred(msg) and not self._take(hold):
             return StepResult(Outcome.BUSY)
@@ -193,9 +169,8 @@ class StepRunner:
                     msg.run_id,
                 )
             except SubmitError as exc:
-                return self._fail(
-                    msg, f"run refused: {exc}", INPUT_REJECTED, new_run, state, deferred
-                )
+                refused = verdict.failed(f"run refused: {exc}", ErrorType.INPUT_REJECTED)
+                return self._fail(msg, refused, state, new_run, deferred)
         return self._execute(spec, msg, state, new_run, hold if deferred else None)
 
     def _run_budget(self, spec: AgentSpec, msg: StepMessage) -> dict[str, Any]:
@@ -228,67 +203,45 @@ class StepRunner:
         """The step itself. ``unleased``: a deferred first delivery, which holds neither the
         lease nor a loaded state yet (see :meth:`run_step`)."""
         deferred = unleased is not None
-        history = []
-        if state.session_id:
-            # A run not in the store yet comes after every run of its session that is.
-            before = None if new_run else state.id
-            history = self.store.history(state.session_id, before_run=before)
-        turns = [Turn(s.model_output, s.tool_result) for s in state.steps]
-        prompt = build_prompt(spec.system_prompt, state.input, turns, history)
+        prompt = self._prompt(spec, state, new_run)
         budget = (
             _budget(tuple(state.budget.items()))
             if state.budget
             else spec.run_budget(self.settings.limits)
         )
         used = usage(state, time.time())
-        stop = check_before_step(budget, used, count_tokens(prompt))
+        stop = verdict.before_call(budget, used, count_tokens(prompt))
         if stop is not None:
-            return self._fail(msg, stop, BUDGET_EXCEEDED, new_run, state, deferred)
-        params = GenerationParams(
-            max_tokens=spec.max_tokens or self.settings.triton.max_tokens,
-            temperature=spec.temperature,
-        )
+            return self._fail(msg, stop, state, new_run, deferred)
         started = time.perf_counter()
         try:
-            with tracing.span("agentq.model_call", None, "client", backend=spec.backend) as span:
-                completion = self._infer(spec, msg, prompt, params, state.session_id)
-                span.set(
-                    replica=completion.replica,
-                    tokens_in=completion.tokens_in,
-                    tokens_out=completion.tokens_out,
-                )
+            completion = self._model_call(spec, msg, prompt, state.session_id)
         except InferenceUnavailableError:
             raise  # the task retries the step later; nothing was committed
         except InferenceError as exc:
-            return self._fail(
-                msg, f"model call failed: {exc}", MODEL_ERROR, new_run, state, deferred
-            )
-        action = parse_reply(completion.text)
-        call = action if isinstance(action, ToolCall) else None
-        stop = check_after_call(budget, used, completion.tokens_out, call is not None)
-        error_type = BUDGET_EXCEEDED if stop else None
-        kind, tool_result = "final", None
-        if call is not None and stop is None:
+            broken = verdict.failed(f"model call failed: {exc}", ErrorType.MODEL_ERROR)
+            return self._fail(msg, broken, state, new_run, deferred)
+        decided = verdict.decide(
+            parse_reply(completion.text),
+            budget=budget,
+            used=used,
+            tokens_out=completion.tokens_out,
+            step=msg.step,
+            agent=spec.name,
+            tools=spec.tools,
+            validators=self.registry.output_validators(spec.name),
+        )
+        tool_result = None
+        if decided.run_tool or decided.denied is not None:
             if unleased is not None:
-                if not self._take(unleased):
-                    return StepResult(Outcome.BUSY)  # a copy of this message holds the run
-                settled = self._stored_outcome(msg)
-                if settled is not None:
-                    return settled  # a duplicate: the tool's effect belongs to the first one
-            kind, tool_result = self._call_tool(spec, msg, call)
-        elif call is not None:
-            kind = "tool"  # asked for, not called: the budget stopped the run first
-        if isinstance(action, FinalAnswer) and stop is None:
-            rejection = first_rejection(self.registry.output_validators(spec.name), action.answer)
-            if rejection is not None:
-                stop, error_type = f"answer rejected by {rejection}", OUTPUT_REJECTED
-        last_step = budget.max_steps is not None and msg.step + 1 >= budget.max_steps
-        if stop is None and call is not None and last_step:
-            stop = f"step budget of {budget.max_steps} exhausted without a final answer"
-            error_type = BUDGET_EXCEEDED
+                early = self._lease_for_tool(msg, unleased)
+                if early is not None:
+                    return early
+            tool_result = self._call_tool(spec, msg, decided)
+        call = decided.call
         record = StepRecord(
             step=msg.step,
-            kind=kind,
+            kind=decided.kind,
             model_output=completion.text,
             tool=call.tool if call else None,
             tool_args=call.args if call else None,
@@ -298,36 +251,84 @@ class StepRunner:
             latency_ms=(time.perf_counter() - started) * 1000,
             worker=self.worker_name,
         )
-        final = isinstance(action, FinalAnswer) and stop is None
-        answer = action.answer if isinstance(action, FinalAnswer) else None
+        return self._commit(spec.name, msg, state, new_run, deferred, decided, record)
+
+    def _prompt(self, spec: AgentSpec, state: RunState, new_run: NewRun | None) -> str:
+        """The step's prompt: the run's turns so far, after its session's earlier runs."""
+        history = []
+        if state.session_id:
+            # A run not in the store yet comes after every run of its session that is.
+            before = None if new_run else state.id
+            history = self.store.history(state.session_id, before_run=before)
+        turns = [Turn(s.model_output, s.tool_result) for s in state.steps]
+        return build_prompt(spec.system_prompt, state.input, turns, history)
+
+    def _model_call(
+        self, spec: AgentSpec, msg: StepMessage, prompt: str, session_id: str | None
+    ) -> Completion:
+        """The model's reply to ``prompt``, traced (and relayed when the run streams)."""
+        params = GenerationParams(
+            max_tokens=spec.max_tokens or self.settings.triton.max_tokens,
+            temperature=spec.temperature,
+        )
+        with tracing.span("agentq.model_call", None, "client", backend=spec.backend) as span:
+            completion = self._infer(spec, msg, prompt, params, session_id)
+            span.set(
+                replica=completion.replica,
+                tokens_in=completion.tokens_in,
+                tokens_out=completion.tokens_out,
+            )
+        return completion
+
+    def _lease_for_tool(self, msg: StepMessage, unleased: _Hold) -> StepResult | None:
+        """Take the lease a deferred step needs before its tool call; the step's result
+        instead when a copy of this message holds the run or has committed the step."""
+        if not self._take(unleased):
+            return StepResult(Outcome.BUSY)
+        # A duplicate: the tool's effect belongs to the first one.
+        return self._stored_outcome(msg)
+
+    def _commit(
+        self,
+        agent: str,
+        msg: StepMessage,
+        state: RunState,
+        new_run: NewRun | None,
+        deferred: bool,
+        decided: Verdict,
+        record: StepRecord,
+    ) -> StepResult:
+        """Commit the step as ``decided``, report it, and say what the task does next."""
         committed = self.store.commit_step(
             msg.run_id,
             record,
-            final_answer=answer if final else NO_ANSWER,
-            failed_reason=stop,
-            error_type=error_type,
+            final_answer=decided.answer if decided.status is RunStatus.SUCCEEDED else NO_ANSWER,
+            failed_reason=decided.reason,
+            error_type=decided.error_type,
             new_run=new_run,
         )
         if not committed:
             return (self._stored_outcome(msg) if deferred else None) or StepResult(Outcome.SKIP)
         metrics.step_finished(
-            spec.name, kind, record.latency_ms / 1000, record.tokens_in, record.tokens_out
+            agent, record.kind, record.latency_ms / 1000, record.tokens_in, record.tokens_out
         )
         if msg.stream:
-            self.relay.step(msg.run_id, msg.step, kind, record.tool)
-        if final:
-            self._run_finished(state, SUCCEEDED, None)
-            return StepResult(Outcome.DONE, answer=answer)
-        if stop is not None:
-            assert error_type is not None
-            metrics.guardrail_stop(spec.name, error_type)
-            self._run_finished(state, FAILED, error_type)
-            return StepResult(Outcome.FAILED, reason=stop, error_type=error_type)
-        return StepResult(Outcome.NEXT, next_step=msg.step + 1)
+            self.relay.step(msg.run_id, msg.step, record.kind, record.tool)
+        return self._outcome(agent, msg, state, decided)
 
-    def _run_finished(self, state: RunState, status: str, error_type: str | None) -> None:
+    def _outcome(
+        self, agent: str, msg: StepMessage, state: RunState, decided: Verdict
+    ) -> StepResult:
+        """The result of a committed step; a run that ends is counted."""
+        if decided.status is RunStatus.RUNNING:
+            return StepResult(Outcome.NEXT, next_step=msg.step + 1)
+        if decided.error_type is not None and decided.error_type.guardrail:
+            metrics.guardrail_stop(agent, decided.error_type)
         seconds = max(0.0, time.time() - state.created_at.timestamp())
-        metrics.run_finished(state.agent, status, error_type, seconds)
+        metrics.run_finished(state.agent, decided.status, decided.error_type, seconds)
+        if decided.status is RunStatus.SUCCEEDED:
+            return StepResult(Outcome.DONE, answer=decided.answer)
+        return StepResult(Outcome.FAILED, reason=decided.reason, error_type=decided.error_type)
 
     def _infer(
         self,
@@ -351,16 +352,18 @@ class StepRunner:
         latency = time.perf_counter() - started
         return Completion(text, count_tokens(prompt), count_tokens(text), latency, spec.backend)
 
-    def _call_tool(self, spec: AgentSpec, msg: StepMessage, call: ToolCall) -> tuple[str, Any]:
-        """Run the tool (or reuse the result of this step's earlier delivery): (kind, result)."""
-        if call.tool not in spec.tools:
-            metrics.guardrail_stop(spec.name, TOOL_NOT_ALLOWED)
-            error = f"tool {call.tool!r} is not allowed for agent {spec.name!r}"
-            return "denied", {"error": error}
+    def _call_tool(self, spec: AgentSpec, msg: StepMessage, decided: Verdict) -> Any:
+        """The result the step records for its tool call: the refusal of a denied one, this
+        step's earlier delivery's (cached), or the tool's."""
+        call = decided.call
+        assert call is not None
+        if decided.denied is not None:
+            metrics.guardrail_stop(spec.name, ErrorType.TOOL_NOT_ALLOWED)
+            return {"error": decided.denied}
         cached = self.tool_cache.get(msg.run_id, msg.step)
         if cached is not MISS:
             metrics.tool_call(spec.name, call.tool, cached=True, error=False)
-            return "tool", cached
+            return cached
         ctx = ToolContext(run_id=msg.run_id, step=msg.step, agent=spec.name, redis=self.redis)
         try:
             with tracing.span("agentq.tool_call", tool=call.tool):
@@ -369,30 +372,33 @@ class StepRunner:
             result, failed = {"error": str(exc)}, True
         self.tool_cache.put(msg.run_id, msg.step, result)
         metrics.tool_call(spec.name, call.tool, cached=False, error=failed)
-        return "tool", result
+        return result
 
     def _fail(
         self,
         msg: StepMessage,
-        reason: str,
-        error_type: str,
+        decided: Verdict,
+        state: RunState,
         new_run: NewRun | None = None,
-        state: RunState | None = None,
         deferred: bool = False,
     ) -> StepResult:
         """End the run with an error step saying why (nothing else of the step is kept)."""
-        record = StepRecord(step=msg.step, kind="error", model_output="", worker=self.worker_name)
-        committed = self.store.commit_step(
-            msg.run_id, record, failed_reason=reason, error_type=error_type, new_run=new_run
+        record = StepRecord(
+            step=msg.step, kind=StepKind.ERROR, model_output="", worker=self.worker_name
         )
-        if not committed and deferred:
+        committed = self.store.commit_step(
+            msg.run_id,
+            record,
+            failed_reason=decided.reason,
+            error_type=decided.error_type,
+            new_run=new_run,
+        )
+        if committed:
+            return self._outcome(msg.agent, msg, state, decided)
+        if deferred:
             # The run was in the store after all: its outcome is the store's, not this one.
             return self._stored_outcome(msg) or StepResult(Outcome.SKIP)
-        if committed and state is not None:
-            if error_type == BUDGET_EXCEEDED:
-                metrics.guardrail_stop(msg.agent, error_type)
-            self._run_finished(state, FAILED, error_type)
-        return StepResult(Outcome.FAILED, reason=reason, error_type=error_type)
+        return StepResult(Outcome.FAILED, reason=decided.reason, error_type=decided.error_type)
 
 
 @dataclass(slots=True)
@@ -419,9 +425,9 @@ def _settled(msg: StepMessage, state: RunState) -> StepResult | None:
     """What a step message does with a run already in the store that it cannot run:
     an ended run reports its end; a step committed before hands the run on; anything older
     or newer is a duplicate. None: the message is the run's next step."""
-    if state.status == SUCCEEDED:
+    if state.status == RunStatus.SUCCEEDED:
         return StepResult(Outcome.DONE, answer=state.answer)
-    if state.status == FAILED:
+    if state.status == RunStatus.FAILED:
         return StepResult(Outcome.FAILED, reason=state.error, error_type=state.error_type)
     if msg.step != state.next_step:
         if msg.step == state.next_step - 1:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.agents.guardrails import Usage
-from app.memory.sessions import RunState
+from app.memory.records import ErrorType, RunState, StepKind
 
 
 class Outcome(enum.Enum):
@@ -38,19 +38,13 @@ class StepMessage:
     first: bool = False
 
 
-# error_type of runs that end for reasons other than guardrails (app.agents.guardrails has those).
-MODEL_ERROR = "model_error"
-INPUT_REJECTED = "input_rejected"
-UNKNOWN_AGENT = "unknown_agent"
-
-
 @dataclass(frozen=True, slots=True)
 class StepResult:
     outcome: Outcome
     next_step: int | None = None
     answer: Any = None
     reason: str | None = None
-    error_type: str | None = None  # FAILED: why (budget_exceeded, output_rejected, ...)
+    error_type: ErrorType | None = None  # FAILED: why, as a type
     lease: str | None = None  # run_step(keep_lease=True): the token of the lease still held
 
 
@@ -60,6 +54,6 @@ def usage(state: RunState, now: float) -> Usage:
         steps=len(state.steps),
         tokens_in=sum(s.tokens_in for s in state.steps),
         tokens_out=sum(s.tokens_out for s in state.steps),
-        tool_calls=sum(1 for s in state.steps if s.kind == "tool"),
+        tool_calls=sum(1 for s in state.steps if s.kind == StepKind.TOOL),
         wall_time_s=max(0.0, now - state.created_at.timestamp()),
     )

@@ -1,0 +1,97 @@
+"""A step's decision, apart from its I/O: what the step commits and whether the run ends.
+
+Pure functions of the model's action, the run's budget and usage, the agent's tools and
+output validators and the step's index; :class:`app.tasks.runner.StepRunner` does the rest
+(lease, load, model and tool calls, commit, metrics, tracing, token relay).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.agents.guardrails import (
+    Budget,
+    Usage,
+    Validator,
+    check_after_call,
+    check_before_step,
+    first_rejection,
+)
+from app.agents.prompts import Action, ToolCall
+from app.memory.records import ErrorType, RunStatus, StepKind
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a step commits, and how the run goes on."""
+
+    kind: StepKind
+    status: RunStatus = RunStatus.RUNNING  # SUCCEEDED or FAILED: the run ends with this step
+    call: ToolCall | None = None  # the tool call the model asked for (recorded in the step)
+    run_tool: bool = False  # call the tool before committing
+    denied: str | None = None  # why the agent may not call that tool (a DENIED step)
+    answer: Any = None  # SUCCEEDED: the run's answer
+    reason: str | None = None  # FAILED: why
+    error_type: ErrorType | None = None  # FAILED: why, as a type
+
+
+def failed(reason: str, error_type: ErrorType) -> Verdict:
+    """The run ends with an error step that keeps no model output."""
+    return Verdict(StepKind.ERROR, RunStatus.FAILED, reason=reason, error_type=error_type)
+
+
+def before_call(budget: Budget, used: Usage, prompt_tokens: int) -> Verdict | None:
+    """A verdict that ends the run before its next model call, or None: the call may go."""
+    reason = check_before_step(budget, used, prompt_tokens)
+    return None if reason is None else failed(reason, ErrorType.BUDGET_EXCEEDED)
+
+
+def decide(
+    action: Action,
+    *,
+    budget: Budget,
+    used: Usage,
+    tokens_out: int,
+    step: int,
+    agent: str,
+    tools: Collection[str],
+    validators: Sequence[tuple[str, Validator]],
+) -> Verdict:
+    """The verdict on step ``step`` of a run of ``agent`` once the model answered ``action``
+    with ``tokens_out`` tokens; ``used``: what the run's earlier steps spent."""
+    call = action if isinstance(action, ToolCall) else None
+    stop = check_after_call(budget, used, tokens_out, call is not None)
+    if stop is not None:  # the output is kept; a tool asked for is not called
+        kind = StepKind.TOOL if call is not None else StepKind.FINAL
+        return Verdict(
+            kind, RunStatus.FAILED, call, reason=stop, error_type=ErrorType.BUDGET_EXCEEDED
+        )
+    if not isinstance(action, ToolCall):
+        rejection = first_rejection(validators, action.answer)
+        if rejection is not None:
+            reason = f"answer rejected by {rejection}"
+            return Verdict(
+                StepKind.FINAL,
+                RunStatus.FAILED,
+                reason=reason,
+                error_type=ErrorType.OUTPUT_REJECTED,
+            )
+        return Verdict(StepKind.FINAL, RunStatus.SUCCEEDED, answer=action.answer)
+    allowed = action.tool in tools
+    kind = StepKind.TOOL if allowed else StepKind.DENIED
+    denied = None if allowed else f"tool {action.tool!r} is not allowed for agent {agent!r}"
+    if budget.max_steps is not None and step + 1 >= budget.max_steps:
+        # The tool still runs (its result is kept), but no step is left to read it.
+        reason = f"step budget of {budget.max_steps} exhausted without a final answer"
+        return Verdict(
+            kind,
+            RunStatus.FAILED,
+            action,
+            run_tool=allowed,
+            denied=denied,
+            reason=reason,
+            error_type=ErrorType.BUDGET_EXCEEDED,
+        )
+    return Verdict(kind, call=action, run_tool=allowed, denied=denied)
