@@ -33,8 +33,9 @@ class Script:
         try:
             return client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            self.load(client)
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+            self.load(client)  # for the calls that follow
+            # The text this once: a flush between the load and an EVALSHA would fail it.
+            return client.eval(self.text, len(keys), *keys, *args)
 
     def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any] = ()) -> None:
         """Queue a run of the script on pipeline ``pipe``. If Redis lost the script, the
