@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+from types import SimpleNamespace
+
+import pytest
 
 from app.celery_ext.app import create_celery
 from app.celery_ext.worker import consumed_queues, node_name
@@ -22,3 +25,17 @@ def test_consumed_queues_are_the_ones_the_worker_was_started_with() -> None:
 def test_node_names_expand_the_host_as_celery_worker_does() -> None:
     assert node_name("agentq-research@%h") == f"agentq-research@{socket.gethostname()}"
     assert node_name("w1@fixed") == "w1@fixed"
+
+
+def test_a_worker_lacking_a_private_name_stops_at_start_with_one_line(monkeypatch) -> None:
+    from kombu.transport import redis as kombu_redis
+
+    from app.celery_ext.worker import InternalsCheck
+
+    InternalsCheck(SimpleNamespace())  # the installed versions have everything
+    monkeypatch.delattr(kombu_redis.Channel, "_q_for_pri")
+    with pytest.raises(SystemExit) as stopped:  # what `celery worker` exits with, no traceback
+        InternalsCheck(SimpleNamespace())
+    message = str(stopped.value.code)
+    assert message.startswith("agentq: this Celery ") and "\n" not in message
+    assert "kombu.transport.redis:Channel._q_for_pri" in message
