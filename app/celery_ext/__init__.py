@@ -65,6 +65,7 @@ _RESULTS = "tests/unit/celery_ext/test_result_value.py"
 _ENVELOPE = "tests/integration/celery_ext/test_envelope.py"
 _SHUTDOWN = "tests/e2e/test_graceful_shutdown.py"
 _WORKER = "tests/unit/celery_ext/test_worker.py"
+_SUBMIT = "tests/integration/producer/test_submit.py"
 
 _REDIS_CHANNEL = "kombu.transport.redis:Channel"
 
@@ -121,6 +122,7 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     PrivateName(
         "celery.backends.base:BaseBackend", "expires", _RESULTS, set_in_init=True, common=True
     ),
+    PrivateName("celery.result:AsyncResult", "ignored", _SUBMIT),
     # worker.py: a running worker's requests, message tags, queues and node name.
     PrivateName("celery.worker.state", "active_requests", _SHUTDOWN),
     PrivateName("celery.worker.state", "reserved_requests", _SHUTDOWN),

@@ -20,6 +20,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from kombu.exceptions import OperationalError
 
 from app.celery_ext.envelope import ENQUEUED_AT, NEW_RUN, message_headers
+from app.celery_ext.results import expecting_result
 from app.constants import TASK_RUN_AGENT
 from app.errors import (
     BudgetExceededError,
@@ -85,11 +86,9 @@ class RunAgentTask(Task):  # type: ignore[misc]
             "kwargsrepr": task_kwargsrepr(kwargs),
             **(options.get("headers") or {}),
         }
-        result = super().apply_async(args, kwargs, **options)
         # Sent with ignore_result, the worker still stores the run's result under the run id
         # (see _finish), so the handle must wait for it rather than return None.
-        result.ignored = False
-        return result
+        return expecting_result(super().apply_async(args, kwargs, **options))
 
 
 def register_run_agent(app: Celery) -> Task:

@@ -26,7 +26,7 @@ PUBLIC = {
         "signals",  # documented signals (logging set-up)
         "bootsteps",  # the documented way to add worker and consumer steps
     },
-    "celery.signals": {"worker_ready", "worker_shutting_down", "setup_logging"},
+    "celery.signals": {"worker_shutting_down"},  # a documented signal (graceful shutdown)
     "celery.exceptions": {"Ignore", "Reject", "Retry"},  # a task's documented control flow
     "celery.result": {"AsyncResult"},  # what a producer holds (RunResult extends it)
     # Celery's lazy object (celery.current_app is one): the default app's run_agent task.
