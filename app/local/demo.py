@@ -24,6 +24,7 @@ from app.local.redis import RedisServer
 from app.local.triton import TritonServer, install_triton
 from app.local.workers import WorkerProcess
 from app.memory.migrate import migrate
+from app.memory.records import RunStatus
 from app.memory.sessions import SessionStore
 from app.producer.submit import submit, submit_many
 
@@ -247,7 +248,7 @@ def _print_results(
         steps, tool_calls = steps + len(run.steps), tool_calls + len(tools)
         answer = _short(str(run.answer if run.answer is not None else run.error or ""))
         question = _short(_DIRECTIVE.sub("", str(run.input)).strip())
-        status = run.status if run.status != "failed" else f"[red]{run.status}[/red]"
+        status = run.status if run.status != RunStatus.FAILED else f"[red]{run.status}[/red]"
         row = (run.id[:8], run.agent, status, str(len(run.steps)), ", ".join(tools) or "-")
         table.add_row(*row, *((question,) if wide else ()), answer)
     console.print(table)

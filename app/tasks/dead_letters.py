@@ -11,12 +11,13 @@ The worker dead-letters a run (:func:`dead_letter`); an operator lists, replays 
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Final
+from typing import Any
 
 from celery import Celery, states
 
@@ -28,8 +29,12 @@ from app.ops import metrics
 
 log = logging.getLogger(__name__)
 
-RETRIES_EXHAUSTED: Final = "retries_exhausted"  # no model server / store answered in time
-POISON: Final = "poison"  # the step raised an error no retry will fix (a bug, a bad message)
+
+class DeadLetterKind(enum.StrEnum):
+    """Why a run was dead-lettered (stored with it, and the ``kind`` label of its metric)."""
+
+    RETRIES_EXHAUSTED = "retries_exhausted"  # no model server / store answered in time
+    POISON = "poison"  # the step raised an error no retry will fix (a bug, a bad message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +44,7 @@ class DeadLetter:
     run_id: str
     agent: str
     step: int
-    kind: str  # RETRIES_EXHAUSTED | POISON
+    kind: DeadLetterKind
     reason: str
     retries: int
     kwargs: dict[str, Any]  # the step message's arguments, to replay it
@@ -52,7 +57,8 @@ class DeadLetter:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> DeadLetter:
-        return cls(**json.loads(raw))
+        fields = json.loads(raw)
+        return cls(**{**fields, "kind": DeadLetterKind(fields["kind"])})
 
 
 def push(client: Any, letter: DeadLetter) -> None:

@@ -38,7 +38,7 @@ def test_exhausted_retries_dead_letter_the_run_and_replay_finishes_it(
         result.id,
         "research",
         0,
-        dlq.RETRIES_EXHAUSTED,
+        dlq.DeadLetterKind.RETRIES_EXHAUSTED,
     )
     assert letter.retries == 2
     assert "still failing after 2 retries: NoReplicaAvailableError" in letter.reason
@@ -76,7 +76,7 @@ def test_a_poison_message_is_dead_lettered_with_its_traceback_and_purged_on_comm
     with pytest.raises(DeadLetteredError, match="poison"):
         bad.get(timeout=60)
     letter = dlq.get(redis_client, bad.id)
-    assert letter is not None and letter.kind == dlq.POISON and letter.retries == 0
+    assert letter is not None and letter.kind == dlq.DeadLetterKind.POISON and letter.retries == 0
     assert "unexpected arguments ['api_key', 'colour']" in letter.reason
     assert "Traceback (most recent call last)" in letter.traceback
     assert store.load_run(bad.id).error_type == "dead_lettered"

@@ -12,7 +12,7 @@ def letter(run_id: str, agent: str = "research", at: float = 1.0, step: int = 0)
         run_id=run_id,
         agent=agent,
         step=step,
-        kind=dlq.POISON,
+        kind=dlq.DeadLetterKind.POISON,
         reason="ValueError: boom",
         retries=0,
         kwargs={"agent": agent, "input": "x"},
