@@ -36,7 +36,7 @@ from app.ops import logs, metrics, tracing
 from app.ops.masking import task_kwargsrepr
 from app.producer.results import RunResult
 from app.tasks import dead_letters as dlq
-from app.tasks.dead_letters import dead_letter
+from app.tasks.dead_letters import DeadLetterKind, dead_letter
 from app.tasks.handoff import publish_step, store_answer
 from app.tasks.runner import Outcome, StepMessage, StepResult
 from app.tasks.runtime import WorkerRuntime, runtime_for
@@ -142,12 +142,14 @@ def register_run_agent(app: Celery) -> Task:
                 result = runtime.runner.run_step(msg, keep_lease=True)
             except TRANSIENT as exc:
                 if self.request.retries >= runtime.settings.worker.inference_retries:
-                    result = _dead_letter(self, runtime, msg, exc, dlq.RETRIES_EXHAUSTED)
+                    result = _dead_letter(self, runtime, msg, exc, DeadLetterKind.RETRIES_EXHAUSTED)
                 else:
                     _retry_later(self, runtime, msg, exc)
             except Exception as exc:
                 # Poison: retrying cannot help (a bug, a malformed message): keep it for operators.
-                result = _dead_letter(self, runtime, msg, exc, dlq.POISON, traceback.format_exc())
+                result = _dead_letter(
+                    self, runtime, msg, exc, DeadLetterKind.POISON, traceback.format_exc()
+                )
             finally:
                 metrics.step_ended(agent)
             span.set(outcome=result.outcome.value)
@@ -185,12 +187,12 @@ def _dead_letter(
     runtime: WorkerRuntime,
     msg: StepMessage,
     exc: Exception,
-    kind: str,
+    kind: DeadLetterKind,
     trace: str | None = None,
 ) -> StepResult:
     retries = task.request.retries
     reason = f"{type(exc).__name__}: {exc}"
-    if kind == dlq.RETRIES_EXHAUSTED:
+    if kind == DeadLetterKind.RETRIES_EXHAUSTED:
         reason = f"still failing after {retries} retries: {reason}"
     letter = dlq.DeadLetter(
         run_id=msg.run_id,
