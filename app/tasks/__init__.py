@@ -1,4 +1,9 @@
-"""Celery tasks of agentq. ``run_agent`` is bound to the default app on first use."""
+"""The worker side: the ``agentq.run_agent`` task and what a step needs around it.
+
+runner (a step's I/O) and verdict (its pure decision), steps (message and outcome types),
+handoff, leases, relay (tokens), dead_letters, admission, shutdown and runtime (the clients of a
+worker process). ``run_agent`` is bound to the default app on first use.
+"""
 
 from __future__ import annotations
 
