@@ -159,14 +159,14 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             super()._brpop_start(timeout)
             return
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        if self._fetch_next and not self._take_loaded:
+            with self.conn_or_acquire() as client:  # a round trip once, before the poll
+                TAKE.load(client)
+            self._take_loaded = True
         connection = self.client.connection
         self._in_poll = connection
         self._brpop_sent_at = monotonic()
         if self._fetch_next:
-            if not self._take_loaded:
-                with self.conn_or_acquire() as client:
-                    TAKE.load(client)
-                self._take_loaded = True
             self._sent = _FETCH
             room = self.qos.can_consume_max_estimate()  # None: no prefetch limit
             self._fetch_limit = FETCH_MAX if room is None else max(1, min(room, FETCH_MAX))
