@@ -12,7 +12,6 @@ import logging
 import signal
 import threading
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 import redis
@@ -23,7 +22,7 @@ from prometheus_client.registry import Collector
 from app.agents.registry import AgentRegistry, load_registry
 from app.celery_ext.backlog import read_backlog
 from app.config import Settings
-from app.ops.http import Response, json_response, serve, shutdown
+from app.ops.http import Response, Served, json_response, serve
 from app.ops.redis_clients import redis_client
 from app.tasks import dead_letters as dlq
 
@@ -91,7 +90,7 @@ class BacklogCollector(Collector):
         )
 
 
-class Exporter:
+class Exporter(Served):
     """The exporter's clients, collector and HTTP server."""
 
     def __init__(self, settings: Settings, registry: AgentRegistry | None = None) -> None:
@@ -107,7 +106,6 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
         self.settings = settings
-        self.server: ThreadingHTTPServer | None = None
 
     def metrics(self) -> Response:
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
@@ -129,13 +127,8 @@ class Exporter:
         self.server = serve(routes, s.host, s.port if port is None else port, "agentq exporter")
         return self
 
-    @property
-    def port(self) -> int:
-        return self.server.server_port if self.server is not None else 0
-
     def stop(self) -> None:
-        shutdown(self.server)
-        self.server = None
+        self.stop_serving()
         for client in self._clients.values():
             client.close()
 

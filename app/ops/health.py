@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -30,7 +29,7 @@ from app.celery_ext.context import context_of
 from app.celery_ext.worker import consumed_queues
 from app.config import Settings
 from app.ops import metrics
-from app.ops.http import Response, json_response, serve, shutdown
+from app.ops.http import Response, Served, json_response, serve
 from app.ops.masking import mask_text
 from app.ops.redis_clients import redis_client
 
@@ -173,7 +172,7 @@ def replica_result(ready: Mapping[str, bool]) -> CheckResult:
 # ---- the worker's endpoints ----
 
 
-class WorkerHealth:
+class WorkerHealth(Served):
     """Heartbeat, checks and HTTP server of one worker process."""
 
     def __init__(self, app: Celery, settings: Settings, hostname: str = "") -> None:
@@ -194,7 +193,6 @@ class WorkerHealth:
         checks["session_store"] = self._store_check
         checks.update({f"replicas.{kind}": self._replica_check(kind) for kind in self._kinds()})
         self.checks = Checks(checks, timeout, settings.health.cache_s)
-        self.server: ThreadingHTTPServer | None = None
 
     def _kinds(self) -> list[str]:
         """Backends of the agent types this worker consumes (all of them before ``-Q``)."""
@@ -252,13 +250,8 @@ class WorkerHealth:
         self.server = serve(routes, h.host, h.port, "agentq health", fallback=True)
         return self
 
-    @property
-    def port(self) -> int:
-        return self.server.server_port if self.server is not None else 0
-
     def stop(self) -> None:
-        shutdown(self.server)
-        self.server = None
+        self.stop_serving()
         self.checks.close()
         for client in self._clients:
             client.close()

@@ -71,8 +71,19 @@ def serve(
     return server
 
 
-def shutdown(server: ThreadingHTTPServer | None) -> None:
-    """Stop a server started by :func:`serve` and close its socket (None: nothing to do)."""
-    if server is not None:
-        server.shutdown()
-        server.server_close()
+class Served:
+    """Endpoints served from a daemon thread by :func:`serve`: their port, and stopping them."""
+
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def port(self) -> int:
+        """The port the endpoints listen on (0 when not serving)."""
+        return self.server.server_port if self.server is not None else 0
+
+    def stop_serving(self) -> None:
+        """Stop the server and close its socket (nothing to do when not serving)."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None

@@ -2,19 +2,17 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2027-01-18
+Create Date: 2026-12-02
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from alembic import op
 
-revision: str = "0003"
-down_revision: str | None = "0002"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
 
 # Frozen copies of the values of app.memory.records' enums at this revision; a test holds a
 # migrated database to app.memory.schema's constraints, which are derived from the enums.
@@ -31,7 +29,7 @@ ERROR_TYPES = (
 )
 
 
-def _allowed(column: str, values: Sequence[str]) -> str:
+def _allowed(column: str, values: tuple[str, ...]) -> str:
     listed = ", ".join(f"'{value}'" for value in values)
     return f"{column} IN ({listed})"
 
