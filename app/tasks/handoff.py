@@ -36,7 +36,7 @@ def store_answer(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: S
     def write() -> None:
         with (
             runtime.redis.pipeline(transaction=False) as pipe,  # order kept; no MULTI needed
-            runtime.runner.releasing(msg.run_id, lease, pipe) if lease else nullcontext(),
+            runtime.runner.leases.releasing(msg.run_id, lease, pipe) if lease else nullcontext(),
         ):
             queue_result(pipe, backend, key, value)
             if tag is not None:

@@ -164,7 +164,7 @@ def register_run_agent(app: Celery) -> Task:
                     # Kept to go back with the answer; given back here if that did not happen
                     # (with Redis away, it expires on its own).
                     with contextlib.suppress(*HAND_ON_ERRORS):
-                        runtime.runner.release(msg.run_id, result.lease)
+                        runtime.runner.leases.release(msg.run_id, result.lease)
 
     return run_agent
 

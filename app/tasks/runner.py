@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import functools
 import time
-import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
-
-from redis.exceptions import NoScriptError
 
 from app.agents.guardrails import Budget
 from app.agents.prompts import Turn, build_prompt, parse_reply
@@ -35,7 +31,7 @@ from app.memory.sessions import NO_ANSWER, NewRun, RunState, SessionStore, StepR
 from app.memory.tool_cache import MISS, ToolResultCache
 from app.ops import metrics, tracing
 from app.tasks import verdict
-from app.tasks.leases import RunLease
+from app.tasks.leases import HeldLeases, RunLease
 from app.tasks.relay import TokenRelay
 from app.tasks.steps import Outcome, StepMessage, StepResult, usage
 from app.tasks.verdict import Verdict
@@ -66,13 +62,10 @@ class StepRunner:
         self.store = store
         self.redis = redis
         self.backends = backends
-        self.lease = RunLease(redis)
+        self.leases = HeldLeases(RunLease(redis), worker_name)
         self.relay = TokenRelay(redis, settings.stream)
         self.tool_cache = ToolResultCache(redis)
         self.worker_name = worker_name
-        # Runs this process holds a lease on (token -> run id): released at shutdown, so a
-        # step handed back unfinished is taken at once elsewhere, not after the lease expires.
-        self.held: dict[str, str] = {}
         self._budgets: dict[tuple[str, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
 
     def run_step(self, msg: StepMessage, *, keep_lease: bool = False) -> StepResult:
@@ -101,41 +94,12 @@ class StepRunner:
             return replace(result, lease=hold.token) if kept else result
         finally:
             if not kept and hold.token is not None:
-                self.release(msg.run_id, hold.token)
+                self.leases.release(msg.run_id, hold.token)
 
     def _take(self, hold: _Hold) -> bool:
         """Take the run's lease for this step; False when another worker holds it."""
-        token = f"{self.worker_name}:{uuid.uuid4().hex}"
-        if not self.lease.acquire(hold.run_id, token, hold.ttl_s):
-            return False
-        self.held[token] = hold.run_id
-        hold.token = token
-        return True
-
-    def release(self, run_id: str, token: str) -> None:
-        """Give back a lease this runner holds (nothing if it was given back already)."""
-        if self.held.pop(token, None) is not None:
-            self.lease.release(run_id, token)
-
-    @contextmanager
-    def releasing(self, run_id: str, token: str, pipe: Any) -> Iterator[None]:
-        """Queue the release of a kept lease on Redis pipeline ``pipe``; it counts as given
-        back once the block (which executes the pipeline) ends without an error."""
-        self.lease.release_on(pipe, run_id, token)
-        try:
-            yield
-        except NoScriptError:
-            # Redis lost the script (restart, SCRIPT FLUSH); the pipeline's other commands ran.
-            self.lease.release(run_id, token)
-        self.held.pop(token, None)
-
-    def release_leases(self) -> int:
-        """Give back every lease this process holds (worker shutdown); how many were held."""
-        released = 0
-        for token, run_id in list(self.held.items()):
-            released += bool(self.lease.release(run_id, token))
-            self.held.pop(token, None)
-        return released
+        hold.token = self.leases.take(hold.run_id, hold.ttl_s)
+        return hold.token is not None
 
     def _run_leased(self, spec: AgentSpec, msg: StepMessage, hold: _Hold) -> StepResult:
         # A first delivery of step 0 skips the load (one SELECT per run) and the lease:

@@ -37,7 +37,7 @@ def hand_back(app: Celery) -> int:
     """Requeue every unacknowledged message of this worker and release its run leases."""
     handed = requeue_unacknowledged()
     runtime = context_of(app).runtime
-    released = runtime.runner.release_leases() if runtime is not None else 0
+    released = runtime.runner.leases.release_all() if runtime is not None else 0
     log.warning("shutdown deadline: handed back %d step(s), released %d lease(s)", handed, released)
     return handed
 
@@ -75,4 +75,4 @@ class GracefulShutdown(bootsteps.StartStopStep):  # type: ignore[misc]
         worker_shutting_down.disconnect(self._on_shutting_down)
         runtime = context_of(self.app).runtime
         if runtime is not None:
-            runtime.runner.release_leases()
+            runtime.runner.leases.release_all()

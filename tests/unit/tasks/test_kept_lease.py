@@ -26,15 +26,15 @@ def test_a_done_run_keeps_its_lease_until_the_pipeline_gives_it_back(runner) -> 
     result = runner.run_step(StepMessage("r1", "trivial", 0, "hi"), keep_lease=True)
     assert result.outcome is Outcome.DONE and result.lease is not None
     lease = RunLease(runner.redis)
-    assert lease.holder("r1") == result.lease and runner.held == {result.lease: "r1"}
+    assert lease.holder("r1") == result.lease and runner.leases.held == {result.lease: "r1"}
     with (
         runner.redis.pipeline(transaction=False) as pipe,
-        runner.releasing("r1", result.lease, pipe),
+        runner.leases.releasing("r1", result.lease, pipe),
     ):
         pipe.set("answer", "hi")
         pipe.execute()
-    assert lease.holder("r1") is None and runner.held == {}
-    runner.release("r1", result.lease)  # already given back: nothing happens
+    assert lease.holder("r1") is None and runner.leases.held == {}
+    runner.leases.release("r1", result.lease)  # already given back: nothing happens
 
 
 def test_other_outcomes_and_plain_calls_release_at_once(runner) -> None:
@@ -42,7 +42,7 @@ def test_other_outcomes_and_plain_calls_release_at_once(runner) -> None:
     assert plain.outcome is Outcome.DONE and plain.lease is None
     stale = runner.run_step(StepMessage("r3", "trivial", 5), keep_lease=True)
     assert stale.outcome is Outcome.SKIP and stale.lease is None
-    assert RunLease(runner.redis).holder("r2") is None and runner.held == {}
+    assert RunLease(runner.redis).holder("r2") is None and runner.leases.held == {}
 
 
 def test_a_failed_pipeline_leaves_the_lease_to_release(runner) -> None:
@@ -51,11 +51,11 @@ def test_a_failed_pipeline_leaves_the_lease_to_release(runner) -> None:
     with (
         pytest.raises(RuntimeError),
         runner.redis.pipeline() as pipe,
-        runner.releasing("r4", result.lease, pipe),
+        runner.leases.releasing("r4", result.lease, pipe),
     ):
         raise RuntimeError("Redis went away before execute")
-    assert runner.held == {result.lease: "r4"}
-    runner.release("r4", result.lease)
+    assert runner.leases.held == {result.lease: "r4"}
+    runner.leases.release("r4", result.lease)
     assert RunLease(runner.redis).holder("r4") is None
 
 
@@ -65,9 +65,9 @@ def test_a_pipeline_that_meets_a_flushed_script_still_gives_the_lease_back(runne
     runner.redis.script_flush()  # Redis restarted, or SCRIPT FLUSH: the release script is gone
     with (
         runner.redis.pipeline(transaction=False) as pipe,
-        runner.releasing("r5", result.lease, pipe),
+        runner.leases.releasing("r5", result.lease, pipe),
     ):
         pipe.set("answer", "hi")
         pipe.execute()
     assert runner.redis.get("answer") == b"hi"
-    assert RunLease(runner.redis).holder("r5") is None and runner.held == {}
+    assert RunLease(runner.redis).holder("r5") is None and runner.leases.held == {}

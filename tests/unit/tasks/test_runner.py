@@ -188,7 +188,7 @@ def test_a_first_delivery_takes_the_lease_only_for_a_tool_call(store):
     # No tool: nothing the commit does not guard, so a lease held elsewhere does not stop it.
     done = r.run_step(first("run"), keep_lease=True)
     assert (done.outcome, done.lease) == (Outcome.DONE, None)
-    assert RunLease(redis).holder("run") is None and r.held == {}
+    assert RunLease(redis).holder("run") is None and r.leases.held == {}
     # A tool call waits for the lease: the copy that holds it may be calling the tool now.
     r._call_tool = lambda *args: calls.append("tool")  # type: ignore[method-assign]
     busy = r.run_step(first("held"))
@@ -201,7 +201,7 @@ def test_a_first_delivery_with_a_tool_call_gives_its_lease_back(store):
     r = runner(store, ReplyList(CALC), redis)
     result = r.run_step(first("run"), keep_lease=True)
     assert result.outcome is Outcome.NEXT and result.lease is None
-    assert RunLease(redis).holder("run") is None and r.held == {}
+    assert RunLease(redis).holder("run") is None and r.leases.held == {}
     # Any other message takes the lease first: held elsewhere, it waits.
     RunLease(redis).acquire("run", "a copy elsewhere", 60)
     assert r.run_step(StepMessage("run", "research", 1)).outcome is Outcome.BUSY
