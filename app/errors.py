@@ -61,6 +61,11 @@ class ToolError(AgentqError):
     """Raised when a tool is unknown, gets bad arguments or fails; recorded as the step's result."""
 
 
+class ToolTimeoutError(ToolError):
+    """Raised when a tool call runs past its deadline: the call is abandoned (a subprocess
+    running it is killed) and the step records the error for the model."""
+
+
 class StreamTimeoutError(AgentqError):
     """Raised when a run's token stream shows no end within the reader's timeout."""
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from app.agents.sandbox import ToolSandbox
 from app.config import Settings, TritonSettings
 from app.local.redis import RedisServer
 from tests.fixtures.services import service_missing  # noqa: F401
@@ -33,6 +34,23 @@ def redis_url() -> Iterator[str]:
             yield server.url
         return
     yield url
+
+
+@pytest.fixture(autouse=True)
+def _tool_processes_stopped(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every tool sandbox a test builds (each StepRunner makes one) stops its tool processes
+    when the test ends."""
+    made: list[ToolSandbox] = []
+    build = ToolSandbox.from_settings.__func__  # type: ignore[attr-defined]
+
+    def recorded(cls: type[ToolSandbox], settings: Settings) -> ToolSandbox:
+        made.append(build(cls, settings))
+        return made[-1]
+
+    monkeypatch.setattr(ToolSandbox, "from_settings", classmethod(recorded))
+    yield
+    for sandbox in made:
+        sandbox.close()
 
 
 @pytest.fixture

@@ -5,18 +5,20 @@ Register your own with :func:`tool`::
     @tool("shout")
     def shout(ctx: ToolContext, text: str) -> str:
         return text.upper()
+
+    @tool("factor", cpu_heavy=True, deadline_s=5)  # runs in a subprocess, killed at 5 s
+    def factor(ctx: ToolContext, n: int) -> list[int]: ...
 """
 
 from __future__ import annotations
 
-import ast
 import inspect
 import json
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from app.agents.calculator import evaluate
 from app.constants import EFFECT_TTL_S, effect_key, kv_key
 from app.errors import ToolError
 from app.ops.redis_scripts import Script
@@ -24,7 +26,11 @@ from app.ops.redis_scripts import Script
 
 @dataclass(frozen=True, slots=True)
 class ToolContext:
-    """What a tool may use: the run it serves and the shared Redis client."""
+    """What a tool may use: the run it serves and the shared Redis client.
+
+    A CPU-heavy tool runs in another process (:mod:`app.agents.sandbox`), where ``redis``
+    is None: a client cannot cross a process boundary.
+    """
 
     run_id: str
     step: int
@@ -33,30 +39,60 @@ class ToolContext:
 
 
 ToolFn = Callable[..., Any]
-TOOLS: dict[str, ToolFn] = {}
 
 
-def tool(name: str) -> Callable[[ToolFn], ToolFn]:
-    """Register ``fn`` as the tool ``name``."""
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A registered tool: its function, its deadline and where it runs."""
+
+    name: str
+    fn: ToolFn
+    deadline_s: float | None = None  # None: the default, ``limits.tool_timeout_s``
+    cpu_heavy: bool = False  # run in a subprocess with CPU and memory limits
+
+
+TOOLS: dict[str, ToolSpec] = {}
+
+
+def tool(
+    name: str, *, deadline_s: float | None = None, cpu_heavy: bool = False
+) -> Callable[[ToolFn], ToolFn]:
+    """Register ``fn`` as the tool ``name``.
+
+    ``deadline_s`` bounds one call (default ``AGENTQ_LIMITS__TOOL_TIMEOUT_S``); a
+    ``cpu_heavy`` tool runs in a subprocess that is killed at its deadline, and its
+    module must be importable there (see :mod:`app.agents.sandbox`).
+    """
+    if deadline_s is not None and deadline_s <= 0:
+        raise ValueError(f"tool {name!r}: deadline_s must be positive, not {deadline_s}")
 
     def register(fn: ToolFn) -> ToolFn:
-        TOOLS[name] = fn
+        TOOLS[name] = ToolSpec(name, fn, deadline_s, cpu_heavy)
         return fn
 
     return register
 
 
-def run_tool(name: str, args: dict[str, Any], ctx: ToolContext) -> Any:
-    """Call tool ``name``; bad arguments or a failure raise :class:`ToolError`."""
-    fn = TOOLS.get(name)
-    if fn is None:
+def tool_spec(name: str, args: dict[str, Any]) -> ToolSpec:
+    """The tool ``name``, once ``args`` fit its signature; :class:`ToolError` if not."""
+    spec = TOOLS.get(name)
+    if spec is None:
         raise ToolError(f"unknown tool {name!r}")
+    if not isinstance(args, dict):
+        raise ToolError(f"arguments for tool {name!r} must be a JSON object")
     try:
-        inspect.signature(fn).bind(ctx, **args)
+        inspect.signature(spec.fn).bind(None, **args)
     except TypeError as exc:
         raise ToolError(f"bad arguments for tool {name!r}: {exc}") from exc
+    return spec
+
+
+def run_tool(name: str, args: dict[str, Any], ctx: ToolContext) -> Any:
+    """Call tool ``name`` here and now (no deadline: :class:`app.agents.sandbox.ToolSandbox`
+    adds it); bad arguments or a failure raise :class:`ToolError`."""
+    spec = tool_spec(name, args)
     try:
-        result = fn(ctx, **args)
+        result = spec.fn(ctx, **args)
     except ToolError:
         raise
     except Exception as exc:  # a tool's own failure becomes the step's result, not a crash
@@ -68,51 +104,23 @@ def run_tool(name: str, args: dict[str, Any], ctx: ToolContext) -> Any:
     return result
 
 
-_BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
-}
-_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
-    ast.UAdd: operator.pos,
-    ast.USub: operator.neg,
-}
+def bounded(result: Any, max_bytes: int) -> Any:
+    """``result``, or when its JSON text is longer than ``max_bytes``, an error for the model
+    with the text cut to ``max_bytes`` and a marker saying how much was kept."""
+    text = json.dumps(result)
+    size = len(text.encode())
+    if size <= max_bytes:
+        return result
+    kept = text.encode()[:max_bytes].decode(errors="ignore")
+    marker = f"[truncated: {len(kept.encode())} of {size} bytes]"
+    return {"error": f"tool result too large {marker}", "truncated": f"{kept} {marker}"}
 
 
-def _evaluate(node: ast.AST) -> float | int:
-    if isinstance(node, ast.Expression):
-        return _evaluate(node.body)
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-        if isinstance(node.value, bool):
-            raise ToolError("booleans are not numbers here")
-        return node.value
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        left, right = _evaluate(node.left), _evaluate(node.right)
-        if isinstance(node.op, ast.Pow) and abs(right) > 64:
-            raise ToolError("exponent too large")
-        return _BINARY[type(node.op)](left, right)
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _UNARY[type(node.op)](_evaluate(node.operand))
-    raise ToolError(f"unsupported expression element: {ast.dump(node)[:60]}")
-
-
-@tool("calculator")
+@tool("calculator", cpu_heavy=True)
 def calculator(ctx: ToolContext, expression: str) -> float | int:
-    """Evaluate an arithmetic expression (+ - * / // % ** and parentheses)."""
-    if len(expression) > 200:
-        raise ToolError("expression longer than 200 characters")
-    try:
-        tree = ast.parse(expression, mode="eval")
-    except SyntaxError as exc:
-        raise ToolError(f"not an arithmetic expression: {expression!r}") from exc
-    try:
-        return _evaluate(tree)
-    except ZeroDivisionError as exc:
-        raise ToolError("division by zero") from exc
+    """Evaluate an arithmetic expression (+ - * / // % ** and parentheses), each operation's
+    result bounded (:mod:`app.agents.calculator`)."""
+    return evaluate(str(expression))
 
 
 @tool("kv_get")

@@ -71,6 +71,19 @@ class WorkerSettings(BaseModel):
         description="Comma-separated agent types `agentq worker` consumes when --agents is not "
         "given (a container's AGENTQ_WORKER__AGENTS, e.g. 'research'); unset: every type.",
     )
+    tool_threads: int = Field(
+        default=8,
+        gt=0,
+        description="Threads per worker process that run in-process tools: also the most "
+        "abandoned calls (past their deadline) that may still be running; once all are "
+        "taken, a tool call waits for one until its deadline.",
+    )
+    tool_processes: int = Field(
+        default=2,
+        gt=0,
+        description="Subprocesses per worker process that run CPU-heavy tools (started on "
+        "first use; one killed at a deadline is replaced).",
+    )
 
 
 class LimitSettings(BaseModel):
@@ -100,8 +113,19 @@ class LimitSettings(BaseModel):
     tool_timeout_s: float = Field(
         default=30.0,
         gt=0,
-        description="Default tool call deadline. Not yet used: tool deadlines come with the "
-        "malformed-message issue (#17).",
+        description="Default deadline of one tool call (a tool may declare its own): past it "
+        "the call is abandoned, or its subprocess killed, and the model gets a tool error.",
+    )
+    tool_result_max_bytes: int = Field(
+        default=16 * 1024,
+        gt=0,
+        description="Largest tool result, JSON-encoded, committed and shown to the model; a "
+        "larger one is cut to this size and marked '[truncated: N of M bytes]'.",
+    )
+    tool_memory_mb: int = Field(
+        default=1024,
+        ge=64,
+        description="Address-space limit (RLIMIT_AS) of each subprocess that runs CPU-heavy tools.",
     )
 
 

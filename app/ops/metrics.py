@@ -90,6 +90,11 @@ TOOL_CACHE_HITS = Counter(
     "agentq_tool_cache_hits_total", "Tool calls answered from the tool cache.", ["agent", "tool"]
 )
 TOOL_ERRORS = Counter("agentq_tool_errors_total", "Tool calls that failed.", ["agent", "tool"])
+TOOL_CALLS_ABANDONED = Counter(
+    "agentq_tool_calls_abandoned_total",
+    "Tool calls past their deadline: abandoned in their thread or their subprocess killed.",
+    ["tool"],
+)
 STEP_RETRIES = Counter(
     "agentq_step_retries_total", "Steps handed back to the queue for a retry.", ["agent", "reason"]
 )
@@ -214,6 +219,11 @@ def tool_call(agent: str, tool: str, cached: bool, error: bool) -> None:
         TOOL_CACHE_HITS.labels(agent, tool).inc()
     if error:
         TOOL_ERRORS.labels(agent, tool).inc()
+
+
+def tool_abandoned(tool: str) -> None:
+    """A tool call ran past its deadline and was given up."""
+    TOOL_CALLS_ABANDONED.labels(label(tool)).inc()
 
 
 def step_retry(agent: str, reason: str) -> None:

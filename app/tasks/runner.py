@@ -15,7 +15,8 @@ from typing import Any
 from app.agents.guardrails import Budget
 from app.agents.prompts import Turn, build_prompt, parse_reply
 from app.agents.registry import AgentRegistry, AgentSpec
-from app.agents.tools import ToolContext, run_tool
+from app.agents.sandbox import ToolSandbox
+from app.agents.tools import ToolContext, bounded
 from app.agents.validation import validate_run
 from app.config import Settings
 from app.errors import InferenceError, InferenceUnavailableError, SubmitError, ToolError
@@ -56,6 +57,7 @@ class StepRunner:
         redis: Any,
         backends: Mapping[str, InferenceBackend],
         worker_name: str = "",
+        tools: ToolSandbox | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -65,6 +67,7 @@ class StepRunner:
         self.leases = HeldLeases(RunLease(redis), worker_name)
         self.relay = TokenRelay(redis, settings.stream)
         self.tool_cache = ToolResultCache(redis)
+        self.tools = tools or ToolSandbox.from_settings(settings)  # closed by WorkerRuntime
         self.worker_name = worker_name
         self._budgets: dict[tuple[str, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
 
@@ -331,9 +334,11 @@ class StepRunner:
         ctx = ToolContext(run_id=msg.run_id, step=msg.step, agent=spec.name, redis=self.redis)
         try:
             with tracing.span("agentq.tool_call", tool=call.tool):
-                result, failed = run_tool(call.tool, call.args, ctx), False
+                result, failed = self.tools.call(call.tool, call.args, ctx), False
         except ToolError as exc:
             result, failed = {"error": str(exc)}, True
+        kept = bounded(result, self.settings.limits.tool_result_max_bytes)
+        result, failed = kept, failed or kept is not result
         self.tool_cache.put(msg.run_id, msg.step, result)
         metrics.tool_call(spec.name, call.tool, cached=False, error=failed)
         return result

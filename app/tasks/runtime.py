@@ -56,6 +56,7 @@ class WorkerRuntime:
 
     def close(self) -> None:
         """Release connections."""
+        self.runner.tools.close()
         for pool in self.pools.values():
             pool.close()
         self.store.close()

@@ -76,3 +76,4 @@ class GracefulShutdown(bootsteps.StartStopStep):  # type: ignore[misc]
         runtime = context_of(self.app).runtime
         if runtime is not None:
             runtime.runner.leases.release_all()
+            runtime.runner.tools.close()  # tool processes end with the worker

@@ -1,7 +1,9 @@
+import json
+
 import fakeredis
 import pytest
 
-from app.agents.tools import ToolContext, run_tool
+from app.agents.tools import TOOLS, ToolContext, bounded, run_tool, tool
 from app.errors import ToolError
 
 
@@ -47,3 +49,23 @@ def test_unknown_tool_and_bad_arguments_are_tool_errors(ctx):
 
 def test_word_count(ctx):
     assert run_tool("word_count", {"text": "one two  three"}, ctx) == 3
+
+
+def test_a_result_within_the_bound_is_kept_as_it_is():
+    assert bounded({"a": [1, 2]}, 64) == {"a": [1, 2]}
+    assert bounded("x" * 62, 64) == "x" * 62  # 64 bytes of JSON with its quotes
+
+
+def test_an_oversized_result_is_cut_and_marked_for_the_model():
+    result = bounded(["x" * 10_000], 1000)  # 10,004 bytes of JSON
+    assert result["error"] == "tool result too large [truncated: 1000 of 10004 bytes]"
+    assert result["truncated"] == '["' + "x" * 998 + " [truncated: 1000 of 10004 bytes]"
+    assert len(json.dumps(result).encode()) < 1200
+
+
+def test_tools_declare_their_deadline_and_where_they_run():
+    assert TOOLS["calculator"].cpu_heavy
+    assert not TOOLS["kv_get"].cpu_heavy
+    assert TOOLS["word_count"].deadline_s is None  # the default, limits.tool_timeout_s
+    with pytest.raises(ValueError, match="deadline_s must be positive"):
+        tool("never", deadline_s=0)
