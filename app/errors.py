@@ -90,6 +90,11 @@ class DeadLetteredError(RunFailedError):
     """Raised by ``AsyncResult.get()`` when a run went to the dead-letter queue (replayable)."""
 
 
+class NoSuchRunError(DeadLetteredError):
+    """Raised by ``AsyncResult.get()`` of a step message whose run does not exist (a later step
+    no producer started, e.g. copied arguments); the message is dead-lettered."""
+
+
 class StoreError(AgentqError):
     """Raised when the session store cannot be reached or its schema is not migrated."""
 

@@ -35,6 +35,7 @@ class DeadLetterKind(enum.StrEnum):
 
     RETRIES_EXHAUSTED = "retries_exhausted"  # no model server / store answered in time
     POISON = "poison"  # the step raised an error no retry will fix (a bug, a bad message)
+    NO_SUCH_RUN = "no_such_run"  # a later step of a run that was never started
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import logging
 import random
 import time
 import traceback
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from celery import Celery, Task
@@ -26,6 +26,7 @@ from app.errors import (
     BudgetExceededError,
     DeadLetteredError,
     InferenceUnavailableError,
+    NoSuchRunError,
     OutputRejectedError,
     RunFailedError,
     StoreError,
@@ -140,6 +141,8 @@ def register_run_agent(app: Celery) -> Task:
                 if unknown:
                     raise TypeError(f"unexpected arguments {sorted(unknown)}")
                 result = runtime.runner.run_step(msg, keep_lease=True)
+            except NoSuchRunError as exc:
+                _no_such_run(self, runtime, msg, exc)
             except TRANSIENT as exc:
                 if self.request.retries >= runtime.settings.worker.inference_retries:
                     result = _dead_letter(self, runtime, msg, exc, DeadLetterKind.RETRIES_EXHAUSTED)
@@ -208,6 +211,30 @@ def _dead_letter(
     )
     error = dead_letter(runtime.redis, runtime.store, letter, msg.input, msg.session_id)
     return StepResult(Outcome.FAILED, reason=str(error), error_type=ErrorType.DEAD_LETTERED)
+
+
+def _no_such_run(
+    task: Task, runtime: WorkerRuntime, msg: StepMessage, exc: NoSuchRunError
+) -> NoReturn:
+    """Dead-letter a step whose run does not exist and fail its message's own result (not the
+    run's: the store is left alone, as no run of that id is there to fail)."""
+    letter = dlq.DeadLetter(
+        run_id=msg.run_id,
+        agent=msg.agent,
+        step=msg.step,
+        kind=DeadLetterKind.NO_SUCH_RUN,
+        reason=str(exc),
+        retries=task.request.retries,
+        kwargs=dict(task.request.kwargs or {}),
+        task_id=task.request.id,
+        failed_at=time.time(),
+    )
+    dlq.push(runtime.redis, letter)
+    metrics.dead_lettered(msg.agent, letter.kind)
+    log.error("step %d of run %s dead-lettered: %s", msg.step, msg.run_id, exc)
+    # Sent with ignore_result or not, the sender's AsyncResult waits on this task id.
+    task.backend.mark_as_failure(task.request.id, exc)
+    raise exc
 
 
 def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepResult) -> Any:

@@ -19,7 +19,13 @@ from app.agents.sandbox import ToolSandbox
 from app.agents.tools import ToolContext, bounded
 from app.agents.validation import validate_run
 from app.config import Settings
-from app.errors import InferenceError, InferenceUnavailableError, SubmitError, ToolError
+from app.errors import (
+    InferenceError,
+    InferenceUnavailableError,
+    NoSuchRunError,
+    SubmitError,
+    ToolError,
+)
 from app.inference.backend import (
     Completion,
     GenerationParams,
@@ -78,6 +84,8 @@ class StepRunner:
         the caller gives it back with :meth:`release`, in the round trip that stores the
         answer. Any other outcome (and any error) releases it here.
 
+        Raises :class:`NoSuchRunError` for a later step of a run the store does not have.
+
         A run's first message on its first delivery takes the lease only before a tool
         call: until then nothing it does has an effect that its commit does not guard (the
         commit creates the run, so of two copies of that message one commits and the other
@@ -114,7 +122,11 @@ class StepRunner:
         new_run = None
         if state is None:
             if msg.step != 0:
-                return StepResult(Outcome.SKIP)  # a later step of a run never started
+                # Workers publish a later step only after the run's first commit.
+                raise NoSuchRunError(
+                    f"no run {msg.run_id!r}: step {msg.step} of a run that was never started"
+                    " (later steps are sent by workers only; submit a new run)"
+                )
             # Created by the commit of its first step: one write per step, step 0 included.
             new_run = NewRun(
                 msg.run_id, spec.name, msg.input, msg.session_id, self._run_budget(spec, msg)

@@ -7,6 +7,7 @@ import pytest
 
 from app.agents.registry import AgentRegistry, AgentSpec
 from app.config import Settings
+from app.errors import NoSuchRunError
 from app.inference.echo import EchoBackend
 from app.memory.sessions import SessionStore
 from app.tasks.leases import RunLease
@@ -40,9 +41,10 @@ def test_a_done_run_keeps_its_lease_until_the_pipeline_gives_it_back(runner) -> 
 def test_other_outcomes_and_plain_calls_release_at_once(runner) -> None:
     plain = runner.run_step(StepMessage("r2", "trivial", 0, "hi"))
     assert plain.outcome is Outcome.DONE and plain.lease is None
-    stale = runner.run_step(StepMessage("r3", "trivial", 5), keep_lease=True)
-    assert stale.outcome is Outcome.SKIP and stale.lease is None
-    assert RunLease(runner.redis).holder("r2") is None and runner.leases.held == {}
+    with pytest.raises(NoSuchRunError):  # a later step of a run never started
+        runner.run_step(StepMessage("r3", "trivial", 5), keep_lease=True)
+    lease = RunLease(runner.redis)
+    assert lease.holder("r2") is None and lease.holder("r3") is None and runner.leases.held == {}
 
 
 def test_a_failed_pipeline_leaves_the_lease_to_release(runner) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from app.agents.registry import AgentRegistry, AgentSpec
 from app.config import Settings
-from app.errors import InferenceError, InferenceUnavailableError
+from app.errors import InferenceError, InferenceUnavailableError, NoSuchRunError
 from app.memory.sessions import SessionStore
 from app.tasks.leases import RunLease
 from app.tasks.runner import Outcome, StepMessage, StepRunner
@@ -60,6 +60,16 @@ def test_redelivered_and_duplicate_messages_never_repeat_a_step(store):
     assert r.run_step(StepMessage("run", "research", 2)).outcome is Outcome.SKIP
     assert len(backend.prompts) == 1
     assert store.count_steps("run") == 1
+
+
+def test_a_later_step_of_a_run_never_started_is_refused_and_commits_nothing(store):
+    backend = ReplyList("Answer: ok")
+    r = runner(store, backend)
+    with pytest.raises(NoSuchRunError, match="no run 'ghost': step 1 of a run that was never"):
+        r.run_step(StepMessage("ghost", "research", 1))
+    assert backend.prompts == [] and store.load_run("ghost") is None
+    # A redelivered step 0 whose first delivery died before its commit still starts the run.
+    assert r.run_step(StepMessage("late", "research", 0, "hi")).outcome is Outcome.DONE
 
 
 def test_a_finished_run_answers_again_without_work(store):
