@@ -29,6 +29,8 @@ DEAD_LETTERS = f"{KEY_PREFIX}dead"
 """Redis hash of dead-lettered runs: run id -> JSON object with its reason (dead_letters)."""
 DEAD_LETTER_INDEX = f"{KEY_PREFIX}dead:index"
 """Redis sorted set of dead-lettered run ids by the time they failed."""
+QUARANTINE_COUNTER = f"{KEY_PREFIX}dead:quarantined"
+"""Redis counter numbering quarantined messages (their dead-letter ids: quarantine-<n>)."""
 
 
 def kv_key(key: str) -> str:

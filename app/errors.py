@@ -103,5 +103,9 @@ class NotDeadLetteredError(AgentqError):
     """Raised when an operator replays a run that is not in the dead-letter queue."""
 
 
+class QuarantinedMessageError(AgentqError):
+    """Raised when an operator replays a quarantined message: it is no run, nothing replays."""
+
+
 class LocalServiceError(AgentqError):
     """Raised when an embedded service (Redis, Triton, worker) fails to start or stop."""

@@ -12,7 +12,7 @@ from app.agents.registry import AgentRegistry, load_registry
 from app.celery_ext.context import AgentqContext, attach
 from app.celery_ext.routes import AgentRouter
 from app.celery_ext.transport import install as install_broker_transport
-from app.celery_ext.worker import InternalsCheck
+from app.celery_ext.worker import EnvelopeCheck, InternalsCheck
 from app.config import Settings
 from app.ops.redis_clients import celery_redis_options
 
@@ -99,6 +99,7 @@ def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> 
     from app.tasks.shutdown import GracefulShutdown
 
     app.steps["worker"].add(InternalsCheck)  # Celery/kombu still have what the fence lists
+    app.steps["worker"].add(EnvelopeCheck)  # what the fetch takes is checked, or quarantined
     app.steps["consumer"].add(AdmissionControl)
     app.steps["worker"].add(GracefulShutdown)  # SIGTERM: finish steps, hand back the rest
     install_health(app)  # /livez /readyz /metrics of each worker (health.enabled)

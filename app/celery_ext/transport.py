@@ -22,14 +22,24 @@ on the worker's consumer thread, which dispatches every step (profiled: 15% of a
 CPU). A client is thread-safe (each command borrows a connection from the pool), so the
 channel keeps one, rebuilt whenever kombu replaces its connection pool.
 
+**Intake.** What the fetch takes is checked before kombu or Celery sees it. The script
+moves what it cannot record as unacked (not JSON, not an object, no delivery tag) to the
+dead letters as quarantined, in the same atomic step; what it recorded but fails
+:func:`app.celery_ext.intake.check` (the envelope schema) is quarantined and dropped from
+unacked in one MULTI. Neither reaches a task or stops the worker, and the other messages of
+the fetch are delivered at once.
+
 :func:`install` registers it for the ``redis://`` and ``rediss://`` schemes, so broker URLs
 read as usual (worker banner, Flower).
 """
 
 from __future__ import annotations
 
+import logging
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from queue import Empty
 from time import monotonic, time
 from typing import Any
@@ -38,10 +48,21 @@ from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as virtual
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
+from app.celery_ext.intake import (
+    QUARANTINE_KEEP_DEFAULT,
+    Intake,
+    QuarantineReason,
+    check,
+    parse,
+    quarantine_entry,
+)
+from app.constants import DEAD_LETTER_INDEX, DEAD_LETTERS, QUARANTINE_COUNTER
+from app.ops import metrics
 from app.ops.redis_scripts import Script
+
+log = logging.getLogger(__name__)
 
 # Pops messages and records them as unacknowledged in one atomic step (see the file).
 TAKE = Script("app.celery_ext", "lua/take.lua")
@@ -53,13 +74,30 @@ _FETCH, _WAIT = "fetch", "wait"
 UNACKED, UNACKED_INDEX = kombu_redis.Channel.unacked_key, kombu_redis.Channel.unacked_index_key
 
 
-def _recorded_tag(payload: Any) -> str | None:
-    """The delivery tag under which :data:`TAKE` recorded ``payload`` (None: not recorded)."""
-    props = payload.get("properties") if isinstance(payload, dict) else None
-    if not isinstance(props, dict) or not isinstance(props.get("delivery_info"), dict):
-        return None
-    tag = props.get("delivery_tag")
-    return tag if isinstance(tag, str) else None
+@dataclass(frozen=True, slots=True)
+class IntakeRules:
+    """What this process's fetch checks and how it quarantines (:func:`check_envelopes`)."""
+
+    intake: Intake | None = None  # None: only what the script checks (not a worker)
+    worker: str = socket.gethostname()  # the name quarantined entries are stored with
+    keep: int = QUARANTINE_KEEP_DEFAULT  # bytes of a quarantined message kept
+
+
+_rules = IntakeRules()
+
+
+def check_envelopes(rules: IntakeRules) -> None:
+    """Check every message this process fetches by ``rules`` (a worker, at start)."""
+    global _rules
+    _rules = rules
+
+
+def _quarantined(reason: str, entry_id: str, queue: str) -> None:
+    metrics.quarantined(reason)
+    log.warning(
+        "quarantined a message from %s (%s) as dead letter %s: see `agentq dlq show %s`",
+        queue, reason, entry_id, entry_id,
+    )  # fmt: skip
 
 
 # Delivery tags whose unacked entry a step removed itself, in the MULTI that handed the step
@@ -173,8 +211,9 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             # EVALSHA sent and its reply parsed here: redis-py's NOSCRIPT fallback does not
             # apply, so a NOSCRIPT reply (see _brpop_read) has the next fetch load it again.
             connection.send_command(
-                "EVALSHA", TAKE.sha, 2 + len(keys), self.unacked_key, self.unacked_index_key,
-                *keys, time(), self._fetch_limit,
+                "EVALSHA", TAKE.sha, 5 + len(keys), self.unacked_key, self.unacked_index_key,
+                DEAD_LETTERS, DEAD_LETTER_INDEX, QUARANTINE_COUNTER,
+                *keys, time(), self._fetch_limit, _rules.keep, _rules.worker,
             )  # fmt: skip
         else:
             self._sent = _WAIT
@@ -200,23 +239,69 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 raise Empty() from None
             # A wait ends when a message arrives or after brpop_timeout: fetch next either way.
             # A fetch that took fewer than it asked for emptied every list: wait next.
-            self._fetch_next = sent == _WAIT or len(reply) >= 2 * self._fetch_limit
+            self._fetch_next = sent == _WAIT or len(reply) >= 3 * self._fetch_limit
             if sent == _WAIT or not reply:
                 raise Empty()
-            # Each one is recorded as unacked already: one that a failing delivery leaves
-            # undelivered comes back after its visibility timeout.
-            for dest, item in zip(reply[::2], reply[1::2], strict=True):
-                payload = loads(bytes_to_str(item))
-                tag = _recorded_tag(payload)
-                if tag is not None:
-                    self._taken.add(tag)
-                queue = bytes_to_str(dest).rsplit(self.sep, 1)[0]
-                self._queue_cycle.rotate(queue)
-                self.connection._deliver(payload, queue)
+            if not self._deliver_taken(reply):
+                raise Empty()  # the script or the check quarantined every one
             return True
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
+
+    def _deliver_taken(self, reply: list[Any]) -> int:
+        """Deliver what the script took (``reply``: its triples), quarantining what fails the
+        check; how many were delivered."""
+        rejected: list[tuple[bytes, bytes, QuarantineReason, str]] = []
+        delivered = 0
+        for dest, tag, item in zip(reply[::3], reply[1::3], reply[2::3], strict=True):
+            if dest is None:  # the script quarantined it: (None, reason, entry id)
+                _quarantined(bytes_to_str(tag), bytes_to_str(item), "its queue")
+                continue
+            queue = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            try:
+                payload = parse(item)
+            except (ValueError, RecursionError):
+                rejected.append((tag, item, QuarantineReason.NOT_JSON, queue))
+                continue
+            intake = _rules.intake
+            reason = None if intake is None else check(payload, intake, len(item))
+            if reason is not None:
+                rejected.append((tag, item, reason, queue))
+                continue
+            # Recorded as unacked already: one that a failing delivery leaves undelivered
+            # comes back after its visibility timeout.
+            self._taken.add(bytes_to_str(tag))
+            self._queue_cycle.rotate(queue)
+            self.connection._deliver(payload, queue)
+            delivered += 1
+        if rejected:
+            self._quarantine(rejected)
+        return delivered
+
+    def _quarantine(self, rejected: list[tuple[bytes, bytes, QuarantineReason, str]]) -> None:
+        """Move messages recorded as unacked to the quarantine, in one MULTI."""
+        now = time()
+        try:
+            with self.conn_or_acquire() as client:
+                last = int(client.incrby(QUARANTINE_COUNTER, len(rejected)))
+                ids = [f"quarantine-{n}" for n in range(last - len(rejected) + 1, last + 1)]
+                pipe = client.pipeline(transaction=True)
+                for entry_id, (tag, item, reason, queue) in zip(ids, rejected, strict=True):
+                    entry = quarantine_entry(
+                        entry_id, item, reason, queue, _rules.worker, now, _rules.keep
+                    )
+                    pipe.hset(DEAD_LETTERS, entry_id, entry)
+                    pipe.zadd(DEAD_LETTER_INDEX, {entry_id: now})
+                    pipe.hdel(self.unacked_key, tag)
+                    pipe.zrem(self.unacked_index_key, tag)
+                pipe.execute()
+        except RedisError as exc:
+            # Still in unacked: they come back after the visibility timeout, checked again.
+            log.error("could not quarantine %d message(s) yet: %s", len(rejected), exc)
+            return
+        for entry_id, (_, _, reason, queue) in zip(ids, rejected, strict=True):
+            _quarantined(reason, entry_id, queue)
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]

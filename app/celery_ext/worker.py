@@ -10,6 +10,9 @@ from celery.utils.nodenames import host_format
 from celery.worker import state
 
 from app.celery_ext import check_internals
+from app.celery_ext.context import context_of
+from app.celery_ext.intake import Intake
+from app.celery_ext.transport import IntakeRules, check_envelopes
 from app.errors import CeleryInternalsError
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,23 @@ class InternalsCheck(bootsteps.Step):  # type: ignore[misc]
             check_internals()
         except CeleryInternalsError as exc:
             raise SystemExit(f"agentq: {exc}") from None  # one line, no traceback
+
+
+class EnvelopeCheck(bootsteps.Step):  # type: ignore[misc]
+    """Worker bootstep: check each message the worker fetches against the envelope schema,
+    with the app's tasks and the worker's limits; quarantine under the worker's node name."""
+
+    label = "agentq envelope check"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        settings = context_of(worker.app).settings.worker
+        intake = Intake(
+            tasks=worker.app.tasks,
+            headers_max_chars=settings.envelope_headers_max_bytes,
+            body_max_chars=settings.envelope_body_max_bytes,
+        )
+        check_envelopes(IntakeRules(intake, worker.hostname, settings.quarantine_keep_bytes))
 
 
 def requeue_unacknowledged() -> int:

@@ -1,4 +1,8 @@
-"""``agentq dlq ...``: dead-lettered runs: list, show, replay, purge."""
+"""``agentq dlq ...``: dead-lettered runs and quarantined messages: list, show, replay, purge.
+
+``replay`` exits 1 when a named run is not in the dead-letter queue and 3 when a named entry
+is a quarantined message (there is no run to replay).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from app.config import Settings
 
 @main.group()
 def dlq() -> None:
-    """Dead-lettered runs (retries exhausted), kept with their reason."""
+    """Dead-lettered runs (retries exhausted, poison) and quarantined messages, with why."""
 
 
 def _dlq_client() -> Any:
@@ -28,7 +32,7 @@ def _dlq_client() -> Any:
 @click.option("--agent", default=None, help="Only this agent type's runs.")
 @click.option("--limit", type=int, default=50, show_default=True)
 def dlq_list(agent: str | None, limit: int) -> None:
-    """The newest dead-lettered runs."""
+    """The newest dead letters (quarantined messages show as kind `quarantined`)."""
     import datetime
 
     from app.tasks import dead_letters as dead
@@ -37,23 +41,28 @@ def dlq_list(agent: str | None, limit: int) -> None:
     table = Table("run", "agent", "step", "kind", "retries", "failed at", "reason")
     for letter in dead.list_letters(client, limit, agent):
         when = datetime.datetime.fromtimestamp(letter.failed_at, datetime.UTC)
+        reason = letter.reason
+        if letter.quarantined:
+            reason = f"{reason} ({letter.raw_length} bytes from {letter.queue})"
         table.add_row(
             letter.run_id,
-            letter.agent,
+            letter.agent or "-",
             str(letter.step),
             letter.kind,
             str(letter.retries),
             when.strftime("%Y-%m-%d %H:%M:%S"),
-            letter.reason,
+            reason,
+            style="yellow" if letter.quarantined else None,
         )
-    console.print(table)
-    console.print(f"{dead.count(client)} dead-lettered run(s) in all")
+    console.print(table, highlight=False)
+    console.print(f"{dead.count(client)} dead letter(s) in all")
 
 
 @dlq.command("show")
 @click.argument("run_id")
 def dlq_show(run_id: str) -> None:
-    """One dead letter: reason, traceback and the step's arguments (JSON, secrets masked)."""
+    """One dead letter: reason, traceback and the step's arguments (JSON, secrets masked);
+    a quarantined message's bytes as kept, escaped (\\xHH) after its fields."""
     from dataclasses import asdict
 
     from app.ops.masking import masked
@@ -63,7 +72,12 @@ def dlq_show(run_id: str) -> None:
     if letter is None:
         raise click.ClickException(f"run {run_id} is not in the dead-letter queue")
     shown = {**asdict(letter), "kwargs": masked(letter.kwargs)}  # replay uses the stored ones
+    raw = shown.pop("raw")
     click.echo(json.dumps(shown, indent=2))
+    if letter.quarantined:
+        # Escaped when stored: printable ASCII only, so nothing in it drives the terminal.
+        click.echo(f"raw (of {letter.raw_length} bytes, the first kept, \\xHH escaped):")
+        click.echo(raw)
 
 
 def _chosen(client: Any, run_ids: tuple[str, ...], all_: bool, agent: str | None) -> list[str]:
@@ -76,15 +90,30 @@ def _chosen(client: Any, run_ids: tuple[str, ...], all_: bool, agent: str | None
     return [letter.run_id for letter in dead.list_letters(client, dead.count(client), agent)]
 
 
+def _runs(client: Any, run_ids: tuple[str, ...], all_: bool, agent: str | None) -> list[str]:
+    """What ``replay`` is asked for: ``--all`` leaves out quarantined messages."""
+    from app.tasks import dead_letters as dead
+
+    if run_ids or not all_:
+        return _chosen(client, run_ids, all_, agent)
+    letters = dead.list_letters(client, dead.count(client), agent)
+    return [letter.run_id for letter in letters if not letter.quarantined]
+
+
 @dlq.command("replay")
 @click.argument("run_ids", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Every dead letter (of --agent, if given).")
 @click.option("--agent", default=None, help="With --all: only this agent type's runs.")
 def dlq_replay(run_ids: tuple[str, ...], all_: bool, agent: str | None) -> None:
-    """Send dead-lettered runs back to their queues; they resume at the step that failed."""
+    """Send dead-lettered runs back to their queues; they resume at the step that failed.
+
+    Exits 1 if a named run is not dead-lettered, 3 if a named entry is a quarantined message.
+    """
+    from rich.markup import escape
+
     from app.celery_ext.app import create_celery
     from app.celery_ext.context import context_of
-    from app.errors import NotDeadLetteredError
+    from app.errors import NotDeadLetteredError, QuarantinedMessageError
     from app.memory.sessions import SessionStore
     from app.tasks.dead_letters import replay
 
@@ -92,20 +121,24 @@ def dlq_replay(run_ids: tuple[str, ...], all_: bool, agent: str | None) -> None:
     client = _dlq_client()
     celery = create_celery(settings)
     store = SessionStore.from_url(settings.database_url, migrate=False)
-    failed = 0
+    failed = quarantined = 0
     try:
-        for run_id in _chosen(client, run_ids, all_, agent):
+        for run_id in _runs(client, run_ids, all_, agent):
             try:
                 letter = replay(celery, context_of(celery).registry, store, client, run_id)
             except NotDeadLetteredError as exc:
-                console.print(f"[red]skipped:[/red] {exc}")
+                console.print(f"[red]skipped:[/red] {exc}", highlight=False)
                 failed += 1
+                continue
+            except QuarantinedMessageError as exc:
+                console.print(f"[red]refused:[/red] {escape(str(exc))}", highlight=False)
+                quarantined += 1
                 continue
             console.print(f"replayed run {run_id} from step {letter.step}", highlight=False)
     finally:
         store.close()
         celery.close()
-    sys.exit(1 if failed else 0)
+    sys.exit(1 if failed else 3 if quarantined else 0)
 
 
 @dlq.command("purge")

@@ -66,6 +66,24 @@ class WorkerSettings(BaseModel):
     result_expires_s: int = Field(
         default=86_400, gt=0, description="How long run results stay in the result backend."
     )
+    envelope_body_max_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="Longest message body a worker accepts (its text, base64 included); a "
+        "longer one is quarantined to the dead letters. Must exceed the largest run input.",
+    )
+    envelope_headers_max_bytes: int = Field(
+        default=64 * 1024,
+        gt=0,
+        description="Largest message headers a worker accepts (as compact JSON); larger ones "
+        "are quarantined to the dead letters.",
+    )
+    quarantine_keep_bytes: int = Field(
+        default=4096,
+        gt=0,
+        description="Bytes of a quarantined message kept in its dead letter (with its full "
+        "length): enough to see what sent it, bounded so that junk cannot fill Redis.",
+    )
     agents: str | None = Field(
         default=None,
         description="Comma-separated agent types `agentq worker` consumes when --agents is not "

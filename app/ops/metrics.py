@@ -104,11 +104,16 @@ DEAD_LETTERED = Counter(
 GUARDRAIL_STOPS = Counter(
     "agentq_guardrail_stops_total", "Runs stopped by a guardrail.", ["agent", "kind"]
 )
+QUARANTINED = Counter(
+    "agentq_quarantined_total",
+    "Messages taken off a queue that were no agentq message, moved to the dead letters.",
+    ["reason"],
+)
 
 METRICS = (
     RUNS_IN_FLIGHT, STEP_SECONDS, TOKENS_IN, TOKENS_OUT, OUTPUT_SPEED, RUN_SECONDS, RUNS,
     QUEUE_WAIT, MODEL_CALL_SECONDS, MODEL_CALL_ERRORS, TOOL_CALLS, TOOL_CACHE_HITS, TOOL_ERRORS,
-    STEP_RETRIES, DEAD_LETTERED, GUARDRAIL_STOPS,
+    STEP_RETRIES, DEAD_LETTERED, GUARDRAIL_STOPS, QUARANTINED,
 )  # fmt: skip
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:\-]")
@@ -234,6 +239,11 @@ def step_retry(agent: str, reason: str) -> None:
 def dead_lettered(agent: str, kind: str) -> None:
     """A run went to the dead-letter queue."""
     DEAD_LETTERED.labels(label(agent), label(kind)).inc()
+
+
+def quarantined(reason: str) -> None:
+    """A message taken off a queue failed the intake check and was quarantined."""
+    QUARANTINED.labels(label(reason)).inc()
 
 
 def guardrail_stop(agent: str, kind: ErrorType) -> None:

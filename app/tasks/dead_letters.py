@@ -7,6 +7,13 @@ command (``agentq dlq replay|purge``); there is no size cap that would drop entr
 
 The worker dead-letters a run (:func:`dead_letter`); an operator lists, replays or purges them
 (``agentq dlq``, :func:`replay`).
+
+The same hash keeps the quarantine: messages a worker took off a queue that are no agentq
+message (not JSON, not a Celery envelope, an unknown task, too large: see
+``app/celery_ext/intake.py``), each under an id of its own (``quarantine-<n>``), kind
+``quarantined``, with its raw bytes (the first ``worker.quarantine_keep_bytes``, escaped as
+``\\xHH`` outside printable ASCII), their full length, the queue and the worker. They have no
+run to replay; they are shown and purged like the rest.
 """
 
 from __future__ import annotations
@@ -23,7 +30,12 @@ from celery import Celery, states
 
 from app.agents.registry import AgentRegistry
 from app.constants import DEAD_LETTER_INDEX, DEAD_LETTERS, TASK_RUN_AGENT
-from app.errors import DeadLetteredError, NotDeadLetteredError, StoreError
+from app.errors import (
+    DeadLetteredError,
+    NotDeadLetteredError,
+    QuarantinedMessageError,
+    StoreError,
+)
 from app.memory.sessions import ErrorType, NewRun, SessionStore
 from app.ops import metrics
 
@@ -35,12 +47,13 @@ class DeadLetterKind(enum.StrEnum):
 
     RETRIES_EXHAUSTED = "retries_exhausted"  # no model server / store answered in time
     POISON = "poison"  # the step raised an error no retry will fix (a bug, a bad message)
+    QUARANTINED = "quarantined"  # a message taken off a queue that is no agentq message
     NO_SUCH_RUN = "no_such_run"  # a later step of a run that was never started
 
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """One dead-lettered run."""
+    """One dead-lettered run, or one quarantined message (``run_id`` is then its entry id)."""
 
     run_id: str
     agent: str
@@ -52,6 +65,15 @@ class DeadLetter:
     task_id: str  # the step message's task id (step 0's is the run id)
     failed_at: float  # Unix time
     traceback: str | None = None
+    raw: str | None = None  # quarantined: the message's first bytes, escaped (intake.escaped)
+    raw_length: int | None = None  # quarantined: the message's length in bytes
+    queue: str | None = None  # quarantined: the queue it was taken from
+    worker: str | None = None  # quarantined: the worker that took it
+
+    @property
+    def quarantined(self) -> bool:
+        """A quarantined message, not a run: nothing to replay."""
+        return self.kind == DeadLetterKind.QUARANTINED
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -152,6 +174,12 @@ def replay(
     letter = get(redis, run_id)
     if letter is None:
         raise NotDeadLetteredError(f"run {run_id!r} is not in the dead-letter queue")
+    if letter.quarantined:
+        raise QuarantinedMessageError(
+            f"{run_id} is a quarantined message ({letter.reason}), not a run: there is nothing "
+            f"to replay; see it with `agentq dlq show {run_id}`, drop it with `agentq dlq purge "
+            f"{run_id}`"
+        )
     spec = registry.get(letter.agent)
     if spec is None:
         raise NotDeadLetteredError(

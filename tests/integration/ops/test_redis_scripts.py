@@ -1,4 +1,5 @@
-"""The Lua scripts ship in the wheel as package data, where app.ops.redis_scripts reads them."""
+"""The Lua scripts and the envelope schema ship in the wheel as package data, where
+app.ops.redis_scripts and app.celery_ext.intake read them."""
 
 from __future__ import annotations
 
@@ -34,9 +35,11 @@ def _build_wheel(out: Path) -> Path:
     return wheel
 
 
-def test_every_lua_script_is_in_the_wheel(tmp_path: Path) -> None:
-    scripts = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "app").rglob("*.lua"))
+def test_every_lua_script_and_schema_is_in_the_wheel(tmp_path: Path) -> None:
+    data = [*(ROOT / "app").rglob("*.lua"), *(ROOT / "app").rglob("*.schema.json")]
+    scripts = sorted(p.relative_to(ROOT).as_posix() for p in data)
     assert {"app/celery_ext/lua/take.lua", "app/tasks/lua/release_lease.lua"} <= set(scripts)
+    assert "app/celery_ext/envelope.schema.json" in scripts
     with zipfile.ZipFile(_build_wheel(tmp_path)) as wheel:
         shipped = set(wheel.namelist())
         assert [s for s in scripts if s not in shipped] == []
