@@ -65,6 +65,7 @@ _RESULTS = "tests/unit/celery_ext/test_result_value.py"
 _ENVELOPE = "tests/integration/celery_ext/test_envelope.py"
 _SHUTDOWN = "tests/e2e/test_graceful_shutdown.py"
 _WORKER = "tests/unit/celery_ext/test_worker.py"
+_EXIT = "tests/e2e/test_worker_exit.py"
 _SUBMIT = "tests/integration/producer/test_submit.py"
 
 _REDIS_CHANNEL = "kombu.transport.redis:Channel"
@@ -123,7 +124,7 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
         "celery.backends.base:BaseBackend", "expires", _RESULTS, set_in_init=True, common=True
     ),
     PrivateName("celery.result:AsyncResult", "ignored", _SUBMIT),
-    # worker.py: a running worker's requests, message tags, queues and node name.
+    # worker.py: a running worker's requests, message tags, queues, node name and exit code.
     PrivateName("celery.worker.state", "active_requests", _SHUTDOWN),
     PrivateName("celery.worker.state", "reserved_requests", _SHUTDOWN),
     PrivateName("celery.worker.request:Request", "acknowledged", _SHUTDOWN),
@@ -131,6 +132,7 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     PrivateName("celery.app.task:Context", "properties", _FETCH, common=True),
     PrivateName("celery.app.amqp:Queues", "consume_from", _WORKER),
     PrivateName("celery.utils.nodenames", "host_format", _WORKER),
+    PrivateName("celery.worker.worker:WorkController", "exitcode", _EXIT),
 )
 """Every private Celery/kombu name agentq uses, with the test that guards it."""
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.signals import celeryd_init
 from celery.utils.nodenames import host_format
 from celery.worker import state
 
@@ -86,3 +88,39 @@ def node_name(template: str) -> str:
     """A worker's node name from ``template``, ``%h`` (host), ``%n`` and ``%d`` expanded as
     ``celery worker -n`` expands them."""
     return str(host_format(template))
+
+
+def run_worker(app: Celery, argv: list[str]) -> tuple[int, str | None]:
+    """Run ``celery worker`` with ``argv`` until it stops: its exit code (Celery's
+    ``worker_main`` drops it, so a worker stopped by an error exited 0) and, when an error
+    stopped it, that error in one line."""
+    started: list[Any] = []
+    fatal = _LastCritical()
+
+    def remember(instance: Any = None, **_: Any) -> None:
+        started.append(instance)
+
+    celeryd_init.connect(remember, weak=False)
+    celery_log = logging.getLogger("celery")  # Celery's loggers all hang below it
+    celery_log.addHandler(fatal)
+    try:
+        app.worker_main(argv)
+    finally:
+        celeryd_init.disconnect(remember)
+        celery_log.removeHandler(fatal)
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # Celery sent them to its log
+    code = getattr(started[-1], "exitcode", None) if started else None
+    if not isinstance(code, int):  # SystemExit("why") stops a worker with a text
+        code = 1 if code else 0
+    return code, fatal.reason
+
+
+class _LastCritical(logging.Handler):
+    """Keeps the first line of the last CRITICAL record (Celery's "Unrecoverable error")."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.CRITICAL)
+        self.reason: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.reason = record.getMessage().strip().splitlines()[0]

@@ -14,15 +14,16 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from app.cli.exits import ExitCode, OneLineGroup, fail
 from app.config import Settings
 from app.ops import logs
 
 console = Console()
 
 
-@click.group()
+@click.group(cls=OneLineGroup)
 def main() -> None:
-    """agentq: run AI agents at scale on Celery."""
+    """agentq: run AI agents at scale on Celery (exit codes: docs/operations.md)."""
 
 
 @main.command()
@@ -43,21 +44,16 @@ def worker(
     hostname: str | None,
     loglevel: str,
 ) -> None:
-    """Consume the queues of AGENTS' types and run their steps."""
-    from pydantic import ValidationError
-
+    """Consume the queues of AGENTS' types and run their steps; exits non-zero, with one line,
+    when it cannot start or an error stops it."""
     from app.celery_ext import check_internals
     from app.celery_ext.app import create_celery
     from app.celery_ext.context import context_of
-    from app.celery_ext.worker import node_name
-    from app.errors import AgentqError, ConfigurationError
+    from app.celery_ext.worker import node_name, run_worker
     from app.ops.redis_clients import check_redis
     from app.tasks.runtime import runtime_for
 
-    try:
-        settings = Settings()
-    except (ConfigurationError, ValidationError) as exc:  # e.g. a secret file that is not there
-        raise click.ClickException(str(exc)) from None
+    settings = Settings()  # bad settings, a secret file not there: one line (OneLineGroup)
     logs.configure(settings.log_format, loglevel)
     app = create_celery(settings)
     registry = context_of(app).registry
@@ -68,19 +64,17 @@ def worker(
         raise click.BadParameter(f"unknown agent types {unknown}; known: {registry.names}")
     queues = ",".join(registry.spec(n).queue_name for n in names)
     node = node_name(hostname or f"agentq-{'-'.join(names)}@%h")
-    try:
-        # Connect and migrate now: a bad config (password, TLS, URL) fails at start, not per run.
-        check_internals()  # and a Celery/kombu without what app.celery_ext relies on
-        check_redis(settings)
-        runtime_for(app, node)
-    except AgentqError as exc:  # configuration, Redis, session store: one line, no traceback
-        raise click.ClickException(str(exc)) from None
+    # Connect and migrate now: a bad config (password, TLS, URL) fails at start, not per run.
+    check_internals()  # and a Celery/kombu without what app.celery_ext relies on
+    check_redis(settings)
+    runtime_for(app, node)
     if not settings.worker.log_each_step:
         # Celery's "received" and "succeeded"/"ignored" INFO lines: two per step, ~8% of a
         # busy worker's CPU; Flower, metrics and the session store say the same.
         for name in ("celery.worker.strategy", "celery.app.trace"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    app.worker_main(
+    code, reason = run_worker(
+        app,
         [
             *(["--quiet"] if settings.log_format == "json" else []),  # no banner amid JSON
             "worker",
@@ -91,8 +85,10 @@ def worker(
             "-l", loglevel,
             "--without-mingle",
             "--without-gossip",
-        ]
+        ],
     )  # fmt: skip
+    if code:  # Kubernetes and compose restart it and count the failure
+        fail(code, f"worker {node} stopped (exit code {code}): {reason or 'see its log'}")
 
 
 @main.command()
@@ -131,25 +127,55 @@ def submit(
     timeout: float,
 ) -> None:
     """Submit one run of AGENT with input TEXT (JSON objects are parsed)."""
-    from app.errors import SubmitError
+    from celery.exceptions import TimeoutError as ResultTimeout
+
+    from app.errors import DeadLetteredError, RunFailedError, StreamTimeoutError
     from app.producer.submit import submit as submit_run
+
+    _check_broker(Settings())
 
     run_input: object = text
     if text.lstrip().startswith(("{", "[")):
         with contextlib.suppress(json.JSONDecodeError):
             run_input = json.loads(text)
-    try:
-        result = submit_run(
-            agent, run_input, session_id, stream=stream, idempotency_key=idempotency_key
-        )
-    except SubmitError as exc:
-        console.print(f"[red]refused:[/red] {exc}")
-        sys.exit(2)
+    result = submit_run(
+        agent, run_input, session_id, stream=stream, idempotency_key=idempotency_key
+    )
     console.print(f"run [bold]{result.id}[/bold] queued", highlight=False)
-    if stream:
-        _print_stream(result, timeout)
-    if wait or stream:
-        console.print(result.get(timeout=timeout))
+    try:
+        if stream:
+            _print_stream(result, timeout)
+        if wait or stream:
+            console.print(result.get(timeout=timeout))
+    except (ResultTimeout, StreamTimeoutError):
+        fail(
+            ExitCode.TIMED_OUT,
+            f"run {result.id}: no answer within {timeout:g} s; it may still finish (see "
+            "`agentq status`), or wait longer with --timeout",
+        )
+    except RunFailedError as exc:
+        hint = f"; see `agentq dlq show {result.id}`" if isinstance(exc, DeadLetteredError) else ""
+        fail(ExitCode.RUN_FAILED, f"run {result.id} failed ({type(exc).__name__}): {exc}{hint}")
+
+
+def _check_broker(settings: Settings) -> None:
+    """Fail at once, in one line, when the broker does not answer a ping (a publish would
+    retry for seconds); a host that does not answer costs redis_connect_timeout_s."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from app.ops.redis_clients import describe_failure, redis_client
+
+    url = settings.broker
+    timeout = settings.redis_connect_timeout_s
+    client = redis_client(settings, url, retry=Retry(NoBackoff(), 0), socket_timeout=timeout)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        fail(ExitCode.REDIS_UNAVAILABLE, describe_failure(settings, url, exc))
+    finally:
+        client.close()
 
 
 def _print_stream(result: Any, timeout: float) -> None:

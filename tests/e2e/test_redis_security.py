@@ -121,7 +121,7 @@ def test_a_bad_redis_config_stops_the_worker_at_start_with_one_clear_line(
     assert worker.proc.wait(timeout=60) != 0
     log = worker.log_path.read_text()
     last = log.strip().splitlines()[-1]
-    assert last.startswith("Error: ") and expected in last, log
+    assert last.startswith("agentq: ") and expected in last, log
     if case != "missing password file":
         assert f"Redis at {settings.redis_url}" in last
     assert secure_redis.password not in log and WRONG not in log

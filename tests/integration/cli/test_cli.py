@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fixtures.cli import agentq
+from app.cli.exits import ExitCode
+from app.local.processes import free_port
+from tests.fixtures.cli import agentq, one_line
 
 pytestmark = pytest.mark.integration
 
@@ -24,6 +26,47 @@ def test_submit_waits_for_the_answer_and_status_lists_the_run(settings, start_wo
 
 def test_submit_refuses_bad_input_with_exit_code_2(settings, redis_client):
     out = agentq(settings, "submit", "nobody", "hi", "--no-wait")
-    assert out.returncode == 2
-    assert "unknown agent 'nobody'" in out.stdout
+    assert out.returncode == ExitCode.REFUSED == 2
+    assert one_line(out).startswith("agentq: refused: unknown agent 'nobody'")
     assert redis_client.dbsize() == 0
+
+
+def test_submit_with_redis_down_says_so_in_one_line_at_once(settings):
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nobody listens there
+    env = {"AGENTQ_REDIS_URL": url, "AGENTQ_BROKER_URL": url, "AGENTQ_RESULT_BACKEND": url}
+    out = agentq(settings, "submit", "research", "hi", env=env)
+    assert out.returncode == ExitCode.REDIS_UNAVAILABLE
+    assert one_line(out) == (
+        f"agentq: Redis at {url} refused the connection: check that Redis runs at that host "
+        "and port"
+    )
+
+
+def test_a_wait_past_the_timeout_says_the_run_may_still_finish(settings):
+    out = agentq(settings, "submit", "research", "nobody serves this queue", "--timeout", "0.5")
+    assert out.returncode == ExitCode.TIMED_OUT
+    run_id = out.stdout.split()[1]
+    assert one_line(out) == (
+        f"agentq: run {run_id}: no answer within 0.5 s; it may still finish (see `agentq "
+        "status`), or wait longer with --timeout"
+    )
+
+
+def test_a_failed_run_is_one_line_with_its_reason(settings, start_worker):
+    start_worker(["research"])
+    out = agentq(settings, "submit", "research", "fail [error:model is on fire]")
+    assert out.returncode == ExitCode.RUN_FAILED
+    run_id = out.stdout.split()[1]
+    line = one_line(out)
+    assert line.startswith(f"agentq: run {run_id} failed (RunFailedError): model call failed")
+    assert "model is on fire" in line
+
+
+def test_status_on_a_database_without_its_schema_says_how_to_make_it(settings, tmp_path):
+    url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    out = agentq(settings, "status", env={"AGENTQ_DATABASE_URL": url})
+    assert out.returncode == ExitCode.STORE_UNAVAILABLE
+    assert one_line(out) == (
+        f"agentq: the session store at {url} has no schema (no such table: runs); run "
+        "`agentq db upgrade` or start with AGENTQ_AUTO_MIGRATE=true"
+    )

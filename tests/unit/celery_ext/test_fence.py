@@ -27,7 +27,8 @@ PUBLIC = {
         "bootsteps",  # the documented way to add worker and consumer steps
     },
     "celery.signals": {"worker_shutting_down"},  # a documented signal (graceful shutdown)
-    "celery.exceptions": {"Ignore", "Reject", "Retry"},  # a task's documented control flow
+    # A task's documented control flow, and the documented timeout of AsyncResult.get().
+    "celery.exceptions": {"Ignore", "Reject", "Retry", "TimeoutError"},
     "celery.result": {"AsyncResult"},  # what a producer holds (RunResult extends it)
     # Celery's lazy object (celery.current_app is one): the default app's run_agent task.
     "celery.local": {"Proxy"},

@@ -1,0 +1,79 @@
+"""The exit codes of ``agentq`` commands and the one line a failing command prints.
+
+A command that cannot do its work prints one line on stderr (what happened, what to do) and
+exits with one of these codes; docs/operations.md lists them for scripts and supervisors.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from typing import NoReturn
+
+import click
+
+from app.errors import AgentqError, StoreError, SubmitError
+
+
+class ExitCode(enum.IntEnum):
+    """What an ``agentq`` command's exit status means."""
+
+    OK = 0
+    ERROR = 1  # bad settings, a failed start-up; a worker stopped by an error (Celery's code)
+    REFUSED = 2  # bad input or usage: nothing was done (click's usage errors exit 2 too)
+    REDIS_UNAVAILABLE = 3  # Redis (broker or results) unreachable or refused the connection
+    STORE_UNAVAILABLE = 4  # the session store unreachable or without its schema
+    RUN_FAILED = 5  # the run ended without an answer
+    TIMED_OUT = 6  # no answer within --timeout (the run may still finish)
+
+
+def fail(code: int, message: str) -> NoReturn:
+    """Print ``message`` as one line on stderr and exit with ``code``."""
+    click.echo(f"agentq: {one_line(message)}", err=True)
+    sys.exit(code)
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and runs of blanks made single spaces."""
+    return " ".join(text.split())
+
+
+def exit_for(exc: Exception) -> tuple[ExitCode, str] | None:
+    """The exit code and line for a command that raised ``exc``; None for an error no
+    command expects (a bug: its traceback is shown)."""
+    import redis  # imported here: `agentq --help` stays quick
+    from kombu.exceptions import OperationalError
+    from pydantic import ValidationError
+
+    match exc:
+        case SubmitError():
+            return ExitCode.REFUSED, f"refused: {exc}"
+        case StoreError():
+            return ExitCode.STORE_UNAVAILABLE, str(exc)
+        case OperationalError() | redis.ConnectionError() | redis.TimeoutError():
+            return ExitCode.REDIS_UNAVAILABLE, (
+                f"Redis unreachable: {exc}; check AGENTQ_REDIS_URL and that Redis is up"
+            )
+        case ValidationError():
+            fields = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
+            )
+            return ExitCode.ERROR, f"invalid settings: {fields}"
+        case AgentqError():  # configuration, local services, ...: their text says what to do
+            return ExitCode.ERROR, str(exc)
+    return None
+
+
+class OneLineGroup(click.Group):
+    """A command group whose commands fail with one line and an :class:`ExitCode`."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.ClickException:
+            raise  # click prints these itself (usage errors exit 2)
+        except Exception as exc:
+            found = exit_for(exc)
+            if found is None:
+                raise
+            fail(*found)
