@@ -381,6 +381,36 @@ class TritonServer:
         self.stop()
 
 
+class _Stop(Exception):
+    """SIGINT or SIGTERM reached ``serve``."""
+
+
+def _stop_on(signum: int, _frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def serve(home: Path, model_repository: Path) -> int:
+    """Run tritonserver until SIGINT or SIGTERM, then stop it and every process it started
+    (by PID). Both are handled even when SIGINT came ignored, as in a background job."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop_on)
+    server = TritonServer(home, model_repository)
+    try:
+        server.start()
+        print(f"grpc {server.grpc_url}  http {server.http_url}  metrics {server.metrics_url}")
+        print(f"log {server.log_path}; Ctrl-C or SIGTERM stops it", flush=True)
+        code = server.proc.wait()  # type: ignore[union-attr]
+        print(f"tritonserver exited with code {code}", file=sys.stderr)
+        return 1
+    except _Stop as stop:
+        print(f"{stop}: stopping tritonserver and its stubs", flush=True)
+        return 0
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the stop short
+            signal.signal(sig, signal.SIG_IGN)
+        server.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m app.local.triton install|serve``: extract tritonserver, or run it."""
     args = sys.argv[1:] if argv is None else argv
@@ -389,14 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m app.local.triton install|serve", file=sys.stderr)
         return 2
     home = install_triton(settings.triton.home)
-    print(f"tritonserver in {home}")
-    if args[0] == "serve":
-        with TritonServer(home, settings.triton.model_repository) as server:
-            print(f"grpc {server.grpc_url}  http {server.http_url}  metrics {server.metrics_url}")
-            print(f"log {server.log_path}; Ctrl-C stops it")
-            with contextlib.suppress(KeyboardInterrupt):
-                server.proc.wait()  # type: ignore[union-attr]
-    return 0
+    print(f"tritonserver in {home}", flush=True)
+    return serve(home, settings.triton.model_repository) if args[0] == "serve" else 0
 
 
 if __name__ == "__main__":
