@@ -114,7 +114,7 @@ _HEADER_TYPES: dict[str, Callable[[Any], bool]] = {
     "group_index": lambda v: v is None or _is_int(v),
     "retries": _count,
     "timelimit": _timelimit,
-    "ignore_result": lambda v: type(v) is bool,
+    "ignore_result": lambda v: v is None or type(v) is bool,  # send_task leaves it None
     "replaced_task_nesting": _count,
     "stamped_headers": _stamped,
     "stamps": lambda v: type(v) is dict,
