@@ -180,6 +180,11 @@ def replay(
             f"to replay; see it with `agentq dlq show {run_id}`, drop it with `agentq dlq purge "
             f"{run_id}`"
         )
+    if letter.kind == DeadLetterKind.NO_SUCH_RUN:
+        raise QuarantinedMessageError(
+            f"{run_id} is step {letter.step} of a run that was never started, not a run: there "
+            f"is nothing to replay; drop it with `agentq dlq purge {run_id}`"
+        )
     spec = registry.get(letter.agent)
     if spec is None:
         raise NotDeadLetteredError(

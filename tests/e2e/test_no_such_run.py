@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from app.celery_ext.context import context_of
 from app.constants import TASK_RUN_AGENT
-from app.errors import NoSuchRunError
+from app.errors import NoSuchRunError, QuarantinedMessageError
 from app.producer.submit import submit
 from app.tasks import dead_letters as dlq
 
@@ -36,6 +37,10 @@ def test_a_step_of_a_run_never_started_fails_its_result_and_is_dead_lettered(
         sent.id,
     )
     assert store.load_run("ghost-run") is None
+    registry = context_of(celery_app).registry
+    with pytest.raises(QuarantinedMessageError, match="nothing to replay"):
+        dlq.replay(celery_app, registry, store, redis_client, "ghost-run")
+    assert dlq.count(redis_client) == 1  # refused, not dropped: only purge takes it out
     run = store.load_run(real.id)
     assert (run.status, run.answer, [s.step for s in run.steps]) == (
         "succeeded",
