@@ -1,7 +1,7 @@
 """``agentq dlq ...``: dead-lettered runs and quarantined messages: list, show, replay, purge.
 
-``replay`` exits 1 when a named run is not in the dead-letter queue and 3 when a named entry
-is a quarantined message (there is no run to replay).
+``replay`` exits 1 when a named run is not in the dead-letter queue and 2 (refused) when a
+named entry has no run to replay (a quarantined message, a step of a run never started).
 """
 
 from __future__ import annotations
@@ -91,13 +91,13 @@ def _chosen(client: Any, run_ids: tuple[str, ...], all_: bool, agent: str | None
 
 
 def _runs(client: Any, run_ids: tuple[str, ...], all_: bool, agent: str | None) -> list[str]:
-    """What ``replay`` is asked for: ``--all`` leaves out quarantined messages."""
+    """What ``replay`` is asked for: ``--all`` leaves out entries with no run to replay."""
     from app.tasks import dead_letters as dead
 
     if run_ids or not all_:
         return _chosen(client, run_ids, all_, agent)
     letters = dead.list_letters(client, dead.count(client), agent)
-    return [letter.run_id for letter in letters if not letter.quarantined]
+    return [letter.run_id for letter in letters if letter.replayable]
 
 
 @dlq.command("replay")
@@ -107,12 +107,13 @@ def _runs(client: Any, run_ids: tuple[str, ...], all_: bool, agent: str | None) 
 def dlq_replay(run_ids: tuple[str, ...], all_: bool, agent: str | None) -> None:
     """Send dead-lettered runs back to their queues; they resume at the step that failed.
 
-    Exits 1 if a named run is not dead-lettered, 3 if a named entry is a quarantined message.
+    Exits 1 if a named run is not dead-lettered, 2 if a named entry has no run to replay.
     """
     from rich.markup import escape
 
     from app.celery_ext.app import create_celery
     from app.celery_ext.context import context_of
+    from app.cli.exits import ExitCode
     from app.errors import NotDeadLetteredError, QuarantinedMessageError
     from app.memory.sessions import SessionStore
     from app.tasks.dead_letters import replay
@@ -138,7 +139,7 @@ def dlq_replay(run_ids: tuple[str, ...], all_: bool, agent: str | None) -> None:
     finally:
         store.close()
         celery.close()
-    sys.exit(1 if failed else 3 if quarantined else 0)
+    sys.exit(1 if failed else ExitCode.REFUSED if quarantined else 0)
 
 
 @dlq.command("purge")

@@ -75,6 +75,12 @@ class DeadLetter:
         """A quarantined message, not a run: nothing to replay."""
         return self.kind == DeadLetterKind.QUARANTINED
 
+    @property
+    def replayable(self) -> bool:
+        """Whether :func:`replay` can run it again (a quarantined message or a step of a run
+        never started has no run to replay)."""
+        return self.kind not in (DeadLetterKind.QUARANTINED, DeadLetterKind.NO_SUCH_RUN)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 
