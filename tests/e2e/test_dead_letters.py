@@ -48,7 +48,7 @@ def test_exhausted_retries_dead_letter_the_run_and_replay_finishes_it(
 
     listed = agentq(settings, "dlq", "list")
     assert listed.returncode == 0, listed.stderr
-    assert result.id in listed.stdout and "1 dead-lettered run(s) in all" in listed.stdout
+    assert result.id in listed.stdout and "1 dead letter(s) in all" in listed.stdout
 
     # The model server is back (a worker that reaches it); the operator replays the run.
     broken.stop()
