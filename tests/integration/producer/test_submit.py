@@ -12,6 +12,7 @@ import redis
 from app.constants import TASK_RUN_AGENT, idempotency_key
 from app.errors import InvalidInputError, PayloadTooLargeError, RunFailedError, UnknownAgentError
 from app.producer.submit import submit, submit_many
+from app.tasks import dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +106,9 @@ def test_a_producer_that_does_not_import_agentq_uses_send_task(
     assert [s.tool for s in store.load_run(reply["id"]).steps] == ["calculator", None]
 
 
-def test_a_pickled_message_is_refused_and_never_runs(celery_app, redis_client, start_worker, store):
+def test_a_pickled_message_is_quarantined_and_never_runs(
+    celery_app, redis_client, start_worker, store
+):
     worker = start_worker(["research"])
     pickled = celery_app.send_task(
         TASK_RUN_AGENT,
@@ -117,8 +120,10 @@ def test_a_pickled_message_is_refused_and_never_runs(celery_app, redis_client, s
     assert good.get(timeout=60) == "Answer: JSON RUN"
     assert store.load_run(pickled.id) is None
     assert redis_client.llen("agent.research") == 0
-    log = worker.log_path.read_text()
-    assert "Refusing to deserialize" in log or "ContentDisallowed" in log
+    # Never deserialized: the fetch quarantined it, before Celery saw it.
+    (letter,) = dead_letters.list_letters(redis_client)
+    assert (letter.kind, letter.reason) == ("quarantined", "content_type")
+    assert letter.worker == worker.node
 
 
 def test_a_run_whose_model_server_never_answers_fails_after_its_retries(
