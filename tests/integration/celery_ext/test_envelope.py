@@ -44,3 +44,27 @@ def test_runs_enqueued_by_submit_many_run_to_their_answers(celery_app, start_wor
     results = submit_many(runs, celery=celery_app, batch_size=7)
     # The scripted model answers with the input, upper-cased.
     assert [r.get(timeout=60) for r in results] == [f"Answer: QUESTION {i}" for i in range(20)]
+
+
+def test_what_apply_async_and_send_task_write_passes_the_intake_check(
+    celery_app, redis_client, redis_url
+) -> None:
+    from celery import Celery
+
+    from app.celery_ext.intake import Intake, check, parse
+    from tests.fixtures.envelopes import schema_accepts
+
+    kwargs = {"agent": "research", "input": {"q": '\u00e9 "x"'}}
+    celery_app.tasks[TASK_RUN_AGENT].apply_async(
+        kwargs=kwargs, queue="agent.research", headers=message_headers(), countdown=5
+    )
+    celery_app.send_task(TASK_RUN_AGENT, kwargs=kwargs, queue="agent.research")
+    plain = Celery("plain", broker=redis_url, set_as_current=False)  # another service's app
+    plain.send_task(TASK_RUN_AGENT, args=["research", "hi"], queue="agent.research")
+    plain.close()
+    written = redis_client.lrange("agent.research", 0, -1)
+    assert len(written) == 3
+    intake = Intake(celery_app.tasks, 64 * 1024, 1024 * 1024)
+    for raw in written:
+        assert check(parse(raw), intake, len(raw)) is None, raw
+        assert schema_accepts(raw, celery_app.tasks, 64 * 1024, 1024 * 1024)
