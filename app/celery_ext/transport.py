@@ -92,12 +92,9 @@ def check_envelopes(rules: IntakeRules) -> None:
     _rules = rules
 
 
-def _quarantined(reason: str, entry_id: str, queue: str) -> None:
+def _quarantined(reason: str, entry_id: str) -> None:
     metrics.quarantined(reason)
-    log.warning(
-        "quarantined a message from %s (%s) as dead letter %s: see `agentq dlq show %s`",
-        queue, reason, entry_id, entry_id,
-    )  # fmt: skip
+    log.warning("quarantined a message (%s): see `agentq dlq show %s`", reason, entry_id)
 
 
 # Delivery tags whose unacked entry a step removed itself, in the MULTI that handed the step
@@ -256,7 +253,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         delivered = 0
         for dest, tag, item in zip(reply[::3], reply[1::3], reply[2::3], strict=True):
             if dest is None:  # the script quarantined it: (None, reason, entry id)
-                _quarantined(bytes_to_str(tag), bytes_to_str(item), "its queue")
+                _quarantined(bytes_to_str(tag), bytes_to_str(item))
                 continue
             queue = bytes_to_str(dest).rsplit(self.sep, 1)[0]
             try:
@@ -300,8 +297,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             # Still in unacked: they come back after the visibility timeout, checked again.
             log.error("could not quarantine %d message(s) yet: %s", len(rejected), exc)
             return
-        for entry_id, (_, _, reason, queue) in zip(ids, rejected, strict=True):
-            _quarantined(reason, entry_id, queue)
+        for entry_id, (_, _, reason, _) in zip(ids, rejected, strict=True):
+            _quarantined(reason, entry_id)
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
