@@ -34,12 +34,12 @@ def _quarantined(redis_client) -> list[dead.DeadLetter]:
 
 
 @settings(
-    max_examples=12, derandomize=True, deadline=None, database=None,
+    max_examples=100, derandomize=True, deadline=None, database=None,
     suppress_health_check=[
         HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large,
     ],
 )  # fmt: skip
-@given(generated=st.lists(messages(QUEUE), min_size=1, max_size=8))
+@given(generated=st.lists(messages(QUEUE), min_size=1, max_size=12))
 def test_a_live_worker_runs_what_the_schema_accepts_and_quarantines_the_rest_once(
     generated, worker, celery_app, settings, redis_client
 ) -> None:
