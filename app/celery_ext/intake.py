@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Container
 from dataclasses import dataclass
 from importlib import resources
+from json.scanner import make_scanner
 from typing import Any
 
 from app.celery_ext.envelope import CONTENT_TYPE, compact_json
@@ -55,9 +56,22 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_scan = make_scanner(_DECODER)  # type: ignore[arg-type]  # typeshed: takes a decoder
+_BLANKS = " \t\n\r"  # JSON's whitespace
+
+
 def parse(raw: bytes) -> Any:
     """``raw`` as JSON (strict: UTF-8, no NaN/Infinity); ValueError when it is not."""
-    return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    text = raw.decode("utf-8")
+    # The scanner straight away: decode() adds two regex matches, a third of the time.
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:  # leading blanks, or not JSON: decode() says which
+        return _DECODER.decode(text)
+    if end != len(text) and text[end:].strip(_BLANKS):
+        raise ValueError(f"extra data at character {end}")
+    return value
 
 
 SCHEMA: dict[str, Any] = json.loads(

@@ -166,3 +166,17 @@ def test_an_older_dead_letter_without_the_quarantine_fields_still_reads() -> Non
 def test_a_celery_style_body_decodes_from_base64() -> None:
     message = json.loads(valid_message("agent.research", base64_body=True))
     assert json.loads(base64.b64decode(message["body"]))[1]["agent"] == "research"
+
+
+@pytest.mark.parametrize("text", [b"{}", b" \t{}\r\n", b'{"a": [1, 2.5, "\\u00e9"]}  '])
+def test_parse_reads_json_text_with_blanks_around_it(text: bytes) -> None:
+    assert parse(text) == json.loads(text)
+
+
+NOT_ONE_JSON_TEXT = [b"", b" ", b"{} x", b"{}{}", b"1 2", b"NaN", b"[Infinity]", b"\xff"]
+
+
+@pytest.mark.parametrize("text", NOT_ONE_JSON_TEXT)
+def test_parse_refuses_what_is_not_one_strict_json_text(text: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse(text)
