@@ -129,10 +129,14 @@ def submit(
     """Submit one run of AGENT with input TEXT (JSON objects are parsed)."""
     from celery.exceptions import TimeoutError as ResultTimeout
 
+    from app.celery_app import get_celery
+    from app.celery_ext.context import context_of
     from app.errors import DeadLetteredError, RunFailedError, StreamTimeoutError
     from app.producer.submit import submit as submit_run
 
-    _check_broker(Settings())
+    context = context_of(get_celery())
+    context.registry.spec(agent)  # an unknown agent is refused (exit 2) before any connection
+    _check_broker(context.settings)
 
     run_input: object = text
     if text.lstrip().startswith(("{", "[")):

@@ -42,6 +42,14 @@ def test_submit_with_redis_down_says_so_in_one_line_at_once(settings):
     )
 
 
+def test_an_unknown_agent_is_refused_before_redis_is_asked(settings):
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nobody listens there
+    env = {"AGENTQ_REDIS_URL": url, "AGENTQ_BROKER_URL": url, "AGENTQ_RESULT_BACKEND": url}
+    out = agentq(settings, "submit", "nobody", "hi", env=env)
+    assert out.returncode == ExitCode.REFUSED
+    assert one_line(out).startswith("agentq: refused: unknown agent 'nobody'")
+
+
 def test_a_wait_past_the_timeout_says_the_run_may_still_finish(settings):
     out = agentq(settings, "submit", "research", "nobody serves this queue", "--timeout", "0.5")
     assert out.returncode == ExitCode.TIMED_OUT
