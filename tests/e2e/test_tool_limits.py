@@ -5,7 +5,6 @@ after all finish and /livez stays green throughout."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.local.processes import free_port
 from app.producer.submit import submit
+from tests.fixtures.waiting import alive
 
 pytestmark = pytest.mark.e2e
 
@@ -67,14 +67,6 @@ def tool_processes(parent: int) -> set[int]:
             if "app.agents.sandbox" in commands.get(child, ""):
                 found.add(child)
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def metric(port: int, name: str, **labels: str) -> float:

@@ -13,6 +13,7 @@ from app.agents.sandbox import ToolSandbox
 from app.agents.tools import ToolContext
 from app.errors import ToolError, ToolTimeoutError
 from tests.fixtures import tools as misbehaving
+from tests.fixtures.waiting import alive
 
 CTX = ToolContext(run_id="r1", step=2, agent="research", redis=object())
 
@@ -20,14 +21,6 @@ CTX = ToolContext(run_id="r1", step=2, agent="research", redis=object())
 def abandoned(tool: str) -> float:
     value = REGISTRY.get_sample_value("agentq_tool_calls_abandoned_total", {"tool": tool})
     return value or 0.0
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture
