@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,6 +34,17 @@ def migrate(engine_or_url: Engine | str, revision: str = "head") -> None:
     PostgreSQL, the database write lock (BEGIN IMMEDIATE) on SQLite. A second caller waits,
     then finds the schema current and does nothing.
     """
+    _alembic(engine_or_url, command.upgrade, revision)
+
+
+def downgrade(engine_or_url: Engine | str, revision: str) -> None:
+    """Take the schema back to ``revision`` (a rollback of a release), under the same lock."""
+    _alembic(engine_or_url, command.downgrade, revision)
+
+
+def _alembic(
+    engine_or_url: Engine | str, action: Callable[[Config, str], None], revision: str
+) -> None:
     engine = make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
     try:
         with (
@@ -45,7 +56,7 @@ def migrate(engine_or_url: Engine | str, revision: str = "head") -> None:
                 conn.execute(select(func.pg_advisory_xact_lock(ADVISORY_LOCK_KEY)))
             config = alembic_config()
             config.attributes["connection"] = conn
-            command.upgrade(config, revision)
+            action(config, revision)
     except DBAPIError as exc:
         raise store_error(exc, engine) from exc
     finally:

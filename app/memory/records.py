@@ -62,20 +62,77 @@ NO_ANSWER: Final = _NoAnswer()
 
 
 @dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One tool call of a step: what the model asked for and what came back.
+
+    ``error``: the result is an error the model was shown (unknown tool, arguments that do
+    not fit the tool's schema, a failure, a deadline, a call its agent may not make).
+    """
+
+    id: str
+    name: str
+    args: Any = None
+    result: Any = None
+    error: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The call as ``steps.tool_calls`` stores it."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "args": self.args,
+            "result": self.result,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CallRecord:
+        """A call as :meth:`to_json` stored it."""
+        return cls(
+            str(data["id"]),
+            str(data["name"]),
+            data.get("args"),
+            data.get("result"),
+            bool(data.get("error", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class StepRecord:
-    """One committed step: the model's output and the tool it called, if any."""
+    """One committed step: the model's output and the tool calls it made, with their results."""
 
     step: int
     kind: StepKind
     model_output: str
-    tool: str | None = None
-    tool_args: Any = None
-    tool_result: Any = None
+    tool_calls: tuple[CallRecord, ...] = ()
     tokens_in: int = 0
     tokens_out: int = 0
     latency_ms: float = 0.0
     worker: str | None = None
     created_at: datetime | None = None  # set by the store on commit
+
+    @property
+    def tools(self) -> list[str]:
+        """The names of the tools the step called, in order."""
+        return [call.name for call in self.tool_calls]
+
+
+@dataclass(frozen=True, slots=True)
+class StepDraft:
+    """A step's model reply kept before its tool calls run, and the results kept so far.
+
+    A step whose worker died between two calls is redelivered; it finds its draft, asks the
+    model nothing, and runs only the calls in ``calls`` that have no entry in ``results``
+    (call id -> (result, error)).
+    """
+
+    step: int
+    model_output: str
+    calls: tuple[dict[str, Any], ...]  # as asked: app.inference.chat.ToolCall.to_json()
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency_ms: float = 0.0
+    results: dict[str, tuple[Any, bool]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +158,7 @@ class RunState(RunRecord):
     """A run with its committed steps, ordered by step index."""
 
     steps: list[StepRecord] = field(default_factory=list)
+    draft: StepDraft | None = None  # the reply of its next step, kept before its tool calls
 
 
 @dataclass(frozen=True, slots=True)

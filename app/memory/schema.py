@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -115,13 +116,41 @@ steps = Table(
     Column("step", Integer, primary_key=True),
     Column("kind", EnumText(StepKind), nullable=False),
     Column("model_output", Text, nullable=False),
-    Column("tool", String, nullable=True),
-    Column("tool_args", JsonValue, nullable=True),
-    Column("tool_result", JsonValue, nullable=True),
+    # [{"id", "name", "args", "result", "error"}, ...]: app.memory.records.CallRecord
+    Column("tool_calls", JsonValue, nullable=True),
     Column("tokens_in", Integer, nullable=False),
     Column("tokens_out", Integer, nullable=False),
     Column("latency_ms", Float, nullable=False),
     Column("worker", String, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     CheckConstraint(allowed("kind", StepKind), name="ck_steps_kind"),
+)
+
+# A step's model reply, kept before its tool calls run (one row per run while a tool step is
+# under way; the step's commit deletes it). No foreign key: it may be written for a run whose
+# first step has not committed (the same transaction creates the run).
+step_drafts = Table(
+    "step_drafts",
+    metadata,
+    Column("run_id", String, primary_key=True),
+    Column("step", Integer, primary_key=True),
+    Column("model_output", Text, nullable=False),
+    Column("tool_calls", JsonValue, nullable=False),  # the calls as asked, without results
+    Column("tokens_in", Integer, nullable=False),
+    Column("tokens_out", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+# Each tool call's result as soon as it is known, so a redelivered step runs only the calls
+# without one; the step's commit folds them into steps.tool_calls and deletes them.
+tool_results = Table(
+    "tool_results",
+    metadata,
+    Column("run_id", String, primary_key=True),
+    Column("step", Integer, primary_key=True),
+    Column("call_id", String, primary_key=True),
+    Column("result", JsonValue, nullable=True),
+    Column("error", Boolean, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
 )

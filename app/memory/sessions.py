@@ -27,25 +27,34 @@ from app.errors import StoreError
 from app.memory.engine import make_engine
 from app.memory.records import (
     NO_ANSWER,
+    CallRecord,
     ErrorType,
     NewRun,
     RunRecord,
     RunState,
     RunStatus,
+    StepDraft,
     StepRecord,
     utc_now,
 )
 from app.memory.schema import runs, steps
-from app.memory.statements import STEP_COLUMNS, Statements
+from app.memory.statements import (
+    Statements,
+    draft_record,
+    step_record,
+    step_values,
+)
 
 __all__ = [
     "NO_ANSWER",
+    "CallRecord",
     "ErrorType",
     "NewRun",
     "RunRecord",
     "RunState",
     "RunStatus",
     "SessionStore",
+    "StepDraft",
     "StepRecord",
     "make_engine",
     "store_error",
@@ -197,11 +206,68 @@ class SessionStore:
             return None
         first = rows[0]._mapping
         records = [
-            StepRecord(**{name: row._mapping[f"step_{name}"] for name in STEP_COLUMNS})
+            step_record(row._mapping, "step_")
             for row in rows
             if row._mapping["step_step"] is not None
         ]
-        return RunState(**{c.name: first[c.name] for c in runs.c}, steps=records)
+        draft = None
+        if first["draft_model_output"] is not None:  # a tool step under way: rare, one read more
+            draft = self._with_results(
+                conn, run_id, draft_record(first, first["next_step"], "draft_")
+            )
+        return RunState(**{c.name: first[c.name] for c in runs.c}, steps=records, draft=draft)
+
+    def _with_results(self, conn: Connection, run_id: str, draft: StepDraft) -> StepDraft:
+        """``draft`` with the results its calls have kept so far."""
+        rows = conn.execute(self._sql.load_results, {"b_id": run_id, "b_step": draft.step}).all()
+        draft.results.update({row.call_id: (row.result, row.error) for row in rows})
+        return draft
+
+    def save_draft(self, run_id: str, draft: StepDraft, new_run: NewRun | None = None) -> StepDraft:
+        """Keep a step's reply before its tool calls run; the draft kept, which is an earlier
+        delivery's (with its results so far) when that one got there first.
+
+        With ``new_run`` the run is created first if it does not exist, in the same
+        transaction, so a draft always has its run.
+        """
+        now = utc_now()
+        row = {
+            "run_id": run_id,
+            "step": draft.step,
+            "model_output": draft.model_output,
+            "tool_calls": list(draft.calls),
+            "tokens_in": draft.tokens_in,
+            "tokens_out": draft.tokens_out,
+            "latency_ms": draft.latency_ms,
+            "created_at": now,
+        }
+        with self._transaction() as conn:
+            if new_run is not None:
+                self._insert_run(conn, new_run, now)
+            if conn.execute(self._sql.insert_draft, row).rowcount == 1:
+                return draft
+            stored = (
+                conn.execute(self._sql.load_draft, {"b_id": run_id, "b_step": draft.step})
+                .one()
+                ._mapping
+            )
+            return self._with_results(conn, run_id, draft_record(stored, draft.step))
+
+    def keep_result(
+        self, run_id: str, step: int, call_id: str, result: Any, *, error: bool
+    ) -> bool:
+        """Keep one tool call's result until its step commits; False when the call had one
+        already (that one stays)."""
+        row = {
+            "run_id": run_id,
+            "step": step,
+            "call_id": call_id,
+            "result": result,
+            "error": error,
+            "created_at": utc_now(),
+        }
+        with self._transaction() as conn:
+            return conn.execute(self._sql.insert_result, row).rowcount == 1
 
     def history(
         self, session_id: str, *, before_run: str | None = None, limit: int = 20
@@ -229,13 +295,16 @@ class SessionStore:
         failed_reason: str | None = None,
         error_type: ErrorType | None = None,
         new_run: NewRun | None = None,
+        drafted: bool = False,
     ) -> bool:
         """Commit ``record`` as the run's next step; False if it is not the next step.
 
         False means another worker (or an earlier delivery) committed this step, the step
         is out of order, or the run has ended; nothing was written. With ``final_answer``
         (any JSON value) the run succeeds; with ``failed_reason`` it fails. With ``new_run``
-        the run is created first if it does not exist, in the same transaction.
+        the run is created first if it does not exist, in the same transaction. A step that made
+        tool calls, or ``drafted`` (a draft of it may have been saved), deletes its draft and
+        kept results in the same transaction: the step row holds them now.
         """
         now = utc_now()
         ending: dict[str, Any] = {}
@@ -253,6 +322,7 @@ class SessionStore:
             new_run is not None
             and record.step == 0
             and self._dialect == "postgresql"
+            and not (drafted or record.tool_calls)  # its draft goes in the transaction below
             and self._create_with_step(new_run, record, now, moved)
         )
         if created:
@@ -276,14 +346,17 @@ class SessionStore:
             ):
                 conn.rollback()
                 return False
-            row = {name: getattr(record, name) for name in STEP_COLUMNS}
             inserted = conn.execute(
-                self._sql.insert_step, {**row, "run_id": run_id, "created_at": now}
+                self._sql.insert_step, {**step_values(record), "run_id": run_id, "created_at": now}
             ).rowcount
             if inserted != 1:
                 # The step row exists although next_step said otherwise: keep what is there.
                 conn.rollback()
                 return False
+            if drafted or record.tool_calls:
+                of_step = {"b_id": run_id, "b_step": record.step}
+                conn.execute(self._sql.delete_results, of_step)
+                conn.execute(self._sql.delete_draft, of_step)
         return True
 
     def _create_with_step(
@@ -297,7 +370,7 @@ class SessionStore:
             **moved,
         }  # fmt: skip
         params = {f"r_{name}": value for name, value in row.items()}
-        params.update({f"s_{name}": getattr(record, name) for name in STEP_COLUMNS})
+        params.update({f"s_{name}": value for name, value in step_values(record).items()})
         params["s_created_at"] = now
         if run.session_id is not None:
             params.update(session_id=run.session_id, agent=run.agent, now=now)

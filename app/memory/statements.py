@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from typing import Any
+
+from sqlalchemy import BindParameter, Table, and_, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
-from app.memory.records import RunStatus
-from app.memory.schema import runs, sessions, steps
+from app.memory.records import CallRecord, RunStatus, StepDraft, StepRecord
+from app.memory.schema import runs, sessions, step_drafts, steps, tool_results
 
 
 def insert_ignoring(dialect: str, table: Table) -> Insert:
@@ -18,6 +20,33 @@ def insert_ignoring(dialect: str, table: Table) -> Insert:
 
 
 STEP_COLUMNS = tuple(c.name for c in steps.c if c.name != "run_id")
+DRAFT_COLUMNS = ("model_output", "tool_calls", "tokens_in", "tokens_out", "latency_ms")
+
+
+def step_values(record: StepRecord) -> dict[str, Any]:
+    """A step's column values (its calls as JSON; none: NULL)."""
+    values = {name: getattr(record, name) for name in STEP_COLUMNS if name != "tool_calls"}
+    values["tool_calls"] = [c.to_json() for c in record.tool_calls] or None
+    return values
+
+
+def step_record(values: Any, prefix: str = "") -> StepRecord:
+    """The :class:`StepRecord` of a row's step columns (named ``prefix + column``)."""
+    fields = {name: values[prefix + name] for name in STEP_COLUMNS if name != "tool_calls"}
+    calls = values[prefix + "tool_calls"] or ()
+    return StepRecord(**fields, tool_calls=tuple(CallRecord.from_json(c) for c in calls))
+
+
+def draft_record(values: Any, step: int, prefix: str = "") -> StepDraft:
+    """The :class:`StepDraft` of a row's draft columns (its results are added separately)."""
+    return StepDraft(
+        step=step,
+        model_output=values[prefix + "model_output"],
+        calls=tuple(values[prefix + "tool_calls"]),
+        tokens_in=values[prefix + "tokens_in"],
+        tokens_out=values[prefix + "tokens_out"],
+        latency_ms=values[prefix + "latency_ms"],
+    )
 
 
 class Statements:
@@ -45,13 +74,34 @@ class Statements:
             runs.c.status == RunStatus.RUNNING,
         )
         self._creates: dict[tuple[frozenset[str], bool], Insert] = {}
-        # One round trip: the run joined to its steps (a run without steps yields one row).
+        # One round trip: the run joined to its steps (a run without steps yields one row)
+        # and to the draft of its next step, if a tool step is under way (in every row).
         step_cols = [steps.c[name].label(f"step_{name}") for name in STEP_COLUMNS]
+        draft_cols = [step_drafts.c[name].label(f"draft_{name}") for name in DRAFT_COLUMNS]
+        drafted = and_(step_drafts.c.run_id == runs.c.id, step_drafts.c.step == runs.c.next_step)
         self.load = (
-            select(*runs.c, *step_cols)
-            .select_from(runs.outerjoin(steps, steps.c.run_id == runs.c.id))
+            select(*runs.c, *step_cols, *draft_cols)
+            .select_from(
+                runs.outerjoin(steps, steps.c.run_id == runs.c.id).outerjoin(step_drafts, drafted)
+            )
             .where(runs.c.id == bindparam("b_id"))
             .order_by(steps.c.step)
+        )
+        self.insert_draft = insert_ignoring(dialect, step_drafts)
+        self.insert_result = insert_ignoring(dialect, tool_results)
+        run_id: BindParameter[str] = bindparam("b_id")
+        step: BindParameter[int] = bindparam("b_step")
+        self.load_draft = select(*step_drafts.c).where(
+            step_drafts.c.run_id == run_id, step_drafts.c.step == step
+        )
+        self.load_results = select(*tool_results.c).where(
+            tool_results.c.run_id == run_id, tool_results.c.step == step
+        )
+        self.delete_draft = delete(step_drafts).where(
+            step_drafts.c.run_id == run_id, step_drafts.c.step == step
+        )
+        self.delete_results = delete(tool_results).where(
+            tool_results.c.run_id == run_id, tool_results.c.step == step
         )
 
     def create_with_step(self, run_columns: frozenset[str], with_session: bool) -> Insert:
