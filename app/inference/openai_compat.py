@@ -1,216 +1,63 @@
 """An OpenAI-compatible chat completions server (NVIDIA NIM, vLLM) over HTTP.
 
-The agent loop builds one text prompt; :func:`prompt_to_messages` turns it into chat messages.
-Errors follow the Triton backend: a server that did not serve the call (unreachable, late,
-overloaded) raises InferenceUnavailableError, retried elsewhere or later; any error the server
-answered with, including one inside an HTTP 200 body or an event stream, raises
-ModelRefusedError.
+The conversation is sent natively (:mod:`app.inference.openai_wire`): ``messages`` with the
+assistant's ``tool_calls`` and ``role: "tool"`` results, and the request's ``tools``; the
+reply's tool calls come back in the :class:`Completion`. Errors follow the Triton backend: a
+server that did not serve the call (unreachable, late, overloaded) raises
+InferenceUnavailableError, retried elsewhere or later; any error the server answered with,
+including one inside an HTTP 200 body or an event stream, raises ModelRefusedError, and
+ModelNotFoundError when the server has no such model.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Generator, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Collection, Generator
 from typing import Any
 
 import httpx
 
-from app.constants import PROMPT_ASSISTANT, PROMPT_SYSTEM, PROMPT_TOOL, PROMPT_USER
-from app.errors import InferenceError, InferenceUnavailableError, ModelRefusedError
-from app.inference.backend import Completion, GenerationParams, Route, count_tokens
+from app.errors import (
+    InferenceError,
+    InferenceUnavailableError,
+    ModelNotFoundError,
+    ModelRefusedError,
+)
+from app.inference.backend import ChatRequest, Completion, Delta, Route, count_tokens
+from app.inference.chat import ToolCall
+from app.inference.openai_wire import (
+    ToolCallAssembler,
+    error_in_body,
+    error_message,
+    model_ids,
+    names_missing_model,
+    read_completion,
+    read_stream_event,
+    request_body,
+    sse_data,
+)
 
-# Tool results travel as user messages: the "tool" role needs the id of an assistant tool_call.
-TOOL_RESULT_PREFIX = "Tool result: "
+__all__ = ["RETRYABLE_STATUSES", "OpenAICompatBackend", "error_in_body"]
+
 # HTTP statuses of a call the server did not serve (overloaded, gateway down or late): retryable.
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 # Enough for 256 concurrent calls per worker, with headroom for streams being torn down.
 MAX_CONNECTIONS = 512
 MAX_KEEPALIVE_CONNECTIONS = 256
 _HEALTH_TIMEOUT_S = 5.0
-_MAX_MESSAGE_CHARS = 500
-
-_ROLES = (
-    (PROMPT_SYSTEM, "system"),
-    (PROMPT_USER, "user"),
-    (PROMPT_ASSISTANT, "assistant"),
-    (PROMPT_TOOL, "tool"),
-)
 
 
-def _marker_role(line: str) -> tuple[str, str] | None:
-    # The prompt ends with a bare "Assistant:" line, so a marker without its space counts too.
-    for marker, role in _ROLES:
-        if line.startswith(marker) or line == marker.rstrip():
-            return role, line[len(marker) :]
-    return None
-
-
-def prompt_to_messages(prompt: str) -> list[dict[str, str]]:
-    """Chat messages for a prompt of ``System:``/``User:``/``Assistant:``/``Tool:`` lines.
-
-    A line without a marker continues the message before it; tool results become user
-    messages starting with ``Tool result: ``; the final empty ``Assistant:`` line is dropped
-    (the server adds the generation prompt). A prompt without markers is one user message.
-    """
-    lines = prompt.splitlines()
-    if not any(_marker_role(line) for line in lines):
-        return [{"role": "user", "content": prompt}]
-    messages: list[dict[str, str]] = []
-    for line in lines:
-        found = _marker_role(line)
-        if found is None:  # text before the first marker is the user's
-            if messages:
-                messages[-1]["content"] += "\n" + line
-            else:
-                messages.append({"role": "user", "content": line})
-            continue
-        role, content = found
-        if role == "tool":
-            role, content = "user", TOOL_RESULT_PREFIX + content
-        messages.append({"role": role, "content": content})
-    if len(messages) > 1 and messages[-1] == {"role": "assistant", "content": ""}:
-        messages.pop()
-    return messages
-
-
-def request_body(
-    model: str, prompt: str, params: GenerationParams, *, stream: bool
-) -> dict[str, Any]:
-    """The ``/chat/completions`` request; sampling fields only when set.
-
-    ``top_k`` is not in the OpenAI API: it is vLLM's extra field, sent only when set.
-    """
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": prompt_to_messages(prompt),
-        "max_tokens": params.max_tokens,
-        "stream": stream,
-    }
-    optional = {
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "top_k": params.top_k,
-        "seed": params.random_seed,
-        "stop": params.stop_words or None,
-    }
-    body.update({name: value for name, value in optional.items() if value is not None})
-    return body
-
-
-def error_in_body(data: Any) -> str | None:
-    """The error a JSON body reports, or None.
-
-    Knows ``{"error": {"message": ...}}`` (OpenAI, vLLM, also inside HTTP 200 and SSE events),
-    ``{"error": "..."}`` (Triton's generate endpoint, proxies) and vLLM's older top-level
-    ``{"object": "error", "message": ...}``.
-    """
-    if not isinstance(data, dict):
-        return None
-    if data.get("object") == "error":
-        return str(data.get("message") or "unspecified error")
-    error = data.get("error")
-    if error is None or error == "" or error == {}:
-        return None
-    if isinstance(error, dict):
-        return str(error.get("message") or json.dumps(error))
-    return str(error)
-
-
-def error_message(text: str) -> str:
-    """What an error response says: its JSON error message, else its text (shortened)."""
-    try:
-        message = error_in_body(json.loads(text))
-    except ValueError:
-        message = None
-    message = message or text.strip() or "(empty body)"
-    return message[:_MAX_MESSAGE_CHARS]
-
-
-@dataclass(frozen=True, slots=True)
-class ChatReply:
-    """A non-streamed reply: its text and the server's token counts when it sent them."""
-
-    text: str
-    prompt_tokens: int | None
-    completion_tokens: int | None
-
-
-def _usage(data: dict[str, Any], field: str) -> int | None:
-    usage = data.get("usage")
-    value = usage.get(field) if isinstance(usage, dict) else None
-    return value if isinstance(value, int) else None
-
-
-def read_completion(data: Any) -> ChatReply:
-    """The reply in a ``chat.completion`` body; ValueError when it holds an error or no choices."""
-    problem = error_in_body(data)
-    if problem is not None:
-        raise ValueError(f"reported an error: {problem}")
-    choices = data.get("choices") if isinstance(data, dict) else None
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise ValueError("answered without choices")
-    message = choices[0].get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    return ChatReply(
-        text=content if isinstance(content, str) else "",
-        prompt_tokens=_usage(data, "prompt_tokens"),
-        completion_tokens=_usage(data, "completion_tokens"),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class StreamEvent:
-    """One event of a streamed reply: a piece of text, the reply's end, the stream's end."""
-
-    text: str = ""
-    finished: bool = False  # a choice carried a finish_reason
-    done: bool = False  # ``data: [DONE]``
-
-
-def read_stream_event(data: str) -> StreamEvent:
-    """One SSE event's data; ValueError when it is not JSON or reports an error."""
-    if data.strip() == "[DONE]":
-        return StreamEvent(done=True)
-    try:
-        chunk = json.loads(data)
-    except ValueError:
-        raise ValueError(f"sent an event that is not JSON: {data[:_MAX_MESSAGE_CHARS]}") from None
-    problem = error_in_body(chunk)
-    if problem is not None:
-        raise ValueError(f"reported an error mid-stream: {problem}")
-    if not isinstance(chunk, dict):
-        raise ValueError(f"sent an event that is not a JSON object: {data[:_MAX_MESSAGE_CHARS]}")
-    choices = chunk.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return StreamEvent()  # e.g. the usage-only chunk at the end
-    delta = choices[0].get("delta")
-    content = delta.get("content") if isinstance(delta, dict) else None
-    return StreamEvent(
-        text=content if isinstance(content, str) else "",
-        finished=choices[0].get("finish_reason") is not None,
-    )
-
-
-def sse_data(lines: Iterable[str]) -> Iterator[str]:
-    """The data of each Server-Sent Event in ``lines``; an event cut off by the end is dropped."""
-    buffer: list[str] = []
-    for line in lines:
-        if not line:
-            if buffer:
-                yield "\n".join(buffer)
-                buffer = []
-            continue
-        field, _, value = line.partition(":")
-        if field == "data":
-            buffer.append(value.removeprefix(" "))
+def _tokens_out(text: str, calls: tuple[ToolCall, ...]) -> int:
+    # Counted as ChatRequest.estimated_tokens counts a turn, when the server reports no usage.
+    return count_tokens(text) + sum(1 + count_tokens(json.dumps(call.args)) for call in calls)
 
 
 class OpenAICompatBackend:
     """An InferenceBackend on one OpenAI-compatible server (``base_url`` ends in ``/v1``).
 
-    One httpx.Client, shared by all threads; a client passed in stays open on close().
+    ``model`` is sent for requests that name none. One httpx.Client, shared by all threads;
+    a client passed in stays open on close().
     """
 
     def __init__(
@@ -255,26 +102,35 @@ class OpenAICompatBackend:
             self._redact(f"Server at {self.base_url} unavailable ({kind}): {detail}")
         )
 
-    def _status_error(self, response: httpx.Response) -> InferenceError:
+    def _status_error(self, response: httpx.Response, model: str) -> InferenceError:
         status = response.status_code
         message = error_message(response.text)
         if status in RETRYABLE_STATUSES:
             return InferenceUnavailableError(
                 self._redact(f"Server at {self.base_url} unavailable (HTTP {status}): {message}")
             )
+        if status == 404 and names_missing_model(response.text, model):
+            return ModelNotFoundError(
+                self._redact(
+                    f"Server at {self.base_url} has no model {model!r} (HTTP 404: {message}); "
+                    f"the models it serves are listed at {self.base_url}/models"
+                )
+            )
         return self._refused(f"refused the call (HTTP {status}): {message}")
+
+    def _body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        return request_body(self.model, request, stream=stream)
 
     def generate(
         self,
-        prompt: str,
-        params: GenerationParams,
+        request: ChatRequest,
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
     ) -> Completion:
-        """One non-streamed chat completion."""
+        """One non-streamed chat completion: its text and the tool calls it asks for."""
         started = time.perf_counter()
-        body = request_body(self.model, prompt, params, stream=False)
+        body = self._body(request, stream=False)
         try:
             response = self._client.post(
                 f"{self.base_url}/chat/completions",
@@ -285,7 +141,7 @@ class OpenAICompatBackend:
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
         if not response.is_success:
-            raise self._status_error(response)
+            raise self._status_error(response, body["model"])
         try:
             data = response.json()
         except ValueError:
@@ -299,27 +155,30 @@ class OpenAICompatBackend:
         tokens_in, tokens_out = reply.prompt_tokens, reply.completion_tokens
         return Completion(
             text=reply.text,
-            tokens_in=count_tokens(prompt) if tokens_in is None else tokens_in,
-            tokens_out=count_tokens(reply.text) if tokens_out is None else tokens_out,
+            tokens_in=request.estimated_tokens() if tokens_in is None else tokens_in,
+            tokens_out=_tokens_out(reply.text, reply.tool_calls)
+            if tokens_out is None
+            else tokens_out,
             latency_s=time.perf_counter() - started,
             replica=self.base_url,
+            tool_calls=reply.tool_calls,
         )
 
     def stream(
         self,
-        prompt: str,
-        params: GenerationParams,
+        request: ChatRequest,
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
-    ) -> Generator[str, None, None]:
-        """Pieces of the reply from the event stream, in order, within the timeout.
+    ) -> Generator[Delta, None, None]:
+        """The reply from the event stream, in order, within the timeout: text pieces as they
+        come, then the reply's tool calls in one delta once the choice has finished.
 
         Closing the generator early closes the response, so the server sees the connection go.
         """
         timeout = timeout_s or self.timeout_s
         deadline = time.monotonic() + timeout
-        body = request_body(self.model, prompt, params, stream=True)
+        body = self._body(request, stream=True)
         try:
             with self._client.stream(
                 "POST",
@@ -328,44 +187,52 @@ class OpenAICompatBackend:
                 headers=self._headers,
                 timeout=timeout,
             ) as response:
-                yield from self._read_stream(response, deadline, timeout)
+                yield from self._read_stream(response, body["model"], deadline, timeout)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
 
     def _read_stream(
-        self, response: httpx.Response, deadline: float, timeout: float
-    ) -> Generator[str, None, None]:
+        self, response: httpx.Response, model: str, deadline: float, timeout: float
+    ) -> Generator[Delta, None, None]:
         if not response.is_success:
             response.read()
-            raise self._status_error(response)
+            raise self._status_error(response, model)
         if response.headers.get("content-type", "").startswith("application/json"):
             response.read()  # an error answered in place of the stream (HTTP 200)
             raise self._refused(
                 f"answered JSON, not an event stream: {error_message(response.text)}"
             )
-        finished = False
+        calls = ToolCallAssembler()
+        finished = done = False
         for data in sse_data(response.iter_lines()):
             try:
                 event = read_stream_event(data)
             except ValueError as exc:
                 raise self._refused(str(exc)) from None
             if event.done:
-                return
+                done = True
+                break
             if event.text:
-                yield event.text
-            finished = finished or event.finished
+                yield Delta(text=event.text)
+            calls.add(event.tool_calls)
+            if event.finished:
+                finished = True
+                if calls.pending:
+                    yield Delta(tool_calls=calls.take())
             if time.monotonic() > deadline:
                 raise InferenceUnavailableError(
                     f"Server at {self.base_url}: stream not finished within {timeout} s"
                 )
-        if not finished:
+        if not (finished or done):
             raise InferenceUnavailableError(
                 f"Server at {self.base_url} unavailable: the stream ended before the reply did "
                 "(connection cut)"
             )
+        if calls.pending:  # [DONE] without a finish_reason after them
+            yield Delta(tool_calls=calls.take())
 
-    def health(self) -> bool:
-        """True when ``GET /models`` answers 200 with JSON; False on any error."""
+    def _served_models(self) -> set[str] | None:
+        """The ids ``GET /models`` lists; None when it does not answer with a model list."""
         try:
             response = self._client.get(
                 f"{self.base_url}/models",
@@ -373,11 +240,25 @@ class OpenAICompatBackend:
                 timeout=min(self.timeout_s, _HEALTH_TIMEOUT_S),
             )
             if response.status_code != 200:
-                return False
-            response.json()
-            return True
-        except Exception:  # a health probe answers; it never raises
-            return False
+                return None
+            return model_ids(response.json())
+        except (httpx.HTTPError, ValueError):  # a probe answers; it never raises
+            return None
+
+    def missing_models(self, models: Collection[str]) -> list[str]:
+        """Those of ``models`` that ``GET /models`` does not list (all when it does not
+        answer)."""
+        wanted = list(dict.fromkeys(models))
+        served = self._served_models()
+        return wanted if served is None else [m for m in wanted if m not in served]
+
+    def health(self) -> bool:
+        """True when ``GET /models`` answers 200 with a model list.
+
+        The server, not a model: a replica missing one agent's model still serves the others
+        (``missing_models`` names what is missing).
+        """
+        return self._served_models() is not None
 
     def close(self) -> None:
         """Close the HTTP client if this backend created it."""

@@ -1,175 +1,269 @@
-"""The OpenAI-compatible backend's pure parts: prompt to messages, request and reply reading."""
+"""OpenAICompatBackend's requests and replies, over an in-memory HTTP transport.
+
+The backend against a real HTTP server (strict about the protocol) is in
+tests/integration/inference/test_openai_compat.py.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
 import pytest
 
-from app.agents.prompts import Turn, build_prompt
-from app.inference.backend import GenerationParams
-from app.inference.openai_compat import (
-    ChatReply,
-    OpenAICompatBackend,
-    StreamEvent,
-    error_in_body,
-    error_message,
-    prompt_to_messages,
-    read_completion,
-    read_stream_event,
-    request_body,
-    sse_data,
+from app.errors import InferenceUnavailableError, ModelNotFoundError, ModelRefusedError
+from app.inference.chat import (
+    ChatRequest,
+    Delta,
+    GenerationParams,
+    Message,
+    ToolCall,
+    ToolSchema,
 )
-from tests.fixtures.openai_server import messages_to_prompt
+from app.inference.openai_compat import OpenAICompatBackend
 
-AGENT_PROMPT = build_prompt(
-    "Be brief.",
-    "What is 2+3?",
-    [Turn('{"tool":"calculator","args":{"expression":"2+3"}}', 5)],
-    history=[("hi", "hello")],
-)
+BASE = "http://vllm.test:8000/v1"
+PARAMS = GenerationParams(max_tokens=64)
+WEATHER = ToolSchema("weather", "The weather in a city.", {"type": "object", "properties": {}})
+ASK = ChatRequest((Message("user", "Weather in Oslo and Bergen?"),), PARAMS, (WEATHER,))
 
-
-def test_agent_prompt_becomes_chat_messages():
-    assert prompt_to_messages(AGENT_PROMPT) == [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": "hello"},
-        {"role": "user", "content": "What is 2+3?"},
-        {"role": "assistant", "content": '{"tool":"calculator","args":{"expression":"2+3"}}'},
-        {"role": "user", "content": "Tool result: 5"},
-    ]
+Handler = Callable[[httpx.Request], httpx.Response]
 
 
-def test_messages_rebuild_the_same_prompt_on_the_test_server():
-    # The scripted server must see what Triton sees, or the two backends would answer differently.
-    assert messages_to_prompt(prompt_to_messages(AGENT_PROMPT)) == AGENT_PROMPT
+@pytest.fixture
+def serve() -> Iterator[Callable[[Handler], OpenAICompatBackend]]:
+    clients: list[httpx.Client] = []
+
+    def make(handler: Handler) -> OpenAICompatBackend:
+        client = httpx.Client(transport=httpx.MockTransport(handler))
+        clients.append(client)
+        return OpenAICompatBackend(BASE, "default-model", api_key="sk-secret", client=client)
+
+    yield make
+    for client in clients:
+        client.close()
 
 
-def test_prompt_without_markers_is_one_user_message():
-    assert prompt_to_messages("just a question\nover two lines") == [
-        {"role": "user", "content": "just a question\nover two lines"}
-    ]
-    assert prompt_to_messages("") == [{"role": "user", "content": ""}]
+def _sent(requests: list[httpx.Request]) -> dict[str, Any]:
+    return json.loads(requests[-1].content)
 
 
-def test_unmarked_lines_continue_the_message_before_them():
-    prompt = "preamble\nSystem: rules\nmore rules\nUser: q\nAssistant:"
-    assert prompt_to_messages(prompt) == [
-        {"role": "user", "content": "preamble"},
-        {"role": "system", "content": "rules\nmore rules"},
-        {"role": "user", "content": "q"},
-    ]
-
-
-def test_only_the_final_empty_assistant_line_is_dropped():
-    messages = prompt_to_messages("User: q\nAssistant: \nTool: x\nAssistant:")
-    assert messages == [
-        {"role": "user", "content": "q"},
-        {"role": "assistant", "content": ""},
-        {"role": "user", "content": "Tool result: x"},
-    ]
-
-
-def test_request_body_sends_only_the_params_that_are_set():
-    body = request_body("m", "User: q\nAssistant:", GenerationParams(max_tokens=7), stream=False)
-    assert body == {
-        "model": "m",
-        "messages": [{"role": "user", "content": "q"}],
-        "max_tokens": 7,
-        "stream": False,
+def _call(call_id: str | None, name: str, arguments: str) -> dict[str, Any]:
+    call: dict[str, Any] = {
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
     }
+    if call_id is not None:
+        call["id"] = call_id
+    return call
 
 
-def test_request_body_maps_every_sampling_param():
-    params = GenerationParams(
-        max_tokens=9, temperature=0.5, top_p=0.9, top_k=40, random_seed=7, stop_words=["\n"]
-    )
-    body = request_body("m", "q", params, stream=True)
-    assert body["stream"] is True
-    assert {k: body[k] for k in ("temperature", "top_p", "top_k", "seed", "stop")} == {
-        "temperature": 0.5,
-        "top_p": 0.9,
-        "top_k": 40,
-        "seed": 7,
-        "stop": ["\n"],
-    }
-    assert "stop" not in request_body("m", "q", GenerationParams(1, stop_words=[]), stream=True)
+def _completion(message: dict[str, Any], usage: dict[str, int] | None = None) -> httpx.Response:
+    body: dict[str, Any] = {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    if usage is not None:
+        body["usage"] = usage
+    return httpx.Response(200, json=body)
 
 
-@pytest.mark.parametrize(
-    ("body", "expected"),
-    [
-        ({"error": {"message": "boom", "code": 500}}, "boom"),
-        ({"error": "triton says no"}, "triton says no"),
-        ({"object": "error", "message": "old vllm", "code": 400}, "old vllm"),
-        ({"error": {"code": 500}}, '{"code": 500}'),
-        ({"error": None, "choices": []}, None),
-        ({"choices": [{"message": {"content": "hi"}}]}, None),
-        (["not", "a", "dict"], None),
-    ],
-)
-def test_error_in_body(body, expected):
-    assert error_in_body(body) == expected
-
-
-def test_error_message_reads_json_errors_else_the_text():
-    assert error_message('{"error": {"message": "bad model"}}') == "bad model"
-    assert error_message("<html>502 Bad Gateway</html>\n") == "<html>502 Bad Gateway</html>"
-    assert error_message("") == "(empty body)"
-    assert len(error_message("x" * 10_000)) == 500
-
-
-def test_completion_with_usage():
-    body = {
-        "choices": [{"message": {"role": "assistant", "content": "hi there"}}],
-        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
-    }
-    assert read_completion(body) == ChatReply("hi there", 7, 3)
-
-
-def test_completion_without_usage_or_content():
-    assert read_completion({"choices": [{"message": {"content": None}}]}) == ChatReply(
-        "", None, None
+def _events(*chunks: Any) -> httpx.Response:
+    lines = [f"data: {c if isinstance(c, str) else json.dumps(c)}\n\n" for c in chunks]
+    return httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, content="".join(lines).encode()
     )
 
 
+def _delta(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def test_generate_sends_tools_and_returns_the_tool_calls_with_the_servers_usage(serve) -> None:
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        calls = [
+            _call("call_a", "weather", '{"city": "Oslo"}'),
+            _call(None, "weather", '{"city": "Bergen"'),  # no id, arguments cut short
+        ]
+        return _completion(
+            {"role": "assistant", "content": None, "tool_calls": calls},
+            {"prompt_tokens": 41, "completion_tokens": 17},
+        )
+
+    completion = serve(handler).generate(ASK)
+    assert str(requests[-1].url) == f"{BASE}/chat/completions"
+    assert requests[-1].headers["authorization"] == "Bearer sk-secret"
+    body = _sent(requests)
+    assert body["model"] == "default-model"
+    assert body["tools"][0]["function"]["name"] == "weather"
+    assert completion.text == ""
+    assert (completion.tokens_in, completion.tokens_out) == (41, 17)
+    assert completion.replica == BASE
+    first, second = completion.tool_calls
+    assert first == ToolCall("call_a", "weather", {"city": "Oslo"})
+    assert (second.id, second.name, second.args) == ("call_1", "weather", {})
+    assert second.error is not None and "not valid JSON" in second.error
+
+
+def test_generate_without_usage_counts_words(serve) -> None:
+    backend = serve(lambda _: _completion({"role": "assistant", "content": "It rains in Oslo."}))
+    completion = backend.generate(ASK)
+    assert completion.text == "It rains in Oslo."
+    assert completion.tool_calls == ()
+    assert (completion.tokens_in, completion.tokens_out) == (ASK.estimated_tokens(), 4)
+
+
+def test_an_agents_model_is_sent_instead_of_the_default(serve) -> None:
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return _completion({"role": "assistant", "content": "hi"})
+
+    serve(handler).generate(ChatRequest.of_prompt("hi", PARAMS, model="llama-3.1-8b"))
+    assert _sent(requests)["model"] == "llama-3.1-8b"
+
+
+def test_stream_yields_text_then_the_tool_calls_once_assembled(serve) -> None:
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return _events(
+            _delta({"role": "assistant", "content": ""}),
+            _delta({"content": "Looking"}),
+            _delta({"content": " up."}),
+            _delta(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_a",
+                            "type": "function",
+                            "function": {"name": "weather", "arguments": ""},
+                        }
+                    ]
+                }
+            ),
+            _delta({"tool_calls": [{"index": 0, "function": {"arguments": '{"city"'}}]}),
+            _delta(
+                {
+                    "tool_calls": [
+                        {"index": 1, "id": "call_b", "function": {"name": "weather"}},
+                    ]
+                }
+            ),
+            _delta({"tool_calls": [{"index": 0, "function": {"arguments": ': "Oslo"}'}}]}),
+            _delta({"tool_calls": [{"index": 1, "function": {"arguments": "[1]"}}]}),
+            _delta({}, "tool_calls"),
+            "[DONE]",
+        )
+
+    deltas = list(serve(handler).stream(ASK))
+    assert _sent(requests)["stream"] is True
+    assert deltas[:2] == [Delta(text="Looking"), Delta(text=" up.")]
+    assert len(deltas) == 3
+    first, second = deltas[2].tool_calls
+    assert first == ToolCall("call_a", "weather", {"city": "Oslo"})
+    assert (second.id, second.args) == ("call_b", {})
+    assert second.error is not None and "got an array" in second.error
+
+
+def test_stream_tool_calls_come_at_done_when_no_finish_reason_was_sent(serve) -> None:
+    fragment = {"index": 0, "id": "c", "function": {"name": "weather", "arguments": "{}"}}
+    backend = serve(lambda _: _events(_delta({"tool_calls": [fragment]}), "[DONE]"))
+    assert list(backend.stream(ASK)) == [Delta(tool_calls=(ToolCall("c", "weather", {}),))]
+
+
+def test_stream_cut_after_tool_call_fragments_is_retryable(serve) -> None:
+    fragment = {"index": 0, "id": "c", "function": {"name": "weather", "arguments": "{"}}
+    backend = serve(lambda _: _events(_delta({"tool_calls": [fragment]})))
+    with pytest.raises(InferenceUnavailableError, match="ended before the reply"):
+        list(backend.stream(ASK))
+
+
 @pytest.mark.parametrize(
-    ("body", "reason"),
+    "body",
     [
-        ({"error": {"message": "crashed"}}, "reported an error: crashed"),
-        ({"id": "x", "object": "chat.completion"}, "without choices"),
-        ({"choices": []}, "without choices"),
-        ("text", "without choices"),
+        {
+            "error": {
+                "message": "The model `nope` does not exist or you do not have access to it.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "model_not_found",
+            }
+        },
+        {"object": "error", "message": "The model `nope` does not exist.", "code": 404},
     ],
 )
-def test_completion_errors_and_missing_choices_are_refused(body, reason):
-    with pytest.raises(ValueError, match=reason):
-        read_completion(body)
+def test_a_model_the_server_does_not_have_is_model_not_found(serve, body) -> None:
+    backend = serve(lambda _: httpx.Response(404, json=body))
+    request = ChatRequest.of_prompt("hi", PARAMS, model="nope")
+    with pytest.raises(ModelNotFoundError, match=r"vllm\.test:8000/v1 has no model 'nope'") as got:
+        backend.generate(request)
+    assert isinstance(got.value, ModelRefusedError)
+    with pytest.raises(ModelNotFoundError, match="no model 'nope'"):
+        list(backend.stream(request))
 
 
-def test_stream_events():
-    chunk = '{"choices": [{"delta": {"content": " w2"}, "finish_reason": null}]}'
-    assert read_stream_event(chunk) == StreamEvent(text=" w2")
-    role = '{"choices": [{"delta": {"role": "assistant", "content": ""}}]}'
-    assert read_stream_event(role) == StreamEvent()
-    last = '{"choices": [{"delta": {}, "finish_reason": "length"}]}'
-    assert read_stream_event(last) == StreamEvent(finished=True)
-    assert read_stream_event('{"choices": [], "usage": {"prompt_tokens": 3}}') == StreamEvent()
-    assert read_stream_event("[DONE]") == StreamEvent(done=True)
+def test_a_404_of_a_wrong_path_is_refused_but_no_missing_model(serve) -> None:
+    backend = serve(lambda _: httpx.Response(404, json={"detail": "Not Found"}))
+    with pytest.raises(ModelRefusedError, match="HTTP 404") as got:
+        backend.generate(ASK)
+    assert not isinstance(got.value, ModelNotFoundError)
 
 
-def test_stream_error_events_are_refused():
-    with pytest.raises(ValueError, match="mid-stream: out of memory"):
-        read_stream_event('{"error": {"object": "error", "message": "out of memory"}}')
-    with pytest.raises(ValueError, match="not JSON"):
-        read_stream_event("{truncated")
+def test_refusals_keep_the_api_key_out(serve) -> None:
+    message = {"error": {"message": "key sk-secret refused", "code": "invalid_api_key"}}
+    backend = serve(lambda _: httpx.Response(401, json=message))
+    with pytest.raises(ModelRefusedError) as got:
+        backend.generate(ASK)
+    assert "sk-secret" not in str(got.value)
+    assert "sk-secret" not in repr(backend)
 
 
-def test_sse_data_joins_lines_skips_comments_and_drops_an_unfinished_event():
-    lines = [": keep-alive", "", "data: a", "", "event: x", "data: b1", "data:b2", "", "data: cut"]
-    assert list(sse_data(lines)) == ["a", "b1\nb2"]
+def test_missing_models_are_those_the_model_list_lacks(serve) -> None:
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, json={"object": "list", "data": [{"id": "a"}, {"id": "b"}]})
+
+    backend = serve(handler)
+    assert backend.missing_models(["a", "c", "b", "d", "c"]) == ["c", "d"]
+    assert backend.missing_models([]) == []
+    assert str(requests[-1].url) == f"{BASE}/models"
+    assert backend.health() is True
 
 
-def test_repr_hides_the_api_key():
+@pytest.mark.parametrize(
+    "response",
+    [
+        httpx.Response(503, text="overloaded"),
+        httpx.Response(200, text="<html>"),
+        httpx.Response(200, json={"error": "no list"}),
+    ],
+)
+def test_every_model_is_missing_when_the_list_cannot_be_read(serve, response) -> None:
+    backend = serve(lambda _: response)
+    assert backend.missing_models(["a", "b"]) == ["a", "b"]
+    assert backend.health() is False
+
+
+def test_every_model_is_missing_when_the_server_is_unreachable(serve) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    backend = serve(handler)
+    assert backend.missing_models(["a"]) == ["a"]
+    assert backend.health() is False
+    with pytest.raises(InferenceUnavailableError, match="connection failed"):
+        backend.generate(ASK)
+
+
+def test_repr_and_base_url() -> None:
     backend = OpenAICompatBackend("http://h:8000/v1/", "m", api_key="sk-secret")
     try:
         assert "sk-secret" not in repr(backend)
