@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Collection, Generator
-from typing import Any
 
 import httpx
 
@@ -24,8 +23,8 @@ from app.errors import (
     ModelNotFoundError,
     ModelRefusedError,
 )
-from app.inference.backend import ChatRequest, Completion, Delta, Route, count_tokens
-from app.inference.chat import ToolCall
+from app.inference.backend import Route
+from app.inference.chat import ChatRequest, Completion, Delta, ToolCall, count_tokens
 from app.inference.openai_wire import (
     ToolCallAssembler,
     error_in_body,
@@ -118,9 +117,6 @@ class OpenAICompatBackend:
             )
         return self._refused(f"refused the call (HTTP {status}): {message}")
 
-    def _body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
-        return request_body(self.model, request, stream=stream)
-
     def generate(
         self,
         request: ChatRequest,
@@ -130,7 +126,7 @@ class OpenAICompatBackend:
     ) -> Completion:
         """One non-streamed chat completion: its text and the tool calls it asks for."""
         started = time.perf_counter()
-        body = self._body(request, stream=False)
+        body = request_body(self.model, request, stream=False)
         try:
             response = self._client.post(
                 f"{self.base_url}/chat/completions",
@@ -178,7 +174,7 @@ class OpenAICompatBackend:
         """
         timeout = timeout_s or self.timeout_s
         deadline = time.monotonic() + timeout
-        body = self._body(request, stream=True)
+        body = request_body(self.model, request, stream=True)
         try:
             with self._client.stream(
                 "POST",
