@@ -45,11 +45,6 @@ PROMPT_ASSISTANT = "Assistant: "
 PROMPT_TOOL = "Tool: "
 
 
-def tool_result_key(run_id: str, step: int) -> str:
-    """Redis key caching the tool result of a run's step (a redelivered step reuses it)."""
-    return f"{KEY_PREFIX}tool:{run_id}:{step}"
-
-
 def effect_key(run_id: str, step: int, name: str) -> str:
     """Redis key marking that a step's side effect ``name`` happened (exactly-once tools)."""
     return f"{KEY_PREFIX}effect:{run_id}:{step}:{name}"

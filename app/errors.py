@@ -49,6 +49,10 @@ class ModelRefusedError(InferenceError):
     """Raised when the model server answers a call with an error (not retried)."""
 
 
+class ModelNotFoundError(ModelRefusedError):
+    """Raised when the model server does not have the model an agent names (not retried)."""
+
+
 class InferenceUnavailableError(InferenceError):
     """Raised when no model server could be reached within the deadline (retried later)."""
 
@@ -59,6 +63,11 @@ class NoReplicaAvailableError(InferenceUnavailableError):
 
 class ToolError(AgentqError):
     """Raised when a tool is unknown, gets bad arguments or fails; recorded as the step's result."""
+
+
+class ToolArgumentsError(ToolError):
+    """Raised when a model's arguments do not match a tool's schema; the run goes on, with the
+    error as the call's result for the model to correct."""
 
 
 class ToolTimeoutError(ToolError):

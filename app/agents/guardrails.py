@@ -84,16 +84,19 @@ def check_before_step(budget: Budget, used: Usage, prompt_tokens: int) -> str | 
     return None
 
 
-def check_after_call(budget: Budget, used: Usage, tokens_out: int, wants_tool: bool) -> str | None:
-    """Why the run stops after this model call (its output is kept), or None."""
+def check_after_call(budget: Budget, used: Usage, tokens_out: int, tool_calls: int) -> str | None:
+    """Why the run stops after this model call, which asked for ``tool_calls`` calls (its
+    output is kept), or None."""
     if budget.max_tokens_out is not None and used.tokens_out + tokens_out > budget.max_tokens_out:
         return (
             f"output token budget of {budget.max_tokens_out} exceeded "
             f"({used.tokens_out + tokens_out} generated)"
         )
     limit = budget.max_tool_calls
-    if wants_tool and limit is not None and used.tool_calls >= limit:
-        return f"tool call budget of {limit} exhausted"
+    if tool_calls and limit is not None and used.tool_calls + tool_calls > limit:
+        return (
+            f"tool call budget of {limit} exhausted ({used.tool_calls} made, {tool_calls} asked)"
+        )
     return None
 
 

@@ -1,9 +1,9 @@
-"""Prompt building and reply parsing for the agent loop. Pure functions, no I/O.
+"""The conversation a step sends to its model, and the answer read from a final reply. Pure.
 
-Reply format (what a model must produce, documented in docs/agents.md):
-
-- a tool call is one JSON object ``{"tool": "<name>", "args": {...}}``;
-- a final answer is ``{"final": <any JSON>}`` or any other text (taken verbatim).
+Each backend tells its server of the tools and reads their calls in its own protocol (OpenAI's
+``tools`` / ``tool_calls``; :mod:`app.inference.text_protocol` for a model on Triton). A reply
+without tool calls is the run's answer: ``{"final": <any JSON>}`` gives that JSON, any other
+text is taken verbatim (documented in docs/agents.md).
 """
 
 from __future__ import annotations
@@ -13,76 +13,54 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.constants import PROMPT_ASSISTANT, PROMPT_SYSTEM, PROMPT_TOOL, PROMPT_USER
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    """The model asked to run ``tool`` with ``args``."""
-
-    tool: str
-    args: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class FinalAnswer:
-    """The model answered; the run ends with ``answer``."""
-
-    answer: Any
-
-
-Action = ToolCall | FinalAnswer
+from app.inference.chat import Message, ToolCall, result_text
 
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """One finished step as the prompt shows it: what the model said and what the tool returned."""
+    """One finished step as the model sees it: what it said, the calls it made and their
+    results, in call order."""
 
     model_output: str
-    tool_result: Any
+    calls: tuple[tuple[ToolCall, Any], ...] = ()
 
 
 def render_input(value: Any) -> str:
-    """Run input as prompt text: strings verbatim, other JSON values compactly encoded."""
+    """Run input as message text: strings verbatim, other JSON values compactly encoded."""
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
-def _one_line(text: str) -> str:
-    # Markers start lines, so content must not: fold newlines into spaces.
-    return " ".join(text.split())
-
-
-def build_prompt(
+def conversation(
     system_prompt: str,
     run_input: Any,
     turns: Sequence[Turn],
     history: Iterable[tuple[Any, Any]] = (),
-) -> str:
-    """The prompt for the next step: system, earlier runs of the session, this run's turns."""
-    lines = [PROMPT_SYSTEM + _one_line(system_prompt)]
+) -> tuple[Message, ...]:
+    """The turns of the next step: the system prompt, the session's earlier runs (input and
+    answer), this run's input, then each finished step's reply and its calls' results."""
+    messages = [Message("system", system_prompt)]
     for past_input, past_answer in history:
-        lines.append(PROMPT_USER + _one_line(render_input(past_input)))
-        lines.append(PROMPT_ASSISTANT + _one_line(render_input(past_answer)))
-    lines.append(PROMPT_USER + _one_line(render_input(run_input)))
+        messages.append(Message("user", render_input(past_input)))
+        messages.append(Message("assistant", render_input(past_answer)))
+    messages.append(Message("user", render_input(run_input)))
     for turn in turns:
-        lines.append(PROMPT_ASSISTANT + _one_line(turn.model_output))
-        lines.append(PROMPT_TOOL + _one_line(render_input(turn.tool_result)))
-    lines.append(PROMPT_ASSISTANT.rstrip())
-    return "\n".join(lines)
+        calls = tuple(call for call, _ in turn.calls)
+        messages.append(Message("assistant", turn.model_output, tool_calls=calls))
+        messages.extend(
+            Message("tool", result_text(result), tool_call_id=call.id, name=call.name)
+            for call, result in turn.calls
+        )
+    return tuple(messages)
 
 
-def parse_reply(text: str) -> Action:
-    """Read a model reply as a tool call or a final answer (see the module docstring)."""
+def answer_of(text: str) -> Any:
+    """The answer in a final reply: the value of ``{"final": ...}``, else the text itself."""
     stripped = text.strip()
     if stripped.startswith("{"):
         try:
             data = json.loads(stripped)
         except json.JSONDecodeError:
-            return FinalAnswer(text)
-        if isinstance(data, dict):
-            if isinstance(data.get("tool"), str):
-                args = data.get("args", {})
-                return ToolCall(data["tool"], args if isinstance(args, dict) else {"value": args})
-            if "final" in data:
-                return FinalAnswer(data["final"])
-    return FinalAnswer(text)
+            return text
+        if isinstance(data, dict) and "final" in data:
+            return data["final"]
+    return text

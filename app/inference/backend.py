@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from app.inference.chat import (
+    ChatRequest,
+    Completion,
+    Delta,
+    GenerationParams,
+    Message,
+    ToolCall,
+    ToolSchema,
+    count_tokens,
+)
 
-@dataclass(frozen=True, slots=True)
-class GenerationParams:
-    """Sampling settings of one call; ``None`` leaves the server's default in force."""
-
-    max_tokens: int
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    random_seed: int | None = None
-    stop_words: list[str] | None = None
+__all__ = [
+    "ChatRequest",
+    "Completion",
+    "Delta",
+    "GenerationParams",
+    "InferenceBackend",
+    "Message",
+    "Route",
+    "ToolCall",
+    "ToolSchema",
+    "count_tokens",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,26 +42,6 @@ class Route:
     strategy: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """One model reply and what it cost.
-
-    Token counts are whitespace-separated words, an approximation: the server's tokenizer is
-    not known to the client.
-    """
-
-    text: str
-    tokens_in: int
-    tokens_out: int
-    latency_s: float
-    replica: str
-
-
-def count_tokens(text: str) -> int:
-    """Approximate token count: whitespace-separated words."""
-    return len(text.split())
-
-
 class InferenceBackend(Protocol):
     """A model server as the workers use it; safe to call from many threads.
 
@@ -59,28 +51,33 @@ class InferenceBackend(Protocol):
 
     def generate(
         self,
-        prompt: str,
-        params: GenerationParams,
+        request: ChatRequest,
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
     ) -> Completion:
-        """The whole reply to ``prompt``; raises ModelRefusedError or InferenceUnavailableError."""
+        """The whole reply; raises ModelRefusedError (ModelNotFoundError when the server has
+        no such model) or InferenceUnavailableError."""
         ...
 
     def stream(
         self,
-        prompt: str,
-        params: GenerationParams,
+        request: ChatRequest,
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
-    ) -> Iterator[str]:
-        """The reply to ``prompt`` as pieces that concatenate to the whole text."""
+    ) -> Iterator[Delta]:
+        """The reply as pieces: text pieces that concatenate to the whole text, and the
+        reply's tool calls in one delta once they are whole."""
         ...
 
     def health(self) -> bool:
-        """True when the server and its models are ready to serve."""
+        """True when the server and its default models are ready to serve."""
+        ...
+
+    def missing_models(self, models: Collection[str]) -> list[str]:
+        """Those of ``models`` the server does not have ready (all of them when it does not
+        answer)."""
         ...
 
     def close(self) -> None:

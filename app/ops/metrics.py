@@ -86,8 +86,10 @@ MODEL_CALL_ERRORS = Counter(
     ["backend", "replica", "error"],
 )
 TOOL_CALLS = Counter("agentq_tool_calls_total", "Tool calls made.", ["agent", "tool"])
-TOOL_CACHE_HITS = Counter(
-    "agentq_tool_cache_hits_total", "Tool calls answered from the tool cache.", ["agent", "tool"]
+TOOL_RESULTS_REUSED = Counter(
+    "agentq_tool_results_reused_total",
+    "Tool calls not made again: a redelivered step reused the result its first delivery kept.",
+    ["agent", "tool"],
 )
 TOOL_ERRORS = Counter("agentq_tool_errors_total", "Tool calls that failed.", ["agent", "tool"])
 TOOL_CALLS_ABANDONED = Counter(
@@ -112,7 +114,7 @@ QUARANTINED = Counter(
 
 METRICS = (
     RUNS_IN_FLIGHT, STEP_SECONDS, TOKENS_IN, TOKENS_OUT, OUTPUT_SPEED, RUN_SECONDS, RUNS,
-    QUEUE_WAIT, MODEL_CALL_SECONDS, MODEL_CALL_ERRORS, TOOL_CALLS, TOOL_CACHE_HITS, TOOL_ERRORS,
+    QUEUE_WAIT, MODEL_CALL_SECONDS, MODEL_CALL_ERRORS, TOOL_CALLS, TOOL_RESULTS_REUSED, TOOL_ERRORS,
     TOOL_CALLS_ABANDONED, STEP_RETRIES, DEAD_LETTERED, GUARDRAIL_STOPS, QUARANTINED,
 )  # fmt: skip
 
@@ -217,11 +219,12 @@ def model_call(backend: str, replica: str, seconds: float, error: str | None) ->
 
 
 def tool_call(agent: str, tool: str, cached: bool, error: bool) -> None:
-    """A tool call (``cached``: answered by the tool cache; ``error``: it failed)."""
+    """A tool call (``cached``: its result was kept by an earlier delivery of the step, the
+    call was not made again; ``error``: it failed)."""
     agent, tool = label(agent), label(tool)
     TOOL_CALLS.labels(agent, tool).inc()
     if cached:
-        TOOL_CACHE_HITS.labels(agent, tool).inc()
+        TOOL_RESULTS_REUSED.labels(agent, tool).inc()
     if error:
         TOOL_ERRORS.labels(agent, tool).inc()
 

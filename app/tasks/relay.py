@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,9 +100,11 @@ class TokenRelay:
         """A piece of the reply, as it left the model server."""
         self._add(run_id, encode(TOKEN, step, piece))
 
-    def step(self, run_id: str, step: int, kind: StepKind, tool: str | None = None) -> None:
-        """The step is committed."""
-        self._add(run_id, encode(STEP, step, data={"kind": kind, "tool": tool}))
+    def step(self, run_id: str, step: int, kind: StepKind, tools: Sequence[str] = ()) -> None:
+        """The step is committed; ``tools``: the tools it called, in order (``tool``: the
+        first, for readers of one call per step)."""
+        data = {"kind": kind, "tool": tools[0] if tools else None, "tools": list(tools)}
+        self._add(run_id, encode(STEP, step, data=data))
 
     def end(
         self, run_id: str, status: RunStatus, answer: Any = None, error: str | None = None

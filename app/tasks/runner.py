@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from app.agents.guardrails import Budget
-from app.agents.prompts import Turn, build_prompt, parse_reply
+from app.agents.guardrails import Budget, Usage
+from app.agents.prompts import Turn, conversation
 from app.agents.registry import AgentRegistry, AgentSpec
 from app.agents.sandbox import ToolSandbox
-from app.agents.tools import ToolContext, bounded
+from app.agents.tools import TOOLS, ToolContext, bounded
 from app.agents.validation import validate_run
 from app.config import Settings
 from app.errors import (
@@ -27,15 +27,17 @@ from app.errors import (
     ToolError,
 )
 from app.inference.backend import (
+    ChatRequest,
     Completion,
     GenerationParams,
     InferenceBackend,
     Route,
+    ToolCall,
+    ToolSchema,
     count_tokens,
 )
-from app.memory.records import ErrorType, RunStatus, StepKind
+from app.memory.records import CallRecord, ErrorType, RunStatus, StepDraft, StepKind
 from app.memory.sessions import NO_ANSWER, NewRun, RunState, SessionStore, StepRecord
-from app.memory.tool_cache import MISS, ToolResultCache
 from app.ops import metrics, tracing
 from app.tasks import verdict
 from app.tasks.leases import HeldLeases, RunLease
@@ -72,10 +74,10 @@ class StepRunner:
         self.backends = backends
         self.leases = HeldLeases(RunLease(redis), worker_name)
         self.relay = TokenRelay(redis, settings.stream)
-        self.tool_cache = ToolResultCache(redis)
         self.tools = tools or ToolSandbox.from_settings(settings)  # closed by WorkerRuntime
         self.worker_name = worker_name
         self._budgets: dict[tuple[str, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
+        self._tool_schemas: dict[str, tuple[ToolSchema, ...]] = {}
 
     def run_step(self, msg: StepMessage, *, keep_lease: bool = False) -> StepResult:
         """Execute ``msg`` once under the run's lease, or say why not.
@@ -182,76 +184,122 @@ class StepRunner:
         """The step itself. ``unleased``: a deferred first delivery, which holds neither the
         lease nor a loaded state yet (see :meth:`run_step`)."""
         deferred = unleased is not None
-        prompt = self._prompt(spec, state, new_run)
         budget = (
             _budget(tuple(state.budget.items()))
             if state.budget
             else spec.run_budget(self.settings.limits)
         )
         used = usage(state, time.time())
-        stop = verdict.before_call(budget, used, count_tokens(prompt))
-        if stop is not None:
-            return self._fail(msg, stop, state, new_run, deferred)
         started = time.perf_counter()
-        try:
-            completion = self._model_call(spec, msg, prompt, state.session_id)
-        except InferenceUnavailableError:
-            raise  # the task retries the step later; nothing was committed
-        except InferenceError as exc:
-            broken = verdict.failed(f"model call failed: {exc}", ErrorType.MODEL_ERROR)
-            return self._fail(msg, broken, state, new_run, deferred)
+        reply = state.draft  # the model answered an earlier delivery: its reply stands
+        if reply is None:
+            request = self._request(spec, state, new_run)
+            stop = verdict.before_call(budget, used, request.estimated_tokens())
+            if stop is not None:
+                return self._fail(msg, stop, state, new_run, deferred)
+            try:
+                completion = self._model_call(spec, msg, request, state.session_id)
+            except InferenceUnavailableError:
+                raise  # the task retries the step later; nothing was committed
+            except InferenceError as exc:
+                broken = verdict.failed(f"model call failed: {exc}", ErrorType.MODEL_ERROR)
+                return self._fail(msg, broken, state, new_run, deferred)
+            reply = StepDraft(
+                step=msg.step,
+                model_output=completion.text,
+                calls=tuple(c.to_json() for c in _numbered(completion.tool_calls, msg.step)),
+                tokens_in=completion.tokens_in,
+                tokens_out=completion.tokens_out,
+                latency_ms=(time.perf_counter() - started) * 1000,
+            )
+        drafted = state.draft is not None
+        step = _Step(spec, msg, state, new_run, deferred, reply, drafted, fresh=not drafted)
+        return self._act(step, budget, used, unleased, started)
+
+    def _act(
+        self,
+        step: _Step,
+        budget: Budget,
+        used: Usage,
+        unleased: _Hold | None,
+        started: float,
+    ) -> StepResult:
+        """Decide on the model's reply, make its tool calls (only those without a kept
+        result), commit."""
+        spec, msg, reply = step.spec, step.msg, step.reply
         decided = verdict.decide(
-            parse_reply(completion.text),
+            reply.model_output,
+            [ToolCall.from_json(c) for c in reply.calls],
             budget=budget,
             used=used,
-            tokens_out=completion.tokens_out,
+            tokens_out=reply.tokens_out,
             step=msg.step,
             agent=spec.name,
             tools=spec.tools,
             validators=self.registry.output_validators(spec.name),
         )
-        tool_result = None
-        if decided.run_tool or decided.denied is not None:
+        calls = tuple(CallRecord(c.id, c.name, c.args) for c in decided.calls)  # not made
+        if decided.run_tools:
             if unleased is not None:
                 early = self._lease_for_tool(msg, unleased)
                 if early is not None:
                     return early
-            tool_result = self._call_tool(spec, msg, decided)
-        call = decided.call
+            if not step.drafted:
+                # Kept before the first call: a delivery after a crash makes only the calls
+                # that have no result yet, and asks the model nothing.
+                kept = self.store.save_draft(msg.run_id, reply, step.new_run)
+                if kept is not reply:  # an earlier delivery's reply got there first
+                    step = replace(step, new_run=None, drafted=True, reply=kept, fresh=False)
+                    return self._act(step, budget, used, None, started)
+                step = replace(step, new_run=None, drafted=True)
+            calls = self._make_calls(spec, msg, decided, reply)
         record = StepRecord(
             step=msg.step,
             kind=decided.kind,
-            model_output=completion.text,
-            tool=call.tool if call else None,
-            tool_args=call.args if call else None,
-            tool_result=tool_result,
-            tokens_in=completion.tokens_in,
-            tokens_out=completion.tokens_out,
-            latency_ms=(time.perf_counter() - started) * 1000,
+            model_output=reply.model_output,
+            tool_calls=calls,
+            tokens_in=reply.tokens_in,
+            tokens_out=reply.tokens_out,
+            # The model call and the calls made now; an earlier delivery's model call counts.
+            latency_ms=(time.perf_counter() - started) * 1000
+            + (0.0 if step.fresh else reply.latency_ms),
             worker=self.worker_name,
         )
-        return self._commit(spec.name, msg, state, new_run, deferred, decided, record)
+        return self._commit(step, decided, record)
 
-    def _prompt(self, spec: AgentSpec, state: RunState, new_run: NewRun | None) -> str:
-        """The step's prompt: the run's turns so far, after its session's earlier runs."""
+    def _request(self, spec: AgentSpec, state: RunState, new_run: NewRun | None) -> ChatRequest:
+        """The step's model call: the run's turns so far after its session's earlier runs,
+        the agent's tools and model."""
         history = []
         if state.session_id:
             # A run not in the store yet comes after every run of its session that is.
             before = None if new_run else state.id
             history = self.store.history(state.session_id, before_run=before)
-        turns = [Turn(s.model_output, s.tool_result) for s in state.steps]
-        return build_prompt(spec.system_prompt, state.input, turns, history)
-
-    def _model_call(
-        self, spec: AgentSpec, msg: StepMessage, prompt: str, session_id: str | None
-    ) -> Completion:
-        """The model's reply to ``prompt``, traced (and relayed when the run streams)."""
+        turns = [
+            Turn(s.model_output, tuple((_call_of(c), c.result) for c in s.tool_calls))
+            for s in state.steps
+        ]
         params = GenerationParams(
             max_tokens=spec.max_tokens or self.settings.triton.max_tokens,
             temperature=spec.temperature,
         )
+        messages = conversation(spec.system_prompt, state.input, turns, history)
+        return ChatRequest(messages, params, self._tools_of(spec), spec.model)
+
+    def _tools_of(self, spec: AgentSpec) -> tuple[ToolSchema, ...]:
+        """The tools ``spec`` may call as its model is told of them (made once per agent)."""
+        schemas = self._tool_schemas.get(spec.name)
+        if schemas is None:
+            schemas = tuple(TOOLS[name].schema() for name in spec.tools if name in TOOLS)
+            self._tool_schemas[spec.name] = schemas
+        return schemas
+
+    def _model_call(
+        self, spec: AgentSpec, msg: StepMessage, request: ChatRequest, session_id: str | None
+    ) -> Completion:
+        """The model's reply to ``request``, traced (and relayed when the run streams)."""
         with tracing.span("agentq.model_call", None, "client", backend=spec.backend) as span:
-            completion = self._infer(spec, msg, prompt, params, session_id)
+            completion = self._infer(spec, msg, request, session_id)
             span.set(
                 replica=completion.replica,
                 tokens_in=completion.tokens_in,
@@ -267,33 +315,27 @@ class StepRunner:
         # A duplicate: the tool's effect belongs to the first one.
         return self._stored_outcome(msg)
 
-    def _commit(
-        self,
-        agent: str,
-        msg: StepMessage,
-        state: RunState,
-        new_run: NewRun | None,
-        deferred: bool,
-        decided: Verdict,
-        record: StepRecord,
-    ) -> StepResult:
+    def _commit(self, step: _Step, decided: Verdict, record: StepRecord) -> StepResult:
         """Commit the step as ``decided``, report it, and say what the task does next."""
+        msg, agent = step.msg, step.spec.name
         committed = self.store.commit_step(
             msg.run_id,
             record,
             final_answer=decided.answer if decided.status is RunStatus.SUCCEEDED else NO_ANSWER,
             failed_reason=decided.reason,
             error_type=decided.error_type,
-            new_run=new_run,
+            new_run=step.new_run,
+            drafted=step.drafted,
         )
         if not committed:
-            return (self._stored_outcome(msg) if deferred else None) or StepResult(Outcome.SKIP)
+            stored = self._stored_outcome(msg) if step.deferred else None
+            return stored or StepResult(Outcome.SKIP)
         metrics.step_finished(
             agent, record.kind, record.latency_ms / 1000, record.tokens_in, record.tokens_out
         )
         if msg.stream:
-            self.relay.step(msg.run_id, msg.step, record.kind, record.tool)
-        return self._outcome(agent, msg, state, decided)
+            self.relay.step(msg.run_id, msg.step, record.kind, record.tools)
+        return self._outcome(agent, msg, step.state, decided)
 
     def _outcome(
         self, agent: str, msg: StepMessage, state: RunState, decided: Verdict
@@ -310,50 +352,67 @@ class StepRunner:
         return StepResult(Outcome.FAILED, reason=decided.reason, error_type=decided.error_type)
 
     def _infer(
-        self,
-        spec: AgentSpec,
-        msg: StepMessage,
-        prompt: str,
-        params: GenerationParams,
-        session_id: str | None,
+        self, spec: AgentSpec, msg: StepMessage, request: ChatRequest, session_id: str | None
     ) -> Completion:
         backend = self.backends[spec.backend]
         route = Route(session_id, self.settings.inference.strategy_for(spec.name))
         if not msg.stream:
-            return backend.generate(prompt, params, route=route)
+            return backend.generate(request, route=route)
         started = time.perf_counter()
         self.relay.attempt(msg.run_id, msg.step)
-        pieces = []
-        for piece in backend.stream(prompt, params, route=route):
-            pieces.append(piece)
-            self.relay.token(msg.run_id, msg.step, piece)
+        pieces: list[str] = []
+        calls: tuple[ToolCall, ...] = ()
+        for delta in backend.stream(request, route=route):
+            if delta.text:
+                pieces.append(delta.text)
+                self.relay.token(msg.run_id, msg.step, delta.text)
+            calls = delta.tool_calls or calls
         text = "".join(pieces)
         latency = time.perf_counter() - started
-        return Completion(text, count_tokens(prompt), count_tokens(text), latency, spec.backend)
+        tokens_in = request.estimated_tokens()
+        return Completion(text, tokens_in, count_tokens(text), latency, spec.backend, calls)
 
-    def _call_tool(self, spec: AgentSpec, msg: StepMessage, decided: Verdict) -> Any:
-        """The result the step records for its tool call: the refusal of a denied one, this
-        step's earlier delivery's (cached), or the tool's."""
-        call = decided.call
-        assert call is not None
-        if decided.denied is not None:
+    def _make_calls(
+        self, spec: AgentSpec, msg: StepMessage, decided: Verdict, reply: StepDraft
+    ) -> tuple[CallRecord, ...]:
+        """Every call of the reply with its result: one kept by an earlier delivery of this
+        step, or made now (and kept at once), in the order the model asked for them."""
+        made = []
+        for call in decided.calls:
+            kept = reply.results.get(call.id)
+            if kept is not None:
+                result, error = kept
+                metrics.tool_call(spec.name, call.name, cached=True, error=error)
+            else:
+                result, error = self._call_tool(spec, msg, decided, call)
+            made.append(CallRecord(call.id, call.name, call.args, result, error))
+        return tuple(made)
+
+    def _call_tool(
+        self, spec: AgentSpec, msg: StepMessage, decided: Verdict, call: ToolCall
+    ) -> tuple[Any, bool]:
+        """One call's result and whether it is an error: the refusal of a denied call, the
+        error of arguments that are no JSON object, or what the tool returned (or raised)."""
+        denied = decided.denied.get(call.id)
+        if denied is not None:
             metrics.guardrail_stop(spec.name, ErrorType.TOOL_NOT_ALLOWED)
-            return {"error": decided.denied}
-        cached = self.tool_cache.get(msg.run_id, msg.step)
-        if cached is not MISS:
-            metrics.tool_call(spec.name, call.tool, cached=True, error=False)
-            return cached
-        ctx = ToolContext(run_id=msg.run_id, step=msg.step, agent=spec.name, redis=self.redis)
+            return {"error": denied}, True
+        if call.error is not None:
+            metrics.tool_call(spec.name, call.name, cached=False, error=True)
+            return {"error": f"invalid arguments for tool {call.name!r}: {call.error}"}, True
+        ctx = ToolContext(
+            run_id=msg.run_id, step=msg.step, agent=spec.name, redis=self.redis, call_id=call.id
+        )
         try:
-            with tracing.span("agentq.tool_call", tool=call.tool):
-                result, failed = self.tools.call(call.tool, call.args, ctx), False
+            with tracing.span("agentq.tool_call", tool=call.name):
+                result, failed = self.tools.call(call.name, call.args, ctx), False
         except ToolError as exc:
             result, failed = {"error": str(exc)}, True
         kept = bounded(result, self.settings.limits.tool_result_max_bytes)
         result, failed = kept, failed or kept is not result
-        self.tool_cache.put(msg.run_id, msg.step, result)
-        metrics.tool_call(spec.name, call.tool, cached=False, error=failed)
-        return result
+        self.store.keep_result(msg.run_id, msg.step, call.id, result, error=failed)
+        metrics.tool_call(spec.name, call.name, cached=False, error=failed)
+        return result, failed
 
     def _fail(
         self,
@@ -380,6 +439,38 @@ class StepRunner:
             # The run was in the store after all: its outcome is the store's, not this one.
             return self._stored_outcome(msg) or StepResult(Outcome.SKIP)
         return StepResult(Outcome.FAILED, reason=decided.reason, error_type=decided.error_type)
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """A step under way once the model has replied (or its earlier reply was found)."""
+
+    spec: AgentSpec
+    msg: StepMessage
+    state: RunState
+    new_run: NewRun | None  # the run is not stored yet: the commit (or the draft) creates it
+    deferred: bool  # a first delivery whose load was put off
+    reply: StepDraft
+    drafted: bool  # the reply is kept as the step's draft
+    fresh: bool  # the reply is this delivery's (not an earlier one's draft)
+
+
+def _numbered(calls: tuple[ToolCall, ...], step: int) -> tuple[ToolCall, ...]:
+    """``calls`` with ids that are set and unique within the reply (a server's own ids kept)."""
+    seen: set[str] = set()
+    named = []
+    for i, call in enumerate(calls):
+        if not call.id or call.id in seen:
+            call = replace(call, id=f"call_{step}_{i}")
+        seen.add(call.id)
+        named.append(call)
+    return tuple(named)
+
+
+def _call_of(record: CallRecord) -> ToolCall:
+    """A stored call as the conversation shows it again."""
+    args = record.args if isinstance(record.args, dict) else {}
+    return ToolCall(record.id, record.name, args)
 
 
 @dataclass(slots=True)

@@ -54,6 +54,6 @@ def usage(state: RunState, now: float) -> Usage:
         steps=len(state.steps),
         tokens_in=sum(s.tokens_in for s in state.steps),
         tokens_out=sum(s.tokens_out for s in state.steps),
-        tool_calls=sum(1 for s in state.steps if s.kind == StepKind.TOOL),
+        tool_calls=sum(len(s.tool_calls) for s in state.steps if s.kind == StepKind.TOOL),
         wall_time_s=max(0.0, now - state.created_at.timestamp()),
     )

@@ -8,7 +8,7 @@ output validators and the step's index; :class:`app.tasks.runner.StepRunner` doe
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.agents.guardrails import (
@@ -19,7 +19,8 @@ from app.agents.guardrails import (
     check_before_step,
     first_rejection,
 )
-from app.agents.prompts import Action, ToolCall
+from app.agents.prompts import answer_of
+from app.inference.chat import ToolCall
 from app.memory.records import ErrorType, RunStatus, StepKind
 
 
@@ -29,9 +30,9 @@ class Verdict:
 
     kind: StepKind
     status: RunStatus = RunStatus.RUNNING  # SUCCEEDED or FAILED: the run ends with this step
-    call: ToolCall | None = None  # the tool call the model asked for (recorded in the step)
-    run_tool: bool = False  # call the tool before committing
-    denied: str | None = None  # why the agent may not call that tool (a DENIED step)
+    calls: tuple[ToolCall, ...] = ()  # the tool calls the model asked for (recorded in the step)
+    run_tools: bool = False  # make the calls before committing
+    denied: dict[str, str] = field(default_factory=dict)  # call id -> why its agent may not
     answer: Any = None  # SUCCEEDED: the run's answer
     reason: str | None = None  # FAILED: why
     error_type: ErrorType | None = None  # FAILED: why, as a type
@@ -49,7 +50,8 @@ def before_call(budget: Budget, used: Usage, prompt_tokens: int) -> Verdict | No
 
 
 def decide(
-    action: Action,
+    text: str,
+    calls: Sequence[ToolCall],
     *,
     budget: Budget,
     used: Usage,
@@ -59,17 +61,19 @@ def decide(
     tools: Collection[str],
     validators: Sequence[tuple[str, Validator]],
 ) -> Verdict:
-    """The verdict on step ``step`` of a run of ``agent`` once the model answered ``action``
-    with ``tokens_out`` tokens; ``used``: what the run's earlier steps spent."""
-    call = action if isinstance(action, ToolCall) else None
-    stop = check_after_call(budget, used, tokens_out, call is not None)
-    if stop is not None:  # the output is kept; a tool asked for is not called
-        kind = StepKind.TOOL if call is not None else StepKind.FINAL
+    """The verdict on step ``step`` of a run of ``agent`` once the model replied ``text`` and
+    ``calls`` with ``tokens_out`` tokens; ``used``: what the run's earlier steps spent. A reply
+    without calls is the run's answer."""
+    asked = tuple(calls)
+    stop = check_after_call(budget, used, tokens_out, len(asked))
+    if stop is not None:  # the output is kept; the tools asked for are not called
+        kind = StepKind.TOOL if asked else StepKind.FINAL
         return Verdict(
-            kind, RunStatus.FAILED, call, reason=stop, error_type=ErrorType.BUDGET_EXCEEDED
+            kind, RunStatus.FAILED, asked, reason=stop, error_type=ErrorType.BUDGET_EXCEEDED
         )
-    if not isinstance(action, ToolCall):
-        rejection = first_rejection(validators, action.answer)
+    if not asked:
+        answer = answer_of(text)
+        rejection = first_rejection(validators, answer)
         if rejection is not None:
             reason = f"answer rejected by {rejection}"
             return Verdict(
@@ -78,20 +82,23 @@ def decide(
                 reason=reason,
                 error_type=ErrorType.OUTPUT_REJECTED,
             )
-        return Verdict(StepKind.FINAL, RunStatus.SUCCEEDED, answer=action.answer)
-    allowed = action.tool in tools
-    kind = StepKind.TOOL if allowed else StepKind.DENIED
-    denied = None if allowed else f"tool {action.tool!r} is not allowed for agent {agent!r}"
+        return Verdict(StepKind.FINAL, RunStatus.SUCCEEDED, answer=answer)
+    denied = {
+        call.id: f"tool {call.name!r} is not allowed for agent {agent!r}"
+        for call in asked
+        if call.name not in tools
+    }
+    kind = StepKind.DENIED if len(denied) == len(asked) else StepKind.TOOL
     if budget.max_steps is not None and step + 1 >= budget.max_steps:
-        # The tool still runs (its result is kept), but no step is left to read it.
+        # The tools still run (their results are kept), but no step is left to read them.
         reason = f"step budget of {budget.max_steps} exhausted without a final answer"
         return Verdict(
             kind,
             RunStatus.FAILED,
-            action,
-            run_tool=allowed,
+            asked,
+            run_tools=True,
             denied=denied,
             reason=reason,
             error_type=ErrorType.BUDGET_EXCEEDED,
         )
-    return Verdict(kind, call=action, run_tool=allowed, denied=denied)
+    return Verdict(kind, calls=asked, run_tools=True, denied=denied)

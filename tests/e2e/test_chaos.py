@@ -32,6 +32,7 @@ from app.memory.schema import steps as steps_table
 from app.memory.sessions import SessionStore
 from app.producer.submit import submit_many
 from app.tasks import dead_letters as dlq
+from tests.fixtures import steps as recorded
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -357,7 +358,7 @@ def test_runs_complete_exactly_once_through_worker_kills_and_a_redis_restart(
             run.status,
             run.answer,
             run.next_step,
-            [(s.step, s.kind, s.tool_result) for s in run.steps],
+            [(s.step, s.kind, recorded.result(s)) for s in run.steps],
         )
         expected = (
             "succeeded",

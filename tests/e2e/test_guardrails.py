@@ -17,6 +17,7 @@ from app.constants import kv_key
 from app.errors import BudgetExceededError, InputRejectedError, OutputRejectedError
 from app.local.processes import free_port
 from app.producer.submit import submit
+from tests.fixtures import steps as recorded
 
 pytestmark = pytest.mark.e2e
 
@@ -97,7 +98,7 @@ def test_runs_that_ask_for_too_much_end_with_typed_reasons(guarded, store, redis
         run = store.load_run(run_id)
         assert (run.status, run.error_type) == ("failed", error_type)
     assert store.load_run(words.id).steps[0].tokens_out == 300  # spent, and on record
-    assert [s.tool_result for s in store.load_run(tools.id).steps] == [2, None]
+    assert [recorded.result(s) for s in store.load_run(tools.id).steps] == [2, None]
     assert len(store.load_run(slow.id).steps) == 2  # the 1.5 s step, then the stop
 
     assert metric(port, "agentq_guardrail_stops_total", agent="guarded") == 3

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.local.processes import free_port
 from app.producer.submit import submit
+from tests.fixtures import steps as recorded
 from tests.fixtures.waiting import alive
 
 pytestmark = pytest.mark.e2e
@@ -82,7 +83,7 @@ def metric(port: int, name: str, **labels: str) -> float:
 def tool_result(store, run_id: str, tool: str):
     state = store.load_run(run_id)
     assert state is not None, run_id
-    results = [s.tool_result for s in state.steps if s.tool == tool]
+    results = [recorded.result(s) for s in state.steps if recorded.tool(s) == tool]
     assert results, f"run {run_id} has no {tool} step"
     return results[-1]
 

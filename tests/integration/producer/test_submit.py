@@ -13,6 +13,7 @@ from app.constants import TASK_RUN_AGENT, idempotency_key
 from app.errors import InvalidInputError, PayloadTooLargeError, RunFailedError, UnknownAgentError
 from app.producer.submit import submit, submit_many
 from app.tasks import dead_letters
+from tests.fixtures import steps as recorded
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +104,7 @@ def test_a_producer_that_does_not_import_agentq_uses_send_task(
     )  # fmt: skip
     reply = json.loads(out.stdout)
     assert reply["answer"] == "Answer: 42"
-    assert [s.tool for s in store.load_run(reply["id"]).steps] == ["calculator", None]
+    assert [recorded.tool(s) for s in store.load_run(reply["id"]).steps] == ["calculator", None]
 
 
 def test_a_pickled_message_is_quarantined_and_never_runs(

@@ -1,38 +1,40 @@
-from app.agents.prompts import FinalAnswer, ToolCall, Turn, build_prompt, parse_reply
+"""The conversation a step sends: system, the session's earlier runs, the input, each step's
+calls and results as turns; and the answer read from a final reply."""
+
+from app.agents.prompts import Turn, answer_of, conversation
+from app.inference.chat import Message, ToolCall
+
+ADD = ToolCall("c1", "calculator", {"expression": "2+3"})
+NOW = ToolCall("c2", "clock", {})
 
 
-def test_prompt_lays_out_system_history_input_and_turns():
-    prompt = build_prompt(
+def test_the_conversation_lays_out_system_history_input_and_turns():
+    messages = conversation(
         "Be brief.\nVery brief.",
         "What is 2+3?",
-        [Turn('{"tool":"calculator","args":{"expression":"2+3"}}', 5)],
+        [Turn("", ((ADD, 5), (NOW, "noon")))],
         history=[("hi", "hello")],
     )
-    assert prompt.splitlines() == [
-        "System: Be brief. Very brief.",
-        "User: hi",
-        "Assistant: hello",
-        "User: What is 2+3?",
-        'Assistant: {"tool":"calculator","args":{"expression":"2+3"}}',
-        "Tool: 5",
-        "Assistant:",
-    ]
+    assert messages == (
+        Message("system", "Be brief.\nVery brief."),  # as written: each backend lays it out
+        Message("user", "hi"),
+        Message("assistant", "hello"),
+        Message("user", "What is 2+3?"),
+        Message("assistant", "", tool_calls=(ADD, NOW)),
+        Message("tool", "5", tool_call_id="c1", name="calculator"),
+        Message("tool", "noon", tool_call_id="c2", name="clock"),
+    )
 
 
 def test_json_input_and_results_are_encoded_compactly():
-    prompt = build_prompt("s", {"q": "x"}, [Turn("t", {"error": "bad"})])
-    assert 'User: {"q":"x"}' in prompt
-    assert 'Tool: {"error":"bad"}' in prompt
-
-
-def test_tool_call_reply():
-    assert parse_reply(' {"tool": "kv_get", "args": {"key": "k"}} ') == ToolCall(
-        "kv_get", {"key": "k"}
-    )
+    messages = conversation("s", {"q": "x"}, [Turn("t", ((ADD, {"error": "bad"}),))])
+    assert messages[1] == Message("user", '{"q":"x"}')
+    assert messages[-1].content == '{"error":"bad"}'
 
 
 def test_final_reply_forms():
-    assert parse_reply('{"final": {"n": 1}}') == FinalAnswer({"n": 1})
-    assert parse_reply("Answer: 42") == FinalAnswer("Answer: 42")
-    assert parse_reply("{not json") == FinalAnswer("{not json")
-    assert parse_reply('{"other": 1}') == FinalAnswer('{"other": 1}')
+    assert answer_of('{"final": {"n": 1}}') == {"n": 1}
+    assert answer_of(' {"final": null} ') is None
+    assert answer_of("Answer: 42") == "Answer: 42"
+    assert answer_of("{not json") == "{not json"
+    assert answer_of('{"other": 1}') == '{"other": 1}'

@@ -30,7 +30,7 @@ def test_events_read_back_in_order_up_to_the_end(client) -> None:
     assert [e.kind for e in events] == [ATTEMPT, TOKEN, TOKEN, TOKEN, STEP, END]
     assert "".join(e.text for e in events if e.kind == TOKEN) == "Hello world"
     assert events[-1].data == {"status": "succeeded", "answer": {"n": 1}}
-    assert events[4].data == {"kind": "final", "tool": None}
+    assert events[4].data == {"kind": "final", "tool": None, "tools": []}
     assert all(e.ts_ns > 0 for e in events)
     assert [e.id for e in events] == sorted(e.id for e in events)
 

@@ -11,6 +11,7 @@ from app.errors import InferenceError, InferenceUnavailableError, NoSuchRunError
 from app.memory.sessions import SessionStore
 from app.tasks.leases import RunLease
 from app.tasks.runner import Outcome, StepMessage, StepRunner
+from tests.fixtures import steps as recorded
 from tests.fixtures.backends import CALC, ReplyList
 
 REGISTRY = AgentRegistry(
@@ -43,7 +44,7 @@ def test_a_run_goes_tool_then_final(store):
     assert done.outcome is Outcome.DONE and done.answer == "Answer: 5"
     assert backend.prompts[1].splitlines()[-2] == "Tool: 5"
     run = store.load_run("run")
-    assert [(s.step, s.kind, s.tool_result) for s in run.steps] == [
+    assert [(s.step, s.kind, recorded.result(s)) for s in run.steps] == [
         (0, "tool", 5),
         (1, "final", None),
     ]
@@ -98,7 +99,7 @@ def test_a_tool_outside_the_allowlist_is_an_error_result_not_a_call(store):
     r.run_step(StepMessage("run", "research", 0, "hi"))
     step = store.load_run("run").steps[0]
     assert step.kind == "denied"
-    assert step.tool_result == {"error": "tool 'kv_set' is not allowed for agent 'research'"}
+    assert recorded.result(step) == {"error": "tool 'kv_set' is not allowed for agent 'research'"}
     assert not redis.keys("agentq:kv:*")
     # The run goes on: the model sees the refusal and answers.
     assert r.run_step(StepMessage("run", "research", 1)).outcome is Outcome.DONE
@@ -167,7 +168,7 @@ def test_a_first_delivery_loads_before_a_tool_call(store):
     counting = CountingStore(store)
     result = runner(counting, ReplyList(CALC)).run_step(first("run"))
     assert result.outcome is Outcome.NEXT and counting.loads == 1
-    assert [s.tool_result for s in store.load_run("run").steps] == [5]
+    assert [recorded.result(s) for s in store.load_run("run").steps] == [5]
 
 
 def test_a_duplicate_of_a_first_message_neither_repeats_its_tool_nor_ends_the_run(store):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from dataclasses import replace
 
 import fakeredis
 import pytest
@@ -10,18 +11,20 @@ import pytest
 from app.agents.guardrails import Budget, ValidatorSpec
 from app.agents.registry import AgentRegistry, AgentSpec
 from app.config import Settings
-from app.inference.backend import Completion, count_tokens
-from app.memory.sessions import SessionStore
+from app.inference.backend import count_tokens
+from app.memory.sessions import NewRun, SessionStore, StepDraft
 from app.tasks.runner import Outcome, StepMessage, StepRunner
+from tests.fixtures import steps as recorded
 from tests.fixtures.backends import CALC, ReplyList
 
 
 class Counted(ReplyList):
     """Replies with real token counts, as a model server reports them."""
 
-    def generate(self, prompt, params, **_route):
-        text = super().generate(prompt, params).text
-        return Completion(text, count_tokens(prompt), count_tokens(text), 0.0, "fake")
+    def generate(self, request, **_route):
+        reply = super().generate(request)
+        tokens_in = count_tokens(self.prompts[-1])
+        return replace(reply, tokens_in=tokens_in, tokens_out=count_tokens(reply.text))
 
 
 REGISTRY = AgentRegistry(
@@ -78,7 +81,7 @@ def test_the_tool_call_budget_stops_a_run_before_the_extra_call(store):
     stopped = r.run_step(StepMessage("run", "tools", 1))
     assert stopped.error_type == "budget_exceeded" and "tool call budget of 1" in stopped.reason
     steps = store.load_run("run").steps
-    assert [s.tool_result for s in steps] == [5, None]  # the second call was not made
+    assert [recorded.result(s) for s in steps] == [5, None]  # the second call was not made
 
 
 def test_wall_time_is_checked_before_each_step(store):
@@ -108,11 +111,13 @@ def test_an_answer_that_passes_its_validators_is_returned(store):
     assert result.outcome is Outcome.DONE and result.answer == {"title": "ok"}
 
 
-def test_a_redelivered_tool_step_reuses_the_tool_result(store):
-    redis = fakeredis.FakeRedis()
-    first = StepRunner(Settings(), REGISTRY, store, redis, {"triton": Counted(CALC)}, "w1")
-    counter = '{"tool": "calculator", "args": {"expression": "6*7"}}'
-    first.tool_cache.put("run", 0, 41)  # as if a dead worker had run the tool before its commit
-    second = StepRunner(Settings(), REGISTRY, store, redis, {"triton": Counted(counter)}, "w2")
+def test_a_redelivered_tool_step_reuses_its_kept_reply_and_result(store):
+    """A worker died after the tool's result was kept, before the commit: the step's next
+    delivery asks the model nothing and does not make the call again."""
+    calls = ({"id": "call_0", "name": "calculator", "args": {"expression": "6*7"}},)
+    store.save_draft("run", StepDraft(0, "", calls), NewRun("run", "open", "mul"))
+    store.keep_result("run", 0, "call_0", 41, error=False)  # not 42: the kept one is used
+    second = runner(store, Counted())  # no reply: a model call would fail the test
     assert second.run_step(StepMessage("run", "open", 0, "mul")).outcome is Outcome.NEXT
-    assert store.load_run("run").steps[0].tool_result == 41
+    state = store.load_run("run")
+    assert recorded.result(state.steps[0]) == 41 and state.draft is None

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from app.agents.guardrails import Budget, Usage, ValidatorSpec, build_validators
-from app.agents.prompts import FinalAnswer, ToolCall
+from app.inference.chat import ToolCall
 from app.memory.records import ErrorType, RunStatus, StepKind
 from app.tasks import verdict
 from app.tasks.verdict import Verdict
 
-ADD = ToolCall("calculator", {"expression": "1+1"})
+ADD = ToolCall("c0", "calculator", {"expression": "1+1"})
+RM = ToolCall("c1", "rm", {})
 UNLIMITED, NOTHING_USED = Budget(), Usage()
 JSON_OBJECT = build_validators([ValidatorSpec(type="json_schema", schema={"type": "object"})])
 
 
-def decide(action, budget=UNLIMITED, used=NOTHING_USED, tokens_out=5, step=0, validators=()):
+def decide(reply, budget=UNLIMITED, used=NOTHING_USED, tokens_out=5, step=0, validators=()):
+    """``reply``: the model's text (an answer), or the calls it asked for."""
+    text, calls = (reply, ()) if isinstance(reply, str) else ("", reply)
     return verdict.decide(
-        action,
+        text,
+        calls,
         budget=budget,
         used=used,
         tokens_out=tokens_out,
@@ -27,13 +31,13 @@ def decide(action, budget=UNLIMITED, used=NOTHING_USED, tokens_out=5, step=0, va
 
 
 def test_a_final_answer_ends_the_run_with_it() -> None:
-    assert decide(FinalAnswer({"n": 2}), validators=JSON_OBJECT) == Verdict(
+    assert decide('{"final": {"n": 2}}', validators=JSON_OBJECT) == Verdict(
         StepKind.FINAL, RunStatus.SUCCEEDED, answer={"n": 2}
     )
 
 
 def test_a_rejected_answer_fails_the_run_and_keeps_no_answer() -> None:
-    decided = decide(FinalAnswer("plain text"), validators=JSON_OBJECT)
+    decided = decide("plain text", validators=JSON_OBJECT)
     assert (decided.kind, decided.status, decided.answer) == (
         StepKind.FINAL, RunStatus.FAILED, None
     )  # fmt: skip
@@ -43,61 +47,75 @@ def test_a_rejected_answer_fails_the_run_and_keeps_no_answer() -> None:
 
 
 def test_an_allowed_tool_is_called_and_the_run_goes_on() -> None:
-    assert decide(ADD, budget=Budget(max_steps=3), step=1) == Verdict(
-        StepKind.TOOL, RunStatus.RUNNING, ADD, run_tool=True
+    assert decide([ADD], budget=Budget(max_steps=3), step=1) == Verdict(
+        StepKind.TOOL, RunStatus.RUNNING, (ADD,), run_tools=True
     )
 
 
 def test_a_tool_the_agent_may_not_use_is_denied_and_the_run_goes_on() -> None:
-    wipe = ToolCall("rm", {})
-    assert decide(wipe) == Verdict(
-        StepKind.DENIED, call=wipe, denied="tool 'rm' is not allowed for agent 'calc'"
+    assert decide([RM]) == Verdict(
+        StepKind.DENIED,
+        calls=(RM,),
+        run_tools=True,
+        denied={"c1": "tool 'rm' is not allowed for agent 'calc'"},
     )
 
 
+def test_several_calls_in_one_reply_are_all_made_and_only_the_disallowed_one_denied() -> None:
+    decided = decide([ADD, RM, ADD])
+    assert (decided.kind, decided.status, decided.calls, decided.run_tools) == (
+        StepKind.TOOL, RunStatus.RUNNING, (ADD, RM, ADD), True
+    )  # fmt: skip
+    assert decided.denied == {"c1": "tool 'rm' is not allowed for agent 'calc'"}
+
+
 def test_a_tool_call_on_the_last_step_runs_then_fails_the_run() -> None:
-    decided = decide(ADD, budget=Budget(max_steps=2), step=1)
-    assert (decided.kind, decided.status, decided.run_tool, decided.error_type) == (
+    decided = decide([ADD], budget=Budget(max_steps=2), step=1)
+    assert (decided.kind, decided.status, decided.run_tools, decided.error_type) == (
         StepKind.TOOL, RunStatus.FAILED, True, ErrorType.BUDGET_EXCEEDED
     )  # fmt: skip
     assert decided.reason == "step budget of 2 exhausted without a final answer"
 
 
 def test_a_denied_tool_on_the_last_step_fails_the_run_too() -> None:
-    decided = decide(ToolCall("rm", {}), budget=Budget(max_steps=1))
-    assert (decided.kind, decided.status, decided.run_tool) == (
-        StepKind.DENIED, RunStatus.FAILED, False
-    )  # fmt: skip
-    assert decided.denied is not None and decided.error_type is ErrorType.BUDGET_EXCEEDED
+    decided = decide([RM], budget=Budget(max_steps=1))
+    assert (decided.kind, decided.status) == (StepKind.DENIED, RunStatus.FAILED)
+    assert decided.denied and decided.error_type is ErrorType.BUDGET_EXCEEDED
 
 
 def test_a_final_answer_on_the_last_step_still_succeeds() -> None:
-    decided = decide(FinalAnswer(4), budget=Budget(max_steps=1))
+    decided = decide('{"final": 4}', budget=Budget(max_steps=1))
     assert (decided.status, decided.answer) == (RunStatus.SUCCEEDED, 4)
 
 
 def test_output_tokens_over_budget_fail_the_run_before_validators_or_tools() -> None:
     over = Budget(max_tokens_out=10)
-    answer = decide(FinalAnswer("x"), budget=over, used=Usage(tokens_out=6), validators=JSON_OBJECT)
+    answer = decide("x", budget=over, used=Usage(tokens_out=6), validators=JSON_OBJECT)
     assert answer == Verdict(
         StepKind.FINAL,
         RunStatus.FAILED,
         reason="output token budget of 10 exceeded (11 generated)",
         error_type=ErrorType.BUDGET_EXCEEDED,
     )
-    call = decide(ADD, budget=over, used=Usage(tokens_out=6))
-    assert (call.kind, call.call, call.run_tool, call.status) == (
-        StepKind.TOOL, ADD, False, RunStatus.FAILED
+    call = decide([ADD], budget=over, used=Usage(tokens_out=6))
+    assert (call.kind, call.calls, call.run_tools, call.status) == (
+        StepKind.TOOL, (ADD,), False, RunStatus.FAILED
     )  # fmt: skip
 
 
 def test_a_tool_call_past_the_tool_budget_is_kept_but_not_made() -> None:
-    decided = decide(ADD, budget=Budget(max_tool_calls=1), used=Usage(tool_calls=1))
-    assert (decided.kind, decided.run_tool, decided.error_type, decided.reason) == (
-        StepKind.TOOL, False, ErrorType.BUDGET_EXCEEDED, "tool call budget of 1 exhausted"
-    )  # fmt: skip
+    decided = decide([ADD], budget=Budget(max_tool_calls=1), used=Usage(tool_calls=1))
+    assert (decided.kind, decided.run_tools, decided.error_type, decided.reason) == (
+        StepKind.TOOL,
+        False,
+        ErrorType.BUDGET_EXCEEDED,
+        "tool call budget of 1 exhausted (1 made, 1 asked)",
+    )
+    # Every call of a reply counts: two asked with one left is over the budget.
+    two = decide([ADD, ADD], budget=Budget(max_tool_calls=2), used=Usage(tool_calls=1))
+    assert two.reason == "tool call budget of 2 exhausted (1 made, 2 asked)"
     # The tool budget does not apply to an answer.
-    answer = decide(FinalAnswer(1), budget=Budget(max_tool_calls=1), used=Usage(tool_calls=1))
+    answer = decide('{"final": 1}', budget=Budget(max_tool_calls=1), used=Usage(tool_calls=1))
     assert answer.status is RunStatus.SUCCEEDED
 
 

@@ -1,0 +1,140 @@
+"""A model call as turns, whatever the server: messages, the tools it may call, its reply.
+
+The agent loop hands every backend a :class:`ChatRequest` (never flattened text); each backend
+speaks its server's own protocol with it: OpenAI's ``messages`` / ``tools`` / ``tool_calls`` /
+``role: "tool"`` (:mod:`app.inference.openai_compat`), or a prompt rendered for the model on
+Triton (:mod:`app.inference.text_protocol`). Replies come back as a :class:`Completion`: text
+and the tool calls the model asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """The model asked to run tool ``name`` with ``args``; ``id`` pairs the call with its result.
+
+    ``error`` is set when the server's arguments were not a JSON object: the call is not run,
+    and the error goes back to the model as the call's result.
+    """
+
+    id: str
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The call as stored (a step's ``tool_calls``)."""
+        data: dict[str, Any] = {"id": self.id, "name": self.name, "args": self.args}
+        if self.error is not None:
+            data["error"] = self.error
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ToolCall:
+        """A call as :meth:`to_json` stored it."""
+        return cls(str(data["id"]), str(data["name"]), dict(data.get("args") or {}), data.get("error"))
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One turn of the conversation.
+
+    ``assistant`` turns may carry ``tool_calls``; a ``tool`` turn answers the call
+    ``tool_call_id`` (of tool ``name``) with ``content``, the result as JSON text.
+    """
+
+    role: Role
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSchema:
+    """A tool as the model is told of it: name, what it does, its arguments' JSON Schema."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    """Sampling settings of one call; ``None`` leaves the server's default in force."""
+
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    random_seed: int | None = None
+    stop_words: list[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One model call: the conversation, the tools the model may call, the sampling settings.
+
+    ``model`` names the model on the server (Triton model, OpenAI model id); None: the
+    backend's configured default.
+    """
+
+    messages: tuple[Message, ...]
+    params: GenerationParams
+    tools: tuple[ToolSchema, ...] = ()
+    model: str | None = None
+
+    @classmethod
+    def of_prompt(cls, prompt: str, params: GenerationParams, model: str | None = None) -> ChatRequest:
+        """A request of one user turn (benchmarks, smoke checks)."""
+        return cls((Message("user", prompt),), params, model=model)
+
+    def estimated_tokens(self) -> int:
+        """The conversation's size in whitespace-separated words, before the server counts
+        (the budget's check before a call)."""
+        words = 0
+        for message in self.messages:
+            words += count_tokens(message.content)
+            for call in message.tool_calls:
+                words += 1 + count_tokens(json.dumps(call.args))
+        return words
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One model reply and what it cost.
+
+    Token counts are the server's where it reports them, else whitespace-separated words.
+    """
+
+    text: str
+    tokens_in: int
+    tokens_out: int
+    latency_s: float
+    replica: str
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of a streamed reply: text to show now, or the tool calls once they are whole."""
+
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+def count_tokens(text: str) -> int:
+    """Approximate token count: whitespace-separated words."""
+    return len(text.split())
+
+
+def result_text(result: Any) -> str:
+    """A tool result as a ``tool`` turn's content: strings verbatim, other values as JSON."""
+    return result if isinstance(result, str) else json.dumps(result, separators=(",", ":"))
