@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -96,10 +97,18 @@ def start_worker(settings: Settings, celery_app, tmp_path: Path):
 
     started: list[WorkerProcess] = []
 
-    def start(agents: list[str], env: dict[str, str] | None = None, **kwargs) -> WorkerProcess:
+    def start(
+        agents: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        settings: Settings = settings,
+        celery: Any = None,
+        **kwargs: Any,
+    ) -> WorkerProcess:
+        """``settings`` and ``celery``: a test's own (default: the fixtures')."""
         worker = WorkerProcess(settings, agents, extra_env=env, log_dir=tmp_path, **kwargs)
         started.append(worker)
-        return worker.start(celery_app)
+        return worker.start(celery or celery_app)
 
     yield start
     for worker in started:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from celery import Celery
@@ -26,10 +27,12 @@ class WorkerProcess:
         log_dir: Path,
         concurrency: int | None = None,
         extra_env: dict[str, str] | None = None,
+        include: Sequence[str] = (),
     ) -> None:
         self.settings = settings
         self.agents = agents
         self.concurrency = concurrency
+        self.include = list(include)  # modules it imports (``--include``): agents and tools
         self.extra_env = extra_env or {}
         self.node = f"{'-'.join(agents)}-{uuid.uuid4().hex[:8]}@localhost"
         # The caller owns the folder (a temp dir it removes), so nothing is left behind.
@@ -60,6 +63,8 @@ class WorkerProcess:
         ]
         if self.concurrency:
             args += ["-c", str(self.concurrency)]
+        for module in self.include:
+            args += ["--include", module]
         env = child_env({**settings_env(self.settings), **self.extra_env, "PYTHONUNBUFFERED": "1"})
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
