@@ -28,11 +28,13 @@ class WorkerProcess:
         concurrency: int | None = None,
         extra_env: dict[str, str] | None = None,
         include: Sequence[str] = (),
+        cwd: Path | None = None,
     ) -> None:
         self.settings = settings
         self.agents = agents
         self.concurrency = concurrency
         self.include = list(include)  # modules it imports (``--include``): agents and tools
+        self.cwd = cwd
         self.extra_env = extra_env or {}
         self.node = f"{'-'.join(agents)}-{uuid.uuid4().hex[:8]}@localhost"
         # The caller owns the folder (a temp dir it removes), so nothing is left behind.
@@ -67,7 +69,9 @@ class WorkerProcess:
             args += ["--include", module]
         env = child_env({**settings_env(self.settings), **self.extra_env, "PYTHONUNBUFFERED": "1"})
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.cwd
+            )
         return self
 
     def wait_ready(self, celery: Celery, deadline_s: float = 60.0) -> WorkerProcess:

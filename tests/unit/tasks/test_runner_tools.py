@@ -95,6 +95,11 @@ def test_several_calls_in_one_reply_are_made_in_order_and_each_result_goes_back(
     assert runner.run_step(StepMessage("run", "tally", 0, "go")).outcome is Outcome.NEXT
     assert runner.run_step(StepMessage("run", "tally", 1)).outcome is Outcome.DONE
     assert misbehaving.CALLS == [("a", 1), ("b", 2)]
+    # The model is told of its agent's tools, each with its arguments' schema, every step.
+    told = backend.requests[0].tools
+    assert [t.name for t in told] == ["test_tally", "test_die"]
+    assert told[0].parameters["properties"]["times"]["type"] == "integer"
+    assert told[0].parameters["required"] == ["name"]
     step = store.load_run("run").steps[0]
     assert [(c.id, c.name, c.args, c.result, c.error) for c in step.tool_calls] == [
         ("call_0", "test_tally", {"name": "a"}, "a x1", False),
