@@ -94,9 +94,7 @@ def check_after_call(budget: Budget, used: Usage, tokens_out: int, tool_calls: i
         )
     limit = budget.max_tool_calls
     if tool_calls and limit is not None and used.tool_calls + tool_calls > limit:
-        return (
-            f"tool call budget of {limit} exhausted ({used.tool_calls} made, {tool_calls} asked)"
-        )
+        return f"tool call budget of {limit} exhausted ({used.tool_calls} made, {tool_calls} asked)"
     return None
 
 

@@ -39,7 +39,9 @@ class ToolCall:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ToolCall:
         """A call as :meth:`to_json` stored it."""
-        return cls(str(data["id"]), str(data["name"]), dict(data.get("args") or {}), data.get("error"))
+        return cls(
+            str(data["id"]), str(data["name"]), dict(data.get("args") or {}), data.get("error")
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,9 @@ class ChatRequest:
     model: str | None = None
 
     @classmethod
-    def of_prompt(cls, prompt: str, params: GenerationParams, model: str | None = None) -> ChatRequest:
+    def of_prompt(
+        cls, prompt: str, params: GenerationParams, model: str | None = None
+    ) -> ChatRequest:
         """A request of one user turn (benchmarks, smoke checks)."""
         return cls((Message("user", prompt),), params, model=model)
 

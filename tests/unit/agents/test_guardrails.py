@@ -57,14 +57,19 @@ def test_check_before_step(budget, used, prompt_tokens, expected):
 
 def test_check_after_call_counts_output_tokens_and_tool_calls():
     assert "output token budget of 10" in check_after_call(
-        Budget(max_tokens_out=10), Usage(tokens_out=6), 5, wants_tool=False
+        Budget(max_tokens_out=10), Usage(tokens_out=6), 5, tool_calls=0
     )
-    assert check_after_call(Budget(max_tokens_out=10), Usage(tokens_out=5), 5, False) is None
+    assert check_after_call(Budget(max_tokens_out=10), Usage(tokens_out=5), 5, 0) is None
     assert "tool call budget of 1" in check_after_call(
-        Budget(max_tool_calls=1), Usage(tool_calls=1), 1, wants_tool=True
+        Budget(max_tool_calls=1), Usage(tool_calls=1), 1, tool_calls=1
+    )
+    # Every call of one reply counts: three asked with two left is over.
+    assert check_after_call(Budget(max_tool_calls=3), Usage(tool_calls=1), 1, 2) is None
+    assert "(1 made, 3 asked)" in check_after_call(
+        Budget(max_tool_calls=3), Usage(tool_calls=1), 1, tool_calls=3
     )
     # A final answer needs no tool call, so an exhausted tool budget does not stop it.
-    assert check_after_call(Budget(max_tool_calls=1), Usage(tool_calls=1), 1, False) is None
+    assert check_after_call(Budget(max_tool_calls=1), Usage(tool_calls=1), 1, 0) is None
 
 
 def test_json_schema_validator_parses_string_answers():
