@@ -38,11 +38,11 @@ from celery import Celery
 from rich.console import Console
 from rich.table import Table
 
-from app.agents.prompts import build_prompt
 from app.celery_ext.app import create_celery
 from app.celery_ext.context import context_of
 from app.config import REPO_ROOT, InferenceSettings, Settings, Strategy, TritonSettings
 from app.errors import AgentqError
+from app.inference.backend import ChatRequest, GenerationParams, Message
 from app.local.processes import log_tail
 from app.local.redis import RedisServer
 from app.local.triton import TritonServer, install_triton
@@ -130,7 +130,11 @@ class Bench:
         self.redis = redis.Redis.from_url(server.url)
         stack.callback(self.redis.close)
         spec = context_of(self.celery).registry.spec(AGENT)
-        self.prompt = build_prompt(spec.system_prompt, INPUT, [])
+        # The conversation of a run's first step, as the worker sends it.
+        self.request = ChatRequest(
+            (Message("system", spec.system_prompt), Message("user", INPUT)),
+            GenerationParams(max_tokens=64),
+        )
         self._dbs = 0
         self.log_errors: list[str] = []
 
@@ -145,7 +149,7 @@ class Bench:
 
     def direct(self, concurrency: int, calls: int) -> Throughput:
         return direct_calls(
-            self.triton.grpc_url, "ensemble", self.prompt, concurrency, calls, self.probe()
+            self.triton.grpc_url, "ensemble", self.request, concurrency, calls, self.probe()
         )
 
     def _workers(self, stack: ExitStack, processes: int, concurrency: int) -> None:

@@ -21,7 +21,8 @@ from celery import Celery
 from celery.utils.serialization import bytes_to_str
 
 from app.celery_ext.backlog import UNACKED_KEY  # messages delivered to a worker, not acknowledged
-from app.inference.backend import GenerationParams
+from app.inference.backend import ChatRequest
+from app.inference.text_protocol import render
 from app.inference.triton import build_inputs
 from app.producer.submit import submit, submit_many
 from app.tasks.relay import TOKEN
@@ -146,12 +147,12 @@ Probe = Callable[[], dict[str, float]]
 
 
 async def _direct(
-    url: str, model: str, prompt: str, concurrency: int, calls: int, probe: Probe
+    url: str, model: str, request: ChatRequest, concurrency: int, calls: int, probe: Probe
 ) -> Throughput:
     from tritonclient.grpc.aio import InferenceServerClient
 
     client = InferenceServerClient(url)
-    params = GenerationParams(max_tokens=64)
+    prompt, params = render(request), request.params
     latencies: list[float] = []
     failed = 0
     left = 0
@@ -192,11 +193,12 @@ async def _direct(
 
 
 def direct_calls(
-    url: str, model: str, prompt: str, concurrency: int, calls: int, probe: Probe
+    url: str, model: str, request: ChatRequest, concurrency: int, calls: int, probe: Probe
 ) -> Throughput:
-    """``calls`` unary calls from ``concurrency`` coroutines on one aio client, timed after a
-    warm-up call per coroutine; ``probe`` reads Triton's counters at the window's edges."""
-    return asyncio.run(_direct(url, model, prompt, concurrency, calls, probe))
+    """``calls`` unary calls of ``request`` (rendered as the worker renders it for Triton) to
+    ``model`` from ``concurrency`` coroutines on one aio client, timed after a warm-up call
+    per coroutine; ``probe`` reads Triton's counters at the window's edges."""
+    return asyncio.run(_direct(url, model, request, concurrency, calls, probe))
 
 
 def _ms(seconds: float | None) -> float | None:

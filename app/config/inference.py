@@ -131,6 +131,12 @@ class TritonSettings(BaseModel):
         default="ensemble_stream",
         description="Decoupled model for token streaming (same interface).",
     )
+    stream_models: dict[str, str] = Field(
+        default_factory=dict,
+        description="Decoupled model streaming each other unary model an agent names (unary "
+        "-> decoupled); a model not listed streams from itself. The default model streams "
+        "from stream_model.",
+    )
     timeout_s: float = Field(default=60.0, gt=0, description="Deadline of one model call.")
     max_tokens: int = Field(default=512, gt=0, description="max_tokens sent with each call.")
     home: Path = Field(

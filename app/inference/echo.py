@@ -3,23 +3,21 @@
 For agent types that check a deployment without a model (smoke tests of queues, workers and
 the session store) and for load tests of everything but inference (``agentq bench
 dispatch``). A run of such an agent still takes its lease, loads its session, builds its
-prompt and commits its step; it ends after that one step, with its input as the answer.
+conversation and commits its step; it ends after that one step, with its input as the answer.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
-from app.constants import PROMPT_USER
-from app.inference.backend import Completion, GenerationParams, Route, count_tokens
+from app.inference.backend import ChatRequest, Completion, Delta, Route, count_tokens
 
 
-def echo_reply(prompt: str) -> str:
-    """``{"final": <the prompt's last user line>}``: a final answer, whatever the input says."""
-    _, found, rest = prompt.rpartition("\n" + PROMPT_USER)  # build_prompt puts System first
-    line = rest.split("\n", 1)[0] if found else ""
-    return json.dumps({"final": line})
+def echo_reply(request: ChatRequest) -> str:
+    """``{"final": <the last user turn's content>}``: a final answer, whatever the input says."""
+    users = [m.content for m in request.messages if m.role == "user"]
+    return json.dumps({"final": users[-1] if users else ""})
 
 
 class EchoBackend:
@@ -29,27 +27,29 @@ class EchoBackend:
 
     def generate(
         self,
-        prompt: str,
-        params: GenerationParams,
+        request: ChatRequest,
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
     ) -> Completion:
-        text = echo_reply(prompt)
-        return Completion(text, count_tokens(prompt), count_tokens(text), 0.0, self.name)
+        text = echo_reply(request)
+        return Completion(text, request.estimated_tokens(), count_tokens(text), 0.0, self.name)
 
     def stream(
         self,
-        prompt: str,
-        params: GenerationParams,
+        request: ChatRequest,
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
-    ) -> Iterator[str]:
-        yield echo_reply(prompt)
+    ) -> Iterator[Delta]:
+        yield Delta(echo_reply(request))
 
     def health(self) -> bool:
         return True
+
+    def missing_models(self, models: Collection[str]) -> list[str]:
+        """None: echo needs no model."""
+        return []
 
     def close(self) -> None:
         pass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from app.config import InferenceSettings, ReplicaSettings, Settings
 from app.inference.backend import InferenceBackend
@@ -30,21 +30,46 @@ def replicas_from_settings(
     ]
 
 
-def build_pools(settings: Settings) -> dict[str, ReplicaPool]:
+def default_model(settings: Settings, kind: str) -> str | None:
+    """The model a backend kind serves when an agent names none (echo: no model)."""
+    return {"triton": settings.triton.model, "openai": settings.openai.model}.get(kind)
+
+
+def agent_models(
+    settings: Settings, agents: Iterable[tuple[str, str | None]]
+) -> dict[str, frozenset[str]]:
+    """Backend kind -> the models its agents use, from (backend, model) pairs; an agent's
+    model None is its backend's default. Echo needs none."""
+    found: dict[str, set[str]] = {}
+    for kind, model in agents:
+        name = model or default_model(settings, kind)
+        if name is not None:
+            found.setdefault(kind, set()).add(name)
+    return {kind: frozenset(models) for kind, models in found.items()}
+
+
+def build_pools(
+    settings: Settings, models: Mapping[str, Collection[str]] | None = None
+) -> dict[str, ReplicaPool]:
     """A started pool per backend kind: ``triton`` and ``echo`` always, ``openai`` when
-    configured."""
+    configured. ``models``: backend kind -> the models its agents use (see
+    :func:`agent_models`), what each pool's readiness asks its replicas for."""
     from app.inference.triton import TritonBackend
 
+    models = models or {}
     triton = settings.triton
     pools = {
         "triton": ReplicaPool(
             replicas_from_settings(
                 triton.replica_list(),
-                lambda r: TritonBackend(r.url, triton.model, triton.stream_model, triton.timeout_s),
+                lambda r: TritonBackend(
+                    r.url, triton.model, triton.stream_model, triton.timeout_s, triton.stream_models
+                ),
                 settings.inference,
             ),
             settings.inference,
             kind="triton",
+            models=models.get("triton", ()),
         )
     }
     openai = settings.openai
@@ -60,6 +85,7 @@ def build_pools(settings: Settings) -> dict[str, ReplicaPool]:
             ),
             settings.inference,
             kind="openai",
+            models=models.get("openai", ()),
         )
     inference = settings.inference
     breaker = CircuitBreaker(inference.breaker_failures, inference.breaker_cooldown_s)

@@ -7,7 +7,8 @@ is tried again on another replica after an exponential, jittered backoff, within
 deadline and ``attempts``. When no replica is left the pool raises at once: the Celery task
 retries the step later instead of a thread spinning here. A background thread scrapes each
 replica's queue depth and probes open breakers' readiness (``/v2/health/ready`` for Triton)
-before they close.
+before they close. ``models``, the models its agents use, are what readiness asks for: a model
+is missing when no ready replica has it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -25,7 +26,7 @@ import httpx
 
 from app.config import InferenceSettings
 from app.errors import InferenceError, InferenceUnavailableError, NoReplicaAvailableError
-from app.inference.backend import Completion, GenerationParams, InferenceBackend, Route
+from app.inference.backend import ChatRequest, Completion, Delta, InferenceBackend, Route
 from app.inference.breaker import CircuitBreaker
 from app.inference.queue_depth import parse_queue_depth
 from app.inference.strategies import ReplicaView, choose_replica
@@ -95,11 +96,13 @@ class ReplicaPool:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         kind: str = "triton",
+        models: Collection[str] = (),
     ) -> None:
         if not replicas:
             raise ValueError("a replica pool needs at least one replica")
         self.replicas = list(replicas)
         self.kind = kind  # backend kind, the metrics' ``backend`` label
+        self.models = frozenset(models)  # the models its agents use
         self.settings = settings
         self._clock = clock
         self._sleep = sleep
@@ -214,8 +217,7 @@ class ReplicaPool:
 
     def generate(
         self,
-        prompt: str,
-        params: GenerationParams,
+        request: ChatRequest,
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
@@ -224,28 +226,25 @@ class ReplicaPool:
         return self._with_retries(
             route or Route(),
             timeout_s,
-            lambda replica, remaining: replica.backend.generate(
-                prompt, params, timeout_s=remaining
-            ),
+            lambda replica, remaining: replica.backend.generate(request, timeout_s=remaining),
         )
 
     def stream(
         self,
-        prompt: str,
-        params: GenerationParams,
+        request: ChatRequest,
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
-    ) -> Iterator[str]:
+    ) -> Generator[Delta, None, None]:
         """Pieces of one reply. Retried on another replica only until the first piece arrives."""
 
         def first_piece(
             replica: Replica, remaining: float
-        ) -> tuple[Replica, Iterator[str], str, float]:
+        ) -> tuple[Replica, Iterator[Delta], Delta | None, float]:
             started = time.perf_counter()
-            pieces = replica.backend.stream(prompt, params, timeout_s=remaining)
+            pieces = replica.backend.stream(request, timeout_s=remaining)
             try:
-                return replica, pieces, next(pieces, ""), started
+                return replica, pieces, next(pieces, None), started
             except BaseException:
                 _close(pieces)
                 raise
@@ -258,11 +257,11 @@ class ReplicaPool:
         return self._rest(replica, first, pieces, started)
 
     def _rest(
-        self, replica: Replica, first: str, pieces: Iterator[str], started: float
-    ) -> Iterator[str]:
+        self, replica: Replica, first: Delta | None, pieces: Iterator[Delta], started: float
+    ) -> Generator[Delta, None, None]:
         failure: BaseException | None = None
         try:
-            if first:
+            if first is not None:
                 yield first
             yield from pieces
         except GeneratorExit:
@@ -278,6 +277,21 @@ class ReplicaPool:
     def health(self) -> bool:
         """True when at least one replica's breaker is closed and it answers ready."""
         return any(r.breaker.closed and self._ready(r) for r in self.replicas)
+
+    def missing_models(self, models: Collection[str] | None = None) -> list[str]:
+        """Those of ``models`` (default: :attr:`models`) that no replica with a closed breaker
+        has ready, sorted; every one of them when no replica answers."""
+        wanted = sorted(self.models if models is None else set(models))
+        if not wanted:
+            return []
+        with self._lock:
+            closed = [r for r in self.replicas if r.breaker.closed]
+        missing = set(wanted)
+        for replica in closed:
+            missing &= set(replica.backend.missing_models(wanted))
+            if not missing:
+                break
+        return sorted(missing)
 
     def close(self) -> None:
         """Stop the poller and close every replica's client."""
@@ -358,7 +372,7 @@ class ReplicaPool:
             self._stop.wait(self.settings.metrics_interval_s)
 
 
-def _close(pieces: Iterator[str]) -> None:
+def _close(pieces: Iterator[Delta]) -> None:
     close = getattr(pieces, "close", None)
     if close is not None:
         close()

@@ -6,15 +6,28 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Collection, Generator, Mapping
 from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from app.errors import InferenceError, InferenceUnavailableError, ModelRefusedError
-from app.inference.backend import Completion, GenerationParams, Route, count_tokens
+from app.errors import (
+    InferenceError,
+    InferenceUnavailableError,
+    ModelNotFoundError,
+    ModelRefusedError,
+)
+from app.inference import text_protocol
+from app.inference.backend import (
+    ChatRequest,
+    Completion,
+    Delta,
+    GenerationParams,
+    Route,
+    count_tokens,
+)
 
 # gRPC status codes worth a retry on another replica or later: the server did not serve the
 # call (down, overloaded, late); any other code is the model's answer and is not retried.
@@ -28,12 +41,16 @@ RETRYABLE_CODES = (
 _HEALTH_TIMEOUT_S = 5.0
 
 
-def map_error(exc: InferenceServerException, url: str) -> InferenceError:
-    """The project error for a tritonclient error: unreachable or late, or refused by the model."""
+def map_error(exc: InferenceServerException, url: str, model: str = "") -> InferenceError:
+    """The project error for a tritonclient error: unreachable or late, no such model, or
+    refused by the model."""
     status = str(exc.status() or "")
     message = exc.message() or str(exc)
     if any(code in status for code in RETRYABLE_CODES) or "connection refused" in message.lower():
         return InferenceUnavailableError(f"Triton at {url} unavailable ({status}): {message}")
+    # A stream's error comes without a status, so the message is the other sign.
+    if "NOT_FOUND" in status or "unknown model" in message.lower():
+        return ModelNotFoundError(f"Triton at {url} has no model {model!r} ({message})")
     return ModelRefusedError(f"Triton at {url} refused the call ({status}): {message}")
 
 
@@ -93,6 +110,11 @@ def _is_final(result: grpcclient.InferResult) -> bool:
 class TritonBackend:
     """An InferenceBackend on one Triton replica.
 
+    A request's ``model`` (else ``model``) serves unary calls; a stream goes to
+    ``stream_model`` for the default model, else to ``stream_models[model]``, else to the
+    request's model itself. The conversation reaches the model as text
+    (:mod:`app.inference.text_protocol`), and the reply's tool calls are read back from it.
+
     tritonclient documents its clients as not thread-safe, so each calling thread gets its own
     unary client (threading.local), and each stream its own client (a client holds one stream).
     """
@@ -103,14 +125,27 @@ class TritonBackend:
         model: str = "ensemble",
         stream_model: str = "ensemble_stream",
         timeout_s: float = 60,
+        stream_models: Mapping[str, str] | None = None,
     ) -> None:
         self.url = url
         self.model = model
         self.stream_model = stream_model
+        self.stream_models = dict(stream_models or {})
         self.timeout_s = timeout_s
         self._local = threading.local()
         self._clients: list[grpcclient.InferenceServerClient] = []
         self._lock = threading.Lock()
+
+    def unary_model(self, request: ChatRequest) -> str:
+        """The model serving ``request`` unary."""
+        return request.model or self.model
+
+    def streaming_model(self, request: ChatRequest) -> str:
+        """The decoupled model streaming ``request``'s reply."""
+        model = self.unary_model(request)
+        if model == self.model:
+            return self.stream_model
+        return self.stream_models.get(model, model)
 
     def _client(self) -> grpcclient.InferenceServerClient:
         client = getattr(self._local, "client", None)
@@ -134,43 +169,61 @@ class TritonBackend:
 
     def generate(
         self,
-        prompt: str,
-        params: GenerationParams,
+        request: ChatRequest,
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
     ) -> Completion:
-        """One unary call to the ensemble model."""
+        """One unary call to the request's model."""
         started = time.perf_counter()
+        model, prompt = self.unary_model(request), text_protocol.render(request)
         try:
             result = self._client().infer(
-                self.model, build_inputs(prompt, params), client_timeout=timeout_s or self.timeout_s
+                model,
+                build_inputs(prompt, request.params),
+                client_timeout=timeout_s or self.timeout_s,
             )
         except InferenceServerException as exc:
-            error = map_error(exc, self.url)
+            error = map_error(exc, self.url, model)
             if isinstance(error, InferenceUnavailableError):
                 # gRPC would keep the broken channel in reconnect backoff (up to minutes) even
                 # once the server is back: start the next call on a fresh one.
                 self._drop_client()
             raise error from exc
-        text = _text(result) or ""
+        text, calls = text_protocol.parse(_text(result) or "")
         return Completion(
             text=text,
             tokens_in=count_tokens(prompt),
             tokens_out=count_tokens(text),
             latency_s=time.perf_counter() - started,
             replica=self.url,
+            tool_calls=calls,
         )
 
     def stream(
         self,
-        prompt: str,
-        params: GenerationParams,
+        request: ChatRequest,
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
+    ) -> Generator[Delta, None, None]:
+        """Pieces of the reply from the decoupled model, in order, within the timeout; then
+        the reply's tool calls in one delta when the whole text asks for any."""
+        pieces: list[str] = []
+        source = self._pieces(self.streaming_model(request), request, timeout_s)
+        try:
+            for piece in source:
+                pieces.append(piece)
+                yield Delta(piece)
+        finally:
+            source.close()  # a reader that stops early cancels the request now
+        _, calls = text_protocol.parse("".join(pieces))
+        if calls:
+            yield Delta(tool_calls=calls)
+
+    def _pieces(
+        self, model: str, request: ChatRequest, timeout_s: float | None
     ) -> Generator[str, None, None]:
-        """Pieces of the reply from the decoupled model, in order, within the timeout."""
         replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
         timeout = timeout_s or self.timeout_s
         deadline = time.monotonic() + timeout
@@ -183,8 +236,8 @@ class TritonBackend:
                 stream_timeout=timeout,
             )
             client.async_stream_infer(
-                self.stream_model,
-                build_inputs(prompt, params, stream=True),
+                model,
+                build_inputs(text_protocol.render(request), request.params, stream=True),
                 enable_empty_final_response=True,
             )
             while True:
@@ -196,7 +249,7 @@ class TritonBackend:
                     ) from None
                 if error is not None:
                     finished = True  # the server ends the request with its error
-                    raise map_error(error, self.url)
+                    raise map_error(error, self.url, model)
                 piece = _text(result)
                 if piece:
                     yield piece
@@ -204,7 +257,7 @@ class TritonBackend:
                     finished = True
                     return
         except InferenceServerException as exc:
-            raise map_error(_callback_error(replies) or exc, self.url) from exc
+            raise map_error(_callback_error(replies) or exc, self.url, model) from exc
         finally:
             # Cancel what is left when the caller stops early, so stop_stream does not wait.
             with contextlib.suppress(InferenceServerException):
@@ -213,18 +266,30 @@ class TritonBackend:
                 client.close()
 
     def health(self) -> bool:
-        """Server ready and both models ready; False on any error."""
+        """Server ready and the default models ready; False on any error."""
+        return self._server_ready() and not self.missing_models([self.model, self.stream_model])
+
+    def missing_models(self, models: Collection[str]) -> list[str]:
+        """Those of ``models`` that are not ready here (all of them when the server does not
+        answer)."""
+        wanted = list(dict.fromkeys(models))
         try:
             client = self._client()
-            timeout = min(self.timeout_s, _HEALTH_TIMEOUT_S)
-            return bool(
-                client.is_server_ready(client_timeout=timeout)
-                and client.is_model_ready(self.model, client_timeout=timeout)
-                and client.is_model_ready(self.stream_model, client_timeout=timeout)
-            )
-        except Exception:  # a health probe answers; it never raises
+            timeout = self._probe_timeout()
+            return [m for m in wanted if not client.is_model_ready(m, client_timeout=timeout)]
+        except Exception:  # a probe answers; it never raises
             self._drop_client()  # probe the next time on a fresh channel
+            return wanted
+
+    def _server_ready(self) -> bool:
+        try:
+            return bool(self._client().is_server_ready(client_timeout=self._probe_timeout()))
+        except Exception:  # a probe answers; it never raises
+            self._drop_client()
             return False
+
+    def _probe_timeout(self) -> float:
+        return min(self.timeout_s, _HEALTH_TIMEOUT_S)
 
     def close(self) -> None:
         """Close every client this backend opened (any thread's)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -145,6 +147,32 @@ def server_env(home: Path, base: dict[str, str]) -> dict[str, str]:
     # The stub takes sys.prefix from the first python3 on PATH: this environment's.
     path = os.pathsep.join(p for p in (str(Path(sys.executable).parent), base.get("PATH")) if p)
     return {**base, "LD_LIBRARY_PATH": ld_path, "PATH": path}
+
+
+_NAME_LINE = re.compile(r'^name:\s*"[^"]*"', re.MULTILINE)
+_INSTANCES = re.compile(r"instance_group\s*\[[^\]]*\]")
+
+
+def repository_with_copies(source: Path, dest: Path, copies: Mapping[str, str]) -> Path:
+    """A copy of the model repository ``source`` at ``dest``, plus a model per ``copies``
+    entry (new name -> model of ``source`` it copies): same files, renamed, one instance.
+
+    Several models on one local Triton, e.g. two agents each served by a model of its own. A
+    copied ``ensemble_stream`` still loads the scripted logic from ``dest/ensemble``.
+    """
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    for name, original in copies.items():
+        if not (source / original / "config.pbtxt").is_file():
+            raise LocalServiceError(f"no model {original!r} in {source} to copy as {name!r}")
+        shutil.copytree(
+            source / original, dest / name, ignore=shutil.ignore_patterns("__pycache__")
+        )
+        config = dest / name / "config.pbtxt"
+        text = _NAME_LINE.sub(f'name: "{name}"', config.read_text(), count=1)
+        # One stub process per instance: one is enough for a second model.
+        text = _INSTANCES.sub("instance_group [ { count: 1 kind: KIND_CPU } ]", text, count=1)
+        config.write_text(text)
+    return dest
 
 
 def _stat(pid: int) -> tuple[int, int] | None:

@@ -5,8 +5,10 @@ event loop has not stamped its heartbeat for ``heartbeat_misses`` intervals, or 
 run longer than ``worker.step_timeout_s`` plus a grace. While the consumer (re)connects to
 the broker the heartbeat is paused, not stale: a Redis outage is a readiness matter.
 ``/readyz`` pings the broker and the session store and asks whether at least one model
-replica of each backend is ready; each check has a short deadline and results are reused
-for ``health.cache_s``. Both answer 200 or 503 with a JSON body saying which check failed.
+replica of each backend is ready and has every model the worker's agents use (the body's
+``missing_models`` names those it lacks, by backend); each check has a short deadline and
+results are reused for ``health.cache_s``. Both answer 200 or 503 with a JSON body saying
+which check failed.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from celery import Celery, bootsteps
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from app.agents.registry import AgentSpec
 from app.celery_ext.context import context_of
 from app.celery_ext.worker import consumed_queues
 from app.config import Settings
+from app.inference.factory import agent_models
 from app.ops import metrics
 from app.ops.http import Response, Served, json_response, serve
 from app.ops.masking import mask_text
@@ -38,11 +42,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
-    """One check's outcome; ``replicas`` maps replica -> ready for the replica checks."""
+    """One check's outcome; ``replicas`` maps replica -> ready for the replica checks, and
+    ``missing_models`` names the agents' models no ready replica has."""
 
     ok: bool
     detail: str
     replicas: Mapping[str, bool] = field(default_factory=dict)
+    missing_models: tuple[str, ...] = ()
 
 
 # ---- liveness (pure) ----
@@ -161,12 +167,15 @@ def redis_check(client: Any) -> Callable[[], CheckResult]:
     return check
 
 
-def replica_result(ready: Mapping[str, bool]) -> CheckResult:
-    """At least one replica ready (pure)."""
+def replica_result(ready: Mapping[str, bool], missing_models: Sequence[str] = ()) -> CheckResult:
+    """At least one replica ready, and no model missing (pure)."""
     up = [name for name, ok in ready.items() if ok]
     down = [name for name, ok in ready.items() if not ok]
     detail = f"ready: {', '.join(up) or 'none'}; not ready: {', '.join(down) or 'none'}"
-    return CheckResult(bool(up), detail, dict(ready))
+    if missing_models:
+        detail += f"; missing models: {', '.join(missing_models)}"
+    ok = bool(up) and not missing_models
+    return CheckResult(ok, detail, dict(ready), tuple(missing_models))
 
 
 # ---- the worker's endpoints ----
@@ -194,11 +203,20 @@ class WorkerHealth(Served):
         checks.update({f"replicas.{kind}": self._replica_check(kind) for kind in self._kinds()})
         self.checks = Checks(checks, timeout, settings.health.cache_s)
 
-    def _kinds(self) -> list[str]:
-        """Backends of the agent types this worker consumes (all of them before ``-Q``)."""
+    def _specs(self) -> list[AgentSpec]:
+        """The agent types this worker consumes (all of them before ``-Q``)."""
         consumed = consumed_queues(self.app)
         specs = context_of(self.app).registry
-        return sorted({s.backend for s in specs if not consumed or s.queue_name in consumed})
+        return [s for s in specs if not consumed or s.queue_name in consumed]
+
+    def _kinds(self) -> list[str]:
+        """Backends of the agent types this worker consumes."""
+        return sorted({s.backend for s in self._specs()})
+
+    def _models(self, kind: str) -> frozenset[str]:
+        """The models of backend ``kind`` the agent types this worker consumes use."""
+        pairs = ((s.backend, s.model) for s in self._specs())
+        return agent_models(self.settings, pairs).get(kind, frozenset())
 
     def _runtime(self) -> Any:
         from app.tasks.runtime import runtime_for
@@ -216,7 +234,10 @@ class WorkerHealth(Served):
                 return CheckResult(False, f"no {kind} replicas configured")
             # Replicas by host:port only: an OpenAI-compatible URL may carry credentials.
             ready = pool.readiness()
-            return replica_result({metrics.replica_label(n): ok for n, ok in ready.items()})
+            # With no replica up, every model would read as missing: that says nothing more.
+            missing = pool.missing_models(self._models(kind)) if any(ready.values()) else []
+            labels = {metrics.replica_label(n): ok for n, ok in ready.items()}
+            return replica_result(labels, missing)
 
         return check
 
@@ -260,7 +281,15 @@ class WorkerHealth(Served):
 def _verdict(key: str, results: Mapping[str, CheckResult]) -> Response:
     ok = all(r.ok for r in results.values())
     checks = {name: {"ok": r.ok, "detail": r.detail} for name, r in results.items()}
-    return json_response(200 if ok else 503, {key: ok, "checks": checks})
+    body: dict[str, Any] = {key: ok, "checks": checks}
+    missing = {
+        name.removeprefix("replicas."): list(r.missing_models)
+        for name, r in results.items()
+        if r.missing_models
+    }
+    if missing:
+        body["missing_models"] = missing  # backend -> models no ready replica has
+    return json_response(200 if ok else 503, body)
 
 
 class WorkerCollector(Collector):

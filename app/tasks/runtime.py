@@ -12,7 +12,7 @@ from app.celery_ext.context import context_of
 from app.celery_ext.transport import acks_in_pipelines
 from app.config import Settings
 from app.errors import ConfigurationError
-from app.inference.factory import build_pools
+from app.inference.factory import agent_models, build_pools
 from app.inference.pool import ReplicaPool
 from app.memory.sessions import SessionStore
 from app.ops import tracing
@@ -42,7 +42,9 @@ class WorkerRuntime:
         tracing.setup(settings.tracing)  # once per process: before the first step
         store = SessionStore.from_url(settings.database_url, migrate=settings.auto_migrate)
         client = redis_client(settings)
-        pools = build_pools(settings)
+        pools = build_pools(
+            settings, agent_models(settings, ((s.backend, s.model) for s in registry))
+        )
         missing = sorted({s.backend for s in registry} - set(pools))
         if missing:
             for pool in pools.values():

@@ -16,15 +16,18 @@ import httpx
 import pytest
 import tritonclient.grpc as grpcclient
 
-from app.config import InferenceSettings, Strategy
-from app.inference.backend import GenerationParams, Route
-from app.inference.factory import replicas_from_settings
+from app.config import InferenceSettings, Settings, Strategy, TritonSettings
+from app.errors import ModelNotFoundError
+from app.inference.backend import ChatRequest, GenerationParams, Route
+from app.inference.factory import build_pools, replicas_from_settings
 from app.inference.pool import ReplicaPool
 from app.inference.queue_depth import parse_queue_depth
 from app.inference.triton import TritonBackend, build_inputs
 from app.local.processes import wait_until
 from app.local.triton import TritonServer
+from tests.fixtures.chats import scripted_request
 from tests.fixtures.prompts import scripted_prompt
+from tests.fixtures.triton import ALT_MODEL
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +35,10 @@ PARAMS = GenerationParams(max_tokens=32)
 
 
 prompt = scripted_prompt
+
+
+def ask(user: str, model: str | None = None) -> ChatRequest:
+    return scripted_request(user, params=PARAMS, model=model)
 
 
 def served(server: TritonServer, model: str = "ensemble") -> int:
@@ -83,9 +90,7 @@ def spread(
     before = [served(s) for s in servers]
     with ThreadPoolExecutor(threads) as ex:
         replicas = list(
-            ex.map(
-                lambda i: pool.generate(prompt(user), PARAMS, route=route(i)).replica, range(calls)
-            )
+            ex.map(lambda i: pool.generate(ask(user), route=route(i)).replica, range(calls))
         )
     return [served(s) - b for s, b in zip(servers, before, strict=True)], replicas
 
@@ -173,8 +178,8 @@ def test_shortest_queue_avoids_the_replica_with_a_queue(
     shortest.scrape()
     depths = [s.queue_depth for s in shortest.status()]
     assert depths[0] >= 10 and depths[1] == 0
-    picks = Counter(shortest.generate(prompt("quick"), PARAMS).replica for _ in range(10))
-    rr_picks = Counter(rr.generate(prompt("quick"), PARAMS).replica for _ in range(2))
+    picks = Counter(shortest.generate(ask("quick")).replica for _ in range(10))
+    rr_picks = Counter(rr.generate(ask("quick")).replica for _ in range(2))
     print(
         f"\nwith replica 0 queueing {depths[0]:.0f}: shortest_queue {dict(picks)}, "
         f"round_robin {dict(rr_picks)}"
@@ -194,7 +199,7 @@ def test_a_replica_killed_mid_load_fails_no_call(start_triton, pool_factory) -> 
     def caller() -> None:
         for _ in range(30):
             try:
-                replica = pool.generate(prompt("load [delay:40]"), PARAMS).replica
+                replica = pool.generate(ask("load [delay:40]")).replica
             except BaseException as exc:  # every failure is the finding
                 errors.append(exc)
                 continue
@@ -231,9 +236,40 @@ def test_a_restarted_replica_is_probed_and_used_again(start_triton, pool_factory
     pool.start()
     ports = servers[1].ports
     servers[1].stop()
-    used = {pool.generate(prompt("x"), PARAMS).replica for _ in range(6)}
+    used = {pool.generate(ask("x")).replica for _ in range(6)}
     assert used == {servers[0].grpc_url}
     start_triton(ports=ports)  # back where the pool expects it
     assert wait_until(lambda: all(s.ready for s in pool.status()), 20)
-    used = Counter(pool.generate(prompt("x"), PARAMS).replica for _ in range(6))
-    assert used[servers[1].grpc_url] == 3
+    after = Counter(pool.generate(ask("x")).replica for _ in range(6))
+    assert after[servers[1].grpc_url] == 3
+
+
+def test_a_model_is_missing_when_no_ready_replica_has_it(
+    triton_server: TritonServer, triton_two_models: TritonServer
+) -> None:
+    def pools_over(*servers: TritonServer) -> dict[str, ReplicaPool]:
+        triton = TritonSettings(replicas=[s.replica() for s in servers])
+        return build_pools(Settings(triton=triton), {"triton": {"ensemble", ALT_MODEL}})
+
+    plain, both = pools_over(triton_server), pools_over(triton_server, triton_two_models)
+    try:
+        assert plain["triton"].missing_models() == [ALT_MODEL]
+        with pytest.raises(ModelNotFoundError, match=ALT_MODEL):
+            plain["triton"].generate(ask("hi", model=ALT_MODEL))
+        assert all(s.ready and s.failures == 0 for s in plain["triton"].status())
+        assert both["triton"].missing_models() == []
+    finally:
+        for pool in [*plain.values(), *both.values()]:
+            pool.close()
+
+
+def test_the_pool_sends_each_call_to_the_model_it_names(
+    triton_two_models: TritonServer, pool_factory
+) -> None:
+    pool = pool_factory([triton_two_models])
+    before = [served(triton_two_models, m) for m in ("ensemble", ALT_MODEL)]
+    replies = [pool.generate(ask(f"call {i}", model=ALT_MODEL)).text for i in range(4)]
+    replies.append(pool.generate(ask("default")).text)
+    after = [served(triton_two_models, m) for m in ("ensemble", ALT_MODEL)]
+    assert replies[-1] == "Answer: DEFAULT" and replies[0] == "Answer: CALL 0"
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 4]

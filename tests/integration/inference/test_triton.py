@@ -15,12 +15,14 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from app.config import Settings
-from app.errors import InferenceError, InferenceUnavailableError
-from app.inference.backend import GenerationParams
+from app.errors import InferenceError, InferenceUnavailableError, ModelNotFoundError
+from app.inference.backend import ChatRequest, GenerationParams, ToolCall, ToolSchema
 from app.inference.triton import TritonBackend
-from app.local.processes import free_port
+from app.local.processes import free_port, wait_until
 from app.local.triton import TritonServer, install_triton
+from tests.fixtures.chats import scripted_request
 from tests.fixtures.prompts import scripted_prompt
+from tests.fixtures.triton import ALT_MODEL, ALT_STREAM_MODEL
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +30,7 @@ PARAMS = GenerationParams(max_tokens=512)
 
 
 _prompt = scripted_prompt
+_ask = scripted_request
 
 
 @pytest.fixture
@@ -37,9 +40,14 @@ def backend(triton_server: TritonServer) -> Iterator[TritonBackend]:
     client.close()
 
 
+def _text(deltas) -> str:
+    return "".join(d.text for d in deltas)
+
+
 def test_generate_answers_plain_input(backend: TritonBackend) -> None:
-    completion = backend.generate(_prompt("hello   world"), PARAMS)
+    completion = backend.generate(_ask("hello   world"))
     assert completion.text == "Answer: HELLO WORLD"
+    assert completion.tool_calls == ()
     assert completion.tokens_out == 3
     assert completion.tokens_in > 0
     assert completion.replica == backend.url
@@ -47,10 +55,31 @@ def test_generate_answers_plain_input(backend: TritonBackend) -> None:
 
 def test_generate_asks_for_a_tool_then_answers_with_its_result(backend: TritonBackend) -> None:
     user = 'add them [tool:calculator {"expression":"2+3"}]'
-    call = backend.generate(_prompt(user), PARAMS)
+    call = backend.generate(_ask(user))
     assert json.loads(call.text) == {"tool": "calculator", "args": {"expression": "2+3"}}
-    final = backend.generate(_prompt(user, "5"), PARAMS)
-    assert final.text == "Answer: 5"
+    assert call.tool_calls == (ToolCall("call_0", "calculator", {"expression": "2+3"}),)
+    final = backend.generate(_ask(user, "5"))
+    assert final.text == "Answer: 5" and final.tool_calls == ()
+
+
+def test_the_tools_section_reaches_the_model_and_costs_tokens(backend: TritonBackend) -> None:
+    # The scripted model ignores what precedes the user's turn: same reply, longer prompt.
+    plain = _ask("[tool:kv_get]")
+    schema = {"type": "object", "properties": {"key": {"type": "string"}}}
+    told = ChatRequest(plain.messages, PARAMS, (ToolSchema("kv_get", "Read a key.", schema),))
+    with_tools, without = backend.generate(told), backend.generate(plain)
+    assert with_tools.tool_calls == without.tool_calls == (ToolCall("call_0", "kv_get", {}),)
+    assert with_tools.tokens_in > without.tokens_in
+
+
+def test_stream_ends_with_the_tool_calls_of_the_whole_reply(backend: TritonBackend) -> None:
+    deltas = list(backend.stream(_ask('[tool:calculator {"expression": "1+1"}]')))
+    assert json.loads(_text(deltas)) == {"tool": "calculator", "args": {"expression": "1+1"}}
+    assert [d.tool_calls for d in deltas if d.tool_calls] == [
+        (ToolCall("call_0", "calculator", {"expression": "1+1"}),)
+    ]
+    assert deltas[-1].text == ""
+    assert not any(d.tool_calls for d in backend.stream(_ask("no tool here")))
 
 
 def test_generate_sends_optional_inputs(backend: TritonBackend) -> None:
@@ -58,22 +87,23 @@ def test_generate_sends_optional_inputs(backend: TritonBackend) -> None:
     params = GenerationParams(
         max_tokens=8, temperature=0.2, top_p=0.9, top_k=5, random_seed=7, stop_words=["a", "b"]
     )
-    assert backend.generate(_prompt("x y"), params).text == "Answer: X Y"
+    assert backend.generate(_ask("x y", params=params)).text == "Answer: X Y"
 
 
 def test_model_error_is_an_inference_error_with_its_message(backend: TritonBackend) -> None:
     with pytest.raises(InferenceError, match="boom") as info:
-        backend.generate(_prompt("fail [error:boom]"), PARAMS)
+        backend.generate(_ask("fail [error:boom]"))
     assert not isinstance(info.value, InferenceUnavailableError)
+    assert not isinstance(info.value, ModelNotFoundError)
 
 
 def test_max_tokens_cuts_the_reply(backend: TritonBackend) -> None:
-    text = backend.generate(_prompt("[words:40]"), GenerationParams(max_tokens=5)).text
+    text = backend.generate(_ask("[words:40]", params=GenerationParams(max_tokens=5))).text
     assert text == "w1 w2 w3 w4 w5"
 
 
 def test_stream_yields_every_piece_in_order(backend: TritonBackend) -> None:
-    pieces = list(backend.stream(_prompt("[words:50]"), PARAMS))
+    pieces = [d.text for d in backend.stream(_ask("[words:50]"))]
     assert len(pieces) == 50
     assert pieces[:2] == ["w1", " w2"]
     assert "".join(pieces) == " ".join(f"w{i}" for i in range(1, 51))
@@ -81,19 +111,19 @@ def test_stream_yields_every_piece_in_order(backend: TritonBackend) -> None:
 
 def test_stream_with_model_error_raises(backend: TritonBackend) -> None:
     with pytest.raises(InferenceError, match="x"):
-        list(backend.stream(_prompt("[error:x]"), PARAMS))
+        list(backend.stream(_ask("[error:x]")))
 
 
 def test_stream_stopped_early_leaves_backend_usable(backend: TritonBackend) -> None:
-    stream = backend.stream(_prompt("[words:30]"), PARAMS)
-    assert next(stream) == "w1"
+    stream = backend.stream(_ask("[words:30]"))
+    assert next(stream).text == "w1"
     stream.close()
-    assert "".join(backend.stream(_prompt("[words:3]"), PARAMS)) == "w1 w2 w3"
+    assert _text(backend.stream(_ask("[words:3]"))) == "w1 w2 w3"
 
 
 def test_sixteen_threads_get_their_own_replies(backend: TritonBackend) -> None:
     def call(i: int) -> tuple[int, str]:
-        return i, backend.generate(_prompt(f"request number {i}"), PARAMS).text
+        return i, backend.generate(_ask(f"request number {i}")).text
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         results = list(pool.map(call, range(160)))
@@ -102,6 +132,18 @@ def test_sixteen_threads_get_their_own_replies(backend: TritonBackend) -> None:
 
 def test_health_is_true_on_a_ready_server(backend: TritonBackend) -> None:
     assert backend.health() is True
+    assert backend.missing_models(["ensemble", "ensemble_stream"]) == []
+
+
+def test_a_model_triton_does_not_have_is_named_and_not_retryable(backend: TritonBackend) -> None:
+    request = _ask("hi", model="llama")
+    expected = rf"Triton at {backend.url} has no model 'llama'"
+    with pytest.raises(ModelNotFoundError, match=expected):
+        backend.generate(request)
+    with pytest.raises(ModelNotFoundError, match=expected):
+        list(backend.stream(request))  # a model not in stream_models streams from itself
+    assert backend.missing_models(["llama", "ensemble", "qwen"]) == ["llama", "qwen"]
+    assert backend.generate(_ask("still")).text == "Answer: STILL"  # the client is unharmed
 
 
 def test_closed_port_is_unavailable_fast() -> None:
@@ -109,10 +151,11 @@ def test_closed_port_is_unavailable_fast() -> None:
     try:
         started = time.monotonic()
         with pytest.raises(InferenceUnavailableError):
-            dead.generate("User: hi", PARAMS)
+            dead.generate(_ask("hi"))
         with pytest.raises(InferenceUnavailableError):
-            list(dead.stream("User: hi", PARAMS))
+            list(dead.stream(_ask("hi")))
         assert dead.health() is False
+        assert dead.missing_models(["ensemble"]) == ["ensemble"]
         assert time.monotonic() - started < 10
     finally:
         dead.close()
@@ -200,6 +243,59 @@ def test_errors_triton_reports_inside_a_200_response_are_recognised(
 
 
 def test_pace_spaces_the_streamed_tokens_as_decode_steps(backend: TritonBackend) -> None:
-    arrivals = [time.monotonic() for _ in backend.stream(_prompt("[words:5] [pace:100]"), PARAMS)]
+    arrivals = [time.monotonic() for _ in backend.stream(_ask("[words:5] [pace:100]"))]
     assert len(arrivals) == 5
     assert arrivals[-1] - arrivals[0] >= 0.35  # four pauses of 100 ms (a lower bound)
+
+
+def _served(server: TritonServer, models: list[str]) -> dict[str, int]:
+    """Requests each model has completed, from Triton's per-model inference statistics."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        counts = {}
+        for model in models:
+            stats = client.get_inference_statistics(model_name=model, as_json=True)
+            success = stats["model_stats"][0]["inference_stats"]["success"]
+            counts[model] = int(success.get("count", 0))
+        return counts
+    finally:
+        client.close()
+
+
+def test_two_agents_with_two_models_on_one_triton_are_each_served_by_their_own(
+    triton_two_models: TritonServer,
+) -> None:
+    models = ["ensemble", "ensemble_stream", ALT_MODEL, ALT_STREAM_MODEL]
+    backend = TritonBackend(
+        triton_two_models.grpc_url, timeout_s=30, stream_models={ALT_MODEL: ALT_STREAM_MODEL}
+    )
+    try:
+        assert backend.missing_models(models) == []
+        before = _served(triton_two_models, models)
+        # The first agent names no model (the backend's default), the second its own.
+        first = [backend.generate(_ask(f"first agent {i}")) for i in range(2)]
+        second = [backend.generate(_ask(f"second agent {i}", model=ALT_MODEL)) for i in range(3)]
+        streamed = _text(backend.stream(_ask("second streams", model=ALT_MODEL)))
+    finally:
+        backend.close()
+    assert [c.text for c in first] == ["Answer: FIRST AGENT 0", "Answer: FIRST AGENT 1"]
+    assert [c.text for c in second][-1] == "Answer: SECOND AGENT 2"
+    assert streamed == "Answer: SECOND STREAMS"
+    expected = {"ensemble": 2, "ensemble_stream": 0, ALT_MODEL: 3, ALT_STREAM_MODEL: 1}
+    served: dict[str, int] = {}
+
+    def counted() -> bool:
+        # A decoupled request is counted once its instance is done with it, after the client
+        # has its final response.
+        after = _served(triton_two_models, models)
+        served.update({m: after[m] - before[m] for m in models})
+        return served == expected
+
+    wait_until(counted, 10)
+    assert served == expected
+
+
+def test_the_default_repository_lacks_the_second_model(backend: TritonBackend) -> None:
+    assert backend.missing_models([ALT_MODEL, "ensemble"]) == [ALT_MODEL]
+    with pytest.raises(ModelNotFoundError, match=ALT_MODEL):
+        backend.generate(_ask("hi", model=ALT_MODEL))

@@ -16,16 +16,15 @@ import pytest
 
 from app.config import Settings
 from app.errors import InferenceError
-from app.inference.backend import GenerationParams
+from app.inference.backend import ChatRequest
 from app.inference.triton import TritonBackend
 from app.local.triton import TritonServer, install_triton
 from bench.measure import bench_repository
-from tests.fixtures.prompts import scripted_prompt
+from tests.fixtures.chats import scripted_request
 
 pytestmark = pytest.mark.integration
 
-PARAMS = GenerationParams(max_tokens=512)
-LONG = scripted_prompt("slow [delay:3000]")
+LONG = scripted_request("slow [delay:3000]")
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +43,21 @@ def _client(server: TritonServer) -> TritonBackend:
     return TritonBackend(server.grpc_url, timeout_s=30)
 
 
+def _answer(client: TritonBackend, request: ChatRequest) -> str:
+    return client.generate(request).text
+
+
 def _short_call_beside_two_long_ones(server: TritonServer) -> tuple[str, list[Future[str]]]:
     """Two 3 s calls sent apart (one per instance in batch mode), then a quick one: its answer
     and the long calls' futures as they stood when it came back."""
     clients = [_client(server) for _ in range(3)]
     try:
         with ThreadPoolExecutor(2) as pool:
-            longs = []
+            longs: list[Future[str]] = []
             for client in clients[:2]:
-                longs.append(pool.submit(lambda c=client: c.generate(LONG, PARAMS).text))
+                longs.append(pool.submit(_answer, client, LONG))
                 time.sleep(0.3)  # the first is executing before the second arrives
-            quick = clients[2].generate(scripted_prompt("quick"), PARAMS).text
+            quick = clients[2].generate(scripted_request("quick")).text
             pending = [f for f in longs if not f.done()]
             assert [f.result(timeout=30) for f in longs] == ["Answer: SLOW"] * 2
         return quick, pending
@@ -79,7 +82,7 @@ def test_inflight_streams_interleave_each_complete_and_in_order(inflight_server)
     def stream(text: str) -> list[str]:
         client = _client(inflight_server)
         try:
-            return list(client.stream(scripted_prompt(text), PARAMS))
+            return [d.text for d in client.stream(scripted_request(text))]
         finally:
             client.close()
 
@@ -100,10 +103,10 @@ def test_inflight_reports_model_errors(inflight_server) -> None:
     client = _client(inflight_server)
     try:
         with pytest.raises(InferenceError, match="boom"):
-            client.generate(scripted_prompt("[error:boom]"), PARAMS)
+            client.generate(scripted_request("[error:boom]"))
         with pytest.raises(InferenceError, match="boom"):
-            list(client.stream(scripted_prompt("[error:boom]"), PARAMS))
-        assert client.generate(scripted_prompt("after"), PARAMS).text == "Answer: AFTER"
+            list(client.stream(scripted_request("[error:boom]")))
+        assert client.generate(scripted_request("after")).text == "Answer: AFTER"
     finally:
         client.close()
 
@@ -116,7 +119,7 @@ def test_inflight_server_stops_with_calls_in_flight(tmp_path: Path) -> None:
     client = _client(server)
     try:
         with ThreadPoolExecutor(1) as pool:
-            call = pool.submit(client.generate, scripted_prompt("[delay:600000]"), PARAMS)
+            call = pool.submit(client.generate, scripted_request("[delay:600000]"))
             time.sleep(0.5)
             server.stop()
             try:  # answered at unload or cut off: either way the caller is not left hanging

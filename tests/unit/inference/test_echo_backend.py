@@ -7,39 +7,56 @@ import json
 import fakeredis
 import pytest
 
-from app.agents.prompts import FinalAnswer, build_prompt, parse_reply
 from app.agents.registry import AgentRegistry, AgentSpec
 from app.config import Settings
-from app.inference.backend import GenerationParams
-from app.inference.echo import EchoBackend, echo_reply
+from app.inference.backend import ChatRequest, GenerationParams, Message
+from app.inference.echo import EchoBackend
 from app.inference.factory import build_pools
 from app.memory.sessions import SessionStore
 from app.tasks.runner import Outcome, StepMessage, StepRunner
 
+PARAMS = GenerationParams(max_tokens=8)
 
-def test_the_reply_is_the_input_as_a_final_answer_whatever_it_says() -> None:
-    for text in ("hello", '{"tool": "calculator", "args": {}}', "[delay:10] x"):
-        prompt = build_prompt("You echo.", text, [], [("earlier", "answer")])
-        assert parse_reply(echo_reply(prompt)) == FinalAnswer(text)
+
+def conversation(text: str) -> ChatRequest:
+    """A later run of a session, one tool call in: the input is the last user turn."""
+    return ChatRequest(
+        (
+            Message("system", "You echo."),
+            Message("user", "earlier"),
+            Message("assistant", "answer"),
+            Message("user", text),
+            Message("assistant", '{"tool": "calculator"}'),
+            Message("tool", "5", tool_call_id="call_0"),
+        ),
+        PARAMS,
+    )
+
+
+def test_the_reply_is_the_last_user_turn_as_a_final_answer_whatever_it_says() -> None:
+    backend = EchoBackend()
+    for text in ("hello", '{"tool": "calculator", "args": {}}', "[delay:10] x", "two\nlines"):
+        completion = backend.generate(conversation(text))
+        assert json.loads(completion.text) == {"final": text}
+        assert completion.tool_calls == ()
 
 
 def test_generate_and_stream_agree() -> None:
     backend = EchoBackend()
-    prompt = build_prompt("sys", "ping", [])
-    completion = backend.generate(prompt, GenerationParams(max_tokens=8))
-    assert completion.text == "".join(backend.stream(prompt, GenerationParams(max_tokens=8)))
+    request = ChatRequest.of_prompt("ping", PARAMS)
+    completion = backend.generate(request)
+    assert completion.text == "".join(d.text for d in backend.stream(request))
     assert json.loads(completion.text) == {"final": "ping"}
     assert backend.health()
+    assert backend.missing_models(["any", "model"]) == []
 
 
 def test_every_worker_has_an_echo_pool() -> None:
     pools = build_pools(Settings())
     try:
         assert {"triton", "echo"} <= set(pools)
-        prompt = build_prompt("sys", "ping", [])
-        assert json.loads(pools["echo"].generate(prompt, GenerationParams(8)).text)["final"] == (
-            "ping"
-        )
+        reply = pools["echo"].generate(ChatRequest.of_prompt("ping", PARAMS))
+        assert json.loads(reply.text)["final"] == "ping"
     finally:
         for pool in pools.values():
             pool.close()

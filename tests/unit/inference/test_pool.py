@@ -9,15 +9,20 @@ from __future__ import annotations
 import pytest
 
 from app.config import Strategy
-from app.errors import InferenceError, InferenceUnavailableError, NoReplicaAvailableError
+from app.errors import (
+    InferenceError,
+    InferenceUnavailableError,
+    ModelNotFoundError,
+    NoReplicaAvailableError,
+)
 from app.inference.backend import Route
-from tests.fixtures.backends import PARAMS, Server, make_pool
+from tests.fixtures.backends import Server, ask, make_pool
 
 
 def test_a_down_replica_is_skipped_and_the_call_succeeds_elsewhere() -> None:
     a, b = Server("a", up=False), Server("b")
     pool, clock = make_pool(a, b)
-    results = [pool.generate("hi", PARAMS).replica for _ in range(6)]
+    results = [pool.generate(ask()).replica for _ in range(6)]
     assert results == ["b"] * 6
     # a failed twice, which opened its breaker; then no call went there any more.
     assert a.calls == 2
@@ -32,7 +37,7 @@ def test_model_errors_are_not_retried_and_do_not_open_the_breaker() -> None:
     pool, _ = make_pool(a, b)
     for _ in range(5):
         with pytest.raises(InferenceError) as info:
-            pool.generate("[error]", PARAMS)
+            pool.generate(ask("[error]"))
         assert not isinstance(info.value, InferenceUnavailableError)
     assert a.calls + b.calls == 5
     assert all(s.ready and s.in_flight == 0 for s in pool.status())
@@ -42,14 +47,14 @@ def test_all_replicas_down_raises_unavailable_without_spinning() -> None:
     a, b = Server("a", up=False), Server("b", up=False)
     pool, _ = make_pool(a, b, attempts=3)
     with pytest.raises(InferenceUnavailableError):
-        pool.generate("hi", PARAMS)
+        pool.generate(ask())
     assert a.calls + b.calls == 3  # bounded by attempts
     with pytest.raises(InferenceUnavailableError):
-        pool.generate("hi", PARAMS)
+        pool.generate(ask())
     # Both breakers are open now: the next call fails at once, calling nobody.
     calls = a.calls + b.calls
     with pytest.raises(NoReplicaAvailableError, match="circuit open"):
-        pool.generate("hi", PARAMS)
+        pool.generate(ask())
     assert a.calls + b.calls == calls
 
 
@@ -57,7 +62,7 @@ def test_an_open_breaker_closes_only_after_a_successful_probe() -> None:
     a, b = Server("a", up=False), Server("b")
     pool, clock = make_pool(a, b, breaker_cooldown_s=5.0)
     for _ in range(4):
-        pool.generate("hi", PARAMS)
+        pool.generate(ask())
     assert not pool.status()[0].ready
     a.up = True  # back, but the breaker holds until the cooldown ends and a probe passes
     clock.now += 4.0
@@ -74,7 +79,7 @@ def test_an_open_breaker_closes_only_after_a_successful_probe() -> None:
     clock.now += 1.0
     pool.probe_due()
     assert pool.status()[0].ready
-    assert {pool.generate("hi", PARAMS).replica for _ in range(4)} == {"a", "b"}
+    assert {pool.generate(ask()).replica for _ in range(4)} == {"a", "b"}
 
 
 def test_when_every_breaker_is_open_a_call_probes_before_giving_up() -> None:
@@ -82,17 +87,17 @@ def test_when_every_breaker_is_open_a_call_probes_before_giving_up() -> None:
     pool, clock = make_pool(a, breaker_cooldown_s=1.0)
     for _ in range(2):
         with pytest.raises(InferenceUnavailableError):
-            pool.generate("hi", PARAMS)
+            pool.generate(ask())
     a.up = a.ready = True
     clock.now += 1.0
-    assert pool.generate("hi", PARAMS).replica == "a"  # no poller thread needed
+    assert pool.generate(ask()).replica == "a"  # no poller thread needed
 
 
 def test_the_deadline_bounds_all_tries() -> None:
     a = Server("a", up=False)
     pool, clock = make_pool(a, attempts=50, breaker_failures=100, backoff_s=1.0, backoff_max_s=1.0)
     with pytest.raises(InferenceUnavailableError):
-        pool.generate("hi", PARAMS, timeout_s=3.0)
+        pool.generate(ask(), timeout_s=3.0)
     assert clock.now <= 3.0 + 1e-9
 
 
@@ -100,17 +105,17 @@ def test_session_affinity_follows_the_session_and_fails_over() -> None:
     a, b = Server("a"), Server("b")
     pool, _ = make_pool(a, b, strategy=Strategy.SESSION_AFFINITY)
     route = Route(session_id="user-1")
-    home = pool.generate("hi", PARAMS, route=route).replica
-    assert {pool.generate("hi", PARAMS, route=route).replica for _ in range(5)} == {home}
+    home = pool.generate(ask(), route=route).replica
+    assert {pool.generate(ask(), route=route).replica for _ in range(5)} == {home}
     (a if home == "a" else b).up = False
     other = "b" if home == "a" else "a"
-    assert pool.generate("hi", PARAMS, route=route).replica == other
+    assert pool.generate(ask(), route=route).replica == other
 
 
 def test_stream_fails_over_before_the_first_piece() -> None:
     a, b = Server("a", up=False), Server("b")
     pool, _ = make_pool(a, b)
-    assert list(pool.stream("hi", PARAMS)) == ["b0 ", "b1 ", "b2 "]
+    assert [d.text for d in pool.stream(ask())] == ["b0 ", "b1 ", "b2 "]
     assert all(s.in_flight == 0 for s in pool.status())
 
 
@@ -120,8 +125,8 @@ def test_stream_is_not_retried_once_pieces_went_out() -> None:
     pool, _ = make_pool(a, Server("b"), strategy=Strategy.LEAST_IN_FLIGHT)
     got = []
     with pytest.raises(InferenceUnavailableError):
-        for piece in pool.stream("hi", PARAMS):
-            got.append(piece)
+        for piece in pool.stream(ask()):
+            got.append(piece.text)
     assert got == ["a0 "]
     status = pool.status()[0]
     assert status.in_flight == 0 and status.failures == 1
@@ -130,9 +135,52 @@ def test_stream_is_not_retried_once_pieces_went_out() -> None:
 def test_stream_holds_its_replica_in_flight_until_read_to_the_end() -> None:
     a, b = Server("a"), Server("b")
     pool, _ = make_pool(a, b, strategy=Strategy.LEAST_IN_FLIGHT)
-    first = pool.stream("hi", PARAMS)
-    assert next(first) == "a0 "
+    first = pool.stream(ask())
+    assert next(first).text == "a0 "
     assert [s.in_flight for s in pool.status()] == [1, 0]
-    assert pool.generate("hi", PARAMS).replica == "b"  # least in flight sees the open stream
+    assert pool.generate(ask()).replica == "b"  # least in flight sees the open stream
     first.close()  # the caller stops early
     assert [s.in_flight for s in pool.status()] == [0, 0]
+
+
+def test_the_request_reaches_the_replica_as_it_is() -> None:
+    a = Server("a")
+    pool, _ = make_pool(a)
+    request = ask("what is 2+3", model="llama")
+    pool.generate(request)
+    list(pool.stream(request))
+    assert a.requests == [request, request]
+
+
+def test_a_model_the_replica_lacks_is_not_retried_and_does_not_open_the_breaker() -> None:
+    a, b = Server("a", models={"ensemble"}), Server("b", models={"ensemble"})
+    pool, _ = make_pool(a, b, breaker_failures=1)
+    for _ in range(3):
+        with pytest.raises(ModelNotFoundError, match="llama"):
+            pool.generate(ask(model="llama"))
+        with pytest.raises(ModelNotFoundError, match="llama"):
+            list(pool.stream(ask(model="llama")))
+    assert a.calls + b.calls == 6
+    assert all(s.ready and s.failures == 0 and s.in_flight == 0 for s in pool.status())
+
+
+def test_a_model_is_missing_only_when_no_ready_replica_has_it() -> None:
+    a = Server("a", models={"ensemble", "llama"})
+    b = Server("b", models={"ensemble", "qwen"})
+    pool, _ = make_pool(a, b, models={"ensemble", "llama", "qwen"})
+    assert pool.missing_models() == []
+    assert pool.missing_models(["mistral", "llama"]) == ["mistral"]
+    b.ready = False  # b answers, but is not ready: qwen is served nowhere now
+    assert pool.missing_models() == ["qwen"]
+    a.up = False
+    for _ in range(4):  # b serves them; a fails twice and its breaker opens
+        pool.generate(ask())
+    assert not pool.status()[0].ready  # llama too is served nowhere now
+    assert pool.missing_models() == ["ensemble", "llama", "qwen"]
+
+
+def test_a_pool_without_models_misses_none_and_asks_no_replica() -> None:
+    a = Server("a")
+    a.ready = False
+    pool, _ = make_pool(a)
+    assert pool.missing_models() == []

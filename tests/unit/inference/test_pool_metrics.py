@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from app.errors import InferenceError
-from tests.fixtures.backends import PARAMS, Server, make_pool
+from tests.fixtures.backends import Server, ask, make_pool
 
 
 def calls(replica: str) -> float:
@@ -21,25 +21,25 @@ def errors(replica: str, error: str) -> float:
 
 def test_each_try_is_timed_and_a_failed_one_counted_on_its_replica() -> None:
     pool, _ = make_pool(Server("m-up:1"), Server("m-down:1", up=False))  # round robin: down first
-    assert pool.generate("hi", PARAMS).text == "from m-up:1"
+    assert pool.generate(ask()).text == "from m-up:1"
     assert (calls("m-down:1"), errors("m-down:1", "unavailable")) == (1, 1)
     assert (calls("m-up:1"), errors("m-up:1", "unavailable")) == (1, 0)
     with pytest.raises(InferenceError):
-        pool.generate("[error]", PARAMS)
+        pool.generate(ask("[error]"))
     assert errors("m-up:1", "model_error") == 1
 
 
 def test_a_stream_is_one_try_ending_with_its_last_piece() -> None:
     server = Server("m-stream:1")
     pool, _ = make_pool(server)
-    assert "".join(pool.stream("hi", PARAMS)) == "m-stream:10 m-stream:11 m-stream:12 "
+    assert "".join(d.text for d in pool.stream(ask())) == "m-stream:10 m-stream:11 m-stream:12 "
     assert (calls("m-stream:1"), errors("m-stream:1", "unavailable")) == (1, 0)
     server.fail_after = 1
     with pytest.raises(InferenceError):
-        list(pool.stream("hi", PARAMS))
+        list(pool.stream(ask()))
     assert (calls("m-stream:1"), errors("m-stream:1", "unavailable")) == (2, 1)
     server.fail_after = None
-    pieces = pool.stream("hi", PARAMS)
+    pieces = pool.stream(ask())
     next(pieces)
     pieces.close()  # the reader stopped early: timed, not the replica's failure
     assert (calls("m-stream:1"), errors("m-stream:1", "unavailable")) == (3, 1)
