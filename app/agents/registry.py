@@ -1,4 +1,9 @@
-"""Agent types declared as data: :class:`AgentSpec` and the :class:`AgentRegistry`.
+"""Agent types: :class:`AgentSpec`, declared in Python with :func:`Agent` or in an agents file,
+and the :class:`AgentRegistry` a process works with (built by :mod:`app.agents.loader`).
+
+In Python::
+
+    weather = Agent("weather", system_prompt="You forecast.", tools=[forecast], max_steps=4)
 
 An agents file (YAML or TOML) holds a list under ``agents``::
 
@@ -15,12 +20,13 @@ import re
 import tomllib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.agents.guardrails import Budget, Validator, ValidatorSpec, build_validators
+from app.agents.tools import tool_name
 from app.config import LimitSettings
 from app.constants import QUEUE_PREFIX
 from app.errors import ConfigurationError, InvalidInputError, UnknownAgentError
@@ -34,10 +40,10 @@ class AgentSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(description="Agent type; also names its queue (agent.<name>).")
-    model: str = Field(
-        default="ensemble",
-        description="Model serving this agent. Not yet used: every run is served by the "
-        "backend's configured model until the agent SDK issue (#18) routes by it.",
+    model: str | None = Field(
+        default=None,
+        description="Model serving this agent: a Triton model name or an OpenAI model id; "
+        "None: the backend's configured model (settings.triton.model / settings.openai.model).",
     )
     backend: Literal["triton", "openai", "echo"] = Field(
         default="triton",
@@ -46,7 +52,9 @@ class AgentSpec(BaseModel):
         "each run answers with its input in one step; smoke and load tests).",
     )
     system_prompt: str = Field(default="You are a helpful agent.", description="First prompt line.")
-    tools: tuple[str, ...] = Field(default=(), description="Names of the tools it may call.")
+    tools: tuple[str, ...] = Field(
+        default=(), description="Names of the tools it may call (tool functions: their names)."
+    )
     max_steps: int = Field(default=8, gt=0, le=1000, description="Step budget of one run.")
     max_tokens: int | None = Field(
         default=None, gt=0, description="max_tokens per model call (else settings.triton)."
@@ -76,6 +84,13 @@ class AgentSpec(BaseModel):
         default=(),
         description="Checks on the final answer before it is returned, e.g. json_schema.",
     )
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tool_names(cls, value: Any) -> Any:
+        if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+            return value  # pydantic says what is wrong with it
+        return tuple(tool_name(item) if callable(item) else item for item in value)
 
     @field_validator("name")
     @classmethod
@@ -207,8 +222,26 @@ EXAMPLE_AGENTS = (
 """The agent types used when no agents file is configured (demo, tests, examples)."""
 
 
-def load_registry(agents_file: Path | None) -> AgentRegistry:
-    """The registry from ``agents_file``, or the example agents when it is None."""
-    if agents_file is None:
-        return AgentRegistry(EXAMPLE_AGENTS)
-    return AgentRegistry.from_file(agents_file)
+AGENTS: dict[str, AgentSpec] = {}
+"""Agent types declared in Python with :func:`Agent`, by name; the loader adds them to the
+registry (:func:`app.agents.loader.load_registry`)."""
+
+
+def Agent(name: str, **fields: Any) -> AgentSpec:
+    """Declare agent type ``name``: an :class:`AgentSpec` of ``fields`` (model, backend,
+    system_prompt, tools, max_steps, max_tokens, temperature, queue, budget, validators...),
+    registered for the worker that imports this module. ``tools`` takes tool functions or
+    names. Another declaration under the same name is a :class:`ConfigurationError` (the
+    same one again, its module imported twice, is not)."""
+    try:
+        spec = AgentSpec(name=name, **fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'agent'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigurationError(f"agent {name!r}: {problems}") from None
+    declared = AGENTS.get(spec.name)
+    if declared is not None and declared != spec:
+        raise ConfigurationError(f"agent {name!r} is declared twice in Python, differently")
+    AGENTS[spec.name] = spec
+    return spec

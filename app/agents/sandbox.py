@@ -14,7 +14,11 @@ Tool arguments come from the model, and through it from whoever wrote the input.
   deadline, a backstop should the worker die); the worker kills it at the deadline and
   starts another for the next call. Requests and replies cross as JSON lines on the child's
   stdin and stdout. The child's :class:`ToolContext` has no Redis client (``redis`` is None),
-  and the tool's module is imported there by name, so it must be importable.
+  and the tool's module is imported there by name, on the worker's ``sys.path`` (a module
+  that ``AGENTQ_INCLUDE`` found in the worker's current directory is found there too).
+
+A call's arguments are validated in the worker, before any thread or process is taken: bad
+ones are a :class:`ToolArgumentsError` at once.
 """
 
 from __future__ import annotations
@@ -67,12 +71,14 @@ class ToolSandbox:
         )
 
     def call(self, name: str, args: dict[str, Any], ctx: ToolContext) -> Any:
-        """The tool's JSON result; :class:`ToolError` when it fails or runs past its deadline."""
-        spec = tool_spec(name, args)
+        """The tool's JSON result; :class:`ToolError` when it is unknown, fails or runs past
+        its deadline (:class:`ToolArgumentsError` for arguments that do not fit its schema)."""
+        spec = tool_spec(name)
+        values = spec.validate(args)
         deadline_s = spec.deadline_s or self.default_deadline_s
-        if spec.cpu_heavy:
+        if spec.cpu_heavy:  # the child validates again: coerced values may not be JSON
             return self.processes.call(spec, args, ctx, deadline_s)
-        return self.threads.call(spec.name, lambda: run_tool(name, args, ctx), deadline_s)
+        return self.threads.call(spec.name, lambda: spec.invoke(values, ctx), deadline_s)
 
     def close(self) -> None:
         """Stop the tool processes (abandoned threads are daemons: they end with the process)."""
@@ -160,6 +166,7 @@ class ToolProcessPool:
                 "run_id": ctx.run_id,
                 "step": ctx.step,
                 "agent": ctx.agent,
+                "call_id": ctx.call_id,
                 "cpu_s": deadline_s,
             }
             try:
@@ -246,7 +253,7 @@ class ToolProcess:
         )
         child = cls(proc)
         try:
-            child.send({"path": [p for p in sys.path if p], "memory_bytes": memory_bytes})
+            child.send({"path": import_path(), "memory_bytes": memory_bytes})
             child.receive(START_TIMEOUT_S)
         except (OSError, EOFError, ValueError, TimeoutError) as exc:
             code = child.kill()
@@ -303,6 +310,11 @@ class ToolProcess:
                 pipe.close()
 
 
+def import_path() -> list[str]:
+    """This process's ``sys.path`` for a child, its current directory ('') made absolute."""
+    return list(dict.fromkeys(os.path.abspath(p) if p else os.getcwd() for p in sys.path))
+
+
 def _exit_reason(code: int | None) -> str:
     if code is None:
         return "still running"
@@ -324,7 +336,9 @@ def serve(stdin: IO[bytes], out: IO[bytes]) -> None:
 
 def _answer(request: dict[str, Any]) -> dict[str, Any]:
     name = request["tool"]
-    ctx = ToolContext(request["run_id"], request["step"], request["agent"], redis=None)
+    ctx = ToolContext(
+        request["run_id"], request["step"], request["agent"], None, request.get("call_id", "")
+    )
     try:
         if name not in TOOLS:  # registered in a module the worker imported, not yet here
             importlib.import_module(request["module"])

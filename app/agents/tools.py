@@ -1,32 +1,41 @@
-"""Tools an agent may call, registered by name. Each takes a :class:`ToolContext` and JSON args.
+"""Tools an agent may call: typed functions registered by name, with the flags later layers
+act on. Declare your own with :func:`tool`::
 
-Register your own with :func:`tool`::
+    @tool(deadline_s=10)
+    def forecast(city: str, days: int = 3) -> dict[str, Any]:
+        ...  # its docstring: a first paragraph (what it does), then an ``Args:`` section
 
-    @tool("shout")
-    def shout(ctx: ToolContext, text: str) -> str:
-        return text.upper()
-
-    @tool("factor", cpu_heavy=True, deadline_s=5)  # runs in a subprocess, killed at 5 s
-    def factor(ctx: ToolContext, n: int) -> list[int]: ...
+The signature and docstring give the arguments' JSON Schema (:mod:`app.agents.signatures`);
+a model's arguments are checked against it before the call, and bad ones come back to the
+model as a :class:`ToolArgumentsError` it can correct. A first parameter ``ctx`` (or annotated
+:class:`ToolContext`) receives the call's context.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, overload
+
+from pydantic import BaseModel, ValidationError
 
 from app.agents.calculator import evaluate
+from app.agents.signatures import qualified_name, read_signature
 from app.constants import EFFECT_TTL_S, effect_key, kv_key
-from app.errors import ToolError
+from app.errors import ConfigurationError, ToolArgumentsError, ToolError
+from app.inference.chat import ToolSchema
 from app.ops.redis_scripts import Script
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what OpenAI-compatible servers accept
+_ERRORS_SHOWN = 5  # of a call's argument errors; the model fixes them one round at a time
+_INPUT_SHOWN = 60  # characters of a bad value quoted back to the model
 
 
 @dataclass(frozen=True, slots=True)
 class ToolContext:
-    """What a tool may use: the run it serves and the shared Redis client.
+    """What a tool may use: the run and call it serves and the shared Redis client.
 
     A CPU-heavy tool runs in another process (:mod:`app.agents.sandbox`), where ``redis``
     is None: a client cannot cross a process boundary.
@@ -36,72 +45,191 @@ class ToolContext:
     step: int
     agent: str
     redis: Any
+    call_id: str = ""  # the id of the call within its step (several calls in one step)
 
 
 ToolFn = Callable[..., Any]
+F = TypeVar("F", bound=ToolFn)
 
 
 @dataclass(frozen=True, slots=True)
 class ToolSpec:
-    """A registered tool: its function, its deadline and where it runs."""
+    """A registered tool: its function, its arguments, its deadline and what it may be
+    trusted with (the flags)."""
 
     name: str
     fn: ToolFn
+    description: str  # what the model is told it does
+    parameters: dict[str, Any]  # JSON Schema of its arguments
+    arguments: type[BaseModel]  # the same, as the model that validates them
+    takes_context: bool = True
     deadline_s: float | None = None  # None: the default, ``limits.tool_timeout_s``
     cpu_heavy: bool = False  # run in a subprocess with CPU and memory limits
+    deterministic: bool = False  # same arguments, same result: results may be cached
+    side_effects: bool = False  # changes the world: shadow runs call it in dry-run mode
+    version: str = "1"  # bump when results change meaning (cached results are per version)
+
+    def schema(self) -> ToolSchema:
+        """The tool as the model is told of it."""
+        return ToolSchema(self.name, self.description, self.parameters)
+
+    def validate(self, args: object) -> dict[str, Any]:
+        """The model's ``args``, checked and coerced (defaults filled in);
+        :class:`ToolArgumentsError`, worded for the model, when they do not fit."""
+        if not isinstance(args, dict):
+            raise ToolArgumentsError(
+                f"invalid arguments for tool {self.name!r}: expected a JSON object "
+                f"(got {_shown(args)})"
+            )
+        try:
+            return dict(self.arguments.model_validate(args))
+        except ValidationError as exc:
+            problems = _problems(exc, list(self.arguments.model_fields))
+            raise ToolArgumentsError(
+                f"invalid arguments for tool {self.name!r}: {problems}"
+            ) from None
+
+    def invoke(self, values: dict[str, Any], ctx: ToolContext) -> Any:
+        """Call the function with validated ``values``: its JSON result (a pydantic model is
+        dumped); :class:`ToolError` when it fails or returns something that is not JSON."""
+        try:
+            result = self.fn(ctx, **values) if self.takes_context else self.fn(**values)
+        except ToolError:
+            raise
+        except Exception as exc:  # a tool's own failure becomes the call's result, not a crash
+            raise ToolError(f"tool {self.name!r} failed: {type(exc).__name__}: {exc}") from exc
+        if isinstance(result, BaseModel):
+            result = result.model_dump(mode="json")
+        try:
+            json.dumps(result)
+        except (TypeError, ValueError) as exc:
+            raise ToolError(f"tool {self.name!r} returned a non-JSON value: {exc}") from exc
+        return result
 
 
 TOOLS: dict[str, ToolSpec] = {}
 
 
+@overload
+def tool(fn: F, /) -> F: ...
+
+
+@overload
 def tool(
-    name: str, *, deadline_s: float | None = None, cpu_heavy: bool = False
-) -> Callable[[ToolFn], ToolFn]:
-    """Register ``fn`` as the tool ``name``.
+    name: str | None = None,
+    /,
+    *,
+    deadline_s: float | None = None,
+    cpu_heavy: bool = False,
+    deterministic: bool = False,
+    side_effects: bool = False,
+    version: str = "1",
+    description: str | None = None,
+) -> Callable[[F], F]: ...
 
-    ``deadline_s`` bounds one call (default ``AGENTQ_LIMITS__TOOL_TIMEOUT_S``); a
-    ``cpu_heavy`` tool runs in a subprocess that is killed at its deadline, and its
-    module must be importable there (see :mod:`app.agents.sandbox`).
+
+def tool(
+    name: str | ToolFn | None = None,
+    /,
+    *,
+    deadline_s: float | None = None,
+    cpu_heavy: bool = False,
+    deterministic: bool = False,
+    side_effects: bool = False,
+    version: str = "1",
+    description: str | None = None,
+) -> Any:
+    """Register a function as a tool: ``@tool`` (named after the function) or
+    ``@tool("name", ...)``; the function is returned unchanged.
+
+    ``deadline_s`` bounds one call (default ``AGENTQ_LIMITS__TOOL_TIMEOUT_S``); a ``cpu_heavy``
+    tool runs in a subprocess killed at its deadline, so its module must be importable there
+    (see :mod:`app.agents.sandbox`). ``deterministic``: its results may be cached across runs;
+    ``side_effects``: shadow runs call it in dry-run mode; ``version`` names its behaviour
+    (change it when results change). ``description`` replaces the docstring's first paragraph.
+    A bad declaration, or another function under a taken name, is a
+    :class:`ConfigurationError`.
     """
+    if callable(name):
+        return tool()(name)
     if deadline_s is not None and deadline_s <= 0:
-        raise ValueError(f"tool {name!r}: deadline_s must be positive, not {deadline_s}")
+        raise ConfigurationError(f"tool {name!r}: deadline_s must be positive, not {deadline_s}")
 
-    def register(fn: ToolFn) -> ToolFn:
-        TOOLS[name] = ToolSpec(name, fn, deadline_s, cpu_heavy)
+    def register(fn: F) -> F:
+        named = name or fn.__name__
+        if not _NAME.match(named):
+            raise ConfigurationError(f"tool name {named!r} must be 1-64 letters, digits, _ or -")
+        known = TOOLS.get(named)
+        # The same function again (its module imported twice) replaces itself; another is refused.
+        if known is not None and qualified_name(known.fn) != qualified_name(fn):
+            raise ConfigurationError(
+                f"tool {named!r} is registered twice: by {qualified_name(known.fn)} and by "
+                f"{qualified_name(fn)}; give one of them another name"
+            )
+        signature = read_signature(named, fn, ToolContext, description)
+        TOOLS[named] = ToolSpec(
+            name=named,
+            fn=fn,
+            description=signature.description,
+            parameters=signature.parameters,
+            arguments=signature.arguments,
+            takes_context=signature.takes_context,
+            deadline_s=deadline_s,
+            cpu_heavy=cpu_heavy,
+            deterministic=deterministic,
+            side_effects=side_effects,
+            version=version,
+        )
         return fn
 
     return register
 
 
-def tool_spec(name: str, args: dict[str, Any]) -> ToolSpec:
-    """The tool ``name``, once ``args`` fit its signature; :class:`ToolError` if not."""
+def tool_spec(name: str) -> ToolSpec:
+    """The tool registered as ``name``; :class:`ToolError` when there is none."""
     spec = TOOLS.get(name)
     if spec is None:
         raise ToolError(f"unknown tool {name!r}")
-    if not isinstance(args, dict):
-        raise ToolError(f"arguments for tool {name!r} must be a JSON object")
-    try:
-        inspect.signature(spec.fn).bind(None, **args)
-    except TypeError as exc:
-        raise ToolError(f"bad arguments for tool {name!r}: {exc}") from exc
     return spec
+
+
+def tool_name(fn: ToolFn) -> str:
+    """The name ``fn`` is registered under; :class:`ConfigurationError` if it is no tool."""
+    for spec in TOOLS.values():
+        if spec.fn is fn:
+            return spec.name
+    raise ConfigurationError(
+        f"{qualified_name(fn)} is not a registered tool: decorate it with @tool"
+    )
 
 
 def run_tool(name: str, args: dict[str, Any], ctx: ToolContext) -> Any:
     """Call tool ``name`` here and now (no deadline: :class:`app.agents.sandbox.ToolSandbox`
-    adds it); bad arguments or a failure raise :class:`ToolError`."""
-    spec = tool_spec(name, args)
-    try:
-        result = spec.fn(ctx, **args)
-    except ToolError:
-        raise
-    except Exception as exc:  # a tool's own failure becomes the step's result, not a crash
-        raise ToolError(f"tool {name!r} failed: {type(exc).__name__}: {exc}") from exc
-    try:
-        json.dumps(result)
-    except (TypeError, ValueError) as exc:
-        raise ToolError(f"tool {name!r} returned a non-JSON value: {exc}") from exc
-    return result
+    adds it): :class:`ToolArgumentsError` for bad arguments, :class:`ToolError` for a failure."""
+    spec = tool_spec(name)
+    return spec.invoke(spec.validate(args), ctx)
+
+
+def _problems(exc: ValidationError, fields: list[str]) -> str:
+    """A validation error as the model should read it: ``where: what (got value)``."""
+    errors = exc.errors(include_url=False)
+    parts = []
+    for error in errors[:_ERRORS_SHOWN]:
+        where = ".".join(str(part) for part in error["loc"]) or "arguments"
+        if error["type"] == "missing":
+            parts.append(f"{where}: required argument missing")
+        elif error["type"] == "extra_forbidden":
+            parts.append(f"{where}: unknown argument (known: {', '.join(fields) or 'none'})")
+        else:
+            parts.append(f"{where}: {error['msg']} (got {_shown(error['input'])})")
+    if len(errors) > _ERRORS_SHOWN:
+        parts.append(f"and {len(errors) - _ERRORS_SHOWN} more")
+    return "; ".join(parts)
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _INPUT_SHOWN else text[: _INPUT_SHOWN - 3] + "..."
 
 
 def bounded(result: Any, max_bytes: int) -> Any:
@@ -116,42 +244,60 @@ def bounded(result: Any, max_bytes: int) -> Any:
     return {"error": f"tool result too large {marker}", "truncated": f"{kept} {marker}"}
 
 
-@tool("calculator", cpu_heavy=True)
+@tool("calculator", cpu_heavy=True, deterministic=True)
 def calculator(ctx: ToolContext, expression: str) -> float | int:
-    """Evaluate an arithmetic expression (+ - * / // % ** and parentheses), each operation's
-    result bounded (:mod:`app.agents.calculator`)."""
-    return evaluate(str(expression))
+    """Evaluate an arithmetic expression: numbers, + - * / // % ** and parentheses (no names).
+
+    Args:
+        expression: The expression, e.g. "(17 + 4) * 23".
+    """
+    return evaluate(expression)
 
 
 @tool("kv_get")
 def kv_get(ctx: ToolContext, key: str) -> str | None:
-    """Read a value from the shared key-value store (Redis); None when absent."""
+    """Read a value from the shared key-value store; null when the key is absent.
+
+    Args:
+        key: The key to read.
+    """
     value = ctx.redis.get(kv_key(key))
     return value.decode() if isinstance(value, bytes) else value
 
 
-@tool("kv_set")
+@tool("kv_set", side_effects=True)
 def kv_set(ctx: ToolContext, key: str, value: str) -> str:
-    """Write a value to the shared key-value store (Redis)."""
-    ctx.redis.set(kv_key(key), str(value))
+    """Write a value to the shared key-value store; answers "ok".
+
+    Args:
+        key: The key to write.
+        value: The text to store under it.
+    """
+    ctx.redis.set(kv_key(key), value)
     return "ok"
 
 
-# Increment once per (run, step): a step re-run after a crash returns the first result.
+# Increment once per (run, step, call): a step re-run after a crash returns the first result.
 INCR_ONCE = Script("app.agents", "lua/incr_once.lua")
 
 
-@tool("counter_incr")
+@tool("counter_incr", side_effects=True)
 def counter_incr(ctx: ToolContext, key: str) -> int:
-    """Add one to a counter in the key-value store and return it (a tool with a side effect).
+    """Add one to a counter in the shared key-value store and return its new value.
 
-    Exactly once per step: the increment and its record are one atomic Redis script.
+    Args:
+        key: The counter's key.
     """
-    keys = [kv_key(key), effect_key(ctx.run_id, ctx.step, f"incr:{key}")]
-    return int(INCR_ONCE(ctx.redis, keys, [EFFECT_TTL_S]))
+    # The increment and its record are one atomic Redis script: exactly once per call.
+    effect = effect_key(ctx.run_id, ctx.step, f"incr:{ctx.call_id}:{key}")
+    return int(INCR_ONCE(ctx.redis, [kv_key(key), effect], [EFFECT_TTL_S]))
 
 
-@tool("word_count")
+@tool("word_count", deterministic=True)
 def word_count(ctx: ToolContext, text: str) -> int:
-    """Count whitespace-separated words."""
-    return len(str(text).split())
+    """Count the whitespace-separated words of a text.
+
+    Args:
+        text: The text to count.
+    """
+    return len(text.split())

@@ -8,7 +8,8 @@ from celery import Celery
 from celery.signals import worker_ready
 from kombu import Exchange, Queue
 
-from app.agents.registry import AgentRegistry, load_registry
+from app.agents.loader import load_registry
+from app.agents.registry import AgentRegistry
 from app.celery_ext.context import AgentqContext, attach
 from app.celery_ext.routes import AgentRouter
 from app.celery_ext.transport import install as install_broker_transport
@@ -47,8 +48,9 @@ RESULT_BACKEND_RETRIES = 20  # exponential backoff from 10 ms, capped at 1 s, wi
 
 
 def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> Celery:
-    """Build the Celery app for ``settings``; ``registry`` defaults to ``settings.agents_file``."""
-    registry = registry if registry is not None else load_registry(settings.agents_file)
+    """Build the Celery app for ``settings``; ``registry`` defaults to the one ``settings``
+    name (:func:`app.agents.loader.load_registry`: included modules, entry points, agents file)."""
+    registry = registry if registry is not None else load_registry(settings)
     install_broker_transport()  # kombu's Redis transport: atomic fetch, one client per channel
     app = Celery("agentq", broker=settings.broker, backend=settings.backend, set_as_current=False)
     queues = [

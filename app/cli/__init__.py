@@ -37,15 +37,25 @@ def main() -> None:
 @click.option("--pool", "-P", default=None, help="Celery pool (default: threads).")
 @click.option("--hostname", "-n", default=None, help="Worker node name.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.option(
+    "--include",
+    "-I",
+    "include",
+    multiple=True,
+    help="Python module declaring agents and tools, imported first (repeatable or "
+    "comma-separated; added to AGENTQ_INCLUDE; the current directory is on the path).",
+)
 def worker(
     agents: str | None,
     concurrency: int | None,
     pool: str | None,
     hostname: str | None,
     loglevel: str,
+    include: tuple[str, ...],
 ) -> None:
     """Consume the queues of AGENTS' types and run their steps; exits non-zero, with one line,
-    when it cannot start or an error stops it."""
+    when it cannot start (an agent's tool not registered: exit 1, before connecting) or an
+    error stops it."""
     from app.celery_ext import check_internals
     from app.celery_ext.app import create_celery
     from app.celery_ext.context import context_of
@@ -54,8 +64,11 @@ def worker(
     from app.tasks.runtime import runtime_for
 
     settings = Settings()  # bad settings, a secret file not there: one line (OneLineGroup)
+    modules = [m.strip() for value in include for m in value.split(",") if m.strip()]
+    if modules:
+        settings = settings.model_copy(update={"include": [*settings.include, *modules]})
     logs.configure(settings.log_format, loglevel)
-    app = create_celery(settings)
+    app = create_celery(settings)  # imports the included modules; refuses a missing tool
     registry = context_of(app).registry
     agents = agents or settings.worker.agents  # the flag wins over the environment
     names = [a.strip() for a in agents.split(",") if a.strip()] if agents else registry.names

@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -184,6 +185,14 @@ class Settings(BaseSettings):
     agents_file: Path | None = Field(
         default=None, description="YAML or TOML file declaring agent types (else the examples)."
     )
+    include: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Python modules every process imports at start, so that their @tool "
+        "functions and Agent(...) declarations register (`agentq worker --include` adds to "
+        "them): comma-separated (`mytools,pkg.agents`) or a JSON list; the current directory "
+        "is on the import path. Installed packages declare through the entry-point group "
+        "`agentq.agents` instead.",
+    )
     triton: TritonSettings = Field(default_factory=TritonSettings)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
@@ -208,6 +217,18 @@ class Settings(BaseSettings):
         description="prometheus_client's multiprocess folder (PROMETHEUS_MULTIPROC_DIR, read "
         "by prometheus_client too): set it when several processes share one /metrics.",
     )
+
+    @field_validator("include", mode="before")
+    @classmethod
+    def _module_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [name.strip() for name in text.split(",") if name.strip()]
+        return value
 
     @field_validator("redis_url", "broker_url", "result_backend")
     @classmethod
@@ -280,4 +301,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
             env["AGENTQ_OPENAI__API_KEY"] = openai.api_key.get_secret_value()
     if settings.agents_file:
         env["AGENTQ_AGENTS_FILE"] = str(settings.agents_file)
+    if settings.include:
+        env["AGENTQ_INCLUDE"] = ",".join(settings.include)
     return env

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from app.agents.registry import AgentRegistry, load_registry
+from app.agents.loader import load_registry
+from app.agents.registry import AgentRegistry
 from app.config import Settings
 from app.deploy import services, triton, workers
 from app.deploy.objects import SECRET, Obj, k8s_name, worker_name
@@ -305,7 +306,7 @@ def write(out_dir: Path, files: dict[str, str]) -> list[str]:
 
 def registry_inputs(settings: Settings) -> tuple[AgentRegistry, tuple[str, str] | None]:
     """The registry ``settings`` name, and the agents file (name, text) it was read from."""
-    registry = load_registry(settings.agents_file)
+    registry = load_registry(settings)
     if settings.agents_file is None:
         return registry, None
     text = settings.agents_file.read_text(encoding="utf-8")  # load_registry read it already

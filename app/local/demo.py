@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from app.agents.registry import load_registry
+from app.agents.loader import load_registry
 from app.celery_ext.app import create_celery
 from app.config import Settings, mask_url
 from app.errors import AgentqError
@@ -89,7 +89,7 @@ def run_demo(
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentq-demo-")))
         try:
-            registry = load_registry(settings.agents_file)
+            registry = load_registry(settings)
             for agent in agents:  # before anything starts
                 if agent not in registry:
                     raise AgentqError(f"unknown agent {agent!r}; known: {registry.names}")

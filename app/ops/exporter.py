@@ -19,7 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from app.agents.registry import AgentRegistry, load_registry
+from app.agents.loader import load_registry
+from app.agents.registry import AgentRegistry
 from app.celery_ext.backlog import read_backlog
 from app.config import Settings
 from app.ops.http import Response, Served, json_response, serve
@@ -99,7 +100,7 @@ class Exporter(Served):
             url: redis_client(settings, url, socket_timeout=timeout, socket_connect_timeout=timeout)
             for url in (settings.broker, settings.redis_url)
         }
-        registry = registry if registry is not None else load_registry(settings.agents_file)
+        registry = registry if registry is not None else load_registry(settings)
         self.collector = BacklogCollector(
             self._clients[settings.broker], self._clients[settings.redis_url], registry
         )

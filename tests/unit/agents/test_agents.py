@@ -1,9 +1,18 @@
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from app.agents.registry import EXAMPLE_AGENTS, AgentRegistry, AgentSpec, load_registry
+from app.agents.registry import AGENTS, AgentRegistry, AgentSpec
+from app.agents.tools import tool
 from app.errors import ConfigurationError
+from tests.fixtures.declarations import declarations_restored
+
+
+@pytest.fixture(autouse=True)
+def _declarations_restored() -> Iterator[None]:
+    with declarations_restored():
+        yield
 
 
 def test_queue_is_agent_dot_name_unless_overridden():
@@ -59,5 +68,45 @@ def test_broken_agents_file_says_what_is_wrong(tmp_path: Path, text):
         AgentRegistry.from_file(path)
 
 
-def test_default_registry_is_the_examples():
-    assert [s.name for s in load_registry(None)] == [s.name for s in EXAMPLE_AGENTS]
+def test_an_agent_declared_in_python_is_registered_with_its_tools_by_name():
+    from app import Agent
+
+    @tool
+    def forecast(city: str) -> str:
+        return "sunny"
+
+    weather = Agent(
+        "weather", model="llama-3-8b", system_prompt="You forecast.", tools=[forecast, "kv_get"]
+    )
+    assert isinstance(weather, AgentSpec)
+    assert weather.tools == ("forecast", "kv_get")
+    assert (weather.model, weather.max_steps, weather.backend) == ("llama-3-8b", 8, "triton")
+    assert AGENTS["weather"] is weather
+
+
+def test_an_agent_without_a_model_is_served_by_the_backends_configured_one():
+    assert AgentSpec(name="research").model is None
+
+
+def test_the_same_name_declared_twice_differently_is_a_configuration_error():
+    from app import Agent
+
+    Agent("weather", max_steps=4)
+    Agent("weather", max_steps=4)  # the same declaration again: its module imported twice
+    with pytest.raises(ConfigurationError, match="agent 'weather' is declared twice"):
+        Agent("weather", max_steps=5)
+    assert AGENTS["weather"].max_steps == 4
+
+
+def test_a_bad_agent_declaration_says_which_field_in_one_line():
+    from app import Agent
+
+    with pytest.raises(ConfigurationError) as error:
+        Agent("weather", max_steps=0, colour="blue")
+    assert str(error.value) == (
+        "agent 'weather': max_steps: Input should be greater than 0; "
+        "colour: Extra inputs are not permitted"
+    )
+    with pytest.raises(ConfigurationError, match="is not a registered tool"):
+        Agent("weather", tools=[lambda city: city])
+    assert "weather" not in AGENTS

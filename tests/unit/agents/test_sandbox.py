@@ -9,13 +9,15 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import REGISTRY
 
+from app.agents.loader import import_modules
 from app.agents.sandbox import ToolSandbox
 from app.agents.tools import ToolContext
-from app.errors import ToolError, ToolTimeoutError
+from app.errors import ToolArgumentsError, ToolError, ToolTimeoutError
 from tests.fixtures import tools as misbehaving
+from tests.fixtures.declarations import UserCode, declarations_restored
 from tests.fixtures.waiting import alive
 
-CTX = ToolContext(run_id="r1", step=2, agent="research", redis=object())
+CTX = ToolContext(run_id="r1", step=2, agent="research", redis=object(), call_id="c7")
 
 
 def abandoned(tool: str) -> float:
@@ -84,6 +86,7 @@ def test_cpu_heavy_tool_runs_in_another_process_without_redis(sandbox):
         "pid": sandbox.processes.pids()[0],
         "redis": False,
         "run_id": "r1",
+        "call_id": "c7",
     }
 
 
@@ -100,11 +103,39 @@ def test_calculator_bomb_is_refused_in_the_tool_process(sandbox):
 
 
 def test_bad_arguments_and_unknown_tools_fail_before_any_process_starts(sandbox):
-    with pytest.raises(ToolError, match="bad arguments"):
+    with pytest.raises(ToolArgumentsError, match="invalid arguments for tool 'calculator'"):
         sandbox.call("calculator", {"expr": "1"}, CTX)
     with pytest.raises(ToolError, match="unknown tool"):
         sandbox.call("rm_rf", {}, CTX)
     assert sandbox.processes.pids() == []
+
+
+def test_a_cpu_heavy_tool_of_a_module_on_the_workers_path_runs_in_a_tool_process(
+    sandbox, tmp_path, monkeypatch
+):
+    # The module is found through the worker's sys.path only (not the tool process's cwd).
+    code = UserCode(tmp_path)
+    code.module(
+        "user_heavy_tools",
+        """
+        import os
+        from app import tool
+
+        @tool(cpu_heavy=True)
+        def square(n: int) -> list[int]:
+            '''Square a number.'''
+            return [n * n, os.getpid()]
+        """,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with declarations_restored():
+            import_modules(["user_heavy_tools"])
+            square, pid = sandbox.call("square", {"n": "7"}, CTX)  # validated, coerced there too
+    finally:
+        code.forget()
+    assert square == 49
+    assert pid == sandbox.processes.pids()[0] != os.getpid()
 
 
 def test_a_closed_sandbox_starts_no_tool_process(sandbox):
