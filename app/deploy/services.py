@@ -59,6 +59,8 @@ def config_map(settings: Settings, agents_file: str | None) -> Obj:
     }
     if agents_file is not None:
         data["AGENTQ_AGENTS_FILE"] = f"{AGENTS_DIR}/{agents_file}"
+    if settings.include:  # the user's agent and tool modules, installed in the worker image
+        data["AGENTQ_INCLUDE"] = ",".join(settings.include)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

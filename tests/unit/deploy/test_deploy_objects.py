@@ -18,6 +18,7 @@ import yaml
 from app.agents.registry import EXAMPLE_AGENTS
 from app.config import REPO_ROOT, DeploySettings, HealthSettings, Settings, WorkerSettings
 from app.deploy.objects import CONFIG_MAP, EXPORTER, SECRET, worker_name
+from app.deploy.services import config_map
 from app.deploy.triton import NAMESPACE
 from app.deploy.workers import termination_grace_s
 from tests.fixtures.manifests import (
@@ -309,3 +310,11 @@ def test_prometheus_finds_triton_and_dcgm_exporter_through_their_headless_servic
     dcgm = _one("Service", "agentq-dcgm-exporter")
     assert dcgm["metadata"]["namespace"] == "gpu-operator"
     assert dcgm["spec"]["selector"] == {"app": "nvidia-dcgm-exporter"}  # the GPU operator's
+
+
+def test_the_config_map_makes_workers_import_the_users_modules() -> None:
+    configured = Settings(_env_file=None, include="weatherpkg.agents,weatherpkg.tools")
+    data = config_map(configured, None)["data"]
+    assert data["AGENTQ_INCLUDE"] == "weatherpkg.agents,weatherpkg.tools"
+    # Nothing to import: no variable (the committed manifests are made so).
+    assert "AGENTQ_INCLUDE" not in _one("ConfigMap", CONFIG_MAP)["data"]
