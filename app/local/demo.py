@@ -244,7 +244,7 @@ def _print_results(
         if run is None:
             table.add_row(result.id[:8], "?", "queued", "0", "", *([""] * (1 + wide)))
             continue
-        tools = [s.tool for s in run.steps if s.tool]
+        tools = [name for s in run.steps for name in s.tools]
         steps, tool_calls = steps + len(run.steps), tool_calls + len(tools)
         answer = _short(str(run.answer if run.answer is not None else run.error or ""))
         question = _short(_DIRECTIVE.sub("", str(run.input)).strip())
