@@ -218,6 +218,12 @@ class Settings(BaseSettings):
         "by prometheus_client too): set it when several processes share one /metrics.",
     )
 
+    @field_validator("agents_file", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # `AGENTQ_AGENTS_FILE=` (set but empty) means no file, not the current directory.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("include", mode="before")
     @classmethod
     def _module_list(cls, value: Any) -> Any:
