@@ -22,7 +22,7 @@ from app.local.processes import free_port, wait_until
 from app.local.triton import TritonServer, install_triton
 from tests.fixtures.chats import scripted_request
 from tests.fixtures.prompts import scripted_prompt
-from tests.fixtures.triton import ALT_MODEL, ALT_STREAM_MODEL
+from tests.fixtures.triton import ALT_MODEL, ALT_STREAM_MODEL, served_counts
 
 pytestmark = pytest.mark.integration
 
@@ -248,20 +248,6 @@ def test_pace_spaces_the_streamed_tokens_as_decode_steps(backend: TritonBackend)
     assert arrivals[-1] - arrivals[0] >= 0.35  # four pauses of 100 ms (a lower bound)
 
 
-def _served(server: TritonServer, models: list[str]) -> dict[str, int]:
-    """Requests each model has completed, from Triton's per-model inference statistics."""
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    try:
-        counts = {}
-        for model in models:
-            stats = client.get_inference_statistics(model_name=model, as_json=True)
-            success = stats["model_stats"][0]["inference_stats"]["success"]
-            counts[model] = int(success.get("count", 0))
-        return counts
-    finally:
-        client.close()
-
-
 def test_two_agents_with_two_models_on_one_triton_are_each_served_by_their_own(
     triton_two_models: TritonServer,
 ) -> None:
@@ -271,7 +257,7 @@ def test_two_agents_with_two_models_on_one_triton_are_each_served_by_their_own(
     )
     try:
         assert backend.missing_models(models) == []
-        before = _served(triton_two_models, models)
+        before = served_counts(triton_two_models, models)
         # The first agent names no model (the backend's default), the second its own.
         first = [backend.generate(_ask(f"first agent {i}")) for i in range(2)]
         second = [backend.generate(_ask(f"second agent {i}", model=ALT_MODEL)) for i in range(3)]
@@ -287,7 +273,7 @@ def test_two_agents_with_two_models_on_one_triton_are_each_served_by_their_own(
     def counted() -> bool:
         # A decoupled request is counted once its instance is done with it, after the client
         # has its final response.
-        after = _served(triton_two_models, models)
+        after = served_counts(triton_two_models, models)
         served.update({m: after[m] - before[m] for m in models})
         return served == expected
 
