@@ -74,7 +74,12 @@ def worker(
     names = [a.strip() for a in agents.split(",") if a.strip()] if agents else registry.names
     unknown = [n for n in names if n not in registry]
     if unknown:
-        raise click.BadParameter(f"unknown agent types {unknown}; known: {registry.names}")
+        listed = ", ".join(repr(n) for n in unknown)
+        fail(
+            ExitCode.REFUSED,
+            f"no agent type {listed} to serve (known: {', '.join(registry.names)}); declare it "
+            "in AGENTQ_AGENTS_FILE or in a module given to --include",
+        )
     queues = ",".join(registry.spec(n).queue_name for n in names)
     node = node_name(hostname or f"agentq-{'-'.join(names)}@%h")
     # Connect and migrate now: a bad config (password, TLS, URL) fails at start, not per run.
