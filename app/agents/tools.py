@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
+import redis
 from pydantic import BaseModel, ValidationError
 
 from app.agents.calculator import evaluate
@@ -94,7 +95,9 @@ class ToolSpec:
         dumped); :class:`ToolError` when it fails or returns something that is not JSON."""
         try:
             result = self.fn(ctx, **values) if self.takes_context else self.fn(**values)
-        except ToolError:
+        except (ToolError, redis.ConnectionError, redis.TimeoutError):
+            # Redis unreachable (the worker's own, ``ctx.redis``) is an outage, not the tool's
+            # answer: the step is retried later, as every step is while Redis is down.
             raise
         except Exception as exc:  # a tool's own failure becomes the call's result, not a crash
             raise ToolError(f"tool {self.name!r} failed: {type(exc).__name__}: {exc}") from exc

@@ -7,6 +7,7 @@ import json
 
 import fakeredis
 import pytest
+import redis.exceptions as redis_errors
 
 from app.agents.registry import AgentRegistry, AgentSpec
 from app.agents.sandbox import ToolSandbox
@@ -167,3 +168,20 @@ def test_arguments_that_are_not_a_json_object_are_an_error_without_a_call(store,
         "error": "invalid arguments for tool 'test_tally': arguments are not JSON: '{name'"
     }
     assert misbehaving.CALLS == []
+
+
+def test_a_tool_that_finds_redis_down_retries_the_step_instead_of_telling_the_model(store, sandbox):
+    redis = fakeredis.FakeRedis()
+    agents = AgentRegistry([AgentSpec(name="counter", tools=("test_kv_count",))])
+    count = call("test_kv_count", key="k")
+    down = StepRunner(Settings(), agents, store, redis, {"triton": ReplyList(count)}, "w1", sandbox)
+    misbehaving.REDIS_DOWN.set()
+    try:
+        with pytest.raises(redis_errors.ConnectionError):  # the task retries it later
+            down.run_step(StepMessage("run", "counter", 0, "go"))
+    finally:
+        misbehaving.REDIS_DOWN.clear()
+    assert store.load_run("run").draft.results == {}  # nothing kept: the call is made again
+    up = StepRunner(Settings(), agents, store, redis, {"triton": ReplyList()}, "w1", sandbox)
+    assert up.run_step(StepMessage("run", "counter", 0, "go")).outcome is Outcome.NEXT
+    assert recorded.result(store.load_run("run").steps[0]) == 1
