@@ -39,7 +39,11 @@ def test_a_multi_step_run_streams_each_step_and_ends(celery_app, start_worker) -
     step0 = "".join(e.text for e in events if e.kind == TOKEN and e.step == 0)
     assert step0 == '{"tool":"calculator","args":{"expression":"20+22"}}'
     assert [e.text for e in events if e.kind == TOKEN and e.step == 1] == ["Answer:", " 42"]
-    assert events[1 + step0.count(" ") + 1].data == {"kind": "tool", "tool": "calculator"}
+    assert events[1 + step0.count(" ") + 1].data == {
+        "kind": "tool",
+        "tool": "calculator",
+        "tools": ["calculator"],
+    }
     assert events[-1].data == {"status": "succeeded", "answer": "Answer: 42"}
 
 
