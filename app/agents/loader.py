@@ -24,6 +24,7 @@ import os
 import sys
 from collections.abc import Iterable
 
+from app.agents.mcp import check_declarations
 from app.agents.registry import AGENTS, EXAMPLE_AGENTS, AgentRegistry
 from app.agents.tools import TOOLS
 from app.config import Settings
@@ -89,7 +90,9 @@ def load_entry_points(group: str = ENTRY_POINT_GROUP) -> None:
 
 
 def check_tools(registry: AgentRegistry) -> None:
-    """:class:`ConfigurationError` for the first tool an agent names that is not registered."""
+    """:class:`ConfigurationError` for the first tool an agent names that is not registered,
+    or MCP servers declared without the ``mcp`` package or differently by two agents."""
+    check_declarations({spec.name: spec.mcp_servers for spec in registry})
     for spec in registry:
         for name in spec.tools:
             if name not in TOOLS:

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.agents.guardrails import Budget, Validator, ValidatorSpec, build_validators
+from app.agents.mcp import McpServer
 from app.agents.tools import tool_name
 from app.config import LimitSettings
 from app.constants import QUEUE_PREFIX
@@ -54,6 +55,11 @@ class AgentSpec(BaseModel):
     system_prompt: str = Field(default="You are a helpful agent.", description="First prompt line.")
     tools: tuple[str, ...] = Field(
         default=(), description="Names of the tools it may call (tool functions: their names)."
+    )
+    mcp_servers: tuple[McpServer, ...] = Field(
+        default=(),
+        description="MCP servers whose tools it may call too, as <server>__<tool> (or the "
+        "server's prefix): stdio commands or streamable HTTP URLs (app.agents.mcp).",
     )
     max_steps: int = Field(default=8, gt=0, le=1000, description="Step budget of one run.")
     max_tokens: int | None = Field(

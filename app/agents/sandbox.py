@@ -44,7 +44,9 @@ from app.errors import ToolError, ToolTimeoutError
 from app.ops import metrics
 
 if TYPE_CHECKING:  # a tool process needs no settings
+    from app.agents.mcp import McpPool, McpServer
     from app.config import Settings
+    from app.inference.chat import ToolSchema
 
 START_TIMEOUT_S = 60.0
 """How long a new tool process may take to import and say it is ready."""
@@ -61,6 +63,7 @@ class ToolSandbox:
         self.default_deadline_s = default_deadline_s
         self.threads = ToolThreads(threads)
         self.processes = ToolProcessPool(processes, memory_mb)
+        self.mcp: McpPool | None = None  # tools from MCP servers, set by the worker runtime
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ToolSandbox:
@@ -73,6 +76,8 @@ class ToolSandbox:
     def call(self, name: str, args: dict[str, Any], ctx: ToolContext) -> Any:
         """The tool's JSON result; :class:`ToolError` when it is unknown, fails or runs past
         its deadline (:class:`ToolArgumentsError` for arguments that do not fit its schema)."""
+        if self.mcp is not None and name in self.mcp:
+            return self.mcp.call(name, args, self.default_deadline_s)
         spec = tool_spec(name)
         values = spec.validate(args)
         deadline_s = spec.deadline_s or self.default_deadline_s
@@ -80,9 +85,18 @@ class ToolSandbox:
             return self.processes.call(spec, args, ctx, deadline_s)
         return self.threads.call(spec.name, lambda: spec.invoke(values, ctx), deadline_s)
 
+    def mcp_schemas(self, servers: tuple[McpServer, ...]) -> tuple[ToolSchema, ...]:
+        """The tools listed by ``servers`` (an agent's MCP servers), as the model is told."""
+        if self.mcp is None or not servers:
+            return ()
+        return tuple(t.schema() for t in self.mcp.tools_of(servers))
+
     def close(self) -> None:
-        """Stop the tool processes (abandoned threads are daemons: they end with the process)."""
+        """Stop the tool processes and MCP servers (abandoned threads are daemons: they end
+        with the process)."""
         self.processes.close()
+        if self.mcp is not None:
+            self.mcp.close()
 
 
 class ToolThreads:

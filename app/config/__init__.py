@@ -68,6 +68,7 @@ __all__ = [
     "child_env",
     "mask_url",
     "secret_file_var",
+    "secret_value",
     "settings_env",
 ]
 
@@ -270,6 +271,20 @@ class Settings(BaseSettings):
     def backend(self) -> str:
         """The Celery result backend URL in force."""
         return self.result_backend or self.redis_url
+
+
+def secret_value(var: str) -> str:
+    """The secret in environment variable ``var``, else in the file ``var`` + ``_FILE`` names
+    (an agent's MCP credentials); :class:`ConfigurationError` saying which to set."""
+    if var in os.environ:
+        return os.environ[var]
+    path = os.environ.get(f"{var}_FILE")
+    if path is None:
+        raise ConfigurationError(f"secret {var} is not set: set {var} or {var}_FILE")
+    try:
+        return Path(path).read_text().removesuffix("\n").removesuffix("\r")
+    except OSError as exc:
+        raise ConfigurationError(f"{var}_FILE={path}: cannot read it ({exc.strerror})") from None
 
 
 def child_env(overrides: dict[str, str]) -> dict[str, str]:

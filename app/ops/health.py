@@ -6,9 +6,10 @@ run longer than ``worker.step_timeout_s`` plus a grace. While the consumer (re)c
 the broker the heartbeat is paused, not stale: a Redis outage is a readiness matter.
 ``/readyz`` pings the broker and the session store and asks whether at least one model
 replica of each backend is ready and has every model the worker's agents use (the body's
-``missing_models`` names those it lacks, by backend); each check has a short deadline and
-results are reused for ``health.cache_s``. Both answer 200 or 503 with a JSON body saying
-which check failed.
+``missing_models`` names those it lacks, by backend) and, when its agents declare MCP servers,
+whether each is connected (the ``mcp_servers`` check names those that are not, and tries them
+again); each check has a short deadline and results are reused for ``health.cache_s``. Both
+answer 200 or 503 with a JSON body saying which check failed.
 """
 
 from __future__ import annotations
@@ -201,6 +202,8 @@ class WorkerHealth(Served):
             checks["redis"] = redis_check(self._clients[1])
         checks["session_store"] = self._store_check
         checks.update({f"replicas.{kind}": self._replica_check(kind) for kind in self._kinds()})
+        if any(s.mcp_servers for s in self._specs()):
+            checks["mcp_servers"] = self._mcp_check
         self.checks = Checks(checks, timeout, settings.health.cache_s)
 
     def _specs(self) -> list[AgentSpec]:
@@ -226,6 +229,15 @@ class WorkerHealth(Served):
     def _store_check(self) -> CheckResult:
         self._runtime().store.ping()
         return CheckResult(True, "SELECT 1 answered")
+
+    def _mcp_check(self) -> CheckResult:
+        pool = self._runtime().runner.tools.mcp
+        down = pool.unreachable() if pool is not None else {"all": "no MCP pool"}
+        if down:
+            return CheckResult(
+                False, "unreachable: " + "; ".join(f"{n} ({e})" for n, e in down.items())
+            )
+        return CheckResult(True, "every MCP server connected")
 
     def _replica_check(self, kind: str) -> Callable[[], CheckResult]:
         def check() -> CheckResult:

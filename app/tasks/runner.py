@@ -235,7 +235,7 @@ class StepRunner:
             tokens_out=reply.tokens_out,
             step=msg.step,
             agent=spec.name,
-            tools=spec.tools,
+            tools=(*spec.tools, *(t.name for t in self.tools.mcp_schemas(spec.mcp_servers))),
             validators=self.registry.output_validators(spec.name),
         )
         calls = tuple(CallRecord(c.id, c.name, c.args) for c in decided.calls)  # not made
@@ -292,7 +292,8 @@ class StepRunner:
         if schemas is None:
             schemas = tuple(TOOLS[name].schema() for name in spec.tools if name in TOOLS)
             self._tool_schemas[spec.name] = schemas
-        return schemas
+        # Not kept: a server reached after start lists its tools then.
+        return schemas + self.tools.mcp_schemas(spec.mcp_servers)
 
     def _model_call(
         self, spec: AgentSpec, msg: StepMessage, request: ChatRequest, session_id: str | None

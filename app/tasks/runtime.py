@@ -54,10 +54,15 @@ class WorkerRuntime:
                 "(set AGENTQ_OPENAI__REPLICAS)"
             )
         runner = StepRunner(settings, registry, store, client, pools, worker_name)
+        servers = [server for spec in registry for server in spec.mcp_servers]
+        if servers:  # imports the mcp package: only workers whose agents use MCP servers
+            from app.agents.mcp import McpPool
+
+            runner.tools.mcp = McpPool.start(servers)
         return cls(settings, registry, store, client, pools, runner)
 
     def close(self) -> None:
-        """Release connections."""
+        """Release connections (MCP servers started by the worker are stopped)."""
         self.runner.tools.close()
         for pool in self.pools.values():
             pool.close()
