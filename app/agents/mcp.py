@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from app.config import secret_value
 from app.errors import ConfigurationError, ToolArgumentsError, ToolError, ToolTimeoutError
 from app.inference.chat import ToolSchema
+from app.ops import metrics
 
 if TYPE_CHECKING:
     from mcp import ClientSession
@@ -351,6 +352,7 @@ class McpPool:
             result = future.result(timeout=deadline_s)
         except TimeoutError:
             future.cancel()
+            metrics.tool_abandoned(name)
             raise ToolTimeoutError(
                 f"tool {name!r} ran past its {deadline_s:g} s deadline and was cancelled"
             ) from None

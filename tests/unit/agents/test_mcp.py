@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +16,7 @@ from app.agents import mcp
 from app.agents.mcp import McpServer, check_declarations, listed_tools, result_json
 from app.agents.registry import AgentRegistry, AgentSpec
 from app.errors import ConfigurationError, ToolArgumentsError, ToolError
+from tests.fixtures.declarations import declarations_restored
 
 ADD_SCHEMA = {
     "type": "object",
@@ -56,6 +58,28 @@ def test_an_agents_file_declares_stdio_and_http_servers(tmp_path: Path) -> None:
     assert files.env_from_env == {"API_KEY": "FILES_API_KEY"}
     assert (search.url, search.tool_prefix) == ("https://mcp.example.com/mcp", "web_")
     assert search.headers_from_env == {"Authorization": "SEARCH_TOKEN"}
+
+
+@pytest.fixture(autouse=True)
+def _declarations_restored() -> Iterator[None]:
+    with declarations_restored():
+        yield
+
+
+def test_agent_in_python_and_a_toml_file_declare_servers(tmp_path: Path) -> None:
+    from app import Agent
+
+    spec = Agent("helper", mcp_servers=[{"name": "search", "url": "http://h/mcp"}])
+    assert spec.mcp_servers == (McpServer(name="search", url="http://h/mcp"),)
+    with pytest.raises(ConfigurationError, match=r"mcp_servers\.0: Value error, MCP server 'x'"):
+        Agent("broken", mcp_servers=[{"name": "x"}])
+    path = tmp_path / "agents.toml"
+    path.write_text(
+        '[[agents]]\nname = "helper"\n[[agents.mcp_servers]]\nname = "files"\n'
+        'command = "files-server"\nargs = ["--root", "/data"]\n'
+    )
+    [declared] = AgentRegistry.from_file(path)
+    assert declared.mcp_servers[0].args == ("--root", "/data")
 
 
 @pytest.mark.parametrize(
