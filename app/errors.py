@@ -53,6 +53,17 @@ class ModelNotFoundError(ModelRefusedError):
     """Raised when the model server does not have the model an agent names (not retried)."""
 
 
+class ToolCallParseError(ModelRefusedError):
+    """Raised when a reply opens its chat template's tool-call marker but the call does not
+    parse (bad JSON, no closing marker, no name, arguments not an object); the step asks the
+    model once more, then fails the run with ``reason`` (not retried)."""
+
+    def __init__(self, reason: str, reply: str = "") -> None:
+        super().__init__(f"tool call did not parse: {reason}")
+        self.reason = reason
+        self.reply = reply  # the whole reply (a stream's once it ended), for the repair turn
+
+
 class InferenceUnavailableError(InferenceError):
     """Raised when no model server could be reached within the deadline (retried later)."""
 

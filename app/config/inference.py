@@ -14,6 +14,9 @@ from pydantic import BaseModel, Field, SecretStr
 
 from app.config.paths import APP_DIR, REPO_ROOT
 
+# The scripted models' tokenizer and chat template (models/tokenizers/scripted/build.py).
+SCRIPTED_TOKENIZER = "models/tokenizers/scripted"
+
 
 def _default_model_repository() -> Path:
     in_repo = REPO_ROOT / "models" / "scripted"
@@ -136,6 +139,13 @@ class TritonSettings(BaseModel):
         description="Decoupled model streaming each other unary model an agent names (unary "
         "-> decoupled); a model not listed streams from itself. The default model streams "
         "from stream_model.",
+    )
+    chat_templates: dict[str, str] = Field(
+        default_factory=lambda: dict.fromkeys(("ensemble", "ensemble_stream"), SCRIPTED_TOKENIZER),
+        description="Chat template of each model (model -> a tokenizer folder or its "
+        "tokenizer_config.json, relative to the checkout or the installed package; or a "
+        "built-in: hermes, lines). A model not listed gets 'lines' (System:/User: lines). "
+        "Default: the scripted models' own tokenizer.",
     )
     timeout_s: float = Field(default=60.0, gt=0, description="Deadline of one model call.")
     max_tokens: int = Field(default=512, gt=0, description="max_tokens sent with each call.")

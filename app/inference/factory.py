@@ -63,7 +63,12 @@ def build_pools(
             replicas_from_settings(
                 triton.replica_list(),
                 lambda r: TritonBackend(
-                    r.url, triton.model, triton.stream_model, triton.timeout_s, triton.stream_models
+                    r.url,
+                    triton.model,
+                    triton.stream_model,
+                    triton.timeout_s,
+                    triton.stream_models,
+                    chat_templates=triton.chat_templates,
                 ),
                 settings.inference,
             ),

@@ -13,13 +13,13 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from app.config.paths import shipped_path
 from app.errors import (
     InferenceError,
     InferenceUnavailableError,
     ModelNotFoundError,
     ModelRefusedError,
 )
-from app.inference import text_protocol
 from app.inference.backend import (
     ChatRequest,
     Completion,
@@ -28,6 +28,7 @@ from app.inference.backend import (
     Route,
     count_tokens,
 )
+from app.inference.templates import LINES, ChatTemplate, load_template
 
 # gRPC status codes worth a retry on another replica or later: the server did not serve the
 # call (down, overloaded, late); any other code is the model's answer and is not retried.
@@ -112,8 +113,10 @@ class TritonBackend:
 
     A request's ``model`` (else ``model``) serves unary calls; a stream goes to
     ``stream_model`` for the default model, else to ``stream_models[model]``, else to the
-    request's model itself. The conversation reaches the model as text
-    (:mod:`app.inference.text_protocol`), and the reply's tool calls are read back from it.
+    request's model itself. The conversation reaches the model rendered with its chat
+    template (``chat_templates``: model -> template spec, :mod:`app.inference.templates`),
+    and the reply's tool calls are read back in that template's format; a call that does not
+    parse raises ToolCallParseError (the runner asks once more).
 
     tritonclient documents its clients as not thread-safe, so each calling thread gets its own
     unary client (threading.local), and each stream its own client (a client holds one stream).
@@ -126,8 +129,11 @@ class TritonBackend:
         stream_model: str = "ensemble_stream",
         timeout_s: float = 60,
         stream_models: Mapping[str, str] | None = None,
+        chat_templates: Mapping[str, str] | None = None,
     ) -> None:
         self.url = url
+        self.chat_templates = dict(chat_templates or {})
+        self._templates: dict[str, ChatTemplate] = {}
         self.model = model
         self.stream_model = stream_model
         self.stream_models = dict(stream_models or {})
@@ -146,6 +152,19 @@ class TritonBackend:
         if model == self.model:
             return self.stream_model
         return self.stream_models.get(model, model)
+
+    def template(self, request: ChatRequest) -> ChatTemplate:
+        """The chat template of ``request``'s model (else of the model streaming it), loaded
+        once; ``lines`` for a model with none configured."""
+        model = self.unary_model(request)
+        with self._lock:
+            template = self._templates.get(model)
+            if template is None:
+                spec = self.chat_templates.get(model) or self.chat_templates.get(
+                    self.streaming_model(request), LINES
+                )
+                template = self._templates[model] = load_template(spec, shipped_path)
+        return template
 
     def _client(self) -> grpcclient.InferenceServerClient:
         client = getattr(self._local, "client", None)
@@ -176,7 +195,8 @@ class TritonBackend:
     ) -> Completion:
         """One unary call to the request's model."""
         started = time.perf_counter()
-        model, prompt = self.unary_model(request), text_protocol.render(request)
+        template = self.template(request)
+        model, prompt = self.unary_model(request), template.render(request)
         try:
             result = self._client().infer(
                 model,
@@ -190,7 +210,7 @@ class TritonBackend:
                 # once the server is back: start the next call on a fresh one.
                 self._drop_client()
             raise error from exc
-        text, calls = text_protocol.parse(_text(result) or "")
+        text, calls = template.parse(_text(result) or "")
         return Completion(
             text=text,
             tokens_in=count_tokens(prompt),
@@ -217,7 +237,8 @@ class TritonBackend:
                 yield Delta(piece)
         finally:
             source.close()  # a reader that stops early cancels the request now
-        _, calls = text_protocol.parse("".join(pieces))
+        # ToolCallParseError once the stream has ended
+        _, calls = self.template(request).parse("".join(pieces))
         if calls:
             yield Delta(tool_calls=calls)
 
@@ -237,7 +258,7 @@ class TritonBackend:
             )
             client.async_stream_infer(
                 model,
-                build_inputs(text_protocol.render(request), request.params, stream=True),
+                build_inputs(self.template(request).render(request), request.params, stream=True),
                 enable_empty_final_response=True,
             )
             while True:

@@ -24,6 +24,7 @@ from app.errors import (
     InferenceUnavailableError,
     NoSuchRunError,
     SubmitError,
+    ToolCallParseError,
     ToolError,
 )
 from app.inference.backend import (
@@ -31,11 +32,13 @@ from app.inference.backend import (
     Completion,
     GenerationParams,
     InferenceBackend,
+    Message,
     Route,
     ToolCall,
     ToolSchema,
     count_tokens,
 )
+from app.inference.templates import repair_message
 from app.memory.records import CallRecord, ErrorType, RunStatus, StepDraft, StepKind
 from app.memory.sessions import NO_ANSWER, NewRun, RunState, SessionStore, StepRecord
 from app.ops import metrics, tracing
@@ -298,7 +301,21 @@ class StepRunner:
     def _model_call(
         self, spec: AgentSpec, msg: StepMessage, request: ChatRequest, session_id: str | None
     ) -> Completion:
-        """The model's reply to ``request``, traced (and relayed when the run streams)."""
+        """The model's reply to ``request``, traced (and relayed when the run streams).
+
+        A reply whose tool call does not parse gets one repair turn in the same step: the
+        model is asked again with its reply and what was wrong; a second bad reply raises
+        the ToolCallParseError (the run fails with its reason)."""
+        try:
+            return self._traced_call(spec, msg, request, session_id)
+        except ToolCallParseError as exc:
+            bad = (Message("assistant", exc.reply), repair_message(exc.reason))
+            repair = replace(request, messages=request.messages + bad)
+            return self._traced_call(spec, msg, repair, session_id)
+
+    def _traced_call(
+        self, spec: AgentSpec, msg: StepMessage, request: ChatRequest, session_id: str | None
+    ) -> Completion:
         with tracing.span("agentq.model_call", None, "client", backend=spec.backend) as span:
             completion = self._infer(spec, msg, request, session_id)
             span.set(

@@ -37,7 +37,9 @@ def test_a_multi_step_run_streams_each_step_and_ends(celery_app, start_worker) -
         (END, -1),
     ]
     step0 = "".join(e.text for e in events if e.kind == TOKEN and e.step == 0)
-    assert step0 == '{"tool":"calculator","args":{"expression":"20+22"}}'
+    # The call in the scripted model's chat template format, one token per streamed piece.
+    call = '{"name": "calculator", "arguments": {"expression": "20+22"}}'
+    assert step0 == f"<tool_call> {call} </tool_call>"
     assert [e.text for e in events if e.kind == TOKEN and e.step == 1] == ["Answer:", " 42"]
     assert events[1 + step0.count(" ") + 1].data == {
         "kind": "tool",

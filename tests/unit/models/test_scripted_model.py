@@ -6,12 +6,16 @@ import importlib.util
 import json
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from app import constants
+from app.errors import ToolCallParseError
+from app.inference import templates
+from app.inference.chat import ChatRequest, GenerationParams, Message, ToolCall, ToolSchema
 
 MODEL = Path(__file__).resolve().parents[3] / "models" / "scripted" / "ensemble" / "1" / "model.py"
 
@@ -151,3 +155,72 @@ def test_close_runs_what_is_left_at_once() -> None:
     timeline.after(7200, lambda: done.append(2))
     timeline.close()  # a model unloaded with calls in flight still answers them
     assert done == [1, 2]
+
+
+# ---- prompts rendered with the scripted model's chat template (ChatML, Hermes tools) ----
+
+HERMES = templates.ChatTemplate.named("hermes")
+CALC_TOOL = ToolSchema("calculator", "Evaluate.", {"type": "object"})
+
+
+def chatml(user: str, *results: str, history: tuple[Message, ...] = ()) -> ChatRequest:
+    """A request as the agent loop builds it: one tool call and its result per result."""
+    messages = [Message("system", "be scripted"), *history, Message("user", user)]
+    for i, result in enumerate(results):
+        call = ToolCall(f"call_{i}", "calculator", {})
+        messages += [
+            Message("assistant", "", tool_calls=(call,)),
+            Message("tool", result, tool_call_id=call.id, name="calculator"),
+        ]
+    return ChatRequest(tuple(messages), GenerationParams(100), (CALC_TOOL,))
+
+
+def template_reply(request: ChatRequest) -> str:
+    return reply(HERMES.render(request)).text
+
+
+def test_chatml_markers_match_the_chat_template() -> None:
+    assert scripted.TOOL_CALL_OPEN == templates.TOOL_CALL_OPEN
+    assert scripted.TOOL_CALL_CLOSE == templates.TOOL_CALL_CLOSE
+    assert scripted.REPAIR_PREFIX == templates.REPAIR_PREFIX
+    assert scripted.IM_START in HERMES.render(chatml("hi"))
+
+
+def test_a_templated_prompt_gets_calls_in_the_templates_format_then_the_answer() -> None:
+    user = 'go [tool:calculator {"expression": "2+3"}] [tool:clock]'
+    assert HERMES.parse(template_reply(chatml(user))) == (
+        "",
+        (ToolCall("call_0", "calculator", {"expression": "2+3"}),),
+    )
+    assert HERMES.parse(template_reply(chatml(user, "5")))[1] == (ToolCall("call_0", "clock"),)
+    assert template_reply(chatml(user, "5", '{"time": "12:00"}')) == 'Answer: {"time": "12:00"}'
+
+
+def test_a_templated_prompt_answers_its_last_user_turn() -> None:
+    history = (Message("user", "old [tool:calculator]"), Message("assistant", "Answer: OLD"))
+    assert template_reply(chatml("new  one", history=history)) == "Answer: NEW ONE"
+
+
+def test_badtool_breaks_the_call_until_a_repair_turn() -> None:
+    request = chatml('[badtool:calculator {"expression": "1"}]')
+    bad = template_reply(request)
+    with pytest.raises(ToolCallParseError, match="not valid JSON"):
+        HERMES.parse(bad)
+    repaired = replace(
+        request,
+        messages=(*request.messages, Message("assistant", bad), templates.repair_message("x")),
+    )
+    assert HERMES.parse(template_reply(repaired))[1] == (
+        ToolCall("call_0", "calculator", {"expression": "1"}),
+    )
+
+
+def test_brokentool_stays_broken_after_a_repair_turn() -> None:
+    request = chatml("[brokentool:calculator]")
+    bad = template_reply(request)
+    repaired = replace(
+        request,
+        messages=(*request.messages, Message("assistant", bad), templates.repair_message("x")),
+    )
+    with pytest.raises(ToolCallParseError):
+        HERMES.parse(template_reply(repaired))

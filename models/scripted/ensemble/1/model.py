@@ -5,6 +5,9 @@ drive an agent through tool calls, errors, delays and long streams by what they 
 user's turn:
 
 - ``[tool:NAME {json args}]`` (repeatable, args optional): ask for tool calls, one per step;
+- ``[badtool:NAME {json args}]``: as ``tool``, but the call is first written with broken JSON,
+  and written right after a repair turn (the agent's "did not parse" user turn);
+- ``[brokentool:NAME]``: a call written with broken JSON every time (the run fails);
 - ``[delay:MS]``: sleep MS milliseconds before replying;
 - ``[error:MESSAGE]``: fail the call with MESSAGE;
 - ``[words:N]``: answer ``w1 w2 ... wN`` (long streams);
@@ -18,6 +21,11 @@ Two ways to serve (the ``scheduling`` parameter of config.pbtxt):
 - ``inflight``: every call runs on its own clock, answered ``delay`` after it arrived
   whatever else is running, as TensorRT-LLM's in-flight batcher serves calls while the GPU
   has room: a fixed per-call latency (the inference bench).
+
+The prompt is read in either layout the agent sends: ChatML as the model's chat template
+renders it (models/tokenizers/scripted: ``<|im_start|>user`` turns, tool results as
+``<tool_response>`` blocks in a user turn; calls answered as ``<tool_call>`` blocks), or
+``System:``/``User:``/``Tool:`` lines (a model with no template; calls answered as JSON).
 
 The pure logic imports nothing from Triton, so unit tests load this file by path.
 """
@@ -45,8 +53,13 @@ import numpy as np
 PROMPT_USER = "User: "
 PROMPT_ASSISTANT = "Assistant: "
 PROMPT_TOOL = "Tool: "
+# ChatML of the model's chat template; must match app/inference/templates.py (a unit test checks).
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+REPAIR_PREFIX = "Your tool call did not parse"
+_RESPONSE = re.compile(r"<tool_response>\n?(.*?)\n?</tool_response>", re.DOTALL)
 
-_DIRECTIVE = re.compile(r"\[(tool|delay|error|words|pace):")
+_DIRECTIVE = re.compile(r"\[(tool|badtool|brokentool|delay|error|words|pace):")
 _TOOL_NAME = re.compile(r"[^\s\]{]+")
 _NUMBER_END = re.compile(r"\s*(\d+)\s*\]")
 
@@ -65,6 +78,7 @@ class Directives:
     words: int | None = None
     text: str = ""  # the user text with directives removed, whitespace-normalised
     pace_ms: int = 0
+    broken: dict[int, bool] = field(default_factory=dict)  # tool index -> broken every time
 
 
 @dataclass(frozen=True)
@@ -109,6 +123,53 @@ def split_turn(prompt: str) -> tuple[str, list[str]]:
     return "\n".join(user_lines), tools
 
 
+@dataclass(frozen=True)
+class Turn:
+    """What a prompt holds for the model: the user's last turn, the tool results after it, and
+    whether the turn just before the reply asks to repair a tool call."""
+
+    user: str
+    results: list[str]
+    repair: bool = False
+    chatml: bool = False
+
+
+def _chatml_turns(prompt: str) -> list[tuple[str, str]]:
+    turns = []
+    for chunk in prompt.split(IM_START)[1:]:
+        role, _, content = chunk.partition("\n")
+        turns.append((role.strip(), content.split(IM_END)[0]))
+    return turns
+
+
+def read_chatml(prompt: str) -> Turn:
+    """The user's last turn (not a tool-result or repair turn), the results after it."""
+    turns = _chatml_turns(prompt)
+    users = [
+        i
+        for i, (role, content) in enumerate(turns)
+        if role == "user" and not content.startswith(("<tool_response>", REPAIR_PREFIX))
+    ]
+    first = users[-1] if users else -1
+    results = [
+        m.group(1)
+        for role, content in turns[first + 1 :]
+        if role == "user"
+        for m in _RESPONSE.finditer(content)
+    ]
+    asked = [t for t in turns if t != ("assistant", "")]  # not the opened reply turn
+    repair = bool(asked) and asked[-1][0] == "user" and asked[-1][1].startswith(REPAIR_PREFIX)
+    user = turns[first][1] if users else ""
+    return Turn(user, results, repair, chatml=True)
+
+
+def read_prompt(prompt: str) -> Turn:
+    """The prompt in either layout (see the module docstring)."""
+    if IM_START in prompt:
+        return read_chatml(prompt)
+    return Turn(*split_turn(prompt))
+
+
 def _number(text: str, pos: int, kind: str) -> tuple[int, int]:
     match = _NUMBER_END.match(text, pos)
     if not match:
@@ -139,14 +200,17 @@ def _tool(text: str, pos: int) -> tuple[tuple[str, dict[str, Any]], int]:
 def parse_directives(user_text: str) -> Directives:
     """Read the directives out of the user's text (see the module docstring)."""
     tools: list[tuple[str, dict[str, Any]]] = []
+    broken: dict[int, bool] = {}
     delay_ms, error, words, pace_ms = 0, None, None, 0
     kept: list[str] = []
     pos = 0
     while (match := _DIRECTIVE.search(user_text, pos)) is not None:
         kept.append(user_text[pos : match.start()])
         kind, pos = match.group(1), match.end()
-        if kind == "tool":
+        if kind in ("tool", "badtool", "brokentool"):
             call, pos = _tool(user_text, pos)
+            if kind != "tool":
+                broken[len(tools)] = kind == "brokentool"
             tools.append(call)
         elif kind == "delay":
             ms, pos = _number(user_text, pos, kind)
@@ -162,14 +226,26 @@ def parse_directives(user_text: str) -> Directives:
             error, pos = user_text[pos:end].strip(), end + 1
     kept.append(user_text[pos:])
     text = " ".join("".join(kept).split())
-    return Directives(tools, delay_ms, error, words, text, pace_ms)
+    return Directives(tools, delay_ms, error, words, text, pace_ms, broken)
+
+
+def call_text(name: str, args: dict[str, Any], chatml: bool, broken: bool = False) -> str:
+    """A tool call as the model writes it: a ``<tool_call>`` block (ChatML prompts) or a JSON
+    object (line prompts); ``broken``: with JSON that does not parse."""
+    if not chatml:
+        return json.dumps({"tool": name, "args": args}, separators=(",", ":"))
+    body = json.dumps({"name": name, "arguments": args})
+    if broken:
+        body = body[:-1] + ",}"  # a trailing comma: not JSON
+    return f"{TOOL_CALL_OPEN}\n{body}\n{TOOL_CALL_CLOSE}"
 
 
 def plan_reply(prompt: str, max_tokens: int, default_delay_ms: int = 0) -> Reply:
     """The scripted reply to ``prompt``, cut to ``max_tokens`` whitespace-separated tokens."""
-    user_text, tool_results = split_turn(prompt)
+    turn = read_prompt(prompt)
+    tool_results = turn.results
     try:
-        d = parse_directives(user_text)
+        d = parse_directives(turn.user)
     except DirectiveError as exc:
         return Reply("", default_delay_ms, f"scripted model: {exc}")
     delay = default_delay_ms + d.delay_ms
@@ -178,7 +254,9 @@ def plan_reply(prompt: str, max_tokens: int, default_delay_ms: int = 0) -> Reply
     k = len(tool_results)
     if k < len(d.tools):
         name, args = d.tools[k]
-        text = json.dumps({"tool": name, "args": args}, separators=(",", ":"))
+        always = d.broken.get(k)
+        broken = always is not None and (always or not turn.repair)
+        text = call_text(name, args, turn.chatml, broken)
     elif d.words is not None:
         text = " ".join(f"w{i}" for i in range(1, d.words + 1))
     elif k > 0:
