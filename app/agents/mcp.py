@@ -223,29 +223,29 @@ class _Connection:
             ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._stop = asyncio.Event()
             self._task = asyncio.create_task(self._hold(ready))
-            timeout = self.server.connect_timeout_s
-            try:
-                await asyncio.wait_for(asyncio.shield(ready), timeout)
-            except TimeoutError:
-                self.error = f"no answer within {timeout:g} s"
-                await self._drop()
+            await asyncio.shield(ready)  # a caller past its deadline leaves it connecting
             if self.error is not None:
                 log.warning("MCP server %r unreachable: %s", self.server.name, self.error)
 
     async def _hold(self, ready: asyncio.Future[None]) -> None:
+        import anyio
         from mcp import ClientSession
 
+        timeout = self.server.connect_timeout_s
         try:
             async with contextlib.AsyncExitStack() as stack:
                 read, write = await stack.enter_async_context(self._transport())
                 session = await stack.enter_async_context(ClientSession(read, write))
-                await session.initialize()
-                self.tools = listed_tools(self.server, await _list_all(session))
+                with anyio.fail_after(timeout):  # anyio's own scope: the SDK's tasks are anyio's
+                    await session.initialize()
+                    listed = await _list_all(session)
+                self.tools = listed_tools(self.server, listed)
                 self.session, self.error = session, None
                 ready.set_result(None)
                 await self._stop.wait()
         except Exception as exc:  # whatever the transport raises: the server's state
-            self.error = _reason(exc)
+            timed_out = isinstance(_leaf(exc), TimeoutError)
+            self.error = f"no answer within {timeout:g} s" if timed_out else _reason(exc)
         finally:
             self.session = None
             if not ready.done():
@@ -291,12 +291,15 @@ class _Connection:
         )
 
     async def _drop(self) -> None:
-        """Close the session (a stdio server process is stopped)."""
+        """Close the session (a stdio server process is stopped); one still connecting, or
+        not closed within its connect timeout (a server that stopped answering), is cancelled."""
         self._stop.set()
         task, self._task = self._task, None
         if task is not None:
-            with contextlib.suppress(Exception):
-                await task
+            done, _ = await asyncio.wait({task}, timeout=self.server.connect_timeout_s)
+            if not done:
+                task.cancel()
+                await asyncio.wait({task})
         self.session = None
 
 
@@ -419,9 +422,15 @@ async def _list_all(session: ClientSession) -> list[Any]:
     return tools
 
 
-def _reason(exc: BaseException) -> str:
-    """The first leaf of an exception (group), in one line."""
+def _leaf(exc: BaseException) -> BaseException:
+    """The first exception of a (nested) exception group, or ``exc``."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
+    return exc
+
+
+def _reason(exc: BaseException) -> str:
+    """The first leaf of an exception (group), in one line."""
+    exc = _leaf(exc)
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -4,6 +4,8 @@ and deadlines for the model, a lost server reconnected, stdio servers stopped at
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -135,3 +137,17 @@ def test_an_http_server_lost_mid_run_is_a_tool_error() -> None:
                 pool.call("remote__add", {"a": 1, "b": 2}, DEADLINE_S)
         finally:
             pool.close()
+
+
+def test_a_server_that_never_answers_is_given_up_at_its_connect_timeout() -> None:
+    silent = McpServer(
+        name="silent", command=sys.executable, args=("-c", "import time; time.sleep(60)"),
+        connect_timeout_s=1,
+    )  # fmt: skip
+    started = time.monotonic()
+    pool = McpPool.start([silent])
+    try:
+        assert time.monotonic() - started < 10
+        assert pool.unreachable()["silent"].startswith("no answer within 1 s")
+    finally:
+        pool.close()
