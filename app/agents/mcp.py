@@ -299,7 +299,7 @@ class _Connection:
             done, _ = await asyncio.wait({task}, timeout=self.server.connect_timeout_s)
             if not done:
                 task.cancel()
-                await asyncio.wait({task})
+                await asyncio.wait({task}, timeout=_CLOSE_TIMEOUT_S)
         self.session = None
 
 
