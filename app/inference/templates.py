@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Callable
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
@@ -302,7 +303,7 @@ def _token(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def load_template(spec: str, resolve: Any = Path) -> ChatTemplate:
+def load_template(spec: str, resolve: Callable[[str], Path] = Path) -> ChatTemplate:
     """The template ``spec`` names: a built-in name, else a path (``resolve`` maps it to a
     file, e.g. relative to the checkout)."""
     if spec in (LINES, HERMES):
