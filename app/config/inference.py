@@ -140,6 +140,13 @@ class TritonSettings(BaseModel):
         "-> decoupled); a model not listed streams from itself. The default model streams "
         "from stream_model.",
     )
+    tokenizers: dict[str, str] = Field(
+        default_factory=lambda: dict.fromkeys(("ensemble", "ensemble_stream"), SCRIPTED_TOKENIZER),
+        description="Tokenizer of each model (model -> folder holding tokenizer.json, or the "
+        "file; relative to the checkout or the installed package), counting the tokens of the "
+        "prompt sent and the reply received for budgets, metrics and traces; a model not "
+        "listed is counted by an estimate, labelled so. Default: the scripted models' own.",
+    )
     chat_templates: dict[str, str] = Field(
         default_factory=lambda: dict.fromkeys(("ensemble", "ensemble_stream"), SCRIPTED_TOKENIZER),
         description="Chat template of each model (model -> a tokenizer folder or its "
@@ -174,6 +181,12 @@ class OpenAISettings(BaseModel):
     model: str = Field(default="default", description="The 'model' field of each request.")
     api_key: SecretStr | None = Field(
         default=None, description="Bearer token (AGENTQ_OPENAI__API_KEY); never logged."
+    )
+    tokenizers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Tokenizer of each model (model -> folder holding tokenizer.json, or the "
+        "file), for the budget's check before a call and replies the server reports no "
+        "usage for; a model not listed is estimated there, labelled so.",
     )
     timeout_s: float = Field(default=60.0, gt=0, description="Deadline of one model call.")
 

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
+# How a call's tokens were counted: reported by the server, with the model's tokenizer
+# (app.inference.tokens), or estimated as whitespace-separated words.
+Counted = Literal["server", "tokenizer", "estimate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +104,8 @@ class ChatRequest:
         return cls((Message("user", prompt),), params, model=model)
 
     def estimated_tokens(self) -> int:
-        """The conversation's size in whitespace-separated words, before the server counts
-        (the budget's check before a call)."""
+        """The conversation's size in whitespace-separated words: the estimate before a call
+        of a model without a tokenizer (:mod:`app.inference.tokens` counts the others)."""
         words = 0
         for message in self.messages:
             words += count_tokens(message.content)
@@ -115,7 +118,8 @@ class ChatRequest:
 class Completion:
     """One model reply and what it cost.
 
-    Token counts are the server's where it reports them, else whitespace-separated words.
+    Token counts are the server's where it reports them, else the model's tokenizer's, else
+    an estimate (whitespace-separated words); ``counted`` says which.
     """
 
     text: str
@@ -124,18 +128,27 @@ class Completion:
     latency_s: float
     replica: str
     tool_calls: tuple[ToolCall, ...] = ()
+    counted: Counted = "estimate"
 
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """A piece of a streamed reply: text to show now, or the tool calls once they are whole."""
+    """A piece of a streamed reply: text to show now, or the tool calls once they are whole.
+
+    A stream's last delta may carry the call's token counts (``tokens_in``, ``tokens_out``)
+    and how they were counted; a stream without them is estimated by its reader.
+    """
 
     text: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    counted: Counted | None = None
 
 
 def count_tokens(text: str) -> int:
-    """Approximate token count: whitespace-separated words."""
+    """The estimate of a text's tokens where neither server nor tokenizer counts:
+    whitespace-separated words."""
     return len(text.split())
 
 

@@ -9,6 +9,7 @@ from app.inference.backend import InferenceBackend
 from app.inference.breaker import CircuitBreaker
 from app.inference.echo import EchoBackend
 from app.inference.pool import Replica, ReplicaPool
+from app.inference.tokens import counters
 
 
 def replicas_from_settings(
@@ -58,6 +59,7 @@ def build_pools(
 
     models = models or {}
     triton = settings.triton
+    counter = counters(settings)
     pools = {
         "triton": ReplicaPool(
             replicas_from_settings(
@@ -68,6 +70,7 @@ def build_pools(
                     triton.stream_model,
                     triton.timeout_s,
                     triton.stream_models,
+                    counter=counter["triton"],
                     chat_templates=triton.chat_templates,
                 ),
                 settings.inference,
@@ -85,7 +88,9 @@ def build_pools(
         pools["openai"] = ReplicaPool(
             replicas_from_settings(
                 openai.replicas,
-                lambda r: OpenAICompatBackend(r.url, openai.model, key, openai.timeout_s),
+                lambda r: OpenAICompatBackend(
+                    r.url, openai.model, key, openai.timeout_s, counter=counter["openai"]
+                ),
                 settings.inference,
             ),
             settings.inference,

@@ -24,7 +24,7 @@ from app.errors import (
     ModelRefusedError,
 )
 from app.inference.backend import Route
-from app.inference.chat import ChatRequest, Completion, Delta, ToolCall, count_tokens
+from app.inference.chat import ChatRequest, Completion, Counted, Delta, ToolCall
 from app.inference.openai_wire import (
     ToolCallAssembler,
     error_in_body,
@@ -36,6 +36,7 @@ from app.inference.openai_wire import (
     request_body,
     sse_data,
 )
+from app.inference.tokens import TokenCounter
 
 __all__ = ["RETRYABLE_STATUSES", "OpenAICompatBackend", "error_in_body"]
 
@@ -47,16 +48,14 @@ MAX_KEEPALIVE_CONNECTIONS = 256
 _HEALTH_TIMEOUT_S = 5.0
 
 
-def _tokens_out(text: str, calls: tuple[ToolCall, ...]) -> int:
-    # Counted as ChatRequest.estimated_tokens counts a turn, when the server reports no usage.
-    return count_tokens(text) + sum(1 + count_tokens(json.dumps(call.args)) for call in calls)
-
-
 class OpenAICompatBackend:
     """An InferenceBackend on one OpenAI-compatible server (``base_url`` ends in ``/v1``).
 
     ``model`` is sent for requests that name none. One httpx.Client, shared by all threads;
     a client passed in stays open on close().
+
+    Token counts are the server's ``usage`` (asked for on streams too); a reply without one is
+    counted with the model's tokenizer (``counter``), else estimated.
     """
 
     def __init__(
@@ -66,9 +65,11 @@ class OpenAICompatBackend:
         api_key: str | None = None,
         timeout_s: float = 60.0,
         client: httpx.Client | None = None,
+        counter: TokenCounter | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
+        self.counter = counter or TokenCounter("openai", {}, model)
         self.timeout_s = timeout_s
         self._api_key = api_key
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -148,17 +149,35 @@ class OpenAICompatBackend:
             reply = read_completion(data)
         except ValueError as exc:  # an error reported in a 200 body, or no choices
             raise self._refused(str(exc)) from None
-        tokens_in, tokens_out = reply.prompt_tokens, reply.completion_tokens
+        tokens_in, tokens_out, counted = self._counts(
+            request, reply.text, reply.tool_calls, reply.prompt_tokens, reply.completion_tokens
+        )
         return Completion(
             text=reply.text,
-            tokens_in=request.estimated_tokens() if tokens_in is None else tokens_in,
-            tokens_out=_tokens_out(reply.text, reply.tool_calls)
-            if tokens_out is None
-            else tokens_out,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
             latency_s=time.perf_counter() - started,
             replica=self.base_url,
             tool_calls=reply.tool_calls,
+            counted=counted,
         )
+
+    def _counts(
+        self,
+        request: ChatRequest,
+        text: str,
+        calls: tuple[ToolCall, ...],
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+    ) -> tuple[int, int, Counted]:
+        """The call's tokens in and out: the server's usage when it sent both, else counted
+        here (the turns, and the reply's text and calls as a turn's are counted)."""
+        if prompt_tokens is not None and completion_tokens is not None:
+            return prompt_tokens, completion_tokens, "server"
+        tokens_in, counted = self.counter.request_tokens(request)
+        replied = [text] + [f"{call.name} {json.dumps(call.args)}" for call in calls]
+        tokens_out, _ = self.counter.count(self.counter.model_of(request), *replied)
+        return tokens_in, tokens_out, counted
 
     def stream(
         self,
@@ -168,7 +187,8 @@ class OpenAICompatBackend:
         timeout_s: float | None = None,
     ) -> Generator[Delta, None, None]:
         """The reply from the event stream, in order, within the timeout: text pieces as they
-        come, then the reply's tool calls in one delta once the choice has finished.
+        come, then the reply's tool calls in one delta once the choice has finished; last,
+        the call's token counts (the server's ``usage`` chunk, else counted here).
 
         Closing the generator early closes the response, so the server sees the connection go.
         """
@@ -183,12 +203,17 @@ class OpenAICompatBackend:
                 headers=self._headers,
                 timeout=timeout,
             ) as response:
-                yield from self._read_stream(response, body["model"], deadline, timeout)
+                yield from self._read_stream(response, request, body["model"], deadline, timeout)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
 
     def _read_stream(
-        self, response: httpx.Response, model: str, deadline: float, timeout: float
+        self,
+        response: httpx.Response,
+        request: ChatRequest,
+        model: str,
+        deadline: float,
+        timeout: float,
     ) -> Generator[Delta, None, None]:
         if not response.is_success:
             response.read()
@@ -200,6 +225,9 @@ class OpenAICompatBackend:
             )
         calls = ToolCallAssembler()
         finished = done = False
+        pieces: list[str] = []
+        made: tuple[ToolCall, ...] = ()
+        prompt_tokens = completion_tokens = None
         for data in sse_data(response.iter_lines()):
             try:
                 event = read_stream_event(data)
@@ -208,13 +236,17 @@ class OpenAICompatBackend:
             if event.done:
                 done = True
                 break
+            if event.completion_tokens is not None:
+                prompt_tokens, completion_tokens = event.prompt_tokens, event.completion_tokens
             if event.text:
+                pieces.append(event.text)
                 yield Delta(text=event.text)
             calls.add(event.tool_calls)
             if event.finished:
                 finished = True
                 if calls.pending:
-                    yield Delta(tool_calls=calls.take())
+                    made = calls.take()
+                    yield Delta(tool_calls=made)
             if time.monotonic() > deadline:
                 raise InferenceUnavailableError(
                     f"Server at {self.base_url}: stream not finished within {timeout} s"
@@ -225,7 +257,12 @@ class OpenAICompatBackend:
                 "(connection cut)"
             )
         if calls.pending:  # [DONE] without a finish_reason after them
-            yield Delta(tool_calls=calls.take())
+            made = calls.take()
+            yield Delta(tool_calls=made)
+        tokens_in, tokens_out, counted = self._counts(
+            request, "".join(pieces), made, prompt_tokens, completion_tokens
+        )
+        yield Delta(tokens_in=tokens_in, tokens_out=tokens_out, counted=counted)
 
     def _served_models(self) -> set[str] | None:
         """The ids ``GET /models`` lists; None when it does not answer with a model list."""

@@ -61,7 +61,8 @@ def tool_json(tool: ToolSchema) -> dict[str, Any]:
 
 def request_body(model: str, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
     """The ``/chat/completions`` request: the request's model, else ``model``; ``tools`` and
-    sampling fields only when set.
+    sampling fields only when set. A stream asks for its token counts in a last ``usage``
+    chunk (``stream_options.include_usage``).
 
     ``top_k`` is not in the OpenAI API: it is vLLM's extra field, sent only when set.
     """
@@ -72,6 +73,8 @@ def request_body(model: str, request: ChatRequest, *, stream: bool) -> dict[str,
         "max_tokens": params.max_tokens,
         "stream": stream,
     }
+    if stream:
+        body["stream_options"] = {"include_usage": True}
     if request.tools:
         body["tools"] = [tool_json(tool) for tool in request.tools]
     optional = {
@@ -244,12 +247,14 @@ def read_completion(data: Any) -> ChatReply:
 @dataclass(frozen=True, slots=True)
 class StreamEvent:
     """One event of a streamed reply: a piece of text and tool-call fragments, the reply's
-    end, the stream's end."""
+    end, the stream's end, the call's token counts (the ``usage`` chunk)."""
 
     text: str = ""
     tool_calls: tuple[dict[str, Any], ...] = ()  # fragments, as the server sent them
     finished: bool = False  # a choice carried a finish_reason
     done: bool = False  # ``data: [DONE]``
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 def read_stream_event(data: str) -> StreamEvent:
@@ -265,9 +270,12 @@ def read_stream_event(data: str) -> StreamEvent:
         raise ValueError(f"reported an error mid-stream: {problem}")
     if not isinstance(chunk, dict):
         raise ValueError(f"sent an event that is not a JSON object: {data[:MAX_MESSAGE_CHARS]}")
+    prompt_tokens = _usage(chunk, "prompt_tokens")
+    completion_tokens = _usage(chunk, "completion_tokens")
     choices = chunk.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return StreamEvent()  # e.g. the usage-only chunk at the end
+        # e.g. the usage-only chunk at the end
+        return StreamEvent(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
     delta = choices[0].get("delta")
     delta = delta if isinstance(delta, dict) else {}
     content = delta.get("content")
@@ -278,6 +286,8 @@ def read_stream_event(data: str) -> StreamEvent:
         if isinstance(fragments, list)
         else (),
         finished=choices[0].get("finish_reason") is not None,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
     )
 
 

@@ -26,9 +26,9 @@ from app.inference.backend import (
     Delta,
     GenerationParams,
     Route,
-    count_tokens,
 )
 from app.inference.templates import LINES, ChatTemplate, load_template
+from app.inference.tokens import TokenCounter
 
 # gRPC status codes worth a retry on another replica or later: the server did not serve the
 # call (down, overloaded, late); any other code is the model's answer and is not retried.
@@ -120,6 +120,9 @@ class TritonBackend:
 
     tritonclient documents its clients as not thread-safe, so each calling thread gets its own
     unary client (threading.local), and each stream its own client (a client holds one stream).
+
+    Tokens are counted with the request's model's tokenizer (``counter``): the prompt sent and
+    the reply's whole text received; an estimate where the model has none.
     """
 
     def __init__(
@@ -129,11 +132,13 @@ class TritonBackend:
         stream_model: str = "ensemble_stream",
         timeout_s: float = 60,
         stream_models: Mapping[str, str] | None = None,
+        counter: TokenCounter | None = None,
         chat_templates: Mapping[str, str] | None = None,
     ) -> None:
         self.url = url
         self.chat_templates = dict(chat_templates or {})
         self._templates: dict[str, ChatTemplate] = {}
+        self.counter = counter or TokenCounter("triton", {}, model)
         self.model = model
         self.stream_model = stream_model
         self.stream_models = dict(stream_models or {})
@@ -210,14 +215,17 @@ class TritonBackend:
                 # once the server is back: start the next call on a fresh one.
                 self._drop_client()
             raise error from exc
-        text, calls = template.parse(_text(result) or "")
+        reply = _text(result) or ""
+        text, calls = template.parse(reply)
+        tokens_in, counted = self.counter.count(model, prompt)
         return Completion(
             text=text,
-            tokens_in=count_tokens(prompt),
-            tokens_out=count_tokens(text),
+            tokens_in=tokens_in,
+            tokens_out=self.counter.count(model, reply)[0],
             latency_s=time.perf_counter() - started,
             replica=self.url,
             tool_calls=calls,
+            counted=counted,
         )
 
     def stream(
@@ -228,22 +236,30 @@ class TritonBackend:
         timeout_s: float | None = None,
     ) -> Generator[Delta, None, None]:
         """Pieces of the reply from the decoupled model, in order, within the timeout; then
-        the reply's tool calls in one delta when the whole text asks for any."""
+        the reply's tool calls in one delta when the whole text asks for any; then the
+        call's token counts."""
         pieces: list[str] = []
-        source = self._pieces(self.streaming_model(request), request, timeout_s)
+        template = self.template(request)
+        prompt = template.render(request)
+        source = self._pieces(self.streaming_model(request), prompt, request, timeout_s)
         try:
             for piece in source:
                 pieces.append(piece)
                 yield Delta(piece)
         finally:
             source.close()  # a reader that stops early cancels the request now
-        # ToolCallParseError once the stream has ended
-        _, calls = self.template(request).parse("".join(pieces))
+        reply = "".join(pieces)
+        _, calls = template.parse(reply)  # ToolCallParseError once the stream has ended
         if calls:
             yield Delta(tool_calls=calls)
+        model = self.unary_model(request)
+        tokens_in, counted = self.counter.count(model, prompt)
+        yield Delta(
+            tokens_in=tokens_in, tokens_out=self.counter.count(model, reply)[0], counted=counted
+        )
 
     def _pieces(
-        self, model: str, request: ChatRequest, timeout_s: float | None
+        self, model: str, prompt: str, request: ChatRequest, timeout_s: float | None
     ) -> Generator[str, None, None]:
         replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
         timeout = timeout_s or self.timeout_s
@@ -258,7 +274,7 @@ class TritonBackend:
             )
             client.async_stream_infer(
                 model,
-                build_inputs(self.template(request).render(request), request.params, stream=True),
+                build_inputs(prompt, request.params, stream=True),
                 enable_empty_final_response=True,
             )
             while True:

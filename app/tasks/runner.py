@@ -27,9 +27,11 @@ from app.errors import (
     ToolCallParseError,
     ToolError,
 )
+from app.inference import tokens
 from app.inference.backend import (
     ChatRequest,
     Completion,
+    Delta,
     GenerationParams,
     InferenceBackend,
     Message,
@@ -38,6 +40,7 @@ from app.inference.backend import (
     ToolSchema,
     count_tokens,
 )
+from app.inference.chat import Counted
 from app.inference.templates import repair_message
 from app.memory.records import CallRecord, ErrorType, RunStatus, StepDraft, StepKind
 from app.memory.sessions import NO_ANSWER, NewRun, RunState, SessionStore, StepRecord
@@ -81,6 +84,7 @@ class StepRunner:
         self.worker_name = worker_name
         self._budgets: dict[tuple[str, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
         self._tool_schemas: dict[str, tuple[ToolSchema, ...]] = {}
+        self.token_counters = tokens.counters(settings)
 
     def run_step(self, msg: StepMessage, *, keep_lease: bool = False) -> StepResult:
         """Execute ``msg`` once under the run's lease, or say why not.
@@ -195,9 +199,10 @@ class StepRunner:
         used = usage(state, time.time())
         started = time.perf_counter()
         reply = state.draft  # the model answered an earlier delivery: its reply stands
+        counted: Counted = "estimate"
         if reply is None:
             request = self._request(spec, state, new_run)
-            stop = verdict.before_call(budget, used, request.estimated_tokens())
+            stop = verdict.before_call(budget, used, self._prompt_tokens(spec, request, budget))
             if stop is not None:
                 return self._fail(msg, stop, state, new_run, deferred)
             try:
@@ -215,8 +220,13 @@ class StepRunner:
                 tokens_out=completion.tokens_out,
                 latency_ms=(time.perf_counter() - started) * 1000,
             )
+            counted = completion.counted
         drafted = state.draft is not None
-        step = _Step(spec, msg, state, new_run, deferred, reply, drafted, fresh=not drafted)
+        if drafted:
+            counted = self._kept_counted(spec)
+        step = _Step(
+            spec, msg, state, new_run, deferred, reply, drafted, fresh=not drafted, counted=counted
+        )
         return self._act(step, budget, used, unleased, started)
 
     def _act(
@@ -322,8 +332,30 @@ class StepRunner:
                 replica=completion.replica,
                 tokens_in=completion.tokens_in,
                 tokens_out=completion.tokens_out,
+                tokens_counted=completion.counted,
             )
         return completion
+
+    def _prompt_tokens(self, spec: AgentSpec, request: ChatRequest, budget: Budget) -> int:
+        """The conversation's tokens before the call (the budget's check): counted with the
+        agent's model's tokenizer when it has one, else estimated."""
+        if budget.max_tokens_in is None:
+            return 0  # nothing to check them against: not counted twice per call
+        counter = self.token_counters.get(spec.backend)
+        if counter is None:
+            return request.estimated_tokens()
+        return counter.request_tokens(request)[0]
+
+    def _kept_counted(self, spec: AgentSpec) -> Counted:
+        """How the reply an earlier delivery kept was counted (a draft does not say): as the
+        agent's backend counts, the server's usage on OpenAI, else the model's tokenizer."""
+        counter = self.token_counters.get(spec.backend)
+        if counter is None:
+            return "estimate"
+        if spec.backend == "openai":
+            return "server"
+        has_tokenizer = counter.tokenizer(spec.model or counter.default_model or "") is not None
+        return "tokenizer" if has_tokenizer else "estimate"
 
     def _lease_for_tool(self, msg: StepMessage, unleased: _Hold) -> StepResult | None:
         """Take the lease a deferred step needs before its tool call; the step's result
@@ -349,7 +381,12 @@ class StepRunner:
             stored = self._stored_outcome(msg) if step.deferred else None
             return stored or StepResult(Outcome.SKIP)
         metrics.step_finished(
-            agent, record.kind, record.latency_ms / 1000, record.tokens_in, record.tokens_out
+            agent,
+            record.kind,
+            record.latency_ms / 1000,
+            record.tokens_in,
+            record.tokens_out,
+            step.counted,
         )
         if msg.stream:
             self.relay.step(msg.run_id, msg.step, record.kind, record.tools)
@@ -380,15 +417,21 @@ class StepRunner:
         self.relay.attempt(msg.run_id, msg.step)
         pieces: list[str] = []
         calls: tuple[ToolCall, ...] = ()
+        counts = Delta()
         for delta in backend.stream(request, route=route):
             if delta.text:
                 pieces.append(delta.text)
                 self.relay.token(msg.run_id, msg.step, delta.text)
             calls = delta.tool_calls or calls
+            if delta.counted is not None:  # the stream's counts (server or tokenizer)
+                counts = delta
         text = "".join(pieces)
         latency = time.perf_counter() - started
-        tokens_in = request.estimated_tokens()
-        return Completion(text, tokens_in, count_tokens(text), latency, spec.backend, calls)
+        if counts.counted is None:  # a stream that does not count its tokens (echo)
+            tokens_in, tokens_out = request.estimated_tokens(), count_tokens(text)
+            return Completion(text, tokens_in, tokens_out, latency, spec.backend, calls)
+        tokens_in, tokens_out = counts.tokens_in or 0, counts.tokens_out or 0
+        return Completion(text, tokens_in, tokens_out, latency, spec.backend, calls, counts.counted)
 
     def _make_calls(
         self, spec: AgentSpec, msg: StepMessage, decided: Verdict, reply: StepDraft
@@ -471,6 +514,7 @@ class _Step:
     reply: StepDraft
     drafted: bool  # the reply is kept as the step's draft
     fresh: bool  # the reply is this delivery's (not an earlier one's draft)
+    counted: Counted = "estimate"  # how the reply's tokens were counted
 
 
 def _numbered(calls: tuple[ToolCall, ...], step: int) -> tuple[ToolCall, ...]:

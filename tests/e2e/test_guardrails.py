@@ -13,8 +13,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.celery_ext.app import create_celery
+from app.config.paths import shipped_path
 from app.constants import kv_key
 from app.errors import BudgetExceededError, InputRejectedError, OutputRejectedError
+from app.inference.tokens import load_tokenizer
 from app.local.processes import free_port
 from app.producer.submit import submit
 from tests.fixtures import steps as recorded
@@ -27,7 +29,8 @@ AGENTS = {
             "name": "guarded",
             "tools": ["calculator"],
             "max_steps": 6,
-            "budget": {"max_tokens_out": 50, "max_tool_calls": 1},
+            # Tokens of the scripted model's tokenizer: a tool call's reply is about 60.
+            "budget": {"max_tokens_out": 200, "max_tool_calls": 1},
             "input_validators": [{"type": "blocked_patterns", "patterns": ["(?i)rm -rf"]}],
         },
         {
@@ -63,7 +66,8 @@ def metric(port: int, name: str, **labels: str) -> float:
     return total
 
 
-def test_runs_that_ask_for_too_much_end_with_typed_reasons(guarded, store, redis_client):
+def test_runs_that_ask_for_too_much_end_with_typed_reasons(guarded, store, redis_client, settings):
+    scripted = load_tokenizer(shipped_path(settings.triton.tokenizers[settings.triton.model]))
     app, port = guarded
     words = submit("guarded", "talk [words:300]", celery=app)
     tools = submit(
@@ -79,7 +83,7 @@ def test_runs_that_ask_for_too_much_end_with_typed_reasons(guarded, store, redis
     )
     schema = submit("structured", "no json here", celery=app)
 
-    with pytest.raises(BudgetExceededError, match="output token budget of 50 exceeded"):
+    with pytest.raises(BudgetExceededError, match="output token budget of 200 exceeded"):
         words.get(timeout=60)
     with pytest.raises(BudgetExceededError, match="tool call budget of 1 exhausted"):
         tools.get(timeout=60)
@@ -97,7 +101,8 @@ def test_runs_that_ask_for_too_much_end_with_typed_reasons(guarded, store, redis
     for run_id, error_type in expected.items():
         run = store.load_run(run_id)
         assert (run.status, run.error_type) == ("failed", error_type)
-    assert store.load_run(words.id).steps[0].tokens_out == 300  # spent, and on record
+    spent = store.load_run(words.id).steps[0]  # what was spent is on record, in tokens
+    assert spent.tokens_out == len(scripted.encode(spent.model_output, add_special_tokens=False))
     assert [recorded.result(s) for s in store.load_run(tools.id).steps] == [2, None]
     assert len(store.load_run(slow.id).steps) == 2  # the 1.5 s step, then the stop
 

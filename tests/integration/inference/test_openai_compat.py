@@ -136,8 +136,9 @@ def test_generate_sends_the_sampling_params(
 def test_stream_yields_pieces_in_order_that_make_the_generated_text(
     backend: OpenAICompatBackend, server: OpenAIServer
 ) -> None:
-    pieces = list(backend.stream(ask("[words:6]")))
+    *pieces, counts = backend.stream(ask("[words:6]"))
     assert pieces == [Delta(text=t) for t in ("w1", " w2", " w3", " w4", " w5", " w6")]
+    assert (counts.tokens_out, counts.counted) == (6, "server")
     assert server.last_body["stream"] is True
     assert "".join(p.text for p in pieces) == backend.generate(ask("[words:6]")).text
 

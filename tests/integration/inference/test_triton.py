@@ -103,8 +103,11 @@ def test_max_tokens_cuts_the_reply(backend: TritonBackend) -> None:
 
 
 def test_stream_yields_every_piece_in_order(backend: TritonBackend) -> None:
-    pieces = [d.text for d in backend.stream(_ask("[words:50]"))]
+    *deltas, counts = backend.stream(_ask("[words:50]"))
+    pieces = [d.text for d in deltas]
     assert len(pieces) == 50
+    # The call's counts come last: words, labelled so, for a backend given no tokenizer.
+    assert (counts.tokens_out, counts.counted) == (50, "estimate")
     assert pieces[:2] == ["w1", " w2"]
     assert "".join(pieces) == " ".join(f"w{i}" for i in range(1, 51))
 
@@ -243,7 +246,7 @@ def test_errors_triton_reports_inside_a_200_response_are_recognised(
 
 
 def test_pace_spaces_the_streamed_tokens_as_decode_steps(backend: TritonBackend) -> None:
-    arrivals = [time.monotonic() for _ in backend.stream(_ask("[words:5] [pace:100]"))]
+    arrivals = [time.monotonic() for d in backend.stream(_ask("[words:5] [pace:100]")) if d.text]
     assert len(arrivals) == 5
     assert arrivals[-1] - arrivals[0] >= 0.35  # four pauses of 100 ms (a lower bound)
 

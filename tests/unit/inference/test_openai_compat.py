@@ -23,6 +23,7 @@ from app.inference.chat import (
     ToolSchema,
 )
 from app.inference.openai_compat import OpenAICompatBackend
+from app.inference.tokens import TokenCounter
 
 BASE = "http://vllm.test:8000/v1"
 PARAMS = GenerationParams(max_tokens=64)
@@ -100,6 +101,7 @@ def test_generate_sends_tools_and_returns_the_tool_calls_with_the_servers_usage(
     assert body["tools"][0]["function"]["name"] == "weather"
     assert completion.text == ""
     assert (completion.tokens_in, completion.tokens_out) == (41, 17)
+    assert completion.counted == "server"
     assert completion.replica == BASE
     first, second = completion.tool_calls
     assert first == ToolCall("call_a", "weather", {"city": "Oslo"})
@@ -107,12 +109,13 @@ def test_generate_sends_tools_and_returns_the_tool_calls_with_the_servers_usage(
     assert second.error is not None and "not valid JSON" in second.error
 
 
-def test_generate_without_usage_counts_words(serve) -> None:
+def test_generate_without_usage_or_tokenizer_is_an_estimate(serve) -> None:
     backend = serve(lambda _: _completion({"role": "assistant", "content": "It rains in Oslo."}))
     completion = backend.generate(ASK)
     assert completion.text == "It rains in Oslo."
     assert completion.tool_calls == ()
     assert (completion.tokens_in, completion.tokens_out) == (ASK.estimated_tokens(), 4)
+    assert completion.counted == "estimate"
 
 
 def test_an_agents_model_is_sent_instead_of_the_default(serve) -> None:
@@ -164,7 +167,7 @@ def test_stream_yields_text_then_the_tool_calls_once_assembled(serve) -> None:
     deltas = list(serve(handler).stream(ASK))
     assert _sent(requests)["stream"] is True
     assert deltas[:2] == [Delta(text="Looking"), Delta(text=" up.")]
-    assert len(deltas) == 3
+    assert len(deltas) == 4 and deltas[3].counted == "estimate"  # no usage chunk was sent
     first, second = deltas[2].tool_calls
     assert first == ToolCall("call_a", "weather", {"city": "Oslo"})
     assert (second.id, second.args) == ("call_b", {})
@@ -174,7 +177,9 @@ def test_stream_yields_text_then_the_tool_calls_once_assembled(serve) -> None:
 def test_stream_tool_calls_come_at_done_when_no_finish_reason_was_sent(serve) -> None:
     fragment = {"index": 0, "id": "c", "function": {"name": "weather", "arguments": "{}"}}
     backend = serve(lambda _: _events(_delta({"tool_calls": [fragment]}), "[DONE]"))
-    assert list(backend.stream(ASK)) == [Delta(tool_calls=(ToolCall("c", "weather", {}),))]
+    deltas = list(backend.stream(ASK))
+    assert deltas[0] == Delta(tool_calls=(ToolCall("c", "weather", {}),))
+    assert [d.counted for d in deltas] == [None, "estimate"]
 
 
 def test_stream_cut_after_tool_call_fragments_is_retryable(serve) -> None:
@@ -270,3 +275,44 @@ def test_repr_and_base_url() -> None:
         assert backend.base_url == "http://h:8000/v1"
     finally:
         backend.close()
+
+
+def test_a_stream_asks_for_its_usage_and_is_counted_by_it(serve) -> None:
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return _events(
+            _delta({"role": "assistant", "content": ""}),
+            _delta({"content": "Rain"}),
+            _delta({}, "stop"),
+            {"choices": [], "usage": {"prompt_tokens": 23, "completion_tokens": 2}},
+            "[DONE]",
+        )
+
+    deltas = list(serve(handler).stream(ASK))
+    assert _sent(requests)["stream_options"] == {"include_usage": True}
+    assert deltas == [Delta(text="Rain"), Delta(tokens_in=23, tokens_out=2, counted="server")]
+
+
+def test_without_usage_a_model_with_a_tokenizer_is_counted_by_it(tmp_path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, "it": 1, "rains": 2, "in": 3, "oslo": 4, ".": 5}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    counter = TokenCounter("openai", {"default-model": tmp_path}, "default-model")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content)["stream"]:
+            return _events(_delta({"content": "it rains."}), _delta({}, "stop"), "[DONE]")
+        return _completion({"role": "assistant", "content": "it rains in oslo."})
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+        backend = OpenAICompatBackend(BASE, "default-model", client=client, counter=counter)
+        completion = backend.generate(ASK)
+        *_, counts = backend.stream(ASK)
+    # "Weather in Oslo and Bergen?": every word unknown but "in", 6 tokens with the "?".
+    assert (completion.tokens_in, completion.tokens_out, completion.counted) == (6, 5, "tokenizer")
+    assert counts == Delta(tokens_in=6, tokens_out=3, counted="tokenizer")

@@ -306,7 +306,8 @@ def test_stream_events():
     assert read_stream_event(role) == StreamEvent()
     last = '{"choices": [{"delta": {}, "finish_reason": "length"}]}'
     assert read_stream_event(last) == StreamEvent(finished=True)
-    assert read_stream_event('{"choices": [], "usage": {"prompt_tokens": 3}}') == StreamEvent()
+    usage = '{"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}}'
+    assert read_stream_event(usage) == StreamEvent(prompt_tokens=3, completion_tokens=5)
     assert read_stream_event("[DONE]") == StreamEvent(done=True)
     fragment = {"index": 0, "function": {"arguments": '{"ci'}}
     call = json.dumps({"choices": [{"delta": {"tool_calls": [fragment]}}]})

@@ -135,12 +135,13 @@ def test_steps_in_flight_are_tracked_per_thread_and_counted_in_the_gauge() -> No
 
 
 def test_step_and_run_metrics_record_latency_tokens_and_speed() -> None:
-    metrics.step_finished("unit2", "tool", 2.0, tokens_in=100, tokens_out=50)
+    metrics.step_finished("unit2", "tool", 2.0, tokens_in=100, tokens_out=50, counted="tokenizer")
     metrics.run_finished("unit2", "failed", "budget_exceeded", 7.0)
     metrics.model_call("triton", "http://u:p@t0:8001", 0.2, "unavailable")
-    assert sample("agentq_tokens_in_total", agent="unit2") == 100
-    assert sample("agentq_tokens_out_total", agent="unit2") == 50
-    assert sample("agentq_output_tokens_per_second_sum", agent="unit2") == 25
+    counted = {"agent": "unit2", "counted": "tokenizer"}
+    assert sample("agentq_tokens_in_total", **counted) == 100
+    assert sample("agentq_tokens_out_total", **counted) == 50
+    assert sample("agentq_output_tokens_per_second_sum", **counted) == 25
     assert sample("agentq_step_duration_seconds_count", agent="unit2", kind="tool") == 1
     runs = {"agent": "unit2", "status": "failed", "error_type": "budget_exceeded"}
     assert sample("agentq_runs_total", **runs) == 1
