@@ -128,7 +128,7 @@ class TokenCounter:
         ``estimate``, the latter logged once per backend and model)."""
         tokenizer = self.tokenizer(model)
         if tokenizer is None:
-            self.estimated(model)
+            self._estimated(model)
             return sum(count_tokens(text) for text in texts), "estimate"
         total = 0
         for text in texts:
@@ -136,7 +136,7 @@ class TokenCounter:
                 total += len(tokenizer.encode(text, add_special_tokens=False).ids)
         return total, "tokenizer"
 
-    def estimated(self, model: str) -> None:
+    def _estimated(self, model: str) -> None:
         """Say (once per backend and model) that ``model``'s counts are estimates."""
         _warn_estimate(
             self.kind,
@@ -147,13 +147,13 @@ class TokenCounter:
     def request_tokens(self, request: ChatRequest) -> tuple[int, Counted]:
         """The conversation's tokens before the call (the budget's check): each turn's text and
         tool calls counted with the model's tokenizer, without the template's markup."""
+        model = self.model_of(request)
+        if self.tokenizer(model) is None:  # said once the call's own counts are estimates
+            return request.estimated_tokens(), "estimate"
         texts = []
         for message in request.messages:
             texts.append(message.content)
             texts += [f"{call.name} {json.dumps(call.args)}" for call in message.tool_calls]
-        model = self.model_of(request)
-        if self.tokenizer(model) is None:  # said once the call's own counts are estimates
-            return request.estimated_tokens(), "estimate"
         return self.count(model, *texts)
 
 
