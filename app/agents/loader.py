@@ -24,7 +24,7 @@ import os
 import sys
 from collections.abc import Iterable
 
-from app.agents.mcp import check_declarations
+from app.agents.mcp_servers import check_declarations
 from app.agents.registry import AGENTS, EXAMPLE_AGENTS, AgentRegistry
 from app.agents.tools import TOOLS
 from app.config import Settings

@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.agents.guardrails import Budget, Validator, ValidatorSpec, build_validators
-from app.agents.mcp import McpServer
+from app.agents.mcp_servers import McpServer
 from app.agents.tools import tool_name
 from app.config import LimitSettings
 from app.constants import QUEUE_PREFIX
@@ -59,7 +59,7 @@ class AgentSpec(BaseModel):
     mcp_servers: tuple[McpServer, ...] = Field(
         default=(),
         description="MCP servers whose tools it may call too, as <server>__<tool> (or the "
-        "server's prefix): stdio commands or streamable HTTP URLs (app.agents.mcp).",
+        "server's prefix): stdio commands or streamable HTTP URLs (app.agents.mcp_servers).",
     )
     max_steps: int = Field(default=8, gt=0, le=1000, description="Step budget of one run.")
     max_tokens: int | None = Field(

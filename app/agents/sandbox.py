@@ -44,7 +44,8 @@ from app.errors import ToolError, ToolTimeoutError
 from app.ops import metrics
 
 if TYPE_CHECKING:  # a tool process needs no settings
-    from app.agents.mcp import McpPool, McpServer
+    from app.agents.mcp import McpPool
+    from app.agents.mcp_servers import McpServer
     from app.config import Settings
     from app.inference.chat import ToolSchema
 

@@ -12,7 +12,8 @@ import pytest
 
 pytest.importorskip("mcp")
 
-from app.agents.mcp import McpPool, McpServer
+from app.agents.mcp import McpPool
+from app.agents.mcp_servers import McpServer
 from app.errors import ToolArgumentsError, ToolError, ToolTimeoutError
 from tests.fixtures.mcp_server import STDIO, http_server
 from tests.fixtures.waiting import alive, wait_for

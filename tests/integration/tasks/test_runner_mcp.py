@@ -13,7 +13,8 @@ import pytest
 
 pytest.importorskip("mcp")
 
-from app.agents.mcp import McpPool, McpServer
+from app.agents.mcp import McpPool
+from app.agents.mcp_servers import McpServer
 from app.agents.registry import AgentRegistry, AgentSpec
 from app.agents.sandbox import ToolSandbox
 from app.config import Settings

@@ -12,8 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from app.agents import mcp
-from app.agents.mcp import McpServer, check_declarations, listed_tools, result_json
+from app.agents import mcp_servers
+from app.agents.mcp import listed_tools, result_json
+from app.agents.mcp_servers import McpServer, check_declarations
 from app.agents.registry import AgentRegistry, AgentSpec
 from app.errors import ConfigurationError, ToolArgumentsError, ToolError
 from tests.fixtures.declarations import declarations_restored
@@ -105,7 +106,7 @@ def test_two_agents_declaring_one_server_name_differently_is_a_configuration_err
 
 
 def test_servers_declared_without_the_mcp_package_say_to_install_the_extra(monkeypatch) -> None:
-    monkeypatch.setattr(mcp.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(mcp_servers.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigurationError, match=r"install .*agentq\[mcp\]"):
         check_declarations({"helper": [McpServer(name="files", command="x")]})
     check_declarations({"helper": []})  # no server, no package needed
