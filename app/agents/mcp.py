@@ -11,8 +11,8 @@ the agent's allowlist as ``<prefix><tool>``, the prefix being ``<server>__`` unl
 One background thread runs an asyncio loop holding one session per server, opened when the
 worker starts (``initialize`` and ``tools/list``). A call's arguments are checked against the
 server's input schema first; the call then waits at most its deadline. A server unreachable
-at start is named by ``/readyz`` and tried again by later calls and checks; a server lost
-mid-run is a tool error for the model, and the next call reconnects. The ``mcp`` package
+at start is named by ``/readyz`` and tried again by each readiness check; a server lost
+mid-run is a tool error for the model, and the next call to it reconnects. The ``mcp`` package
 (``agentq[mcp]``) is imported only here, only when some agent declares a server.
 """
 

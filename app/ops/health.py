@@ -234,9 +234,9 @@ class WorkerHealth(Served):
         pool = self._runtime().runner.tools.mcp
         down = pool.unreachable() if pool is not None else {"all": "no MCP pool"}
         if down:
-            return CheckResult(
-                False, "unreachable: " + "; ".join(f"{n} ({e})" for n, e in down.items())
-            )
+            # Masked: a reason may quote a URL with credentials in it.
+            reasons = "; ".join(f"{name} ({error})" for name, error in down.items())
+            return CheckResult(False, mask_text(f"unreachable: {reasons}", limit=300))
         return CheckResult(True, "every MCP server connected")
 
     def _replica_check(self, kind: str) -> Callable[[], CheckResult]:
