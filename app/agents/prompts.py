@@ -1,7 +1,8 @@
 """The conversation a step sends to its model, and the answer read from a final reply. Pure.
 
 Each backend tells its server of the tools and reads their calls in its own protocol (OpenAI's
-``tools`` / ``tool_calls``; :mod:`app.inference.text_protocol` for a model on Triton). A reply
+``tools`` / ``tool_calls``; the model's chat template on Triton, :mod:`app.inference.templates`).
+A reply
 without tool calls is the run's answer: ``{"final": <any JSON>}`` gives that JSON, any other
 text is taken verbatim (documented in docs/agents.md).
 """

@@ -2,9 +2,10 @@
 
 The agent loop hands every backend a :class:`ChatRequest` (never flattened text); each backend
 speaks its server's own protocol with it: OpenAI's ``messages`` / ``tools`` / ``tool_calls`` /
-``role: "tool"`` (:mod:`app.inference.openai_compat`), or a prompt rendered for the model on
-Triton (:mod:`app.inference.text_protocol`). Replies come back as a :class:`Completion`: text
-and the tool calls the model asked for.
+``role: "tool"`` (:mod:`app.inference.openai_compat`), or a prompt rendered with the model's
+chat template on Triton (:mod:`app.inference.templates`; :mod:`app.inference.text_protocol`
+for a model without one). Replies come back as a :class:`Completion`: text and the tool calls
+the model asked for.
 """
 
 from __future__ import annotations
