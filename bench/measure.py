@@ -21,8 +21,10 @@ from celery import Celery
 from celery.utils.serialization import bytes_to_str
 
 from app.celery_ext.backlog import UNACKED_KEY  # messages delivered to a worker, not acknowledged
+from app.config import Settings
+from app.config.paths import shipped_path
 from app.inference.backend import ChatRequest
-from app.inference.text_protocol import render
+from app.inference.templates import LINES, load_template
 from app.inference.triton import build_inputs
 from app.producer.submit import submit, submit_many
 from app.tasks.relay import TOKEN
@@ -152,7 +154,7 @@ async def _direct(
     from tritonclient.grpc.aio import InferenceServerClient
 
     client = InferenceServerClient(url)
-    prompt, params = render(request), request.params
+    prompt, params = rendered(request, model), request.params
     latencies: list[float] = []
     failed = 0
     left = 0
@@ -190,6 +192,13 @@ async def _direct(
         "server": seen,
     }
     return Throughput(calls - failed, wall, failed, extra)
+
+
+def rendered(request: ChatRequest, model: str) -> str:
+    """``request`` as a worker renders it for ``model``: with the model's chat template
+    (``AGENTQ_TRITON__CHAT_TEMPLATES``), else as lines."""
+    spec = Settings().triton.chat_templates.get(model, LINES)
+    return load_template(spec, shipped_path).render(request)
 
 
 def direct_calls(
