@@ -82,7 +82,7 @@ def test_inflight_streams_interleave_each_complete_and_in_order(inflight_server)
     def stream(text: str) -> list[str]:
         client = _client(inflight_server)
         try:
-            return [d.text for d in client.stream(scripted_request(text))]
+            return [d.text for d in client.stream(scripted_request(text)) if d.text]
         finally:
             client.close()
 
