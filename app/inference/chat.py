@@ -71,6 +71,17 @@ class ToolSchema:
     description: str
     parameters: dict[str, Any]
 
+    def function_spec(self) -> dict[str, Any]:
+        """The tool as OpenAI's ``tools`` entries and Hugging Face chat templates read it."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class GenerationParams:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.inference.chat import ChatRequest, Message, ToolCall, ToolSchema
+from app.inference.chat import ChatRequest, Message, ToolCall
 
 MAX_MESSAGE_CHARS = 500
 # Arguments quoted in an error for the model: enough to recognise them, not the whole blob.
@@ -47,18 +47,6 @@ def message_json(message: Message) -> dict[str, Any]:
     return {"role": message.role, "content": message.content}
 
 
-def tool_json(tool: ToolSchema) -> dict[str, Any]:
-    """A tool the model may call, as a ``tools`` entry."""
-    return {
-        "type": "function",
-        "function": {
-            "name": tool.name,
-            "description": tool.description,
-            "parameters": tool.parameters,
-        },
-    }
-
-
 def request_body(model: str, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
     """The ``/chat/completions`` request: the request's model, else ``model``; ``tools`` and
     sampling fields only when set. A stream asks for its token counts in a last ``usage``
@@ -76,7 +64,7 @@ def request_body(model: str, request: ChatRequest, *, stream: bool) -> dict[str,
     if stream:
         body["stream_options"] = {"include_usage": True}
     if request.tools:
-        body["tools"] = [tool_json(tool) for tool in request.tools]
+        body["tools"] = [tool.function_spec() for tool in request.tools]
     optional = {
         "temperature": params.temperature,
         "top_p": params.top_p,

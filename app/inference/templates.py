@@ -27,7 +27,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from app.errors import ConfigurationError, ToolCallParseError
 from app.inference import text_protocol
-from app.inference.chat import ChatRequest, Message, ToolCall, ToolSchema
+from app.inference.chat import ChatRequest, Message, ToolCall
 
 LINES, HERMES = "lines", "hermes"
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -137,18 +137,6 @@ def message_data(message: Message) -> dict[str, Any]:
     return data
 
 
-def tool_data(tool: ToolSchema) -> dict[str, Any]:
-    """``tool`` as chat templates read it (HF's / OpenAI's function spec)."""
-    return {
-        "type": "function",
-        "function": {
-            "name": tool.name,
-            "description": tool.description,
-            "parameters": tool.parameters,
-        },
-    }
-
-
 class ToolCallFormat(Protocol):
     """How a model writes tool calls in its reply."""
 
@@ -255,7 +243,7 @@ class ChatTemplate:
         template = self._pick(bool(request.tools))
         return template.render(
             messages=[message_data(m) for m in request.messages],
-            tools=[tool_data(t) for t in request.tools] or None,
+            tools=[t.function_spec() for t in request.tools] or None,
             add_generation_prompt=True,
             bos_token=self.bos_token,
             eos_token=self.eos_token,
