@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from app.agents.guardrails import Budget, Validator, ValidatorSpec, build_validators
 from app.agents.mcp_servers import McpServer
@@ -31,6 +38,7 @@ from app.agents.tools import tool_name
 from app.config import LimitSettings
 from app.constants import QUEUE_PREFIX
 from app.errors import ConfigurationError, InvalidInputError, UnknownAgentError
+from app.inference.chat import AUTO, NONE, REQUIRED
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
@@ -60,6 +68,15 @@ class AgentSpec(BaseModel):
         default=(),
         description="MCP servers whose tools it may call too, as <server>__<tool> (or the "
         "server's prefix): stdio commands or streamable HTTP URLs (app.agents.mcp_servers).",
+    )
+    tool_choice: str | tuple[str, ...] = Field(
+        default=AUTO,
+        description="Whether the model must call a tool, as OpenAI's tool_choice: auto (it "
+        "decides), required (its reply must call one), none (it must answer), or a tool's "
+        "name; a sequence gives one per model reply of a run, the last for the rest, e.g. "
+        "('required', 'none'): call a tool, then answer (what a small model needs). A server "
+        "that constrains decoding (Triton's guided decoding, OpenAI's tool_choice) keeps a "
+        "required call schema-valid.",
     )
     max_steps: int = Field(default=8, gt=0, le=1000, description="Step budget of one run.")
     max_tokens: int | None = Field(
@@ -97,6 +114,33 @@ class AgentSpec(BaseModel):
         if isinstance(value, str | bytes) or not isinstance(value, Iterable):
             return value  # pydantic says what is wrong with it
         return tuple(tool_name(item) if callable(item) else item for item in value)
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _tool_choices(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            value = tuple(value)
+        if isinstance(value, tuple) and not value:
+            raise ValueError("tool_choice needs at least one value")
+        return value
+
+    @model_validator(mode="after")
+    def _choices_name_tools(self) -> AgentSpec:
+        choices = self.tool_choice if isinstance(self.tool_choice, tuple) else (self.tool_choice,)
+        for choice in choices:
+            if choice in (AUTO, REQUIRED, NONE) or choice in self.tools or self.mcp_servers:
+                continue
+            raise ValueError(
+                f"tool_choice {choice!r} is neither auto, required, none nor one of the "
+                f"agent's tools ({', '.join(self.tools) or 'it has none'})"
+            )
+        return self
+
+    def tool_choice_at(self, reply: int) -> str:
+        """The tool choice for the run's ``reply``-th model reply (0: the first)."""
+        if isinstance(self.tool_choice, str):
+            return self.tool_choice
+        return self.tool_choice[min(reply, len(self.tool_choice) - 1)]
 
     @field_validator("name")
     @classmethod

@@ -18,6 +18,8 @@ Role = Literal["system", "user", "assistant", "tool"]
 # How a call's tokens were counted: reported by the server, with the model's tokenizer
 # (app.inference.tokens), or estimated as whitespace-separated words.
 Counted = Literal["server", "tokenizer", "estimate"]
+# OpenAI's tool_choice values; any other value names the one tool the reply must call.
+AUTO, REQUIRED, NONE = "auto", "required", "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +102,40 @@ class ChatRequest:
     """One model call: the conversation, the tools the model may call, the sampling settings.
 
     ``model`` names the model on the server (Triton model, OpenAI model id); None: the
-    backend's configured default.
+    backend's configured default. ``tool_choice`` is OpenAI's: ``auto`` (the model decides),
+    ``required`` (the reply must call a tool), ``none`` (it must answer), or a tool's name (it
+    must call that one).
     """
 
     messages: tuple[Message, ...]
     params: GenerationParams
     tools: tuple[ToolSchema, ...] = ()
     model: str | None = None
+    tool_choice: str = AUTO
+
+    @property
+    def must_call(self) -> bool:
+        """Whether the reply must be a tool call (``required`` or a tool's name), which a
+        server that constrains decoding can enforce with :meth:`call_schema`."""
+        return bool(self.tools) and self.tool_choice not in (AUTO, NONE)
+
+    def call_schema(self) -> dict[str, Any]:
+        """The JSON Schema of one tool call this request allows, as a Hermes ``<tool_call>``
+        body: ``{"name": <tool>, "arguments": {...}}``, one branch per tool (only the named
+        one when ``tool_choice`` names a tool), each with the tool's own argument schema."""
+        allowed = [t for t in self.tools if self.tool_choice in (REQUIRED, t.name)] or list(
+            self.tools
+        )
+        branches = [
+            {
+                "type": "object",
+                "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+            for t in allowed
+        ]
+        return branches[0] if len(branches) == 1 else {"anyOf": branches}
 
     @classmethod
     def of_prompt(

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.inference.chat import ChatRequest, Message, ToolCall
+from app.inference.chat import AUTO, NONE, REQUIRED, ChatRequest, Message, ToolCall
 
 MAX_MESSAGE_CHARS = 500
 # Arguments quoted in an error for the model: enough to recognise them, not the whole blob.
@@ -48,9 +48,9 @@ def message_json(message: Message) -> dict[str, Any]:
 
 
 def request_body(model: str, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
-    """The ``/chat/completions`` request: the request's model, else ``model``; ``tools`` and
-    sampling fields only when set. A stream asks for its token counts in a last ``usage``
-    chunk (``stream_options.include_usage``).
+    """The ``/chat/completions`` request: the request's model, else ``model``; ``tools`` (and
+    a ``tool_choice`` other than auto) and sampling fields only when set. A stream asks for
+    its token counts in a last ``usage`` chunk (``stream_options.include_usage``).
 
     ``top_k`` is not in the OpenAI API: it is vLLM's extra field, sent only when set.
     """
@@ -65,6 +65,11 @@ def request_body(model: str, request: ChatRequest, *, stream: bool) -> dict[str,
         body["stream_options"] = {"include_usage": True}
     if request.tools:
         body["tools"] = [tool.function_spec() for tool in request.tools]
+        if request.tool_choice in (AUTO, REQUIRED, NONE):
+            if request.tool_choice != AUTO:  # auto is the default: not sent
+                body["tool_choice"] = request.tool_choice
+        else:
+            body["tool_choice"] = {"type": "function", "function": {"name": request.tool_choice}}
     optional = {
         "temperature": params.temperature,
         "top_p": params.top_p,

@@ -161,7 +161,7 @@ class HermesFormat:
         """See :class:`ToolCallFormat`."""
         if TOOL_CALL_OPEN not in text:
             return text, ()
-        calls = [_hermes_call(i, m.group(1), text) for i, m in enumerate(_BLOCK.finditer(text))]
+        calls = [call_of_body(i, m.group(1), text) for i, m in enumerate(_BLOCK.finditer(text))]
         content = _BLOCK.sub("", text)
         if TOOL_CALL_OPEN in content:
             raise ToolCallParseError(f"{TOOL_CALL_OPEN} is not closed by {TOOL_CALL_CLOSE}", text)
@@ -170,7 +170,10 @@ class HermesFormat:
         return content.strip(), tuple(calls)
 
 
-def _hermes_call(index: int, body: str, reply: str) -> ToolCall:
+def call_of_body(index: int, body: str, reply: str) -> ToolCall:
+    """The ``index``-th call of ``reply`` from its JSON ``body`` (``{"name", "arguments"}``, a
+    ``<tool_call>`` block's content or a whole schema-constrained reply); raises
+    ToolCallParseError."""
     try:
         data = json.loads(body)
     except json.JSONDecodeError as exc:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import queue
 import threading
 import time
 from collections.abc import Collection, Generator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,7 +29,8 @@ from app.inference.backend import (
     GenerationParams,
     Route,
 )
-from app.inference.templates import LINES, ChatTemplate, load_template
+from app.inference.chat import NONE, ToolCall
+from app.inference.templates import LINES, ChatTemplate, call_of_body, load_template
 from app.inference.tokens import TokenCounter
 
 # gRPC status codes worth a retry on another replica or later: the server did not serve the
@@ -64,9 +67,14 @@ def _tensor(name: str, value: Any, datatype: str, dtype: Any) -> grpcclient.Infe
 
 
 def build_inputs(
-    prompt: str, params: GenerationParams, *, stream: bool | None = None
+    prompt: str,
+    params: GenerationParams,
+    *,
+    stream: bool | None = None,
+    guide: tuple[str, str] | None = None,
 ) -> list[grpcclient.InferInput]:
-    """The ensemble's inputs for one request; optional ones only when set."""
+    """The ensemble's inputs for one request; optional ones only when set. ``guide``: guided
+    decoding's type (``json``, ``json_schema``, ``regex``, ``ebnf_grammar``) and guide text."""
     inputs = [
         _tensor("text_input", prompt.encode("utf-8"), "BYTES", np.object_),
         _tensor("max_tokens", params.max_tokens, "INT32", np.int32),
@@ -84,7 +92,30 @@ def build_inputs(
         # stop_words has dims [-1]: one request row holding every stop word, shape [1, n].
         words = [w.encode("utf-8") for w in params.stop_words]
         inputs.append(_tensor("stop_words", words, "BYTES", np.object_))
+    if guide is not None:
+        kind, text = guide
+        inputs.append(_tensor("guided_decoding_guide_type", kind.encode(), "BYTES", np.object_))
+        inputs.append(_tensor("guided_decoding_guide", text.encode("utf-8"), "BYTES", np.object_))
     return inputs
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A request as sent: its template, the prompt, the guide that constrains the reply."""
+
+    request: ChatRequest
+    template: ChatTemplate
+    prompt: str
+    guide: tuple[str, str] | None
+
+    def read(self, reply: str) -> tuple[str, tuple[ToolCall, ...]]:
+        """The reply's content and tool calls. A reply constrained to the call schema is
+        the call's bare JSON; with tool_choice ``none`` a reply has no calls."""
+        if self.request.tool_choice == NONE:
+            return reply.strip(), ()
+        if self.guide is not None and reply.lstrip().startswith("{"):
+            return "", (call_of_body(0, reply.strip(), reply),)
+        return self.template.parse(reply)
 
 
 def _text(result: grpcclient.InferResult) -> str | None:
@@ -171,6 +202,18 @@ class TritonBackend:
                 template = self._templates[model] = load_template(spec, shipped_path)
         return template
 
+    def _prepare(self, request: ChatRequest) -> _Call:
+        """The prompt for ``request`` (no tools described when it must answer) and, when its
+        reply must call a tool, the guide that keeps the call valid: guided decoding with the
+        call's JSON Schema (:meth:`ChatRequest.call_schema`), as TensorRT-LLM's XGrammar and
+        the local model's llama.cpp grammar enforce."""
+        template = self.template(request)
+        shown = replace(request, tools=()) if request.tool_choice == NONE else request
+        guide = None
+        if request.must_call:
+            guide = ("json_schema", json.dumps(request.call_schema(), separators=(",", ":")))
+        return _Call(request, template, template.render(shown), guide)
+
     def _client(self) -> grpcclient.InferenceServerClient:
         client = getattr(self._local, "client", None)
         if client is None:
@@ -200,12 +243,12 @@ class TritonBackend:
     ) -> Completion:
         """One unary call to the request's model."""
         started = time.perf_counter()
-        template = self.template(request)
-        model, prompt = self.unary_model(request), template.render(request)
+        call = self._prepare(request)
+        model, prompt = self.unary_model(request), call.prompt
         try:
             result = self._client().infer(
                 model,
-                build_inputs(prompt, request.params),
+                build_inputs(prompt, request.params, guide=call.guide),
                 client_timeout=timeout_s or self.timeout_s,
             )
         except InferenceServerException as exc:
@@ -216,7 +259,7 @@ class TritonBackend:
                 self._drop_client()
             raise error from exc
         reply = _text(result) or ""
-        text, calls = template.parse(reply)
+        text, calls = call.read(reply)
         tokens_in, counted = self.counter.count(model, prompt)
         return Completion(
             text=text,
@@ -239,17 +282,20 @@ class TritonBackend:
         the reply's tool calls in one delta when the whole text asks for any; then the
         call's token counts."""
         pieces: list[str] = []
-        template = self.template(request)
-        prompt = template.render(request)
-        source = self._pieces(self.streaming_model(request), prompt, request, timeout_s)
+        call = self._prepare(request)
+        prompt = call.prompt
+        source = self._pieces(self.streaming_model(request), call, timeout_s)
         try:
             for piece in source:
                 pieces.append(piece)
-                yield Delta(piece)
+                if call.guide is None:  # a constrained reply is a call's JSON, not text
+                    yield Delta(piece)
         finally:
             source.close()  # a reader that stops early cancels the request now
         reply = "".join(pieces)
-        _, calls = template.parse(reply)  # ToolCallParseError once the stream has ended
+        text, calls = call.read(reply)  # ToolCallParseError once the stream has ended
+        if call.guide is not None and text:  # the server did not constrain: an answer
+            yield Delta(text)
         if calls:
             yield Delta(tool_calls=calls)
         model = self.unary_model(request)
@@ -259,7 +305,7 @@ class TritonBackend:
         )
 
     def _pieces(
-        self, model: str, prompt: str, request: ChatRequest, timeout_s: float | None
+        self, model: str, call: _Call, timeout_s: float | None
     ) -> Generator[str, None, None]:
         replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
         timeout = timeout_s or self.timeout_s
@@ -274,7 +320,7 @@ class TritonBackend:
             )
             client.async_stream_infer(
                 model,
-                build_inputs(prompt, request.params, stream=True),
+                build_inputs(call.prompt, call.request.params, stream=True, guide=call.guide),
                 enable_empty_final_response=True,
             )
             while True:

@@ -297,7 +297,9 @@ class StepRunner:
             temperature=spec.temperature,
         )
         messages = conversation(spec.system_prompt, state.input, turns, history)
-        return ChatRequest(messages, params, self._tools_of(spec), spec.model)
+        tools = self._tools_of(spec)
+        choice = spec.tool_choice_at(len(turns))
+        return ChatRequest(messages, params, tools, spec.model, tool_choice=choice)
 
     def _tools_of(self, spec: AgentSpec) -> tuple[ToolSchema, ...]:
         """The tools ``spec`` may call as its model is told of them (made once per agent)."""

@@ -140,7 +140,8 @@ def test_every_input_the_client_sends_is_in_the_reference_interface() -> None:
         max_tokens=8, temperature=0.5, top_p=0.9, top_k=4, random_seed=7, stop_words=["\n"]
     )
     inputs = check.tensors(REFERENCE.read_text(), "input")
-    for tensor in build_inputs("hello", params, stream=True):
+    guide = ("json_schema", '{"type": "object"}')
+    for tensor in build_inputs("hello", params, stream=True, guide=guide):
         name, datatype = tensor.name(), tensor.datatype()
         assert name in inputs, f"the client sends {name}, which the ensemble lacks"
         assert inputs[name][0] == TRITON_TYPES[datatype], name

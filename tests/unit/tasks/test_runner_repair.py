@@ -77,3 +77,17 @@ def test_a_reply_without_the_marker_is_an_answer(store):
     done = run_step(store, backend)
     assert done.outcome is Outcome.DONE and done.answer == '{"name": "calculator", "arguments": {'
     assert len(backend.requests) == 1
+
+
+def test_each_reply_of_a_run_is_asked_with_the_agents_tool_choice_for_it(store):
+    registry = AgentRegistry(
+        [AgentSpec(name="research", tools=("calculator",), tool_choice=("required", "none"))]
+    )
+    backend = TemplateReplies(GOOD, "Answer: 5")
+    runner = StepRunner(
+        Settings(), registry, store, fakeredis.FakeRedis(), {"triton": backend}, "w1"
+    )
+    for step in (0, 1):
+        runner.run_step(StepMessage("run", "research", step, "add 2 and 3"))
+    assert [r.tool_choice for r in backend.requests] == ["required", "none"]
+    assert store.load_run("run").answer == "Answer: 5"
