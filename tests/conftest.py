@@ -21,7 +21,12 @@ from tests.fixtures.services import service_missing  # noqa: F401
 
 TEST_REDIS_DB = 13
 
-pytest_plugins = ["tests.fixtures.triton", "tests.fixtures.postgres", "tests.fixtures.secure_redis"]
+pytest_plugins = [
+    "tests.fixtures.triton",
+    "tests.fixtures.postgres",
+    "tests.fixtures.secure_redis",
+    "tests.fixtures.llama_server",
+]
 
 
 @pytest.fixture(scope="session")
