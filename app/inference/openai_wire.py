@@ -48,9 +48,13 @@ def message_json(message: Message) -> dict[str, Any]:
 
 
 def request_body(model: str, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
-    """The ``/chat/completions`` request: the request's model, else ``model``; ``tools`` (and
-    a ``tool_choice`` other than auto) and sampling fields only when set. A stream asks for
-    its token counts in a last ``usage`` chunk (``stream_options.include_usage``).
+    """The ``/chat/completions`` request: the request's model, else ``model``; ``tools`` with
+    their ``tool_choice`` and sampling fields only when set. A stream asks for its token counts
+    in a last ``usage`` chunk (``stream_options.include_usage``).
+
+    ``auto`` is sent although it is OpenAI's default: llama-cpp-python leaves the tools out
+    of the prompt without it. ``required`` with one tool is sent as that tool's name, which
+    means the same and is what servers without ``required`` (llama-cpp-python) implement.
 
     ``top_k`` is not in the OpenAI API: it is vLLM's extra field, sent only when set.
     """
@@ -65,11 +69,13 @@ def request_body(model: str, request: ChatRequest, *, stream: bool) -> dict[str,
         body["stream_options"] = {"include_usage": True}
     if request.tools:
         body["tools"] = [tool.function_spec() for tool in request.tools]
-        if request.tool_choice in (AUTO, REQUIRED, NONE):
-            if request.tool_choice != AUTO:  # auto is the default: not sent
-                body["tool_choice"] = request.tool_choice
+        choice = request.tool_choice
+        if choice == REQUIRED and len(request.tools) == 1:
+            choice = request.tools[0].name
+        if choice in (AUTO, REQUIRED, NONE):
+            body["tool_choice"] = choice
         else:
-            body["tool_choice"] = {"type": "function", "function": {"name": request.tool_choice}}
+            body["tool_choice"] = {"type": "function", "function": {"name": choice}}
     optional = {
         "temperature": params.temperature,
         "top_p": params.top_p,

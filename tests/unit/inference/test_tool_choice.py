@@ -82,7 +82,7 @@ def test_the_call_schema_admits_a_call_of_each_allowed_tool_with_its_own_argumen
 @pytest.mark.parametrize(
     ("choice", "sent"),
     [
-        ("auto", None),
+        ("auto", "auto"),
         ("required", "required"),
         ("none", "none"),
         ("calculator", {"type": "function", "function": {"name": "calculator"}}),
@@ -92,6 +92,11 @@ def test_openai_servers_get_tool_choice_as_the_api_spells_it(choice, sent) -> No
     body = request_body("m", _request(choice), stream=False)
     assert body.get("tool_choice") == sent
     assert "tool_choice" not in request_body("m", _request(choice, tools=()), stream=False)
+
+
+def test_required_with_one_tool_is_sent_as_that_tools_name() -> None:
+    body = request_body("m", _request("required", tools=(CALC,)), stream=False)
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "calculator"}}
 
 
 def test_triton_gets_the_call_schema_as_guided_decoding_inputs() -> None:
