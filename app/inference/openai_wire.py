@@ -34,14 +34,15 @@ def message_json(message: Message) -> dict[str, Any]:
     """One turn as an OpenAI message.
 
     A ``tool`` turn carries only its ``tool_call_id`` and content: ``name`` is not in the
-    OpenAI schema and strict gateways refuse it.
+    OpenAI schema and strict gateways refuse it. An assistant turn that only calls tools has
+    content ``""``: llama-cpp-python refuses OpenAI's null and fails without the field.
     """
     if message.role == "tool":
         return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
     if message.role == "assistant" and message.tool_calls:
         return {
             "role": "assistant",
-            "content": message.content or None,
+            "content": message.content,
             "tool_calls": [call_json(call) for call in message.tool_calls],
         }
     return {"role": message.role, "content": message.content}
@@ -165,7 +166,8 @@ def parse_arguments(raw: Any) -> tuple[dict[str, Any], str | None]:
     """A tool call's ``arguments`` as a dict, or ``{}`` and what was wrong with them.
 
     Missing or blank arguments are a call without arguments; a JSON object sent as such
-    (not as text, as some servers do) is taken as it is.
+    (not as text, as some servers do) is taken as it is. Control characters inside strings
+    are read as they are: llama.cpp's grammars let a model write a raw newline there.
     """
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return {}, None
@@ -174,7 +176,7 @@ def parse_arguments(raw: Any) -> tuple[dict[str, Any], str | None]:
     if not isinstance(raw, str):
         return {}, f"arguments must be JSON text, got {type(raw).__name__}: {_shorten(str(raw))}"
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, strict=False)
     except ValueError as exc:
         return {}, f"arguments are not valid JSON ({exc}): {_shorten(raw)}"
     if not isinstance(value, dict):

@@ -158,7 +158,7 @@ def test_tool_round_trip_passes_the_strict_checks(
     assert server.last_body["messages"][-2:] == [
         {
             "role": "assistant",
-            "content": None,
+            "content": "",
             "tool_calls": [
                 {
                     "id": "call_0",

@@ -54,7 +54,7 @@ def test_conversation_is_sent_as_openai_turns_with_tool_calls_and_tool_messages(
         {"role": "user", "content": "Weather in Oslo and Bergen?"},
         {
             "role": "assistant",
-            "content": None,
+            "content": "",
             "tool_calls": [
                 {
                     "id": "call_a",
@@ -140,6 +140,7 @@ def test_the_request_body_is_json():
         ("  ", {}),
         (None, {}),
         ({"city": "Oslo"}, {"city": "Oslo"}),  # sent as an object by some servers
+        ('{"city": "Oslo\n"}', {"city": "Oslo\n"}),  # a raw newline, as llama.cpp may send
     ],
 )
 def test_arguments_that_make_an_object(raw, args):
