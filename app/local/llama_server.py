@@ -62,6 +62,7 @@ class LlamaServer:
 
     ``cache``: llama-cpp-python's prompt cache (RAM), which reuses the evaluated prefix of a
     conversation's earlier prompt. ``n_threads`` None: the server's default (half the cores).
+    ``api_key``: calls without ``Authorization: Bearer <api_key>`` are refused (HTTP 401).
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class LlamaServer:
         n_threads: int | None = None,
         chat_format: str | None = CHAT_FORMAT,
         cache: bool = False,
+        api_key: str | None = None,
         log_path: Path | None = None,
         ready_timeout_s: float = 60,
         env: dict[str, str] | None = None,
@@ -83,6 +85,7 @@ class LlamaServer:
         self.n_threads = n_threads
         self.chat_format = chat_format
         self.cache = cache
+        self.api_key = api_key
         self.ready_timeout_s = ready_timeout_s
         self.base_env = env if env is not None else child_env({})
         self.port = 0
@@ -126,11 +129,15 @@ class LlamaServer:
             cmd += ["--n_threads", str(self.n_threads)]
         if self.chat_format is not None:
             cmd += ["--chat_format", self.chat_format]
+        if self.api_key is not None:
+            cmd += ["--api_key", self.api_key]
         return cmd
 
     def _ready(self) -> bool:
         try:
-            return httpx.get(f"{self.base_url}/models", timeout=2).status_code == 200
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            response = httpx.get(f"{self.base_url}/models", headers=headers, timeout=2)
+            return response.status_code == 200
         except httpx.HTTPError:
             return False
 
