@@ -26,6 +26,7 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.secure_redis",
     "tests.fixtures.llama_server",
+    "tests.fixtures.llm",
 ]
 
 

@@ -99,32 +99,35 @@ def sampling(temperature: float | None, top_p: float | None, top_k: int | None) 
 def grammar_text(kind: str, guide: str) -> str:
     """The GBNF grammar of a guided-decoding request (see the module docstring); raises
     RequestError for a type the model does not support or a guide that does not convert."""
-    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
-
-    if kind == "json":
-        return str(JSON_GBNF)
-    if kind == "json_schema":
-        try:
-            json.loads(guide)
-            return str(json_schema_to_gbnf(guide))
-        except json.JSONDecodeError as exc:
-            raise RequestError(f"guided_decoding_guide is not JSON: {exc}") from None
-        except Exception as exc:  # the converter raises whatever its input trips
-            raise RequestError(
-                f"guided_decoding_guide is not a JSON Schema the local model can follow: {exc!r}"
-            ) from None
-    if kind == "ebnf_grammar":
-        if not guide.strip():
-            raise RequestError("guided_decoding_guide is empty: an ebnf_grammar guide is GBNF")
-        return guide
     if kind == "regex":
         raise RequestError(
             "guided_decoding_guide_type 'regex' is not supported by the local model "
             "(json, json_schema and ebnf_grammar are)"
         )
-    raise RequestError(
-        f"unknown guided_decoding_guide_type {kind!r} (one of {', '.join(GUIDE_TYPES)})"
-    )
+    if kind not in GUIDE_TYPES:
+        raise RequestError(
+            f"unknown guided_decoding_guide_type {kind!r} (one of {', '.join(GUIDE_TYPES)})"
+        )
+    if kind == "ebnf_grammar":
+        if not guide.strip():
+            raise RequestError("guided_decoding_guide is empty: an ebnf_grammar guide is GBNF")
+        return guide
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    if kind == "json":
+        return str(JSON_GBNF)
+    try:
+        schema = json.loads(guide)
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"guided_decoding_guide is not JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise RequestError("guided_decoding_guide is not a JSON Schema (a JSON object)")
+    try:
+        return str(json_schema_to_gbnf(guide))
+    except Exception as exc:  # the converter raises whatever its input trips
+        raise RequestError(
+            f"guided_decoding_guide is not a JSON Schema the local model can follow: {exc!r}"
+        ) from None
 
 
 def _text(value: Any) -> str:
