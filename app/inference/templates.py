@@ -137,6 +137,53 @@ def message_data(message: Message) -> dict[str, Any]:
     return data
 
 
+def _tools_section(tools: list[dict[str, Any]]) -> str:
+    # HERMES_TEMPLATE's words (a unit test renders both and compares).
+    specs = "".join("\n" + _tojson(tool) for tool in tools)
+    return (
+        "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+        "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+        f"{specs}\n</tools>\n\nFor each function call, return a json object with function name "
+        "and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+        '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+    )
+
+
+def hermes_messages(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """``messages`` (:func:`message_data`) for a template that knows nothing of tools, written
+    as HERMES_TEMPLATE renders them: the tools described in the system turn, an assistant
+    turn's calls as ``<tool_call>`` blocks in its content, each run of tool results as one
+    user turn of ``<tool_response>`` blocks."""
+    out: list[dict[str, Any]] = []
+    if tools:
+        system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+        described = system if system is not None else "You are a helpful assistant."
+        out.append({"role": "system", "content": described + _tools_section(tools)})
+        messages = messages[1:] if system is not None else messages
+    previous = None
+    for message in messages:
+        role, content = message["role"], message["content"]
+        if role == "tool":
+            block = f"<tool_response>\n{content}\n</tool_response>"
+            if previous == "tool":
+                out[-1]["content"] += "\n" + block
+            else:
+                out.append({"role": "user", "content": block})
+        elif role == "assistant" and message.get("tool_calls"):
+            parts = [content] if content else []
+            for call in message["tool_calls"]:
+                name, args = call["function"]["name"], call["function"]["arguments"]
+                body = f'{{"name": {_tojson(name)}, "arguments": {_tojson(args)}}}'
+                parts.append(f"{TOOL_CALL_OPEN}\n{body}\n{TOOL_CALL_CLOSE}")
+            out.append({"role": "assistant", "content": "\n".join(parts)})
+        else:
+            out.append({"role": role, "content": content})
+        previous = role
+    return out
+
+
 class ToolCallFormat(Protocol):
     """How a model writes tool calls in its reply."""
 
@@ -228,6 +275,15 @@ class ChatTemplate:
             return {"default": compile_template(self.source)}
         return {item["name"]: compile_template(item["template"]) for item in self.source}
 
+    @cached_property
+    def knows_tools(self) -> bool:
+        """Whether the template renders tools, calls and results itself; one that never says
+        "tool" (plain ChatML, as SmolLM2's) gets them written into the turns the Hermes way
+        (:func:`hermes_messages`)."""
+        if isinstance(self.source, list):
+            return any("tool" in item["template"] for item in self.source)
+        return self.source is not None and "tool" in self.source
+
     def _pick(self, tools: bool) -> jinja2.Template:
         compiled = self._compiled
         if tools and "tool_use" in compiled:
@@ -244,9 +300,13 @@ class ChatTemplate:
         if self.source is None:
             return text_protocol.render(request)
         template = self._pick(bool(request.tools))
+        messages = [message_data(m) for m in request.messages]
+        tools = [t.function_spec() for t in request.tools] or None
+        if not self.knows_tools:
+            messages, tools = hermes_messages(messages, tools), None
         return template.render(
-            messages=[message_data(m) for m in request.messages],
-            tools=[t.function_spec() for t in request.tools] or None,
+            messages=messages,
+            tools=tools,
             add_generation_prompt=True,
             bos_token=self.bos_token,
             eos_token=self.eos_token,
