@@ -57,3 +57,9 @@ def idempotency_key(agent: str, key: str) -> str:
 
 EFFECT_TTL_S = 7 * 86_400
 """How long step-level dedup records live: longer than any retry or DLQ replay of a step."""
+
+
+def prefix_key(pool: str, name: str) -> str:
+    """Redis key of the prefix index of replica pool ``pool`` (a backend kind): ``lru`` or a
+    block's ``b:<hash>``. The hash tag keeps one pool's keys in one cluster slot."""
+    return f"{KEY_PREFIX}prefix:{{{pool}}}:{name}"

@@ -10,7 +10,7 @@ import sys
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from app.config.paths import APP_DIR, REPO_ROOT
 
@@ -55,6 +55,13 @@ class Strategy(StrEnum):
     WEIGHTED = "weighted"
     RANDOM = "random"
     SESSION_AFFINITY = "session_affinity"
+    PREFIX = "prefix"
+
+
+SCORERS = ("prefix", "queue", "kv_cache", "running")
+"""What the prefix strategy scores replicas on (``InferenceSettings.scorers``)."""
+DEFAULT_SCORERS = {"prefix": 2.0, "queue": 1.0, "kv_cache": 1.0, "running": 1.0}
+DEFAULT_MAX_IMBALANCE = 4.0
 
 
 class InferenceSettings(BaseModel):
@@ -101,6 +108,49 @@ class InferenceSettings(BaseModel):
         description="Take runs again once a replica's queue is at or below "
         "this (default: half of admission_max_depth).",
     )
+
+    scorers: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_SCORERS),
+        description="Weights of the scores the prefix strategy adds up, each 0..1 per replica: "
+        "prefix (share of the conversation's blocks the replica was last sent), queue "
+        "(fewest requests waiting at the server plus open here), kv_cache (least KV cache in "
+        "use), running (fewest requests running at the server). A scorer left out weighs 0.",
+    )
+    prefix_block_chars: int = Field(
+        default=256,
+        ge=16,
+        description="Size of one block of a conversation's text in the prefix index "
+        "(about 64 tokens); a conversation shorter than one block is placed by load alone.",
+    )
+    prefix_max_imbalance: float = Field(
+        default=DEFAULT_MAX_IMBALANCE,
+        ge=0,
+        description="A replica whose load (requests waiting at the server plus open here) "
+        "exceeds the least loaded one's by more than this loses its prefix score, so one "
+        "busy session cannot pile every call onto one replica.",
+    )
+    prefix_ttl_s: int = Field(
+        default=600,
+        gt=0,
+        description="How long the prefix index remembers where a block was sent (about "
+        "how long an engine keeps an idle prefix cached).",
+    )
+    prefix_max_blocks: int = Field(
+        default=200_000,
+        gt=0,
+        description="Blocks the prefix index holds per backend kind (about 100 bytes each "
+        "in Redis); the least recently sent are forgotten first.",
+    )
+
+    @field_validator("scorers")
+    @classmethod
+    def _known_scorers(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(SCORERS))
+        if unknown:
+            raise ValueError(f"unknown scorer(s) {unknown}; known: {', '.join(SCORERS)}")
+        if any(w < 0 for w in value.values()):
+            raise ValueError("scorer weights must be >= 0")
+        return value
 
     def strategy_for(self, agent: str) -> Strategy:
         """The replica choice of ``agent``."""

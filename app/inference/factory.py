@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any
 
-from app.config import InferenceSettings, ReplicaSettings, Settings
+from app.config import InferenceSettings, ReplicaSettings, Settings, Strategy
 from app.inference.backend import InferenceBackend
 from app.inference.breaker import CircuitBreaker
 from app.inference.echo import EchoBackend
 from app.inference.pool import Replica, ReplicaPool
+from app.inference.prefix import PrefixIndex
 from app.inference.tokens import counters
 
 
@@ -49,6 +51,34 @@ def agent_models(
     return {kind: frozenset(models) for kind, models in found.items()}
 
 
+def prefix_index(settings: Settings, kind: str, client: Any | None) -> PrefixIndex | None:
+    """The prefix index of backend ``kind``'s pool, shared by the worker processes through
+    ``client`` (:func:`index_client`); None without one (the pool keeps its own)."""
+    inference = settings.inference
+    if client is None:
+        return None
+    return PrefixIndex(
+        client, kind, ttl_s=inference.prefix_ttl_s, max_blocks=inference.prefix_max_blocks
+    )
+
+
+def index_client(settings: Settings) -> Any:
+    """Redis for the prefix index: a lookup waits at most half a second and is not retried
+    (the pool routes on its own index meanwhile)."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from app.ops.redis_clients import redis_client
+
+    timeout = min(0.5, settings.redis_socket_timeout_s)
+    return redis_client(
+        settings,
+        retry=Retry(NoBackoff(), 0),
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
+
+
 def build_pools(
     settings: Settings, models: Mapping[str, Collection[str]] | None = None
 ) -> dict[str, ReplicaPool]:
@@ -58,6 +88,10 @@ def build_pools(
     from app.inference.triton import TritonBackend
 
     models = models or {}
+    inference = settings.inference
+    # Only agents routed by prefix use the index: no Redis client for it otherwise.
+    uses_prefix = Strategy.PREFIX in {inference.strategy, *inference.agent_strategies.values()}
+    client = index_client(settings) if uses_prefix else None
     triton = settings.triton
     counter = counters(settings)
     pools = {
@@ -78,6 +112,7 @@ def build_pools(
             settings.inference,
             kind="triton",
             models=models.get("triton", ()),
+            prefix=prefix_index(settings, "triton", client),
         )
     }
     openai = settings.openai
@@ -96,8 +131,8 @@ def build_pools(
             settings.inference,
             kind="openai",
             models=models.get("openai", ()),
+            prefix=prefix_index(settings, "openai", client),
         )
-    inference = settings.inference
     breaker = CircuitBreaker(inference.breaker_failures, inference.breaker_cooldown_s)
     # No server behind it, nothing to scrape or probe: not started.
     echo = ReplicaPool([Replica("echo", EchoBackend(), breaker)], inference, kind="echo")

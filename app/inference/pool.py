@@ -6,9 +6,12 @@ retryable failure (the replica did not serve the call) counts against its breake
 is tried again on another replica after an exponential, jittered backoff, within the call's
 deadline and ``attempts``. When no replica is left the pool raises at once: the Celery task
 retries the step later instead of a thread spinning here. A background thread scrapes each
-replica's queue depth and probes open breakers' readiness (``/v2/health/ready`` for Triton)
-before they close. ``models``, the models its agents use, are what readiness asks for: a model
-is missing when no ready replica has it.
+replica's load (queue depth, running requests, KV-cache use:
+:mod:`app.inference.engine_metrics`) and probes open breakers' readiness
+(``/v2/health/ready`` for Triton) before they close. The ``prefix`` strategy looks the
+request's conversation up in a :class:`~app.inference.prefix.PrefixIndex` before the choice
+and records it for the chosen replica after. ``models``, the models its agents use, are
+what readiness asks for: a model is missing when no ready replica has it.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from typing import TypeVar
 
 import httpx
 
-from app.config import InferenceSettings
+from app.config import InferenceSettings, Strategy
 from app.errors import InferenceError, InferenceUnavailableError, NoReplicaAvailableError
 from app.inference.backend import ChatRequest, Completion, Delta, InferenceBackend, Route
 from app.inference.breaker import CircuitBreaker
-from app.inference.queue_depth import parse_queue_depth
+from app.inference.engine_metrics import parse_engine_metrics
+from app.inference.prefix import PrefixIndex, chain_hashes
 from app.inference.strategies import ReplicaView, choose_replica
 from app.ops import metrics
 
@@ -67,9 +71,20 @@ class Replica:
     served: int = 0
     failures: int = 0
     queue_depth: float | None = None
+    running: float | None = None
+    kv_cache_usage: float | None = None
 
-    def view(self) -> ReplicaView:
-        return ReplicaView(self.name, self.weight, self.in_flight, self.served, self.queue_depth)
+    def view(self, prefix_match: float = 0.0) -> ReplicaView:
+        return ReplicaView(
+            self.name,
+            self.weight,
+            self.in_flight,
+            self.served,
+            self.queue_depth,
+            self.running,
+            self.kv_cache_usage,
+            prefix_match,
+        )
 
 
 @dataclass(frozen=True)
@@ -82,6 +97,8 @@ class ReplicaStatus:
     served: int
     failures: int
     queue_depth: float | None
+    running: float | None = None  # requests running at the server (scraped)
+    kv_cache_usage: float | None = None  # share of its KV cache in use (scraped)
 
 
 class ReplicaPool:
@@ -97,12 +114,17 @@ class ReplicaPool:
         sleep: Callable[[float], None] = time.sleep,
         kind: str = "triton",
         models: Collection[str] = (),
+        prefix: PrefixIndex | None = None,
     ) -> None:
         if not replicas:
             raise ValueError("a replica pool needs at least one replica")
         self.replicas = list(replicas)
         self.kind = kind  # backend kind, the metrics' ``backend`` label
         self.models = frozenset(models)  # the models its agents use
+        # Where conversations were sent (strategy prefix); this process's own unless given.
+        self.prefix = prefix or PrefixIndex(
+            None, kind, ttl_s=settings.prefix_ttl_s, max_blocks=settings.prefix_max_blocks
+        )
         self.settings = settings
         self._clock = clock
         self._sleep = sleep
@@ -116,25 +138,40 @@ class ReplicaPool:
 
     # ---- choosing and accounting ----
 
-    def _acquire(self, route: Route, avoid: Sequence[str]) -> Replica | None:
+    def _acquire(
+        self, route: Route, avoid: Sequence[str], request: ChatRequest | None
+    ) -> Replica | None:
+        s = self.settings
+        strategy = Strategy(route.strategy or s.strategy)
+        hashes: list[str] = []
+        matched: dict[str, float] = {}
+        if strategy is Strategy.PREFIX and request is not None:
+            hashes = chain_hashes(request, s.prefix_block_chars)
+            if hashes:  # the lookup is I/O: outside the lock
+                counts = self.prefix.match(hashes, [r.name for r in self.replicas])
+                matched = {name: n / len(hashes) for name, n in counts.items()}
         with self._lock:
             ready = [r for r in self.replicas if r.breaker.closed]
             fresh = [r for r in ready if r.name not in avoid]
             candidates = fresh or ready
             self._ticket += 1
             index = choose_replica(
-                route.strategy or self.settings.strategy,
-                [r.view() for r in candidates],
+                strategy,
+                [r.view(matched.get(r.name, 0.0)) for r in candidates],
                 ticket=self._ticket,
                 rand=self._rng.random(),
                 session_id=route.session_id,
+                scorers=s.scorers,
+                max_imbalance=s.prefix_max_imbalance,
             )
             if index is None:
                 return None
             replica = candidates[index]
             replica.in_flight += 1
             replica.served += 1
-            return replica
+        if hashes:
+            self.prefix.record(hashes, replica.name)
+        return replica
 
     def _release(self, replica: Replica, *, available: bool) -> None:
         with self._lock:
@@ -146,12 +183,14 @@ class ReplicaPool:
             if replica.breaker.record_failure(self._clock()):
                 log.warning("replica %s: circuit breaker opened", replica.name)
 
-    def _acquire_or_probe(self, route: Route, avoid: Sequence[str]) -> Replica:
-        replica = self._acquire(route, avoid)
+    def _acquire_or_probe(
+        self, route: Route, avoid: Sequence[str], request: ChatRequest | None
+    ) -> Replica:
+        replica = self._acquire(route, avoid, request)
         if replica is None:
             # Every breaker is open: probe the ones due now rather than wait for the poller.
             self.probe_due()
-            replica = self._acquire(route, avoid)
+            replica = self._acquire(route, avoid, request)
         if replica is None:
             raise NoReplicaAvailableError(f"no model replica is available: {self._describe()}")
         return replica
@@ -178,10 +217,11 @@ class ReplicaPool:
         timeout_s: float | None,
         call: Callable[[Replica, float], T],
         *,
+        request: ChatRequest | None = None,
         hold: bool = False,
     ) -> T:
         """``call`` on a chosen replica, retried on others; ``hold`` keeps it acquired on success
-        (the caller releases it)."""
+        (the caller releases it). ``request`` is what the prefix strategy places."""
         deadline = self._clock() + (timeout_s or self.settings.deadline_s)
         tried: list[str] = []
         last: InferenceUnavailableError | None = None
@@ -189,7 +229,7 @@ class ReplicaPool:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 break
-            replica = self._acquire_or_probe(route, tried)
+            replica = self._acquire_or_probe(route, tried, request)
             started = time.perf_counter()
             try:
                 result = call(replica, remaining)
@@ -227,6 +267,7 @@ class ReplicaPool:
             route or Route(),
             timeout_s,
             lambda replica, remaining: replica.backend.generate(request, timeout_s=remaining),
+            request=request,
         )
 
     def stream(
@@ -252,7 +293,7 @@ class ReplicaPool:
         # Once the first piece is in, the rest of the stream is the caller's to read: a failure
         # then is not retried here (the pieces are out), and the replica stays counted in flight.
         replica, pieces, first, started = self._with_retries(
-            route or Route(), timeout_s, first_piece, hold=True
+            route or Route(), timeout_s, first_piece, request=request, hold=True
         )
         return self._rest(replica, first, pieces, started)
 
@@ -294,7 +335,7 @@ class ReplicaPool:
         return sorted(missing)
 
     def close(self) -> None:
-        """Stop the poller and close every replica's client."""
+        """Stop the poller and close every replica's client and the prefix index's."""
         self._stop.set()
         if self._poller is not None:
             self._poller.join(timeout=5)
@@ -302,15 +343,23 @@ class ReplicaPool:
             replica.backend.close()
         if self._own_http:
             self._http.close()
+        self.prefix.close()
 
     # ---- observing replicas ----
 
     def status(self) -> list[ReplicaStatus]:
-        """Every replica's readiness, load and queue depth."""
+        """Every replica's readiness, load, queue depth and scraped engine load."""
         with self._lock:
             return [
                 ReplicaStatus(
-                    r.name, r.breaker.closed, r.in_flight, r.served, r.failures, r.queue_depth
+                    r.name,
+                    r.breaker.closed,
+                    r.in_flight,
+                    r.served,
+                    r.failures,
+                    r.queue_depth,
+                    r.running,
+                    r.kv_cache_usage,
                 )
                 for r in self.replicas
             ]
@@ -343,17 +392,20 @@ class ReplicaPool:
                 log.warning("replica %s: ready again, circuit breaker closed", replica.name)
 
     def scrape(self) -> None:
-        """Read each replica's queue depth from its metrics endpoint (None when unreadable)."""
+        """Read each replica's queue depth, running requests and KV-cache use from its
+        metrics endpoint (None when unreadable or not exported)."""
         for replica in self.replicas:
             if replica.metrics_url is None:
                 continue
-            depth: float | None = None
+            load = None
             with contextlib.suppress(httpx.HTTPError):
                 resp = self._http.get(replica.metrics_url)
                 if resp.status_code == 200:
-                    depth = parse_queue_depth(resp.text)
+                    load = parse_engine_metrics(resp.text)
             with self._lock:
-                replica.queue_depth = depth
+                replica.queue_depth = load.waiting if load else None
+                replica.running = load.running if load else None
+                replica.kv_cache_usage = load.kv_cache_usage if load else None
 
     def start(self) -> ReplicaPool:
         """Scrape metrics and probe open breakers every ``metrics_interval_s`` in a thread."""

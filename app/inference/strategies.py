@@ -1,13 +1,23 @@
-"""Replica choice: pure functions of the replicas' state, given as arguments. No I/O."""
+"""Replica choice: pure functions of the replicas' state, given as arguments. No I/O.
+
+The ``prefix`` strategy adds up weighted scores, each 0..1 per candidate, as llm-d's
+Endpoint Picker does: how much of the request's conversation the replica was last sent
+(its KV cache likely holds it), and its load (queue, KV-cache use, running requests), each
+relative to the candidates' least. Loads are compared as ratios rather than min-max
+normalised, so between two replicas one call more does not outweigh a long match. A
+replica loaded well beyond the least loaded loses its prefix score, so one hot session
+cannot pile every call onto one replica.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from app.config import Strategy
+from app.config.inference import DEFAULT_MAX_IMBALANCE, DEFAULT_SCORERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +29,14 @@ class ReplicaView:
     in_flight: int = 0  # calls this pool has open on it now
     served: int = 0  # calls this pool has sent it so far
     queue_depth: float | None = None  # requests waiting at the server (scraped), if known
+    running: float | None = None  # requests running at the server (scraped), if known
+    kv_cache_usage: float | None = None  # share of its KV cache in use, 0..1 (scraped)
+    prefix_match: float = 0.0  # share of the request's blocks last sent here, 0..1
+
+    @property
+    def load(self) -> float:
+        """Requests waiting at the server plus calls open from this pool."""
+        return (self.queue_depth or 0) + self.in_flight
 
 
 def _least(candidates: Sequence[int], key: Callable[[int], Any]) -> int:
@@ -37,6 +55,8 @@ def choose_replica(
     ticket: int = 0,
     rand: float = 0.0,
     session_id: str | None = None,
+    scorers: Mapping[str, float] = DEFAULT_SCORERS,
+    max_imbalance: float = DEFAULT_MAX_IMBALANCE,
 ) -> int | None:
     """Index of the replica to call, or None when ``replicas`` is empty.
 
@@ -52,7 +72,9 @@ def choose_replica(
     - random: uniform by ``rand``;
     - session_affinity: rendezvous hashing of ``session_id`` over the candidates, so a session
       keeps its replica while it stays healthy and only its sessions move when it leaves;
-      calls without a session go to the least in-flight.
+      calls without a session go to the least in-flight;
+    - prefix: the highest sum of ``scorers``' weighted scores (:func:`scores`); ties go
+      round robin by ``ticket``, so fresh sessions spread.
     """
     if not replicas:
         return None
@@ -66,6 +88,55 @@ def choose_replica(
         return _least(indices, lambda i: (replicas[i].served + 1) / replicas[i].weight)
     if strategy is Strategy.RANDOM:
         return min(int(rand * len(replicas)), len(replicas) - 1)
+    if strategy is Strategy.PREFIX:
+        total = scores(replicas, scorers, max_imbalance)
+        best = max(total)
+        tied = [i for i in indices if total[i] >= best - 1e-9]
+        return tied[ticket % len(tied)]
     if strategy is Strategy.SESSION_AFFINITY and session_id:
         return max(indices, key=lambda i: _rendezvous(session_id, replicas[i].name))
     return _least(indices, lambda i: replicas[i].in_flight)
+
+
+def scores(
+    replicas: Sequence[ReplicaView],
+    scorers: Mapping[str, float] = DEFAULT_SCORERS,
+    max_imbalance: float = DEFAULT_MAX_IMBALANCE,
+) -> list[float]:
+    """Each candidate's weighted sum of the scores named in ``scorers`` (each 0..1):
+
+    - prefix: ``prefix_match``, or 0 when the replica's load exceeds the least loaded
+      candidate's by more than ``max_imbalance``;
+    - queue: ``(1 + least) / (1 + load)``, load being requests waiting there plus open here:
+      1 for the least loaded, one call more weighs less the busier all are;
+    - kv_cache: ``1 - kv_cache_usage``;
+    - running: as queue, of the requests running at the server.
+
+    A figure a replica does not export counts as the mean of those that do; one no candidate
+    exports scores 1 for all.
+    """
+    least = min(r.load for r in replicas)
+    parts = {
+        "prefix": [r.prefix_match if r.load - least <= max_imbalance else 0.0 for r in replicas],
+        "queue": _relative([r.load for r in replicas]),
+        "kv_cache": [1.0 - u for u in _filled([r.kv_cache_usage for r in replicas], 0.0)],
+        "running": _relative([r.running for r in replicas]),
+    }
+    return [
+        sum(weight * parts[name][i] for name, weight in scorers.items() if name in parts)
+        for i in range(len(replicas))
+    ]
+
+
+def _filled(values: Sequence[float | None], default: float) -> list[float]:
+    """``values`` with the unknown ones as the mean of the known (``default`` if none is)."""
+    known = [v for v in values if v is not None]
+    mean = sum(known) / len(known) if known else default
+    return [mean if v is None else v for v in values]
+
+
+def _relative(values: Sequence[float | None]) -> list[float]:
+    """``(1 + least) / (1 + value)``: 1 for the smallest count, less for larger ones."""
+    filled = [max(v, 0.0) for v in _filled(values, 0.0)]
+    least = min(filled)
+    return [(1 + least) / (1 + v) for v in filled]

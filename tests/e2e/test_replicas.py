@@ -13,7 +13,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from app.inference.backend import GenerationParams
-from app.inference.queue_depth import parse_queue_depth
+from app.inference.engine_metrics import parse_queue_depth
 from app.inference.triton import build_inputs
 from app.producer.submit import submit, submit_many
 from app.tasks import dead_letters as dlq

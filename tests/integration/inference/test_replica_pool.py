@@ -19,9 +19,9 @@ import tritonclient.grpc as grpcclient
 from app.config import InferenceSettings, Settings, Strategy, TritonSettings
 from app.errors import ModelNotFoundError
 from app.inference.backend import ChatRequest, GenerationParams, Route
+from app.inference.engine_metrics import parse_queue_depth
 from app.inference.factory import build_pools, replicas_from_settings
 from app.inference.pool import ReplicaPool
-from app.inference.queue_depth import parse_queue_depth
 from app.inference.triton import TritonBackend, build_inputs
 from app.local.processes import wait_until
 from app.local.triton import TritonServer

@@ -1,4 +1,4 @@
-"""Replica choice strategies (pure), the Prometheus queue-depth parser and the backoff."""
+"""Replica choice strategies (pure) and the backoff."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import random
 from collections import Counter
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.config import Strategy
 from app.inference.pool import backoff_delay
-from app.inference.queue_depth import parse_queue_depth
-from app.inference.strategies import ReplicaView, choose_replica
+from app.inference.strategies import ReplicaView, choose_replica, scores
 
 A, B, C = (ReplicaView("a:8001"), ReplicaView("b:8001"), ReplicaView("c:8001"))
 
@@ -116,61 +117,94 @@ def test_strategy_names_are_accepted_as_strings() -> None:
         choose_replica("fastest", [A, B])
 
 
-TRITON_METRICS = """\
-# HELP nv_inference_pending_request_count Instantaneous number of pending requests
-# TYPE nv_inference_pending_request_count gauge
-nv_inference_pending_request_count{model="ensemble",version="1"} 6
-nv_inference_pending_request_count{model="ensemble_stream",version="1"} 3
-# HELP nv_inference_request_success Number of successful inference requests
-# TYPE nv_inference_request_success counter
-nv_inference_request_success{model="ensemble",version="1"} 1234
-"""
-
-VLLM_METRICS = """\
-# HELP vllm:num_requests_running Number of requests currently running on GPU.
-# TYPE vllm:num_requests_running gauge
-vllm:num_requests_running{model_name="llama"} 12.0
-# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
-# TYPE vllm:num_requests_waiting gauge
-vllm:num_requests_waiting{model_name="llama"} 4.0
-"""
-
-
-def test_queue_depth_sums_triton_pending_requests_over_models() -> None:
-    assert parse_queue_depth(TRITON_METRICS) == 9
-
-
-# Triton in front of TensorRT-LLM: the decoupled backend takes requests at once, so Triton's
-# queue is empty and the batcher's gauge holds the waiting ones (active/max are not waiting).
-TRTLLM_METRICS = """\
-# HELP nv_inference_pending_request_count Instantaneous number of pending requests
-# TYPE nv_inference_pending_request_count gauge
-nv_inference_pending_request_count{model="ensemble",version="1"} 0
-nv_inference_pending_request_count{model="tensorrt_llm",version="1"} 1
-# HELP nv_trt_llm_request_metrics TRT LLM request metrics
-# TYPE nv_trt_llm_request_metrics gauge
-nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="waiting",version="1"} 12
-nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="context",version="1"} 3
-nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="scheduled",version="1"} 64
-nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="max",version="1"} 64
-nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="active",version="1"} 76
-"""
-
-
-def test_queue_depth_adds_the_requests_tensorrt_llm_holds_waiting() -> None:
-    assert parse_queue_depth(TRTLLM_METRICS) == 13
-
-
-def test_queue_depth_reads_vllm_waiting_requests() -> None:
-    assert parse_queue_depth(VLLM_METRICS) == 4
-
-
-@pytest.mark.parametrize("text", ["", "# only comments\n", "nv_other_metric 3\n", "{{ not prom"])
-def test_queue_depth_is_none_without_the_gauge(text: str) -> None:
-    assert parse_queue_depth(text) is None
-
-
 def test_backoff_doubles_is_capped_and_jittered() -> None:
     assert [backoff_delay(a, 0.05, 1.0, 1.0) for a in range(6)] == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0]
     assert backoff_delay(3, 0.05, 1.0, 0.5) == pytest.approx(0.2)
     assert backoff_delay(10, 0.05, 1.0, 0.0) == 0.0
+
+
+# ---- prefix: weighted scorers ----
+
+SCORERS = {"prefix": 2.0, "queue": 1.0, "kv_cache": 1.0, "running": 1.0}
+
+
+def test_prefix_prefers_the_replica_holding_the_longest_match() -> None:
+    replicas = [ReplicaView("a", prefix_match=0.2), ReplicaView("b", prefix_match=0.9)]
+    assert choose_replica(Strategy.PREFIX, replicas, scorers=SCORERS) == 1
+
+
+def test_prefix_match_outweighs_a_slightly_longer_queue() -> None:
+    # b holds 90% of the conversation and has one call more open: prefix 1.8 beats queue 1.
+    replicas = [ReplicaView("a", prefix_match=0.1), ReplicaView("b", prefix_match=0.9, in_flight=1)]
+    assert choose_replica(Strategy.PREFIX, replicas, scorers=SCORERS) == 1
+
+
+def test_a_replica_loaded_past_the_imbalance_loses_its_prefix_bonus() -> None:
+    hot = [ReplicaView("a", prefix_match=1.0, in_flight=6), ReplicaView("b", in_flight=1)]
+    assert choose_replica(Strategy.PREFIX, hot, scorers=SCORERS, max_imbalance=4) == 1
+    assert choose_replica(Strategy.PREFIX, hot, scorers=SCORERS, max_imbalance=5) == 0
+    # The server's own queue counts as load too.
+    queued = [ReplicaView("a", prefix_match=1.0, queue_depth=9), ReplicaView("b")]
+    assert choose_replica(Strategy.PREFIX, queued, scorers=SCORERS, max_imbalance=4) == 1
+
+
+def test_prefix_without_a_match_places_by_load_and_kv_cache() -> None:
+    replicas = [
+        ReplicaView("a", kv_cache_usage=0.9, running=8),
+        ReplicaView("b", kv_cache_usage=0.2, running=2),
+    ]
+    assert choose_replica(Strategy.PREFIX, replicas, scorers=SCORERS) == 1
+    # A replica that exports no KV figure counts as the mean of those that do.
+    partly = [
+        ReplicaView("a", kv_cache_usage=0.9),
+        ReplicaView("b"),
+        ReplicaView("c", kv_cache_usage=0.1),
+    ]
+    assert choose_replica(Strategy.PREFIX, partly, scorers={"kv_cache": 1}) == 2
+
+
+def test_prefix_ties_go_round_robin_so_fresh_sessions_spread() -> None:
+    picks = {choose_replica(Strategy.PREFIX, [A, B, C], ticket=t) for t in range(3)}
+    assert picks == {0, 1, 2}
+
+
+def test_weights_decide_between_prefix_and_load() -> None:
+    replicas = [ReplicaView("a", prefix_match=0.5, in_flight=2), ReplicaView("b")]
+    assert choose_replica(Strategy.PREFIX, replicas, scorers={"prefix": 4, "queue": 1}) == 0
+    assert choose_replica(Strategy.PREFIX, replicas, scorers={"prefix": 1, "queue": 1}) == 1
+    assert choose_replica(Strategy.PREFIX, replicas, scorers={"queue": 1}) == 1
+
+
+views = st.builds(
+    ReplicaView,
+    name=st.text(min_size=1, max_size=3),
+    in_flight=st.integers(0, 20),
+    queue_depth=st.none() | st.floats(0, 50),
+    running=st.none() | st.floats(0, 50),
+    kv_cache_usage=st.none() | st.floats(0, 1),
+    prefix_match=st.floats(0, 1),
+)
+weights = st.dictionaries(st.sampled_from(list(SCORERS)), st.floats(0, 10))
+
+
+@given(st.lists(views, min_size=1, max_size=6), weights, st.floats(0, 10))
+def test_every_score_lies_within_the_weights(
+    replicas: list[ReplicaView], scorers: dict[str, float], imbalance: float
+) -> None:
+    for score in scores(replicas, scorers, imbalance):
+        assert -1e-9 <= score <= sum(scorers.values()) + 1e-9
+
+
+@given(st.lists(views, min_size=2, max_size=6), st.integers(0, 100))
+def test_prefix_never_picks_a_replica_past_the_imbalance_over_one_within_it(
+    replicas: list[ReplicaView], ticket: int
+) -> None:
+    # With load scorers only weighing its own load, the chosen replica is never one whose
+    # load exceeds the least loaded by more than the imbalance (its prefix bonus is gone
+    # and its queue score is the lowest).
+    index = choose_replica(
+        Strategy.PREFIX, replicas, ticket=ticket, scorers={"prefix": 1, "queue": 1}, max_imbalance=2
+    )
+    assert index is not None
+    least = min(r.load for r in replicas)
+    assert replicas[index].load - least <= 2 or all(r.load - least > 2 for r in replicas)
