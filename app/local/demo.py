@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import tempfile
 import time
@@ -126,7 +127,14 @@ def _stop_all(workers: list[WorkerProcess]) -> None:
         worker.stop()
 
 
-def _start_services(settings: Settings, tmp: Path, stack: ExitStack, console: Console) -> Settings:
+def _start_services(
+    settings: Settings,
+    tmp: Path,
+    stack: ExitStack,
+    console: Console,
+    repository: Path | None = None,
+    model_name: str = "scripted model",
+) -> Settings:
     updates: dict[str, Any] = {}
     if "redis_url" not in settings.model_fields_set:
         redis_server = stack.enter_context(RedisServer())
@@ -141,11 +149,14 @@ def _start_services(settings: Settings, tmp: Path, stack: ExitStack, console: Co
         updates["database_url"] = f"sqlite:///{tmp / 'agentq.sqlite3'}"
     with console.status("installing tritonserver from the nvidia-pytriton wheel (first run only)"):
         home = install_triton(settings.triton.home)
-    with console.status("starting Triton (CPU, scripted model)"):
-        server = TritonServer(home, settings.triton.model_repository, log_path=tmp / "triton.log")
+    with console.status(f"starting Triton (CPU, {model_name})"):
+        repository = repository or settings.triton.model_repository
+        server = TritonServer(home, repository, log_path=tmp / "triton.log")
         server.start()
         stack.callback(server.stop)
-    console.print(f"[green]✓[/green] Triton on grpc {server.grpc_url} (pid {server.pid})")
+    console.print(
+        f"[green]✓[/green] Triton on grpc {server.grpc_url} (pid {server.pid}), {model_name}"
+    )
     triton = settings.triton.model_copy(update={"urls": [server.grpc_url]})
     updates["triton"] = triton
     merged = settings.model_copy(update=updates)
@@ -253,3 +264,123 @@ def _print_results(
         table.add_row(*row, *((question,) if wide else ()), answer)
     console.print(table)
     return steps, tool_calls
+
+
+LOCAL_AGENTS_MODULE = "app.local.model_agents"
+
+
+def run_local_demo(settings: Settings, timeout_s: float, console: Console) -> bool:
+    """``agentq demo --model local``: the demo's stack with SmolLM2-135M-Instruct (llama.cpp in
+    Triton's python backend) instead of the scripted model, asking the questions of
+    :mod:`app.local.model_agents`; prints each run's transcript (the model's tool call, the
+    tool's result, the answer) and streams one answer."""
+    from app.local import llm
+    from app.local.model_agents import QUESTIONS
+
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentq-demo-")))
+        try:
+            gguf = llm.gguf_path()  # before anything starts: the llm extra is installed
+            with console.status("reading SmolLM2-135M-Instruct's tokenizer and chat template"):
+                folder = llm.prepare_model(tmp / "smollm2", gguf)
+                repository = llm.llm_repository(tmp / "models", gguf=gguf)
+            console.print(
+                f"[green]✓[/green] SmolLM2-135M-Instruct ({gguf.stat().st_size >> 20} MiB GGUF)"
+            )
+            served = dict.fromkeys(llm.MODELS, str(folder))
+            settings = settings.model_copy(
+                update={
+                    "include": [*settings.include, LOCAL_AGENTS_MODULE],
+                    "triton": settings.triton.model_copy(
+                        update={"chat_templates": served, "tokenizers": served}
+                    ),
+                }
+            )
+            registry = load_registry(settings)
+            agents = sorted({q.agent for q in QUESTIONS})
+            model_name = "SmolLM2-135M-Instruct on llama.cpp"
+            settings = _start_services(settings, tmp, stack, console, repository, model_name)
+            celery = create_celery(settings, registry)
+            stack.callback(celery.close)
+            with console.status("starting one worker per agent type"):
+                workers = [WorkerProcess(settings, [a], log_dir=tmp).spawn() for a in agents]
+                stack.callback(_stop_all, workers)
+                for worker in workers:
+                    worker.wait_ready(celery)
+            console.print(f"[green]✓[/green] workers for {', '.join(agents)}")
+            store = SessionStore.from_url(settings.database_url, migrate=False)
+            stack.callback(store.close)
+            ok = _ask_local(celery, store, timeout_s, console)
+            streamed = _stream_local(celery, timeout_s, console)
+            return ok and streamed
+        except AgentqError as exc:
+            console.print(f"[red]demo failed:[/red] {exc}")
+            return False
+        finally:
+            with console.status("stopping workers, Triton and Redis"):
+                stack.close()
+            console.print("[green]✓[/green] everything stopped")
+
+
+def _ask_local(celery: Any, store: SessionStore, timeout_s: float, console: Console) -> bool:
+    """Each question as a run; then the transcript of every run."""
+    from app.local.model_agents import QUESTIONS
+
+    started = time.perf_counter()
+    runs = [{"agent": q.agent, "input": q.text} for q in QUESTIONS]
+    with console.status(f"the model answers {len(runs)} questions"):
+        results = submit_many(runs, celery=celery)
+        for result in results:
+            result.get(timeout=timeout_s, propagate=False)
+    elapsed = time.perf_counter() - started
+    table = Table(title="SmolLM2-135M-Instruct, through Redis, a worker and Triton")
+    for name in ("question", "the model's call", "tool result", "answer", "right call", "tokens"):
+        table.add_column(name, overflow="fold")
+    right = succeeded = 0
+    for question, result in zip(QUESTIONS, results, strict=True):
+        run = store.load_run(result.id)
+        if run is None:
+            table.add_row(question.text, "-", "-", "[red]not run[/red]", "-", "-")
+            continue
+        calls = [c for step in run.steps for c in step.tool_calls]
+        shown = "; ".join(f"{c.name}({_args(c.args)})" for c in calls) or "-"
+        results_shown = "; ".join(json.dumps(c.result) for c in calls) or "-"
+        correct = any(c.result == question.expected for c in calls)
+        right += correct
+        succeeded += run.status == RunStatus.SUCCEEDED
+        answer = str(run.answer) if run.status == RunStatus.SUCCEEDED else f"[red]{run.error}[/red]"
+        tokens = (
+            f"{sum(s.tokens_in for s in run.steps)} in, {sum(s.tokens_out for s in run.steps)} out"
+        )
+        mark = "[green]yes[/green]" if correct else f"[yellow]no[/yellow] ({question.expected})"
+        table.add_row(question.text, shown, results_shown, _short(answer, 60), mark, tokens)
+    console.print(table)
+    console.print(
+        f"{succeeded} of {len(results)} runs succeeded in {elapsed:.1f} s; the model's call "
+        f"gave the right result in {right} (a 135M model reads numbers and operations off a "
+        "question imperfectly; every call is schema-valid, enforced by guided decoding)"
+    )
+    return succeeded == len(results)
+
+
+def _args(args: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in args.items())
+
+
+def _stream_local(celery: Any, timeout_s: float, console: Console) -> bool:
+    """One run streamed: its answer's tokens as the model generates them."""
+    question = "What is 12 times 12?"
+    console.print(f"streaming a [bold]math[/bold] run ({question}), the answer as it is generated:")
+    result = submit("math", question, stream=True, celery=celery)
+    tokens = []
+    for token in result.stream(timeout=timeout_s):
+        tokens.append(token)
+        console.out(token, end="", highlight=False)
+    console.out("")
+    answer = result.get(timeout=timeout_s)
+    same = answer == "".join(tokens).strip() or answer == "".join(tokens)
+    console.print(
+        f"[green]✓[/green] streamed {len(tokens)} pieces; they make up the run's answer: "
+        f"{'yes' if same else '[red]no[/red]'}"
+    )
+    return same
