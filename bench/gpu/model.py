@@ -46,7 +46,23 @@ MAX_POSITIONS = 4096
 UNK, EOS, START, END = "<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL = [UNK, EOS, START, END]
 # Words of the prompts the bench sends, so they are tokens of their own rather than <unk>.
-WORDS = "system user assistant You are a helpful agent. Say hello. Write a short story about".split()
+WORDS = [
+    "system",
+    "user",
+    "assistant",
+    "You",
+    "are",
+    "a",
+    "helpful",
+    "agent.",
+    "Say",
+    "hello.",
+    "Write",
+    "a",
+    "short",
+    "story",
+    "about",
+]
 CHATML = (
     "{%- for message in messages %}"
     "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
@@ -116,7 +132,7 @@ def build(size: str, device: str, out: Path, seed: int = 0) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in model.parameters()),
         "dtype": str(dtype).removeprefix("torch."),
         "shape": SHAPES[size],
-        "weights": "random (seed {}): throughput is honest, the text is not".format(seed),
+        "weights": f"random (seed {seed}): throughput is honest, the text is not",
         "build_s": round(time.monotonic() - started, 1),
     }
 
