@@ -1,31 +1,105 @@
-"""Agents switched to an OpenAI-compatible server (NIM, vLLM) by configuration alone.
+"""Agents switched to an OpenAI-compatible server by configuration alone.
 
-The server checks the protocol strictly (tests/fixtures/openai_server.py): tools are sent as
-``tools``, the model's tool calls come back as ``tool_calls`` and results go back as
-``role: "tool"`` messages, and each agent's ``model`` is the request's.
+On a real server (llama-cpp-python's, serving SmolLM2-135M-Instruct behind an API key): an
+agent required to call a tool gets a call with schema-valid arguments, the worker runs it,
+sends the result back as a ``role: "tool"`` message and the model answers, unary and
+streamed; the steps, calls and counts are in SQL; a Triton agent in the same worker is
+untouched and the key never reaches the log. What the model says is its own.
+
+On the strict stand-in (tests/fixtures/openai_server.py), what a real server cannot be made
+to do: each agent's ``model`` is checked in the request, and a model the server lacks (HTTP
+404 ``model_not_found``; llama-cpp-python answers any name with its one model) fails the run.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import jsonschema
 import pytest
 from pydantic import SecretStr
 
+from app.agents.tools import TOOLS
 from app.celery_ext.app import create_celery
 from app.config import OpenAISettings, ReplicaSettings
 from app.errors import RunFailedError
+from app.local.llama_server import LlamaServer
 from app.local.workers import WorkerProcess
 from app.producer.submit import submit
+from tests.fixtures.llama_server import LLAMA_MODEL
 from tests.fixtures.openai_server import OpenAIServer
 
 pytestmark = pytest.mark.e2e
 
-AGENTS = """\
+KEY = "sk-agentq-test"
+REAL_AGENTS = """\
 agents:
   - name: research
     tools: [calculator]
+  - name: calc
+    backend: openai
+    system_prompt: You are a helpful assistant. Use the calculator for arithmetic.
+    tools: [calculator]
+    tool_choice: [calculator, none]
+    max_tokens: 32
   - name: chat
     backend: openai
-    tools: [calculator]
+    max_tokens: 16
+"""
+
+
+def test_agents_on_a_real_openai_compatible_server_call_tools_and_stream(
+    settings, store, tmp_path: Path
+) -> None:
+    pytest.importorskip("llama_cpp")
+    agents_file = tmp_path / "agents.yaml"
+    agents_file.write_text(REAL_AGENTS)
+    with LlamaServer(alias=LLAMA_MODEL, api_key=KEY, log_path=tmp_path / "llama.log") as server:
+        openai = OpenAISettings(
+            replicas=[ReplicaSettings(url=server.base_url)],
+            model=LLAMA_MODEL,
+            api_key=SecretStr(KEY),
+        )
+        configured = settings.model_copy(update={"agents_file": agents_file, "openai": openai})
+        celery = create_celery(configured)
+        worker = WorkerProcess(configured, ["research", "calc", "chat"], log_dir=tmp_path)
+        try:
+            worker.start(celery)
+            unary = submit("calc", "What is 40+2?", celery=celery)
+            answers = {unary.id: unary.get(timeout=60)}
+            streamed = submit("calc", "What is 40+2?", stream=True, celery=celery)
+            pieces = list(streamed.stream(timeout=60))
+            answers[streamed.id] = streamed.get(timeout=30)
+            assert "".join(pieces) == answers[streamed.id]
+
+            chat = submit("chat", "Say hello.", stream=True, celery=celery)
+            assert "".join(chat.stream(timeout=60)) == chat.get(timeout=30)
+
+            # The Triton agent in the same worker is untouched.
+            user = 'add [tool:calculator {"expression": "40+2"}]'
+            assert submit("research", user, celery=celery).get(timeout=60) == "Answer: 42"
+            assert KEY not in worker.log_path.read_text()
+        finally:
+            worker.stop()
+            celery.close()
+
+    calculator = TOOLS["calculator"].schema().parameters
+    for run_id, answer in answers.items():
+        run = store.load_run(run_id)
+        assert (run.status, run.answer) == ("succeeded", answer)
+        tool_step, final = run.steps
+        assert (tool_step.kind, final.kind) == ("tool", "final")
+        (call,) = tool_step.tool_calls
+        assert call.name == "calculator" and call.id  # the server's id, sent back with the result
+        jsonschema.validate(call.args, calculator)
+        assert call.result is not None  # its value, or the tool's error the model was shown
+        assert final.tool_calls == ()
+        for step in run.steps:
+            assert step.tokens_in > 0 and step.tokens_out > 0
+
+
+STAND_IN_AGENTS = """\
+agents:
   - name: chat_small
     backend: openai
     model: scripted-small
@@ -35,59 +109,24 @@ agents:
 """
 
 
-def test_agents_on_an_openai_compatible_server_speak_its_protocol(settings, tmp_path) -> None:
+def test_each_agents_model_is_the_requests_and_a_missing_one_fails_the_run(
+    settings, tmp_path: Path
+) -> None:
     agents_file = tmp_path / "agents.yaml"
-    agents_file.write_text(AGENTS)
-    with OpenAIServer(["scripted", "scripted-small"], require_key="sk-agentq-test") as server:
-        openai = OpenAISettings(
-            replicas=[
-                ReplicaSettings(
-                    url=server.base_url,
-                    health_url=f"{server.root_url}/health",
-                    metrics_url=f"{server.root_url}/metrics",
-                )
-            ],
-            model="scripted",
-            api_key=SecretStr("sk-agentq-test"),
-        )
+    agents_file.write_text(STAND_IN_AGENTS)
+    with OpenAIServer(["scripted", "scripted-small"]) as server:
+        openai = OpenAISettings(replicas=[ReplicaSettings(url=server.base_url)], model="scripted")
         configured = settings.model_copy(update={"agents_file": agents_file, "openai": openai})
         celery = create_celery(configured)
-        worker = WorkerProcess(
-            configured, ["research", "chat", "chat_small", "ghost"], log_dir=tmp_path
-        )
+        worker = WorkerProcess(configured, ["chat_small", "ghost"], log_dir=tmp_path)
         try:
             worker.start(celery)
-            user = 'add [tool:calculator {"expression": "40+2"}]'
-            assert submit("chat", user, celery=celery).get(timeout=60) == "Answer: 42"
-            asked, answered = server.requests  # the tool call, then the answer
-            assert [t["function"]["name"] for t in asked.body["tools"]] == ["calculator"]
-            assert asked.body["model"] == "scripted"
-            assert answered.headers["authorization"] == "Bearer sk-agentq-test"
-            (call,) = answered.messages[-2]["tool_calls"]
-            assert call["function"]["name"] == "calculator"
-            assert answered.messages[-1] == {
-                "role": "tool",
-                "tool_call_id": call["id"],
-                "content": "42",
-            }
-            assert server.refused == []
-
-            streamed = submit("chat", "[words:6] stream it", stream=True, celery=celery)
-            assert list(streamed.stream(timeout=60)) == ["w1", " w2", " w3", " w4", " w5", " w6"]
-            assert server.last_body["stream"] is True
-
-            # An agent's model is the request's; one the server lacks fails the run, named.
             assert submit("chat_small", "hi", celery=celery).get(timeout=60) == "Answer: HI"
             assert server.last_body["model"] == "scripted-small"
             assert "tools" not in server.last_body
             with pytest.raises(RunFailedError, match="no model 'no-such-model'"):
                 submit("ghost", "hi", celery=celery).get(timeout=60)
-
-            # The Triton agent in the same worker does not touch the OpenAI server.
-            requests = len(server.requests)
-            assert submit("research", user, celery=celery).get(timeout=60) == "Answer: 42"
-            assert len(server.requests) == requests
-            assert "sk-agentq-test" not in worker.log_path.read_text()
+            assert server.refused[-1].status == 404
         finally:
             worker.stop()
             celery.close()

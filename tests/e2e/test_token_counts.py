@@ -1,6 +1,9 @@
 """Tokens are the model's tokens: a real worker's counts in SQL, on /metrics and in its trace
 equal the scripted model's tokenizer's count of the prompt sent and the reply received, unary
-and streamed on the local Triton; an OpenAI stream is counted from the server's usage chunk.
+and streamed on the local Triton. On a real OpenAI-compatible server (llama-cpp-python), a
+reply is counted from its ``usage`` and a stream, which it sends without one, with the model's
+tokenizer; a stream's usage chunk (``include_usage``, which that server ignores) is counted
+on the strict stand-in.
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ from app.config.paths import shipped_path
 from app.inference.chat import ChatRequest, GenerationParams
 from app.inference.tokens import tokenizer_file
 from app.inference.triton import TritonBackend
+from app.local.llama_server import LlamaServer
+from app.local.llm import prepare_model
 from app.local.processes import free_port
 from app.local.workers import WorkerProcess
 from app.producer.submit import submit
+from tests.fixtures.llama_server import LLAMA_MODEL
 from tests.fixtures.openai_server import OpenAIServer, messages_to_prompt
 from tests.fixtures.waiting import wait_for
 
@@ -145,3 +151,41 @@ def test_an_openai_stream_is_counted_from_its_usage(settings, tmp_path: Path, st
         finally:
             worker.stop()
             celery.close()
+
+
+def test_a_real_servers_reply_is_counted_from_its_usage_a_stream_with_the_tokenizer(
+    settings, tmp_path: Path, store, llama_openai: LlamaServer
+) -> None:
+    agents_file = tmp_path / "agents.yaml"
+    agents_file.write_text("agents:\n  - name: chat\n    backend: openai\n    max_tokens: 16\n")
+    tokenizer_folder = prepare_model(tmp_path / "smollm2-tokenizer")
+    tokenizer = Tokenizer.from_file(str(tokenizer_folder / "tokenizer.json"))
+    port = free_port()
+    openai = OpenAISettings(
+        replicas=[ReplicaSettings(url=llama_openai.base_url)], model=LLAMA_MODEL
+    )
+    configured = settings.model_copy(update={"agents_file": agents_file, "openai": openai})
+    celery = create_celery(configured)
+    env = {
+        "AGENTQ_HEALTH__PORT": str(port),
+        "AGENTQ_OPENAI__TOKENIZERS": json.dumps({LLAMA_MODEL: str(tokenizer_folder)}),
+    }
+    worker = WorkerProcess(configured, ["chat"], log_dir=tmp_path, extra_env=env)
+    try:
+        worker.start(celery)
+        unary = submit("chat", "Say hello.", celery=celery)
+        unary.get(timeout=60)
+        streamed = submit("chat", "Say hello.", stream=True, celery=celery)
+        assert "".join(streamed.stream(timeout=60)) == streamed.get(timeout=30)
+        (by_server,) = store.load_run(unary.id).steps
+        (by_tokenizer,) = store.load_run(streamed.id).steps
+        assert 0 < by_server.tokens_out <= 16
+        assert by_tokenizer.tokens_out == count(tokenizer, by_tokenizer.model_output)
+        for step, counted in ((by_server, "server"), (by_tokenizer, "tokenizer")):
+            labels = {"agent": "chat", "counted": counted}
+            assert metric(port, "agentq_tokens_in_total", **labels) == step.tokens_in > 0
+            assert metric(port, "agentq_tokens_out_total", **labels) == step.tokens_out
+        assert metric(port, "agentq_tokens_in_total", agent="chat", counted="estimate") == 0
+    finally:
+        worker.stop()
+        celery.close()
