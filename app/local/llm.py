@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from app.config import Settings
 from app.config.paths import shipped_path
 from app.errors import ConfigurationError
 from app.local.gguf import read_metadata
@@ -209,3 +210,11 @@ def worker_env(folder: Path) -> dict[str, str]:
     template and tokenizer (the folder :func:`prepare_model` wrote) for both models."""
     models = json.dumps(dict.fromkeys(MODELS, str(Path(folder).resolve())))
     return {"AGENTQ_TRITON__CHAT_TEMPLATES": models, "AGENTQ_TRITON__TOKENIZERS": models}
+
+
+def with_local_model(settings: Settings, folder: Path) -> Settings:
+    """``settings`` for processes that call the local model: its chat template and tokenizer
+    (the folder :func:`prepare_model` wrote) for both models; :func:`worker_env` as settings."""
+    served = dict.fromkeys(MODELS, str(Path(folder).resolve()))
+    triton = settings.triton.model_copy(update={"chat_templates": served, "tokenizers": served})
+    return settings.model_copy(update={"triton": triton})
