@@ -2,12 +2,14 @@
 
 The server (tests/fixtures/openai_server.py) refuses what a strict server refuses (tools it
 was not told of, tool results as user text, a tool message answering no call) and answers as
-the scripted model, or as a test's script.
+the scripted model, or as a test's script. It is kept for what a real server cannot be made
+to do on demand (several calls in one reply, malformed arguments, error statuses and bodies,
+cut streams, usage chunks, a missing model's 404, several models, slow or concurrent calls);
+test_openai_llama.py runs the protocol against a real one (llama-cpp-python).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -211,28 +213,6 @@ def test_two_tool_calls_in_one_reply_and_both_results_back(
     assert server.refused == []
 
 
-def test_streams_split_tool_call_arguments_over_several_chunks(server: OpenAIServer) -> None:
-    server.script = _two_cities
-    body = {
-        "model": "scripted",
-        "stream": True,
-        "messages": [{"role": "user", "content": "Weather?"}],
-        "tools": [{"type": "function", "function": {"name": "weather", "parameters": {}}}],
-    }
-    with httpx.stream("POST", f"{server.base_url}/chat/completions", json=body) as response:
-        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
-    assert events[-1] == "[DONE]"
-    fragments = [
-        fragment
-        for event in events[:-1]
-        for fragment in json.loads(event)["choices"][0]["delta"].get("tool_calls", [])
-    ]
-    pieces = [f["function"]["arguments"] for f in fragments if f["index"] == 0]
-    assert len([p for p in pieces if p]) > 1
-    assert "".join(pieces) == '{"city": "Oslo"}'
-    assert json.loads(events[-2])["choices"][0]["finish_reason"] == "tool_calls"
-
-
 @pytest.mark.parametrize("streaming", [False, True], ids=["unary", "stream"])
 def test_malformed_arguments_from_the_model_come_back_as_a_call_with_an_error(
     backend: OpenAICompatBackend, server: OpenAIServer, streaming: bool
@@ -371,13 +351,6 @@ def test_a_model_the_server_does_not_have_fails_clearly_and_is_not_retried(
 
 
 # ---- failures ----
-
-
-def test_max_tokens_cuts_the_reply(backend: OpenAICompatBackend) -> None:
-    params = GenerationParams(max_tokens=4)
-    request = ChatRequest.of_prompt("[words:10]", params)
-    assert backend.generate(request).text == "w1 w2 w3 w4"
-    assert streamed(backend.stream(request))[0] == "w1 w2 w3 w4"
 
 
 def test_model_error_is_not_retryable(backend: OpenAICompatBackend) -> None:

@@ -1,8 +1,9 @@
 """The OpenAI backend against a real OpenAI-compatible server: llama-cpp-python's, serving
 SmolLM2-135M-Instruct (tests/fixtures/llama_server.py). What the model says is its own; what
-is checked is what agentq relies on: answers and streams come back whole and counted, tool
-calls name an offered tool with arguments that fit its schema, results go back as
-``role: "tool"`` messages the server takes, and a model the server lacks is named."""
+is checked is what agentq relies on: answers and streams come back whole, cut at max_tokens
+and counted (the server's usage, else the model's tokenizer); tool calls, unary and streamed
+in fragments, name an offered tool with arguments that fit its schema; results go back as
+``role: "tool"`` messages the server takes; a model the server lacks is named."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from app.inference.chat import (
     ToolSchema,
 )
 from app.inference.openai_compat import OpenAICompatBackend
+from app.inference.tokens import TokenCounter
 from app.local.llama_server import LlamaServer
+from app.local.llm import prepare_model
 from tests.fixtures.llama_server import LLAMA_MODEL
 
 pytest.importorskip("llama_cpp")
@@ -41,8 +44,13 @@ def ask(
 
 
 @pytest.fixture(scope="module")
-def backend(llama_openai: LlamaServer) -> Iterator[OpenAICompatBackend]:
-    client = OpenAICompatBackend(llama_openai.base_url, LLAMA_MODEL, timeout_s=60)
+def backend(
+    llama_openai: LlamaServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OpenAICompatBackend]:
+    """The backend on the server, counting what the server does not with the model's tokenizer."""
+    tokenizer = prepare_model(tmp_path_factory.mktemp("smollm2-tokenizer"))
+    counter = TokenCounter("openai", {LLAMA_MODEL: tokenizer}, LLAMA_MODEL)
+    client = OpenAICompatBackend(llama_openai.base_url, LLAMA_MODEL, timeout_s=60, counter=counter)
     yield client
     client.close()
 
@@ -62,17 +70,18 @@ def test_an_answer_is_counted_from_the_servers_usage(backend: OpenAICompatBacken
     assert isinstance(reply, Completion)
     assert reply.text.strip()
     assert reply.tool_calls == ()
+    assert reply.replica == backend.base_url
     assert reply.counted == "server"
-    assert reply.tokens_in > 0 and 0 < reply.tokens_out <= 8
+    assert reply.tokens_in > 0 and 0 < reply.tokens_out <= 8  # max_tokens cuts the reply
 
 
 def test_a_stream_is_pieces_then_its_counts(backend: OpenAICompatBackend) -> None:
-    deltas = list(backend.stream(ask("Tell me about the sea.", max_tokens=12)))
-    *pieces, last = deltas
+    *pieces, last = backend.stream(ask("Tell me about the sea.", max_tokens=12))
     assert len(pieces) > 1 and all(d.text and not d.tool_calls for d in pieces)
-    # This server sends no usage on streams (stream_options is ignored): counted here.
-    assert last == Delta(tokens_in=last.tokens_in, tokens_out=last.tokens_out, counted="estimate")
+    # This server sends no usage on streams (stream_options is ignored): the tokenizer counts.
+    assert last == Delta(tokens_in=last.tokens_in, tokens_out=last.tokens_out, counted="tokenizer")
     assert last.tokens_in and last.tokens_out
+    assert last.tokens_out <= 12  # max_tokens cuts the stream too
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "streamed"])
