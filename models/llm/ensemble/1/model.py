@@ -6,8 +6,8 @@ What the inputs do, as TensorRT-LLM v0.19 does:
 
 - ``text_input``: the prompt, already rendered with the model's chat template (no template
   is applied here); the output never holds it (``exclude_input_in_output`` is always true);
-- ``max_tokens``; ``temperature`` (0: greedy), ``top_p``, ``top_k``, ``seed``; none of the
-  three sampling inputs sent: greedy, as TensorRT-LLM's default top_k of 1;
+- ``max_tokens``; ``temperature`` (0: greedy), ``top_p``, ``top_k``, ``seed`` (default 0);
+  none of the three sampling inputs sent: greedy, as TensorRT-LLM's default top_k of 1;
 - ``stop_words``: the reply stops before the first one (it is not part of the output);
 - ``guided_decoding_guide_type`` / ``guided_decoding_guide``: ``json`` (a JSON object),
   ``json_schema`` (JSON that fits the schema in the guide), ``ebnf_grammar`` (the guide is a
@@ -17,7 +17,9 @@ What the inputs do, as TensorRT-LLM v0.19 does:
 
 A request's rows (dynamic batching hands several requests to one call) are answered one
 after another. A request that cannot be served gets its own error; the model stays up.
-Each request starts from an empty context, so a reply depends on its request only.
+The context keeps the last prompt, and a prompt that starts the same (an agent's system turn
+and tools) is evaluated from where they differ, as TensorRT-LLM's KV cache reuse does (runs
+of one agent: about twice as fast on 2 CPU cores).
 
 The pure logic imports neither Triton nor llama.cpp at module level, so unit tests load this
 file by path.
@@ -70,7 +72,7 @@ class Generation:
     def completion_args(self) -> dict[str, Any]:
         """llama-cpp-python ``create_completion`` keywords (no penalties, no min_p: as
         TensorRT-LLM samples)."""
-        args: dict[str, Any] = {
+        return {
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
@@ -78,10 +80,9 @@ class Generation:
             "min_p": 0.0,
             "repeat_penalty": 1.0,
             "stop": self.stop,
+            # TensorRT-LLM's default seed is 0; llama.cpp seeds are 32-bit.
+            "seed": (self.seed or 0) % 2**32,
         }
-        if self.seed is not None:
-            args["seed"] = self.seed % 2**32  # llama.cpp seeds are 32-bit
-        return args
 
 
 def sampling(temperature: float | None, top_p: float | None, top_k: int | None) -> dict[str, Any]:
@@ -245,7 +246,6 @@ class Engine:
     def pieces(self, generation: Generation) -> Iterator[str]:
         """The reply's text piece by piece (stop words held back and cut)."""
         grammar = self.grammar(*generation.guide) if generation.guide else None
-        self.llm.reset()  # no reuse of the last prompt's cache: replies depend on the request
         try:
             chunks = self.llm.create_completion(
                 generation.prompt, stream=True, grammar=grammar, **generation.completion_args()
