@@ -29,15 +29,15 @@ SOURCE_REPOSITORY = "models/llm"
 MODELS = ("ensemble", "ensemble_stream")
 # Written last by prepare_model: the GGUF it was prepared from (a changed file prepares anew).
 MARKER = "agentq-llm.json"
-_FORMAT = 1
+_FORMAT = 2
 
 # GGUF token types (llama.cpp's llama_token_type): control and user-defined tokens are matched
 # whole in text, as Hugging Face's added tokens are.
 _CONTROL, _USER_DEFINED = 3, 4
-# llama.cpp's pre-tokenizers of byte-level BPE vocabularies that split digits one by one
-# before GPT-2's regex (llama-vocab.cpp); others keep digit runs together.
-_DIGIT_SPLITTING = {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"}
-_GPT2_PRE = {"default", "gpt2", "gpt-2"}
+# The pre-tokenizer (llama.cpp's word for how text is split before BPE) whose split this
+# module writes as Hugging Face's: digits one by one, then GPT-2's regex (llama-vocab.cpp);
+# a test checks the counts against llama.cpp's.
+_PRE_TOKENIZERS = ("smollm",)
 
 
 def gguf_path() -> Path:
@@ -72,31 +72,30 @@ def tokenizer_json(metadata: dict[str, Any]) -> dict[str, Any]:
     tokenizer model), splitting text as llama.cpp does for its pre-tokenizer."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    kind, pre = metadata.get("tokenizer.ggml.model"), metadata.get("tokenizer.ggml.pre", "default")
-    if kind != "gpt2" or (pre not in _DIGIT_SPLITTING and pre not in _GPT2_PRE):
+    kind, pre = metadata.get("tokenizer.ggml.model"), metadata.get("tokenizer.ggml.pre")
+    if kind != "gpt2" or pre not in _PRE_TOKENIZERS:
         raise ConfigurationError(
             f"no tokenizer.json for a GGUF tokenizer {kind!r} with pre-tokenizer {pre!r} "
-            "(byte-level BPE with the gpt2 or smollm pre-tokenizer is supported)"
+            f"(byte-level BPE, gpt2, with the pre-tokenizer {', '.join(_PRE_TOKENIZERS)})"
         )
     tokens: list[str] = metadata["tokenizer.ggml.tokens"]
     types: list[int] = metadata.get("tokenizer.ggml.token_type", [1] * len(tokens))
     merges = [tuple(m.split(" ", 1)) for m in metadata["tokenizer.ggml.merges"]]
     bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False)
     tokenizer = Tokenizer(bpe)
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if pre in _DIGIT_SPLITTING:
-        digits = pre_tokenizers.Digits(individual_digits=True)
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([digits, byte_level])
-    else:
-        tokenizer.pre_tokenizer = byte_level
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens(
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            AddedToken(tokens[i], special=types[i] == _CONTROL, normalized=False)
-            for i in range(len(tokens))
-            if types[i] in (_CONTROL, _USER_DEFINED)
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
         ]
     )
+    tokenizer.decoder = decoders.ByteLevel()
+
+    def typed(wanted: int) -> list[AddedToken]:
+        return [AddedToken(tokens[i], normalized=False) for i, k in enumerate(types) if k == wanted]
+
+    tokenizer.add_special_tokens(typed(_CONTROL))
+    tokenizer.add_tokens(typed(_USER_DEFINED))
     data: dict[str, Any] = json.loads(tokenizer.to_str())
     return data
 
@@ -138,7 +137,9 @@ def prepare_model(dest: Path, gguf: Path | None = None) -> Path:
     stamp = _source_stamp(gguf)
     marker = dest / MARKER
     try:
-        if json.loads(marker.read_text()) == stamp:
+        if json.loads(marker.read_text()) == stamp and all(
+            (dest / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")
+        ):
             return dest
     except (OSError, ValueError):
         pass
