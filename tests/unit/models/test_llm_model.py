@@ -42,12 +42,16 @@ def test_each_row_is_read_with_its_own_settings_and_greedy_by_default() -> None:
     got = llm.generations(
         rows(
             text_input=[[b"first"], [b"second"]],
-            max_tokens=[[8], [0]],
+            max_tokens=[[8], [2]],
             stop_words=[[b"\n", b""], [b"x", b"y"]],
         )
     )
-    assert got[0] == llm.Generation("first", 8, 0.0, 1.0, 0, None, ["\n"], None)
-    assert isinstance(got[1], llm.RequestError) and "max_tokens" in str(got[1])
+    assert got == [
+        llm.Generation("first", 8, 0.0, 1.0, 0, None, ["\n"], None),
+        llm.Generation("second", 2, 0.0, 1.0, 0, None, ["x", "y"], None),
+    ]
+    with pytest.raises(llm.RequestError, match="max_tokens must be at least 1"):
+        llm.generations(rows(text_input=[[b"a"], [b"b"]], max_tokens=[[8], [0]]))
 
 
 def test_sampling_inputs_and_guides_reach_the_generation() -> None:

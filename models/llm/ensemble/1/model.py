@@ -135,47 +135,47 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def generations(rows: dict[str, np.ndarray | None]) -> list[Generation | RequestError]:
-    """One Generation per batch row from a request's inputs (input name -> [B, ...] array or
-    None when not sent), or the RequestError that row gets."""
-    prompts = rows["text_input"]
-    if prompts is None:
-        return []
+def _optional(value: Any, kind: Callable[[Any], Any]) -> Any:
+    return None if value is None else kind(value)
 
-    def value(name: str, i: int) -> Any:
+
+def _generation(rows: dict[str, np.ndarray | None], i: int) -> Generation:
+    """Row ``i`` of a request's inputs; raises RequestError."""
+    count = len(rows["text_input"])  # type: ignore[arg-type]
+
+    def row(name: str) -> np.ndarray | None:
         array = rows.get(name)
-        return None if array is None else array.reshape(len(prompts), -1)[i][0]
+        return None if array is None else array.reshape(count, -1)[i]
 
-    out: list[Generation | RequestError] = []
-    for i in range(len(prompts)):
-        try:
-            max_tokens = int(value("max_tokens", i))
-            if max_tokens < 1:
-                raise RequestError(f"max_tokens must be at least 1, got {max_tokens}")
-            temperature, top_p = value("temperature", i), value("top_p", i)
-            top_k, seed = value("top_k", i), value("seed", i)
-            kind, guide = value("guided_decoding_guide_type", i), value("guided_decoding_guide", i)
-            stops = rows.get("stop_words")
-            stop = [] if stops is None else [_text(w) for w in stops.reshape(len(prompts), -1)[i]]
-            out.append(
-                Generation(
-                    prompt=_text(value("text_input", i)),
-                    max_tokens=max_tokens,
-                    **sampling(
-                        None if temperature is None else float(temperature),
-                        None if top_p is None else float(top_p),
-                        None if top_k is None else int(top_k),
-                    ),
-                    seed=None if seed is None else int(seed),
-                    stop=[w for w in stop if w],  # empty strings pad ragged rows
-                    guide=None
-                    if kind is None or not _text(kind)
-                    else (_text(kind), _text(guide or b"")),
-                )
-            )
-        except RequestError as exc:
-            out.append(exc)
-    return out
+    def one(name: str) -> Any:  # the row's value of a [B, 1] input (None: not sent)
+        values = row(name)
+        return None if values is None else values[0]
+
+    max_tokens = int(one("max_tokens"))
+    if max_tokens < 1:
+        raise RequestError(f"max_tokens must be at least 1, got {max_tokens}")
+    kind = _optional(one("guided_decoding_guide_type"), _text)
+    stops = row("stop_words")
+    return Generation(
+        prompt=_text(one("text_input")),
+        max_tokens=max_tokens,
+        **sampling(
+            _optional(one("temperature"), float),
+            _optional(one("top_p"), float),
+            _optional(one("top_k"), int),
+        ),
+        seed=_optional(one("seed"), int),
+        # Empty strings pad the rows of a batch to one width.
+        stop=[] if stops is None else [w for w in map(_text, stops) if w],
+        guide=(kind, _text(one("guided_decoding_guide") or b"")) if kind else None,
+    )
+
+
+def generations(rows: dict[str, np.ndarray | None]) -> list[Generation]:
+    """One Generation per batch row from a request's inputs (input name -> [B, ...] array or
+    None when not sent); raises RequestError for the first row that cannot be served."""
+    prompts = rows["text_input"]
+    return [_generation(rows, i) for i in range(0 if prompts is None else len(prompts))]
 
 
 def default_gguf() -> Path:
@@ -216,7 +216,6 @@ class Engine:
     def __init__(self, path: Path, n_ctx: int, threads: int) -> None:
         import llama_cpp
 
-        self.llama_cpp = llama_cpp
         self.llm = llama_cpp.Llama(
             model_path=str(path),
             n_ctx=n_ctx,
@@ -291,8 +290,12 @@ def load_engine(args: dict[str, Any]) -> Engine:
     return Engine(path, int(parameter(args, "n_ctx") or 2048), threads)
 
 
-def error_response(message: str) -> Any:
-    error = pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
+def error_response(exc: Exception) -> Any:
+    """The response of a request that failed: INVALID_ARG for a RequestError, else INTERNAL."""
+    if isinstance(exc, RequestError):
+        error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+    else:
+        error = pb_utils.TritonError(f"local model failed: {exc!r}")
     return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
 
@@ -312,16 +315,8 @@ class TritonPythonModel:
         return [self._answer(request) for request in requests]
 
     def _answer(self, request: Any) -> Any:
-        texts = []
         try:
-            for generation in generations(request_rows(request)):
-                if isinstance(generation, RequestError):
-                    raise generation
-                texts.append("".join(self.engine.pieces(generation)))
-        except RequestError as exc:
-            return error_response(str(exc))
+            texts = ["".join(self.engine.pieces(g)) for g in generations(request_rows(request))]
         except Exception as exc:  # the stub must answer every request and stay up
-            return pb_utils.InferenceResponse(
-                output_tensors=[], error=pb_utils.TritonError(f"local model failed: {exc!r}")
-            )
+            return error_response(exc)
         return pb_utils.InferenceResponse(output_tensors=[text_tensor(texts)])

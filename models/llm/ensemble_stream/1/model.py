@@ -40,34 +40,23 @@ class TritonPythonModel:
         self.engine = llm.load_engine(args)
 
     def execute(self, requests: list[Any]) -> None:
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         for request in requests:
             sender = request.get_response_sender()
             try:
                 self._stream(request, sender)
-            except llm.RequestError as exc:
-                sender.send(llm.error_response(str(exc)), flags=self._final)
-                continue
             except Exception as exc:  # the stub must answer every request and stay up
-                error = pb_utils.TritonError(f"local model failed: {exc!r}")
-                response = pb_utils.InferenceResponse(output_tensors=[], error=error)
-                sender.send(response, flags=self._final)
-                continue
-            sender.send(flags=self._final)
-        return None
-
-    @property
-    def _final(self) -> int:
-        return int(pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                sender.send(llm.error_response(exc), flags=final)
+            else:
+                sender.send(flags=final)
 
     def _stream(self, request: Any, sender: Any) -> None:
         rows = llm.request_rows(request)
         flags = rows["stream"]
         # Absent means stream (this model exists to stream); all rows false means one response.
         streaming = flags is None or bool(flags.any())
-        generations = llm.generations(rows)
+        generations = llm.generations(rows)  # every row checked before the first response
         for row, generation in enumerate(generations):
-            if isinstance(generation, llm.RequestError):
-                raise generation
             pieces = self.engine.pieces(generation)
             if not streaming:
                 text = "".join(pieces)
