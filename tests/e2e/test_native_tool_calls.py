@@ -1,6 +1,10 @@
 """Two tool calls in one reply, spoken natively to a strict OpenAI-compatible server, with
 the worker SIGKILLed after the first call's result was kept: the next worker makes only the
-second call again, asks the model nothing for that step, and the run ends with both results."""
+second call again, asks the model nothing for that step, and the run ends with both results.
+
+On the strict stand-in: the test needs a reply with two given calls at a given moment, which
+a real small model does not make on demand (SmolLM2 on llama-cpp-python makes one per reply).
+"""
 
 from __future__ import annotations
 

@@ -41,10 +41,7 @@ agents:
     system_prompt: You are a helpful assistant. Use the calculator for arithmetic.
     tools: [calculator]
     tool_choice: [calculator, none]
-    max_tokens: 32
-  - name: chat
-    backend: openai
-    max_tokens: 16
+    max_tokens: 24
 """
 
 
@@ -62,7 +59,7 @@ def test_agents_on_a_real_openai_compatible_server_call_tools_and_stream(
         )
         configured = settings.model_copy(update={"agents_file": agents_file, "openai": openai})
         celery = create_celery(configured)
-        worker = WorkerProcess(configured, ["research", "calc", "chat"], log_dir=tmp_path)
+        worker = WorkerProcess(configured, ["research", "calc"], log_dir=tmp_path)
         try:
             worker.start(celery)
             unary = submit("calc", "What is 40+2?", celery=celery)
@@ -71,9 +68,6 @@ def test_agents_on_a_real_openai_compatible_server_call_tools_and_stream(
             pieces = list(streamed.stream(timeout=60))
             answers[streamed.id] = streamed.get(timeout=30)
             assert "".join(pieces) == answers[streamed.id]
-
-            chat = submit("chat", "Say hello.", stream=True, celery=celery)
-            assert "".join(chat.stream(timeout=60)) == chat.get(timeout=30)
 
             # The Triton agent in the same worker is untouched.
             user = 'add [tool:calculator {"expression": "40+2"}]'
