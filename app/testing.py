@@ -24,13 +24,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from celery import Celery
 
 from app.agents.loader import load_registry
 from app.celery_ext.app import create_celery
 from app.config import RedisTLSSettings, Settings
+from app.local import llm
 from app.local.redis import RedisServer
 from app.local.triton import TritonServer, install_triton
 from app.local.workers import WorkerProcess
@@ -69,6 +70,7 @@ def local_stack(
     agents: Sequence[str] | None = None,
     *,
     settings: Settings | None = None,
+    model: Literal["scripted", "local"] = "scripted",
 ) -> Iterator[LocalStack]:
     """Start Redis, Triton, a session store and one worker serving ``agents`` (default: every
     agent of the registry, i.e. those the ``include`` modules declare), importing ``include``
@@ -76,9 +78,13 @@ def local_stack(
 
     ``settings`` (default: ``Settings()``, from the environment) gives the rest of the
     configuration; its Redis, database and Triton are replaced by the stack's own.
+    ``model="local"``: Triton serves the real local model (SmolLM2-135M-Instruct on
+    llama.cpp, the ``llm`` extra) instead of the scripted one.
     """
     base = settings if settings is not None else Settings()
     base = base.model_copy(update={"include": [*base.include, *include]})
+    if model == "local":
+        llm.gguf_path()  # the llm extra is installed: one line saying how, else
     # Imports the modules here too (submit checks runs against them), before anything starts:
     # a module that fails to import fails the test at once, in one line.
     registry = load_registry(base)
@@ -86,10 +92,12 @@ def local_stack(
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentq-stack-")))
         redis_server = stack.enter_context(RedisServer())
+        repository = base.triton.model_repository
+        if model == "local":
+            base = llm.with_local_model(base, llm.prepare_model(tmp / "tokenizer"))
+            repository = llm.llm_repository(tmp / "models")
         triton = TritonServer(
-            install_triton(base.triton.home),
-            base.triton.model_repository,
-            log_path=tmp / "triton.log",
+            install_triton(base.triton.home), repository, log_path=tmp / "triton.log"
         )
         stack.enter_context(triton)
         merged = base.model_copy(

@@ -44,6 +44,10 @@ Agent(
     "{name}",
     system_prompt="You are the {name} agent. Use {name}_tool to repeat a text.",
     tools=[{name}_tool],
+    # The first reply must call a tool and the next one answers: what a small local model
+    # needs (the server's guided decoding keeps its call valid). With a larger model, drop
+    # this line (tool_choice "auto"): it decides itself when to call which tool.
+    tool_choice=("required", "none"),
     max_steps=4,
 )
 '''
@@ -55,10 +59,12 @@ scripted model, a SQLite session store; all started here and stopped when the te
 Run it from this folder: python -m pytest test_{name}.py
 """
 
+import pytest
+
 from app.testing import local_stack
 
 # The scripted model calls the tool that [tool:NAME {{args}}] names, then answers with the
-# tool's result; a real model chooses its tools itself.
+# tool's result; a real model writes the call itself from the tool's schema.
 ASK = 'Say hi twice. [tool:{name}_tool {{"text": "hi", "times": 2}}]'
 
 
@@ -66,6 +72,18 @@ def test_{name}_answers_with_its_tools_result() -> None:
     with local_stack(include=["{name}"]) as stack:
         answer = stack.run("{name}", ASK)
     assert "hi hi" in answer
+
+
+def test_{name}_with_a_real_model() -> None:
+    """SmolLM2-135M-Instruct (agentq[llm]) reads the tool's schema and writes the call."""
+    pytest.importorskip("llama_cpp", reason="the real local model needs agentq[llm]")
+    with local_stack(include=["{name}"], model="local") as stack:
+        result = stack.submit("{name}", "Repeat the text 'agents at scale' two times.")
+        answer = result.get(timeout=120)
+        run = stack.store.load_run(result.id)
+    call = run.steps[0].tool_calls[0]  # the model's call, as the worker made it
+    assert call.name == "{name}_tool" and isinstance(call.args["text"], str)
+    assert "error" not in call.result and answer
 '''
 
 

@@ -287,14 +287,8 @@ def run_local_demo(settings: Settings, timeout_s: float, console: Console) -> bo
             console.print(
                 f"[green]✓[/green] SmolLM2-135M-Instruct ({gguf.stat().st_size >> 20} MiB GGUF)"
             )
-            served = dict.fromkeys(llm.MODELS, str(folder))
-            settings = settings.model_copy(
-                update={
-                    "include": [*settings.include, LOCAL_AGENTS_MODULE],
-                    "triton": settings.triton.model_copy(
-                        update={"chat_templates": served, "tokenizers": served}
-                    ),
-                }
+            settings = llm.with_local_model(settings, folder).model_copy(
+                update={"include": [*settings.include, LOCAL_AGENTS_MODULE]}
             )
             registry = load_registry(settings)
             agents = sorted({q.agent for q in QUESTIONS})
