@@ -93,13 +93,15 @@ def unary(
     return str(result.as_numpy("text_output")[0][0].decode())
 
 
-def streamed(client: grpcclient.InferenceServerClient, text: str) -> list[str]:
+def streamed(
+    client: grpcclient.InferenceServerClient, text: str, guide: tuple[str, str] | None = None
+) -> list[str]:
     replies: queue.Queue[tuple[grpcclient.InferResult | None, Exception | None]] = queue.Queue()
     client.start_stream(callback=lambda result, error: replies.put((result, error)))
     pieces = []
     try:
         client.async_stream_infer(
-            "ensemble_stream", build_inputs(text, GREEDY, stream=True),
+            "ensemble_stream", build_inputs(text, GREEDY, stream=True, guide=guide),
             enable_empty_final_response=True,
         )  # fmt: skip
         while True:
@@ -166,5 +168,7 @@ def test_a_guide_it_cannot_follow_is_refused_and_it_keeps_serving(
     with pytest.raises(InferenceServerException, match=reason) as refused:
         unary(client, text, guide=guide)
     assert "INVALID_ARGUMENT" in str(refused.value.status())
+    with pytest.raises(InferenceServerException, match=reason):
+        streamed(client, text, guide)
     yes_no = ("ebnf_grammar", 'root ::= "yes" | "no"')
     assert unary(client, text, guide=yes_no) in ("yes", "no")
