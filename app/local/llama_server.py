@@ -9,8 +9,9 @@ None) has no tools: its handler returns a call only when ``tool_choice`` names t
 the format does, per OpenAI ``tool_choice`` (agentq sends it, ``auto`` included):
 
 - absent or ``none``: the tools are left out of the prompt;
-- ``auto``: the model answers or makes calls, several in a reply; unary only: a stream that
-  would call a tool fails on the server (it ends with no event);
+- ``auto``: the model answers or makes calls, several in a reply, their arguments not cut at
+  ``max_tokens``; unary only: a stream that would call a tool fails on the server (it ends
+  with no event, a cut stream to agentq);
 - a tool's name: one call of that tool, unary or streamed (arguments in fragments);
 - ``required``: not implemented (HTTP 500); agentq sends it as the name when one tool is
   offered.
