@@ -10,6 +10,7 @@ import contextlib
 import importlib.util
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 from app.config import ReplicaSettings, Settings, child_env
-from app.errors import LocalServiceError
+from app.errors import ConfigurationError, LocalServiceError
 from app.local.processes import free_ports, log_tail, stop_process, wait_until
 
 PYTRITON_VERSION = "0.7.0"
@@ -439,16 +440,52 @@ def serve(home: Path, model_repository: Path) -> int:
         server.stop()
 
 
+def serve_local_model(home: Path) -> int:
+    """:func:`serve` the real local model (the ``llm`` extra), after printing the variables
+    that make workers render and count for it (its tokenizer folder lives while it runs)."""
+    from app.local import llm
+
+    with tempfile.TemporaryDirectory(prefix="agentq-llm-") as tmp:
+        folder = llm.prepare_model(Path(tmp) / "tokenizer")
+        repository = llm.llm_repository(Path(tmp) / "models")
+        print("workers and producers calling it need:")
+        for name, value in llm.worker_env(folder).items():
+            print(f"  export {name}={shlex.quote(value)}")
+        return serve(home, repository)
+
+
+_USAGE = "usage: python -m app.local.triton install | serve [--model scripted|local]"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m app.local.triton install|serve``: extract tritonserver, or run it."""
+    """``python -m app.local.triton install|serve [--model scripted|local]``: extract
+    tritonserver, or run it with the scripted model or the real local one."""
     args = sys.argv[1:] if argv is None else argv
     settings = Settings()
     if not args or args[0] not in ("install", "serve"):
-        print("usage: python -m app.local.triton install|serve", file=sys.stderr)
+        print(_USAGE, file=sys.stderr)
         return 2
+    model = "scripted"
+    if args[1:] in (["--model", "scripted"], ["--model", "local"]):
+        model = args[2]
+    elif args[1:]:
+        print(_USAGE, file=sys.stderr)
+        return 2
+    if model == "local":
+        from app.local.llm import gguf_path
+
+        try:
+            gguf_path()
+        except ConfigurationError as exc:
+            print(f"agentq: {exc}", file=sys.stderr)
+            return 2
     home = install_triton(settings.triton.home)
     print(f"tritonserver in {home}", flush=True)
-    return serve(home, settings.triton.model_repository) if args[0] == "serve" else 0
+    if args[0] == "install":
+        return 0
+    if model == "local":
+        return serve_local_model(home)
+    return serve(home, settings.triton.model_repository)
 
 
 if __name__ == "__main__":

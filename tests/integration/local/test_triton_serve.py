@@ -73,3 +73,31 @@ def test_serve_stops_tritonserver_and_every_stub_on_a_signal(triton_home, sig) -
             elif pid != proc.pid and _alive(pid, started):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def test_serve_the_local_model_prints_what_workers_need_and_cleans_up(triton_home) -> None:
+    pytest.importorskip("llama_cpp")  # the llm extra
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.local.triton", "serve", "--model", "local"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env({}),
+    )  # fmt: skip
+    try:
+        line = _wait_for_line(proc, "  export AGENTQ_TRITON__CHAT_TEMPLATES=", timeout_s=60)
+        folder = Path(line.split('"ensemble": "', 1)[1].split('"', 1)[0])
+        assert (folder / "tokenizer_config.json").is_file()
+        _wait_for_line(proc, "grpc ", timeout_s=120)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert not folder.exists()  # its tokenizer folder lives only while it serves
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_serve_refuses_an_unknown_model() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "app.local.triton", "serve", "--model", "big"],
+        capture_output=True, text=True, env=child_env({}), timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "usage:" in out.stderr
