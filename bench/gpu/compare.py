@@ -51,11 +51,16 @@ from bench.report import environment, ratio, write
 AGENT = "gpubench"
 INPUT = "Write a short story about a helpful agent."
 DEFAULT_LEVELS = (1, 16, 64, 256)
-HONESTY = (
-    "random weights: the model has Llama 3.2 1B's shape, so the work per token (and the "
-    "throughput) is a real 1B model's, but its text is random words; replies run to "
-    "max_tokens unless the end token is sampled"
-)
+SHAPE_OF = {"1b": "Llama 3.2 1B's shape", "tiny": "a tiny Llama shape (tests)"}
+
+
+def honesty(size: str) -> str:
+    """What a random-weight model's figures do and do not say."""
+    return (
+        f"random weights: the model has {SHAPE_OF[size]}, so the work per token (hence the "
+        "throughput) is a real model's of that shape, but its text is random words; replies "
+        "run to max_tokens unless the end token is sampled"
+    )
 
 
 @dataclass
@@ -313,50 +318,66 @@ def start_server(
     )
 
 
-def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    rows = []
+def level(
+    c: int,
+    args: argparse.Namespace,
+    base_url: str,
+    body: dict[str, Any],
+    queue: QueueSide,
+    gpu: GpuSampler,
+    console: Console,
+) -> dict[str, Any]:
+    """Both sides at concurrency ``c``: their figures and the ratios."""
+    calls = calls_for(c, args.rounds)
+    console.rule(f"C = {c}: {calls} calls a side")
+    with console.status(f"C={c}: direct client"):
+        direct = direct_calls(base_url, body, c, calls, args.timeout)
+        direct.gpu = gpu.window(*direct.span)
+    console.print(_line("direct", direct))
+    # The queue side may be slower; never cut it off before several times the direct's.
+    timeout = max(args.timeout, 5 * direct.wall_s + 60)
+    with console.status(f"C={c}: agent runs through Redis and workers"):
+        agentq = queue.runs(c, args.threads_per_worker, calls, timeout, gpu)
+    console.print(_line("agentq", agentq))
+    a, d = agentq.figures(), direct.figures()
+    return {
+        "concurrency": c,
+        "calls": calls,
+        "direct": d,
+        "agentq": a,
+        "ratio_requests": ratio(a["requests_per_s"], d["requests_per_s"]),
+        "ratio_tokens": ratio(a["tokens_per_s"], d["tokens_per_s"]),
+    }
+
+
+def run(args: argparse.Namespace, console: Console, report: dict[str, Any]) -> None:
+    """Start the services and measure each level into ``report``, written after each (a run
+    cut short still leaves what it measured)."""
+    started = time.monotonic()
+    rows: list[dict[str, Any]] = []
+    report.update(levels=rows, skipped_levels=[], complete=False)
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentq-gpu-bench-")))
         gpu = GpuSampler().start()
         stack.callback(gpu.stop)
-        base_url, model, server = start_server(stack, args, tmp, console)
+        base_url, model, report["server"] = start_server(stack, args, tmp, console)
         with console.status("starting Redis"):
             queue = QueueSide(stack, tmp, base_url, model, args.max_tokens)
+        report["worker_log_errors"] = queue.log_errors
         body = request_body(model, queue.request(args.max_tokens), stream=False)
+        report["request"] = body
         for c in args.concurrency:
-            calls = calls_for(c, args.rounds)
-            console.rule(f"C = {c}: {calls} calls a side")
-            with console.status(f"C={c}: direct client"):
-                direct = direct_calls(base_url, body, c, calls, args.timeout)
-                direct.gpu = gpu.window(*direct.span)
-            console.print(_line("direct", direct))
-            # The queue side may be slower; never cut it off before several times the direct's.
-            timeout = max(args.timeout, 5 * direct.wall_s + 60)
-            with console.status(f"C={c}: agent runs through Redis and workers"):
-                agentq = queue.runs(c, args.threads_per_worker, calls, timeout, gpu)
-            console.print(_line("agentq", agentq))
-            rows.append(
-                {
-                    "concurrency": c,
-                    "calls": calls,
-                    "direct": direct.figures(),
-                    "agentq": agentq.figures(),
-                    "ratio_requests": ratio(
-                        agentq.figures()["requests_per_s"], direct.figures()["requests_per_s"]
-                    ),
-                    "ratio_tokens": ratio(
-                        agentq.figures()["tokens_per_s"], direct.figures()["tokens_per_s"]
-                    ),
-                }
-            )
+            if args.deadline and time.monotonic() - started > args.deadline:
+                report["skipped_levels"].append(c)
+                console.print(
+                    f"[yellow]C={c} skipped: past --deadline {args.deadline:g} s[/yellow]"
+                )
+                continue
+            rows.append(level(c, args, base_url, body, queue, gpu, console))
+            write(report, args.out_dir / "gpu.json")
         with console.status("stopping workers, the server and Redis"):
             stack.close()
-    return {
-        "server": server,
-        "request": {**{k: v for k, v in body.items() if k != "model"}, "model": model},
-        "levels": rows,
-        "worker_log_errors": queue.log_errors,
-    }
+    report["complete"] = not report["skipped_levels"]
 
 
 def _gpu_text(gpu: Any) -> str:
@@ -395,8 +416,8 @@ def show(report: dict[str, Any], console: Console) -> None:
             )
     console.print(table)
     console.print("ratio: agentq tokens/s over direct tokens/s at the same concurrency")
-    if report["server"].get("model"):
-        console.print(f"[yellow]{HONESTY}[/yellow]")
+    if report["honesty"]:
+        console.print(f"[yellow]{report['honesty']}[/yellow]")
 
 
 def plot(report: dict[str, Any], path: Path) -> Path | None:
@@ -482,6 +503,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=120.0, help="deadline of one model call, s")
     p.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="seconds after which levels not yet started are skipped",
+    )
+    p.add_argument(
         "--out-dir",
         type=Path,
         default=Path(os.environ.get("OUT") or REPO_ROOT / "bench" / "results" / "gpu"),
@@ -494,26 +521,24 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    report: dict[str, Any] = {
+        "bench": "gpu_inference",
+        "device": args.device,
+        "max_tokens": args.max_tokens,
+        "rounds": args.rounds,
+        "gpu_sampled": GpuSampler().available,
+        "honesty": None if args.server_url else honesty(args.model_size),
+        **environment(REPO_ROOT),
+    }
     try:
-        measured = run(args, console)
+        run(args, console, report)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; every process the bench started is stopped[/yellow]")
         return 130
     except AgentqError as exc:
         console.print(f"[red]bench failed:[/red] {exc}")
         return 1
-    env = environment(REPO_ROOT)
-    report = {
-        "bench": "gpu_inference",
-        "device": args.device,
-        "max_tokens": args.max_tokens,
-        "rounds": args.rounds,
-        "gpu_sampled": GpuSampler().available,
-        "honesty": HONESTY if measured["server"].get("model") else None,
-        **measured,
-        **env,
-        "duration_s": round(time.monotonic() - started, 1),
-    }
+    report["duration_s"] = round(time.monotonic() - started, 1)
     write(report, args.out_dir / "gpu.json")
     show(report, console)
     drawn = plot(report, args.out_dir / "gpu.png")
