@@ -204,6 +204,13 @@ class TritonSettings(BaseModel):
         "built-in: hermes, lines). A model not listed gets 'lines' (System:/User: lines). "
         "Default: the scripted models' own tokenizer.",
     )
+    guided_decoding: bool = Field(
+        default=True,
+        description="Send a reply that must call a tool (an agent's tool_choice required or "
+        "a tool's name) the call's JSON Schema as guided decoding (guided_decoding_guide_type "
+        "json_schema). TensorRT-LLM needs its tensorrt_llm model filled with "
+        "guided_decoding_backend xgrammar (models/trtllm does); false for engines without it.",
+    )
     timeout_s: float = Field(default=60.0, gt=0, description="Deadline of one model call.")
     max_tokens: int = Field(default=512, gt=0, description="max_tokens sent with each call.")
     home: Path = Field(

@@ -106,6 +106,7 @@ def build_pools(
                     triton.stream_models,
                     counter=counter["triton"],
                     chat_templates=triton.chat_templates,
+                    guided_decoding=triton.guided_decoding,
                 ),
                 settings.inference,
             ),

@@ -154,6 +154,10 @@ class TritonBackend:
 
     Tokens are counted with the request's model's tokenizer (``counter``): the prompt sent and
     the reply's whole text received; an estimate where the model has none.
+
+    A reply that must call a tool (``tool_choice`` required or a tool's name) is constrained
+    by guided decoding to the call's JSON Schema unless ``guided_decoding`` is off; with
+    ``tool_choice`` none the tools are not described and the reply is all answer.
     """
 
     def __init__(
@@ -165,8 +169,10 @@ class TritonBackend:
         stream_models: Mapping[str, str] | None = None,
         counter: TokenCounter | None = None,
         chat_templates: Mapping[str, str] | None = None,
+        guided_decoding: bool = True,
     ) -> None:
         self.url = url
+        self.guided_decoding = guided_decoding
         self.chat_templates = dict(chat_templates or {})
         self._templates: dict[str, ChatTemplate] = {}
         self.counter = counter or TokenCounter("triton", {}, model)
@@ -210,7 +216,7 @@ class TritonBackend:
         template = self.template(request)
         shown = replace(request, tools=()) if request.tool_choice == NONE else request
         guide = None
-        if request.must_call:
+        if request.must_call and self.guided_decoding:
             guide = ("json_schema", json.dumps(request.call_schema(), separators=(",", ":")))
         return _Call(request, template, template.render(shown), guide)
 

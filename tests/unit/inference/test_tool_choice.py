@@ -133,3 +133,12 @@ def test_with_tool_choice_none_tools_are_not_described_and_no_call_is_read() -> 
     reply = '<tool_call>{"name": "calculator", "arguments": {}}</tool_call>'
     assert call.read(reply) == (reply, ())
     assert ChatTemplate.named("hermes").parse(reply)[1]  # auto would have called it
+
+
+def test_an_engine_without_guided_decoding_gets_no_guide() -> None:
+    backend = TritonBackend(
+        "127.0.0.1:1", chat_templates={"ensemble": "hermes"}, guided_decoding=False
+    )
+    call = backend._prepare(_request("required"))
+    assert call.guide is None
+    assert call.read('<tool_call>{"name": "calculator", "arguments": {}}</tool_call>')[1]
