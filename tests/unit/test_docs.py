@@ -82,6 +82,6 @@ def test_the_readme_keeps_its_two_commands_first():
     commands = [line for line in lines[:12] if line.startswith("./scripts/setup.sh")]
     assert [c.split("#")[0].strip() for c in commands] == [
         "./scripts/setup.sh && .venv/bin/agentq demo",
-        "./scripts/setup.sh && .venv/bin/pytest",
+        "./scripts/setup.sh --llm && .venv/bin/pytest",
     ]
-    assert "./scripts/setup.sh && .venv/bin/pytest" in (ROOT / ".ci" / "run").read_text()
+    assert "./scripts/setup.sh --llm && .venv/bin/pytest" in (ROOT / ".ci" / "run").read_text()

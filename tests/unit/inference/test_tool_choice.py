@@ -40,7 +40,7 @@ def _request(choice: str, tools: tuple[ToolSchema, ...] = (CALC, COUNT)) -> Chat
 
 
 def test_an_agent_gives_one_choice_per_reply_and_the_last_for_the_rest() -> None:
-    spec = AgentSpec(name="calc", tools=("calculator",), tool_choice=["required", "none"])
+    spec = AgentSpec(name="calc", tools=("calculator",), tool_choice=("required", "none"))
     assert [spec.tool_choice_at(i) for i in range(4)] == ["required", "none", "none", "none"]
     assert AgentSpec(name="calc").tool_choice_at(3) == "auto"
     assert AgentSpec(name="calc", tools=("calculator",), tool_choice="calculator")
