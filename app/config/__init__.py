@@ -302,6 +302,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "AGENTQ_RESULT_BACKEND": settings.backend,
         "AGENTQ_DATABASE_URL": settings.database_url,
         "AGENTQ_TRITON__URLS": json.dumps(settings.triton.urls),
+        # How the models are spoken to: their chat templates and tokenizers (the local model's
+        # folder is made at run time), and whether required calls are guided.
+        "AGENTQ_TRITON__CHAT_TEMPLATES": json.dumps(settings.triton.chat_templates),
+        "AGENTQ_TRITON__TOKENIZERS": json.dumps(settings.triton.tokenizers),
+        "AGENTQ_TRITON__GUIDED_DECODING": json.dumps(settings.triton.guided_decoding),
         "AGENTQ_INFERENCE": settings.inference.model_dump_json(),
         "AGENTQ_STREAM": settings.stream.model_dump_json(),
         "AGENTQ_REDIS_TLS": settings.redis_tls.model_dump_json(),
@@ -318,6 +323,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     if openai.replicas:
         env["AGENTQ_OPENAI__REPLICAS"] = json.dumps([r.model_dump() for r in openai.replicas])
         env["AGENTQ_OPENAI__MODEL"] = openai.model
+        env["AGENTQ_OPENAI__TOKENIZERS"] = json.dumps(openai.tokenizers)
         if openai.api_key is not None:
             env["AGENTQ_OPENAI__API_KEY"] = openai.api_key.get_secret_value()
     if settings.agents_file:

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from app.config import RedisTLSSettings, Settings, mask_url, secret_file_var, settings_env
+from app.config import (
+    RedisTLSSettings,
+    ReplicaSettings,
+    Settings,
+    mask_url,
+    secret_file_var,
+    settings_env,
+)
 from app.errors import ConfigurationError
 from app.ops.redis_clients import celery_redis_options, client_options
 
@@ -147,3 +154,28 @@ def test_celery_gets_the_password_outside_its_urls_and_tls_for_rediss(tmp_path):
     assert conf["broker_password"] == conf["redis_password"] == SECRET
     assert conf["broker_use_ssl"]["ssl_cert_reqs"] == ssl.CERT_NONE
     assert "redis_backend_use_ssl" not in conf  # the backend's URL is plain redis://
+
+
+def test_settings_env_hands_children_how_the_models_are_spoken_to(monkeypatch):
+    folder = "/var/tmp/smollm2"
+    served = {"ensemble": folder, "ensemble_stream": folder}
+    parent = Settings(_env_file=None)
+    parent = parent.model_copy(
+        update={
+            "triton": parent.triton.model_copy(
+                update={"chat_templates": served, "tokenizers": served, "guided_decoding": False}
+            ),
+            "openai": parent.openai.model_copy(
+                update={
+                    "replicas": [ReplicaSettings(url="http://127.0.0.1:1/v1")],
+                    "tokenizers": served,
+                }
+            ),
+        }
+    )
+    for name, value in settings_env(parent).items():
+        monkeypatch.setenv(name, value)
+    child = Settings(_env_file=None)
+    assert child.triton.chat_templates == served and child.triton.tokenizers == served
+    assert child.triton.guided_decoding is False
+    assert child.openai.tokenizers == served
