@@ -79,7 +79,7 @@ QUESTIONS = (
     Question("math", "What is 6 times 7?", 42),
     Question("math", "What is 250 plus 175?", 425),
     Question("math", "What is 1000 minus 1?", 999),
-    Question("words", "How many words are in this sentence: agents run on celery workers", 5),
+    Question("words", "How many words are in the sentence 'agents run on celery workers'?", 5),
     Question("words", "Count the words: the quick brown fox jumps over the lazy dog", 9),
 )
 """What ``agentq demo --model local`` asks, with the tool result of a correct call."""
