@@ -450,14 +450,19 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
             if a.lines:
                 a.legend()
         ax.set_ylabel("generated tokens / s")
+        ax.set_ylim(bottom=0)
         ax.set_title("throughput")
         ax_gpu.set_ylabel("GPU utilisation, mean %")
         ax_gpu.set_title("GPU utilisation" if report["gpu_sampled"] else "GPU: n/a (no nvidia-smi)")
         server = report["server"]
         model = server.get("model") or {}
-        fig.text(0.01, 0.01, f"{server['server']}, {model.get('size', '')} "
-                 f"{'random-weight Llama ' if model else ''}on {report['device']}, "
-                 f"{report['date']}", fontsize=7, color="#7f7f7f")  # fmt: skip
+        what = (
+            f"{server['server']}, random-weight Llama ({model['size']}, {model['dtype']})"
+            if model
+            else f"the server at {server['base_url']}"
+        )
+        fig.text(0.01, 0.01, f"{what} on {report['device']}, {report['max_tokens']} tokens a "
+                 f"reply, {report['date']}", fontsize=7, color="#7f7f7f")  # fmt: skip
         fig.tight_layout(rect=(0, 0.04, 1, 1))
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
