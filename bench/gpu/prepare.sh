@@ -13,7 +13,8 @@
 #               (its Valkey binary is the bench's Redis). numpy is the device's (2.x): agentq
 #               uses it only inside tritonclient calls, which the OpenAI path never makes.
 #   serve.txt   what `transformers serve` needs beyond the device's transformers and torch:
-#               the [serving] extra (fastapi, uvicorn, openai) and their dependencies.
+#               the [serving] extra (fastapi, uvicorn, openai) and their dependencies, anyio
+#               too (openai needs a newer one than the device may have).
 # agentq itself is not a wheel here: the checkout travels with every call, and run.py runs
 # it from there.
 set -euo pipefail
@@ -38,7 +39,7 @@ carried_anyway="grpcio protobuf typing-extensions"
 # transformers' [serving] extra and what it pulls in, as tested with transformers 5.17.0.
 serve_extra="fastapi==0.165.0 starlette==1.10.0 uvicorn==0.55.0 openai==3.57.0 jiter==0.19.0
 sniffio==1.3.1 annotated-doc==0.0.7 opentelemetry-api==1.45.2"
-serve_locked="pydantic pydantic-core annotated-types typing-inspection typing-extensions httpx2
+serve_locked="pydantic pydantic-core annotated-types typing-inspection typing-extensions anyio httpx2
 httpcore2 truststore"
 
 locked=$(cd "$repo" && python3 -m uv export --frozen --no-hashes --no-dev --no-emit-project \
