@@ -36,6 +36,7 @@ from bench.gpu.sides import QueueSide, direct_calls
 from bench.report import environment, ratio, write
 
 DEFAULT_LEVELS = (1, 16, 64, 256)
+MIN_CALLS, MAX_CALLS = 8, 512
 SHAPE_OF = {"1b": "Llama 3.2 1B's shape", "tiny": "a tiny Llama shape (tests)"}
 
 
@@ -52,8 +53,9 @@ def honesty(size: str) -> str:
 
 
 def calls_for(concurrency: int, rounds: int) -> int:
-    """Calls timed at one level: ``rounds`` rounds of C, at least 8."""
-    return max(rounds * concurrency, 8)
+    """Calls timed at one level: ``rounds`` rounds of C, at least MIN_CALLS, and at most
+    MAX_CALLS unless C is more (so that C = 256 fits the device's time)."""
+    return min(max(rounds * concurrency, MIN_CALLS), max(MAX_CALLS, concurrency))
 
 
 def served_model(base_url: str) -> str:
@@ -175,7 +177,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda", help="where the model runs: cuda or cpu")
     p.add_argument("--concurrency", type=levels, default=list(DEFAULT_LEVELS))
     p.add_argument("--max-tokens", type=int, default=64, help="max_tokens of each request")
-    p.add_argument("--rounds", type=int, default=4, help="calls timed per level: rounds x C")
+    p.add_argument("--rounds", type=int, default=4, help="calls a level: rounds x C, 8..512")
     p.add_argument("--model-size", choices=("tiny", "1b"), default="1b")
     p.add_argument("--server-url", help="an OpenAI-compatible server already running "
                    "(http://host:port/v1) instead of starting transformers serve")  # fmt: skip
