@@ -91,6 +91,22 @@ def bench_inference(concurrency: str, latency_ms: int, scheduling: str, out: str
     sys.exit(run_bench(levels, latency_ms, out, console, scheduling))
 
 
+@bench.command("local-model")
+@click.option(
+    "--requests", type=click.IntRange(1), default=12, show_default=True, help="Per side and mode."
+)
+@click.option(
+    "--max-tokens", type=click.IntRange(2), default=64, show_default=True, help="Per answer."
+)
+@click.option("--out-dir", type=click.Path(), default=None, help="JSON and PNG folder.")
+def bench_local_model(requests: int, max_tokens: int, out_dir: str | None) -> None:
+    """The local model's time to first token and tokens/s, through the queue and direct."""
+    _bench_checkout("local_model.py")
+    from bench.local_model import main as run_local_model
+
+    sys.exit(run_local_model(requests, out_dir, console, max_tokens))
+
+
 @bench.command("scaling")
 @click.option("--time-scale", type=float, default=0.1, show_default=True, help="Real s per sim s.")
 @click.option("--step-s", type=float, default=10.0, show_default=True, help="Sim s per step.")
