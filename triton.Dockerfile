@@ -15,6 +15,8 @@
 # a volume the server then reads:
 #   docker build -f triton.Dockerfile -t agentq-triton:0.1.0 .
 #   docker run --gpus all -v engines:/engines -v $PWD/hf:/checkpoints/hf IMAGE /opt/agentq/trtllm/build_engines.sh
+# The build also writes /engines/engine/tokenizer: the model's tokenizer and chat template for
+# the workers, and XGrammar's tokenizer info for guided decoding (docs/deployment.md).
 #   docker run --gpus all -v engines:/engines -v $PWD/hf:/checkpoints/hf -p 8001:8001 IMAGE
 FROM nvcr.io/nvidia/tritonserver:25.05-trtllm-python-py3
 LABEL org.opencontainers.image.title="agentq-triton" \
@@ -23,27 +25,33 @@ LABEL org.opencontainers.image.title="agentq-triton" \
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY --chmod=0755 models/trtllm/build_engines.sh models/trtllm/fill_repository.sh \
-     models/trtllm/serve.sh models/trtllm/check_interface.py /opt/agentq/trtllm/
+     models/trtllm/serve.sh models/trtllm/check_interface.py models/trtllm/export_tokenizer.py \
+     /opt/agentq/trtllm/
 COPY models/scripted/ensemble/config.pbtxt /opt/agentq/trtllm/interface/ensemble.pbtxt
 COPY --chmod=0755 scripts/http_probe.py /usr/local/bin/http-probe
 
 # Fail the build, not the first start, when the image lacks what the scripts use or its
-# ensemble does not speak the client's interface: fill a throwaway repository and check it.
+# ensemble does not speak the client's interface: fill a throwaway repository and check it
+# (fill_template.py refuses a key its template lacks, so a tensorrt_llm template without
+# guided decoding fails here too). generate_xgrammar_tokenizer_info.py writes the tokenizer
+# info guided decoding needs (build_engines.sh).
 RUN test -x /opt/nvidia/nvidia_entrypoint.sh \
     && test -f /app/tools/fill_template.py \
+    && test -f /app/examples/generate_xgrammar_tokenizer_info.py \
     && test -d /app/all_models/inflight_batcher_llm/ensemble \
     && command -v trtllm-build && command -v mpirun && command -v tritonserver \
     && ENGINE_DIR=/nonexistent TOKENIZER_DIR=/nonexistent \
        /opt/agentq/trtllm/fill_repository.sh /tmp/interface-check \
     && rm -rf /tmp/interface-check
 
-# A fixed non-root UID; the engines and checkpoint folders are its own, so named volumes
-# mounted there start out writable by it.
+# A fixed non-root UID; the engines, checkpoint and exported-tokenizer folders are its own, so
+# named volumes mounted there start out writable by it (docker compose mounts the workers'
+# tokenizer volume at /served-tokenizer: build_engines.sh's TOKENIZER_EXPORT_DIR).
 RUN groupadd --system --gid 10001 inference \
     && useradd --system --no-log-init --uid 10001 --gid inference --create-home \
        --home-dir /home/inference --shell /bin/bash inference \
-    && mkdir -p /engines /checkpoints/hf \
-    && chown 10001:10001 /engines /checkpoints /checkpoints/hf
+    && mkdir -p /engines /checkpoints/hf /served-tokenizer \
+    && chown 10001:10001 /engines /checkpoints /checkpoints/hf /served-tokenizer
 # DL3064 takes TOKENIZER_DIR for a token; it is the tokenizer's folder, nothing secret.
 # hadolint ignore=DL3064
 ENV ENGINE_DIR=/engines/engine \

@@ -39,9 +39,12 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 
 FROM python-base AS runtime
 # A fixed UID/GID, so volume permissions and Kubernetes runAsUser agree with the image.
+# /served-tokenizer: where docker compose mounts the served model's tokenizer folder (workers
+# read it; the cpu profile's one-shot writes the scripted model's there), owned by that user.
 RUN groupadd --system --gid 10001 agentq \
     && useradd --system --no-log-init --uid 10001 --gid agentq --create-home \
-       --home-dir /home/agentq --shell /usr/sbin/nologin agentq
+       --home-dir /home/agentq --shell /usr/sbin/nologin agentq \
+    && mkdir /served-tokenizer && chown 10001:10001 /served-tokenizer
 COPY --from=builder /opt/venv /opt/venv
 COPY --chmod=0755 scripts/http_probe.py /usr/local/bin/http-probe
 ENV PATH=/opt/venv/bin:$PATH \

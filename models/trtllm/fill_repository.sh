@@ -12,6 +12,13 @@
 # The result is checked (check_interface.py): no placeholder left where it breaks loading, and
 # the ensembles' inputs and outputs identical to the interface agentq's client speaks.
 #
+# Guided decoding: agentq sends a reply that must call a tool with guided_decoding_guide_type
+# json_schema. The C++ backend builds its XGrammar decoder only when the tensorrt_llm model has
+# both guided_decoding_backend xgrammar and xgrammar_tokenizer_info_path (build_engines.sh writes
+# that file); without them TensorRT-LLM rejects every request carrying a guide ("GuidedDecoder is
+# not setup"). GUIDED_DECODING=false leaves both unset, for workers with
+# AGENTQ_TRITON__GUIDED_DECODING=false.
+#
 #   fill_repository.sh OUTPUT_DIR
 #
 # Settings (environment):
@@ -26,6 +33,11 @@
 #                                   cache, taken in load order (0.9 for one model, 0.45 for two)
 #   ENABLE_KV_CACHE_REUSE           reuse a session's cached prompt prefix (true)
 #   ENABLE_CHUNKED_CONTEXT          split long prompts across steps (true)
+#   GUIDED_DECODING                 true | false: XGrammar guided decoding (true)
+#   XGRAMMAR_TOKENIZER_INFO_PATH    ENGINE_DIR/tokenizer/xgrammar_tokenizer_info.json
+#   ADD_SPECIAL_TOKENS              preprocessing adds the tokenizer's BOS to each prompt (false:
+#                                   workers render prompts with the model's chat template, which
+#                                   writes the BOS itself where the model wants one)
 set -euo pipefail
 
 out=${1:?usage: fill_repository.sh OUTPUT_DIR}
@@ -43,34 +55,46 @@ MAX_QUEUE_SIZE=${MAX_QUEUE_SIZE:-0}
 INSTANCE_COUNT=${INSTANCE_COUNT:-4}
 ENABLE_KV_CACHE_REUSE=${ENABLE_KV_CACHE_REUSE:-true}
 ENABLE_CHUNKED_CONTEXT=${ENABLE_CHUNKED_CONTEXT:-true}
+GUIDED_DECODING=${GUIDED_DECODING:-true}
+XGRAMMAR_TOKENIZER_INFO_PATH=${XGRAMMAR_TOKENIZER_INFO_PATH:-$ENGINE_DIR/tokenizer/xgrammar_tokenizer_info.json}
+ADD_SPECIAL_TOKENS=${ADD_SPECIAL_TOKENS:-false}
 case "$SERVE_MODELS" in
   both) KV_CACHE_FREE_GPU_MEM_FRACTION=${KV_CACHE_FREE_GPU_MEM_FRACTION:-0.45} ;;
   unary | stream) KV_CACHE_FREE_GPU_MEM_FRACTION=${KV_CACHE_FREE_GPU_MEM_FRACTION:-0.9} ;;
   *) echo "fill_repository: SERVE_MODELS must be both, unary or stream, not '$SERVE_MODELS'" >&2; exit 2 ;;
+esac
+case "$GUIDED_DECODING" in
+  true | false) ;;
+  *) echo "fill_repository: GUIDED_DECODING must be true or false, not '$GUIDED_DECODING'" >&2; exit 2 ;;
 esac
 
 for path in "$templates/ensemble" "$templates/tensorrt_llm" "$templates/preprocessing" "$templates/postprocessing" "$fill"; do
   [[ -e "$path" ]] || { echo "fill_repository: $path is missing (not the pinned Triton TensorRT-LLM image?)" >&2; exit 1; }
 done
 
-# One substitution list for every model (fill_template.py ignores keys a template lacks). The
-# data types fill placeholders outside string_value, which must never stay unfilled.
-values="triton_backend:tensorrtllm,triton_max_batch_size:${TRITON_MAX_BATCH_SIZE}"
-values+=",max_queue_delay_microseconds:${MAX_QUEUE_DELAY_MICROSECONDS},max_queue_size:${MAX_QUEUE_SIZE}"
-values+=",engine_dir:${ENGINE_DIR},tokenizer_dir:${TOKENIZER_DIR},max_beam_width:1"
-values+=",batching_strategy:inflight_fused_batching,exclude_input_in_output:true"
-values+=",kv_cache_free_gpu_mem_fraction:${KV_CACHE_FREE_GPU_MEM_FRACTION}"
-values+=",enable_kv_cache_reuse:${ENABLE_KV_CACHE_REUSE},enable_chunked_context:${ENABLE_CHUNKED_CONTEXT}"
-values+=",preprocessing_instance_count:${INSTANCE_COUNT},postprocessing_instance_count:${INSTANCE_COUNT}"
-values+=",add_special_tokens:true,skip_special_tokens:true"
-values+=",logits_datatype:TYPE_FP32,encoder_input_features_data_type:TYPE_FP16"
-values+=",prompt_embedding_table_data_type:TYPE_FP16"
+# A substitution list per model: the release's fill_template.py refuses a key its template
+# lacks. Placeholders outside string_value (data types, batch sizes, counts) must all be filled;
+# those left in string_value read as unset (check_interface.py checks both).
+queue="triton_max_batch_size:${TRITON_MAX_BATCH_SIZE},max_queue_delay_microseconds:${MAX_QUEUE_DELAY_MICROSECONDS},max_queue_size:${MAX_QUEUE_SIZE}"
+preprocessing_values="$queue,tokenizer_dir:${TOKENIZER_DIR},add_special_tokens:${ADD_SPECIAL_TOKENS}"
+preprocessing_values+=",preprocessing_instance_count:${INSTANCE_COUNT}"
+postprocessing_values="triton_max_batch_size:${TRITON_MAX_BATCH_SIZE},tokenizer_dir:${TOKENIZER_DIR}"
+postprocessing_values+=",skip_special_tokens:true,postprocessing_instance_count:${INSTANCE_COUNT}"
+llm_values="triton_backend:tensorrtllm,$queue,engine_dir:${ENGINE_DIR},max_beam_width:1"
+llm_values+=",batching_strategy:inflight_fused_batching,exclude_input_in_output:true"
+llm_values+=",kv_cache_free_gpu_mem_fraction:${KV_CACHE_FREE_GPU_MEM_FRACTION}"
+llm_values+=",enable_kv_cache_reuse:${ENABLE_KV_CACHE_REUSE},enable_chunked_context:${ENABLE_CHUNKED_CONTEXT}"
+llm_values+=",logits_datatype:TYPE_FP32,encoder_input_features_data_type:TYPE_FP16"
+if [[ "$GUIDED_DECODING" == true ]]; then
+  llm_values+=",guided_decoding_backend:xgrammar,xgrammar_tokenizer_info_path:${XGRAMMAR_TOKENIZER_INFO_PATH}"
+fi
+ensemble_values="triton_max_batch_size:${TRITON_MAX_BATCH_SIZE},logits_datatype:TYPE_FP32"
 
 rm -rf "$out"
 mkdir -p "$out"
 cp -r "$templates/preprocessing" "$templates/postprocessing" "$out/"
-python3 "$fill" -i "$out/preprocessing/config.pbtxt" "$values"
-python3 "$fill" -i "$out/postprocessing/config.pbtxt" "$values"
+python3 "$fill" -i "$out/preprocessing/config.pbtxt" "$preprocessing_values"
+python3 "$fill" -i "$out/postprocessing/config.pbtxt" "$postprocessing_values"
 
 # add_pair LLM_MODEL ENSEMBLE DECOUPLED: a tensorrt_llm model and the ensemble that calls it.
 add_pair() {
@@ -82,8 +106,8 @@ add_pair() {
          -e "s/model_name: \"tensorrt_llm\"/model_name: \"$llm\"/" "$out/$ensemble/config.pbtxt"
   grep -q "^name: \"$llm\"" "$out/$llm/config.pbtxt" && grep -q "model_name: \"$llm\"" "$out/$ensemble/config.pbtxt" \
     || { echo "fill_repository: could not rename the $llm/$ensemble templates" >&2; exit 1; }
-  python3 "$fill" -i "$out/$llm/config.pbtxt" "$values,decoupled_mode:$decoupled"
-  python3 "$fill" -i "$out/$ensemble/config.pbtxt" "$values"
+  python3 "$fill" -i "$out/$llm/config.pbtxt" "$llm_values,decoupled_mode:$decoupled"
+  python3 "$fill" -i "$out/$ensemble/config.pbtxt" "$ensemble_values"
 }
 if [[ "$SERVE_MODELS" != stream ]]; then add_pair tensorrt_llm ensemble false; fi
 if [[ "$SERVE_MODELS" != unary ]]; then add_pair tensorrt_llm_stream ensemble_stream true; fi

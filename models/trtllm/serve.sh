@@ -19,6 +19,16 @@ if [[ ! -f "$ENGINE_DIR/config.json" ]]; then
        "(docker compose: the triton-engines service)" >&2
   exit 1
 fi
+# The tensorrt_llm model fails to load when its XGrammar tokenizer info is missing; say why here.
+if [[ "${GUIDED_DECODING:-true}" == true ]]; then
+  info=${XGRAMMAR_TOKENIZER_INFO_PATH:-$ENGINE_DIR/tokenizer/xgrammar_tokenizer_info.json}
+  if [[ ! -f "$info" ]]; then
+    echo "serve: guided decoding needs $info: run build_engines.sh again (it writes it beside" \
+         "the engines), or set GUIDED_DECODING=false here and AGENTQ_TRITON__GUIDED_DECODING=false" \
+         "on the workers" >&2
+    exit 1
+  fi
+fi
 "$here/fill_repository.sh" "$MODEL_REPOSITORY"
 
 # launch_triton_server.py's multi-model settings: no pinned or CUDA memory pools in the

@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from typing import Any
 
 import jsonschema
@@ -349,3 +350,99 @@ def test_prometheus_compose_config_passes_promtool() -> None:
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --- the served model's tokenizer: workers render and count with it ----------------------------
+
+SERVED_TOKENIZER = "served-tokenizer"
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """Volume source -> (path in the container, read-only) of a service."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target, *mode = volume.split(":")
+        found[source] = (target, mode == ["ro"])
+    return found
+
+
+def _waits_for(doc: dict[str, Any], name: str) -> set[str]:
+    """Every service ``name`` waits for, directly or through others."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        for dep in doc["services"][todo.pop()].get("depends_on") or {}:
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+@pytest.mark.parametrize("profile", ["gpu", "cpu"])
+def test_each_profile_writes_its_models_tokenizer_before_its_server_starts(profile: str) -> None:
+    doc = load()
+    running = rules.enabled(doc, {profile})
+    writers = [
+        n
+        for n in running
+        if SERVED_TOKENIZER in _mounts(doc["services"][n])
+        and not _mounts(doc["services"][n])[SERVED_TOKENIZER][1]
+    ]
+    assert len(writers) == 1, writers
+    assert rules.is_one_shot(doc, writers[0])
+    server = next(n for n in running if "triton" in rules.network_names(doc, n))
+    assert writers[0] in _waits_for(doc, server)
+    # The workers wait for that server (triton-ready), so they never read a half-written folder.
+    assert "triton-ready" in _waits_for(doc, "worker-research")
+
+
+def test_workers_render_and_count_with_the_served_tokenizer() -> None:
+    from app.config import TritonSettings
+
+    doc = load()
+    triton = TritonSettings()
+    for agent in AGENT_TYPES:
+        service = doc["services"][f"worker-{agent}"]
+        target, read_only = _mounts(service)[SERVED_TOKENIZER]
+        assert read_only
+        env = service["environment"]
+        for key in ("AGENTQ_TRITON__CHAT_TEMPLATES", "AGENTQ_TRITON__TOKENIZERS"):
+            assert json.loads(env[key]) == {triton.model: target, triton.stream_model: target}
+    # gpu: the engines' folder is copied there on every start of the one-shot.
+    engines = doc["services"]["triton-engines"]
+    assert engines["environment"]["TOKENIZER_EXPORT_DIR"] == _mounts(engines)[SERVED_TOKENIZER][0]
+
+
+def test_the_cpu_profile_copies_the_scripted_tokenizer_the_workers_can_load(tmp_path) -> None:
+    from app.inference.templates import load_template
+    from app.inference.tokens import load_tokenizer
+
+    service = load()["services"]["tokenizer-cpu"]
+    target = _mounts(service)[SERVED_TOKENIZER][0]
+    out = tmp_path / "served"
+    out.mkdir()
+    (out / "xgrammar_tokenizer_info.json").write_text("{}")  # a gpu run's leftovers
+    (out / "old").mkdir()
+    python, flag, code = service["entrypoint"]
+    assert (python, flag) == ("python", "-c") and code.count(f"'{target}'") == 1
+    result = subprocess.run(
+        [sys.executable, "-c", code.replace(f"'{target}'", repr(str(out)))],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert not (out / "xgrammar_tokenizer_info.json").exists() and not (out / "old").exists()
+    scripted = REPO_ROOT / "models" / "tokenizers" / "scripted"
+    assert load_tokenizer(out).encode("hi").ids == load_tokenizer(scripted).encode("hi").ids
+    assert load_template(str(out)).name.endswith("tokenizer_config.json")
+
+
+def test_guided_decoding_is_one_switch_for_the_engines_and_the_workers() -> None:
+    doc = rules.interpolate(load(), {**filled_env(), "GUIDED_DECODING": "false"})
+    services = doc["services"]
+    for name in ("triton-engines", "triton"):
+        assert services[name]["environment"]["GUIDED_DECODING"] == "false", name
+    for agent in AGENT_TYPES:
+        assert services[f"worker-{agent}"]["environment"]["AGENTQ_TRITON__GUIDED_DECODING"] == (
+            "false"
+        )
+    assert env_example()["GUIDED_DECODING"] == "true"
