@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from app.agents.loader import load_registry
+from app.agents.registry import AgentRegistry
 from app.celery_ext.app import create_celery
 from app.config import Settings, mask_url
 from app.errors import AgentqError
@@ -95,19 +96,7 @@ def run_demo(
                 if agent not in registry:
                     raise AgentqError(f"unknown agent {agent!r}; known: {registry.names}")
             settings = _start_services(settings, tmp, stack, console)
-            celery = create_celery(settings, registry)
-            stack.callback(celery.close)
-            with console.status("starting one worker per agent type"):
-                workers = [WorkerProcess(settings, [a], log_dir=tmp).spawn() for a in agents]
-                stack.callback(_stop_all, workers)
-                for worker in workers:
-                    worker.wait_ready(celery)
-                    console.print(
-                        f"[green]✓[/green] worker for [bold]{worker.agents[0]}[/bold] "
-                        f"(pid {worker.pid})"
-                    )
-            store = SessionStore.from_url(settings.database_url, migrate=False)
-            stack.callback(store.close)
+            celery, store = _start_workers(settings, registry, agents, tmp, stack, console)
             runs = demo_runs(agents, count, model_latency_ms)
             ok = _push_runs(celery, store, agents, runs, timeout_s, console)
             return _stream_run(celery, agents[0], timeout_s, console) and ok
@@ -118,6 +107,30 @@ def run_demo(
             with console.status("stopping workers, Triton and Redis"):
                 stack.close()
             console.print("[green]✓[/green] everything stopped")
+
+
+def _start_workers(
+    settings: Settings,
+    registry: AgentRegistry,
+    agents: list[str],
+    tmp: Path,
+    stack: ExitStack,
+    console: Console,
+) -> tuple[Any, SessionStore]:
+    """One worker process per agent type, ready; the producer's Celery app and the store."""
+    celery = create_celery(settings, registry)
+    stack.callback(celery.close)
+    with console.status("starting one worker per agent type"):
+        workers = [WorkerProcess(settings, [a], log_dir=tmp).spawn() for a in agents]
+        stack.callback(_stop_all, workers)
+        for worker in workers:
+            worker.wait_ready(celery)
+            console.print(
+                f"[green]✓[/green] worker for [bold]{worker.agents[0]}[/bold] (pid {worker.pid})"
+            )
+    store = SessionStore.from_url(settings.database_url, migrate=False)
+    stack.callback(store.close)
+    return celery, store
 
 
 def _stop_all(workers: list[WorkerProcess]) -> None:
@@ -294,16 +307,7 @@ def run_local_demo(settings: Settings, timeout_s: float, console: Console) -> bo
             agents = sorted({q.agent for q in QUESTIONS})
             model_name = "SmolLM2-135M-Instruct on llama.cpp"
             settings = _start_services(settings, tmp, stack, console, repository, model_name)
-            celery = create_celery(settings, registry)
-            stack.callback(celery.close)
-            with console.status("starting one worker per agent type"):
-                workers = [WorkerProcess(settings, [a], log_dir=tmp).spawn() for a in agents]
-                stack.callback(_stop_all, workers)
-                for worker in workers:
-                    worker.wait_ready(celery)
-            console.print(f"[green]✓[/green] workers for {', '.join(agents)}")
-            store = SessionStore.from_url(settings.database_url, migrate=False)
-            stack.callback(store.close)
+            celery, store = _start_workers(settings, registry, agents, tmp, stack, console)
             ok = _ask_local(celery, store, timeout_s, console)
             streamed = _stream_local(celery, timeout_s, console)
             return ok and streamed
