@@ -324,6 +324,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         env["AGENTQ_OPENAI__REPLICAS"] = json.dumps([r.model_dump() for r in openai.replicas])
         env["AGENTQ_OPENAI__MODEL"] = openai.model
         env["AGENTQ_OPENAI__TOKENIZERS"] = json.dumps(openai.tokenizers)
+        env["AGENTQ_OPENAI__TIMEOUT_S"] = str(openai.timeout_s)
         if openai.api_key is not None:
             env["AGENTQ_OPENAI__API_KEY"] = openai.api_key.get_secret_value()
     if settings.agents_file:

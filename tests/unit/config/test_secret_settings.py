@@ -178,4 +178,4 @@ def test_settings_env_hands_children_how_the_models_are_spoken_to(monkeypatch):
     child = Settings(_env_file=None)
     assert child.triton.chat_templates == served and child.triton.tokenizers == served
     assert child.triton.guided_decoding is False
-    assert child.openai.tokenizers == served
+    assert child.openai.tokenizers == served and child.openai.timeout_s == 240.0
