@@ -169,6 +169,7 @@ def test_settings_env_hands_children_how_the_models_are_spoken_to(monkeypatch):
                 update={
                     "replicas": [ReplicaSettings(url="http://127.0.0.1:1/v1")],
                     "tokenizers": served,
+                    "timeout_s": 240.0,
                 }
             ),
         }
