@@ -24,6 +24,11 @@ AGENT_LABEL = "agentq/agent"
 HEALTH_PORT_NAME = "health"
 RUN_AS_USER = 10001  # the non-root user of worker.Dockerfile's final stage
 AGENTS_DIR = "/etc/agentq"
+MODELS_PVC = "triton-models"  # subPaths: hf/ (checkpoint, tokenizer), engines/ (TensorRT-LLM)
+ENGINES_DIR = "/engines"  # where Triton, the engine build and the workers mount engines/
+# build_engines.sh's ENGINE_DIR/tokenizer: the served model's tokenizer and chat template.
+SERVED_TOKENIZER = f"{ENGINES_DIR}/engine/tokenizer"
+SERVED_MODELS = ("ensemble", "ensemble_stream")  # fill_repository.sh's names for the engines
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -133,3 +138,17 @@ def pod_template(
             "volumes": volumes,
         },
     }
+
+
+def models_volume(read_only: bool = False) -> Obj:
+    """The PVC holding the checkpoint and the engines (ReadWriteMany: every node mounts it)."""
+    claim: Obj = {"claimName": MODELS_PVC}
+    if read_only:
+        claim["readOnly"] = True
+    return {"name": "models", "persistentVolumeClaim": claim}
+
+
+def engines_mount(read_only: bool) -> Obj:
+    """The PVC's engines/ at ENGINES_DIR. The folder itself, not engine/ below it: a new build
+    swaps engine/ in, which a subPath mount of it would not follow."""
+    return {"name": "models", "mountPath": ENGINES_DIR, "subPath": "engines", "readOnly": read_only}

@@ -14,6 +14,8 @@ from app.deploy.objects import (
     FLOWER,
     HEALTH_PORT_NAME,
     SECRET,
+    SERVED_MODELS,
+    SERVED_TOKENIZER,
     SERVICE_ACCOUNT,
     TRITON,
     WORKERS_SERVICE,
@@ -44,9 +46,14 @@ def config_map(settings: Settings, agents_file: str | None) -> Obj:
             "metrics_url": f"http://{TRITON}:8002/metrics",
         }
     ]
+    # Workers render with the served model's chat template and count with its tokenizer: the
+    # folder build_engines.sh writes beside the engines, mounted read-only into each worker.
+    served = json.dumps(dict.fromkeys(SERVED_MODELS, SERVED_TOKENIZER))
     data = {
         "AGENTQ_REDIS_URL": settings.deploy.redis_url,
         "AGENTQ_TRITON__REPLICAS": json.dumps(triton),
+        "AGENTQ_TRITON__CHAT_TEMPLATES": served,
+        "AGENTQ_TRITON__TOKENIZERS": served,
         "AGENTQ_LOG_FORMAT": "json",
         "AGENTQ_WORKER__CONCURRENCY": str(settings.worker.concurrency),
         "AGENTQ_WORKER__SOFT_SHUTDOWN_TIMEOUT_S": str(settings.worker.soft_shutdown_timeout_s),

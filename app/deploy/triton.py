@@ -25,20 +25,22 @@ import math
 from app.config import Settings
 from app.deploy.objects import (
     EXPORTER,
+    MODELS_PVC,
     SECRET,
     TRITON,
     Obj,
     container_security,
+    engines_mount,
     http_probe,
     image,
     meta,
+    models_volume,
     pod_security,
     selector,
 )
 from app.deploy.workers import BACKLOG_METRIC, EXTERNAL_METRIC
 
 PORTS = (("http", 8000), ("grpc", 8001), ("metrics", 8002))
-MODELS_PVC = "triton-models"  # subPaths: hf/ (checkpoint, tokenizer), engines/ (TensorRT-LLM)
 TRITON_UID = 10001  # triton.Dockerfile's user; owns /engines and /checkpoints
 NAMESPACE = "agentq"  # the README's namespace; monitoring/prometheus/prometheus.yml assumes it
 TRITON_JOB = "triton"  # job names in monitoring/prometheus/prometheus.yml
@@ -119,7 +121,7 @@ def triton_deployment(settings: Settings) -> Obj:
                     "containers": [container],
                     "volumes": [
                         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
-                        _models_volume(),
+                        models_volume(),
                     ],
                 },
             },
@@ -137,13 +139,9 @@ def _gpu_pod(settings: Settings) -> Obj:
     }
 
 
-def _models_volume() -> Obj:
-    return {"name": "models", "persistentVolumeClaim": {"claimName": MODELS_PVC}}
-
-
 def _model_mounts(read_only: bool) -> list[Obj]:
     return [
-        {"name": "models", "mountPath": "/engines", "subPath": "engines", "readOnly": read_only},
+        engines_mount(read_only),
         {"name": "models", "mountPath": "/checkpoints/hf", "subPath": "hf", "readOnly": read_only},
     ]
 
@@ -199,7 +197,7 @@ def build_engines_job(settings: Settings) -> Obj:
                     **_gpu_pod(settings),
                     "restartPolicy": "Never",
                     "containers": [container],
-                    "volumes": [_models_volume()],
+                    "volumes": [models_volume()],
                 },
             },
         },

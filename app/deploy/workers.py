@@ -19,9 +19,11 @@ from app.deploy.objects import (
     Obj,
     config_env,
     container_security,
+    engines_mount,
     http_probe,
     image,
     meta,
+    models_volume,
     pod_template,
     selector,
     tmp_volume,
@@ -108,10 +110,14 @@ def trigger_authentication() -> Obj:
 
 
 def worker_deployment(spec: AgentSpec, settings: Settings, agents_file: str | None) -> Obj:
-    """``agentq worker --agents <type>``; no ``replicas``: KEDA or the HPA owns the count."""
+    """``agentq worker --agents <type>``; no ``replicas``: KEDA or the HPA owns the count.
+
+    The engines' volume is mounted read-only for the served model's tokenizer folder
+    (SERVED_TOKENIZER, which the config map names as the model's chat template and tokenizer).
+    """
     name = worker_name(spec.name)
     tmp, tmp_mount = tmp_volume()
-    volumes, mounts = [tmp], [tmp_mount]
+    volumes, mounts = [tmp, models_volume(read_only=True)], [tmp_mount, engines_mount(True)]
     if agents_file is not None:
         volumes.append({"name": "agents", "configMap": {"name": AGENTS_CONFIG_MAP}})
         mounts.append({"name": "agents", "mountPath": AGENTS_DIR, "readOnly": True})

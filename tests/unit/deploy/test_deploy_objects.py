@@ -8,6 +8,8 @@ ConfigMap, Secret, selector, metric) points at something that exists.
 from __future__ import annotations
 
 import copy
+import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -318,3 +320,42 @@ def test_the_config_map_makes_workers_import_the_users_modules() -> None:
     assert data["AGENTQ_INCLUDE"] == "weatherpkg.agents,weatherpkg.tools"
     # Nothing to import: no variable (the committed manifests are made so).
     assert "AGENTQ_INCLUDE" not in _one("ConfigMap", CONFIG_MAP)["data"]
+
+
+def _mount_of(pod: dict[str, Any], path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volume mount, pod volume) under which ``path`` lies in the pod's only container."""
+    (container,) = pod["containers"]
+    mounts = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    assert len(mounts) == 1, f"{path}: mounted by {mounts}"
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mounts[0]["name"]]
+    return mounts[0], volume
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+def test_workers_read_the_tokenizer_the_engine_build_writes(agent: str) -> None:
+    from app.config import TritonSettings
+
+    data = _one("ConfigMap", CONFIG_MAP)["data"]
+    chat_templates = json.loads(data["AGENTQ_TRITON__CHAT_TEMPLATES"])
+    tokenizers = json.loads(data["AGENTQ_TRITON__TOKENIZERS"])
+    triton = TritonSettings(chat_templates=chat_templates, tokenizers=tokenizers)
+    # The models the workers call, rendered and counted with one folder.
+    assert set(chat_templates) == {triton.model, triton.stream_model}
+    (folder,) = set(chat_templates.values())
+    assert set(tokenizers.values()) == {folder}
+    worker = _one("Deployment", worker_name(agent))["spec"]["template"]["spec"]
+    mount, volume = _mount_of(worker, folder)
+    assert mount["readOnly"] and volume["persistentVolumeClaim"]["readOnly"]
+    # The build Job writes ENGINE_DIR/tokenizer (triton.Dockerfile: ENGINE_DIR) on the same
+    # subPath of the same claim, seen at the same path.
+    job = _one("Job", "triton-build-engines", "jobs/")["spec"]["template"]["spec"]
+    job_mount, job_volume = _mount_of(job, folder)
+    assert not job_mount["readOnly"]
+    assert (job_mount["mountPath"], job_mount["subPath"]) == (mount["mountPath"], mount["subPath"])
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    assert job_volume["persistentVolumeClaim"]["claimName"] == claim
+    access = _one("PersistentVolumeClaim", claim)["spec"]["accessModes"]
+    assert access == ["ReadWriteMany"], "workers on CPU nodes mount it beside the GPU pods"
+    dockerfile = (REPO_ROOT / "triton.Dockerfile").read_text()
+    engine_dir = re.search(r"ENV ENGINE_DIR=(\S+)", dockerfile)
+    assert engine_dir is not None and folder == f"{engine_dir.group(1)}/tokenizer"
