@@ -57,7 +57,7 @@ from app.local.workers import WorkerProcess
 from app.memory.migrate import migrate
 from app.memory.sessions import SessionStore
 from app.producer.submit import submit
-from app.tasks.relay import END, TOKEN
+from app.tasks.relay import ATTEMPT, END, TOKEN
 from bench.local_model_report import (
     AGENTQ,
     DIRECT,
@@ -196,15 +196,19 @@ class Queued:
 
     def stream(self, question: str) -> Sample:
         pieces: list[str] = []
-        first = last = None
+        first = last = to_model_call = relay = None
         end: dict[str, Any] = {}
+        submitted_ns = time.time_ns()  # the worker stamps its events with the wall clock
         started = time.perf_counter()
         result = submit(AGENT, question, stream=True, celery=self.celery)
         for event in result.events(timeout=TIMEOUT_S):
             at = time.perf_counter() - started
-            if event.kind == TOKEN and event.text:
+            if event.kind == ATTEMPT and to_model_call is None:
+                to_model_call = (event.ts_ns - submitted_ns) / 1e9
+            elif event.kind == TOKEN and event.text:
                 pieces.append(event.text)
-                first = first if first is not None else at
+                if first is None:
+                    first, relay = at, (time.time_ns() - event.ts_ns) / 1e9
                 last = at
             elif event.kind == END:
                 end = event.data or {}
@@ -214,8 +218,9 @@ class Queued:
         text = "".join(pieces)
         prompt_tokens = self._prompt_tokens(result.id)
         return Sample(
-            AGENTQ, STREAM, question, total, text, self.count(text), first, last, prompt_tokens
-        )
+            AGENTQ, STREAM, question, total, text, self.count(text), first, last, prompt_tokens,
+            to_model_call, relay,
+        )  # fmt: skip
 
     def unary(self, question: str) -> Sample:
         started = time.perf_counter()

@@ -32,6 +32,10 @@ class Sample:
     first_s: float | None = None  # first piece of the answer (streamed only)
     last_s: float | None = None
     prompt_tokens: int | None = None  # direct: the prompt sent; agentq: the step's record
+    # agentq, streamed: submit -> the worker's model call begins; the first token's relay
+    # (the worker's write -> the reader). Wall clocks of one machine.
+    to_model_call_s: float | None = None
+    relay_s: float | None = None
     error: str | None = None
 
     @property
@@ -77,6 +81,12 @@ def summarize(samples: list[Sample], side: str) -> dict[str, Any]:
         "stream": {
             "requests": len(streamed),
             "first_token_ms": quantiles([s.first_s for s in streamed if s.first_s], _ms),
+            "to_model_call_ms": quantiles(
+                [s.to_model_call_s for s in streamed if s.to_model_call_s is not None], _ms
+            ),
+            "first_token_relay_ms": quantiles(
+                [s.relay_s for s in streamed if s.relay_s is not None], _ms
+            ),
             "decode_tokens_per_s": quantiles(rates, _round),
             "total_ms": quantiles([s.total_s for s in streamed], _ms),
             "tokens": quantiles([float(s.tokens) for s in streamed], _round),
@@ -115,6 +125,8 @@ FIGURES = (
     ("streamed answer, total", STREAM, "total_ms", "ms"),
     ("unary answer, total", UNARY, "total_ms", "ms"),
     ("answer tokens", STREAM, "tokens", ""),
+    ("agentq: submit → model call begins", STREAM, "to_model_call_ms", "ms"),
+    ("agentq: first token, worker → reader", STREAM, "first_token_relay_ms", "ms"),
 )
 
 
@@ -176,7 +188,13 @@ def show(doc: dict[str, Any], console: Console) -> None:
     console.print(table)
     overhead = doc["first_token_overhead_ms"]
     if overhead is not None:
-        console.print(f"time to first token through the queue: {overhead:+.1f} ms at p50")
+        queued = _figure(doc, AGENTQ, STREAM, "to_model_call_ms", "p50")
+        relay = _figure(doc, AGENTQ, STREAM, "first_token_relay_ms", "p50")
+        console.print(
+            f"time to first token, agentq minus direct: {overhead:+.1f} ms at p50; the queue's "
+            f"own share, measured in each run: {cell(queued, 'ms')} from the submit to the "
+            f"model call, {cell(relay, 'ms')} relaying the first token (p50)"
+        )
     same = doc["same_on_both_sides"]
     console.print(
         f"of {same['compared']} questions asked on both sides: the same prompt "

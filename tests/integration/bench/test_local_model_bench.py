@@ -35,6 +35,8 @@ def test_both_sides_stream_the_same_prompt_and_are_timed(tmp_path) -> None:
         assert figures["stream"]["first_token_ms"]["p50"] > 0
         assert figures["stream"]["decode_tokens_per_s"]["p50"] > 0
         assert figures["unary"]["total_ms"]["p50"] > 0
+    queued = doc["sides"]["agentq"]["stream"]
+    assert queued["to_model_call_ms"]["p50"] > 0 and queued["first_token_relay_ms"]["p50"] >= 0
     # Counted with the model's tokenizer: greedy answers of 12 tokens at most.
     assert all(0 < s["tokens"] <= 12 for s in doc["samples"])
     # The worker sent the prompt the direct side sent, token for token (its step's record).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 from rich.console import Console
 
@@ -51,6 +52,7 @@ def _samples() -> list[Sample]:
             Sample(side, STREAM, "a", 1.0, answer, 21, first, first + 0.5, 30),
             Sample(side, UNARY, "a", 1.1, answer, 21, prompt_tokens=30),
         ]
+    samples[2] = replace(samples[2], to_model_call_s=0.004, relay_s=0.0005)
     samples.append(Sample(AGENTQ, UNARY, "b", 5.0, error="timed out"))
     return samples
 
@@ -63,6 +65,9 @@ def test_the_document_compares_both_sides_and_counts_failures() -> None:
     assert doc["ratio"] == 1.0
     assert doc["first_token_overhead_ms"] == 50.0
     assert doc["ratios"]["stream_first_token_ms"] == 1.5
+    queued = doc["sides"][AGENTQ]["stream"]
+    assert queued["to_model_call_ms"]["p50"] == 4.0 and queued["first_token_relay_ms"]["p50"] == 0.5
+    assert doc["sides"][DIRECT]["stream"]["to_model_call_ms"]["p50"] is None
     assert doc["sides"][AGENTQ]["failed"] == 1 and doc["sides"][DIRECT]["failed"] == 0
     assert doc["sides"][AGENTQ]["unary"]["requests"] == 1
     assert doc["same_on_both_sides"] == {"compared": 2, "same_prompt": 2, "same_answer": 2}
@@ -81,4 +86,5 @@ def test_the_table_says_the_overhead_and_the_failures() -> None:
     console = Console(record=True, width=140)
     show(doc, console)
     text = console.export_text()
-    assert "+50.0 ms" in text and "1 requests failed" in text
+    assert "+50.0 ms" in text and "4.0 ms from the submit" in text
+    assert "1 requests failed" in text
