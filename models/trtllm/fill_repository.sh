@@ -76,7 +76,8 @@ done
 # lacks. Placeholders outside string_value (data types, batch sizes, counts) must all be filled;
 # those left in string_value read as unset (check_interface.py checks both).
 queue="triton_max_batch_size:${TRITON_MAX_BATCH_SIZE},max_queue_delay_microseconds:${MAX_QUEUE_DELAY_MICROSECONDS},max_queue_size:${MAX_QUEUE_SIZE}"
-preprocessing_values="$queue,tokenizer_dir:${TOKENIZER_DIR},add_special_tokens:${ADD_SPECIAL_TOKENS}"
+preprocessing_values="$queue,tokenizer_dir:${TOKENIZER_DIR},engine_dir:${ENGINE_DIR}"
+preprocessing_values+=",add_special_tokens:${ADD_SPECIAL_TOKENS}"
 preprocessing_values+=",preprocessing_instance_count:${INSTANCE_COUNT}"
 postprocessing_values="triton_max_batch_size:${TRITON_MAX_BATCH_SIZE},tokenizer_dir:${TOKENIZER_DIR}"
 postprocessing_values+=",skip_special_tokens:true,postprocessing_instance_count:${INSTANCE_COUNT}"

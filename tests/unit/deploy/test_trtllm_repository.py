@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,7 +59,7 @@ parser.add_argument("-i", "--in_place", action="store_true")
 args = parser.parse_args()
 with open(args.file_path) as f:
     text = f.read()
-values = dict(pair.split(":", 1) for pair in args.substitutions.split(",") if pair)
+values = dict(pair.split(":") for pair in args.substitutions.split(","))  # one ':' each
 for key in values:  # the release's fill_template.py asserts the same
     if key not in text:
         sys.exit(f"AssertionError: key '{key}' does not exist in the file {args.file_path}.")
@@ -116,6 +117,7 @@ input [ { name: "QUERY" data_type: TYPE_STRING dims: [ 1 ] } ]
 output [ { name: "INPUT_ID" data_type: TYPE_INT32 dims: [ -1 ] } ]
 parameters { key: "tokenizer_dir" value: { string_value: "${tokenizer_dir}" } }
 parameters { key: "add_special_tokens" value: { string_value: "${add_special_tokens}" } }
+parameters { key: "gpt_model_path" value: { string_value: "${engine_dir}" } }
 parameters { key: "multimodal_model_path" value: { string_value: "${multimodal_model_path}" } }
 instance_group [ { count: ${preprocessing_instance_count} kind: KIND_CPU } ]
 """
@@ -613,3 +615,19 @@ def test_serve_fills_the_repository_then_runs_triton_in_orchestrator_mode(tmp_pa
                 "--cuda-memory-pool-byte-size=1:0", "--model-load-thread-count=1"):  # fmt: skip
         assert arg in launched.split(), arg
     assert (repo / "ensemble_stream" / "config.pbtxt").is_file()
+
+
+def test_the_image_holds_every_script_the_scripts_call() -> None:
+    # Each script calls its siblings as "$here/<name>": all of them must be in the image.
+    dockerfile = (REPO_ROOT / "triton.Dockerfile").read_text().replace("\\\n", " ")
+    copy = next(
+        line for line in dockerfile.splitlines() if line.endswith("/opt/agentq/trtllm/")
+    ).split()
+    copied = {Path(word).name for word in copy if word.startswith("models/trtllm/")}
+    called = {
+        name
+        for script in TRTLLM.glob("*.sh")
+        for name in re.findall(r'"\$here/([\w.]+)"', script.read_text())
+    }
+    assert called >= {"export_tokenizer.py", "check_interface.py", "fill_repository.sh"}
+    assert called <= copied, called - copied
