@@ -247,9 +247,8 @@ class Bench:
         folder = llm.prepare_model(tmp / "smollm2", gguf)
         repository = llm.llm_repository(tmp / "models", gguf=gguf)
         redis_server = stack.enter_context(RedisServer())
-        base = Settings()
         self.triton = TritonServer(
-            install_triton(base.triton.home), repository, log_path=tmp / "triton.log"
+            install_triton(Settings().triton.home), repository, log_path=tmp / "triton.log"
         )
         stack.callback(self._stop_triton)
         self.triton.start()
