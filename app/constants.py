@@ -55,6 +55,11 @@ def idempotency_key(agent: str, key: str) -> str:
     return f"{KEY_PREFIX}idem:{agent}:{key}"
 
 
+def accepted_key(run_id: str) -> str:
+    """Redis key where the HTTP API keeps a run it accepted until its first step is stored."""
+    return f"{KEY_PREFIX}api:run:{run_id}"
+
+
 EFFECT_TTL_S = 7 * 86_400
 """How long step-level dedup records live: longer than any retry or DLQ replay of a step."""
 

@@ -1,6 +1,6 @@
 """The ``agentq`` command line: the main group and the commands that run things (worker,
 Flower, exporter, demo); dead letters are in :mod:`app.cli.dlq`, benchmarks in
-:mod:`app.cli.bench`, ``agentq new`` in :mod:`app.cli.new`."""
+:mod:`app.cli.bench`, ``agentq new`` in :mod:`app.cli.new`, the HTTP API in :mod:`app.cli.api`."""
 
 from __future__ import annotations
 
@@ -322,4 +322,4 @@ def demo(runs: int, agents: str, timeout: float, model_latency_ms: int, model: s
 
 
 # The command groups in modules of their own register themselves on ``main``.
-from app.cli import bench, dlq, new  # noqa: E402, F401  (imported for their commands)
+from app.cli import api, bench, dlq, new  # noqa: E402, F401  (imported for their commands)

@@ -36,6 +36,7 @@ from app.config.inference import (
 )
 from app.config.paths import REPO_ROOT
 from app.config.sections import (
+    ApiSettings,
     DeploySettings,
     ExporterSettings,
     FlowerSettings,
@@ -49,6 +50,7 @@ from app.errors import ConfigurationError
 
 __all__ = [
     "REPO_ROOT",
+    "ApiSettings",
     "DeploySettings",
     "ExporterSettings",
     "FlowerSettings",
@@ -206,6 +208,7 @@ class Settings(BaseSettings):
         default_factory=DeploySettings, description="What `agentq manifests` generates."
     )
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     log_format: Literal["text", "json"] = Field(
         default="text",

@@ -195,6 +195,42 @@ class ExporterSettings(BaseModel):
     )
 
 
+class ApiSettings(BaseModel):
+    """``agentq api``: the HTTP run API (submit, read, follow runs), served by uvicorn."""
+
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address the API listens on (0.0.0.0 in a container behind a Service).",
+    )
+    port: int = Field(default=8000, ge=0, le=65535, description="Port of the API.")
+    workers: int = Field(
+        default=1, gt=0, description="uvicorn worker processes (each serves every route)."
+    )
+    keepalive_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="An event stream with nothing to send writes a comment this often, so "
+        "proxies keep the connection open.",
+    )
+    poll_interval_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often the events of a run without a token stream are read from the "
+        "session store.",
+    )
+    accepted_ttl_s: int = Field(
+        default=86_400,
+        gt=0,
+        description="How long the API remembers a run it accepted (so GET answers 'queued' "
+        "before the run's first step is stored).",
+    )
+    shutdown_timeout_s: int = Field(
+        default=10,
+        gt=0,
+        description="On SIGTERM, how long open requests (event streams) may finish.",
+    )
+
+
 class FlowerSettings(BaseModel):
     """``agentq flower``: Flower on the broker, behind HTTP basic auth."""
 
