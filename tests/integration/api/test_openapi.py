@@ -1,0 +1,119 @@
+"""/openapi.json matches the API: every route is declared, and real responses (bodies, problem
+bodies, each event's data) validate against the schemas it declares for them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+pytest.importorskip("fastapi")
+
+from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.testclient import TestClient
+from jsonschema import Draft202012Validator
+
+from app.api.app import create_app
+from app.celery_ext.app import create_celery
+from app.config import Settings
+from app.memory.records import NewRun, RunStatus, StepKind, StepRecord
+from app.memory.sessions import SessionStore
+from app.tasks.relay import TokenRelay
+from tests.fixtures.sse import events
+
+
+@pytest.fixture
+def api(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
+    settings = Settings(
+        _env_file=None, redis_url=redis_url, database_url=f"sqlite:///{tmp_path / 'q.sqlite3'}"
+    )
+    celery = create_celery(settings)
+    with TestClient(create_app(settings, celery)) as client:
+        yield client
+    celery.close()
+
+
+def _validate(doc: dict[str, Any], schema: dict[str, Any], value: Any) -> None:
+    """``value`` against ``schema``, whose $refs point into the document's components."""
+    Draft202012Validator({**schema, "components": doc["components"]}).validate(value)
+
+
+def test_every_route_is_declared_and_every_declared_path_served(api: TestClient) -> None:
+    doc = api.get("/openapi.json").json()
+    routes = [c.original_route for c in iter_route_contexts(api.app.routes)]  # type: ignore[attr-defined]
+    served = {
+        (route.path, method.lower())
+        for route in routes
+        if isinstance(route, APIRoute) and route.include_in_schema
+        for method in route.methods
+    }
+    declared = {(path, method) for path, item in doc["paths"].items() for method in item}
+    assert served == declared
+    assert served == {
+        ("/v1/runs", "post"),
+        ("/v1/runs/{run_id}", "get"),
+        ("/v1/runs/{run_id}/events", "get"),
+    }
+    post = doc["paths"]["/v1/runs"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/RunCreate"
+    }
+    assert "Idempotency-Key" in [p["name"] for p in post["parameters"]]
+
+
+def test_real_responses_validate_against_their_declared_schemas(
+    api: TestClient, redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    doc = api.get("/openapi.json").json()
+    store = SessionStore.from_url(f"sqlite:///{tmp_path / 'q.sqlite3'}", migrate=False)
+    step = StepRecord(0, StepKind.FINAL, "done", (), 5, 1, 2.0, "w@h")
+    store.commit_step(
+        "stored", step, final_answer={"ok": True}, new_run=NewRun("stored", "coder", "x")
+    )
+    store.close()
+    relay = TokenRelay(redis_client, Settings(_env_file=None).stream)
+    relay.attempt("streamed", 0)
+    relay.token("streamed", 0, "hi")
+    relay.step("streamed", 0, StepKind.TOOL, ["calculator"])
+    relay.end("streamed", RunStatus.FAILED, error="budget exceeded")
+
+    accepted = api.post("/v1/runs", json={"agent": "research", "input": "q", "stream": True})
+    queued = accepted.json()["id"]
+    calls = [
+        ("/v1/runs", "post", accepted),
+        (
+            "/v1/runs",
+            "post",
+            api.post("/v1/runs", json={"agent": "research", "input": "x" * 70_000}),
+        ),
+        ("/v1/runs", "post", api.post("/v1/runs", json={"agent": "nobody", "input": "q"})),
+        ("/v1/runs", "post", api.post("/v1/runs", json={"agent": "research"})),
+        ("/v1/runs/{run_id}", "get", api.get(f"/v1/runs/{queued}")),
+        ("/v1/runs/{run_id}", "get", api.get("/v1/runs/stored")),
+        ("/v1/runs/{run_id}", "get", api.get("/v1/runs/nothing")),
+        ("/v1/runs/{run_id}/events", "get", api.get("/v1/runs/nothing/events")),
+        (
+            "/v1/runs/{run_id}/events",
+            "get",
+            api.get("/v1/runs/streamed/events", headers={"Last-Event-ID": "step-0"}),
+        ),
+    ]
+    seen = set()
+    for path, method, response in calls:
+        declared = doc["paths"][path][method]["responses"][str(response.status_code)]
+        media_type = response.headers["content-type"].split(";")[0]
+        _validate(doc, declared["content"][media_type]["schema"], response.json())
+        seen.add(response.status_code)
+    assert seen == {202, 413, 422, 200, 404, 400}
+
+    stream = doc["paths"]["/v1/runs/{run_id}/events"]["get"]["responses"]["200"]["content"]
+    kinds = stream["text/event-stream"]["x-events"]
+    for run_id in ("streamed", "stored"):
+        with api.stream("GET", f"/v1/runs/{run_id}/events") as response:
+            got = list(events(response.iter_lines()))
+        assert got and got[-1].event == "end"
+        for event in got:
+            _validate(doc, kinds[event.event], event.data)
