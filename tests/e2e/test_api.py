@@ -1,0 +1,125 @@
+"""The HTTP run API end to end: `agentq api` as a process, a real worker, the local Triton
+(scripted model). Submit over HTTP, follow the run's events to the end, read the run."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytest.importorskip("fastapi")
+
+from app.config import Settings, child_env, settings_env
+from app.local.processes import free_port, log_tail, stop_process, wait_until
+from tests.fixtures.sse import Event, events
+
+pytestmark = pytest.mark.e2e
+
+WORDS = ["w1"] + [f" w{i}" for i in range(2, 41)]
+
+
+@pytest.fixture
+def api_url(settings: Settings, tmp_path: Path) -> Iterator[str]:
+    """`agentq api` on a free port, stopped by PID (SIGTERM) after the test."""
+    port = free_port()
+    env = child_env({**settings_env(settings), "AGENTQ_API__PORT": str(port)})
+    log = tmp_path / "api.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "api"], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        assert wait_until(answers, 60, proc), f"agentq api did not start:\n{log_tail(log)}"
+        yield url
+    finally:
+        code = stop_process(proc)
+    # uvicorn finishes its requests, then re-raises SIGTERM: the exit says what stopped it.
+    assert code in (0, -signal.SIGTERM), f"agentq api exited {code}:\n{log_tail(log)}"
+    assert "Finished server process" in log.read_text()
+
+
+def read_events(
+    url: str, last_event_id: str | None = None, limit: int | None = None
+) -> list[Event]:
+    """The run's events up to its end (or the first ``limit``, then disconnect)."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    got: list[Event] = []
+    with httpx.stream("GET", url, headers=headers, timeout=60) as response:
+        assert response.status_code == 200
+        for event in events(response.iter_lines()):
+            got.append(event)
+            if len(got) == limit:
+                break
+    return got
+
+
+def test_submit_stream_tokens_to_the_end_then_read_the_run(api_url: str, start_worker) -> None:
+    start_worker(["research"])
+    body = {"agent": "research", "input": "[words:40] count to forty", "stream": True}
+    accepted = httpx.post(f"{api_url}/v1/runs", json=body, timeout=30)
+    assert accepted.status_code == 202
+    run = accepted.json()
+    got = read_events(api_url + run["links"]["events"])
+    assert got[-1].event == "end"
+    answer = got[-1].data["answer"]
+    assert [e.data["text"] for e in got if e.event == "token"] == WORDS
+    assert "".join(e.data["text"] for e in got if e.event == "token") == answer
+    assert [e.data for e in got if e.event == "step"] == [
+        {"index": 0, "kind": "final", "tools": []}
+    ]
+    read = httpx.get(api_url + run["links"]["self"], timeout=30).json()
+    assert (read["status"], read["answer"], read["stream"]) == ("succeeded", answer, True)
+    assert [s["kind"] for s in read["steps"]] == ["final"]
+    assert read["steps"][0]["worker"] and read["steps"][0]["tokens_out"] > 0
+
+
+def test_a_reconnect_with_last_event_id_misses_no_token(api_url: str, start_worker) -> None:
+    start_worker(["research"])
+    body = {"agent": "research", "input": "[words:40] again", "stream": True}
+    run = httpx.post(f"{api_url}/v1/runs", json=body, timeout=30).json()
+    url = api_url + run["links"]["events"]
+    first = read_events(url, limit=6)
+    rest = read_events(url, last_event_id=first[-1].id)
+    tokens = [e.data["text"] for e in first + rest if e.event == "token"]
+    assert tokens == WORDS
+    assert rest[-1].event == "end" and rest[-1].data["answer"] == "".join(WORDS)
+
+
+def test_a_run_without_stream_gets_its_steps_and_end(api_url: str, start_worker) -> None:
+    start_worker(["research"])
+    body = {"agent": "research", "input": 'add [tool:calculator {"expression": "20+22"}]'}
+    run = httpx.post(
+        f"{api_url}/v1/runs", json=body, headers={"Idempotency-Key": "calc-1"}, timeout=30
+    ).json()
+    again = httpx.post(
+        f"{api_url}/v1/runs", json=body, headers={"Idempotency-Key": "calc-1"}, timeout=30
+    ).json()
+    assert again["id"] == run["id"]
+    got = read_events(api_url + run["links"]["events"])
+    assert [(e.event, e.id) for e in got] == [
+        ("step", "step-0"),
+        ("step", "step-1"),
+        ("end", "end"),
+    ]
+    assert got[0].data == {"index": 0, "kind": "tool", "tools": ["calculator"]}
+    assert got[-1].data == {"status": "succeeded", "answer": "Answer: 42"}
+    read = httpx.get(api_url + run["links"]["self"], timeout=30).json()
+    call = read["steps"][0]["tool_calls"][0]
+    assert (call["name"], call["args"], call["error"]) == (
+        "calculator",
+        {"expression": "20+22"},
+        False,
+    )
