@@ -33,14 +33,15 @@ from app.errors import (
 log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "application/problem+json"
-TYPE_BASE = "https://agentq.dev/problems/"
-"""Problem types are URIs under this base; docs/api.md describes each one."""
+TYPE_BASE = "urn:agentq:problem:"
+"""Problem types are URNs (RFC 9457 allows any URI; these are names, never fetched); docs/api.md
+describes each one."""
 
 
 class Problem(BaseModel):
     """What went wrong with a request (RFC 9457)."""
 
-    type: str = Field(description="URI naming the kind of problem (docs/api.md lists them).")
+    type: str = Field(description="URN naming the kind of problem (docs/api.md lists them).")
     title: str = Field(description="The kind of problem, in words; the same for every instance.")
     status: int = Field(description="The HTTP status code of the response.")
     detail: str = Field(description="What happened in this request and what to do about it.")

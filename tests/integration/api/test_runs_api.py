@@ -107,7 +107,7 @@ def test_a_repeated_idempotency_key_returns_the_first_run(
         "/v1/runs", json={**body, "input": "twice"}, headers={"Idempotency-Key": "order-7"}
     )
     assert other.status_code == 422
-    assert problem_of(other)["type"].endswith("/idempotency-conflict")
+    assert problem_of(other)["type"].endswith(":idempotency-conflict")
 
 
 @pytest.mark.parametrize(
@@ -130,7 +130,7 @@ def test_each_refusal_is_a_problem_with_its_status_and_nothing_is_enqueued(
     response = client.post("/v1/runs", json=body)
     assert response.status_code == status
     problem = problem_of(response)
-    assert problem["type"] == f"https://agentq.dev/problems/{kind}"
+    assert problem["type"] == f"urn:agentq:problem:{kind}"
     assert problem["title"] and problem["detail"]
     assert redis_client.llen("agent.guarded") == 0
 
@@ -140,7 +140,7 @@ def test_a_body_that_is_not_json_is_a_problem(client: TestClient) -> None:
         "/v1/runs", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert response.status_code == 422
-    assert problem_of(response)["type"].endswith("/invalid-request")
+    assert problem_of(response)["type"].endswith(":invalid-request")
 
 
 def test_a_broker_that_does_not_answer_is_503_with_retry_after(
@@ -157,7 +157,7 @@ def test_a_broker_that_does_not_answer_is_503_with_retry_after(
         response = down_client.post("/v1/runs", json={"agent": "guarded", "input": "hi"})
     celery.close()
     assert response.status_code == 503
-    assert problem_of(response)["type"].endswith("/service-unavailable")
+    assert problem_of(response)["type"].endswith(":service-unavailable")
     assert response.headers["Retry-After"] == "1"
 
 
@@ -165,7 +165,7 @@ def test_an_unknown_run_is_a_404_problem(client: TestClient) -> None:
     for path in ("/v1/runs/no-such-run", "/v1/runs/no-such-run/events"):
         response = client.get(path)
         assert response.status_code == 404
-        assert problem_of(response)["type"].endswith("/run-not-found")
+        assert problem_of(response)["type"].endswith(":run-not-found")
 
 
 def _commit_tool_run(store: SessionStore, run_id: str) -> None:
@@ -296,4 +296,4 @@ def test_a_last_event_id_of_another_kind_is_a_400_problem(
     _relay_run(TokenRelay(redis_client, api_settings.stream), "run-s", WORDS)
     response = client.get("/v1/runs/run-s/events", headers={"Last-Event-ID": "step-1"})
     assert response.status_code == 400
-    assert problem_of(response)["type"].endswith("/bad-request")
+    assert problem_of(response)["type"].endswith(":bad-request")

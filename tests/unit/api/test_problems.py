@@ -63,7 +63,7 @@ def test_a_problem_response_is_problem_json_with_its_status() -> None:
     assert answer.status_code == 413
     assert answer.media_type == "application/problem+json"
     assert json.loads(answer.body) == {
-        "type": "https://agentq.dev/problems/input-too-large",
+        "type": "urn:agentq:problem:input-too-large",
         "title": "The run's input is too large",
         "status": 413,
         "detail": "input is 70000 bytes; the limit is 65536",
