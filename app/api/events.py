@@ -107,6 +107,19 @@ def _decoded(response: Any) -> list[StreamEvent]:
     return [decode(i, fields) for _key, entries in response or [] for i, fields in entries]
 
 
+async def saw_the_end(client: Any, run_id: str, resume: Resume, relayed: bool) -> bool:
+    """Whether a client resuming at ``resume`` has had the run's ``end`` event already."""
+    if not relayed:
+        return resume.ended
+    key = stream_key(run_id)
+    tail = _decoded([(key, await client.xrevrange(key, count=1))])
+    return (
+        bool(tail)
+        and tail[0].kind == END
+        and (_entry_order(tail[0].id) <= _entry_order(resume.entry))
+    )
+
+
 async def relayed_events(
     client: Any, run_id: str, resume: Resume, load_run: LoadRun
 ) -> AsyncIterator[ServerSentEvent]:
@@ -116,9 +129,6 @@ async def relayed_events(
     :data:`STORE_CHECK_MS` whose run the store shows finished gets its ``end`` from the store.
     """
     key, last = stream_key(run_id), resume.entry
-    tail = _decoded([(key, await client.xrevrange(key, count=1))])
-    if tail and tail[0].kind == END and _entry_order(tail[0].id) <= _entry_order(last):
-        return  # the client saw the end already
     while True:
         events = _decoded(await client.xread({key: last}, count=1024, block=STORE_CHECK_MS))
         if not events:
@@ -146,8 +156,6 @@ async def stored_events(
     load_run: LoadRun, resume: Resume, poll_s: float
 ) -> AsyncIterator[ServerSentEvent]:
     """``step`` events as the run's steps are stored, then ``end``, read every ``poll_s``."""
-    if resume.ended:
-        return
     sent = resume.step
     while True:
         run = await load_run()

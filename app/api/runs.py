@@ -15,7 +15,13 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api import problems
 from app.api.auth import caller
-from app.api.events import BadEventIdError, relayed_events, resume_point, stored_events
+from app.api.events import (
+    BadEventIdError,
+    relayed_events,
+    resume_point,
+    saw_the_end,
+    stored_events,
+)
 from app.api.models import RunAccepted, RunCreate, RunLinks, RunStatusName, RunView
 from app.api.state import Accepted, ApiState, api_state
 from app.celery_ext.envelope import new_id
@@ -32,7 +38,7 @@ Server-Sent Events, each with `id:` (send it back as `Last-Event-ID` to resume) 
 a JSON object: `attempt` (a step's model call begins; a second one for the same step voids
 that step's earlier tokens), `token`, `step`, then `end`, the last. Runs submitted without
 `stream` get `step` and `end` only, read from the session store. Comments (`: ping`) keep an
-idle connection open."""
+idle connection open. A reconnect after `end` gets 204, which stops an EventSource."""
 
 
 def _links(run_id: str) -> RunLinks:
@@ -121,6 +127,7 @@ def read_run(run_id: str, api: State) -> RunView | JSONResponse:
             "description": EVENTS_DESCRIPTION,
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
+        204: {"description": "The Last-Event-ID was the run's end: nothing more will come."},
         **problems.responses(400, 404, 503),
     },
     summary="Follow a run's events",
@@ -146,11 +153,13 @@ async def run_events(
         resume = resume_point(last_event_id, relayed)
     except BadEventIdError as exc:
         return problems.response(problems.problem(problems.BAD_REQUEST, str(exc)))
+    if not relayed and accepted is None and await load_run() is None:
+        return _not_found(run_id)
+    if await saw_the_end(api.aredis, run_id, resume, relayed):
+        return Response(status_code=204)  # the SSE spec's "stop reconnecting"
     if relayed:
         source = relayed_events(api.aredis, run_id, resume, load_run)
     else:
-        if accepted is None and await load_run() is None:
-            return _not_found(run_id)
         source = stored_events(load_run, resume, api.settings.api.poll_interval_s)
     return EventSourceResponse(
         source,

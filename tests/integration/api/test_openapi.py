@@ -101,6 +101,10 @@ def test_real_responses_validate_against_their_declared_schemas(
             api.get("/v1/runs/streamed/events", headers={"Last-Event-ID": "step-0"}),
         ),
     ]
+    end_id = redis_client.xrevrange("agentq:stream:streamed", count=1)[0][0].decode()
+    ended = api.get("/v1/runs/streamed/events", headers={"Last-Event-ID": end_id})
+    assert ended.status_code == 204
+    assert "204" in doc["paths"]["/v1/runs/{run_id}/events"]["get"]["responses"]
     seen = set()
     for path, method, response in calls:
         declared = doc["paths"][path][method]["responses"][str(response.status_code)]
