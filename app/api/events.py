@@ -51,11 +51,11 @@ def resume_point(last_event_id: str | None, relayed: bool) -> Resume:
     neither."""
     if not last_event_id:
         return Resume()
+    if last_event_id == END_ID:  # an end read from the store, whichever way the run went
+        return Resume(ended=True)
     if relayed and _STREAM_ID.match(last_event_id):
         return Resume(entry=last_event_id)
     if not relayed:
-        if last_event_id == END_ID:
-            return Resume(ended=True)
         match = _STEP_ID.match(last_event_id)
         if match:
             return Resume(step=int(match.group(1)))
@@ -109,7 +109,7 @@ def _decoded(response: Any) -> list[StreamEvent]:
 
 async def saw_the_end(client: Any, run_id: str, resume: Resume, relayed: bool) -> bool:
     """Whether a client resuming at ``resume`` has had the run's ``end`` event already."""
-    if not relayed:
+    if resume.ended or not relayed:
         return resume.ended
     key = stream_key(run_id)
     tail = _decoded([(key, await client.xrevrange(key, count=1))])

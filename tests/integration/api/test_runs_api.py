@@ -288,8 +288,10 @@ def test_a_stream_without_its_end_ends_from_the_store(
     relay.attempt("run-calc", 0)  # the worker's end write was lost; the store has the run
     _commit_tool_run(store, "run-calc")
     got = _read_events(client, "run-calc")
-    assert [e.event for e in got] == ["attempt", "end"]
+    assert [(e.event, e.id) for e in got][1:] == [("end", "end")]
     assert got[-1].data == {"status": "succeeded", "answer": "Answer: 42"}
+    after_the_end = client.get("/v1/runs/run-calc/events", headers={"Last-Event-ID": "end"})
+    assert after_the_end.status_code == 204
 
 
 def test_a_last_event_id_of_another_kind_is_a_400_problem(

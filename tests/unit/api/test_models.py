@@ -82,6 +82,7 @@ def test_last_event_id_resumes_where_the_client_stopped() -> None:
     assert resume_point("1700000000000-3", relayed=True) == Resume(entry="1700000000000-3")
     assert resume_point("step-2", relayed=False) == Resume(step=2)
     assert resume_point("end", relayed=False) == Resume(ended=True)
+    assert resume_point("end", relayed=True) == Resume(ended=True)  # an end from the store
     for wrong, relayed in [("step-2", True), ("1-0", False), ("banana", True)]:
         with pytest.raises(BadEventIdError):
             resume_point(wrong, relayed)
