@@ -29,7 +29,9 @@ _PROBLEM_REF = "#/components/schemas/Problem"
 
 def create_app(settings: Settings, celery: Celery | None = None) -> FastAPI:
     """The API on ``settings``; ``celery``: the app runs are submitted through (default: one
-    built from ``settings``). The session store is migrated first when ``auto_migrate``."""
+    built from ``settings``, closed with the app). The session store is migrated first when
+    ``auto_migrate``."""
+    owned = celery is None
     if celery is None:
         from app.celery_ext.app import create_celery
 
@@ -45,6 +47,8 @@ def create_app(settings: Settings, celery: Celery | None = None) -> FastAPI:
         finally:
             await state.aredis.aclose()
             store.close()
+            if owned:
+                celery.close()
 
     app = FastAPI(
         title=TITLE,

@@ -28,9 +28,15 @@ class Accepted:
     session_id: str | None
     stream: bool
 
+    def to_json(self) -> str:
+        """The record as Redis keeps it."""
+        return json.dumps(
+            {"agent": self.agent, "session_id": self.session_id, "stream": self.stream}
+        )
+
     @classmethod
     def from_json(cls, raw: bytes | str | None) -> Accepted | None:
-        """The record as :meth:`ApiState.remember` wrote it (None when there is none)."""
+        """The record as :meth:`to_json` wrote it (None when there is none)."""
         if raw is None:
             return None
         data = json.loads(raw)
@@ -54,13 +60,9 @@ class ApiState:
     def remember(self, run_id: str, accepted: Accepted) -> None:
         """Keep that ``run_id`` was accepted, for ``api.accepted_ttl_s``. Best effort: the run
         is enqueued already, so a failed write is logged and the request succeeds."""
-        value = json.dumps(
-            {"agent": accepted.agent, "session_id": accepted.session_id, "stream": accepted.stream}
-        )
+        key, ttl = accepted_key(run_id), self.settings.api.accepted_ttl_s
         try:
-            self.redis.set(
-                accepted_key(run_id), value, nx=True, ex=self.settings.api.accepted_ttl_s
-            )
+            self.redis.set(key, accepted.to_json(), nx=True, ex=ttl)
         except redis.RedisError as exc:
             log.warning(
                 "run %s accepted but not recorded (GET says 404 until it runs): %s", run_id, exc
