@@ -161,6 +161,19 @@ def test_a_broker_that_does_not_answer_is_503_with_retry_after(
     assert response.headers["Retry-After"] == "1"
 
 
+def test_a_session_store_that_does_not_answer_is_503(api_settings: Settings) -> None:
+    down = api_settings.model_copy(
+        update={
+            "database_url": f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test",
+            "auto_migrate": False,
+        }
+    )
+    with TestClient(create_app(down)) as down_client:
+        response = down_client.get("/v1/runs/some-run")
+    assert response.status_code == 503
+    assert problem_of(response)["type"].endswith(":service-unavailable")
+
+
 def test_an_unknown_run_is_a_404_problem(client: TestClient) -> None:
     for path in ("/v1/runs/no-such-run", "/v1/runs/no-such-run/events"):
         response = client.get(path)
