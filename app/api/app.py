@@ -14,9 +14,11 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app.api import problems
+from app.api.limits import BodyLimit, body_limit
 from app.api.models import EVENT_DATA
 from app.api.runs import router as runs_router
 from app.api.state import ApiState
+from app.celery_ext.context import context_of
 from app.config import Settings
 from app.memory.sessions import SessionStore
 from app.ops import logs
@@ -57,6 +59,7 @@ def create_app(settings: Settings, celery: Celery | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.api = state
+    app.add_middleware(BodyLimit, max_bytes=body_limit(context_of(celery).registry, settings))
     problems.install(app)
     app.include_router(runs_router)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]

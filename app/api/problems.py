@@ -144,7 +144,7 @@ async def _on_invalid_request(_request: Request, exc: Exception) -> JSONResponse
 
 async def _on_http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    kinds = {404: NOT_FOUND, 400: BAD_REQUEST}
+    kinds = {404: NOT_FOUND, 400: BAD_REQUEST, 413: INPUT_TOO_LARGE}
     kind = kinds.get(exc.status_code, Kind("http-error", "HTTP error", exc.status_code))
     return response(problem(kind, str(exc.detail)), dict(exc.headers or {}))
 

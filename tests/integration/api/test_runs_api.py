@@ -135,6 +135,28 @@ def test_each_refusal_is_a_problem_with_its_status_and_nothing_is_enqueued(
     assert redis_client.llen("agent.guarded") == 0
 
 
+def test_a_body_far_over_every_input_limit_is_refused_unread(
+    client: TestClient, redis_client: redis.Redis
+) -> None:
+    # The only agent takes 64 bytes of input: the API reads 2 x 64 bytes + 64 KiB at most.
+    huge = b'{"agent": "guarded", "input": "' + b"x" * 300_000 + b'"}'
+    declared = client.post("/v1/runs", content=huge, headers={"content-type": "application/json"})
+    assert declared.status_code == 413
+    assert "the API reads at most 65664" in problem_of(declared)["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        yield huge[:100_000]
+        yield huge[100_000:]
+
+    chunked = client.post(
+        "/v1/runs", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert chunked.status_code == 413
+    assert problem_of(chunked)["type"].endswith(":input-too-large")
+    assert "request body is over" in problem_of(chunked)["detail"]
+    assert redis_client.llen("agent.guarded") == 0
+
+
 def test_a_body_that_is_not_json_is_a_problem(client: TestClient) -> None:
     response = client.post(
         "/v1/runs", content=b"{not json", headers={"content-type": "application/json"}
