@@ -123,3 +123,15 @@ def test_a_run_without_stream_gets_its_steps_and_end(api_url: str, start_worker)
         {"expression": "20+22"},
         False,
     )
+
+
+def test_a_failed_run_ends_its_events_with_the_error(api_url: str, start_worker) -> None:
+    start_worker(["research"])
+    body = {"agent": "research", "input": "[error:overloaded model]", "stream": True}
+    run = httpx.post(f"{api_url}/v1/runs", json=body, timeout=30).json()
+    end = read_events(api_url + run["links"]["events"])[-1]
+    assert end.event == "end" and end.data["status"] == "failed"
+    assert "overloaded model" in end.data["error"]
+    read = httpx.get(api_url + run["links"]["self"], timeout=30).json()
+    assert read["status"] == "failed" and "overloaded model" in read["error"]
+    assert read["error_type"] == "model_error"
