@@ -127,3 +127,33 @@ def bench_scaling(
 
     cfg = SimConfig(time_scale=time_scale, step_s=step_s, concurrency=concurrency)
     sys.exit(run_scaling(cfg, out, plot, console))
+
+
+@bench.command("routing")
+@click.option("--sessions", type=click.IntRange(2), default=6, show_default=True)
+@click.option("--turns", type=click.IntRange(2), default=6, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--cache-mib", type=click.IntRange(1), default=None, help="Each replica's prompt "
+              "cache (default: room for about half the sessions).")  # fmt: skip
+@click.option("--tool-ms", type=click.IntRange(0), default=1000, show_default=True,
+              help="Longest tool time between two turns of a session.")  # fmt: skip
+@click.option("--strategies", default=None, help="Comma-separated (default: all, prefix too).")
+@click.option("--out", type=click.Path(), default=None, help="JSON results file (PNG beside).")
+def bench_routing(
+    sessions: int,
+    turns: int,
+    max_tokens: int,
+    cache_mib: int | None,
+    tool_ms: int,
+    strategies: str | None,
+    out: str | None,
+) -> None:
+    """Multi-turn sessions on two llama.cpp replicas: every routing strategy's time to first
+    token, turns/s and prompt tokens evaluated (the llm extra)."""
+    _bench_checkout("routing.py")
+    from bench.routing import STRATEGIES, Plan
+    from bench.routing import main as run_routing
+
+    chosen = tuple(s.strip() for s in (strategies or ",".join(STRATEGIES)).split(",") if s.strip())
+    plan = Plan(sessions, turns, max_tokens, cache_mib, chosen, tool_ms)
+    sys.exit(run_routing(plan, out, console))

@@ -61,7 +61,7 @@ class Strategy(StrEnum):
 SCORERS = ("prefix", "queue", "kv_cache", "running")
 """What the prefix strategy scores replicas on (``InferenceSettings.scorers``)."""
 DEFAULT_SCORERS = {"prefix": 2.0, "queue": 1.0, "kv_cache": 1.0, "running": 1.0}
-DEFAULT_MAX_IMBALANCE = 4.0
+DEFAULT_MAX_IMBALANCE = 1.0
 
 
 class InferenceSettings(BaseModel):
@@ -125,9 +125,10 @@ class InferenceSettings(BaseModel):
     prefix_max_imbalance: float = Field(
         default=DEFAULT_MAX_IMBALANCE,
         ge=0,
-        description="A replica whose load (requests waiting at the server plus open here) "
-        "exceeds the least loaded one's by more than this loses its prefix score, so one "
-        "busy session cannot pile every call onto one replica.",
+        description="A replica whose load (requests waiting at the server plus open here, "
+        "plus the call to place) exceeds 1 + this times the least loaded one's loses its "
+        "prefix score (1: twice), so a prefix every session shares, or one busy session, "
+        "cannot pile every call onto one replica.",
     )
     prefix_ttl_s: int = Field(
         default=600,

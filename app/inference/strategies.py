@@ -5,8 +5,8 @@ Endpoint Picker does: how much of the request's conversation the replica was las
 (its KV cache likely holds it), and its load (queue, KV-cache use, running requests), each
 relative to the candidates' least. Loads are compared as ratios rather than min-max
 normalised, so between two replicas one call more does not outweigh a long match. A
-replica loaded well beyond the least loaded loses its prefix score, so one hot session
-cannot pile every call onto one replica.
+replica loaded well beyond the least loaded (twice, by default) loses its prefix score, so a
+prefix every session shares, or one hot session, cannot pile every call onto one replica.
 """
 
 from __future__ import annotations
@@ -105,8 +105,9 @@ def scores(
 ) -> list[float]:
     """Each candidate's weighted sum of the scores named in ``scorers`` (each 0..1):
 
-    - prefix: ``prefix_match``, or 0 when the replica's load exceeds the least loaded
-      candidate's by more than ``max_imbalance``;
+    - prefix: ``prefix_match``, or 0 when the replica is overloaded: ``1 + load`` above
+      ``1 + max_imbalance`` times the least loaded candidate's (1: twice, counting the call
+      to place), so a shared prefix or a hot session cannot pile calls onto one replica;
     - queue: ``(1 + least) / (1 + load)``, load being requests waiting there plus open here:
       1 for the least loaded, one call more weighs less the busier all are;
     - kv_cache: ``1 - kv_cache_usage``;
@@ -117,7 +118,10 @@ def scores(
     """
     least = min(r.load for r in replicas)
     parts = {
-        "prefix": [r.prefix_match if r.load - least <= max_imbalance else 0.0 for r in replicas],
+        "prefix": [
+            r.prefix_match if 1 + r.load <= (1 + max_imbalance) * (1 + least) else 0.0
+            for r in replicas
+        ],
         "queue": _relative([r.load for r in replicas]),
         "kv_cache": [1.0 - u for u in _filled([r.kv_cache_usage for r in replicas], 0.0)],
         "running": _relative([r.running for r in replicas]),

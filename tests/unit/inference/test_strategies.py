@@ -140,12 +140,18 @@ def test_prefix_match_outweighs_a_slightly_longer_queue() -> None:
 
 
 def test_a_replica_loaded_past_the_imbalance_loses_its_prefix_bonus() -> None:
-    hot = [ReplicaView("a", prefix_match=1.0, in_flight=6), ReplicaView("b", in_flight=1)]
-    assert choose_replica(Strategy.PREFIX, hot, scorers=SCORERS, max_imbalance=4) == 1
-    assert choose_replica(Strategy.PREFIX, hot, scorers=SCORERS, max_imbalance=5) == 0
+    # Counting the call to place, a has 1 + 4 = 5 against b's 2: past twice (imbalance 1).
+    hot = [ReplicaView("a", prefix_match=1.0, in_flight=4), ReplicaView("b", in_flight=1)]
+    assert choose_replica(Strategy.PREFIX, hot, scorers=SCORERS, max_imbalance=1) == 1
+    assert choose_replica(Strategy.PREFIX, hot, scorers=SCORERS, max_imbalance=2) == 0
+    # Against an idle replica, one call open keeps the bonus, two lose it.
+    one = [ReplicaView("a", prefix_match=0.5, in_flight=1), ReplicaView("b")]
+    assert choose_replica(Strategy.PREFIX, one, scorers=SCORERS) == 0
+    two = [ReplicaView("a", prefix_match=0.5, in_flight=2), ReplicaView("b")]
+    assert choose_replica(Strategy.PREFIX, two, scorers=SCORERS) == 1
     # The server's own queue counts as load too.
-    queued = [ReplicaView("a", prefix_match=1.0, queue_depth=9), ReplicaView("b")]
-    assert choose_replica(Strategy.PREFIX, queued, scorers=SCORERS, max_imbalance=4) == 1
+    queued = [ReplicaView("a", prefix_match=1.0, queue_depth=9), ReplicaView("b", queue_depth=3)]
+    assert choose_replica(Strategy.PREFIX, queued, scorers=SCORERS) == 1
 
 
 def test_prefix_without_a_match_places_by_load_and_kv_cache() -> None:
@@ -169,7 +175,7 @@ def test_prefix_ties_go_round_robin_so_fresh_sessions_spread() -> None:
 
 
 def test_weights_decide_between_prefix_and_load() -> None:
-    replicas = [ReplicaView("a", prefix_match=0.5, in_flight=2), ReplicaView("b")]
+    replicas = [ReplicaView("a", prefix_match=0.4, in_flight=1), ReplicaView("b")]
     assert choose_replica(Strategy.PREFIX, replicas, scorers={"prefix": 4, "queue": 1}) == 0
     assert choose_replica(Strategy.PREFIX, replicas, scorers={"prefix": 1, "queue": 1}) == 1
     assert choose_replica(Strategy.PREFIX, replicas, scorers={"queue": 1}) == 1
@@ -196,15 +202,18 @@ def test_every_score_lies_within_the_weights(
 
 
 @given(st.lists(views, min_size=2, max_size=6), st.integers(0, 100))
-def test_prefix_never_picks_a_replica_past_the_imbalance_over_one_within_it(
+def test_prefix_never_picks_an_overloaded_replica_over_one_that_is_not(
     replicas: list[ReplicaView], ticket: int
 ) -> None:
-    # With load scorers only weighing its own load, the chosen replica is never one whose
-    # load exceeds the least loaded by more than the imbalance (its prefix bonus is gone
-    # and its queue score is the lowest).
+    # With the queue as the only load scorer, an overloaded replica (prefix bonus gone, queue
+    # score below the least loaded's) never wins while one within the bound exists.
     index = choose_replica(
-        Strategy.PREFIX, replicas, ticket=ticket, scorers={"prefix": 1, "queue": 1}, max_imbalance=2
+        Strategy.PREFIX, replicas, ticket=ticket, scorers={"prefix": 1, "queue": 1}, max_imbalance=1
     )
     assert index is not None
     least = min(r.load for r in replicas)
-    assert replicas[index].load - least <= 2 or all(r.load - least > 2 for r in replicas)
+
+    def overloaded(r: ReplicaView) -> bool:
+        return 1 + r.load > 2 * (1 + least)
+
+    assert not overloaded(replicas[index]) or all(overloaded(r) for r in replicas)
