@@ -54,9 +54,9 @@ def agent_models(
 def prefix_index(settings: Settings, kind: str, client: Any | None) -> PrefixIndex | None:
     """The prefix index of backend ``kind``'s pool, shared by the worker processes through
     ``client`` (:func:`index_client`); None without one (the pool keeps its own)."""
-    inference = settings.inference
     if client is None:
         return None
+    inference = settings.inference
     return PrefixIndex(
         client, kind, ttl_s=inference.prefix_ttl_s, max_blocks=inference.prefix_max_blocks
     )
