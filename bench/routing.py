@@ -249,10 +249,6 @@ def run(plan: Plan, console: Console) -> dict[str, Any]:
         env = child_env(
             {
                 "CACHE_SIZE": str(plan.cache_bytes()),
-                # One thread for prompts too (default: every core, spinning against the
-                # other replica); a waiting request must not cut a streamed reply short.
-                "N_THREADS_BATCH": "1",
-                "INTERRUPT_REQUESTS": "false",
             }
         )
         servers = [

@@ -46,7 +46,8 @@ class LlamaServer:
     default: the llm extra's) under the name ``alias``; stopped by its PID.
 
     ``cache``: llama-cpp-python's prompt cache (RAM), which reuses the evaluated prefix of a
-    conversation's earlier prompt. ``n_threads`` None: the server's default (half the cores).
+    conversation's earlier prompt. ``n_threads``: threads for generation and prompt evaluation
+    (None: the server's defaults, half the cores and every core).
     ``api_key``: calls without ``Authorization: Bearer <api_key>`` are refused (HTTP 401).
     """
 
@@ -111,7 +112,12 @@ class LlamaServer:
             "--n_ctx", str(self.n_ctx), "--cache", str(self.cache).lower(),
         ]  # fmt: skip
         if self.n_threads is not None:
-            cmd += ["--n_threads", str(self.n_threads)]
+            # Prompt evaluation too (its own default is every core, which spins against
+            # whatever else runs on the machine, another replica included).
+            cmd += ["--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads)]
+        # A request that arrives while a reply streams waits for it, as a server with one slot
+        # should, instead of cutting it short (llama-cpp-python's default interrupts it).
+        cmd += ["--interrupt_requests", "false"]
         if self.chat_format is not None:
             cmd += ["--chat_format", self.chat_format]
         if self.api_key is not None:
