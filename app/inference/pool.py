@@ -276,8 +276,9 @@ class ReplicaPool:
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
-    ) -> Generator[Delta, None, None]:
-        """Pieces of one reply. Retried on another replica only until the first piece arrives."""
+    ) -> Iterator[Delta]:
+        """Pieces of one reply. Retried on another replica only until the first piece arrives.
+        Read it to the end or close it: either frees the replica."""
 
         def first_piece(
             replica: Replica, remaining: float
@@ -295,7 +296,9 @@ class ReplicaPool:
         replica, pieces, first, started = self._with_retries(
             route or Route(), timeout_s, first_piece, request=request, hold=True
         )
-        return self._rest(replica, first, pieces, started)
+        return _HeldStream(
+            self._rest(replica, first, pieces, started), self._ended(replica, pieces)
+        )
 
     def _rest(
         self, replica: Replica, first: Delta | None, pieces: Iterator[Delta], started: float
@@ -314,6 +317,16 @@ class ReplicaPool:
             _close(pieces)
             self._observe(replica, started, failure)
             self._release(replica, available=not isinstance(failure, InferenceUnavailableError))
+
+    def _ended(self, replica: Replica, pieces: Iterator[Delta]) -> Callable[[], None]:
+        """What closing an unread stream owes: the server's stream closed (the request
+        cancelled), the call no longer in flight on its replica."""
+
+        def end() -> None:
+            _close(pieces)
+            self._release(replica, available=True)
+
+        return end
 
     def health(self) -> bool:
         """True when at least one replica's breaker is closed and it answers ready."""
@@ -422,6 +435,27 @@ class ReplicaPool:
             except Exception:  # the poller must outlive any one bad scrape
                 log.exception("replica poller")
             self._stop.wait(self.settings.metrics_interval_s)
+
+
+class _HeldStream(Iterator[Delta]):
+    """The rest of a stream whose replica the pool holds in flight: released when it is read
+    to its end, fails or is closed, closed before its first read included (a generator's
+    ``finally`` does not run when it is closed unstarted)."""
+
+    def __init__(self, pieces: Generator[Delta, None, None], unread: Callable[[], None]) -> None:
+        self._pieces = pieces
+        self._unread: Callable[[], None] | None = unread
+
+    def __next__(self) -> Delta:
+        self._unread = None  # from now on the generator's finally releases the replica
+        return next(self._pieces)
+
+    def close(self) -> None:
+        """Stop reading: the server is told (its pieces are closed) and the replica freed."""
+        unread, self._unread = self._unread, None
+        self._pieces.close()
+        if unread is not None:
+            unread()
 
 
 def _close(pieces: Iterator[Delta]) -> None:

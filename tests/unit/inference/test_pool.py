@@ -184,3 +184,13 @@ def test_a_pool_without_models_misses_none_and_asks_no_replica() -> None:
     a.ready = False
     pool, _ = make_pool(a)
     assert pool.missing_models() == []
+
+
+def test_a_stream_closed_before_its_first_read_frees_its_replica() -> None:
+    a = Server("a")
+    pool, _ = make_pool(a)
+    stream = pool.stream(ask())  # the first piece is in: the replica is held
+    assert [s.in_flight for s in pool.status()] == [1]
+    stream.close()
+    assert [s.in_flight for s in pool.status()] == [0]
+    assert pool.status()[0].ready  # a reader that left is not the replica's failure
