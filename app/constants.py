@@ -65,6 +65,7 @@ EFFECT_TTL_S = 7 * 86_400
 
 
 def prefix_key(pool: str, name: str) -> str:
-    """Redis key of the prefix index of replica pool ``pool`` (a backend kind): ``lru`` or a
-    block's ``b:<hash>``. The hash tag keeps one pool's keys in one cluster slot."""
+    """Redis key of the prefix index of replica pool ``pool`` (a backend kind): ``lru``, a
+    block's ``b:<hash>`` or a replica's ``held:<name>``. The hash tag keeps one pool's keys in
+    one cluster slot."""
     return f"{KEY_PREFIX}prefix:{{{pool}}}:{name}"

@@ -58,9 +58,9 @@ class Strategy(StrEnum):
     PREFIX = "prefix"
 
 
-SCORERS = ("prefix", "queue", "kv_cache", "running")
+SCORERS = ("prefix", "queue", "kv_cache", "running", "held")
 """What the prefix strategy scores replicas on (``InferenceSettings.scorers``)."""
-DEFAULT_SCORERS = {"prefix": 2.0, "queue": 1.0, "kv_cache": 1.0, "running": 1.0}
+DEFAULT_SCORERS = {"prefix": 2.0, "queue": 1.0, "kv_cache": 1.0, "running": 1.0, "held": 2.0}
 DEFAULT_MAX_IMBALANCE = 1.0
 
 
@@ -114,7 +114,9 @@ class InferenceSettings(BaseModel):
         description="Weights of the scores the prefix strategy adds up, each 0..1 per replica: "
         "prefix (share of the conversation's blocks the replica was last sent), queue "
         "(fewest requests waiting at the server plus open here), kv_cache (least KV cache in "
-        "use), running (fewest requests running at the server). A scorer left out weighs 0.",
+        "use), running (fewest requests running at the server), held (fewest blocks of "
+        "conversations the router sent it within prefix_ttl_s: what its cache holds). A "
+        "scorer left out weighs 0.",
     )
     prefix_block_chars: int = Field(
         default=256,

@@ -74,7 +74,7 @@ class Replica:
     running: float | None = None
     kv_cache_usage: float | None = None
 
-    def view(self, prefix_match: float = 0.0) -> ReplicaView:
+    def view(self, prefix_match: float = 0.0, held: float | None = None) -> ReplicaView:
         return ReplicaView(
             self.name,
             self.weight,
@@ -84,6 +84,7 @@ class Replica:
             self.running,
             self.kv_cache_usage,
             prefix_match,
+            held,
         )
 
 
@@ -145,10 +146,12 @@ class ReplicaPool:
         strategy = Strategy(route.strategy or s.strategy)
         hashes: list[str] = []
         matched: dict[str, float] = {}
+        held: dict[str, int] = {}
         if strategy is Strategy.PREFIX and request is not None:
             hashes = chain_hashes(request, s.prefix_block_chars)
-            if hashes:  # the lookup is I/O: outside the lock
-                counts = self.prefix.match(hashes, [r.name for r in self.replicas])
+            # The lookup is I/O: outside the lock.
+            counts, held = self.prefix.lookup(hashes, [r.name for r in self.replicas])
+            if hashes:
                 matched = {name: n / len(hashes) for name, n in counts.items()}
         with self._lock:
             ready = [r for r in self.replicas if r.breaker.closed]
@@ -157,7 +160,7 @@ class ReplicaPool:
             self._ticket += 1
             index = choose_replica(
                 strategy,
-                [r.view(matched.get(r.name, 0.0)) for r in candidates],
+                [r.view(matched.get(r.name, 0.0), held.get(r.name)) for r in candidates],
                 ticket=self._ticket,
                 rand=self._rng.random(),
                 session_id=route.session_id,

@@ -95,6 +95,8 @@ class LocalPrefixIndex:
         self.max_blocks = max_blocks
         self._clock = clock
         self._blocks: OrderedDict[str, dict[str, float]] = OrderedDict()
+        # Per replica, the blocks it was sent (hash -> time), oldest first: what it holds.
+        self._held: dict[str, OrderedDict[str, float]] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -107,15 +109,29 @@ class LocalPrefixIndex:
             sent = [self._blocks.get(h, {}) for h in hashes]
         return {r: leading_matches([s.get(r, -math.inf) >= oldest for s in sent]) for r in replicas}
 
+    def held(self, replicas: Sequence[str]) -> dict[str, int]:
+        """How many blocks each replica was sent within the TTL."""
+        oldest = self._clock() - self.ttl_s
+        with self._lock:
+            for blocks in self._held.values():
+                while blocks and next(iter(blocks.values())) < oldest:
+                    blocks.popitem(last=False)
+            return {r: len(self._held.get(r, ())) for r in replicas}
+
     def record(self, hashes: Sequence[str], replica: str) -> None:
         """``replica`` was sent ``hashes`` now."""
         now = self._clock()
         with self._lock:
+            held = self._held.setdefault(replica, OrderedDict())
             for h in hashes:
                 self._blocks.setdefault(h, {})[replica] = now
                 self._blocks.move_to_end(h)
+                held[h] = now
+                held.move_to_end(h)
             while len(self._blocks) > self.max_blocks:
                 self._blocks.popitem(last=False)
+            while len(held) > self.max_blocks:
+                held.popitem(last=False)
 
 
 class PrefixIndex:
@@ -159,19 +175,33 @@ class PrefixIndex:
 
     def match(self, hashes: Sequence[str], replicas: Sequence[str]) -> Mapping[str, int]:
         """Each of ``replicas``' count of leading ``hashes`` it was sent within the TTL."""
-        if not hashes or not replicas:
-            return dict.fromkeys(replicas, 0)
+        return self.lookup(hashes, replicas)[0]
+
+    def lookup(
+        self, hashes: Sequence[str], replicas: Sequence[str]
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """Each of ``replicas``' count of leading ``hashes`` it was sent within the TTL, and
+        how many blocks of any conversation it was sent within the TTL (what its cache holds
+        of this pool's conversations, as far as the router knows): one script call."""
+        if not replicas:
+            return {}, {}
         if self._shared():
             try:
                 counts = MATCH(
                     self.client,
-                    [self._key(h) for h in hashes],
+                    [self._held_key(r) for r in replicas] + [self._key(h) for h in hashes],
                     [self._clock() - self.ttl_s, *replicas],
                 )
-                return {r: int(c) for r, c in zip(replicas, counts, strict=True)}
+                n = len(replicas)
+                matched = {r: int(c) for r, c in zip(replicas, counts[:n], strict=True)}
+                return matched, {r: int(c) for r, c in zip(replicas, counts[n:], strict=True)}
             except redis.RedisError as exc:
                 self._failed(exc)
-        return self.local.match(hashes, replicas)
+        matched = self.local.match(hashes, replicas) if hashes else dict.fromkeys(replicas, 0)
+        return matched, self.local.held(replicas)
+
+    def _held_key(self, replica: str) -> str:
+        return prefix_key(self.pool, f"held:{replica}")
 
     def record(self, hashes: Sequence[str], replica: str) -> None:
         """``replica`` was sent ``hashes`` now (in Redis, and in this process's index)."""
@@ -179,7 +209,11 @@ class PrefixIndex:
             return
         self.local.record(hashes, replica)
         if self._shared():
-            keys = [prefix_key(self.pool, "lru"), *(self._key(h) for h in hashes)]
+            keys = [
+                prefix_key(self.pool, "lru"),
+                self._held_key(replica),
+                *(self._key(h) for h in hashes),
+            ]
             args = [replica, self._clock(), int(self.ttl_s), self.max_blocks]
             try:
                 RECORD(self.client, keys, args)

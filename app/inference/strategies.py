@@ -3,7 +3,8 @@
 The ``prefix`` strategy adds up weighted scores, each 0..1 per candidate, as llm-d's
 Endpoint Picker does: how much of the request's conversation the replica was last sent
 (its KV cache likely holds it), and its load (queue, KV-cache use, running requests), each
-relative to the candidates' least. Loads are compared as ratios rather than min-max
+relative to the candidates' least, and what the replica already holds (the blocks the router
+sent it within the index's TTL). Loads are compared as ratios rather than min-max
 normalised, so between two replicas one call more does not outweigh a long match. A
 replica loaded well beyond the least loaded (twice, by default) loses its prefix score, so a
 prefix every session shares, or one hot session, cannot pile every call onto one replica.
@@ -32,6 +33,7 @@ class ReplicaView:
     running: float | None = None  # requests running at the server (scraped), if known
     kv_cache_usage: float | None = None  # share of its KV cache in use, 0..1 (scraped)
     prefix_match: float = 0.0  # share of the request's blocks last sent here, 0..1
+    held: float | None = None  # blocks of the pool's conversations sent here within the TTL
 
     @property
     def load(self) -> float:
@@ -111,7 +113,11 @@ def scores(
     - queue: ``(1 + least) / (1 + load)``, load being requests waiting there plus open here:
       1 for the least loaded, one call more weighs less the busier all are;
     - kv_cache: ``1 - kv_cache_usage``;
-    - running: as queue, of the requests running at the server.
+    - running: as queue, of the requests running at the server;
+    - held: as queue, of the blocks the router sent the replica within the index's TTL (what
+      its cache holds, as Dynamo's router counts a worker's active blocks): sessions that wait
+      in tools hold their replica's cache without a call open, and a shared system prompt
+      would otherwise draw every new session to the replica that first got it.
 
     A figure a replica does not export counts as the mean of those that do; one no candidate
     exports scores 1 for all.
@@ -125,6 +131,7 @@ def scores(
         "queue": _relative([r.load for r in replicas]),
         "kv_cache": [1.0 - u for u in _filled([r.kv_cache_usage for r in replicas], 0.0)],
         "running": _relative([r.running for r in replicas]),
+        "held": _relative([r.held for r in replicas]),
     }
     return [
         sum(weight * parts[name][i] for name, weight in scorers.items() if name in parts)

@@ -87,3 +87,36 @@ def test_worker_pools_share_the_index_in_redis_only_when_an_agent_routes_by_pref
     finally:
         for pool in plain.values():
             pool.close()
+
+
+def test_every_process_sees_what_each_replica_holds_until_the_ttl(
+    redis_client: redis.Redis,
+) -> None:
+    clock = Clock()
+    clock.now = 2_000_000.0
+    one = PrefixIndex(redis_client, "openai", ttl_s=60, max_blocks=5, clock=lambda: clock.now)
+    two = PrefixIndex(redis_client, "openai", ttl_s=60, max_blocks=5, clock=lambda: clock.now)
+    one.record(HASHES[:3], "a")
+    clock.now += 30
+    two.record(HASHES[5:7], "b")
+    two.record(HASHES[:2], "b")  # the shared start of a conversation, sent to b too
+    assert one.lookup(HASHES, ["a", "b", "c"]) == (
+        {"a": 3, "b": 2, "c": 0},
+        {"a": 3, "b": 4, "c": 0},
+    )
+    assert one.lookup([], ["a"]) == ({"a": 0}, {"a": 3})  # a short request still sees the load
+    two.record(HASHES[3:6], "b")  # 6 blocks, over the cap of 5: b holds its 5 most recent
+    assert two.lookup([], ["b"])[1] == {"b": 5}
+    clock.now += 31  # a's blocks were sent 61 s ago
+    assert two.lookup(HASHES, ["a", "b"])[1] == {"a": 0, "b": 5}
+
+
+def test_the_process_index_counts_what_each_replica_holds_too() -> None:
+    clock = Clock()
+    clock.now = 100.0
+    index = PrefixIndex(None, "openai", ttl_s=60, clock=lambda: clock.now)
+    index.record(HASHES[:3], "a")
+    index.record(HASHES[:2], "b")
+    assert index.lookup(HASHES, ["a", "b"]) == ({"a": 3, "b": 2}, {"a": 3, "b": 2})
+    clock.now += 61
+    assert index.lookup(HASHES, ["a", "b"]) == ({"a": 0, "b": 0}, {"a": 0, "b": 0})

@@ -217,3 +217,20 @@ def test_prefix_never_picks_an_overloaded_replica_over_one_that_is_not(
         return 1 + r.load > 2 * (1 + least)
 
     assert not overloaded(replicas[index]) or all(overloaded(r) for r in replicas)
+
+
+def test_a_shared_system_prompt_does_not_draw_every_new_session_to_one_replica() -> None:
+    # A new session matches only the system prompt, sent so far to a, which already holds
+    # other sessions' blocks; between turns no call is open anywhere.
+    a = ReplicaView("a", prefix_match=0.5, held=40)
+    b = ReplicaView("b", prefix_match=0.0, held=0)
+    assert choose_replica(Strategy.PREFIX, [a, b]) == 1
+
+
+def test_a_session_stays_on_its_replica_while_the_replicas_hold_alike() -> None:
+    mine = ReplicaView("a", prefix_match=0.8, held=50)
+    other = ReplicaView("b", prefix_match=0.1, held=40)
+    assert choose_replica(Strategy.PREFIX, [mine, other]) == 0
+    # Its replica holds twice the other's: it still keeps the session whose cache it has.
+    busy = ReplicaView("a", prefix_match=0.8, held=80)
+    assert choose_replica(Strategy.PREFIX, [busy, other]) == 0
