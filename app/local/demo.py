@@ -8,8 +8,8 @@ import re
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,21 +88,30 @@ def run_demo(
     model_latency_ms: int = 0,
 ) -> bool:
     """Start Redis (unless AGENTQ_REDIS_URL is set), Triton and one worker per agent type; run."""
+    with _demo_stack(console) as (stack, tmp):
+        registry = load_registry(settings)
+        for agent in agents:  # before anything starts
+            if agent not in registry:
+                raise AgentqError(f"unknown agent {agent!r}; known: {registry.names}")
+        settings = _start_services(settings, tmp, stack, console)
+        celery, store = _start_workers(settings, registry, agents, tmp, stack, console)
+        runs = demo_runs(agents, count, model_latency_ms)
+        ok = _push_runs(celery, store, agents, runs, timeout_s, console)
+        return _stream_run(celery, agents[0], timeout_s, console) and ok
+    return False  # the demo failed: _demo_stack said why
+
+
+@contextmanager
+def _demo_stack(console: Console) -> Iterator[tuple[ExitStack, Path]]:
+    """What a demo starts is entered on the stack (with a temp folder beside it); whatever
+    happens, all of it is stopped at the end. An AgentqError is the demo failing, in one
+    line (the ``with`` block is then skipped past)."""
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentq-demo-")))
         try:
-            registry = load_registry(settings)
-            for agent in agents:  # before anything starts
-                if agent not in registry:
-                    raise AgentqError(f"unknown agent {agent!r}; known: {registry.names}")
-            settings = _start_services(settings, tmp, stack, console)
-            celery, store = _start_workers(settings, registry, agents, tmp, stack, console)
-            runs = demo_runs(agents, count, model_latency_ms)
-            ok = _push_runs(celery, store, agents, runs, timeout_s, console)
-            return _stream_run(celery, agents[0], timeout_s, console) and ok
+            yield stack, tmp
         except AgentqError as exc:
             console.print(f"[red]demo failed:[/red] {exc}")
-            return False
         finally:
             with console.status("stopping workers, Triton and Redis"):
                 stack.close()
@@ -290,34 +299,26 @@ def run_local_demo(settings: Settings, timeout_s: float, console: Console) -> bo
     from app.local import llm
     from app.local.model_agents import QUESTIONS
 
-    with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentq-demo-")))
-        try:
-            gguf = llm.gguf_path()  # before anything starts: the llm extra is installed
-            with console.status("reading SmolLM2-135M-Instruct's tokenizer and chat template"):
-                folder = llm.prepare_model(tmp / "smollm2", gguf)
-                repository = llm.llm_repository(tmp / "models", gguf=gguf)
-            console.print(
-                f"[green]✓[/green] SmolLM2-135M-Instruct ({gguf.stat().st_size >> 20} MiB GGUF)"
-            )
-            settings = llm.with_local_model(settings, folder).model_copy(
-                update={"include": [*settings.include, LOCAL_AGENTS_MODULE]}
-            )
-            registry = load_registry(settings)
-            agents = sorted({q.agent for q in QUESTIONS})
-            model_name = "SmolLM2-135M-Instruct on llama.cpp"
-            settings = _start_services(settings, tmp, stack, console, repository, model_name)
-            celery, store = _start_workers(settings, registry, agents, tmp, stack, console)
-            ok = _ask_local(celery, store, timeout_s, console)
-            streamed = _stream_local(celery, timeout_s, console)
-            return ok and streamed
-        except AgentqError as exc:
-            console.print(f"[red]demo failed:[/red] {exc}")
-            return False
-        finally:
-            with console.status("stopping workers, Triton and Redis"):
-                stack.close()
-            console.print("[green]✓[/green] everything stopped")
+    with _demo_stack(console) as (stack, tmp):
+        gguf = llm.gguf_path()  # before anything starts: the llm extra is installed
+        with console.status("reading SmolLM2-135M-Instruct's tokenizer and chat template"):
+            folder = llm.prepare_model(tmp / "smollm2", gguf)
+            repository = llm.llm_repository(tmp / "models", gguf=gguf)
+        console.print(
+            f"[green]✓[/green] SmolLM2-135M-Instruct ({gguf.stat().st_size >> 20} MiB GGUF)"
+        )
+        settings = llm.with_local_model(settings, folder).model_copy(
+            update={"include": [*settings.include, LOCAL_AGENTS_MODULE]}
+        )
+        registry = load_registry(settings)
+        agents = sorted({q.agent for q in QUESTIONS})
+        model_name = "SmolLM2-135M-Instruct on llama.cpp"
+        settings = _start_services(settings, tmp, stack, console, repository, model_name)
+        celery, store = _start_workers(settings, registry, agents, tmp, stack, console)
+        ok = _ask_local(celery, store, timeout_s, console)
+        streamed = _stream_local(celery, timeout_s, console)
+        return ok and streamed
+    return False  # the demo failed: _demo_stack said why
 
 
 def _ask_local(celery: Any, store: SessionStore, timeout_s: float, console: Console) -> bool:

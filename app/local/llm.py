@@ -206,16 +206,21 @@ def llm_repository(
     return dest
 
 
+def _served(folder: Path) -> dict[str, str]:
+    """Both models -> the tokenizer folder :func:`prepare_model` wrote."""
+    return dict.fromkeys(MODELS, str(Path(folder).resolve()))
+
+
 def worker_env(folder: Path) -> dict[str, str]:
     """The variables that make a worker render and count tokens for the local model: its chat
     template and tokenizer (the folder :func:`prepare_model` wrote) for both models."""
-    models = json.dumps(dict.fromkeys(MODELS, str(Path(folder).resolve())))
+    models = json.dumps(_served(folder))
     return {"AGENTQ_TRITON__CHAT_TEMPLATES": models, "AGENTQ_TRITON__TOKENIZERS": models}
 
 
 def with_local_model(settings: Settings, folder: Path) -> Settings:
     """``settings`` for processes that call the local model: its chat template and tokenizer
     (the folder :func:`prepare_model` wrote) for both models; :func:`worker_env` as settings."""
-    served = dict.fromkeys(MODELS, str(Path(folder).resolve()))
+    served = _served(folder)
     triton = settings.triton.model_copy(update={"chat_templates": served, "tokenizers": served})
     return settings.model_copy(update={"triton": triton})

@@ -40,3 +40,15 @@ def test_demo_uses_the_redis_named_by_agentq_redis_url(tmp_path, redis_client, r
     assert f"Redis from AGENTQ_REDIS_URL: {redis_url}" in out.stdout
     assert "embedded Redis" not in out.stdout
     assert "4 of 4 runs succeeded" in out.stdout
+
+
+def test_demo_with_an_unknown_agent_fails_in_one_line_and_stops_what_it_started(tmp_path):
+    env = {k: v for k, v in child_env({}).items() if not k.startswith("AGENTQ_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "demo", "--agents", "nope"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "demo failed: unknown agent 'nope'" in out.stdout
+    assert "everything stopped" in out.stdout
+    assert list(tmp_path.iterdir()) == []
