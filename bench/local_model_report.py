@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.measure import percentile
+from bench.plots import finish
 from bench.report import ratio, scenario
 
 STREAM, UNARY = "stream", "unary"
@@ -231,15 +232,10 @@ def write_plot(doc: dict[str, Any], path: Path) -> Path:
             f"SmolLM2-135M-Instruct, {doc['requests']} requests per side: p50 bars, p95 lines",
             fontsize=10,
         )
-        fig.text(
-            0.01, 0.01,
+        footer = (
             f"{machine.get('cpu_model')}, {machine.get('cpu_count')} cores, load "
-            f"{machine.get('load_average_at_start')}, {doc['date']}",
-            fontsize=6, color="#7f7f7f",
-        )  # fmt: skip
-        fig.tight_layout(rect=(0, 0.04, 1, 1))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+            f"{machine.get('load_average_at_start')}, {doc['date']}"
+        )
+        return finish(fig, path, footer, bottom=0.04)
     finally:
         plt.close(fig)
-    return path

@@ -117,6 +117,16 @@ PLOTS = {
 }
 
 
+def finish(fig: Any, path: Path, footer: str, *, fontsize: float = 6, bottom: float = 0.03) -> Path:
+    """Write ``footer`` (machine, date: what the figures were measured on) at the bottom left
+    of ``fig``, lay it out above it and save it as ``path`` (PNG, folders made)."""
+    fig.text(0.01, 0.01, footer, fontsize=fontsize, color=OTHER)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def plot(doc: dict[str, Any], path: Path) -> Path:
     """Draw the scenario ``doc`` into ``path`` (PNG)."""
     import matplotlib
@@ -128,15 +138,11 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     try:
         PLOTS[doc["scenario"]](ax, doc)
         machine = doc.get("machine", {})
-        fig.text(
-            0.01, 0.01,
+        return finish(
+            fig,
+            path,
             f"{machine.get('cpu_model')}, {machine.get('cpu_count')} cores, "
             f"{doc.get('date', '')} (shared machine: compare the ratios, not the absolutes)",
-            fontsize=6, color=OTHER,
-        )  # fmt: skip
-        fig.tight_layout(rect=(0, 0.03, 1, 1))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        )
     finally:
         plt.close(fig)
-    return path

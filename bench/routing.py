@@ -54,6 +54,7 @@ from app.inference.prefix import PrefixIndex
 from app.local.llama_server import LlamaServer
 from app.local.redis import RedisServer
 from bench.measure import percentile
+from bench.plots import finish
 from bench.report import environment, write
 
 MODEL = "smollm2"
@@ -398,18 +399,14 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         for ax in (left, right):
             ax.set_xticks(list(x), names, rotation=30, ha="right", fontsize=8)
         machine = report.get("machine", {})
-        fig.text(
-            0.01, 0.01,
+        return finish(
+            fig,
+            path,
             f"{machine.get('cpu_model')}, {machine.get('cpu_count')} cores, "
             f"{report.get('date', '')} (shared machine: compare strategies, not absolutes)",
-            fontsize=6, color="#7f7f7f",
-        )  # fmt: skip
-        fig.tight_layout(rect=(0, 0.03, 1, 1))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        )
     finally:
         plt.close(fig)
-    return path
 
 
 def main(plan: Plan, out: str | None, console: Console) -> int:

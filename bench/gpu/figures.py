@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.gpu.sides import Side
+from bench.plots import finish
 
 
 def gpu_text(gpu: Any) -> str:
@@ -93,11 +94,7 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
             if model
             else f"the server at {server['base_url']}"
         )
-        fig.text(0.01, 0.01, f"{what} on {report['device']}, {report['max_tokens']} tokens a "
-                 f"reply, {report['date']}", fontsize=7, color="#7f7f7f")  # fmt: skip
-        fig.tight_layout(rect=(0, 0.04, 1, 1))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        footer = f"{what} on {report['device']}, {report['max_tokens']} tokens a reply, "
+        return finish(fig, path, footer + str(report["date"]), fontsize=7, bottom=0.04)
     finally:
         plt.close(fig)
-    return path
