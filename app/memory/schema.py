@@ -103,6 +103,7 @@ runs = Table(
     Column("finished_at", UtcDateTime, nullable=True),
     Column("error_type", EnumText(ErrorType), nullable=True),  # why a failed run ended
     Column("budget", JsonValue, nullable=True),  # the run's limits (app.agents.guardrails.Budget)
+    Column("traceback", Text, nullable=True),  # of the error a failed run ended with
     CheckConstraint(allowed("status", RunStatus), name="ck_runs_status"),
     CheckConstraint(allowed("error_type", ErrorType), name="ck_runs_error_type"),
     Index("ix_runs_session_created", "session_id", "created_at"),
@@ -123,6 +124,7 @@ steps = Table(
     Column("latency_ms", Float, nullable=False),
     Column("worker", String, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
+    Column("replica", String, nullable=True),  # the inference server the model call went to
     CheckConstraint(allowed("kind", StepKind), name="ck_steps_kind"),
 )
 
