@@ -31,3 +31,11 @@ if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   fi
   rm -rf "$tmp"
 fi
+# chromium and its driver, for the run inspector's browser tests (they skip without them, fail
+# in CI): Debian's packages, whose versions match each other.
+if ! command -v chromedriver >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  if ! { apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1; }; }; then
+    echo "setup: could not install chromium and chromium-driver; the browser tests will skip" >&2
+  fi
+fi
