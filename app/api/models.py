@@ -69,6 +69,9 @@ class StepView(BaseModel):
     tokens_out: int
     latency_ms: float
     worker: str | None = Field(description="The worker node that ran the step.")
+    replica: str | None = Field(
+        default=None, description="The inference server the step's model call went to."
+    )
     created_at: datetime | None
 
     @classmethod
@@ -83,6 +86,7 @@ class StepView(BaseModel):
             tokens_out=step.tokens_out,
             latency_ms=step.latency_ms,
             worker=step.worker,
+            replica=step.replica,
             created_at=step.created_at,
         )
 
@@ -106,6 +110,9 @@ class RunView(BaseModel):
     answer: JsonValue = None
     error: str | None = None
     error_type: str | None = Field(default=None, description="Why a failed run ended.")
+    traceback: str | None = Field(
+        default=None, description="The traceback of the error a failed run ended with, if any."
+    )
     created_at: datetime | None = None
     finished_at: datetime | None = None
 
@@ -123,6 +130,7 @@ class RunView(BaseModel):
             answer=run.answer,
             error=run.error,
             error_type=run.error_type.value if run.error_type else None,
+            traceback=run.traceback,
             created_at=run.created_at,
             finished_at=run.finished_at,
         )

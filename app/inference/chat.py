@@ -185,6 +185,7 @@ class Delta:
     tokens_in: int | None = None
     tokens_out: int | None = None
     counted: Counted | None = None
+    replica: str | None = None  # the server streaming it (a replica pool sets it on the first)
 
 
 def count_tokens(text: str) -> int:

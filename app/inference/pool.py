@@ -22,7 +22,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Collection, Generator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import httpx
@@ -309,7 +309,7 @@ class ReplicaPool:
         failure: BaseException | None = None
         try:
             if first is not None:
-                yield first
+                yield replace(first, replica=replica.name)
             yield from pieces
         except GeneratorExit:
             raise  # the reader stopped early: not the replica's failure

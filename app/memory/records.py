@@ -110,6 +110,7 @@ class StepRecord:
     latency_ms: float = 0.0
     worker: str | None = None
     created_at: datetime | None = None  # set by the store on commit
+    replica: str | None = None  # the inference server the step's model call went to
 
     @property
     def tools(self) -> list[str]:
@@ -133,6 +134,7 @@ class StepDraft:
     tokens_out: int = 0
     latency_ms: float = 0.0
     results: dict[str, tuple[Any, bool]] = field(default_factory=dict)
+    replica: str | None = None  # this delivery's model call's server (a kept draft has none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,7 @@ class RunRecord:
     finished_at: datetime | None
     error_type: ErrorType | None = None  # why a failed run ended
     budget: dict[str, Any] | None = None  # the run's limits (app.agents.guardrails.Budget)
+    traceback: str | None = None  # of the error a failed run ended with, when one raised
 
 
 @dataclass(frozen=True, slots=True)

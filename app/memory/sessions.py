@@ -296,12 +296,14 @@ class SessionStore:
         error_type: ErrorType | None = None,
         new_run: NewRun | None = None,
         drafted: bool = False,
+        traceback: str | None = None,
     ) -> bool:
         """Commit ``record`` as the run's next step; False if it is not the next step.
 
         False means another worker (or an earlier delivery) committed this step, the step
         is out of order, or the run has ended; nothing was written. With ``final_answer``
-        (any JSON value) the run succeeds; with ``failed_reason`` it fails. With ``new_run``
+        (any JSON value) the run succeeds; with ``failed_reason`` it fails (``traceback``: of
+        the error it failed with). With ``new_run``
         the run is created first if it does not exist, in the same transaction. A step that made
         tool calls, or ``drafted`` (a draft of it may have been saved), deletes its draft and
         kept results in the same transaction: the step row holds them now.
@@ -315,6 +317,7 @@ class SessionStore:
                 "status": RunStatus.FAILED,
                 "error": failed_reason,
                 "error_type": error_type,
+                "traceback": traceback,
                 "finished_at": now,
             }
         moved = {"next_step": record.step + 1, **ending}
@@ -386,10 +389,12 @@ class SessionStore:
         new_run: NewRun | None = None,
         *,
         error_type: ErrorType | None = None,
+        traceback: str | None = None,
     ) -> bool:
         """End a running run as failed without a step; False if it is not running.
 
-        With ``new_run`` a run that has not committed a step yet is created first.
+        With ``new_run`` a run that has not committed a step yet is created first;
+        ``traceback``: of the error the run failed with.
         """
         with self._transaction() as conn:
             if new_run is not None:
@@ -401,6 +406,7 @@ class SessionStore:
                     status=RunStatus.FAILED,
                     error=reason,
                     error_type=error_type,
+                    traceback=traceback,
                     finished_at=utc_now(),
                 )
             ).rowcount
@@ -417,7 +423,13 @@ class SessionStore:
                     runs.c.status == RunStatus.FAILED,
                     runs.c.error_type.in_(error_types),
                 )
-                .values(status=RunStatus.RUNNING, error=None, error_type=None, finished_at=None)
+                .values(
+                    status=RunStatus.RUNNING,
+                    error=None,
+                    error_type=None,
+                    traceback=None,
+                    finished_at=None,
+                )
             ).rowcount
         return changed == 1
 

@@ -154,7 +154,13 @@ def dead_letter(
     reason = f"dead-lettered ({letter.kind}): {letter.reason}"
     first = NewRun(letter.run_id, letter.agent, run_input, session_id) if letter.step == 0 else None
     try:
-        store.fail_run(letter.run_id, reason, new_run=first, error_type=ErrorType.DEAD_LETTERED)
+        store.fail_run(
+            letter.run_id,
+            reason,
+            new_run=first,
+            error_type=ErrorType.DEAD_LETTERED,
+            traceback=letter.traceback,
+        )
     except StoreError as exc:
         log.error("run %s: dead-lettered, but the store could not be told: %s", letter.run_id, exc)
     metrics.dead_lettered(letter.agent, letter.kind)

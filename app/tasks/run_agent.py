@@ -150,9 +150,7 @@ def register_run_agent(app: Celery) -> Task:
                     _retry_later(self, runtime, msg, exc)
             except Exception as exc:
                 # Poison: retrying cannot help (a bug, a malformed message): keep it for operators.
-                result = _dead_letter(
-                    self, runtime, msg, exc, DeadLetterKind.POISON, traceback.format_exc()
-                )
+                result = _dead_letter(self, runtime, msg, exc, DeadLetterKind.POISON)
             finally:
                 metrics.step_ended(agent)
             span.set(outcome=result.outcome.value)
@@ -191,7 +189,6 @@ def _dead_letter(
     msg: StepMessage,
     exc: Exception,
     kind: DeadLetterKind,
-    trace: str | None = None,
 ) -> StepResult:
     retries = task.request.retries
     reason = f"{type(exc).__name__}: {exc}"
@@ -207,7 +204,7 @@ def _dead_letter(
         kwargs=dict(task.request.kwargs or {}),
         task_id=task.request.id,
         failed_at=time.time(),
-        traceback=trace,
+        traceback="".join(traceback.format_exception(exc)),
     )
     error = dead_letter(runtime.redis, runtime.store, letter, msg.input, msg.session_id)
     return StepResult(Outcome.FAILED, reason=str(error), error_type=ErrorType.DEAD_LETTERED)

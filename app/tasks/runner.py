@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -157,7 +158,9 @@ class StepRunner:
                     msg.run_id,
                 )
             except SubmitError as exc:
-                refused = verdict.failed(f"run refused: {exc}", ErrorType.INPUT_REJECTED)
+                refused = verdict.failed(
+                    f"run refused: {exc}", ErrorType.INPUT_REJECTED, traceback.format_exc()
+                )
                 return self._fail(msg, refused, state, new_run, deferred)
         return self._execute(spec, msg, state, new_run, hold if deferred else None)
 
@@ -210,7 +213,9 @@ class StepRunner:
             except InferenceUnavailableError:
                 raise  # the task retries the step later; nothing was committed
             except InferenceError as exc:
-                broken = verdict.failed(f"model call failed: {exc}", ErrorType.MODEL_ERROR)
+                broken = verdict.failed(
+                    f"model call failed: {exc}", ErrorType.MODEL_ERROR, traceback.format_exc()
+                )
                 return self._fail(msg, broken, state, new_run, deferred)
             reply = StepDraft(
                 step=msg.step,
@@ -219,6 +224,7 @@ class StepRunner:
                 tokens_in=completion.tokens_in,
                 tokens_out=completion.tokens_out,
                 latency_ms=(time.perf_counter() - started) * 1000,
+                replica=completion.replica,
             )
             counted = completion.counted
         drafted = state.draft is not None
@@ -277,6 +283,7 @@ class StepRunner:
             latency_ms=(time.perf_counter() - started) * 1000
             + (0.0 if step.fresh else reply.latency_ms),
             worker=self.worker_name,
+            replica=reply.replica,
         )
         return self._commit(step, decided, record)
 
@@ -420,20 +427,22 @@ class StepRunner:
         pieces: list[str] = []
         calls: tuple[ToolCall, ...] = ()
         counts = Delta()
+        replica: str = spec.backend  # a replica pool names the server on the first piece
         for delta in backend.stream(request, route=route):
             if delta.text:
                 pieces.append(delta.text)
                 self.relay.token(msg.run_id, msg.step, delta.text)
             calls = delta.tool_calls or calls
+            replica = delta.replica or replica
             if delta.counted is not None:  # the stream's counts (server or tokenizer)
                 counts = delta
         text = "".join(pieces)
         latency = time.perf_counter() - started
         if counts.counted is None:  # a stream that does not count its tokens (echo)
             tokens_in, tokens_out = request.estimated_tokens(), count_tokens(text)
-            return Completion(text, tokens_in, tokens_out, latency, spec.backend, calls)
+            return Completion(text, tokens_in, tokens_out, latency, replica, calls)
         tokens_in, tokens_out = counts.tokens_in or 0, counts.tokens_out or 0
-        return Completion(text, tokens_in, tokens_out, latency, spec.backend, calls, counts.counted)
+        return Completion(text, tokens_in, tokens_out, latency, replica, calls, counts.counted)
 
     def _make_calls(
         self, spec: AgentSpec, msg: StepMessage, decided: Verdict, reply: StepDraft
@@ -495,6 +504,7 @@ class StepRunner:
             failed_reason=decided.reason,
             error_type=decided.error_type,
             new_run=new_run,
+            traceback=decided.traceback,
         )
         if committed:
             return self._outcome(msg.agent, msg, state, decided)

@@ -36,11 +36,19 @@ class Verdict:
     answer: Any = None  # SUCCEEDED: the run's answer
     reason: str | None = None  # FAILED: why
     error_type: ErrorType | None = None  # FAILED: why, as a type
+    traceback: str | None = None  # FAILED by an error raised: its traceback
 
 
-def failed(reason: str, error_type: ErrorType) -> Verdict:
-    """The run ends with an error step that keeps no model output."""
-    return Verdict(StepKind.ERROR, RunStatus.FAILED, reason=reason, error_type=error_type)
+def failed(reason: str, error_type: ErrorType, traceback: str | None = None) -> Verdict:
+    """The run ends with an error step that keeps no model output (``traceback``: of the
+    error it ends with)."""
+    return Verdict(
+        StepKind.ERROR,
+        RunStatus.FAILED,
+        reason=reason,
+        error_type=error_type,
+        traceback=traceback,
+    )
 
 
 def before_call(budget: Budget, used: Usage, prompt_tokens: int) -> Verdict | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
@@ -11,7 +12,8 @@ pytest.importorskip("fastapi")
 from pydantic import ValidationError
 
 from app.api.events import BadEventIdError, Resume, relayed_event, resume_point
-from app.api.models import RunCreate, event_data
+from app.api.models import RunCreate, RunView, event_data
+from app.memory.records import ErrorType, RunState, RunStatus, StepKind, StepRecord
 from app.tasks.relay import StreamEvent
 
 
@@ -86,3 +88,16 @@ def test_last_event_id_resumes_where_the_client_stopped() -> None:
     for wrong, relayed in [("step-2", True), ("1-0", False), ("banana", True)]:
         with pytest.raises(BadEventIdError):
             resume_point(wrong, relayed)
+
+
+def test_a_run_read_shows_each_steps_replica_and_a_failed_runs_traceback() -> None:
+    started = datetime.now(UTC)
+    step = StepRecord(step=0, kind=StepKind.ERROR, model_output="", replica="grpc://t:8001")
+    run = RunState(
+        "r1", None, "research", "hi", RunStatus.FAILED, 1, None, "model call failed", started,
+        started, ErrorType.MODEL_ERROR, traceback="Traceback ...\nInferenceError: x\n",
+        steps=[step],
+    )  # fmt: skip
+    view = RunView.of(run).model_dump(mode="json")
+    assert view["traceback"] == "Traceback ...\nInferenceError: x\n"
+    assert view["steps"][0]["replica"] == "grpc://t:8001"

@@ -115,7 +115,10 @@ def test_session_affinity_follows_the_session_and_fails_over() -> None:
 def test_stream_fails_over_before_the_first_piece() -> None:
     a, b = Server("a", up=False), Server("b")
     pool, _ = make_pool(a, b)
-    assert [d.text for d in pool.stream(ask())] == ["b0 ", "b1 ", "b2 "]
+    deltas = list(pool.stream(ask()))
+    assert [d.text for d in deltas] == ["b0 ", "b1 ", "b2 "]
+    # The first piece names the replica that streams (a step keeps it).
+    assert [d.replica for d in deltas] == ["b", None, None]
     assert all(s.in_flight == 0 for s in pool.status())
 
 

@@ -44,10 +44,11 @@ def test_a_run_goes_tool_then_final(store):
     assert done.outcome is Outcome.DONE and done.answer == "Answer: 5"
     assert backend.prompts[1].splitlines()[-2] == "Tool: 5"
     run = store.load_run("run")
-    assert [(s.step, s.kind, recorded.result(s)) for s in run.steps] == [
-        (0, "tool", 5),
-        (1, "final", None),
+    assert [(s.step, s.kind, recorded.result(s), s.replica) for s in run.steps] == [
+        (0, "tool", 5, "fake"),
+        (1, "final", None, "fake"),
     ]
+    assert run.traceback is None
 
 
 def test_redelivered_and_duplicate_messages_never_repeat_a_step(store):
@@ -121,7 +122,10 @@ def test_a_model_error_fails_the_run_and_unavailability_commits_nothing(store):
     assert store.count_steps("run") == 0
     failed = r.run_step(StepMessage("run", "research", 0, "hi"))
     assert failed.outcome is Outcome.FAILED and "bad prompt" in failed.reason
-    assert store.load_run("run").steps[0].kind == "error"
+    run = store.load_run("run")
+    assert run.steps[0].kind == "error"
+    assert run.traceback.startswith("Traceback (most recent call last):")
+    assert run.traceback.rstrip().endswith("InferenceError: bad prompt")
 
 
 def test_oversized_input_from_send_task_fails_at_the_worker(store):
