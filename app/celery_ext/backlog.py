@@ -5,12 +5,16 @@ step: ``q`` (priority 0-2), ``q\\x06\\x163``, ``q\\x06\\x166``, ``q\\x06\\x169``
 a worker has taken but not yet acknowledged (acks late: a step in progress, or a retry
 waiting for its countdown) leaves the lists for the ``unacked`` hash (delivery tag -> JSON
 ``[message, exchange, routing_key]``). ``LLEN q`` therefore undercounts; the backlog is the
-sum of all of them. The arithmetic here is pure; :func:`read_backlog` is the Redis reader.
+sum of all of them. Of the unacked, those with an ``eta`` still ahead are *delayed* (a retry,
+or a step come back later, waiting in a worker for its countdown); the rest are steps being
+run. The arithmetic here is pure; :func:`read_backlog` is the Redis reader.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,10 +38,16 @@ class Backlog:
 
     ready: int
     unacked: int
+    delayed: int = 0  # of the unacked: waiting in a worker for their countdown (eta)
 
     @property
     def total(self) -> int:
         return self.ready + self.unacked
+
+    @property
+    def in_flight(self) -> int:
+        """Steps taken and not waiting for a countdown: being run now."""
+        return self.unacked - self.delayed
 
 
 def priority_lists(queue: str, steps: Sequence[int] = PRIORITY_STEPS, sep: str = SEP) -> list[str]:
@@ -55,29 +65,53 @@ def default_routes(queues: Iterable[str]) -> dict[tuple[str, str], str]:
     return routes
 
 
+def _unacked(entry: bytes | str, routes: Routes) -> tuple[str | None, Any]:
+    """The queue an ``unacked`` hash value belongs to (None: another queue, or unreadable)
+    and its message."""
+    try:
+        message, exchange, routing_key = json.loads(entry)
+    except (ValueError, TypeError):
+        return None, None
+    return routes.get((str(exchange or ""), str(routing_key or ""))), message
+
+
 def unacked_queue(entry: bytes | str, routes: Routes) -> str | None:
     """The queue an ``unacked`` hash value belongs to (None: another queue, or unreadable)."""
-    try:
-        _message, exchange, routing_key = json.loads(entry)
-    except (ValueError, TypeError):
+    return _unacked(entry, routes)[0]
+
+
+def eta_of(message: Any) -> float | None:
+    """The Unix time a message's countdown ends (Celery's ``eta`` header); None without one."""
+    headers = message.get("headers") if isinstance(message, dict) else None
+    eta = headers.get("eta") if isinstance(headers, dict) else None
+    if not isinstance(eta, str):
         return None
-    return routes.get((str(exchange or ""), str(routing_key or "")))
+    try:
+        when = datetime.datetime.fromisoformat(eta)
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=datetime.UTC)).timestamp()
 
 
 def count_backlog(
     list_lengths: Mapping[str, Sequence[int]],
     unacked_entries: Iterable[bytes | str],
     routes: Routes,
+    now: float | None = None,
 ) -> dict[str, Backlog]:
     """The backlog of each queue in ``list_lengths`` (queue -> its priority lists' lengths),
-    adding the ``unacked`` hash values that ``routes`` map to it."""
+    adding the ``unacked`` hash values that ``routes`` map to it; with ``now`` (Unix time),
+    those whose eta is after it count as delayed too."""
     unacked = dict.fromkeys(list_lengths, 0)
+    delayed = dict.fromkeys(list_lengths, 0)
     for entry in unacked_entries:
-        queue = unacked_queue(entry, routes)
+        queue, message = _unacked(entry, routes)
         if queue in unacked:
             unacked[queue] += 1
+            if now is not None and (eta := eta_of(message)) is not None and eta > now:
+                delayed[queue] += 1
     return {
-        queue: Backlog(ready=sum(lengths), unacked=unacked[queue])
+        queue: Backlog(ready=sum(lengths), unacked=unacked[queue], delayed=delayed[queue])
         for queue, lengths in list_lengths.items()
     }
 
@@ -117,4 +151,4 @@ def read_backlog(
     entries: Iterable[bytes] = (
         replies[at] if small else (v for _, v in client.hscan_iter(unacked_key, count=_SCAN_PAGE))
     )
-    return count_backlog(lengths, entries, routes)
+    return count_backlog(lengths, entries, routes, time.time())

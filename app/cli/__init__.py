@@ -21,7 +21,39 @@ from app.ops import logs
 console = Console()
 
 
+def echo_json(data: object) -> None:
+    """``data`` as indented JSON on stdout, alone (what a read command's ``--json`` prints)."""
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def print_table(table: Table) -> None:
+    """``table`` at the terminal's width, or wider when its ``no_wrap`` columns (ids, names)
+    would not fit whole otherwise: the terminal wraps the line, nothing is cut."""
+    from rich.measure import Measurement
+
+    needed = Measurement.get(console, console.options.update_width(10_000), table).minimum
+    wide = console if needed <= console.width else Console(width=needed)
+    wide.print(table, highlight=False)
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import version
+
+    click.echo(f"agentq {version('agentq')} (celery {version('celery')})")
+    ctx.exit()
+
+
 @click.group(cls=OneLineGroup)
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Print agentq's and Celery's versions and exit.",
+)
 def main() -> None:
     """agentq: run AI agents at scale on Celery (exit codes: docs/operations.md)."""
 
@@ -29,9 +61,11 @@ def main() -> None:
 @main.command()
 @click.option(
     "--agents",
+    "-Q",
     "agents",
     default=None,
-    help="Comma-separated agent types (default: AGENTQ_WORKER__AGENTS, else all).",
+    help="Comma-separated agent types, or their queue names (default: AGENTQ_WORKER__AGENTS, "
+    "else all).",
 )
 @click.option("--concurrency", "-c", type=int, default=None, help="Runs in flight per process.")
 @click.option("--pool", "-P", default=None, help="Celery pool (default: threads).")
@@ -60,6 +94,7 @@ def worker(
     from app.celery_ext.app import create_celery
     from app.celery_ext.context import context_of
     from app.celery_ext.worker import node_name, run_worker
+    from app.ops.queues import select_agents
     from app.ops.redis_clients import check_redis
     from app.tasks.runtime import runtime_for
 
@@ -71,16 +106,15 @@ def worker(
     app = create_celery(settings)  # imports the included modules; refuses a missing tool
     registry = context_of(app).registry
     agents = agents or settings.worker.agents  # the flag wins over the environment
-    names = [a.strip() for a in agents.split(",") if a.strip()] if agents else registry.names
-    unknown = [n for n in names if n not in registry]
-    if unknown:
-        listed = ", ".join(repr(n) for n in unknown)
+    names, unknown = select_agents(registry, [agents]) if agents else (registry.names, [])
+    if unknown or not names:
+        listed = ", ".join(repr(n) for n in unknown) or repr(agents)
         fail(
             ExitCode.REFUSED,
             f"no agent type {listed} to serve (known: {', '.join(registry.names)}); declare it "
             "in AGENTQ_AGENTS_FILE or in a module given to --include",
         )
-    queues = ",".join(registry.spec(n).queue_name for n in names)
+    queue_names = ",".join(registry.spec(n).queue_name for n in names)
     node = node_name(hostname or f"agentq-{'-'.join(names)}@%h")
     # Connect and migrate now: a bad config (password, TLS, URL) fails at start, not per run.
     check_internals()  # and a Celery/kombu without what app.celery_ext relies on
@@ -96,7 +130,7 @@ def worker(
         [
             *(["--quiet"] if settings.log_format == "json" else []),  # no banner amid JSON
             "worker",
-            "-Q", queues,
+            "-Q", queue_names,
             "-P", pool or settings.worker.pool,
             "-c", str(concurrency or settings.worker.concurrency),
             "-n", node,
@@ -222,17 +256,29 @@ def _print_stream(result: Any, timeout: float) -> None:
 @main.command()
 @click.option("--agent", default=None)
 @click.option("--limit", type=int, default=20, show_default=True)
-def status(agent: str | None, limit: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout instead of a table.")
+def status(agent: str | None, limit: int, as_json: bool) -> None:
     """Show recent runs from the session store."""
+    from dataclasses import asdict
+
     from app.memory.sessions import SessionStore
 
     store = SessionStore.from_url(Settings().database_url, migrate=False)
+    try:
+        recent = store.list_runs(agent=agent, limit=limit)
+    finally:
+        store.close()
+    if as_json:
+        echo_json([asdict(run) for run in recent])
+        return
     table = Table("run", "agent", "status", "steps", "answer / error")
-    for run in store.list_runs(agent=agent, limit=limit):
+    for column in table.columns[:3]:
+        column.no_wrap = True  # ids whole, at any width
+    for run in recent:
         table.add_row(
             run.id, run.agent, run.status, str(run.next_step), str(run.answer or run.error or "")
         )
-    console.print(table)
+    print_table(table)
 
 
 @main.command()
@@ -290,6 +336,24 @@ def triton_install() -> None:
     console.print(f"tritonserver ready in {home}")
 
 
+@triton.command("serve")
+@click.option(
+    "--model",
+    type=click.Choice(["scripted", "local"]),
+    default="scripted",
+    show_default=True,
+    help="scripted: models/scripted (settings.triton.model_repository); local: "
+    "SmolLM2-135M-Instruct on llama.cpp (the llm extra), after printing the variables "
+    "workers and producers need.",
+)
+def triton_serve(model: str) -> None:
+    """Run tritonserver (installed first if needed) until Ctrl-C or SIGTERM, then stop it and
+    every process it started; prints its gRPC, HTTP and metrics addresses once ready."""
+    from app.local.triton import run_serve
+
+    sys.exit(run_serve(Settings(), model))
+
+
 @main.command()
 @click.option("--runs", type=click.IntRange(1, 10_000), default=36, show_default=True)
 @click.option("--agents", default="research,coder", show_default=True)
@@ -322,4 +386,4 @@ def demo(runs: int, agents: str, timeout: float, model_latency_ms: int, model: s
 
 
 # The command groups in modules of their own register themselves on ``main``.
-from app.cli import api, bench, dlq, new  # noqa: E402, F401  (imported for their commands)
+from app.cli import api, bench, dlq, new, queues  # noqa: E402, F401  (imported for their commands)

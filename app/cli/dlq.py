@@ -13,7 +13,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from app.cli import console, main
+from app.cli import console, echo_json, main, print_table
 from app.config import Settings
 
 
@@ -31,15 +31,25 @@ def _dlq_client() -> Any:
 @dlq.command("list")
 @click.option("--agent", default=None, help="Only this agent type's runs.")
 @click.option("--limit", type=int, default=50, show_default=True)
-def dlq_list(agent: str | None, limit: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout instead of a table.")
+def dlq_list(agent: str | None, limit: int, as_json: bool) -> None:
     """The newest dead letters (quarantined messages show as kind `quarantined`)."""
     import datetime
+    from dataclasses import asdict
 
     from app.tasks import dead_letters as dead
 
     client = _dlq_client()
+    letters = dead.list_letters(client, limit, agent)
+    if as_json:
+        # What the table shows; `dlq show --json` has the arguments, traceback and raw bytes.
+        left_out = ("kwargs", "traceback", "raw")
+        echo_json([{k: v for k, v in asdict(x).items() if k not in left_out} for x in letters])
+        return
     table = Table("run", "agent", "step", "kind", "retries", "failed at", "reason")
-    for letter in dead.list_letters(client, limit, agent):
+    for column in table.columns[:2]:
+        column.no_wrap = True  # ids whole, at any width
+    for letter in letters:
         when = datetime.datetime.fromtimestamp(letter.failed_at, datetime.UTC)
         reason = letter.reason
         if letter.quarantined:
@@ -54,13 +64,14 @@ def dlq_list(agent: str | None, limit: int) -> None:
             reason,
             style="yellow" if letter.quarantined else None,
         )
-    console.print(table, highlight=False)
+    print_table(table)
     console.print(f"{dead.count(client)} dead letter(s) in all")
 
 
 @dlq.command("show")
 @click.argument("run_id")
-def dlq_show(run_id: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, raw bytes included.")
+def dlq_show(run_id: str, as_json: bool) -> None:
     """One dead letter: reason, traceback and the step's arguments (JSON, secrets masked);
     a quarantined message's bytes as kept, escaped (\\xHH) after its fields."""
     from dataclasses import asdict
@@ -72,6 +83,9 @@ def dlq_show(run_id: str) -> None:
     if letter is None:
         raise click.ClickException(f"run {run_id} is not in the dead-letter queue")
     shown = {**asdict(letter), "kwargs": masked(letter.kwargs)}  # replay uses the stored ones
+    if as_json:
+        echo_json(shown)
+        return
     raw = shown.pop("raw")
     click.echo(json.dumps(shown, indent=2))
     if letter.quarantined:

@@ -10,6 +10,7 @@ from app.celery_ext.backlog import (
     Backlog,
     count_backlog,
     default_routes,
+    eta_of,
     priority_lists,
     read_backlog,
     unacked_queue,
@@ -18,11 +19,10 @@ from app.celery_ext.backlog import (
 Q = "agent.research"
 
 
-def entry(queue: str, exchange: str | None = None) -> str:
+def entry(queue: str, exchange: str | None = None, eta: str | None = None) -> str:
     """An ``unacked`` hash value as kombu writes it: [message, exchange, routing_key]."""
-    return json.dumps(
-        [{"body": "e30=", "properties": {}}, queue if exchange is None else exchange, queue]
-    )
+    message = {"body": "e30=", "headers": {"eta": eta}, "properties": {}}
+    return json.dumps([message, queue if exchange is None else exchange, queue])
 
 
 def test_priority_lists_follow_kombus_naming() -> None:
@@ -61,3 +61,26 @@ def test_read_backlog_reads_lists_and_hash_in_one_snapshot_and_pages_big_hashes(
     # Past the snapshot limit the hash is read with HSCAN: same count.
     client.hset("unacked", mapping={f"t{i}": entry(Q) for i in range(1500)})
     assert read_backlog(client, [Q]) == {Q: Backlog(ready=3, unacked=1501)}
+
+
+def test_unacked_messages_whose_eta_is_ahead_are_delayed_the_rest_in_flight() -> None:
+    routes = default_routes([Q])
+    unacked = [
+        entry(Q, eta="2026-01-01T00:01:00+00:00"),  # a retry's countdown, not over
+        entry(Q, eta="2026-01-01T00:00:00.000001+00:00"),  # ahead by a microsecond
+        entry(Q, eta="2025-12-31T23:59:00+00:00"),  # over: running
+        entry(Q),  # no countdown: running
+    ]
+    now = eta_of({"headers": {"eta": "2026-01-01T00:00:00+00:00"}})
+    assert now is not None
+    result = count_backlog({Q: [0]}, unacked, routes, now)[Q]
+    assert (result.unacked, result.delayed, result.in_flight) == (4, 2, 2)
+    assert count_backlog({Q: [0]}, unacked, routes)[Q].delayed == 0  # without now: not asked
+
+
+def test_an_eta_without_a_zone_is_utc_and_a_bad_one_is_none() -> None:
+    assert eta_of({"headers": {"eta": "1970-01-01T00:01:00"}}) == 60.0
+    assert eta_of({"headers": {"eta": "soon"}}) is None
+    assert eta_of({"headers": {"eta": None}}) is None
+    assert eta_of({"headers": None}) is None
+    assert eta_of("text") is None
