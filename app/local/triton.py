@@ -457,20 +457,9 @@ def serve_local_model(home: Path) -> int:
 _USAGE = "usage: python -m app.local.triton install | serve [--model scripted|local]"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m app.local.triton install|serve [--model scripted|local]``: extract
-    tritonserver, or run it with the scripted model or the real local one."""
-    args = sys.argv[1:] if argv is None else argv
-    settings = Settings()
-    if not args or args[0] not in ("install", "serve"):
-        print(_USAGE, file=sys.stderr)
-        return 2
-    model = "scripted"
-    if args[1:] in (["--model", "scripted"], ["--model", "local"]):
-        model = args[2]
-    elif args[1:]:
-        print(_USAGE, file=sys.stderr)
-        return 2
+def run_serve(settings: Settings, model: str = "scripted") -> int:
+    """``agentq triton serve``: install tritonserver if needed, then :func:`serve` the scripted
+    model or the real local one (``model``: ``scripted`` or ``local``); its exit code."""
     if model == "local":
         from app.local.llm import gguf_path
 
@@ -481,11 +470,24 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     home = install_triton(settings.triton.home)
     print(f"tritonserver in {home}", flush=True)
-    if args[0] == "install":
-        return 0
     if model == "local":
         return serve_local_model(home)
     return serve(home, settings.triton.model_repository)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m app.local.triton install|serve [--model scripted|local]``: extract
+    tritonserver, or run it with the scripted model or the real local one (as ``agentq
+    triton install|serve`` do)."""
+    args = sys.argv[1:] if argv is None else argv
+    settings = Settings()
+    if args == ["install"]:
+        print(f"tritonserver in {install_triton(settings.triton.home)}", flush=True)
+        return 0
+    if args[:1] != ["serve"] or args[1:] not in ([], ["--model", "scripted"], ["--model", "local"]):
+        print(_USAGE, file=sys.stderr)
+        return 2
+    return run_serve(settings, args[2] if args[1:] else "scripted")
 
 
 if __name__ == "__main__":
