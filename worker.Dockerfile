@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # agentq worker image: `agentq worker` for the agent types in AGENTQ_WORKER__AGENTS (all when
-# unset); the same image runs `agentq flower`, `agentq exporter` and `agentq db upgrade`.
+# unset); the same image runs `agentq api`, `agentq flower`, `agentq exporter` and
+# `agentq db upgrade`.
 #
 #   docker build -f worker.Dockerfile -t agentq-worker:0.1.0 .
 #   docker run -e AGENTQ_WORKER__AGENTS=research -e AGENTQ_REDIS_URL=redis://redis:6379/0 ...
@@ -12,7 +13,7 @@
 # python:3.11.14-slim-bookworm, pinned by the digest of its multi-architecture index.
 FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS python-base
 LABEL org.opencontainers.image.title="agentq-worker" \
-      org.opencontainers.image.description="agentq Celery worker, Flower and backlog exporter" \
+      org.opencontainers.image.description="agentq Celery worker, run API, Flower and backlog exporter" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -31,11 +32,11 @@ WORKDIR /src
 # Dependencies first: this layer is rebuilt only when the lock changes, not on every code edit.
 COPY pyproject.toml uv.lock README.md ./
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-install-project --extra postgres --extra otel
+    uv sync --frozen --no-dev --no-install-project --extra postgres --extra otel --extra api
 COPY app ./app
 COPY models ./models
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable --extra postgres --extra otel
+    uv sync --frozen --no-dev --no-editable --extra postgres --extra otel --extra api
 
 FROM python-base AS runtime
 # A fixed UID/GID, so volume permissions and Kubernetes runAsUser agree with the image.

@@ -14,6 +14,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app.api import problems
+from app.api.health import ApiHealth
+from app.api.health import router as health_router
 from app.api.limits import BodyLimit, body_limit
 from app.api.models import EVENT_DATA
 from app.api.runs import router as runs_router
@@ -44,9 +46,11 @@ def create_app(settings: Settings, celery: Celery | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         state.aredis = async_redis_client(settings)
+        app.state.health = ApiHealth(settings, store)
         try:
             yield
         finally:
+            app.state.health.close()
             await state.aredis.aclose()
             store.close()
             if owned:
@@ -61,6 +65,7 @@ def create_app(settings: Settings, celery: Celery | None = None) -> FastAPI:
     app.state.api = state
     app.add_middleware(BodyLimit, max_bytes=body_limit(context_of(celery).registry, settings))
     problems.install(app)
+    app.include_router(health_router)  # before any key: probes carry none
     app.include_router(runs_router)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app

@@ -3,7 +3,7 @@
 Layout (``kubectl apply -f`` is not recursive, so each folder is one choice):
 
 - ``base/``: what every cluster needs: configuration, one worker Deployment + PDB per agent
-  type, the exporter, Triton (Deployment, Services, PDB), Flower;
+  type, the exporter, Triton (Deployment, Services, PDB), the run API, Flower;
 - ``keda/`` itself: KEDA's TriggerAuthentication, one ScaledObject (redis trigger) per
   agent type and Triton's (prometheus triggers);
 - ``prometheus-trigger/``: the same worker ScaledObjects on the exporter's true backlog;
@@ -185,6 +185,14 @@ def manifest_files(
                 "volume): kubectl -n <namespace> apply -f keda/jobs/build-engines.yaml",
                 "The checkpoint comes from the volume's hf/ folder, else from the Hub",
                 "(AGENTQ_DEPLOY__HF_MODEL_ID; HF_TOKEN in the Secret for gated models).",
+            ),
+        ),
+        ManifestFile(
+            "base/api.yaml",
+            services.api_objects(settings),
+            (
+                "`agentq api`: the HTTP run API (docs/api.md) on the workers' Redis and session",
+                "store; its Service is cluster-internal (put an Ingress or gateway in front).",
             ),
         ),
         ManifestFile(

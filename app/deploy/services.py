@@ -1,5 +1,5 @@
 """The objects every agent type shares: configuration, the Secret's template, the workers'
-headless Service, the exporter and Flower."""
+headless Service, the run API, the exporter and Flower."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from app.config import Settings
 from app.deploy.objects import (
     AGENTS_CONFIG_MAP,
     AGENTS_DIR,
+    API,
+    API_PORT_NAME,
     CONFIG_MAP,
     EXPORTER,
     FLOWER,
@@ -36,8 +38,10 @@ from app.errors import ConfigurationError
 def config_map(settings: Settings, agents_file: str | None) -> Obj:
     """Every non-secret AGENTQ_ setting the pods need (secrets: the Secret)."""
     health, exporter = settings.health.port, settings.exporter.port
-    if not health or not exporter:
-        raise ConfigurationError("health.port and exporter.port must be fixed ports (not 0)")
+    if not health or not exporter or not settings.api.port:
+        raise ConfigurationError(
+            "health.port, exporter.port and api.port must be fixed ports (not 0)"
+        )
     redis_endpoint(settings)  # refuse a password before it reaches the ConfigMap
     triton = [
         {
@@ -63,6 +67,8 @@ def config_map(settings: Settings, agents_file: str | None) -> Obj:
         "AGENTQ_EXPORTER__PORT": str(exporter),
         "AGENTQ_FLOWER__ADDRESS": "0.0.0.0",
         "AGENTQ_FLOWER__PORT": str(settings.flower.port),
+        "AGENTQ_API__HOST": "0.0.0.0",
+        "AGENTQ_API__PORT": str(settings.api.port),
     }
     if agents_file is not None:
         data["AGENTQ_AGENTS_FILE"] = f"{AGENTS_DIR}/{agents_file}"
@@ -127,7 +133,7 @@ def secret_template() -> Obj:
     }
 
 
-def _single(name: str, component: str, container: Obj, port: int) -> Obj:
+def _single(name: str, component: str, container: Obj, port: int, grace_s: int = 30) -> Obj:
     tmp, tmp_mount = tmp_volume()
     container = {**container, "volumeMounts": [tmp_mount]}
     return {
@@ -138,7 +144,7 @@ def _single(name: str, component: str, container: Obj, port: int) -> Obj:
             "replicas": 1,
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": selector(component)},
-            "template": pod_template(component, None, container, 30, [tmp], port),
+            "template": pod_template(component, None, container, grace_s, [tmp], port),
         },
     }
 
@@ -203,3 +209,51 @@ def flower_objects(settings: Settings) -> list[Obj]:
     # Flower's own /metrics sits behind its basic auth: not scraped.
     deployment["spec"]["template"]["metadata"].pop("annotations")
     return [deployment, _service(FLOWER, "flower", "http", port)]
+
+
+API_REPLICAS = 2
+API_SHUTDOWN_MARGIN_S = 5  # after api.shutdown_timeout_s: uvicorn closes and exits
+
+
+def api_objects(settings: Settings) -> list[Obj]:
+    """``agentq api``: two replicas (no Redis state of their own: any one serves any request),
+    their Service and a PDB keeping one up through a drain."""
+    port = settings.api.port
+    container = {
+        "name": "api",
+        "image": image(settings.deploy.image, settings),
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["agentq", "api"],
+        "envFrom": config_env(),
+        "ports": [{"name": API_PORT_NAME, "containerPort": port, "protocol": "TCP"}],
+        # /healthz: the process serves; /readyz: Redis and the session store answer too.
+        "startupProbe": http_probe("/healthz", API_PORT_NAME, period_s=2, failures=30),
+        "livenessProbe": http_probe("/healthz", API_PORT_NAME, period_s=10, failures=3),
+        "readinessProbe": http_probe("/readyz", API_PORT_NAME, period_s=5, failures=3),
+        "resources": {
+            "requests": {"cpu": "250m", "memory": "256Mi"},
+            "limits": {"cpu": "1", "memory": "512Mi"},
+        },
+        "securityContext": container_security(),
+    }
+    grace = settings.api.shutdown_timeout_s + API_SHUTDOWN_MARGIN_S
+    deployment = _single(API, "api", container, port, grace)
+    spec = deployment["spec"]
+    template = spec.pop("template")
+    spec.update(
+        replicas=API_REPLICAS,
+        strategy={"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        template=template,
+    )
+    template["metadata"].pop("annotations")  # no /metrics to scrape
+    pdb = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": meta(API, "api"),
+        "spec": {
+            "minAvailable": 1,
+            "selector": {"matchLabels": selector("api")},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",  # an unready replica never blocks a drain
+        },
+    }
+    return [deployment, _service(API, "api", API_PORT_NAME, port), pdb]

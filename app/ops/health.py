@@ -168,6 +168,22 @@ def redis_check(client: Any) -> Callable[[], CheckResult]:
     return check
 
 
+def redis_checks(settings: Settings) -> tuple[list[Any], dict[str, Callable[[], CheckResult]]]:
+    """Clients (short timeouts, no retry; close them) and PING checks of the broker and, when
+    it is another server, the Redis of streams and state."""
+    timeout = settings.health.check_timeout_s
+    clients = [
+        redis_client(
+            settings, url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=None
+        )
+        for url in dict.fromkeys([settings.broker, settings.redis_url])
+    ]
+    checks: dict[str, Callable[[], CheckResult]] = {"broker": redis_check(clients[0])}
+    if len(clients) > 1:
+        checks["redis"] = redis_check(clients[1])
+    return clients, checks
+
+
 def replica_result(ready: Mapping[str, bool], missing_models: Sequence[str] = ()) -> CheckResult:
     """At least one replica ready, and no model missing (pure)."""
     up = [name for name, ok in ready.items() if ok]
@@ -191,15 +207,7 @@ class WorkerHealth(Served):
         self.hostname = hostname
         self.heartbeat = Heartbeat()
         timeout = settings.health.check_timeout_s
-        self._clients = [
-            redis_client(
-                settings, url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=None
-            )
-            for url in dict.fromkeys([settings.broker, settings.redis_url])
-        ]
-        checks: dict[str, Callable[[], CheckResult]] = {"broker": redis_check(self._clients[0])}
-        if len(self._clients) > 1:
-            checks["redis"] = redis_check(self._clients[1])
+        self._clients, checks = redis_checks(settings)
         checks["session_store"] = self._store_check
         checks.update({f"replicas.{kind}": self._replica_check(kind) for kind in self._kinds()})
         if any(s.mcp_servers for s in self._specs()):

@@ -446,3 +446,61 @@ def test_guided_decoding_is_one_switch_for_the_engines_and_the_workers() -> None
             "false"
         )
     assert env_example()["GUIDED_DECODING"] == "true"
+
+
+# --- the HTTP run API ---------------------------------------------------------------------------
+
+
+def test_the_api_serves_from_the_worker_image_behind_the_workers_secrets() -> None:
+    from app.config import ApiSettings
+
+    doc = rules.interpolate(load(), filled_env())
+    services = doc["services"]
+    api = services["api"]
+    assert api["entrypoint"] == ["agentq", "api"]
+    assert api["image"] == services["worker-coder"]["image"]
+    # The image holds the api extra (fastapi, uvicorn, sse-starlette) in both sync steps.
+    dockerfile = (REPO_ROOT / api["build"]["dockerfile"]).read_text()
+    syncs = [line for line in dockerfile.splitlines() if line.strip().startswith("uv sync")]
+    assert len(syncs) == 2 and all("--extra api" in line for line in syncs)
+    env = api["environment"]
+    assert env["AGENTQ_API__HOST"] == "0.0.0.0"
+    port = env["AGENTQ_API__PORT"]
+    host_ip, _host_port, container_port = api["ports"][0].split(":")
+    assert (host_ip, container_port) == ("127.0.0.1", port)
+    assert api["healthcheck"]["test"] == ["CMD", "http-probe", f"http://127.0.0.1:{port}/readyz"]
+    worker = services["worker-coder"]["environment"]
+    for key in ("AGENTQ_REDIS_URL", "AGENTQ_REDIS_PASSWORD", "AGENTQ_DATABASE_URL", "PGPASSWORD"):
+        assert env[key] == worker[key], key
+    assert env["AGENTQ_AUTO_MIGRATE"] == "false"
+    assert api["depends_on"] == {
+        "redis": {"condition": "service_healthy"},
+        "postgres": {"condition": "service_healthy"},
+        "migrate": {"condition": rules.ONE_SHOT},
+    }
+    shutdown = ApiSettings().shutdown_timeout_s
+    assert rules.duration_s(api["stop_grace_period"]) > shutdown
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: d["services"]["api"].pop("healthcheck"), "api: no healthcheck"),
+        (
+            lambda d: d["services"]["api"]["environment"].update(PGPASSWORD="hunter2"),
+            "api: PGPASSWORD holds a literal value",
+        ),
+        (
+            lambda d: d["services"]["api"]["depends_on"]["redis"].update(
+                condition="service_started"
+            ),
+            "api: depends_on redis with condition 'service_started'",
+        ),
+    ],
+    ids=["no-healthcheck", "inline-password", "started-not-healthy"],
+)
+def test_the_rules_catch_a_broken_api_service(mutate, expected: str) -> None:
+    doc = copy.deepcopy(load())
+    mutate(doc)
+    problems = rules.all_problems(doc, AGENT_TYPES, SOFT_SHUTDOWN_S)
+    assert any(expected in p for p in problems), problems

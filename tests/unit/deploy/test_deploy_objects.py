@@ -19,7 +19,7 @@ import yaml
 
 from app.agents.registry import EXAMPLE_AGENTS
 from app.config import REPO_ROOT, DeploySettings, HealthSettings, Settings, WorkerSettings
-from app.deploy.objects import CONFIG_MAP, EXPORTER, SECRET, worker_name
+from app.deploy.objects import API, CONFIG_MAP, EXPORTER, SECRET, worker_name
 from app.deploy.services import config_map
 from app.deploy.triton import NAMESPACE
 from app.deploy.workers import termination_grace_s
@@ -359,3 +359,46 @@ def test_workers_read_the_tokenizer_the_engine_build_writes(agent: str) -> None:
     dockerfile = (REPO_ROOT / "triton.Dockerfile").read_text()
     engine_dir = re.search(r"ENV ENGINE_DIR=(\S+)", dockerfile)
     assert engine_dir is not None and folder == f"{engine_dir.group(1)}/tokenizer"
+
+
+def test_the_api_runs_two_probed_replicas_behind_a_service_and_a_budget() -> None:
+    from app.config import ApiSettings
+
+    api = ApiSettings()
+    deployment = _one("Deployment", API, "base/")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["agentq", "api"]
+    assert container["image"] == f"agentq-worker:{DEFAULTS.deploy.image_tag}"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": api.port}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
+    assert pod["terminationGracePeriodSeconds"] > api.shutdown_timeout_s
+    # The workers' secrets, configuration and security, and no scrape of a /metrics it lacks.
+    worker = _one("Deployment", worker_name(AGENTS[0]), "base/")["spec"]["template"]
+    (worker_container,) = worker["spec"]["containers"]
+    assert container["envFrom"] == worker_container["envFrom"]
+    assert container["securityContext"] == worker_container["securityContext"]
+    for key in ("securityContext", "serviceAccountName", "automountServiceAccountToken"):
+        assert pod[key] == worker["spec"][key], key
+    assert "annotations" not in spec["template"]["metadata"]
+    data = _one("ConfigMap", CONFIG_MAP)["data"]
+    assert (data["AGENTQ_API__HOST"], data["AGENTQ_API__PORT"]) == ("0.0.0.0", str(api.port))
+
+    service = _one("Service", API)
+    assert _selects(service["spec"]["selector"], deployment)
+    assert service["spec"]["ports"] == [{"name": "http", "port": api.port, "targetPort": "http"}]
+    pdb = _one("PodDisruptionBudget", API)
+    assert _selects(pdb["spec"]["selector"]["matchLabels"], deployment)
+    assert pdb["spec"]["minAvailable"] == 1 < spec["replicas"]
+    # No other Deployment's pods are the API's.
+    assert [
+        d["metadata"]["name"]
+        for d in _all("Deployment")
+        if _selects(service["spec"]["selector"], d)
+    ] == [API]
