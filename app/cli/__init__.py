@@ -27,11 +27,21 @@ def echo_json(data: object) -> None:
 
 
 def print_table(table: Table) -> None:
-    """``table`` at the terminal's width, or wider when its ``no_wrap`` columns (ids, names)
-    would not fit whole otherwise: the terminal wraps the line, nothing is cut."""
-    from rich.measure import Measurement
+    """``table`` without lines between columns; its ``no_wrap`` columns (ids, names) whole, the
+    others folded rather than cut; wider than the terminal (which wraps each line) when there
+    is no room for them and 12 characters of each other column."""
+    from rich import box
+    from rich.cells import cell_len
 
-    needed = Measurement.get(console, console.options.update_width(10_000), table).minimum
+    table.box, table.collapse_padding, table.pad_edge = box.SIMPLE_HEAD, True, False
+    needed = 0
+    for column in table.columns:
+        if column.no_wrap:
+            needed += max(cell_len(str(cell)) for cell in [column.header, *column.cells])
+        else:
+            column.overflow = "fold"
+            needed += 12
+    needed += 2 * len(table.columns)  # a blank each side of a column, the padding
     wide = console if needed <= console.width else Console(width=needed)
     wide.print(table, highlight=False)
 
@@ -387,3 +397,4 @@ def demo(runs: int, agents: str, timeout: float, model_latency_ms: int, model: s
 
 # The command groups in modules of their own register themselves on ``main``.
 from app.cli import api, bench, dlq, new, queues  # noqa: E402, F401  (imported for their commands)
+from app.cli import runs as _runs  # noqa: E402, F401  (`runs` is demo's option)

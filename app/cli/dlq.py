@@ -47,7 +47,7 @@ def dlq_list(agent: str | None, limit: int, as_json: bool) -> None:
         echo_json([{k: v for k, v in asdict(x).items() if k not in left_out} for x in letters])
         return
     table = Table("run", "agent", "step", "kind", "retries", "failed at", "reason")
-    for column in table.columns[:2]:
+    for column in table.columns[:5]:
         column.no_wrap = True  # ids whole, at any width
     for letter in letters:
         when = datetime.datetime.fromtimestamp(letter.failed_at, datetime.UTC)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import click
-from rich import box
 from rich.table import Table
 
 from app.agents.registry import AgentRegistry
@@ -61,10 +60,9 @@ def queues(selected: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         echo_json([s.to_json() for s in stats])
         return
-    headers = ("agent", "queue", "ready", "unacked", "in flight", "delayed", "oldest", "dead")
-    table = Table(*headers, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
-    for column in table.columns[:2]:
-        column.no_wrap = True
+    table = Table("agent", "queue", "ready", "unacked", "in flight", "delayed", "oldest", "dead")
+    for column in table.columns:
+        column.no_wrap = True  # names and counts whole: wider than the terminal if need be
     for column in table.columns[2:]:
         column.justify = "right"
     for s in stats:

@@ -1,5 +1,6 @@
-"""``python -m app.local.triton serve`` stops on SIGINT (even one it inherited as ignored, as a
-background job does) and on SIGTERM, and takes tritonserver and its python stubs with it."""
+"""``agentq triton serve`` (and ``python -m app.local.triton serve``) stops on SIGINT (even
+one it inherited as ignored, as a background job does) and on SIGTERM, and takes tritonserver
+and its python stubs with it."""
 
 from __future__ import annotations
 
@@ -48,10 +49,18 @@ def _wait_for_line(proc: subprocess.Popen[str], prefix: str, timeout_s: float) -
     raise AssertionError(f"serve did not print {prefix!r} within {timeout_s} s")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_serve_stops_tritonserver_and_every_stub_on_a_signal(triton_home, sig) -> None:
+AGENTQ = [sys.executable, "-m", "app.cli", "triton"]
+MODULE = [sys.executable, "-m", "app.local.triton"]
+
+
+@pytest.mark.parametrize(
+    ("sig", "command"),
+    [(signal.SIGINT, MODULE), (signal.SIGTERM, AGENTQ)],
+    ids=["SIGINT-module", "SIGTERM-agentq"],
+)
+def test_serve_stops_tritonserver_and_every_stub_on_a_signal(triton_home, sig, command) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.local.triton", "serve"],
+        [*command, "serve"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=child_env({}), preexec_fn=_ignore_sigint,
     )  # fmt: skip
@@ -78,7 +87,7 @@ def test_serve_stops_tritonserver_and_every_stub_on_a_signal(triton_home, sig) -
 def test_serve_the_local_model_prints_what_workers_need_and_cleans_up(triton_home) -> None:
     pytest.importorskip("llama_cpp")  # the llm extra
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.local.triton", "serve", "--model", "local"],
+        [*AGENTQ, "serve", "--model", "local"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env({}),
     )  # fmt: skip
     try:
@@ -95,9 +104,10 @@ def test_serve_the_local_model_prints_what_workers_need_and_cleans_up(triton_hom
             proc.wait(timeout=10)
 
 
-def test_serve_refuses_an_unknown_model() -> None:
+@pytest.mark.parametrize("command", [MODULE, AGENTQ], ids=["module", "agentq"])
+def test_serve_refuses_an_unknown_model(command) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "app.local.triton", "serve", "--model", "big"],
+        [*command, "serve", "--model", "big"],
         capture_output=True, text=True, env=child_env({}), timeout=60,
     )  # fmt: skip
-    assert out.returncode == 2 and "usage:" in out.stderr
+    assert out.returncode == 2 and "sage:" in out.stderr  # usage: (the module), Usage: (click)
