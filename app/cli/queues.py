@@ -92,15 +92,20 @@ def purge(selected: tuple[str, ...], yes: bool) -> None:
     settings = Settings()
     registry = load_registry(settings)
     names = chosen_agents(registry, selected)
-    waiting = {s.queue: s.ready for s in read_queue_stats(settings, registry, names)}
+    stats = {s.queue: s for s in read_queue_stats(settings, registry, names)}  # by queue
+    total = sum(s.ready for s in stats.values())
+    if not total:
+        console.print(f"no messages waiting in {', '.join(stats)}", highlight=False)
+        return
     if not yes:
-        listed = "\n".join(f"  {queue}: {ready} message(s)" for queue, ready in waiting.items())
-        click.confirm(
-            f"Delete the ready messages of {len(waiting)} queue(s)?\n{listed}\n", abort=True
+        listed = "".join(
+            f"  {queue}: {s.ready} (and {s.unacked} taken by workers, kept)\n"
+            for queue, s in stats.items()
         )
+        click.confirm(f"Delete {total} waiting message(s)?\n{listed}", abort=True)
     broker = redis_client(settings, settings.broker)
     try:
-        purged = purge_ready(broker, waiting)
+        purged = purge_ready(broker, stats)
     finally:
         broker.close()
     for queue, count in purged.items():

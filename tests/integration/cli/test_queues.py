@@ -122,7 +122,9 @@ def test_purge_asks_first_and_deletes_nothing_on_no(cli_settings, busy, redis_cl
     before = {k: redis_client.type(k) for k in redis_client.scan_iter()}
     result = invoke(cli_settings, "purge", input="n\n")
     assert result.exit_code == 1  # aborted
-    assert f"{RESEARCH}: 1 message(s)" in result.output and f"{CODER}: 1" in result.output
+    assert "Delete 2 waiting message(s)?" in result.output
+    assert f"{RESEARCH}: 1 (and 2 taken by workers, kept)" in result.output
+    assert f"{CODER}: 1 (and 0 taken by workers, kept)" in result.output
     assert {k: redis_client.type(k) for k in redis_client.scan_iter()} == before
     assert redis_client.llen(RESEARCH) == redis_client.llen(CODER) == 1
 
@@ -143,3 +145,5 @@ def test_purge_force_does_not_ask(cli_settings, busy, redis_client) -> None:
     assert result.exit_code == 0, result.output
     assert "Delete" not in result.output
     assert redis_client.llen(RESEARCH) == redis_client.llen(CODER) == 0
+    again = invoke(cli_settings, "purge", "-Q", "agent.research")  # nothing left: no question
+    assert again.exit_code == 0 and again.output == f"no messages waiting in {RESEARCH}\n"
