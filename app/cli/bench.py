@@ -157,3 +157,31 @@ def bench_routing(
     chosen = tuple(s.strip() for s in (strategies or ",".join(STRATEGIES)).split(",") if s.strip())
     plan = Plan(sessions, turns, max_tokens, cache_mib, chosen, tool_ms)
     sys.exit(run_routing(plan, out, console))
+
+
+@bench.command("api")
+@click.option("--rates", default="50,200", show_default=True,
+              help="Submits/s offered (comma-separated), each way in turn; open loop.")  # fmt: skip
+@click.option("--seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
+              help="How long each way is offered that load.")  # fmt: skip
+@click.option("--streams", type=click.IntRange(1), default=20, show_default=True,
+              help="Streamed runs read each way.")  # fmt: skip
+@click.option("--words", type=click.IntRange(1), default=40, show_default=True,
+              help="Tokens per streamed run.")  # fmt: skip
+@click.option("--out", type=click.Path(), default=None, help="JSON results file (PNG beside).")
+def bench_api(rates: str, seconds: float, streams: int, words: int, out: str | None) -> None:
+    """POST /v1/runs vs submit() at a fixed offered load, and the SSE relay vs stream() per
+    token, on a real `agentq api` process (the api extra)."""
+    _bench_checkout("api.py")
+    from bench.api import Plan
+    from bench.api import main as run_api
+
+    try:
+        offered = tuple(float(r) for r in rates.split(",") if r.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{rates!r} is not a list of numbers", param_hint="--rates"
+        ) from None
+    if not offered or min(offered) <= 0:
+        raise click.BadParameter("give one or more rates above 0", param_hint="--rates")
+    sys.exit(run_api(Plan(offered, seconds, streams, words), out, console))
