@@ -40,16 +40,19 @@ compact_json = json.JSONEncoder(separators=(",", ":")).encode
 """JSON text without spaces, ASCII only (its length is its size in bytes)."""
 _EMBED_TAIL = f",{compact_json(_EMBED)}]"  # the body after its kwargs
 # What differs between a queue's messages, in the order the envelope's text holds them.
-_ORDER = ("body", "id", "id", "kwargsrepr", "extra", "id", "tag")
+_ORDER = ("body", "id", "root", "parent", "kwargsrepr", "extra", "id", "tag")
 _SLOTS = tuple(dict.fromkeys(_ORDER))
-Envelope = tuple[str, str, str, str, str, str, str, str]
+Envelope = tuple[str, str, str, str, str, str, str, str, str]
 _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
 def _template() -> str:
     """The envelope as a %-format string: every variable field a ``%(name)s`` slot that takes
     JSON text. Formatting it costs a third of encoding the whole envelope each time."""
-    slots = ("body", "id", "kwargsrepr", "origin", "ignore_result", "reply_to", "queue", "tag")
+    slots = (
+        "body", "id", "shadow", "root", "parent", "kwargsrepr", "origin", "ignore_result",
+        "reply_to", "queue", "tag",
+    )  # fmt: skip
     envelope = {
         "body": "body",
         "content-encoding": "utf-8",
@@ -58,15 +61,15 @@ def _template() -> str:
             "lang": "py",
             "task": TASK_RUN_AGENT,
             "id": "id",
-            "shadow": None,
+            "shadow": "shadow",
             "eta": None,
             "expires": None,
             "group": None,
             "group_index": None,
             "retries": 0,
             "timelimit": [None, None],
-            "root_id": "id",
-            "parent_id": None,
+            "root_id": "root",
+            "parent_id": "parent",
             "argsrepr": "()",
             "kwargsrepr": "kwargsrepr",
             "origin": "origin",
@@ -96,12 +99,19 @@ _TEMPLATE = _template()
 
 
 @lru_cache(maxsize=1024)
-def envelope(queue: str, reply_to: str, origin: str, ignore_result: bool = True) -> Envelope:
+def envelope(
+    queue: str,
+    reply_to: str,
+    origin: str,
+    ignore_result: bool = True,
+    shadow: str | None = None,
+) -> Envelope:
     """The envelope of ``queue``'s messages with the fields they share filled in: the text
-    around the slots :func:`fill` fills."""
+    around the slots :func:`fill` fills. ``shadow``: the name monitors show (:func:`shadow_of`)."""
     keep = {slot: f"\0{slot}\0" for slot in _SLOTS}
     text = _TEMPLATE % {
         **keep,
+        "shadow": compact_json(shadow),
         "origin": compact_json(origin),
         "ignore_result": "true" if ignore_result else "false",
         "reply_to": compact_json(reply_to),
@@ -119,10 +129,15 @@ def fill(
     kwargsrepr: str,
     headers_json: str,
     tag: str,
+    root_id: str | None = None,
+    parent_id: str | None = None,
 ) -> str:
     """One message from an :func:`envelope`: the task's id, its kwargs as JSON text, their
-    ``kwargsrepr``, its extra headers as a JSON object's text, and its delivery tag."""
-    head, after_body, after_id, after_root, after_repr, after_extra, after_corr, tail = envelope
+    ``kwargsrepr``, its extra headers as a JSON object's text, and its delivery tag;
+    ``root_id`` (the run id; by default the task's id) and ``parent_id`` (the task that sent
+    it) link a run's steps in Flower."""
+    (head, after_body, after_id, after_root, after_parent, after_repr, after_extra,
+     after_corr, tail) = envelope  # fmt: skip
     id_ = _string(task_id)
     return "".join(
         (
@@ -131,8 +146,10 @@ def fill(
             after_body,
             id_,
             after_id,
-            id_,
+            _string(root_id) if root_id else id_,
             after_root,
+            "null" if parent_id is None else _string(parent_id),
+            after_parent,
             _string(kwargsrepr),
             after_repr,
             f",{headers_json[1:-1]}" if len(headers_json) > 2 else "",
@@ -155,20 +172,32 @@ def run_message(
     origin: str | None = None,
     ignore_result: bool = True,
     tag: str | None = None,
+    root_id: str | None = None,
+    parent_id: str | None = None,
 ) -> str:
     """The JSON text kombu's Redis transport keeps in list ``queue`` for this message.
 
     ``tag`` is its delivery tag, unique among messages (a fresh UUID by default); the
-    unacknowledged message is kept under it while a worker holds it.
+    unacknowledged message is kept under it while a worker holds it. ``root_id`` and
+    ``parent_id``: as :func:`fill` takes them.
     """
     return fill(
-        envelope(queue, reply_to, origin or anon_nodename(), ignore_result),
+        envelope(queue, reply_to, origin or anon_nodename(), ignore_result, shadow_of(kwargs)),
         task_id,
         compact_json(dict(kwargs)),
         task_kwargsrepr(kwargs),
         compact_json(dict(headers)),
         tag or new_id(),
+        root_id,
+        parent_id,
     )
+
+
+def shadow_of(kwargs: Mapping[str, Any] | None) -> str | None:
+    """The name Flower and Celery's log lines show for a step message (Celery's ``shadow``
+    header): its agent type; None (the task's own name) without one."""
+    agent = kwargs.get("agent") if kwargs else None
+    return agent if isinstance(agent, str) and agent else None
 
 
 def reply_to_of(app: Celery) -> str:

@@ -3,8 +3,12 @@
 Flower runs in this process (no child process): the credentials come from
 ``AGENTQ_FLOWER__BASIC_AUTH`` (or the file ``AGENTQ_FLOWER__BASIC_AUTH_FILE`` names) and are
 handed to Flower in memory, so they never appear on a command line (``ps``) or in a log line.
-Each task shows the step message's arguments as :mod:`app.ops.masking` wrote them: agent type,
-run id and step, with secrets masked.
+
+What Flower shows of a step travels in Celery's own task fields, so its HTTP API shows it too
+(its ``format_task`` hook reaches the pages only): the name is the agent type (the message's
+``shadow``), the task id is the run id (step 0) or ``<run id>:<step>``, the result names what
+the step did (``step 0: tool search``), the root id is the run id and the parent id the step
+before, and the arguments are shown as :mod:`app.ops.masking` wrote them, secrets masked.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ def basic_auth_credentials(flower: FlowerSettings) -> str:
     return credentials
 
 
+# The task list's columns: agent type, run id and step, what the step did, then Flower's own.
+TASKS_COLUMNS = "name,uuid,state,result,received,runtime,worker,kwargs"
+
+
 def flower_options(flower: FlowerSettings) -> list[str]:
     """Flower's command-line options for ``flower`` (nothing secret among them)."""
     options = [
@@ -38,6 +46,7 @@ def flower_options(flower: FlowerSettings) -> list[str]:
         f"--port={flower.port}",
         f"--max_tasks={flower.max_tasks}",
         f"--enable_events={flower.enable_events}",
+        f"--tasks_columns={TASKS_COLUMNS}",
     ]
     if flower.url_prefix:
         options.append(f"--url_prefix={flower.url_prefix.strip('/')}")

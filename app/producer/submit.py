@@ -250,13 +250,15 @@ def _batches(
     tags = f"{new_id()}."  # + the run's index: unique, and cheaper than a UUID each
     traced = tracing.enabled()
     shared = compact_json(message_headers(new_run=True))
-    envelopes: dict[str, messages.Envelope] = {}
+    envelopes: dict[str, messages.Envelope] = {}  # by agent (each has one queue)
     for start in range(0, len(requests), batch_size):
         batch: dict[str, list[str]] = {}
         for i, req in enumerate(requests[start : start + batch_size], start):
-            envelope = envelopes.get(req.queue)
+            envelope = envelopes.get(req.agent)
             if envelope is None:
-                envelope = envelopes[req.queue] = messages.envelope(req.queue, reply_to, origin)
+                envelope = envelopes[req.agent] = messages.envelope(
+                    req.queue, reply_to, origin, shadow=req.agent
+                )
             kwargs_json, kwargsrepr = req.kwargs_json(), task_kwargsrepr(req.kwargs())
             if traced:
                 with _submit_span(celery, req):

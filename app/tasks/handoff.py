@@ -87,6 +87,8 @@ def publish_step(
             result = result_value(*progress)
         else:
             store_result(*progress)
+    # Flower links a run's steps: the root is the run's first task, the parent this one.
+    root_id, parent_id = msg.run_id, task.request.id
     if tag is None:
         task.apply_async(
             kwargs=kwargs,
@@ -94,12 +96,21 @@ def publish_step(
             queue=queue,
             ignore_result=True,  # the run's result lives under the run id only
             headers=message_headers(),
+            root_id=root_id,
+            parent_id=parent_id,
         )
         # Set after publishing: a crash in between costs a duplicate message, never a lost one.
         runtime.redis.set(marker, 1, ex=marker_ttl)
         return
     message = run_message(
-        task_id, kwargs, queue, message_headers(), reply_to=reply_to_of(task.app), origin=_origin()
+        task_id,
+        kwargs,
+        queue,
+        message_headers(),
+        reply_to=reply_to_of(task.app),
+        origin=_origin(),
+        root_id=root_id,
+        parent_id=parent_id,
     )
 
     def write() -> None:

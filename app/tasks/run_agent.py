@@ -19,7 +19,7 @@ from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
 from kombu.exceptions import OperationalError
 
-from app.celery_ext.envelope import ENQUEUED_AT, NEW_RUN, message_headers
+from app.celery_ext.envelope import ENQUEUED_AT, NEW_RUN, message_headers, shadow_of
 from app.celery_ext.results import expecting_result
 from app.constants import TASK_RUN_AGENT
 from app.errors import (
@@ -41,6 +41,7 @@ from app.tasks.dead_letters import DeadLetterKind, dead_letter
 from app.tasks.handoff import publish_step, store_answer
 from app.tasks.runner import Outcome, StepMessage, StepResult
 from app.tasks.runtime import WorkerRuntime, runtime_for
+from app.tasks.steps import summary
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,10 @@ class RunAgentTask(Task):  # type: ignore[misc]
     def AsyncResult(self, task_id: str, **kwargs: Any) -> RunResult:
         return RunResult(task_id, backend=self.backend, task_name=self.name, app=self.app, **kwargs)
 
+    def shadow_name(self, args: Any, kwargs: Any, options: Any) -> str | None:
+        """The name monitors (Flower, Celery's log lines) show for a step: its agent type."""
+        return shadow_of(kwargs)
+
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         # Every publish (submit, next step, retry): Flower and Celery's log lines show
         # this text instead of the arguments, with secrets masked.
@@ -87,6 +92,8 @@ class RunAgentTask(Task):  # type: ignore[misc]
             "kwargsrepr": task_kwargsrepr(kwargs),
             **(options.get("headers") or {}),
         }
+        # A later step's root is its run's first task (Flower links a run's steps by it).
+        options.setdefault("root_id", (kwargs or {}).get("run_id"))
         # Sent with ignore_result, the worker still stores the run's result under the run id
         # (see _finish), so the handle must wait for it rather than return None.
         return expecting_result(super().apply_async(args, kwargs, **options))
@@ -241,7 +248,7 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
     # delay()/send_task first message stores its answer the Celery way instead.
     own_results = bool(task.request.ignore_result)
     # Text, not a dict: Celery takes the saferepr of what a task returns (7x as long for a dict).
-    summary = f"run {msg.run_id} step {msg.step}: {result.outcome.value}"
+    said = summary(msg.step, result)
     match result.outcome:
         case Outcome.NEXT | Outcome.REPUBLISH:
             assert result.next_step is not None
@@ -273,7 +280,9 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
                 queue=runtime.registry.spec(msg.agent).queue_name,
                 ignore_result=own_results or not is_first,
                 headers=message_headers(),
+                root_id=msg.run_id,
+                parent_id=task.request.parent_id,  # Celery's default would be this task
             )
     if own_results:
-        return summary
+        return said
     raise Ignore()

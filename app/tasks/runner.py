@@ -406,7 +406,8 @@ class StepRunner:
     ) -> StepResult:
         """The result of a committed step; a run that ends is counted."""
         if decided.status is RunStatus.RUNNING:
-            return StepResult(Outcome.NEXT, next_step=msg.step + 1)
+            tools = tuple(call.name for call in decided.calls)
+            return StepResult(Outcome.NEXT, next_step=msg.step + 1, kind=decided.kind, tools=tools)
         if decided.error_type is not None and decided.error_type.guardrail:
             metrics.guardrail_stop(agent, decided.error_type)
         seconds = max(0.0, time.time() - state.created_at.timestamp())

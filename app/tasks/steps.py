@@ -8,6 +8,7 @@ from typing import Any
 
 from app.agents.guardrails import Usage
 from app.memory.records import ErrorType, RunState, StepKind
+from app.ops.masking import mask_text
 
 
 class Outcome(enum.Enum):
@@ -46,6 +47,30 @@ class StepResult:
     reason: str | None = None
     error_type: ErrorType | None = None  # FAILED: why, as a type
     lease: str | None = None  # run_step(keep_lease=True): the token of the lease still held
+    kind: StepKind | None = None  # NEXT: what the committed step did
+    tools: tuple[str, ...] = ()  # NEXT: the tools it called, in order
+
+
+MAX_TOOL_NAME = 64  # characters of a tool name a summary shows (a denied name is the model's)
+_OUTCOME_SAID = {
+    Outcome.NEXT: "handed on",
+    Outcome.REPUBLISH: "committed before, next step published again",
+    Outcome.DONE: "answer",
+    Outcome.FAILED: "run failed",
+    Outcome.BUSY: "run busy on another worker, tried again shortly",
+    Outcome.SKIP: "duplicate message, skipped",
+}
+
+
+def summary(step: int, result: StepResult) -> str:
+    """What a step's task returns for monitors (Flower's Result column): the step and what it
+    did, e.g. ``step 0: tool search`` or ``step 2: answer``; never the answer or arguments."""
+    if result.kind in (StepKind.TOOL, StepKind.DENIED) and result.tools:
+        names = ", ".join(mask_text(name, MAX_TOOL_NAME) for name in result.tools)
+        said = f"{'denied ' if result.kind is StepKind.DENIED else ''}tool {names}"
+    else:
+        said = _OUTCOME_SAID[result.outcome]
+    return f"step {step}: {said}"
 
 
 def usage(state: RunState, now: float) -> Usage:

@@ -1,9 +1,11 @@
-"""`agentq flower` against a real worker: basic auth required, the agent type, run id and step
-shown on each task, secrets in a run's input masked."""
+"""`agentq flower` against a real worker: basic auth required, each task shown with its agent
+type, run id, step and the tool it called, a run's steps linked by root and parent ids, secrets
+in a run's input masked."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -121,7 +123,7 @@ def test_flower_shows_each_step_with_agent_and_run_id_behind_basic_auth(
     assert run.get(timeout=60) == "Answer: 4"
 
     first = wait_for_task(flower, run.id)
-    assert first["name"] == "agentq.run_agent"
+    assert first["name"] == "research"  # the agent type (Celery's shadow name)
     assert first["kwargs"].startswith("{'agent': 'research', 'input': 'sum [tool:calculator")
     second = wait_for_task(flower, f"{run.id}:1")
     assert f"'run_id': '{run.id}'" in second["kwargs"]
@@ -134,6 +136,56 @@ def test_flower_shows_each_step_with_agent_and_run_id_behind_basic_auth(
         assert flower.get(path, auth=None).status_code == 401, path
         assert flower.get(path, auth=(USER, "wrong")).status_code == 401, path
         assert flower.get(path, auth=("intruder", PASSWORD)).status_code == 401, path
+
+
+def test_flower_lists_a_runs_steps_with_agent_tool_and_links_to_the_first(
+    celery_app, start_worker, start_flower
+) -> None:
+    start_worker(["research"], env={"AGENTQ_WORKER__TASK_EVENTS": "true"})
+    flower = start_flower()
+    run = submit(
+        "research",
+        'count [tool:calculator {"expression": "2+2"}] [tool:word_count {"text": "a b c"}]',
+        celery=celery_app,
+    )
+    run.get(timeout=60)
+    ids = [run.id, f"{run.id}:1", f"{run.id}:2"]
+    for task_id in ids:
+        wait_for_task(flower, task_id, "SUCCESS")
+
+    listed = flower.get("/api/tasks").json()
+    steps = [listed[task_id] for task_id in ids]
+    assert [task["name"] for task in steps] == ["research"] * 3
+    assert [task["result"] for task in steps] == [
+        "'step 0: tool calculator'",
+        "'step 1: tool word_count'",
+        "'step 2: answer'",
+    ]
+    assert [task["root_id"] for task in steps] == [run.id] * 3
+    assert [task["parent_id"] for task in steps] == [None, run.id, f"{run.id}:1"]
+    assert [task["children"] for task in steps] == [[f"{run.id}:1"], [f"{run.id}:2"], []]
+    for step, task in enumerate(steps[1:], 1):
+        assert task["kwargs"].startswith("{'agent': 'research'")
+        assert f"'run_id': '{run.id}'" in task["kwargs"] and f"'step': {step}" in task["kwargs"]
+    # Flower's filter by task name lists an agent type's steps.
+    assert set(ids) <= set(flower.get("/api/tasks?taskname=research").json())
+    assert not flower.get("/api/tasks?taskname=coder").json()
+
+    # The task list page: its columns, and the rows its script fetches.
+    page = flower.get("/tasks").text
+    columns = re.findall(r'<th data-column="(\w+)">', page)
+    assert columns[:4] == ["name", "uuid", "state", "result"], columns
+    table = flower.get(
+        "/tasks/datatable?draw=1&start=0&length=100&order[0][column]=0"
+        "&columns[0][data]=received&order[0][dir]=asc"
+    ).json()
+    rows = {row["uuid"]: row for row in table["data"]}
+    assert [rows[task_id]["name"] for task_id in ids] == ["research"] * 3
+    assert rows[f"{run.id}:1"]["result"] == "'step 1: tool word_count'"
+    # A step's page links to the run's first step and to the step before.
+    last = flower.get(f"/task/{run.id}:2").text
+    assert f'title="{run.id}"' in last and f'title="{run.id}:1"' in last
+    assert 'task="research"' in flower.get("/metrics", auth=None).text  # per agent type
 
 
 def test_flower_masks_secrets_in_a_runs_input(

@@ -29,3 +29,13 @@ def test_options_carry_no_secret() -> None:
     options = flower_options(flower)
     assert "--port=6000" in options and "--url_prefix=flower" in options
     assert not any("pa55" in option for option in options)
+
+
+def test_the_task_list_shows_agent_run_step_and_tool_first() -> None:
+    from flower.views.tasks import TASK_COLUMNS
+
+    (option,) = (o for o in flower_options(FlowerSettings()) if o.startswith("--tasks_columns="))
+    columns = option.removeprefix("--tasks_columns=").split(",")
+    # name: the agent type; uuid: the run id (and :step); result: what the step did.
+    assert columns[:4] == ["name", "uuid", "state", "result"]
+    assert set(columns) <= set(TASK_COLUMNS)  # Flower drops a column it does not know
