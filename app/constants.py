@@ -60,6 +60,11 @@ def accepted_key(run_id: str) -> str:
     return f"{KEY_PREFIX}api:run:{run_id}"
 
 
+def rate_limit_key(name: str) -> str:
+    """Redis key of rate limit ``name`` (:mod:`app.ops.ratelimit`), e.g. ``api:<key id>``."""
+    return f"{KEY_PREFIX}rate:{name}"
+
+
 EFFECT_TTL_S = 7 * 86_400
 """How long step-level dedup records live: longer than any retry or DLQ replay of a step."""
 

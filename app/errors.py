@@ -119,6 +119,10 @@ class StoreError(AgentqError):
     """Raised when the session store cannot be reached or its schema is not migrated."""
 
 
+class UnknownScopeError(AgentqError):
+    """Raised when an API key is asked for a scope other than submit, read and operate."""
+
+
 class NotDeadLetteredError(AgentqError):
     """Raised when an operator replays a run that is not in the dead-letter queue."""
 

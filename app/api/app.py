@@ -11,6 +11,7 @@ from typing import Any
 
 from celery import Celery
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from app.api import problems
@@ -22,6 +23,7 @@ from app.api.runs import router as runs_router
 from app.api.state import ApiState
 from app.celery_ext.context import context_of
 from app.config import Settings
+from app.memory.api_keys import ApiKeyStore
 from app.memory.sessions import SessionStore
 from app.ops import logs
 from app.ops.redis_clients import async_redis_client
@@ -29,6 +31,9 @@ from app.ops.redis_clients import async_redis_client
 TITLE = "agentq run API"
 API_VERSION = "1"
 _PROBLEM_REF = "#/components/schemas/Problem"
+CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"]
+CORS_RESPONSE_HEADERS = ["Location", "Idempotent-Replayed", "Retry-After"]
+"""Headers other origins' pages may send and read (beyond those CORS always allows)."""
 
 
 def create_app(settings: Settings, celery: Celery | None = None) -> FastAPI:
@@ -41,7 +46,7 @@ def create_app(settings: Settings, celery: Celery | None = None) -> FastAPI:
 
         celery = create_celery(settings)
     store = SessionStore.from_url(settings.database_url, migrate=settings.auto_migrate)
-    state = ApiState(settings, celery, store)
+    state = ApiState(settings, celery, store, ApiKeyStore(store.engine, settings.api.key_cache_s))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -64,6 +69,14 @@ def create_app(settings: Settings, celery: Celery | None = None) -> FastAPI:
     )
     app.state.api = state
     app.add_middleware(BodyLimit, max_bytes=body_limit(context_of(celery).registry, settings))
+    if settings.api.cors_origins:  # added last: outermost, so refusals carry its headers too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.api.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_RESPONSE_HEADERS,
+        )
     problems.install(app)
     app.include_router(health_router)  # before any key: probes carry none
     app.include_router(runs_router)

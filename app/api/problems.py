@@ -72,6 +72,9 @@ UNAVAILABLE = Kind("service-unavailable", "A service the API needs is unavailabl
 NOT_FOUND = Kind("not-found", "No such resource", 404)
 RUN_NOT_FOUND = Kind("run-not-found", "No such run", 404)
 BAD_REQUEST = Kind("bad-request", "Bad request", 400)
+UNAUTHENTICATED = Kind("unauthenticated", "Missing, unknown or revoked API key", 401)
+FORBIDDEN = Kind("forbidden", "The API key lacks the scope this route needs", 403)
+RATE_LIMITED = Kind("rate-limited", "The API key is over its rate limit", 429)
 INTERNAL = Kind("internal-error", "Internal error", 500)
 
 PROBLEMS: dict[type[Exception], Kind] = {
@@ -144,7 +147,17 @@ async def _on_invalid_request(_request: Request, exc: Exception) -> JSONResponse
 
 async def _on_http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    kinds = {404: NOT_FOUND, 400: BAD_REQUEST, 413: INPUT_TOO_LARGE}
+    kinds = {
+        kind.status: kind
+        for kind in (
+            NOT_FOUND,
+            BAD_REQUEST,
+            INPUT_TOO_LARGE,
+            UNAUTHENTICATED,
+            FORBIDDEN,
+            RATE_LIMITED,
+        )
+    }
     kind = kinds.get(exc.status_code, Kind("http-error", "HTTP error", exc.status_code))
     return response(problem(kind, str(exc.detail)), dict(exc.headers or {}))
 
@@ -160,6 +173,9 @@ def install(app: FastAPI) -> None:
 
 _DESCRIPTIONS = {
     400: "A header or parameter is malformed.",
+    401: "No API key, or one unknown or revoked (with WWW-Authenticate: Bearer).",
+    403: "The API key lacks the scope this route needs.",
+    429: "The API key is over its rate limit; retry after Retry-After (seconds).",
     404: "No such run.",
     413: "The run's input is larger than the agent type allows.",
     422: "The request does not match its schema, or submit() refused the run.",

@@ -14,7 +14,7 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api import problems
-from app.api.auth import caller
+from app.api.auth import caller, require
 from app.api.events import (
     BadEventIdError,
     relayed_events,
@@ -29,7 +29,15 @@ from app.constants import lease_key, stream_key
 from app.memory.records import RunState
 from app.producer.submit import submit
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[Depends(caller)])
+# Every route authenticates (caller); each also names its scope (require).
+router = APIRouter(
+    prefix="/v1/runs",
+    tags=["runs"],
+    dependencies=[Depends(caller)],
+    responses=problems.responses(401, 403, 429),
+)
+SUBMIT = [Depends(require("submit"))]
+READ = [Depends(require("read"))]
 
 State = Annotated[ApiState, Depends(api_state)]
 
@@ -58,6 +66,7 @@ def _not_found(run_id: str) -> JSONResponse:
     status_code=202,
     responses=problems.responses(413, 422, 503),
     summary="Submit a run",
+    dependencies=SUBMIT,
 )
 def create_run(
     body: RunCreate,
@@ -98,6 +107,7 @@ def create_run(
     response_model=RunView,
     responses=problems.responses(404, 503),
     summary="Read a run",
+    dependencies=READ,
 )
 def read_run(run_id: str, api: State) -> RunView | JSONResponse:
     """The run: its status, steps (tool calls with arguments and results, tokens, latency,
@@ -131,6 +141,7 @@ def read_run(run_id: str, api: State) -> RunView | JSONResponse:
         **problems.responses(400, 404, 503),
     },
     summary="Follow a run's events",
+    dependencies=READ,
 )
 async def run_events(
     run_id: str,

@@ -1,5 +1,5 @@
 """What the API's routes share: settings, the Celery app they submit through, the session
-store and Redis clients, and the record of runs the API accepted."""
+store, its API keys and Redis clients, and the record of runs the API accepted."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from fastapi import Request
 from app.celery_ext.context import context_of
 from app.config import Settings
 from app.constants import accepted_key
+from app.memory.api_keys import ApiKeyStore
 from app.memory.sessions import SessionStore
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class ApiState:
     settings: Settings
     celery: Celery
     store: SessionStore
+    keys: ApiKeyStore
     aredis: Any = None  # redis.asyncio client, made in the app's event loop (lifespan)
 
     @property

@@ -229,6 +229,34 @@ class ApiSettings(BaseModel):
         gt=0,
         description="On SIGTERM, how long open requests (event streams) may finish.",
     )
+    auth: Literal["keys", "none"] = Field(
+        default="keys",
+        description="keys: every request needs an API key (`agentq api key new`) with the "
+        "route's scope; none: every caller acts with every scope, unlimited (local "
+        "development only).",
+    )
+    key_cache_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long each API process keeps a key it looked up; a revoked key is "
+        "refused within this long.",
+    )
+    rate_limit_per_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Requests a second each API key may make, counted in Redis across every "
+        "API process (0: no limit); over it, 429 with Retry-After.",
+    )
+    rate_limit_burst: int = Field(
+        default=20,
+        ge=1,
+        description="Requests a key may make at once, before rate_limit_per_s spaces them out.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='Origins whose browser pages may call the API, e.g. ["https://app.example"]; '
+        "empty: no CORS headers (browsers let only the API's own origin call it).",
+    )
 
 
 class FlowerSettings(BaseModel):

@@ -156,3 +156,16 @@ tool_results = Table(
     Column("error", Boolean, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
 )
+
+# Keys of the HTTP run API (app.memory.api_keys): the secret's SHA-256, never the secret.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String, primary_key=True),  # public: the key reads aq_<id>_<secret>
+    Column("hash", String, nullable=False),  # SHA-256 hex of the secret
+    Column("scopes", JsonValue, nullable=False),  # a list of submit, read, operate
+    Column("tenant", String, nullable=True),
+    Column("name", String, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("revoked_at", UtcDateTime, nullable=True),
+)

@@ -19,21 +19,34 @@ from jsonschema import Draft202012Validator
 from app.api.app import create_app
 from app.celery_ext.app import create_celery
 from app.config import Settings
+from app.memory.api_keys import SCOPES, ApiKeyStore
 from app.memory.records import NewRun, RunStatus, StepKind, StepRecord
 from app.memory.sessions import SessionStore
 from app.tasks.relay import TokenRelay
 from tests.fixtures.sse import events
 
+RATE = {"rate_limit_per_s": 0.01, "rate_limit_burst": 100}
+"""Far more than the test's calls with one key; a key that sends more is refused (429)."""
+
 
 @pytest.fixture
 def api(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(
-        _env_file=None, redis_url=redis_url, database_url=f"sqlite:///{tmp_path / 'q.sqlite3'}"
-    )
+    """A client of the API, sending a key with every scope."""
+    database_url = f"sqlite:///{tmp_path / 'q.sqlite3'}"
+    settings = Settings(_env_file=None, redis_url=redis_url, database_url=database_url, api=RATE)
     celery = create_celery(settings)
     with TestClient(create_app(settings, celery)) as client:
+        client.headers["Authorization"] = f"Bearer {make_key(database_url, SCOPES)}"
         yield client
     celery.close()
+
+
+def make_key(database_url: str, scopes: tuple[str, ...]) -> str:
+    keys = ApiKeyStore.from_url(database_url, migrate=False)
+    try:
+        return keys.create(scopes)[1]
+    finally:
+        keys.close()
 
 
 def _validate(doc: dict[str, Any], schema: dict[str, Any], value: Any) -> None:
@@ -57,6 +70,15 @@ def test_every_route_is_declared_and_every_declared_path_served(api: TestClient)
         ("/v1/runs/{run_id}", "get"),
         ("/v1/runs/{run_id}/events", "get"),
     }
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["HTTPBearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": schemes["HTTPBearer"]["description"],
+    }
+    assert schemes["APIKeyCookie"]["name"] == "agentq_key"
+    for path, method in served:
+        assert {"HTTPBearer": []} in doc["paths"][path][method]["security"]
     post = doc["paths"]["/v1/runs"]["post"]
     assert post["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/RunCreate"
@@ -68,7 +90,8 @@ def test_real_responses_validate_against_their_declared_schemas(
     api: TestClient, redis_client: redis.Redis, redis_url: str, tmp_path: Path
 ) -> None:
     doc = api.get("/openapi.json").json()
-    store = SessionStore.from_url(f"sqlite:///{tmp_path / 'q.sqlite3'}", migrate=False)
+    database_url = f"sqlite:///{tmp_path / 'q.sqlite3'}"
+    store = SessionStore.from_url(database_url, migrate=False)
     step = StepRecord(0, StepKind.FINAL, "done", (), 5, 1, 2.0, "w@h")
     store.commit_step(
         "stored", step, final_answer={"ok": True}, new_run=NewRun("stored", "coder", "x")
@@ -101,6 +124,15 @@ def test_real_responses_validate_against_their_declared_schemas(
             api.get("/v1/runs/streamed/events", headers={"Last-Event-ID": "step-0"}),
         ),
     ]
+    read_only = {"Authorization": f"Bearer {make_key(database_url, ('read',))}"}
+    calls += [
+        ("/v1/runs", "post", api.post("/v1/runs", json={}, headers={"Authorization": ""})),
+        ("/v1/runs", "post", api.post("/v1/runs", json={}, headers=read_only)),
+    ]
+    limited = {"Authorization": f"Bearer {make_key(database_url, ('read',))}"}
+    for _ in range(RATE["rate_limit_burst"] + 1):
+        over = api.get("/v1/runs/x", headers=limited)
+    calls.append(("/v1/runs/{run_id}", "get", over))
     end_id = redis_client.xrevrange("agentq:stream:streamed", count=1)[0][0].decode()
     ended = api.get("/v1/runs/streamed/events", headers={"Last-Event-ID": end_id})
     assert ended.status_code == 204
@@ -111,7 +143,7 @@ def test_real_responses_validate_against_their_declared_schemas(
         media_type = response.headers["content-type"].split(";")[0]
         _validate(doc, declared["content"][media_type]["schema"], response.json())
         seen.add(response.status_code)
-    assert seen == {202, 413, 422, 200, 404, 400}
+    assert seen == {202, 413, 422, 200, 404, 400, 401, 403, 429}
 
     stream = doc["paths"]["/v1/runs/{run_id}/events"]["get"]["responses"]["200"]["content"]
     kinds = stream["text/event-stream"]["x-events"]

@@ -47,6 +47,7 @@ def api_settings(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> S
         redis_url=redis_url,
         database_url=f"sqlite:///{tmp_path / 'agentq.sqlite3'}",
         agents_file=agents,
+        api={"auth": "none"},  # keys: test_auth_api.py
     )
 
 
