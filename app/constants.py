@@ -55,9 +55,16 @@ def idempotency_key(agent: str, key: str) -> str:
     return f"{KEY_PREFIX}idem:{agent}:{key}"
 
 
-def accepted_key(run_id: str) -> str:
-    """Redis key where the HTTP API keeps a run it accepted until its first step is stored."""
-    return f"{KEY_PREFIX}api:run:{run_id}"
+QUEUED_RUNS = f"{KEY_PREFIX}queued:runs"
+"""Redis hash of queued runs (submitted, first step not stored): run id -> JSON (agent,
+session, stream, submit time); see app.celery_ext.queued."""
+QUEUED_AGENTS = f"{KEY_PREFIX}queued:agents"
+"""Redis set of the agent types that have had queued runs (each has a :func:`queued_key`)."""
+
+
+def queued_key(agent: str) -> str:
+    """Redis sorted set of an agent type's queued runs by submit time (microseconds)."""
+    return f"{KEY_PREFIX}queued:agent:{agent}"
 
 
 def rate_limit_key(name: str) -> str:

@@ -123,6 +123,11 @@ class UnknownScopeError(AgentqError):
     """Raised when an API key is asked for a scope other than submit, read and operate."""
 
 
+class BadCursorError(AgentqError):
+    """Raised when a run listing is given a cursor it did not give out (pass ``next_cursor``
+    as it came)."""
+
+
 class NotDeadLetteredError(AgentqError):
     """Raised when an operator replays a run that is not in the dead-letter queue."""
 

@@ -10,8 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, Strict
 
 from app.agents.guardrails import Budget
 from app.memory.records import RunState, StepRecord
-
-RunStatusName = Literal["queued", "running", "succeeded", "failed"]
+from app.ops.runs import RunDetail, RunStatusName, RunSummary
 
 
 class RunCreate(BaseModel):
@@ -38,6 +37,11 @@ class RunLinks(BaseModel):
 
     self: str = Field(description="GET: the run.")
     events: str = Field(description="GET: the run's events (Server-Sent Events).")
+
+    @classmethod
+    def of(cls, run_id: str) -> RunLinks:
+        """The links of run ``run_id``."""
+        return cls(self=f"/v1/runs/{run_id}", events=f"/v1/runs/{run_id}/events")
 
 
 class RunAccepted(BaseModel):
@@ -94,8 +98,8 @@ class StepView(BaseModel):
 class RunView(BaseModel):
     """A run: where it stands, its steps, its answer or error.
 
-    A queued run (accepted by this API, no step stored yet) has only ``id``, ``agent``,
-    ``status``, ``session_id`` and ``stream``.
+    A queued run (no step stored yet) has only ``id``, ``agent``, ``status``, ``session_id``,
+    ``stream`` and ``created_at`` (when it was submitted).
     """
 
     id: str
@@ -104,7 +108,9 @@ class RunView(BaseModel):
     session_id: str | None = None
     input: JsonValue = None
     stream: bool | None = Field(
-        default=None, description="Submitted with stream=true (known for runs this API accepted)."
+        default=None,
+        description="Submitted with stream=true (known while queued, and while the run's token "
+        "stream is kept).",
     )
     steps: list[StepView] = Field(default_factory=list)
     answer: JsonValue = None
@@ -113,8 +119,25 @@ class RunView(BaseModel):
     traceback: str | None = Field(
         default=None, description="The traceback of the error a failed run ended with, if any."
     )
-    created_at: datetime | None = None
+    created_at: datetime | None = Field(
+        default=None,
+        description="When its first step started; for a queued run, when it was submitted.",
+    )
     finished_at: datetime | None = None
+
+    @classmethod
+    def of_detail(cls, detail: RunDetail) -> RunView:
+        """The view of a run as :func:`app.ops.runs.run_detail` reads it."""
+        if detail.stored is not None:
+            return cls.of(detail.stored, detail.stream)
+        return cls(
+            id=detail.id,
+            agent=detail.agent,
+            status=detail.status,
+            session_id=detail.session_id,
+            stream=detail.stream,
+            created_at=detail.submitted_at,
+        )
 
     @classmethod
     def of(cls, run: RunState, stream: bool | None = None) -> RunView:
@@ -134,6 +157,47 @@ class RunView(BaseModel):
             created_at=run.created_at,
             finished_at=run.finished_at,
         )
+
+
+class RunItem(BaseModel):
+    """A run as the listing shows it (GET its ``links.self`` for its steps)."""
+
+    id: str
+    agent: str
+    status: RunStatusName
+    session_id: str | None = None
+    steps: int = Field(description="Steps committed so far.")
+    error_type: str | None = Field(default=None, description="Why a failed run ended.")
+    created_at: datetime = Field(
+        description="When its first step started; for a queued run, when it was submitted "
+        "(the listing's order, newest first)."
+    )
+    finished_at: datetime | None = None
+    links: RunLinks
+
+    @classmethod
+    def of(cls, run: RunSummary) -> RunItem:
+        """The item of one listed run."""
+        return cls(
+            id=run.id,
+            agent=run.agent,
+            status=run.status,
+            session_id=run.session_id,
+            steps=run.steps,
+            error_type=run.error_type,
+            created_at=run.created_at,
+            finished_at=run.finished_at,
+            links=RunLinks.of(run.id),
+        )
+
+
+class RunList(BaseModel):
+    """A page of runs, newest first."""
+
+    items: list[RunItem]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page."
+    )
 
 
 class AttemptData(BaseModel):

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 
 from app.errors import (
     AgentqError,
+    BadCursorError,
     IdempotencyConflictError,
     InputRejectedError,
     InvalidInputError,
@@ -84,6 +85,7 @@ PROBLEMS: dict[type[Exception], Kind] = {
     IdempotencyConflictError: IDEMPOTENCY_CONFLICT,
     PayloadTooLargeError: INPUT_TOO_LARGE,
     SubmitError: SUBMIT_REFUSED,
+    BadCursorError: BAD_REQUEST,
     StoreError: UNAVAILABLE,
     redis.RedisError: UNAVAILABLE,
     OperationalError: UNAVAILABLE,  # kombu's: the broker refused a publish

@@ -1,4 +1,4 @@
-"""The run routes: submit a run, read it, follow its events.
+"""The run routes: submit a run, list runs, read one, follow its events.
 
 Submitting goes through :func:`app.producer.submit.submit`, so a run is validated and refused
 exactly as from Python; its typed errors become problem responses (:mod:`app.api.problems`).
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
@@ -22,11 +22,21 @@ from app.api.events import (
     saw_the_end,
     stored_events,
 )
-from app.api.models import RunAccepted, RunCreate, RunLinks, RunStatusName, RunView
-from app.api.state import Accepted, ApiState, api_state
+from app.api.models import (
+    RunAccepted,
+    RunCreate,
+    RunItem,
+    RunLinks,
+    RunList,
+    RunStatusName,
+    RunView,
+)
+from app.api.state import ApiState, api_state
+from app.celery_ext import queued
 from app.celery_ext.envelope import new_id
-from app.constants import lease_key, stream_key
+from app.constants import stream_key
 from app.memory.records import RunState
+from app.ops import runs as runs_view
 from app.producer.submit import submit
 
 # Every route authenticates (caller); each also names its scope (require).
@@ -40,6 +50,7 @@ SUBMIT = [Depends(require("submit"))]
 READ = [Depends(require("read"))]
 
 State = Annotated[ApiState, Depends(api_state)]
+MAX_LIMIT = 500
 
 EVENTS_DESCRIPTION = """\
 Server-Sent Events, each with `id:` (send it back as `Last-Event-ID` to resume) and `data:`
@@ -50,15 +61,48 @@ idle connection open. A reconnect after `end` gets 204, which stops an EventSour
 
 
 def _links(run_id: str) -> RunLinks:
-    return RunLinks(self=f"/v1/runs/{run_id}", events=f"/v1/runs/{run_id}/events")
+    return RunLinks.of(run_id)
 
 
 def _not_found(run_id: str) -> JSONResponse:
     detail = (
-        f"no run {run_id!r}: not in the session store, and not accepted by this API within "
-        "api.accepted_ttl_s (a run submitted from Python is known once its first step is stored)"
+        f"no run {run_id!r}: not in the session store, nor queued (submitted with submit() or "
+        "this API within limits.queued_ttl_s)"
     )
     return problems.response(problems.problem(problems.RUN_NOT_FOUND, detail))
+
+
+@router.get(
+    "",
+    response_model=RunList,
+    responses=problems.responses(400, 503),
+    summary="List runs",
+    dependencies=READ,
+)
+def list_runs(
+    api: State,
+    agent: Annotated[str | None, Query(description="Only this agent type's runs.")] = None,
+    status: Annotated[RunStatusName | None, Query(description="Only runs in this status.")] = None,
+    session_id: Annotated[str | None, Query(description="Only this session's runs.")] = None,
+    cursor: Annotated[
+        str | None, Query(description="`next_cursor` of the previous page (none: the first).")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Runs per page.")] = 50,
+) -> RunList:
+    """Runs newest first, queued ones included (by submit time; a stored run by when its first
+    step started). 400 for a cursor this API did not give out."""
+    page = runs_view.list_runs(
+        api.store,
+        api.redis,
+        broker=api.broker,
+        agent=agent,
+        status=status,
+        session_id=session_id,
+        cursor=cursor,
+        limit=limit,
+        queued_ttl_s=api.settings.limits.queued_ttl_s,
+    )
+    return RunList(items=[RunItem.of(run) for run in page.items], next_cursor=page.next_cursor)
 
 
 @router.post(
@@ -93,9 +137,7 @@ def create_run(
         idempotency_key=idempotency_key,
         celery=api.celery,
     )
-    if result.id == run_id:
-        api.remember(run_id, Accepted(body.agent, body.session_id, body.stream))
-    else:
+    if result.id != run_id:
         response.headers["Idempotent-Replayed"] = "true"
     links = _links(result.id)
     response.headers["Location"] = links.self
@@ -111,22 +153,10 @@ def create_run(
 )
 def read_run(run_id: str, api: State) -> RunView | JSONResponse:
     """The run: its status, steps (tool calls with arguments and results, tokens, latency,
-    worker) and answer or error. A run this API accepted whose first step is not stored yet
+    worker, replica) and answer or error. A run submitted whose first step is not stored yet
     is ``queued`` (``running`` while a worker holds it)."""
-    run = api.store.load_run(run_id)
-    accepted = api.accepted(run_id)
-    if run is not None:
-        return RunView.of(run, accepted.stream if accepted else None)
-    if accepted is None:
-        return _not_found(run_id)
-    status: RunStatusName = "running" if api.redis.exists(lease_key(run_id)) else "queued"
-    return RunView(
-        id=run_id,
-        agent=accepted.agent,
-        status=status,
-        session_id=accepted.session_id,
-        stream=accepted.stream,
-    )
+    detail = runs_view.run_detail(api.store, api.redis, run_id, broker=api.broker)
+    return _not_found(run_id) if detail is None else RunView.of_detail(detail)
 
 
 @router.get(
@@ -156,15 +186,15 @@ async def run_events(
     async def load_run() -> RunState | None:
         return await run_in_threadpool(api.store.load_run, run_id)
 
-    accepted = await api.aaccepted(run_id)
+    waiting = await run_in_threadpool(queued.find, api.broker, run_id)  # not started yet
     relayed = bool(await api.aredis.exists(stream_key(run_id))) or (
-        accepted is not None and accepted.stream
+        waiting is not None and waiting.stream
     )
     try:
         resume = resume_point(last_event_id, relayed)
     except BadEventIdError as exc:
         return problems.response(problems.problem(problems.BAD_REQUEST, str(exc)))
-    if not relayed and accepted is None and await load_run() is None:
+    if not relayed and waiting is None and await load_run() is None:
         return _not_found(run_id)
     if await saw_the_end(api.aredis, run_id, resume, relayed):
         return Response(status_code=204)  # the SSE spec's "stop reconnecting"

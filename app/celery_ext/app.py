@@ -73,7 +73,10 @@ def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> 
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options=broker_transport_options(worker.visibility_timeout_s),
+        broker_transport_options={
+            **broker_transport_options(worker.visibility_timeout_s),
+            "queued_ttl_s": settings.limits.queued_ttl_s,  # app.celery_ext.transport.Channel
+        },
         result_backend_transport_options={"visibility_timeout": worker.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,

@@ -29,12 +29,17 @@ dead letters as quarantined, in the same atomic step; what it recorded but fails
 unacked in one MULTI. Neither reaches a task or stops the worker, and the other messages of
 the fetch are delivered at once.
 
+**Queued runs.** A run's first message as ``submit()`` publishes it (header
+:data:`~app.celery_ext.envelope.NEW_RUN`) is pushed in one MULTI with the run's entry in the
+queued-runs index (:mod:`app.celery_ext.queued`), kept ``queued_ttl_s`` (a transport option).
+
 :func:`install` registers it for the ``redis://`` and ``rediss://`` schemes, so broker URLs
 read as usual (worker banner, Flower).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from collections.abc import Iterator
@@ -48,8 +53,11 @@ from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as virtual
 from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps
 from redis.exceptions import NoScriptError, RedisError
 
+from app.celery_ext import queued
+from app.celery_ext.envelope import NEW_RUN
 from app.celery_ext.intake import (
     QUARANTINE_KEEP_DEFAULT,
     Intake,
@@ -147,6 +155,9 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
 
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
     QoS = QoS
+    # How long a new run's entry in the queued-runs index lives (limits.queued_ttl_s).
+    queued_ttl_s = 7 * 86_400
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, "queued_ttl_s")  # type: ignore[assignment]
     _shared_client: Any = None
     _sent: str | None = None  # what the pending poll command is: _FETCH, _WAIT or BRPOP
     _fetch_next = True  # a fetch may find a message (else block until one arrives)
@@ -179,6 +190,26 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         if self.connection.client is None and not asynchronous:
             return dict(self._sync_params)
         return super()._connparams(asynchronous=asynchronous)
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        # A run's first message as submit() publishes it: pushed in one MULTI with the run's
+        # entry in the queued-runs index (app.celery_ext.queued).
+        headers = message.get("headers") or {}
+        if (
+            headers.get(NEW_RUN) is not True
+            or "_publish_batch" in kwargs
+            or (self._expires and queue in self._expires)
+        ):
+            super()._put(queue, message, **kwargs)
+            return
+        body = json.loads(
+            self.decode_body(message["body"], message["properties"].get("body_encoding"))
+        )
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        with self.conn_or_acquire() as client, client.pipeline(transaction=True) as pipe:
+            pipe.lpush(key, dumps(message))
+            queued.add_one(pipe, str(headers["id"]), body[1], int(self.queued_ttl_s))
+            pipe.execute()
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         no_ack = kwargs.get("no_ack", args[0] if args else False)

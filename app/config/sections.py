@@ -128,6 +128,13 @@ class LimitSettings(BaseModel):
         gt=0,
         description="How long a submit's idempotency key keeps returning the run it created.",
     )
+    queued_ttl_s: int = Field(
+        default=7 * 86_400,
+        gt=0,
+        description="How long a submitted run is listed as queued before its first step is "
+        "stored (GET /v1/runs, agentq runs); an older entry is dropped from the listing, not "
+        "its message from the queue.",
+    )
     tool_timeout_s: float = Field(
         default=30.0,
         gt=0,
@@ -217,12 +224,6 @@ class ApiSettings(BaseModel):
         gt=0,
         description="How often the events of a run without a token stream are read from the "
         "session store.",
-    )
-    accepted_ttl_s: int = Field(
-        default=86_400,
-        gt=0,
-        description="How long the API remembers a run it accepted (so GET answers 'queued' "
-        "before the run's first step is stored).",
     )
     shutdown_timeout_s: int = Field(
         default=10,

@@ -9,7 +9,7 @@ commit the same step twice or one out of order.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     Connection,
     Engine,
+    and_,
     func,
+    or_,
     select,
     update,
 )
@@ -439,16 +441,38 @@ class SessionStore:
         return int(self._read(lambda conn: conn.execute(query).scalar_one()))
 
     def list_runs(
-        self, agent: str | None = None, status: str | None = None, limit: int = 100
+        self,
+        agent: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        *,
+        session_id: str | None = None,
+        before: tuple[datetime, str] | None = None,
     ) -> list[RunRecord]:
-        """The most recent runs, newest first, optionally of one agent type or status."""
-        query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
+        """The most recent runs, newest first (by ``created_at``, then id), optionally of one
+        agent type, status or session; with ``before`` (created_at, id), only the runs that
+        come after it in that order: the next page of a listing."""
+        query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
         if agent is not None:
             query = query.where(runs.c.agent == agent)
         if status is not None:
             query = query.where(runs.c.status == status)
+        if session_id is not None:
+            query = query.where(runs.c.session_id == session_id)
+        if before is not None:
+            at, run_id = before
+            query = query.where(
+                or_(runs.c.created_at < at, and_(runs.c.created_at == at, runs.c.id < run_id))
+            )
         rows = self._read(lambda conn: conn.execute(query).all())
         return [RunRecord(**row._mapping) for row in rows]
+
+    def stored_ids(self, run_ids: Collection[str]) -> set[str]:
+        """Which of ``run_ids`` the store has a run of."""
+        if not run_ids:
+            return set()
+        query = select(runs.c.id).where(runs.c.id.in_(list(run_ids)))
+        return set(self._read(lambda conn: conn.execute(query).scalars().all()))
 
     def ping(self) -> None:
         """``SELECT 1`` on the database; raises :class:`StoreError` when it is unreachable."""

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any, overload
 
 from celery import Celery
 
 from app.agents.validation import RunRequest, validate_run
 from app.celery_ext import envelope as messages
+from app.celery_ext import queued
 from app.celery_ext.context import context_of
 from app.celery_ext.envelope import compact_json, message_headers, new_id, new_ids
 from app.constants import TASK_RUN_AGENT, idempotency_key
@@ -228,36 +231,51 @@ class _Pushed:
 
 def _push(celery: Celery, requests: list[RunRequest], batch_size: int, pushed: _Pushed) -> None:
     """LPUSH the runs' first messages into their queues, ``batch_size`` per round trip, each
-    batch one MULTI/EXEC with one LPUSH per queue: a worker takes a queue's messages in
-    submit order. ``pushed`` counts the runs of the batches executed."""
-    with context_of(celery).broker.pipeline(transaction=True) as pipe:
+    batch one MULTI/EXEC with one LPUSH per queue (a worker takes a queue's messages in
+    submit order) and the runs' entries in the queued-runs index. ``pushed`` counts the runs
+    of the batches executed."""
+    context = context_of(celery)
+    ttl = context.settings.limits.queued_ttl_s
+    with context.broker.pipeline(transaction=True) as pipe:
         for batch in _batches(celery, requests, batch_size):
-            for queue, queued in batch.items():
-                pipe.lpush(queue, *queued)
+            for queue, queued_messages in batch.messages.items():
+                pipe.lpush(queue, *queued_messages)
+            queued.add(pipe, batch.runs, batch.entries, ttl)
             pipe.execute()
-            pushed.runs += sum(map(len, batch.values()))
+            pushed.runs += sum(map(len, batch.messages.values()))
 
 
-def _batches(
-    celery: Celery, requests: list[RunRequest], batch_size: int
-) -> Iterator[dict[str, list[str]]]:
-    """The runs' first messages (built by :mod:`app.celery_ext.envelope`, as apply_async would), by
-    queue, ``batch_size`` runs at a time.
+@dataclass(slots=True)
+class _Batch:
+    """One round trip's runs: their first messages by queue, and their index entries."""
+
+    messages: dict[str, list[str]] = field(default_factory=dict)
+    runs: dict[str, dict[str, int]] = field(default_factory=dict)  # agent -> {run id: us}
+    entries: dict[str, str] = field(default_factory=dict)  # run id -> queued.entry
+
+
+def _batches(celery: Celery, requests: list[RunRequest], batch_size: int) -> Iterator[_Batch]:
+    """The runs' first messages (built by :mod:`app.celery_ext.envelope`, as apply_async would)
+    and index entries, ``batch_size`` runs at a time.
 
     Without tracing every message of the call carries the same headers (one enqueue time:
-    they reach Redis together); with it, each run has its own submit span and context."""
+    they reach Redis together); with it, each run has its own submit span and context.
+    Runs are indexed a microsecond apart from the call's start, in submit order."""
     reply_to, origin = messages.reply_to_of(celery), messages.process_origin()
     tags = f"{new_id()}."  # + the run's index: unique, and cheaper than a UUID each
     traced = tracing.enabled()
     shared = compact_json(message_headers(new_run=True))
     envelopes: dict[str, messages.Envelope] = {}  # by agent (each has one queue)
+    entry_of = functools.cache(queued.entry)  # most runs of an agent share one entry
+    at = queued.now_us()
     for start in range(0, len(requests), batch_size):
-        batch: dict[str, list[str]] = {}
+        batch = _Batch()
         for i, req in enumerate(requests[start : start + batch_size], start):
-            envelope = envelopes.get(req.agent)
+            agent = req.agent
+            envelope = envelopes.get(agent)
             if envelope is None:
-                envelope = envelopes[req.agent] = messages.envelope(
-                    req.queue, reply_to, origin, shadow=req.agent
+                envelope = envelopes[agent] = messages.envelope(
+                    req.queue, reply_to, origin, shadow=agent
                 )
             kwargs_json, kwargsrepr = req.kwargs_json(), task_kwargsrepr(req.kwargs())
             if traced:
@@ -268,5 +286,7 @@ def _batches(
             message = messages.fill(
                 envelope, req.run_id, kwargs_json, kwargsrepr, headers, f"{tags}{i}"
             )
-            batch.setdefault(req.queue, []).append(message)
+            batch.messages.setdefault(req.queue, []).append(message)
+            batch.entries[req.run_id] = entry_of(agent, req.session_id, req.stream)
+            batch.runs.setdefault(agent, {})[req.run_id] = at + i
         yield batch

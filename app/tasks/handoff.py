@@ -1,13 +1,18 @@
 """How a finished step hands its run on in Redis: the next step's message, the run's result,
-the step's own acknowledgement, in as few round trips as the broker and backend allow."""
+the step's own acknowledgement and, after a run's first step, its removal from the queued-runs
+index, in as few round trips as the broker and backend allow."""
 
 from __future__ import annotations
 
 import functools
+import logging
 from contextlib import nullcontext
 
 from celery import Task, states
+from redis.exceptions import RedisError
 
+from app.celery_ext import queued
+from app.celery_ext.context import context_of
 from app.celery_ext.envelope import (
     message_headers,
     process_origin,
@@ -22,6 +27,8 @@ from app.constants import published_key
 from app.tasks.runner import StepMessage, StepResult
 from app.tasks.runtime import WorkerRuntime
 
+log = logging.getLogger(__name__)
+
 
 def store_answer(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepResult) -> None:
     """The run's answer, and the run's lease given back in the same round trip when the
@@ -29,9 +36,13 @@ def store_answer(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: S
     settings, backend, lease = runtime.settings, task.backend, result.lease
     if settings.backend != settings.redis_url:
         store_result(backend, msg.run_id, states.SUCCESS, result.answer)
+        if msg.step == 0:
+            forget_queued(task, runtime, msg)
         return
     key, value = result_value(backend, msg.run_id, states.SUCCESS, result.answer)
     tag = own_ack(task, runtime)
+    # A one-step run leaves the queued-runs index in this round trip when the broker is here.
+    forget = msg.step == 0 and settings.broker == settings.redis_url
 
     def write() -> None:
         with (
@@ -41,9 +52,13 @@ def store_answer(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: S
             queue_result(pipe, backend, key, value)
             if tag is not None:
                 ack_on(pipe, tag)
+            if forget:
+                queued.forget(pipe, msg.agent, [msg.run_id])
             pipe.execute()
 
     with_retries(backend, write)
+    if msg.step == 0 and not forget:
+        forget_queued(task, runtime, msg)
     if tag is not None:
         acked(tag)
 
@@ -52,6 +67,19 @@ def own_ack(task: Task, runtime: WorkerRuntime) -> str | None:
     """The delivery tag of this step's message when the step acknowledges it itself, in the
     pipeline that hands it on (the broker is the runtime's Redis); else None."""
     return delivery_tag(task) if runtime.pipeline_acks else None
+
+
+def forget_queued(task: Task, runtime: WorkerRuntime, msg: StepMessage) -> None:
+    """Drop the run from the queued-runs index (its first step is stored, or it ended), in a
+    round trip of its own; best effort: a reader drops an entry whose run is stored."""
+    settings = runtime.settings
+    broker = runtime.redis if settings.broker == settings.redis_url else context_of(task.app).broker
+    try:
+        with broker.pipeline(transaction=False) as pipe:
+            queued.forget(pipe, msg.agent, [msg.run_id])
+            pipe.execute()
+    except RedisError as exc:
+        log.warning("run %s: not dropped from the queued-runs index: %s", msg.run_id, exc)
 
 
 def publish_step(
@@ -101,6 +129,8 @@ def publish_step(
         )
         # Set after publishing: a crash in between costs a duplicate message, never a lost one.
         runtime.redis.set(marker, 1, ex=marker_ttl)
+        if started:
+            forget_queued(task, runtime, msg)
         return
     message = run_message(
         task_id,
@@ -119,6 +149,8 @@ def publish_step(
             pipe.set(marker, 1, ex=marker_ttl)
             if result is not None:
                 queue_result(pipe, backend, *result)
+            if started:  # the broker is this Redis
+                queued.forget(pipe, msg.agent, [msg.run_id])
             ack_on(pipe, tag)
             pipe.execute()
 

@@ -38,7 +38,7 @@ from app.ops.masking import task_kwargsrepr
 from app.producer.results import RunResult
 from app.tasks import dead_letters as dlq
 from app.tasks.dead_letters import DeadLetterKind, dead_letter
-from app.tasks.handoff import publish_step, store_answer
+from app.tasks.handoff import forget_queued, publish_step, store_answer
 from app.tasks.runner import Outcome, StepMessage, StepResult
 from app.tasks.runtime import WorkerRuntime, runtime_for
 from app.tasks.steps import summary
@@ -269,6 +269,8 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
             error = run_error(result.reason, result.error_type)
             if own_results or not is_first:
                 task.backend.mark_as_failure(msg.run_id, error)
+            if own_results and is_first:  # submitted (and indexed) by submit()
+                forget_queued(task, runtime, msg)
             # Raised, so Flower and task events show the run's typed failure.
             raise error
         case Outcome.BUSY:

@@ -67,6 +67,7 @@ def test_every_route_is_declared_and_every_declared_path_served(api: TestClient)
     assert served == declared
     assert served == {
         ("/v1/runs", "post"),
+        ("/v1/runs", "get"),
         ("/v1/runs/{run_id}", "get"),
         ("/v1/runs/{run_id}/events", "get"),
     }
@@ -118,6 +119,9 @@ def test_real_responses_validate_against_their_declared_schemas(
         ("/v1/runs/{run_id}", "get", api.get("/v1/runs/stored")),
         ("/v1/runs/{run_id}", "get", api.get("/v1/runs/nothing")),
         ("/v1/runs/{run_id}/events", "get", api.get("/v1/runs/nothing/events")),
+        ("/v1/runs", "get", api.get("/v1/runs", params={"limit": 1})),
+        ("/v1/runs", "get", api.get("/v1/runs", params={"cursor": "nonsense"})),
+        ("/v1/runs", "get", api.get("/v1/runs", params={"status": "lost"})),
         (
             "/v1/runs/{run_id}/events",
             "get",

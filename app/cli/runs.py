@@ -1,0 +1,170 @@
+"""``agentq runs list|show``: runs as ``GET /v1/runs`` and ``GET /v1/runs/{id}`` show them,
+queued runs included (:mod:`app.ops.runs`); ids are never cut, ``--json`` prints the API's
+JSON bodies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from app.cli import console, echo_json, main, print_table
+from app.config import Settings
+from app.ops.runs import STATUSES
+
+MAX_LIMIT = 500
+
+
+@main.group()
+def runs() -> None:
+    """Runs: queued (submitted, no step stored yet), running, succeeded and failed."""
+
+
+@contextmanager
+def _sources() -> Iterator[tuple[Settings, Any, Any, Any]]:
+    """Settings, the session store, the Redis client and the broker's client."""
+    from app.memory.sessions import SessionStore
+    from app.ops.redis_clients import redis_client
+
+    settings = Settings()
+    store = SessionStore.from_url(settings.database_url, migrate=False)
+    client = redis_client(settings)
+    broker = (
+        client if settings.broker == settings.redis_url else redis_client(settings, settings.broker)
+    )
+    try:
+        yield settings, store, client, broker
+    finally:
+        for opened in {id(client): client, id(broker): broker}.values():
+            opened.close()
+        store.close()
+
+
+@runs.command("list")
+@click.option("--agent", default=None, help="Only this agent type's runs.")
+@click.option("--status", type=click.Choice(STATUSES), default=None, help="Only these runs.")
+@click.option("--session", "session_id", default=None, help="Only this session's runs.")
+@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=50, show_default=True)
+@click.option("--cursor", default=None, help="Where the previous page ended (it prints it).")
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout (GET /v1/runs's body).")
+def runs_list(
+    agent: str | None,
+    status: str | None,
+    session_id: str | None,
+    limit: int,
+    cursor: str | None,
+    as_json: bool,
+) -> None:
+    """Runs newest first: queued ones by when they were submitted, the others by when their
+    first step started."""
+    from app.api.models import RunItem, RunList
+    from app.errors import BadCursorError
+    from app.ops.runs import list_runs
+
+    with _sources() as (settings, store, client, broker):
+        try:
+            page = list_runs(
+                store,
+                client,
+                broker=broker,
+                agent=agent,
+                status=status,
+                session_id=session_id,
+                cursor=cursor,
+                limit=limit,
+                queued_ttl_s=settings.limits.queued_ttl_s,
+            )
+        except BadCursorError as exc:
+            raise click.BadParameter(str(exc), param_hint="--cursor") from None
+    if as_json:
+        body = RunList(items=[RunItem.of(run) for run in page.items], next_cursor=page.next_cursor)
+        echo_json(body.model_dump(mode="json"))
+        return
+    table = Table("run", "agent", "status", "steps", "created (UTC)", "session", "error")
+    for column in table.columns[:5]:
+        column.no_wrap = True  # ids whole, at any width
+    for run in page.items:
+        table.add_row(
+            run.id,
+            run.agent,
+            run.status,
+            str(run.steps),
+            run.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            Text(run.session_id or ""),
+            run.error_type or "",
+        )
+    print_table(table)
+    if page.next_cursor is not None:
+        console.print(f"next page: --cursor {page.next_cursor}", highlight=False, soft_wrap=True)
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout (GET /v1/runs/{id}'s body).")
+def runs_show(run_id: str, as_json: bool) -> None:
+    """One run: status, answer or error (and traceback), and each step's reply, tool calls with
+    arguments and results, tokens, latency, worker and replica."""
+    from app.api.models import RunView
+    from app.ops.runs import run_detail
+
+    with _sources() as (_settings, store, client, broker):
+        detail = run_detail(store, client, run_id, broker=broker)
+    if detail is None:
+        raise click.ClickException(
+            f"no run {run_id}: not in the session store, nor queued (submitted within "
+            "limits.queued_ttl_s)"
+        )
+    view = RunView.of_detail(detail)
+    if as_json:
+        echo_json(view.model_dump(mode="json"))
+        return
+    fields = Table.grid(padding=(0, 2))
+    fields.add_column(no_wrap=True, style="bold")
+    fields.add_column(overflow="fold")
+    for name, value in (
+        ("run", view.id),
+        ("agent", view.agent),
+        ("status", view.status),
+        ("session", view.session_id),
+        ("created", view.created_at),
+        ("finished", view.finished_at),
+        ("answer", view.answer),
+        ("error", f"{view.error} ({view.error_type})" if view.error else None),
+    ):
+        if value is not None:
+            fields.add_row(name, Text(str(value)))  # text as it is: no markup in answers
+    console.print(fields, highlight=False)
+    if view.steps:
+        table = Table("step", "kind", "tool calls", "tokens in/out", "ms", "worker", "replica")
+        for column in (table.columns[0], table.columns[1], table.columns[3]):
+            column.no_wrap = True
+        for step in view.steps:
+            calls = "\n".join(
+                f"{c.name}({_short(c.args)}) -> {'error ' if c.error else ''}{_short(c.result)}"
+                for c in step.tool_calls
+            )
+            table.add_row(
+                str(step.index),
+                step.kind,
+                Text(calls or _short(step.model_output)),
+                f"{step.tokens_in}/{step.tokens_out}",
+                f"{step.latency_ms:.0f}",
+                step.worker or "",
+                step.replica or "",
+            )
+        print_table(table)
+    if view.traceback:
+        console.print(view.traceback, highlight=False, markup=False)
+
+
+def _short(value: Any, width: int = 200) -> str:
+    """``value`` as one line of JSON-ish text, cut at ``width`` (``--json`` has it whole)."""
+    import json
+
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
