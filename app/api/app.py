@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
-from app.api import problems
+from app.api import inspector, problems
 from app.api.health import ApiHealth
 from app.api.health import router as health_router
 from app.api.limits import BodyLimit, body_limit
@@ -80,6 +80,7 @@ def create_app(settings: Settings, celery: Celery | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(health_router)  # before any key: probes carry none
     app.include_router(runs_router)
+    inspector.install(app)  # pages, outside the OpenAPI document
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
 

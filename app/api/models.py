@@ -52,6 +52,15 @@ class RunAccepted(BaseModel):
     links: RunLinks
 
 
+class RunReplayed(BaseModel):
+    """A dead-lettered run sent back to its queue."""
+
+    id: str
+    status: Literal["queued"] = "queued"
+    step: int = Field(description="The step the run resumes at: the one that failed.")
+    links: RunLinks
+
+
 class ToolCallView(BaseModel):
     """One tool call of a step."""
 

@@ -25,7 +25,9 @@ from app.errors import (
     IdempotencyConflictError,
     InputRejectedError,
     InvalidInputError,
+    NotDeadLetteredError,
     PayloadTooLargeError,
+    QuarantinedMessageError,
     StoreError,
     SubmitError,
     UnknownAgentError,
@@ -73,6 +75,8 @@ UNAVAILABLE = Kind("service-unavailable", "A service the API needs is unavailabl
 NOT_FOUND = Kind("not-found", "No such resource", 404)
 RUN_NOT_FOUND = Kind("run-not-found", "No such run", 404)
 BAD_REQUEST = Kind("bad-request", "Bad request", 400)
+NOT_DEAD_LETTERED = Kind("not-dead-lettered", "The run is not in the dead-letter queue", 409)
+NOTHING_TO_REPLAY = Kind("nothing-to-replay", "The dead letter has no run to replay", 409)
 UNAUTHENTICATED = Kind("unauthenticated", "Missing, unknown or revoked API key", 401)
 FORBIDDEN = Kind("forbidden", "The API key lacks the scope this route needs", 403)
 RATE_LIMITED = Kind("rate-limited", "The API key is over its rate limit", 429)
@@ -86,6 +90,8 @@ PROBLEMS: dict[type[Exception], Kind] = {
     PayloadTooLargeError: INPUT_TOO_LARGE,
     SubmitError: SUBMIT_REFUSED,
     BadCursorError: BAD_REQUEST,
+    NotDeadLetteredError: NOT_DEAD_LETTERED,
+    QuarantinedMessageError: NOTHING_TO_REPLAY,
     StoreError: UNAVAILABLE,
     redis.RedisError: UNAVAILABLE,
     OperationalError: UNAVAILABLE,  # kombu's: the broker refused a publish
@@ -179,6 +185,7 @@ _DESCRIPTIONS = {
     403: "The API key lacks the scope this route needs.",
     429: "The API key is over its rate limit; retry after Retry-After (seconds).",
     404: "No such run.",
+    409: "The run is not dead-lettered, or its dead letter has no run to replay.",
     413: "The run's input is larger than the agent type allows.",
     422: "The request does not match its schema, or submit() refused the run.",
     503: "Redis, the broker or the session store did not answer; retry after Retry-After.",

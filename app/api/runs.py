@@ -28,16 +28,19 @@ from app.api.models import (
     RunItem,
     RunLinks,
     RunList,
+    RunReplayed,
     RunStatusName,
     RunView,
 )
 from app.api.state import ApiState, api_state
 from app.celery_ext import queued
+from app.celery_ext.context import context_of
 from app.celery_ext.envelope import new_id
 from app.constants import stream_key
 from app.memory.records import RunState
 from app.ops import runs as runs_view
 from app.producer.submit import submit
+from app.tasks import dead_letters
 
 # Every route authenticates (caller); each also names its scope (require).
 router = APIRouter(
@@ -48,6 +51,7 @@ router = APIRouter(
 )
 SUBMIT = [Depends(require("submit"))]
 READ = [Depends(require("read"))]
+OPERATE = [Depends(require("operate"))]
 
 State = Annotated[ApiState, Depends(api_state)]
 MAX_LIMIT = 500
@@ -207,3 +211,18 @@ async def run_events(
         ping=api.settings.api.keepalive_s,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@router.post(
+    "/{run_id}/replay",
+    status_code=202,
+    responses=problems.responses(409, 503),
+    summary="Replay a dead-lettered run",
+    dependencies=OPERATE,
+)
+def replay_run(run_id: str, api: State) -> RunReplayed:
+    """Send a dead-lettered run back to its queue (as ``agentq dlq replay``); it resumes at
+    the step that failed. 409 when the run is not dead-lettered."""
+    registry = context_of(api.celery).registry
+    letter = dead_letters.replay(api.celery, registry, api.store, api.redis, run_id)
+    return RunReplayed(id=run_id, step=letter.step, links=_links(run_id))
