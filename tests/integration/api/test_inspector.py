@@ -21,7 +21,7 @@ from app.api.app import create_app
 from app.celery_ext.app import create_celery
 from app.config import Settings
 from app.memory.api_keys import ApiKeyStore
-from app.memory.records import CallRecord, NewRun, StepKind, StepRecord
+from app.memory.records import CallRecord, NewRun, StepDraft, StepKind, StepRecord
 from app.memory.sessions import SessionStore
 from app.tasks import dead_letters as dlq
 
@@ -134,6 +134,26 @@ def test_a_run_page_shows_steps_with_replica_and_a_failed_runs_traceback(
     assert 'data-run="r1"' in listed.text
     assert 'data-run="r1"' not in client.get("/inspector", params={"status": "running"}).text
     assert client.get("/inspector/runs/nosuch").status_code == 404
+
+
+def test_a_step_under_way_shows_its_calls_with_the_results_kept_so_far(
+    client: TestClient, store: SessionStore, key_of: Any
+) -> None:
+    store.commit_step(
+        "r1", StepRecord(0, StepKind.FINAL, "x"), new_run=NewRun("r1", "research", "q")
+    )
+    calls = (
+        {"id": "a", "name": "calculator", "args": {"expression": "1+1"}},
+        {"id": "b", "name": "search", "args": {"query": "slow"}},
+    )
+    store.save_draft("r1", StepDraft(1, "two calls", calls, 5, 2, 3.0))
+    store.keep_result("r1", 1, "a", 2, error=False)
+    login(client, key_of("read"))
+    page = client.get("/inspector/runs/r1").text
+    under_way = page[page.index('id="step-1"') :]
+    assert "Step 1 · tool calls under way" in under_way
+    assert '<pre class="result">2</pre>' in under_way
+    assert under_way.count("no result yet") == 1  # search is still running
 
 
 def test_a_cross_site_form_post_is_refused(
