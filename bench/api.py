@@ -118,7 +118,7 @@ class ApiProcess:
 
 def api_key(settings: Settings) -> str | None:
     """A key with the submit and read scopes when the API checks keys, else None."""
-    if getattr(settings.api, "auth", "none") == "none":
+    if settings.api.auth == "none":
         return None
     from app.memory.api_keys import ApiKeyStore
 
@@ -405,10 +405,12 @@ def run(plan: Plan, console: Console) -> dict[str, Any]:
         console.print(f"relay: {plan.streams} streamed runs of {plan.words} tokens each way ...")
         relay_figures = relay(s, plan)
         api_exit = s.api.stop()
+        lines = s.api.log_path.read_text(errors="replace").splitlines()
     return {
         "auth": auth,
         "api_process": "agentq api: uvicorn, 1 process, on a free port; stopped by PID",
         "api_exit": api_exit,
+        "api_log_errors": [line for line in lines if "ERROR" in line or "Error" in line][:5],
         "submit": {"seconds": plan.seconds, "levels": levels},
         "relay": relay_figures,
     }

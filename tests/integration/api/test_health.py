@@ -25,10 +25,15 @@ def api_settings(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> S
     )
 
 
-def test_both_probes_answer_200_when_redis_and_the_store_do(api_settings: Settings) -> None:
+def test_both_probes_answer_200_without_a_key_when_redis_and_the_store_do(
+    api_settings: Settings,
+) -> None:
+    assert api_settings.api.auth == "keys"
     with TestClient(create_app(api_settings)) as client:
-        live = client.get("/healthz")
+        refused = client.get("/v1/runs/some-run")  # the run routes want a key ...
+        live = client.get("/healthz")  # ... the probes none
         ready = client.get("/readyz")
+    assert refused.status_code == 401
     assert (live.status_code, live.json()) == (200, {"live": True})
     assert ready.status_code == 200
     body = ready.json()
