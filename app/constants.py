@@ -56,8 +56,8 @@ def idempotency_key(agent: str, key: str) -> str:
 
 
 QUEUED_RUNS = f"{KEY_PREFIX}queued:runs"
-"""Redis hash of queued runs (submitted, first step not stored): run id -> JSON (agent,
-session, stream, submit time); see app.celery_ext.queued."""
+"""Redis hash of the queued runs (submitted, first step not stored) that have a session or
+stream: run id -> JSON (agent, session, stream); see app.celery_ext.queued."""
 QUEUED_AGENTS = f"{KEY_PREFIX}queued:agents"
 """Redis set of the agent types that have had queued runs (each has a :func:`queued_key`)."""
 

@@ -13,7 +13,9 @@ On the broker's Redis, next to the queues:
 - :data:`~app.constants.QUEUED_AGENTS`: the agent types that have had queued runs;
 - :func:`~app.constants.queued_key` of each: a sorted set of its run ids by submit time in
   microseconds (one batch's runs a microsecond apart, in submit order);
-- :data:`~app.constants.QUEUED_RUNS`: run id -> its :class:`QueuedRun` as compact JSON.
+- :data:`~app.constants.QUEUED_RUNS`: run id -> its agent, session and ``stream`` as compact
+  JSON, for the runs that have a session or stream only (one write per run less for the
+  others: the enqueue path pays for every command).
 
 A run sent without the marker (``send_task`` from another service) is not indexed: it is
 listed once its first step is stored.
@@ -66,30 +68,32 @@ class QueuedRun:
         return datetime_of(self.submitted_us)
 
 
-def entry(agent: str, session_id: str | None = None, stream: bool = False) -> str:
-    """A run's value in :data:`QUEUED_RUNS` (the same text for every plain run of an agent)."""
+def entry(agent: str, session_id: str | None = None, stream: bool = False) -> str | None:
+    """A run's value in :data:`QUEUED_RUNS`; None for a run without session or stream (it
+    has none)."""
+    if session_id is None and not stream:
+        return None
     text = f'{{"agent":{_string(agent)}'
     if session_id is not None:
         text += f',"session_id":{_string(session_id)}'
     return text + (',"stream":true}' if stream else "}")
 
 
-def parse(run_id: str, submitted_us: int, raw: bytes | str) -> QueuedRun:
-    """The run whose :func:`entry` is ``raw``."""
-    data = json.loads(raw)
-    return QueuedRun(
-        run_id, data["agent"], submitted_us, data.get("session_id"), bool(data.get("stream"))
-    )
+def parse(run_id: str, agent: str, submitted_us: int, raw: bytes | str | None) -> QueuedRun:
+    """The run whose :func:`entry` is ``raw`` (None: it has none)."""
+    data = {} if raw is None else json.loads(raw)
+    return QueuedRun(run_id, agent, submitted_us, data.get("session_id"), bool(data.get("stream")))
 
 
 def add(
     pipe: Any, runs: Mapping[str, Mapping[str, int]], entries: Mapping[str, str], ttl_s: int
 ) -> None:
     """Queue on ``pipe`` (the MULTI that pushes the runs' messages) the index writes of
-    ``runs`` (agent -> {run id: submit time in us}) with their ``entries`` (run id -> text).
-    Each key lives ``ttl_s`` past its last write."""
-    pipe.hset(QUEUED_RUNS, mapping=entries)
-    pipe.expire(QUEUED_RUNS, ttl_s)
+    ``runs`` (agent -> {run id: submit time in us}) with the :func:`entry` of those that have
+    one (run id -> text). Each key lives ``ttl_s`` past its last write."""
+    if entries:
+        pipe.hset(QUEUED_RUNS, mapping=entries)
+        pipe.expire(QUEUED_RUNS, ttl_s)
     pipe.sadd(QUEUED_AGENTS, *runs)
     pipe.expire(QUEUED_AGENTS, ttl_s)
     for agent, scores in runs.items():
@@ -104,7 +108,7 @@ def add_one(pipe: Any, run_id: str, kwargs: Mapping[str, Any], ttl_s: int) -> No
     text = entry(
         agent, session_id if isinstance(session_id, str) else None, bool(kwargs.get("stream"))
     )
-    add(pipe, {agent: {run_id: now_us()}}, {run_id: text}, ttl_s)
+    add(pipe, {agent: {run_id: now_us()}}, {} if text is None else {run_id: text}, ttl_s)
 
 
 def forget(pipe: Any, agent: str, run_ids: Iterable[str]) -> None:
@@ -116,24 +120,26 @@ def forget(pipe: Any, agent: str, run_ids: Iterable[str]) -> None:
 
 
 def find(client: Any, run_id: str) -> QueuedRun | None:
-    """The index entry of ``run_id``, or None (not queued, or not indexed)."""
+    """The queued run ``run_id``, or None (not queued, or not indexed)."""
     raw = client.hget(QUEUED_RUNS, run_id)
-    if raw is None:
-        return None
-    agent = json.loads(raw)["agent"]
-    score = client.zscore(queued_key(agent), run_id)
-    return None if score is None else parse(run_id, int(score), raw)
+    names = agents(client) if raw is None else [json.loads(raw)["agent"]]
+    with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.zscore(queued_key(name), run_id)
+        scores = pipe.execute()
+    for name, score in zip(names, scores, strict=True):
+        if score is not None:
+            return parse(run_id, name, int(score), raw)
+    return None
 
 
-def entries(client: Any, marks: list[tuple[int, str]]) -> list[QueuedRun | None]:
-    """The runs of ``marks`` ((submit time in us, run id), as :func:`newest` gives them), in
-    order; None where the entry is gone."""
+def runs_of(client: Any, marks: list[tuple[int, str, str]]) -> list[QueuedRun]:
+    """The runs of ``marks`` ((submit time in us, run id, agent)), in order."""
     if not marks:
         return []
-    raws = client.hmget(QUEUED_RUNS, [run_id for _, run_id in marks])
+    raws = client.hmget(QUEUED_RUNS, [run_id for _, run_id, _ in marks])
     return [
-        None if raw is None else parse(run_id, at, raw)
-        for (at, run_id), raw in zip(marks, raws, strict=True)
+        parse(run_id, agent, at, raw) for (at, run_id, agent), raw in zip(marks, raws, strict=True)
     ]
 
 

@@ -199,13 +199,19 @@ def _queued_runs(
     agents = [agent] if agent is not None else queued.agents(index)
     for name in agents:
         queued.prune(index, name, ttl_s)
-    marks = heapq.merge(*(queued.newest(index, name, below) for name in agents), reverse=True)
+    marks = heapq.merge(
+        *(
+            ((at, run_id, name) for at, run_id in queued.newest(index, name, below))
+            for name in agents
+        ),
+        reverse=True,
+    )
     given = 0
     while given < want:
         chunk = list(itertools.islice(marks, _CHUNK))
         if not chunk:
             return
-        runs = [run for run in queued.entries(index, chunk) if run is not None]
+        runs = queued.runs_of(index, chunk)
         stored = store.stored_ids([run.id for run in runs])
         if stored:
             _forget(index, [run for run in runs if run.id in stored])

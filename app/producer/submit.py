@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -251,7 +250,7 @@ class _Batch:
 
     messages: dict[str, list[str]] = field(default_factory=dict)
     runs: dict[str, dict[str, int]] = field(default_factory=dict)  # agent -> {run id: us}
-    entries: dict[str, str] = field(default_factory=dict)  # run id -> queued.entry
+    entries: dict[str, str] = field(default_factory=dict)  # run id -> queued.entry, if any
 
 
 def _batches(celery: Celery, requests: list[RunRequest], batch_size: int) -> Iterator[_Batch]:
@@ -266,7 +265,6 @@ def _batches(celery: Celery, requests: list[RunRequest], batch_size: int) -> Ite
     traced = tracing.enabled()
     shared = compact_json(message_headers(new_run=True))
     envelopes: dict[str, messages.Envelope] = {}  # by agent (each has one queue)
-    entry_of = functools.cache(queued.entry)  # most runs of an agent share one entry
     at = queued.now_us()
     for start in range(0, len(requests), batch_size):
         batch = _Batch()
@@ -287,6 +285,8 @@ def _batches(celery: Celery, requests: list[RunRequest], batch_size: int) -> Ite
                 envelope, req.run_id, kwargs_json, kwargsrepr, headers, f"{tags}{i}"
             )
             batch.messages.setdefault(req.queue, []).append(message)
-            batch.entries[req.run_id] = entry_of(agent, req.session_id, req.stream)
+            text = queued.entry(agent, req.session_id, req.stream)
+            if text is not None:  # a session or stream to keep
+                batch.entries[req.run_id] = text
             batch.runs.setdefault(agent, {})[req.run_id] = at + i
         yield batch

@@ -1,11 +1,13 @@
 """Queued runs with a real worker: a run submitted from Python is listed as queued until a
-worker stores its first step, and then leaves the queued-runs index (no model server: the
-agents answer with the echo backend)."""
+worker stores its first step (or ends it), and then leaves the queued-runs index. The echo
+backend answers without a model server; the run of several steps uses Triton's scripted
+model."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -15,6 +17,7 @@ from celery import Celery
 from app.celery_ext.app import create_celery
 from app.config import Settings
 from app.constants import QUEUED_RUNS, queued_key
+from app.errors import BudgetExceededError
 from app.local.workers import WorkerProcess
 from app.memory.sessions import SessionStore
 from app.ops.runs import list_runs, run_detail
@@ -79,3 +82,38 @@ def test_a_run_leaves_the_index_when_its_first_step_is_stored(
     detail = run_detail(store, redis_client, one.id)
     assert detail is not None and detail.stored is not None
     assert detail.status == "succeeded" and detail.stored.answer == "hello"
+
+
+def test_a_run_that_fails_at_its_first_step_leaves_the_index(
+    echo_settings: Settings,
+    celery: Celery,
+    store: SessionStore,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    # A one-token budget: the echo reply is longer, so the guardrail ends the run at step 0.
+    run = submit(
+        "echo", "a reply longer than one token", budget={"max_tokens_out": 1}, celery=celery
+    )
+    worker = WorkerProcess(echo_settings, ["echo"], log_dir=tmp_path)
+    try:
+        worker.start(celery)
+        with pytest.raises(BudgetExceededError):
+            run.get(timeout=60)
+    finally:
+        worker.stop()
+    assert redis_client.hlen(QUEUED_RUNS) == 0
+    [listed] = list_runs(store, redis_client).items
+    assert (listed.id, listed.status, listed.error_type) == (run.id, "failed", "budget_exceeded")
+
+
+def test_a_run_of_several_steps_leaves_the_index_after_its_first(
+    celery_app: Celery, start_worker: Any, store: SessionStore, redis_client: redis.Redis
+) -> None:
+    run = submit("coder", 'count [tool:counter_incr {"key": "n"}]', celery=celery_app)
+    assert [r.status for r in list_runs(store, redis_client).items] == ["queued"]
+    start_worker(["coder"])
+    assert run.get(timeout=60) == "Answer: 1"
+    assert redis_client.hlen(QUEUED_RUNS) == 0
+    [listed] = list_runs(store, redis_client).items
+    assert (listed.id, listed.status, listed.steps) == (run.id, "succeeded", 2)

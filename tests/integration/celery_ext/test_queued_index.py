@@ -66,6 +66,10 @@ def test_submit_many_indexes_every_run_in_submit_order(
     other = queued.find(redis_client, results.ids[5])
     assert other is not None and other.session_id == "s-2" and not other.stream
     assert queued.agents(redis_client) == ["echo", "other"]
+    # Only a run with a session or stream has a hash entry: plain runs cost one write each.
+    assert redis_client.hkeys(QUEUED_RUNS) == [results.ids[5].encode()]
+    plain = queued.find(redis_client, results.ids[0])
+    assert plain is not None and (plain.agent, plain.session_id) == ("echo", None)
 
 
 def test_a_run_sent_without_submit_is_not_indexed(
@@ -87,17 +91,15 @@ def test_newest_reads_before_a_mark_and_forget_removes(
     with redis_client.pipeline() as pipe:
         queued.forget(pipe, "echo", ids[:2])
         pipe.execute()
-    assert queued.entries(redis_client, marks[-3:]) == [
-        queued.find(redis_client, ids[2]),
-        None,
-        None,
-    ]
+    assert queued.find(redis_client, ids[2]) == queued.QueuedRun(ids[2], "echo", marks[-3][0])
+    assert queued.find(redis_client, ids[0]) is None
+    assert list(queued.newest(redis_client, "echo", below=marks[-4])) == [marks[-3]]
 
 
 def test_prune_drops_entries_older_than_the_ttl(celery: Celery, redis_client: redis.Redis) -> None:
     fresh = submit("echo", "new", celery=celery)
     redis_client.zadd(queued_key("echo"), {"old-run": queued.now_us() - 120_000_000})
-    redis_client.hset(QUEUED_RUNS, "old-run", queued.entry("echo"))
+    redis_client.hset(QUEUED_RUNS, "old-run", queued.entry("echo", "s-1"))
     assert queued.prune(redis_client, "echo", ttl_s=60) == 1
     assert _ids(redis_client, "echo") == [fresh.id]
     assert not redis_client.hexists(QUEUED_RUNS, "old-run")

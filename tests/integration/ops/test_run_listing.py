@@ -16,7 +16,7 @@ from celery import Celery
 from app.celery_ext import queued
 from app.celery_ext.app import create_celery
 from app.config import Settings
-from app.constants import QUEUED_RUNS, lease_key
+from app.constants import lease_key, queued_key
 from app.errors import BadCursorError
 from app.memory.records import CallRecord, NewRun, StepKind, StepRecord
 from app.memory.sessions import SessionStore
@@ -110,7 +110,7 @@ def test_a_stored_run_is_listed_once_and_its_stale_entry_dropped(
     _stored(store, run.id, at=datetime.now(UTC))
     [item] = list_runs(store, redis_client).items
     assert (item.id, item.status, item.steps) == (run.id, "succeeded", 1)
-    assert not redis_client.hexists(QUEUED_RUNS, run.id)
+    assert redis_client.zscore(queued_key("echo"), run.id) is None
     detail = run_detail(store, redis_client, run.id)
     assert detail is not None and detail.status == "succeeded" and detail.stored is not None
 
@@ -173,10 +173,10 @@ def test_entries_older_than_the_ttl_are_not_listed(
     run = submit("echo", "hi", celery=celery)
     with redis_client.pipeline() as pipe:
         old = queued.now_us() - 3_600_000_000
-        queued.add(pipe, {"echo": {"ancient": old}}, {"ancient": queued.entry("echo")}, 60)
+        queued.add(pipe, {"echo": {"ancient": old}}, {}, 60)
         pipe.execute()
     assert [r.id for r in list_runs(store, redis_client, queued_ttl_s=600).items] == [run.id]
-    assert not redis_client.hexists(QUEUED_RUNS, "ancient")
+    assert redis_client.zscore(queued_key("echo"), "ancient") is None
 
 
 @pytest.mark.parametrize(
