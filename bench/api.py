@@ -419,6 +419,7 @@ def run(plan: Plan, console: Console) -> dict[str, Any]:
 def main(plan: Plan, out: str | None, console: Console) -> int:
     """Run the bench; print the table, write the JSON and the PNG beside it (exit code)."""
     started = time.monotonic()
+    machine = environment(REPO_ROOT)  # the load average before the bench adds its own
     try:
         measured = run(plan, console)
     except KeyboardInterrupt:
@@ -432,7 +433,7 @@ def main(plan: Plan, out: str | None, console: Console) -> int:
         "plan": asdict(plan),
         **measured,
         "noise": NOISE,
-        **environment(REPO_ROOT),
+        **machine,
         "duration_s": round(time.monotonic() - started, 1),
     }
     show(report, console)
