@@ -108,6 +108,7 @@ runs = Table(
     CheckConstraint(allowed("error_type", ErrorType), name="ck_runs_error_type"),
     Index("ix_runs_session_created", "session_id", "created_at"),
     Index("ix_runs_status", "status"),
+    Index("ix_runs_created_id", "created_at", "id"),  # the run listing's order and cursor
 )
 
 steps = Table(

@@ -17,10 +17,9 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     Connection,
     Engine,
-    and_,
     func,
-    or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.exc import DBAPIError
@@ -460,10 +459,8 @@ class SessionStore:
         if session_id is not None:
             query = query.where(runs.c.session_id == session_id)
         if before is not None:
-            at, run_id = before
-            query = query.where(
-                or_(runs.c.created_at < at, and_(runs.c.created_at == at, runs.c.id < run_id))
-            )
+            # A row value, not OR: PostgreSQL reads it straight off ix_runs_created_id.
+            query = query.where(tuple_(runs.c.created_at, runs.c.id) < before)
         rows = self._read(lambda conn: conn.execute(query).all())
         return [RunRecord(**row._mapping) for row in rows]
 
