@@ -67,6 +67,7 @@ _SHUTDOWN = "tests/e2e/test_graceful_shutdown.py"
 _WORKER = "tests/unit/celery_ext/test_worker.py"
 _EXIT = "tests/e2e/test_worker_exit.py"
 _SUBMIT = "tests/integration/producer/test_submit.py"
+_QUEUED = "tests/integration/celery_ext/test_queued_index.py"
 
 _REDIS_CHANNEL = "kombu.transport.redis:Channel"
 
@@ -109,6 +110,12 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     PrivateName(_REDIS_CHANNEL, "pool", _CLIENT, common=True),
     PrivateName(_REDIS_CHANNEL, "_connparams", _TRANSPORT),
     PrivateName("kombu.transport", "TRANSPORT_ALIASES", _CLIENT),
+    # ... and pushes a new run's first message in one MULTI with its queued-runs index entry.
+    PrivateName(_REDIS_CHANNEL, "_put", _QUEUED),
+    PrivateName(_REDIS_CHANNEL, "_expires", _QUEUED, set_in_init=True),
+    PrivateName("kombu.transport.virtual.base:Channel", "_get_message_priority", _QUEUED),
+    PrivateName("kombu.transport.virtual.base:Channel", "decode_body", _QUEUED),
+    PrivateName(_REDIS_CHANNEL, "from_transport_options", _QUEUED),
     # backlog.py: kombu's key names for a queue's priority lists and its unacked messages.
     PrivateName("kombu.transport.redis", "PRIORITY_STEPS", _BACKLOG),
     PrivateName(_REDIS_CHANNEL, "sep", _BACKLOG, common=True),
