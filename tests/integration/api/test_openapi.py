@@ -70,6 +70,7 @@ def test_every_route_is_declared_and_every_declared_path_served(api: TestClient)
         ("/v1/runs", "get"),
         ("/v1/runs/{run_id}", "get"),
         ("/v1/runs/{run_id}/events", "get"),
+        ("/v1/runs/{run_id}/replay", "post"),
     }
     schemes = doc["components"]["securitySchemes"]
     assert schemes["HTTPBearer"] == {
