@@ -105,7 +105,7 @@ def purge(selected: tuple[str, ...], yes: bool) -> None:
         click.confirm(f"Delete {total} waiting message(s)?\n{listed}", abort=True)
     broker = redis_client(settings, settings.broker)
     try:
-        purged = purge_ready(broker, stats)
+        purged = purge_ready(broker, {queue: s.agent for queue, s in stats.items()})
     finally:
         broker.close()
     for queue, count in purged.items():

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from app.agents.registry import AgentRegistry
+from app.celery_ext import queued
 from app.celery_ext.backlog import priority_lists, read_backlog
 from app.celery_ext.envelope import ENQUEUED_AT
 from app.config import Settings
@@ -149,18 +150,34 @@ def read_queue_stats(
         store.close()
 
 
-def purge_ready(broker: Any, queues: Iterable[str]) -> dict[str, int]:
-    """Delete the ready messages of ``queues`` (every priority list; not the unacked ones a
-    worker holds) in one MULTI; how many each queue had."""
+def purge_ready(broker: Any, queues: Mapping[str, str]) -> dict[str, int]:
+    """Delete the ready messages of ``queues`` (queue -> its agent type; every priority list,
+    not the unacked ones a worker holds) in one MULTI that also reads them, then drop their
+    runs from the index of queued runs (:mod:`app.celery_ext.queued`): a purged run is not
+    listed as queued. How many messages each queue had."""
     keys = {queue: priority_lists(queue) for queue in queues}
     pipe = broker.pipeline(transaction=True)
     for names in keys.values():
         for name in names:
-            pipe.llen(name)
+            pipe.lrange(name, 0, -1)
         pipe.delete(*names)
     replies = iter(pipe.execute())
     purged = {}
-    for queue, names in keys.items():
-        purged[queue] = sum(int(next(replies)) for _ in names)
-        next(replies)  # the DEL's reply
+    with broker.pipeline(transaction=False) as forget:
+        for queue, names in keys.items():
+            messages = [m for _ in names for m in next(replies)]
+            next(replies)  # the DEL's reply
+            purged[queue] = len(messages)
+            queued.forget(forget, queues[queue], filter(None, map(_run_of, messages)))
+        forget.execute()
     return purged
+
+
+def _run_of(raw: bytes) -> str | None:
+    """The run id of a step message as the transport keeps it (its root id, else its id)."""
+    try:
+        headers = json.loads(raw).get("headers") or {}
+    except (ValueError, AttributeError):
+        return None  # not a message agentq wrote: nothing of it is indexed
+    run_id = headers.get("root_id") or headers.get("id")
+    return run_id if isinstance(run_id, str) else None

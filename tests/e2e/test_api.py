@@ -4,7 +4,6 @@ events to the end, read the run."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import pytest
 pytest.importorskip("fastapi")
 
 from app.config import Settings, child_env, settings_env
-from app.local.processes import free_port, log_tail, stop_process, wait_until
+from tests.fixtures.api import api_process
 from tests.fixtures.sse import Event, events
 
 pytestmark = pytest.mark.e2e
@@ -27,28 +26,10 @@ WORDS = ["w1"] + [f" w{i}" for i in range(2, 41)]
 @pytest.fixture
 def api_url(settings: Settings, tmp_path: Path) -> Iterator[str]:
     """`agentq api` on a free port, stopped by PID (SIGTERM) after the test."""
-    port = free_port()
-    env = child_env({**settings_env(settings), "AGENTQ_API__PORT": str(port)})
     log = tmp_path / "api.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "api"], stdout=out, stderr=subprocess.STDOUT, env=env
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        assert wait_until(answers, 60, proc), f"agentq api did not start:\n{log_tail(log)}"
+    with api_process(settings, log) as url:
         yield url
-    finally:
-        code = stop_process(proc)
     # uvicorn finishes its requests, then re-raises SIGTERM: the exit says what stopped it.
-    assert code in (0, -signal.SIGTERM), f"agentq api exited {code}:\n{log_tail(log)}"
     assert "Finished server process" in log.read_text()
 
 

@@ -11,9 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,10 +20,11 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from app.config import Settings, child_env, settings_env
-from app.local.processes import free_port, log_tail, stop_process, wait_until
+from app.config import Settings
+from app.local.processes import free_port, wait_until
 from app.memory.api_keys import ApiKeyStore
 from app.tasks import dead_letters as dlq
+from tests.fixtures.api import api_process
 from tests.fixtures.services import service_missing
 
 pytestmark = pytest.mark.e2e
@@ -82,29 +80,8 @@ def api_key(settings: Settings) -> str:
 @pytest.fixture
 def api_url(settings: Settings, api_key: str, tmp_path: Path) -> Iterator[str]:
     """`agentq api` (keys on) on a free port, stopped by PID (SIGTERM) after the test."""
-    port = free_port()
-    env = child_env(
-        {**settings_env(settings), "AGENTQ_API__PORT": str(port), "AGENTQ_API__AUTH": "keys"}
-    )
-    log = tmp_path / "api.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "api"], stdout=out, stderr=subprocess.STDOUT, env=env
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        assert wait_until(answers, 60, proc), f"agentq api did not start:\n{log_tail(log)}"
+    with api_process(settings, tmp_path / "api.log", AGENTQ_API__AUTH="keys") as url:
         yield url
-    finally:
-        code = stop_process(proc)
-    assert code in (0, -signal.SIGTERM), f"agentq api exited {code}:\n{log_tail(log)}"
 
 
 @pytest.fixture

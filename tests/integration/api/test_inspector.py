@@ -17,13 +17,12 @@ pytest.importorskip("fastapi")
 
 from fastapi.testclient import TestClient
 
-from app.api.app import create_app
-from app.celery_ext.app import create_celery
 from app.config import Settings
 from app.memory.api_keys import ApiKeyStore
 from app.memory.records import CallRecord, NewRun, StepDraft, StepKind, StepRecord
 from app.memory.sessions import SessionStore
 from app.tasks import dead_letters as dlq
+from tests.fixtures.api import api_client
 
 HERE = "http://testserver"  # the TestClient's origin
 
@@ -37,10 +36,8 @@ def api_settings(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> S
 
 @pytest.fixture
 def client(api_settings: Settings) -> Iterator[TestClient]:
-    celery = create_celery(api_settings)
-    with TestClient(create_app(api_settings, celery)) as test_client:
+    with api_client(api_settings) as test_client:
         yield test_client
-    celery.close()
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from app.local.processes import free_port
 from app.memory.records import CallRecord, NewRun, RunStatus, StepKind, StepRecord
 from app.memory.sessions import SessionStore
 from app.tasks.relay import TokenRelay
+from tests.fixtures.api import api_client
 from tests.fixtures.sse import Event, events
 
 AGENTS = {
@@ -53,10 +54,8 @@ def api_settings(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> S
 
 @pytest.fixture
 def client(api_settings: Settings) -> Iterator[TestClient]:
-    celery = create_celery(api_settings)
-    with TestClient(create_app(api_settings, celery)) as test_client:
+    with api_client(api_settings) as test_client:
         yield test_client
-    celery.close()
 
 
 @pytest.fixture

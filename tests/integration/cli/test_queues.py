@@ -14,6 +14,7 @@ from app.celery_ext.app import create_celery
 from app.cli import main
 from app.config import Settings, settings_env
 from app.constants import TASK_RUN_AGENT
+from app.memory.migrate import migrate
 from app.producer.submit import submit
 from app.tasks import dead_letters as dlq
 from tests.fixtures.cli import agentq
@@ -129,8 +130,15 @@ def test_purge_asks_first_and_deletes_nothing_on_no(cli_settings, busy, redis_cl
     assert redis_client.llen(RESEARCH) == redis_client.llen(CODER) == 1
 
 
+def _listed_research_runs(settings: Settings) -> list[str]:
+    items = json.loads(invoke(settings, "runs", "list", "--json").stdout)["items"]
+    return [run["id"] for run in items if run["agent"] == "research"]
+
+
 def test_purge_on_yes_deletes_ready_messages_only(cli_settings, busy, redis_client) -> None:
     kept = set(redis_client.keys()) - {RESEARCH.encode(), CODER.encode()}
+    migrate(cli_settings.database_url)  # `agentq runs list` reads the store too
+    submitted = _listed_research_runs(cli_settings)  # both runs, the taken one and the waiting
     result = invoke(cli_settings, "purge", "-Q", "research", input="y\n")
     assert result.exit_code == 0, result.output
     assert f"purged 1 message(s) from {RESEARCH}" in result.output
@@ -138,6 +146,8 @@ def test_purge_on_yes_deletes_ready_messages_only(cli_settings, busy, redis_clie
     assert kept <= set(redis_client.keys())  # unacked, dead letters, results: untouched
     after = json.loads(invoke(cli_settings, "queues", "-Q", "research", "--json").stdout)[0]
     assert (after["ready"], after["unacked"], after["dead_letters"]) == (0, 2, 1)
+    # the purged run is no longer listed as queued; the one a worker took still is
+    assert len(submitted) == 2 and _listed_research_runs(cli_settings) == submitted[1:]
 
 
 def test_purge_force_does_not_ask(cli_settings, busy, redis_client) -> None:
