@@ -57,14 +57,16 @@ def idempotency_key(agent: str, key: str) -> str:
 
 QUEUED_RUNS = f"{KEY_PREFIX}queued:runs"
 """Redis hash of the queued runs (submitted, first step not stored) that have a session or
-stream: run id -> JSON (agent, session, stream); see app.celery_ext.queued."""
+stream, or an id that does not hold its submit time: run id -> JSON (agent, session, stream,
+submit time); see app.celery_ext.queued."""
 QUEUED_AGENTS = f"{KEY_PREFIX}queued:agents"
 """Redis set of the agent types that have had queued runs (each has a :func:`queued_key`)."""
 
 
 def queued_key(agent: str) -> str:
-    """Redis sorted set of an agent type's queued runs by submit time (microseconds)."""
-    return f"{KEY_PREFIX}queued:agent:{agent}"
+    """Redis list of an agent type's queued run ids in push order, the newest at the head (a
+    name of its own: the sorted set an earlier version kept is left to expire)."""
+    return f"{KEY_PREFIX}queued:ids:{agent}"
 
 
 def rate_limit_key(name: str) -> str:

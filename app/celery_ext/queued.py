@@ -11,11 +11,18 @@ than ``limits.queued_ttl_s``.
 On the broker's Redis, next to the queues:
 
 - :data:`~app.constants.QUEUED_AGENTS`: the agent types that have had queued runs;
-- :func:`~app.constants.queued_key` of each: a sorted set of its run ids by submit time in
-  microseconds (one batch's runs a microsecond apart, in submit order);
-- :data:`~app.constants.QUEUED_RUNS`: run id -> its agent, session and ``stream`` as compact
-  JSON, for the runs that have a session or stream only (one write per run less for the
-  others: the enqueue path pays for every command).
+- :func:`~app.constants.queued_key` of each: a list of its run ids in push order (LPUSH: the
+  newest at the head), the only write per run for most runs (the enqueue path pays for every
+  command);
+- :data:`~app.constants.QUEUED_RUNS`: run id -> its agent, session, ``stream`` and submit
+  time ``at`` as compact JSON, for the runs that have a session or stream, or an id that
+  does not hold its submit time.
+
+Run ids are version 7 UUIDs (:func:`~app.celery_ext.envelope.new_ids`): a run's submit time
+is its id's millisecond (:func:`time_of`), one batch's ids increase in submit order. The
+list is in time order but for batches that land amid another producer's; :func:`newest`
+reads it from the head and gives runs newest first all the same. Runs leave roughly in
+submit order, so :func:`forget` searches from the tail (LREM), as :func:`prune` does.
 
 A run sent without the marker (``send_task`` from another service) is not indexed: it is
 listed once its first step is stored.
@@ -35,6 +42,10 @@ from app.constants import QUEUED_AGENTS, QUEUED_RUNS, queued_key
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
+_VARIANTS = frozenset("89abAB")
+# How long after its id was made a run may be pushed, at most, for the listing's order: one
+# producer's runs reach the list in id order, another's batch may land amid them.
+SKEW_US = 2_000_000
 
 
 def now_us() -> int:
@@ -68,14 +79,29 @@ class QueuedRun:
         return datetime_of(self.submitted_us)
 
 
-def entry(agent: str, session_id: str | None = None, stream: bool = False) -> str | None:
-    """A run's value in :data:`QUEUED_RUNS`; None for a run without session or stream (it
-    has none)."""
-    if session_id is None and not stream:
+def time_of(run_id: str) -> int | None:
+    """The submit time in Unix microseconds a version 7 UUID ``run_id`` holds (its
+    milliseconds), or None for any other id."""
+    if len(run_id) != 36 or run_id[14] != "7" or run_id[19] not in _VARIANTS:
+        return None
+    try:
+        return int(run_id[:8] + run_id[9:13], 16) * 1000
+    except ValueError:
+        return None
+
+
+def entry(
+    agent: str, session_id: str | None = None, stream: bool = False, at: int | None = None
+) -> str | None:
+    """A run's value in :data:`QUEUED_RUNS`: its agent, session, ``stream``, and submit time
+    ``at`` (us) for a run whose id does not hold it; None for a run that needs none."""
+    if session_id is None and not stream and at is None:
         return None
     text = f'{{"agent":{_string(agent)}'
     if session_id is not None:
         text += f',"session_id":{_string(session_id)}'
+    if at is not None:
+        text += f',"at":{at}'
     return text + (',"stream":true}' if stream else "}")
 
 
@@ -85,20 +111,18 @@ def parse(run_id: str, agent: str, submitted_us: int, raw: bytes | str | None) -
     return QueuedRun(run_id, agent, submitted_us, data.get("session_id"), bool(data.get("stream")))
 
 
-def add(
-    pipe: Any, runs: Mapping[str, Mapping[str, int]], entries: Mapping[str, str], ttl_s: int
-) -> None:
+def add(pipe: Any, runs: Mapping[str, list[str]], entries: Mapping[str, str], ttl_s: int) -> None:
     """Queue on ``pipe`` (the MULTI that pushes the runs' messages) the index writes of
-    ``runs`` (agent -> {run id: submit time in us}) with the :func:`entry` of those that have
-    one (run id -> text). Each key lives ``ttl_s`` past its last write."""
+    ``runs`` (agent -> run ids in submit order) with the :func:`entry` of those that have one
+    (run id -> text). Each key lives ``ttl_s`` past its last write."""
     if entries:
         pipe.hset(QUEUED_RUNS, mapping=entries)
         pipe.expire(QUEUED_RUNS, ttl_s)
     pipe.sadd(QUEUED_AGENTS, *runs)
     pipe.expire(QUEUED_AGENTS, ttl_s)
-    for agent, scores in runs.items():
+    for agent, ids in runs.items():
         key = queued_key(agent)
-        pipe.zadd(key, scores)
+        pipe.lpush(key, *ids)
         pipe.expire(key, ttl_s)
 
 
@@ -106,16 +130,23 @@ def add_one(pipe: Any, run_id: str, kwargs: Mapping[str, Any], ttl_s: int) -> No
     """:func:`add` for one run from its first message's keyword arguments."""
     agent, session_id = str(kwargs.get("agent")), kwargs.get("session_id")
     text = entry(
-        agent, session_id if isinstance(session_id, str) else None, bool(kwargs.get("stream"))
+        agent,
+        session_id if isinstance(session_id, str) else None,
+        bool(kwargs.get("stream")),
+        None if time_of(run_id) is not None else now_us(),
     )
-    add(pipe, {agent: {run_id: now_us()}}, {} if text is None else {run_id: text}, ttl_s)
+    add(pipe, {agent: [run_id]}, {} if text is None else {run_id: text}, ttl_s)
 
 
 def forget(pipe: Any, agent: str, run_ids: Iterable[str]) -> None:
-    """Queue on ``pipe`` the removal of ``run_ids`` (runs of ``agent``) from the index."""
+    """Queue on ``pipe`` the removal of ``run_ids`` (runs of ``agent``) from the index. Each
+    is searched from the oldest end (runs leave roughly in submit order): give the oldest
+    first."""
     ids = list(run_ids)
     if ids:
-        pipe.zrem(queued_key(agent), *ids)
+        key = queued_key(agent)
+        for run_id in ids:
+            pipe.lrem(key, -1, run_id)
         pipe.hdel(QUEUED_RUNS, *ids)
 
 
@@ -125,11 +156,11 @@ def find(client: Any, run_id: str) -> QueuedRun | None:
     names = agents(client) if raw is None else [json.loads(raw)["agent"]]
     with client.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.zscore(queued_key(name), run_id)
-        scores = pipe.execute()
-    for name, score in zip(names, scores, strict=True):
-        if score is not None:
-            return parse(run_id, name, int(score), raw)
+            pipe.lpos(queued_key(name), run_id)
+        places = pipe.execute()
+    for name, place in zip(names, places, strict=True):
+        if place is not None:
+            return parse(run_id, name, _time(run_id, raw), raw)
     return None
 
 
@@ -152,28 +183,65 @@ def newest(
     client: Any, agent: str, below: tuple[int, str] | None = None, chunk: int = 200
 ) -> Iterator[tuple[int, str]]:
     """``agent``'s (submit time in us, run id), newest first, those before ``below`` only
-    (by time, then id), read ``chunk`` at a time."""
-    key, high, offset = queued_key(agent), "+inf" if below is None else below[0], 0
+    (by time, then id), read from the list's newest end ``chunk`` at a time (then more).
+
+    The list is in push order, which is time order but for runs pushed up to :data:`SKEW_US`
+    after their id was made (another producer's batch): an entry is given once no entry
+    further down can be newer, so each page follows the last without gap or repeat."""
+    key, offset = queued_key(agent), 0
+    pending: list[tuple[int, str]] = []  # read, not given yet: oldest first
+    floor: int | None = None  # the oldest time read so far
     while True:
-        got = client.zrevrangebyscore(key, high, "-inf", start=offset, num=chunk, withscores=True)
-        for member, score in got:
-            mark = (int(score), _text(member))
-            if below is None or mark < below:
-                yield mark
-        if len(got) < chunk:
+        ids = [_text(member) for member in client.lrange(key, offset, offset + chunk - 1)]
+        offset += len(ids)
+        marks = _marks(client, ids)
+        if marks:
+            oldest = min(at for at, _ in marks)
+            floor = oldest if floor is None else min(floor, oldest)
+            pending += marks if below is None else [mark for mark in marks if mark < below]
+            pending.sort()  # two runs (a chunk reads newest first): a linear merge
+        done = len(ids) < chunk
+        while pending and (done or floor is None or pending[-1][0] > floor + SKEW_US):
+            yield pending.pop()
+        if done:
             return
-        offset += chunk
+        chunk = min(chunk * 2, 10_000)
 
 
-def prune(client: Any, agent: str, ttl_s: int) -> int:
-    """Drop ``agent``'s entries submitted more than ``ttl_s`` ago; how many."""
-    key, cutoff = queued_key(agent), now_us() - ttl_s * 1_000_000
-    stale = client.zrangebyscore(key, "-inf", f"({cutoff}")
-    if stale:
-        with client.pipeline(transaction=True) as pipe:
-            forget(pipe, agent, map(_text, stale))
-            pipe.execute()
-    return len(stale)
+def prune(client: Any, agent: str, ttl_s: int, chunk: int = 200) -> int:
+    """Drop ``agent``'s entries submitted more than ``ttl_s`` ago, read from the list's oldest
+    end while it has some; how many."""
+    key, cutoff, dropped = queued_key(agent), now_us() - ttl_s * 1_000_000, 0
+    while True:
+        ids = [_text(member) for member in client.lrange(key, -chunk, -1)]
+        stale = [run_id for at, run_id in _marks(client, ids) if at < cutoff]
+        if stale:
+            with client.pipeline(transaction=True) as pipe:
+                forget(pipe, agent, reversed(stale))
+                pipe.execute()
+            dropped += len(stale)
+        if len(stale) < chunk:  # the rest is newer (or there is no rest)
+            return dropped
+
+
+def _marks(client: Any, ids: list[str]) -> list[tuple[int, str]]:
+    """(submit time in us, run id) of ``ids``: from the id itself, else from its entry (0,
+    i.e. stale, when that is gone)."""
+    times = [time_of(run_id) for run_id in ids]
+    unknown = [run_id for run_id, at in zip(ids, times, strict=True) if at is None]
+    raws = dict(zip(unknown, client.hmget(QUEUED_RUNS, unknown), strict=True)) if unknown else {}
+    return [
+        (_time(run_id, raws.get(run_id)) if at is None else at, run_id)
+        for run_id, at in zip(ids, times, strict=True)
+    ]
+
+
+def _time(run_id: str, raw: bytes | str | None) -> int:
+    """A run's submit time (us): its id's, else its entry's ``at`` (0 when neither has it)."""
+    at = time_of(run_id)
+    if at is not None:
+        return at
+    return int(json.loads(raw).get("at", 0)) if raw is not None else 0
 
 
 def _text(value: bytes | str) -> str:

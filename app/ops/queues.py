@@ -168,7 +168,8 @@ def purge_ready(broker: Any, queues: Mapping[str, str]) -> dict[str, int]:
             messages = [m for _ in names for m in next(replies)]
             next(replies)  # the DEL's reply
             purged[queue] = len(messages)
-            queued.forget(forget, queues[queue], filter(None, map(_run_of, messages)))
+            oldest_first = reversed(messages)  # as the index is searched
+            queued.forget(forget, queues[queue], filter(None, map(_run_of, oldest_first)))
         forget.execute()
     return purged
 

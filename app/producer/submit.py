@@ -16,6 +16,7 @@ from app.celery_ext import envelope as messages
 from app.celery_ext import queued
 from app.celery_ext.context import context_of
 from app.celery_ext.envelope import compact_json, message_headers, new_id, new_ids
+from app.celery_ext.queued import time_of
 from app.constants import TASK_RUN_AGENT, idempotency_key
 from app.errors import IdempotencyConflictError, InvalidInputError
 from app.ops import tracing
@@ -175,6 +176,7 @@ def submit_many(
     registry, settings = context.registry, context.settings
     requests: list[RunRequest] = []
     keys: dict[int, Any] = {}  # index -> idempotency key, for the runs that have one
+    given: set[str] = set()  # run ids the caller chose (ours hold their submit time)
     ids = new_ids()
     for i, item in enumerate(runs):
         if type(item) is not dict and not isinstance(item, Mapping):
@@ -183,16 +185,19 @@ def submit_many(
             unknown = set(item) - RUN_FIELDS
             raise InvalidInputError(f"run #{i} has unknown fields: {sorted(unknown)}")
         get = item.get
+        run_id = get("run_id")
         req = validate_run(
             registry,
             settings,
             get("agent"),
             get("input"),
             get("session_id"),
-            get("run_id") or next(ids),
+            run_id or next(ids),
             get("stream", False),
             get("budget"),
         )
+        if run_id:
+            given.add(req.run_id)
         key = get("idempotency_key")
         if key is not None:
             keys[i] = key
@@ -211,7 +216,7 @@ def submit_many(
                 if i in keys:
                     claimed.append((len(fresh), i))
                 fresh.append(req)
-        _push(celery, fresh, batch_size, pushed)
+        _push(celery, fresh, batch_size, pushed, given)
     except BaseException:
         # Runs of the batches Redis executed are enqueued: their keys stay, so a retry of
         # this call names them instead of enqueueing them twice. The others' keys go.
@@ -228,15 +233,17 @@ class _Pushed:
     runs = 0
 
 
-def _push(celery: Celery, requests: list[RunRequest], batch_size: int, pushed: _Pushed) -> None:
+def _push(
+    celery: Celery, requests: list[RunRequest], batch_size: int, pushed: _Pushed, given: set[str]
+) -> None:
     """LPUSH the runs' first messages into their queues, ``batch_size`` per round trip, each
     batch one MULTI/EXEC with one LPUSH per queue (a worker takes a queue's messages in
-    submit order) and the runs' entries in the queued-runs index. ``pushed`` counts the runs
-    of the batches executed."""
+    submit order) and the runs' entries in the queued-runs index (``given``: the run ids the
+    caller chose). ``pushed`` counts the runs of the batches executed."""
     context = context_of(celery)
     ttl = context.settings.limits.queued_ttl_s
     with context.broker.pipeline(transaction=True) as pipe:
-        for batch in _batches(celery, requests, batch_size):
+        for batch in _batches(celery, requests, batch_size, given):
             for queue, queued_messages in batch.messages.items():
                 pipe.lpush(queue, *queued_messages)
             queued.add(pipe, batch.runs, batch.entries, ttl)
@@ -249,17 +256,20 @@ class _Batch:
     """One round trip's runs: their first messages by queue, and their index entries."""
 
     messages: dict[str, list[str]] = field(default_factory=dict)
-    runs: dict[str, dict[str, int]] = field(default_factory=dict)  # agent -> {run id: us}
+    runs: dict[str, list[str]] = field(default_factory=dict)  # agent -> run ids
     entries: dict[str, str] = field(default_factory=dict)  # run id -> queued.entry, if any
 
 
-def _batches(celery: Celery, requests: list[RunRequest], batch_size: int) -> Iterator[_Batch]:
+def _batches(
+    celery: Celery, requests: list[RunRequest], batch_size: int, given: set[str]
+) -> Iterator[_Batch]:
     """The runs' first messages (built by :mod:`app.celery_ext.envelope`, as apply_async would)
     and index entries, ``batch_size`` runs at a time.
 
     Without tracing every message of the call carries the same headers (one enqueue time:
     they reach Redis together); with it, each run has its own submit span and context.
-    Runs are indexed a microsecond apart from the call's start, in submit order."""
+    A run's id holds its submit time (a UUIDv7); one the caller gave (in ``given``) that does
+    not is indexed with a time a microsecond apart from the call's start, in submit order."""
     reply_to, origin = messages.reply_to_of(celery), messages.process_origin()
     tags = f"{new_id()}."  # + the run's index: unique, and cheaper than a UUID each
     traced = tracing.enabled()
@@ -285,8 +295,15 @@ def _batches(celery: Celery, requests: list[RunRequest], batch_size: int) -> Ite
                 envelope, req.run_id, kwargs_json, kwargsrepr, headers, f"{tags}{i}"
             )
             batch.messages.setdefault(req.queue, []).append(message)
-            text = queued.entry(agent, req.session_id, req.stream)
-            if text is not None:  # a session or stream to keep
-                batch.entries[req.run_id] = text
-            batch.runs.setdefault(agent, {})[req.run_id] = at + i
+            run_id = req.run_id
+            if req.session_id is not None or req.stream or run_id in given:
+                text = queued.entry(
+                    agent, req.session_id, req.stream, at + i if time_of(run_id) is None else None
+                )
+                if text is not None:  # a session, stream or submit time to keep
+                    batch.entries[run_id] = text
+            ids = batch.runs.get(agent)
+            if ids is None:
+                ids = batch.runs[agent] = []
+            ids.append(run_id)
         yield batch

@@ -76,7 +76,7 @@ def test_a_run_leaves_the_index_when_its_first_step_is_stored(
         worker.stop()
     # The worker dropped each entry itself (not a reader's clean-up: none ran since).
     assert redis_client.hlen(QUEUED_RUNS) == 0
-    assert redis_client.zcard(queued_key("echo")) == 0
+    assert redis_client.llen(queued_key("echo")) == 0
     listed = list_runs(store, redis_client).items
     assert {(run.id, run.status) for run in listed} == {(i, "succeeded") for i in ids}
     detail = run_detail(store, redis_client, one.id)

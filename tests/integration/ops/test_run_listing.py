@@ -110,7 +110,7 @@ def test_a_stored_run_is_listed_once_and_its_stale_entry_dropped(
     _stored(store, run.id, at=datetime.now(UTC))
     [item] = list_runs(store, redis_client).items
     assert (item.id, item.status, item.steps) == (run.id, "succeeded", 1)
-    assert redis_client.zscore(queued_key("echo"), run.id) is None
+    assert redis_client.lpos(queued_key("echo"), run.id) is None
     detail = run_detail(store, redis_client, run.id)
     assert detail is not None and detail.status == "succeeded" and detail.stored is not None
 
@@ -173,10 +173,10 @@ def test_entries_older_than_the_ttl_are_not_listed(
     run = submit("echo", "hi", celery=celery)
     with redis_client.pipeline() as pipe:
         old = queued.now_us() - 3_600_000_000
-        queued.add(pipe, {"echo": {"ancient": old}}, {}, 60)
+        queued.add(pipe, {"echo": ["ancient"]}, {"ancient": queued.entry("echo", at=old)}, 60)
         pipe.execute()
     assert [r.id for r in list_runs(store, redis_client, queued_ttl_s=600).items] == [run.id]
-    assert redis_client.zscore(queued_key("echo"), "ancient") is None
+    assert redis_client.lpos(queued_key("echo"), "ancient") is None
 
 
 @pytest.mark.parametrize(

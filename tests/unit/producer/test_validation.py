@@ -58,10 +58,10 @@ def test_the_kwargs_text_sent_is_the_kwargs(value, session, extra):
     assert text.isascii()  # its length is its size in bytes
 
 
-def test_run_ids_are_random_version_4_uuids():
+def test_run_ids_are_version_7_uuids():
     ids = [new_id() for _ in range(200)] + list(itertools.islice(new_ids(chunk=64), 200))
     assert len(set(ids)) == len(ids)
     for text in ids:
         parsed = uuid.UUID(text)
         assert str(parsed) == text
-        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
