@@ -1,5 +1,6 @@
 """Dispatch: N trivial runs drained by one agentq worker process vs N no-op tasks drained by
-one stock Celery worker (same pool, same concurrency), with SQLite and with PostgreSQL.
+one stock Celery worker (same pool, same concurrency) and N no-op messages drained by one
+Dramatiq worker process (as many threads), with SQLite and with PostgreSQL.
 
 A trivial run is one step of an agent with the ``echo`` backend: no model call, but the
 lease, the session load, the step commit and the result, as every step has. The queue is
@@ -20,6 +21,7 @@ from celery import Celery
 
 from app.errors import AgentqError
 from app.producer.submit import submit_many
+from bench.dramatiq_actors import NOOP as NOOP_ACTOR
 from bench.report import rate, ratio, scenario, target
 from bench.services import TRIVIAL, Services, cpu_seconds, postgres_problem, postgres_schema
 from bench.stock import NOOP
@@ -113,29 +115,49 @@ def stock_side(services: Services, runs: int) -> dict[str, Any]:
     return {**figures, "worker": f"celery worker, threads, c={services.concurrency}"}
 
 
-def _doc(name: str, agentq: dict[str, Any], stock: dict[str, Any]) -> dict[str, Any]:
-    cpu = ratio(agentq["worker_cpu_ms_per_run"], stock["worker_cpu_ms_per_run"])
-    doc = scenario(name, "runs_per_s", {"agentq": agentq, "stock": stock})
-    doc["cpu_per_run_ratio"] = cpu
+def dramatiq_side(services: Services, runs: int) -> dict[str, Any]:
+    with ExitStack() as stack:
+        figures = drain(
+            services,
+            stack,
+            lambda: services.dramatiq.fill(NOOP_ACTOR, runs),
+            lambda: services.dramatiq_worker(stack),
+            timeout_s=60 + runs / 20,
+        )
+    return {**figures, "worker": f"dramatiq, 1 process x {services.concurrency} threads"}
+
+
+def _doc(
+    name: str, agentq: dict[str, Any], stock: dict[str, Any], dramatiq: dict[str, Any]
+) -> dict[str, Any]:
+    cpu = "worker_cpu_ms_per_run"
+    doc = scenario(name, "runs_per_s", {"agentq": agentq, "stock": stock, "dramatiq": dramatiq})
+    doc["cpu_per_run_ratio"] = ratio(agentq[cpu], stock[cpu])
+    doc["cpu_per_run_ratio_dramatiq"] = ratio(agentq[cpu], dramatiq[cpu])
     doc["targets"] = {"ratio": {**target(doc["ratio"], TARGET_RATIO), "aim": AIM_RATIO}}
     return doc
+
+
+def baselines(services: Services, runs: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Stock Celery's and Dramatiq's drains, measured one after the other."""
+    return stock_side(services, runs), dramatiq_side(services, runs)
 
 
 def run(services: Services, runs: int, postgres_url: str | None) -> dict[str, Any]:
     """The dispatch scenario: SQLite, then PostgreSQL (skipped, with why, when unreachable).
 
-    The stock side is measured before each agentq side, so each ratio is of neighbours.
+    Both baselines are measured before each agentq side, so each ratio is of neighbours.
     """
-    stock = stock_side(services, runs)
-    sqlite = _doc("dispatch", agentq_side(services, runs, services.sqlite_url()), stock)
+    stock, dramatiq = baselines(services, runs)
+    sqlite = _doc("dispatch", agentq_side(services, runs, services.sqlite_url()), stock, dramatiq)
     out: dict[str, Any] = {**sqlite, "store": "sqlite"}
     problem = postgres_problem(postgres_url) if postgres_url else "no PostgreSQL URL given"
     if problem is not None:
         out["postgres"] = {"skipped": problem}
         return out
     assert postgres_url is not None
-    stock_pg = stock_side(services, runs)
+    stock_pg, dramatiq_pg = baselines(services, runs)
     with postgres_schema(postgres_url) as url:
-        pg = _doc("dispatch", agentq_side(services, runs, url), stock_pg)
+        pg = _doc("dispatch", agentq_side(services, runs, url), stock_pg, dramatiq_pg)
     out["postgres"] = {**pg, "store": "postgresql"}
     return out

@@ -1,14 +1,15 @@
 """Latency: enqueue -> first step started, p50/p95/p99, at half the saturation rate.
 
-The offered load is the same for both sides: half the lower of the two saturation rates
+The offered load is the same for the three sides: half the lowest of their saturation rates
 (from the dispatch scenario of the same suite run, else measured here with a shorter drain),
-so neither worker is past half its capacity. Runs are submitted one at a time on a fixed
+so no worker is past half its capacity. Runs are submitted one at a time on a fixed
 schedule (``submit()`` / ``delay()``), each stamped with the time just before its call.
 
 When the first step started: for agentq, the run's ``created_at`` in the session store,
 stamped by the worker when its first step begins (a first delivery takes no lease and
 loads nothing before it); for stock Celery, the time the task
-``bench.stamp`` returns, taken as its first line runs.
+``bench.stamp`` returns, taken as its first line runs; for Dramatiq, the time its ``stamp``
+actor returns, read back from its result backend.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
+from dramatiq import Message
 from sqlalchemy import create_engine, select
 
 from app.memory.schema import runs as runs_table
 from app.producer.submit import submit
 from bench import dispatch
+from bench.dramatiq_actors import STAMP as STAMP_ACTOR
 from bench.report import latency_summary, ratio, scenario, target
 from bench.services import RESULT_PREFIX, TRIVIAL, ResultWatch, Services
 from bench.stock import STAMP
@@ -35,7 +38,7 @@ ID_CHUNK = 500
 
 
 def offered_rate(saturation: dict[str, float | None]) -> float:
-    """Half the lower saturation rate of the two sides (runs/s)."""
+    """Half the lowest saturation rate of the sides (runs/s)."""
     rates = [r for r in saturation.values() if r]
     if not rates:
         raise dispatch.DrainError("no saturation rate measured: cannot choose the offered load")
@@ -124,11 +127,35 @@ def stock_side(services: Services, count: int, per_s: float) -> dict[str, Any]:
     return _side(sent, started, watch)
 
 
+def dramatiq_side(services: Services, count: int, per_s: float) -> dict[str, Any]:
+    services.flush()
+    producer = services.dramatiq
+    messages: dict[str, Message[Any]] = {}
+
+    def send() -> str:
+        message = producer.send(STAMP_ACTOR)
+        messages[message.message_id] = message
+        return message.message_id
+
+    with ExitStack() as stack:
+        worker = services.dramatiq_worker(stack).wait_ready()
+        watch = services.watch(stack)
+        for _ in range(WARMUP):
+            producer.send(STAMP_ACTOR)
+        _wait(watch, WARMUP, 60, worker.log_path)
+        watch.done.seen.clear()
+        sent = paced(count, per_s, send)
+        _wait(watch, count, 60 + count / per_s, worker.log_path)
+    started = {i: float(producer.result(m)) for i, m in messages.items()}
+    return _side(sent, started, watch)
+
+
 def saturation(services: Services, runs: int) -> dict[str, float | None]:
     """Each side's drain rate (runs/s) from a short dispatch run."""
-    stock = dispatch.stock_side(services, runs)
+    stock, dramatiq = dispatch.baselines(services, runs)
     agentq = dispatch.agentq_side(services, runs, services.sqlite_url())
-    return {"agentq": agentq["runs_per_s"], "stock": stock["runs_per_s"]}
+    return {side: figures["runs_per_s"] for side, figures in
+            (("agentq", agentq), ("stock", stock), ("dramatiq", dramatiq))}  # fmt: skip
 
 
 def run(
@@ -143,17 +170,21 @@ def run(
     per_s = offered_rate(rates)
     count = max(100, int(per_s * duration_s))
     stock = stock_side(services, count, per_s)
+    dramatiq = dramatiq_side(services, count, per_s)
     agentq = agentq_side(services, count, per_s)
     p50 = ratio(agentq["enqueue_to_start"]["p50_ms"], stock["enqueue_to_start"]["p50_ms"])
     p99 = ratio(agentq["enqueue_to_start"]["p99_ms"], stock["enqueue_to_start"]["p99_ms"])
-    for side in (agentq, stock):
+    for side in (agentq, stock, dramatiq):
         side["p50_ms"] = side["enqueue_to_start"]["p50_ms"]
     return scenario(
         "latency",
         "p50_ms",
-        {"agentq": agentq, "stock": stock},
+        {"agentq": agentq, "stock": stock, "dramatiq": dramatiq},
         higher_is_better=False,
         ratio_p99=p99,
+        ratio_p99_dramatiq=ratio(
+            agentq["enqueue_to_start"]["p99_ms"], dramatiq["enqueue_to_start"]["p99_ms"]
+        ),
         offered_runs_per_s=round(per_s, 1),
         saturation_runs_per_s=rates,
         saturation_source="measured here" if measured_here else "dispatch scenario (SQLite)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-AGENTQ, STOCK, OTHER = "#1f77b4", "#ff7f0e", "#7f7f7f"
+AGENTQ, STOCK, DRAMATIQ, OTHER = "#1f77b4", "#ff7f0e", "#2ca02c", "#7f7f7f"
 
 
 def _bars(ax: Any, labels: list[str], values: list[float | None], colors: list[str]) -> None:
@@ -40,23 +40,29 @@ def dispatch(ax: Any, doc: dict[str, Any]) -> None:
         groups.append(("PostgreSQL", doc["postgres"]))
     labels, values, colors = [], [], []
     for name, group in groups:
-        labels += [f"stock\n({name} run)", f"agentq\n{name}"]
-        values += [group["sides"]["stock"]["runs_per_s"], group["sides"]["agentq"]["runs_per_s"]]
-        colors += [STOCK, AGENTQ]
+        for side, color in (("stock", STOCK), ("dramatiq", DRAMATIQ), ("agentq", AGENTQ)):
+            if side in group["sides"]:
+                labels.append(f"{side}\n{name}" if side == "agentq" else f"{side}\n({name} run)")
+                values.append(group["sides"][side]["runs_per_s"])
+                colors.append(color)
     _bars(ax, labels, values, colors)
     ratios = ", ".join(
         f"{name} {g['ratio']:.2f}" for name, g in groups if g.get("ratio") is not None
     )
+    ax.tick_params(axis="x", labelsize=7)
     ax.set_ylabel("runs drained / s (one worker process)")
-    ax.set_title(f"dispatch, {doc['sides']['agentq']['runs']:,} trivial runs (ratio {ratios})")
+    ax.set_title(f"dispatch, {doc['sides']['agentq']['runs']:,} trivial runs "
+                 f"(ratio to stock {ratios})", fontsize=9)  # fmt: skip
 
 
 def latency(ax: Any, doc: dict[str, Any]) -> None:
-    width = 0.38
     quantiles = ("p50_ms", "p95_ms", "p99_ms")
-    for i, (side, color) in enumerate((("stock", STOCK), ("agentq", AGENTQ))):
+    shown = [(s, c) for s, c in (("stock", STOCK), ("dramatiq", DRAMATIQ), ("agentq", AGENTQ))
+             if s in doc["sides"]]  # fmt: skip
+    width = 0.8 / len(shown)
+    for i, (side, color) in enumerate(shown):
         summary = doc["sides"][side]["enqueue_to_start"]
-        xs = [q + (i - 0.5) * width for q in range(len(quantiles))]
+        xs = [q + (i - (len(shown) - 1) / 2) * width for q in range(len(quantiles))]
         ax.bar(xs, [summary[q] or 0 for q in quantiles], width, color=color, label=side)
     ax.set_xticks(range(len(quantiles)), [q.removesuffix("_ms") for q in quantiles])
     ax.set_yscale("log")  # a p99 tail and a p50 of a few ms on one chart
@@ -65,6 +71,23 @@ def latency(ax: Any, doc: dict[str, Any]) -> None:
     ax.set_title(
         _ratio_title(doc, f"latency at {doc['offered_runs_per_s']:,.0f} runs/s offered (p50)")
     )
+
+
+def coldstart(ax: Any, doc: dict[str, Any]) -> None:
+    sides = [(s, c) for s, c in (("stock", STOCK), ("dramatiq", DRAMATIQ), ("agentq", AGENTQ))
+             if s in doc["sides"]]  # fmt: skip
+    for x, (side, color) in enumerate(sides):
+        figures = doc["sides"][side]
+        ax.bar(x, figures["median_s"], 0.6, color=color)
+        ax.plot([x] * len(figures["rounds_s"]), figures["rounds_s"], "k.", markersize=4)
+        ax.annotate(f"{figures['median_s']:.2f} s", (x, figures["median_s"]), ha="center",
+                    va="bottom", fontsize=8)  # fmt: skip
+    ax.set_xticks(range(len(sides)), [side for side, _ in sides])
+    bound = doc["targets"]["agentq_median_s"]["max"]
+    ax.axhline(bound, color="red", linestyle="--", linewidth=1, label=f"target {bound:.1f} s")
+    ax.set_ylabel("spawn → first run finished (s); median, dots: rounds")
+    ax.legend()
+    ax.set_title(_ratio_title(doc, f"cold start, {doc['rounds']} rounds per side"))
 
 
 def memory(ax: Any, doc: dict[str, Any]) -> None:
@@ -112,6 +135,7 @@ PLOTS = {
     "enqueue": enqueue,
     "dispatch": dispatch,
     "latency": latency,
+    "coldstart": coldstart,
     "memory": memory,
     "inference": inference,
 }

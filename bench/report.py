@@ -19,6 +19,7 @@ from bench.measure import percentile
 
 SCENARIO_KEYS = ("scenario", "metric", "higher_is_better", "baseline", "sides", "ratio")
 DOCUMENT_KEYS = ("machine", "versions", "date")
+SECOND_BASELINE = "dramatiq"
 
 
 def rate(count: int, seconds: float) -> float | None:
@@ -60,16 +61,20 @@ def scenario(
     **extra: Any,
 ) -> dict[str, Any]:
     """One scenario's document: each side's figures and ``ratio``, agentq's ``metric`` over
-    the ``baseline`` side's (stock Celery, or the direct Triton client)."""
-    return {
+    the ``baseline`` side's (stock Celery, or the direct Triton client); with a Dramatiq side,
+    also ``ratio_dramatiq``, agentq's over Dramatiq's (the second baseline)."""
+    doc = {
         "scenario": name,
         "metric": metric,
         "higher_is_better": higher_is_better,
         "baseline": baseline,
         "sides": sides,
         "ratio": ratio(sides["agentq"].get(metric), sides[baseline].get(metric)),
-        **extra,
     }
+    if SECOND_BASELINE in sides:
+        second = sides[SECOND_BASELINE].get(metric)
+        doc["ratio_dramatiq"] = ratio(sides["agentq"].get(metric), second)
+    return {**doc, **extra}
 
 
 def check_shape(doc: dict[str, Any], *, document: bool = True) -> list[str]:
@@ -152,6 +157,7 @@ def environment(repo: Path) -> dict[str, Any]:
             "kombu": _version("kombu"),
             "redis_py": _version("redis"),
             "sqlalchemy": _version("sqlalchemy"),
+            "dramatiq": _version("dramatiq"),
             "agentq": git_rev(repo),
         },
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

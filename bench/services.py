@@ -1,4 +1,4 @@
-"""What the suite's scenarios start and watch: Redis, session stores, workers of both sides.
+"""What the suite's scenarios start and watch: Redis, session stores, each side's workers.
 
 Everything is started into an :class:`~contextlib.ExitStack` and stopped by PID with it;
 files live in the suite's temp folder.
@@ -7,10 +7,12 @@ files live in the suite's temp folder.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +26,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from app.celery_ext.app import create_celery
-from app.config import Settings, TritonSettings
+from app.config import Settings, TritonSettings, child_env, settings_env
 from app.local.redis import RedisServer
 from app.local.workers import WorkerProcess
 from app.memory.migrate import migrate
+from bench.dramatiq_side import DramatiqProducer, DramatiqWorker
 from bench.stock import StockWorker, stock_celery
 
 TRIVIAL = "trivial"  # backend echo: one step, no model call, session loaded and committed
@@ -64,6 +67,25 @@ def cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class FlaggedWorkerProcess(WorkerProcess):
+    """The ``agentq worker`` command WorkerProcess runs, with the interpreter's flags before
+    ``-m`` (``-X importtime``: this machine's Python ignores PYTHONIMPORTTIME)."""
+
+    python_flags: list[str] = []  # noqa: RUF012 (set per instance)
+
+    def spawn(self) -> FlaggedWorkerProcess:
+        if not self.python_flags:
+            super().spawn()
+            return self
+        args = [sys.executable, *self.python_flags, "-m", "app.cli", "worker"]
+        args += ["--agents", ",".join(self.agents), "-n", self.node]
+        args += ["-c", str(self.concurrency)] if self.concurrency else []
+        env = child_env({**settings_env(self.settings), "PYTHONUNBUFFERED": "1"})
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
 
 
 @dataclass
@@ -171,6 +193,8 @@ class Services:
         self._files = 0
         self.stock = stock_celery(self.redis_url)
         stack.callback(self.stock.close)
+        self.dramatiq = DramatiqProducer(self.redis_url)
+        stack.callback(self.dramatiq.close)
 
     def sqlite_url(self) -> str:
         """A fresh, migrated SQLite file in the temp folder."""
@@ -197,22 +221,40 @@ class Services:
         return app
 
     def agentq_worker(
-        self, settings: Settings, agent: str, stack: ExitStack, concurrency: int | None = None
+        self,
+        settings: Settings,
+        agent: str,
+        stack: ExitStack,
+        concurrency: int | None = None,
+        python_flags: Sequence[str] = (),
     ) -> WorkerProcess:
         """An ``agentq worker`` process (threads pool), spawned, stopped with ``stack``."""
-        worker = WorkerProcess(
+        worker = FlaggedWorkerProcess(
             settings, [agent], log_dir=self.tmp, concurrency=concurrency or self.concurrency
         )
+        worker.python_flags = list(python_flags)
         stack.callback(worker.stop)
         return worker.spawn()
 
-    def stock_worker(self, stack: ExitStack, concurrency: int | None = None) -> StockWorker:
+    def stock_worker(
+        self, stack: ExitStack, concurrency: int | None = None, python_flags: Sequence[str] = ()
+    ) -> StockWorker:
         """A stock Celery worker process, same pool and concurrency, stopped with ``stack``."""
         worker = StockWorker(
             self.redis_url,
             pool=Settings().worker.pool,
             concurrency=concurrency or self.concurrency,
             log_dir=self.tmp,
+            python_flags=python_flags,
+        )
+        stack.callback(worker.stop)
+        return worker.spawn()
+
+    def dramatiq_worker(self, stack: ExitStack, python_flags: Sequence[str] = ()) -> DramatiqWorker:
+        """A Dramatiq worker (one process, as many threads as the others' concurrency),
+        spawned, stopped with ``stack``."""
+        worker = DramatiqWorker(
+            self.redis_url, threads=self.concurrency, log_dir=self.tmp, python_flags=python_flags
         )
         stack.callback(worker.stop)
         return worker.spawn()

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from celery import Celery
@@ -56,8 +57,17 @@ def stock_celery(redis_url: str) -> Celery:
 class StockWorker:
     """``python -m bench.stock`` as a child process, stopped by PID."""
 
-    def __init__(self, redis_url: str, *, pool: str, concurrency: int, log_dir: Path) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        pool: str,
+        concurrency: int,
+        log_dir: Path,
+        python_flags: Sequence[str] = (),
+    ) -> None:
         self.redis_url, self.pool, self.concurrency = redis_url, pool, concurrency
+        self.python_flags = list(python_flags)  # the interpreter's: ``-X importtime``
         self.node = f"stock-{uuid.uuid4().hex[:8]}@localhost"
         self.log_path = log_dir / f"{self.node.split('@')[0]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -70,7 +80,7 @@ class StockWorker:
 
     def spawn(self) -> StockWorker:
         """Start the process without waiting."""
-        args = [sys.executable, "-m", "bench.stock", self.redis_url]
+        args = [sys.executable, *self.python_flags, "-m", "bench.stock", self.redis_url]
         args += ["-P", self.pool, "-c", str(self.concurrency), "-n", self.node]
         cwd = Path(__file__).resolve().parent.parent  # the checkout: bench/ is importable
         with self.log_path.open("ab") as log:

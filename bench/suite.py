@@ -1,7 +1,8 @@
-"""The benchmark suite: agentq against stock Celery (and Triton's own client) in one run.
+"""The benchmark suite: agentq against stock Celery, Dramatiq (dispatch, latency, coldstart)
+and Triton's own client, in one run.
 
-``agentq bench all|enqueue|dispatch|latency|memory|inference`` (``--quick`` for smaller
-counts). Each scenario starts what it needs (its own Redis on a free port, worker processes,
+``agentq bench all|enqueue|dispatch|latency|coldstart|memory|inference`` (``--quick`` for
+smaller counts). Each scenario starts what it needs (its own Redis on a free port, worker processes,
 Triton), runs a bounded workload, and writes ``bench/results/<scenario>.json`` (both sides'
 figures, ``ratio``, the machine and the versions) and ``<scenario>.png``; a table of every
 ratio ends the run. The machines these run on are shared and noisy: compare the ratios
@@ -11,6 +12,7 @@ measured in one run, not the absolute figures across runs.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from contextlib import ExitStack
@@ -23,13 +25,13 @@ from rich.table import Table
 
 from app.config import REPO_ROOT
 from app.errors import AgentqError
-from bench import dispatch, enqueue, latency, memory
+from bench import coldstart, dispatch, enqueue, latency, memory
 from bench.measure import BenchError
 from bench.plots import plot
 from bench.report import environment, target, write
 from bench.services import POSTGRES_URL, Services
 
-SCENARIOS = ("enqueue", "dispatch", "latency", "memory", "inference")
+SCENARIOS = ("enqueue", "dispatch", "latency", "coldstart", "memory", "inference")
 DEFAULT_OUT = REPO_ROOT / "bench" / "results"
 
 
@@ -41,6 +43,7 @@ class Plan:
     dispatch_runs: int = 20_000
     latency_s: float = 10.0
     saturation_runs: int = 3_000  # latency alone: the short drain that finds saturation
+    coldstart_rounds: int = 5  # per side, the sides taking turns
     memory_hold_ms: int = 3_000
     inference_levels: tuple[int, ...] = (1, 16, 64, 256)
     inference_latency_ms: int = 200
@@ -54,6 +57,7 @@ QUICK = Plan(
     dispatch_runs=2_000,
     latency_s=4.0,
     saturation_runs=1_000,
+    coldstart_rounds=3,
     memory_hold_ms=1_500,
     inference_levels=(16, 64),
 )
@@ -71,7 +75,7 @@ class Suite:
         services: Services | None = None
         for name in names:
             self.console.rule(name)
-            started = time.monotonic()
+            started, load_before = time.monotonic(), _load()
             try:
                 if name == "inference":
                     doc = self.inference(tmp)
@@ -84,6 +88,7 @@ class Suite:
                 self.console.print(f"[red]{name} failed:[/red] {exc}")
                 doc = {"scenario": name, "error": str(exc)}
             doc["duration_s"] = round(time.monotonic() - started, 1)
+            doc["load_average"] = {"before": load_before, "after": _load()}
             self.save(name, doc)
 
     def measure(self, name: str, services: Services) -> dict[str, Any]:
@@ -95,6 +100,8 @@ class Suite:
                 return dispatch.run(services, p.dispatch_runs, p.postgres_url)
             case "latency":
                 return latency.run(services, p.latency_s, self._saturation(), p.saturation_runs)
+            case "coldstart":
+                return coldstart.run(services, p.coldstart_rounds)
             case "memory":
                 return memory.run(services, p.memory_hold_ms)
         raise BenchError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
@@ -103,7 +110,7 @@ class Suite:
         done = self.docs.get("dispatch")
         if done is None or "sides" not in done:
             return None
-        return {side: done["sides"][side]["runs_per_s"] for side in ("agentq", "stock")}
+        return {side: figures["runs_per_s"] for side, figures in done["sides"].items()}
 
     def inference(self, tmp: Path) -> dict[str, Any]:
         """bench/inference.py at the plan's levels, its report given the suite's keys."""
@@ -130,6 +137,11 @@ class Suite:
         write(doc, self.out_dir / f"{name}.json")
         if "error" not in doc:
             plot(doc, self.out_dir / f"{name}.png")
+
+
+def _load() -> list[float]:
+    """The machine's 1, 5 and 15 minute load averages (it is shared: say how busy it was)."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def inference_summary(report: dict[str, Any], at: int, bound: float) -> dict[str, Any]:
@@ -170,6 +182,10 @@ def _target(doc: dict[str, Any], key: str) -> str:
     return f"{mark} {bound}"
 
 
+def _side(doc: dict[str, Any], side: str, key: str) -> Any:
+    return (doc["sides"].get(side) or {}).get(key)
+
+
 def rows(docs: dict[str, dict[str, Any]]) -> list[Row]:
     """One line per figure that has a target: what, agentq, baseline, ratio, target."""
     out: list[Row] = []
@@ -177,6 +193,10 @@ def rows(docs: dict[str, dict[str, Any]]) -> list[Row]:
     def add(label: str, doc: dict[str, Any], key: str, unit: str, r: Any, target: str) -> None:
         a, b = doc["sides"]["agentq"].get(key), doc["sides"][doc["baseline"]].get(key)
         out.append((label, _num(a, unit), _num(b, unit), _num(r), _target(doc, target)))
+
+    def vs_dramatiq(doc: dict[str, Any], value: Any, r: Any) -> None:
+        if "dramatiq" in doc["sides"]:
+            out.append(("  vs Dramatiq", "", _num(value), _num(r), ""))
 
     for name, doc in docs.items():
         if "error" in doc:
@@ -189,17 +209,27 @@ def rows(docs: dict[str, dict[str, Any]]) -> list[Row]:
                         _target(doc, "ratio_to_raw_ceiling")))  # fmt: skip
         elif name == "dispatch":
             add("dispatch runs/s, SQLite", doc, "runs_per_s", "", doc["ratio"], "ratio")
+            vs_dramatiq(doc, _side(doc, "dramatiq", "runs_per_s"), doc.get("ratio_dramatiq"))
             pg = doc.get("postgres", {})
             if "sides" in pg:
                 add("dispatch runs/s, PostgreSQL", pg, "runs_per_s", "", pg["ratio"], "ratio")
+                vs_dramatiq(pg, _side(pg, "dramatiq", "runs_per_s"), pg.get("ratio_dramatiq"))
             else:
                 out.append(("dispatch, PostgreSQL", "skipped", "", "", pg.get("skipped", "")[:60]))
         elif name == "latency":
             add("latency p50 ms", doc, "p50_ms", "", doc["ratio"], "ratio")
+            vs_dramatiq(doc, _side(doc, "dramatiq", "p50_ms"), doc.get("ratio_dramatiq"))
             a = doc["sides"]["agentq"]["enqueue_to_start"]["p99_ms"]
             b = doc["sides"]["stock"]["enqueue_to_start"]["p99_ms"]
             out.append(("latency p99 ms", _num(a), _num(b), _num(doc["ratio_p99"]),
                         _target(doc, "ratio_p99")))  # fmt: skip
+            p99 = (doc["sides"].get("dramatiq") or {}).get("enqueue_to_start", {}).get("p99_ms")
+            vs_dramatiq(doc, p99, doc.get("ratio_p99_dramatiq"))
+        elif name == "coldstart":
+            add("cold start s, spawn → first run done", doc, "median_s", "", doc["ratio"], "ratio")
+            vs_dramatiq(doc, _side(doc, "dramatiq", "median_s"), doc.get("ratio_dramatiq"))
+            out.append(("  agentq median", _num(doc["sides"]["agentq"]["median_s"]), "", "",
+                        _target(doc, "agentq_median_s")))  # fmt: skip
         elif name == "memory":
             add("memory peak RSS MiB, 64 in flight", doc, "peak_rss_mib", "", doc["ratio"],
                 "agentq_peak_rss_mib")  # fmt: skip
@@ -217,7 +247,8 @@ def show(docs: dict[str, dict[str, Any]], console: Console) -> None:
     for row in rows(docs):
         table.add_row(*row)
     console.print(table)
-    console.print("baseline: stock Celery (same Redis, pool and concurrency); inference: direct "
+    console.print("baseline: stock Celery (same Redis, pool and concurrency); 'vs Dramatiq': "
+                  "Dramatiq, 1 process x the same threads, same Redis; inference: direct "
                   "tritonclient. Ratios are agentq / baseline.")  # fmt: skip
 
 

@@ -53,8 +53,9 @@ def _suite_command(name: str, summary: str) -> None:
 for _name, _summary in (
     ("all", "Every scenario below in one run (under 10 minutes), then the table of ratios."),
     ("enqueue", "submit_many vs a stock delay() loop vs raw pipelined LPUSH (runs/s)."),
-    ("dispatch", "Trivial runs drained by one worker vs stock no-op tasks (SQLite, PostgreSQL)."),
+    ("dispatch", "Trivial runs drained by one worker vs no-op tasks (SQLite, PostgreSQL)."),
     ("latency", "Enqueue to first step started, p50/p95/p99, at half the saturation rate."),
+    ("coldstart", "Worker spawned with one run waiting -> that run done; import-time budget."),
     ("memory", "Worker RSS with 64 runs in flight, agentq vs a stock worker."),
 ):
     _suite_command(_name, _summary)

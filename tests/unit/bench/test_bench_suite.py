@@ -10,6 +10,7 @@ import pytest
 from app.config import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT))
+from bench.coldstart import import_times, summary
 from bench.latency import offered_rate
 from bench.plots import plot
 from bench.report import (
@@ -114,4 +115,71 @@ def test_quick_is_smaller_and_overrides_apply() -> None:
 def test_an_inference_document_plots(tmp_path) -> None:
     report = {**_inference_report(), **inference_summary(_inference_report(), 64, 0.9)}
     path = plot({**report, **environment(REPO_ROOT)}, tmp_path / "inference.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_dramatiq_side_gets_its_own_ratio_beside_the_baseline() -> None:
+    sides = {"agentq": {"runs_per_s": 600.0}, "stock": {"runs_per_s": 500.0},
+             "dramatiq": {"runs_per_s": 2000.0}}  # fmt: skip
+    doc = scenario("dispatch", "runs_per_s", sides)
+    assert doc["ratio"] == 1.2 and doc["ratio_dramatiq"] == 0.3
+    assert check_shape(doc, document=False) == []
+    two = scenario("dispatch", "runs_per_s", {"agentq": sides["agentq"], "stock": sides["stock"]})
+    assert "ratio_dramatiq" not in two
+
+
+IMPORTTIME_LOG = """[worker] starting
+import time: self [us] | cumulative | imported package
+import time:       100 |        100 |   _io
+import time:      2000 |       2000 |     tritonclient.grpc
+import time:       500 |       2500 |   tritonclient
+import time:      1000 |       3600 | app.cli
+some log line in between
+import time:       300 |        300 | celery.bin.celery
+"""
+
+
+def test_the_import_budget_is_read_from_an_importtime_log() -> None:
+    budget = import_times(IMPORTTIME_LOG, top=2)
+    assert budget["total_ms"] == 3.9 and budget["modules"] == 5
+    assert [m["module"] for m in budget["top_cumulative"]] == ["app.cli", "tritonclient"]
+    assert budget["top_cumulative"][1] == {"module": "tritonclient", "depth": 1,
+                                           "cumulative_ms": 2.5, "self_ms": 0.5}  # fmt: skip
+    assert budget["optional_packages_imported"] == ["tritonclient"]
+    assert import_times("no imports here")["total_ms"] == 0
+
+
+def test_a_cold_start_summary_has_the_median_and_the_spread() -> None:
+    figures = summary([1.2, 0.9, 3.0, 1.0, 1.1])
+    assert figures["median_s"] == 1.1 and figures["spread_s"] == 2.1
+    assert figures["rounds_s"] == [1.2, 0.9, 3.0, 1.0, 1.1]
+
+
+def _coldstart_doc() -> dict:
+    def side(median: float) -> dict:
+        return {**summary([median, median + 0.1]), "imports": import_times(IMPORTTIME_LOG)}
+
+    sides = {"agentq": side(0.9), "stock": side(1.5), "dramatiq": side(0.2)}
+    doc = scenario("coldstart", "median_s", sides, higher_is_better=False, rounds=2)
+    doc["targets"] = {"agentq_median_s": target(sides["agentq"]["median_s"], 1.0, False),
+                      "ratio": target(doc["ratio"], 1.0, False)}  # fmt: skip
+    return doc
+
+
+def test_the_table_shows_both_baselines_and_the_cold_start_targets() -> None:
+    dispatch = scenario("dispatch", "runs_per_s", {"agentq": {"runs_per_s": 900.0},
+                                                   "stock": {"runs_per_s": 1000.0},
+                                                   "dramatiq": {"runs_per_s": 1800.0}})  # fmt: skip
+    dispatch["targets"] = {"ratio": target(dispatch["ratio"], 0.8)}
+    dispatch["postgres"] = {"skipped": "no PostgreSQL URL given"}
+    lines = rows({"dispatch": dispatch, "coldstart": _coldstart_doc()})
+    assert lines[1][0].strip() == "vs Dramatiq" and lines[1][2:4] == ("1,800", "0.50")
+    cold = next(line for line in lines if line[0].startswith("cold start"))
+    assert cold[1:4] == ("0.95", "1.55", "0.61") and "✓" in cold[4]
+    median = next(line for line in lines if "agentq median" in line[0])
+    assert "✓" in median[4] and "≤ 1.0" in median[4]
+
+
+def test_a_coldstart_document_plots(tmp_path) -> None:
+    path = plot({**_coldstart_doc(), **environment(REPO_ROOT)}, tmp_path / "coldstart.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
