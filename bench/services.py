@@ -71,9 +71,11 @@ def cpu_seconds(pid: int) -> float | None:
 
 class FlaggedWorkerProcess(WorkerProcess):
     """The ``agentq worker`` command WorkerProcess runs, with the interpreter's flags before
-    ``-m`` (``-X importtime``: this machine's Python ignores PYTHONIMPORTTIME)."""
+    ``-m`` (``-X importtime``; PYTHONIMPORTTIME had no effect on this machine's Python 3.11)."""
 
-    python_flags: list[str] = []  # noqa: RUF012 (set per instance)
+    def __init__(self, *args: Any, python_flags: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.python_flags = list(python_flags)
 
     def spawn(self) -> FlaggedWorkerProcess:
         if not self.python_flags:
@@ -230,9 +232,12 @@ class Services:
     ) -> WorkerProcess:
         """An ``agentq worker`` process (threads pool), spawned, stopped with ``stack``."""
         worker = FlaggedWorkerProcess(
-            settings, [agent], log_dir=self.tmp, concurrency=concurrency or self.concurrency
+            settings,
+            [agent],
+            log_dir=self.tmp,
+            concurrency=concurrency or self.concurrency,
+            python_flags=python_flags,
         )
-        worker.python_flags = list(python_flags)
         stack.callback(worker.stop)
         return worker.spawn()
 
