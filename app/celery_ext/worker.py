@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import celeryd_init
 from celery.utils.nodenames import host_format
 from celery.worker import state
 
@@ -90,26 +89,43 @@ def node_name(template: str) -> str:
     return str(host_format(template))
 
 
-def run_worker(app: Celery, argv: list[str]) -> tuple[int, str | None]:
-    """Run ``celery worker`` with ``argv`` until it stops: its exit code (Celery's
-    ``worker_main`` drops it, so a worker stopped by an error exited 0) and, when an error
-    stopped it, that error in one line."""
-    started: list[Any] = []
+def run_worker(
+    app: Celery,
+    *,
+    queues: list[str],
+    pool: str,
+    concurrency: int,
+    hostname: str,
+    loglevel: str,
+    quiet: bool = False,
+) -> tuple[int, str | None]:
+    """Run a worker of ``app`` until it stops, as ``celery worker -Q QUEUES -P POOL -c
+    CONCURRENCY -n HOSTNAME -l LOGLEVEL --without-mingle --without-gossip`` runs it: its exit
+    code and, when an error stopped it, that error in one line.
+
+    The worker is built directly (``app.Worker``, what that command builds): Celery's command
+    line would first import every command it has and its plugins' (Flower, a REPL), about a
+    second of a cold start."""
     fatal = _LastCritical()
-
-    def remember(instance: Any = None, **_: Any) -> None:
-        started.append(instance)
-
-    celeryd_init.connect(remember, weak=False)
     celery_log = logging.getLogger("celery")  # Celery's loggers all hang below it
     celery_log.addHandler(fatal)
     try:
-        app.worker_main(argv)
+        worker = app.Worker(
+            hostname=hostname,
+            pool=pool,
+            concurrency=concurrency,
+            queues=queues,
+            loglevel=loglevel.upper(),
+            quiet=quiet,
+            optimization="default",
+            without_mingle=True,
+            without_gossip=True,
+        )
+        worker.start()
     finally:
-        celeryd_init.disconnect(remember)
         celery_log.removeHandler(fatal)
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # Celery sent them to its log
-    code = getattr(started[-1], "exitcode", None) if started else None
+    code = worker.exitcode
     if not isinstance(code, int):  # SystemExit("why") stops a worker with a text
         code = 1 if code else 0
     return code, fatal.reason

@@ -5,20 +5,48 @@ Flower, exporter, demo); dead letters are in :mod:`app.cli.dlq`, benchmarks in
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from app.cli.exits import ExitCode, OneLineGroup, fail
 from app.config import Settings
 from app.ops import logs
 
-console = Console()
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+# The commands of the other modules, imported when one of them runs (OneLineGroup).
+LAZY_COMMANDS = {
+    "api": "app.cli.api",
+    "bench": "app.cli.bench",
+    "dlq": "app.cli.dlq",
+    "new": "app.cli.new",
+    "purge": "app.cli.queues",
+    "queues": "app.cli.queues",
+    "runs": "app.cli.runs",
+}
+
+
+@functools.cache
+def get_console() -> Console:
+    """The console commands print to, built on first use (``agentq worker`` never imports
+    rich)."""
+    from rich.console import Console
+
+    return Console()
+
+
+def __getattr__(name: str) -> Any:
+    # ``from app.cli import console`` in the modules of LAZY_COMMANDS.
+    if name == "console":
+        return get_console()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def echo_json(data: object) -> None:
@@ -42,6 +70,9 @@ def print_table(table: Table) -> None:
             column.overflow = "fold"
             needed += 12
     needed += 2 * len(table.columns)  # a blank each side of a column, the padding
+    from rich.console import Console
+
+    console = get_console()
     wide = console if needed <= console.width else Console(width=needed)
     wide.print(table, highlight=False)
 
@@ -55,7 +86,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     ctx.exit()
 
 
-@click.group(cls=OneLineGroup)
+@click.group(cls=OneLineGroup, lazy_commands=LAZY_COMMANDS)
 @click.option(
     "--version",
     is_flag=True,
@@ -80,7 +111,13 @@ def main() -> None:
 @click.option("--concurrency", "-c", type=int, default=None, help="Runs in flight per process.")
 @click.option("--pool", "-P", default=None, help="Celery pool (default: threads).")
 @click.option("--hostname", "-n", default=None, help="Worker node name.")
-@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.option(
+    "--loglevel",
+    "-l",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
 @click.option(
     "--include",
     "-I",
@@ -124,9 +161,9 @@ def worker(
             f"no agent type {listed} to serve (known: {', '.join(registry.names)}); declare it "
             "in AGENTQ_AGENTS_FILE or in a module given to --include",
         )
-    queue_names = ",".join(registry.spec(n).queue_name for n in names)
     node = node_name(hostname or f"agentq-{'-'.join(names)}@%h")
-    # Connect and migrate now: a bad config (password, TLS, URL) fails at start, not per run.
+    # Connect now (and check the schema): a bad config (password, TLS, URL) fails at start,
+    # not per run.
     check_internals()  # and a Celery/kombu without what app.celery_ext relies on
     check_redis(settings)
     runtime_for(app, node)
@@ -137,18 +174,13 @@ def worker(
             logging.getLogger(name).setLevel(logging.WARNING)
     code, reason = run_worker(
         app,
-        [
-            *(["--quiet"] if settings.log_format == "json" else []),  # no banner amid JSON
-            "worker",
-            "-Q", queue_names,
-            "-P", pool or settings.worker.pool,
-            "-c", str(concurrency or settings.worker.concurrency),
-            "-n", node,
-            "-l", loglevel,
-            "--without-mingle",
-            "--without-gossip",
-        ],
-    )  # fmt: skip
+        queues=[registry.spec(n).queue_name for n in names],
+        pool=pool or settings.worker.pool,
+        concurrency=concurrency or settings.worker.concurrency,
+        hostname=node,
+        loglevel=loglevel,
+        quiet=settings.log_format == "json",  # no banner amid JSON
+    )
     if code:  # Kubernetes and compose restart it and count the failure
         fail(code, f"worker {node} stopped (exit code {code}): {reason or 'see its log'}")
 
@@ -207,6 +239,7 @@ def submit(
     result = submit_run(
         agent, run_input, session_id, stream=stream, idempotency_key=idempotency_key
     )
+    console = get_console()
     console.print(f"run [bold]{result.id}[/bold] queued", highlight=False)
     try:
         if stream:
@@ -271,6 +304,8 @@ def status(agent: str | None, limit: int, as_json: bool) -> None:
     """Show recent runs from the session store."""
     from dataclasses import asdict
 
+    from rich.table import Table
+
     from app.memory.sessions import SessionStore
 
     store = SessionStore.from_url(Settings().database_url, migrate=False)
@@ -329,7 +364,7 @@ def db_upgrade() -> None:
     from app.memory.migrate import migrate
 
     migrate(Settings().database_url)
-    console.print("session store schema is up to date")
+    get_console().print("session store schema is up to date")
 
 
 @main.group()
@@ -343,7 +378,7 @@ def triton_install() -> None:
     from app.local.triton import install_triton
 
     home = install_triton(Settings().triton.home)
-    console.print(f"tritonserver ready in {home}")
+    get_console().print(f"tritonserver ready in {home}")
 
 
 @triton.command("serve")
@@ -389,12 +424,7 @@ def demo(runs: int, agents: str, timeout: float, model_latency_ms: int, model: s
     from app.local.demo import run_demo, run_local_demo
 
     if model == "local":
-        sys.exit(0 if run_local_demo(Settings(), timeout, console) else 1)
+        sys.exit(0 if run_local_demo(Settings(), timeout, get_console()) else 1)
     names = [a.strip() for a in agents.split(",") if a.strip()]
-    ok = run_demo(Settings(), names, runs, timeout, console, model_latency_ms)
+    ok = run_demo(Settings(), names, runs, timeout, get_console(), model_latency_ms)
     sys.exit(0 if ok else 1)
-
-
-# The command groups in modules of their own register themselves on ``main``.
-from app.cli import api, bench, dlq, new, queues  # noqa: E402, F401  (imported for their commands)
-from app.cli import runs as _runs  # noqa: E402, F401  (`runs` is demo's option)

@@ -7,8 +7,10 @@ exits with one of these codes; docs/operations.md lists them for scripts and sup
 from __future__ import annotations
 
 import enum
+import importlib
 import sys
-from typing import NoReturn
+from collections.abc import Mapping
+from typing import Any, NoReturn
 
 import click
 
@@ -65,7 +67,24 @@ def exit_for(exc: Exception) -> tuple[ExitCode, str] | None:
 
 
 class OneLineGroup(click.Group):
-    """A command group whose commands fail with one line and an :class:`ExitCode`."""
+    """A command group whose commands fail with one line and an :class:`ExitCode`.
+
+    ``lazy_commands`` (command name -> module) are imported when first looked up: the module
+    registers its commands on the group, so ``agentq worker`` does not import what ``agentq
+    runs`` or ``agentq bench`` need (tables, the bench)."""
+
+    def __init__(self, *args: Any, lazy_commands: Mapping[str, str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = self.lazy_commands.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            importlib.import_module(module)  # its decorators add its commands to this group
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> object:
         try:

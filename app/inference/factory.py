@@ -80,22 +80,27 @@ def index_client(settings: Settings) -> Any:
 
 
 def build_pools(
-    settings: Settings, models: Mapping[str, Collection[str]] | None = None
+    settings: Settings,
+    models: Mapping[str, Collection[str]] | None = None,
+    kinds: Collection[str] | None = None,
 ) -> dict[str, ReplicaPool]:
     """A started pool per backend kind: ``triton`` and ``echo`` always, ``openai`` when
-    configured. ``models``: backend kind -> the models its agents use (see
+    configured; only those of ``kinds`` when given (a worker's agents' backends: it imports
+    and connects no other client). ``models``: backend kind -> the models its agents use (see
     :func:`agent_models`), what each pool's readiness asks its replicas for."""
-    from app.inference.triton import TritonBackend
-
     models = models or {}
+    wanted = set(kinds) if kinds is not None else {"triton", "openai", "echo"}
     inference = settings.inference
     # Only agents routed by prefix use the index: no Redis client for it otherwise.
     uses_prefix = Strategy.PREFIX in {inference.strategy, *inference.agent_strategies.values()}
-    client = index_client(settings) if uses_prefix else None
-    triton = settings.triton
+    client = index_client(settings) if uses_prefix and wanted - {"echo"} else None
     counter = counters(settings)
-    pools = {
-        "triton": ReplicaPool(
+    pools: dict[str, ReplicaPool] = {}
+    triton = settings.triton
+    if "triton" in wanted:
+        from app.inference.triton import TritonBackend
+
+        pools["triton"] = ReplicaPool(
             replicas_from_settings(
                 triton.replica_list(),
                 lambda r: TritonBackend(
@@ -115,9 +120,8 @@ def build_pools(
             models=models.get("triton", ()),
             prefix=prefix_index(settings, "triton", client),
         )
-    }
     openai = settings.openai
-    if openai.replicas:
+    if "openai" in wanted and openai.replicas:
         from app.inference.openai_compat import OpenAICompatBackend
 
         key = openai.api_key.get_secret_value() if openai.api_key else None
@@ -134,7 +138,11 @@ def build_pools(
             models=models.get("openai", ()),
             prefix=prefix_index(settings, "openai", client),
         )
-    breaker = CircuitBreaker(inference.breaker_failures, inference.breaker_cooldown_s)
-    # No server behind it, nothing to scrape or probe: not started.
-    echo = ReplicaPool([Replica("echo", EchoBackend(), breaker)], inference, kind="echo")
-    return {**{kind: pool.start() for kind, pool in pools.items()}, "echo": echo}
+    started = {kind: pool.start() for kind, pool in pools.items()}
+    if "echo" in wanted:
+        breaker = CircuitBreaker(inference.breaker_failures, inference.breaker_cooldown_s)
+        # No server behind it, nothing to scrape or probe: not started.
+        started["echo"] = ReplicaPool(
+            [Replica("echo", EchoBackend(), breaker)], inference, kind="echo"
+        )
+    return started

@@ -16,16 +16,13 @@ what readiness asks for: a model is missing when no ready replica has it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
-
-import httpx
+from typing import TYPE_CHECKING, TypeVar
 
 from app.config import InferenceSettings, Strategy
 from app.errors import InferenceError, InferenceUnavailableError, NoReplicaAvailableError
@@ -35,6 +32,9 @@ from app.inference.engine_metrics import parse_engine_metrics
 from app.inference.prefix import PrefixIndex, chain_hashes
 from app.inference.strategies import ReplicaView, choose_replica
 from app.ops import metrics
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -133,7 +133,7 @@ class ReplicaPool:
         self._ticket = 0  # calls so far, for round robin
         self._rng = random.Random()
         self._own_http = http is None
-        self._http = http or httpx.Client(timeout=_SCRAPE_TIMEOUT_S)
+        self._http = http  # built on the first probe or scrape (an echo pool makes none)
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -357,7 +357,7 @@ class ReplicaPool:
             self._poller.join(timeout=5)
         for replica in self.replicas:
             replica.backend.close()
-        if self._own_http:
+        if self._own_http and self._http is not None:
             self._http.close()
         self.prefix.close()
 
@@ -390,10 +390,21 @@ class ReplicaPool:
     def _ready(self, replica: Replica) -> bool:
         if replica.health_url is None:
             return replica.backend.health()
+        resp = self._get(replica.health_url)
+        return resp is not None and resp.status_code == 200
+
+    def _get(self, url: str) -> httpx.Response | None:
+        """``GET url`` with the pool's scrape client; None when it failed."""
+        import httpx
+
+        with self._lock:
+            if self._http is None:
+                self._http = httpx.Client(timeout=_SCRAPE_TIMEOUT_S)
+            client = self._http
         try:
-            return self._http.get(replica.health_url).status_code == 200
+            return client.get(url)
         except httpx.HTTPError:
-            return False
+            return None
 
     def probe_due(self) -> None:
         """Probe the readiness of each replica whose breaker's cooldown is over."""
@@ -413,11 +424,10 @@ class ReplicaPool:
         for replica in self.replicas:
             if replica.metrics_url is None:
                 continue
+            resp = self._get(replica.metrics_url)
             load = None
-            with contextlib.suppress(httpx.HTTPError):
-                resp = self._http.get(replica.metrics_url)
-                if resp.status_code == 200:
-                    load = parse_engine_metrics(resp.text)
+            if resp is not None and resp.status_code == 200:
+                load = parse_engine_metrics(resp.text)
             with self._lock:
                 replica.queue_depth = load.waiting if load else None
                 replica.running = load.running if load else None

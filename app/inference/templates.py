@@ -19,15 +19,14 @@ from collections.abc import Callable
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
-
-import jinja2
-import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from typing import TYPE_CHECKING, Any, Protocol
 
 from app.errors import ConfigurationError, ToolCallParseError
 from app.inference import text_protocol
 from app.inference.chat import ChatRequest, Message, ToolCall
+
+if TYPE_CHECKING:
+    import jinja2
 
 LINES, HERMES = "lines", "hermes"
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -101,6 +100,8 @@ def _tojson(
 
 
 def _raise_exception(message: str) -> None:
+    import jinja2
+
     raise jinja2.exceptions.TemplateError(message)
 
 
@@ -109,7 +110,11 @@ def _strftime_now(fmt: str) -> str:
 
 
 def compile_template(source: str) -> jinja2.Template:
-    """``source`` compiled in HF's sandboxed environment."""
+    """``source`` compiled in HF's sandboxed environment (jinja2 is imported by the workers
+    whose models have chat templates only)."""
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
     env = ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
     )

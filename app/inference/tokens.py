@@ -20,13 +20,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tokenizers import Tokenizer
-
 from app.config.paths import shipped_path
 from app.errors import ConfigurationError
 from app.inference.chat import ChatRequest, Counted, count_tokens
 
 if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
     from app.config import Settings
 
 __all__ = ["TokenCounter", "counters", "load_tokenizer", "tokenizer_file"]
@@ -57,6 +57,8 @@ def load_tokenizer(path: Path | str) -> Tokenizer:
     with _load_lock:
         tokenizer = _loaded.get(file)
         if tokenizer is None:
+            from tokenizers import Tokenizer  # only workers whose models name a tokenizer
+
             try:
                 tokenizer = Tokenizer.from_file(str(file))
             except Exception as exc:  # tokenizers raises its own Exception for a bad file

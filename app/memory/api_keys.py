@@ -112,12 +112,12 @@ class ApiKeyStore:
 
     @classmethod
     def from_url(cls, url: str, *, migrate: bool, cache_s: float = CACHE_S) -> ApiKeyStore:
-        """A store on ``url``; with ``migrate`` the schema is upgraded first."""
+        """A store on ``url``; with ``migrate`` a schema that is behind is upgraded first."""
         engine = make_engine(url)
         if migrate:
-            from app.memory.migrate import migrate as run_migrations
+            from app.memory.migrate import ensure_schema
 
-            run_migrations(engine)
+            ensure_schema(engine, upgrade=True)
         return cls(engine, cache_s)
 
     def _run(self, work: Callable[[Connection], T]) -> T:

@@ -23,7 +23,6 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
 )
-from sqlalchemy.dialects import postgresql
 
 from app.memory.records import ErrorType, RunStatus, StepKind
 
@@ -74,8 +73,20 @@ def allowed(column: str, values: type[enum.StrEnum]) -> str:
     return f"{column} IN ({listed})"
 
 
-# JSONB on PostgreSQL (indexable, compact); JSON text elsewhere. None is stored as SQL NULL.
-JsonValue = JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+class JsonValue(TypeDecorator[Any]):
+    """JSONB on PostgreSQL (indexable, compact), JSON text elsewhere; None is stored as SQL
+    NULL. PostgreSQL's types are imported only by an engine on PostgreSQL."""
+
+    impl = JSON(none_as_null=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB(none_as_null=True))
+        return dialect.type_descriptor(self.impl_instance)
+
 
 metadata = MetaData()
 

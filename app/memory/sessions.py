@@ -87,12 +87,13 @@ class SessionStore:
 
     @classmethod
     def from_url(cls, url: str, *, migrate: bool) -> SessionStore:
-        """A store on ``url``; with ``migrate`` the schema is upgraded first (safe to race)."""
+        """A store on ``url``; with ``migrate`` a schema that is behind is upgraded first (safe
+        to race; one read when it is current)."""
         engine = make_engine(url)
         if migrate:
-            from app.memory.migrate import migrate as run_migrations
+            from app.memory.migrate import ensure_schema
 
-            run_migrations(engine)
+            ensure_schema(engine, upgrade=True)
         return cls(engine)
 
     @property

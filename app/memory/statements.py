@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from sqlalchemy import BindParameter, Table, and_, bindparam, delete, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
 from app.memory.records import CallRecord, RunStatus, StepDraft, StepRecord
@@ -15,8 +15,9 @@ from app.memory.schema import runs, sessions, step_drafts, steps, tool_results
 def insert_ignoring(dialect: str, table: Table) -> Insert:
     # ON CONFLICT DO NOTHING: concurrent inserts of the same key both succeed; rowcount
     # (kept on request only, for INSERT) says whether this one wrote the row.
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(table).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
+    # The dialect's module is imported for the engine in use only.
+    module = importlib.import_module(f"sqlalchemy.dialects.{dialect}")
+    return module.insert(table).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
 
 
 STEP_COLUMNS = tuple(c.name for c in steps.c if c.name != "run_id")
@@ -114,6 +115,8 @@ class Statements:
         statement = self._creates.get(key)
         if statement is not None:
             return statement
+        from sqlalchemy.dialects import postgresql
+
         new_run = (
             postgresql.insert(runs)
             .values({c: bindparam(f"r_{c}", type_=runs.c[c].type) for c in sorted(run_columns)})

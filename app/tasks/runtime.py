@@ -14,6 +14,7 @@ from app.config import Settings
 from app.errors import ConfigurationError
 from app.inference.factory import agent_models, build_pools
 from app.inference.pool import ReplicaPool
+from app.memory.migrate import ensure_schema
 from app.memory.sessions import SessionStore
 from app.ops import tracing
 from app.ops.redis_clients import redis_client
@@ -40,10 +41,14 @@ class WorkerRuntime:
     ) -> WorkerRuntime:
         """Connect to the session store, Redis and the model server named by ``settings``."""
         tracing.setup(settings.tracing)  # once per process: before the first step
-        store = SessionStore.from_url(settings.database_url, migrate=settings.auto_migrate)
+        store = SessionStore.from_url(settings.database_url, migrate=False)
+        # A schema behind is upgraded (auto_migrate) or refused; Alembic is imported only then.
+        ensure_schema(store.engine, upgrade=settings.auto_migrate)
         client = redis_client(settings)
         pools = build_pools(
-            settings, agent_models(settings, ((s.backend, s.model) for s in registry))
+            settings,
+            agent_models(settings, ((s.backend, s.model) for s in registry)),
+            kinds={s.backend for s in registry},  # only the clients its agents use
         )
         missing = sorted({s.backend for s in registry} - set(pools))
         if missing:
