@@ -89,7 +89,7 @@ def node_name(template: str) -> str:
     return str(host_format(template))
 
 
-def run_worker(
+def build_worker(
     app: Celery,
     *,
     queues: list[str],
@@ -98,29 +98,31 @@ def run_worker(
     hostname: str,
     loglevel: str,
     quiet: bool = False,
-) -> tuple[int, str | None]:
-    """Run a worker of ``app`` until it stops, as ``celery worker -Q QUEUES -P POOL -c
-    CONCURRENCY -n HOSTNAME -l LOGLEVEL --without-mingle --without-gossip`` runs it: its exit
-    code and, when an error stopped it, that error in one line.
+) -> Any:
+    """The worker ``celery worker -Q QUEUES -P POOL -c CONCURRENCY -n HOSTNAME -l LOGLEVEL
+    --without-mingle --without-gossip`` builds, built directly (``app.Worker``): Celery's
+    command line would first import all its commands and its plugins' (Flower, a REPL),
+    about a second of a cold start."""
+    return app.Worker(
+        hostname=hostname,
+        pool=pool,
+        concurrency=concurrency,
+        queues=queues,
+        loglevel=loglevel.upper(),
+        quiet=quiet,
+        optimization="default",
+        without_mingle=True,
+        without_gossip=True,
+    )
 
-    The worker is built directly (``app.Worker``, what that command builds): Celery's command
-    line would first import every command it has and its plugins' (Flower, a REPL), about a
-    second of a cold start."""
+
+def run_worker(worker: Any) -> tuple[int, str | None]:
+    """Run ``worker`` (:func:`build_worker`) until it stops: its exit code and, when an error
+    stopped it, that error in one line."""
     fatal = _LastCritical()
     celery_log = logging.getLogger("celery")  # Celery's loggers all hang below it
     celery_log.addHandler(fatal)
     try:
-        worker = app.Worker(
-            hostname=hostname,
-            pool=pool,
-            concurrency=concurrency,
-            queues=queues,
-            loglevel=loglevel.upper(),
-            quiet=quiet,
-            optimization="default",
-            without_mingle=True,
-            without_gossip=True,
-        )
         worker.start()
     finally:
         celery_log.removeHandler(fatal)

@@ -140,7 +140,7 @@ def worker(
     from app.celery_ext import check_internals
     from app.celery_ext.app import create_celery
     from app.celery_ext.context import context_of
-    from app.celery_ext.worker import node_name, run_worker
+    from app.celery_ext.worker import build_worker, node_name, run_worker
     from app.ops.queues import select_agents
     from app.ops.redis_clients import check_redis
     from app.tasks.runtime import runtime_for
@@ -172,7 +172,7 @@ def worker(
         # busy worker's CPU; Flower, metrics and the session store say the same.
         for name in ("celery.worker.strategy", "celery.app.trace"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    code, reason = run_worker(
+    built = build_worker(
         app,
         queues=[registry.spec(n).queue_name for n in names],
         pool=pool or settings.worker.pool,
@@ -181,6 +181,7 @@ def worker(
         loglevel=loglevel,
         quiet=settings.log_format == "json",  # no banner amid JSON
     )
+    code, reason = run_worker(built)
     if code:  # Kubernetes and compose restart it and count the failure
         fail(code, f"worker {node} stopped (exit code {code}): {reason or 'see its log'}")
 

@@ -183,7 +183,10 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the session and step store (SQLite or PostgreSQL).",
     )
     auto_migrate: bool = Field(
-        default=True, description="Run the Alembic migrations when a worker or the demo starts."
+        default=True,
+        description="Upgrade a session store whose schema is behind when a worker, the API or "
+        "the demo starts (a current one costs one read; Alembic is imported only to upgrade); "
+        "false: a worker refuses a schema that is behind, exit 4 (`agentq db upgrade` first).",
     )
     agents_file: Path | None = Field(
         default=None, description="YAML or TOML file declaring agent types (else the examples)."
