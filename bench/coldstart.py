@@ -7,8 +7,9 @@ task; Dramatiq: its CLI, one process, and one no-op message. Several rounds, the
 turns (each round starts with the next side), so load that drifts reaches all three alike.
 
 Then the import-time budget: each worker's command once more under ``python -X importtime``,
-to its first run finished, its log parsed for the total and the modules that took longest,
-cumulative. These rounds are not timed: importtime slows them.
+stopped as soon as its run finished, its log parsed for the total and the modules that took
+longest, cumulative (what its warm shutdown imports is in it too: little next to the start).
+These rounds are not timed: importtime slows them.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ Spawn = Callable[[ExitStack, Sequence[str]], Any]
 
 @dataclass(frozen=True)
 class Side:
-    """How one side's run is enqueued and its worker spawned (into a stack, with extra env)."""
+    """How one side's run is enqueued and its worker spawned (into a stack, with the
+    interpreter's flags)."""
 
     name: str
     enqueue: Callable[[], object]

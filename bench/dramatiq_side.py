@@ -46,7 +46,7 @@ class DramatiqProducer:
         return self.actors[actor].send()
 
     def fill(self, actor: str, count: int) -> int:
-        """``count`` messages to ``actor``, enqueued one by one (Dramatiq has no batch send)."""
+        """``count`` messages to ``actor``, enqueued one by one (one round trip each)."""
         for _ in range(count):
             self.actors[actor].send()
         return count

@@ -6,6 +6,12 @@ from pathlib import Path
 from typing import Any
 
 AGENTQ, STOCK, DRAMATIQ, OTHER = "#1f77b4", "#ff7f0e", "#2ca02c", "#7f7f7f"
+SIDES = (("stock", STOCK), ("dramatiq", DRAMATIQ), ("agentq", AGENTQ))  # baselines first
+
+
+def _shown(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """The sides ``doc`` has (side, colour), in SIDES' order."""
+    return [(side, color) for side, color in SIDES if side in doc["sides"]]
 
 
 def _bars(ax: Any, labels: list[str], values: list[float | None], colors: list[str]) -> None:
@@ -40,11 +46,10 @@ def dispatch(ax: Any, doc: dict[str, Any]) -> None:
         groups.append(("PostgreSQL", doc["postgres"]))
     labels, values, colors = [], [], []
     for name, group in groups:
-        for side, color in (("stock", STOCK), ("dramatiq", DRAMATIQ), ("agentq", AGENTQ)):
-            if side in group["sides"]:
-                labels.append(f"{side}\n{name}" if side == "agentq" else f"{side}\n({name} run)")
-                values.append(group["sides"][side]["runs_per_s"])
-                colors.append(color)
+        for side, color in _shown(group):
+            labels.append(f"{side}\n{name}" if side == "agentq" else f"{side}\n({name} run)")
+            values.append(group["sides"][side]["runs_per_s"])
+            colors.append(color)
     _bars(ax, labels, values, colors)
     ratios = ", ".join(
         f"{name} {g['ratio']:.2f}" for name, g in groups if g.get("ratio") is not None
@@ -57,8 +62,7 @@ def dispatch(ax: Any, doc: dict[str, Any]) -> None:
 
 def latency(ax: Any, doc: dict[str, Any]) -> None:
     quantiles = ("p50_ms", "p95_ms", "p99_ms")
-    shown = [(s, c) for s, c in (("stock", STOCK), ("dramatiq", DRAMATIQ), ("agentq", AGENTQ))
-             if s in doc["sides"]]  # fmt: skip
+    shown = _shown(doc)
     width = 0.8 / len(shown)
     for i, (side, color) in enumerate(shown):
         summary = doc["sides"][side]["enqueue_to_start"]
@@ -74,8 +78,7 @@ def latency(ax: Any, doc: dict[str, Any]) -> None:
 
 
 def coldstart(ax: Any, doc: dict[str, Any]) -> None:
-    sides = [(s, c) for s, c in (("stock", STOCK), ("dramatiq", DRAMATIQ), ("agentq", AGENTQ))
-             if s in doc["sides"]]  # fmt: skip
+    sides = _shown(doc)
     for x, (side, color) in enumerate(sides):
         figures = doc["sides"][side]
         ax.bar(x, figures["median_s"], 0.6, color=color)

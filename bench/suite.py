@@ -2,11 +2,12 @@
 and Triton's own client, in one run.
 
 ``agentq bench all|enqueue|dispatch|latency|coldstart|memory|inference`` (``--quick`` for
-smaller counts). Each scenario starts what it needs (its own Redis on a free port, worker processes,
-Triton), runs a bounded workload, and writes ``bench/results/<scenario>.json`` (both sides'
-figures, ``ratio``, the machine and the versions) and ``<scenario>.png``; a table of every
-ratio ends the run. The machines these run on are shared and noisy: compare the ratios
-measured in one run, not the absolute figures across runs.
+smaller counts). Each scenario starts what it needs (its own Redis on a free port, worker
+processes, Triton), runs a bounded workload, and writes ``bench/results/<scenario>.json``
+(each side's figures, ``ratio``, ``ratio_dramatiq`` where Dramatiq ran, the machine, its load
+and the versions) and ``<scenario>.png``; a table of every ratio ends the run. The machines
+these run on are shared and noisy: compare the ratios measured in one run, not the absolute
+figures across runs.
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ def rows(docs: dict[str, dict[str, Any]]) -> list[Row]:
             b = doc["sides"]["stock"]["enqueue_to_start"]["p99_ms"]
             out.append(("latency p99 ms", _num(a), _num(b), _num(doc["ratio_p99"]),
                         _target(doc, "ratio_p99")))  # fmt: skip
-            p99 = (doc["sides"].get("dramatiq") or {}).get("enqueue_to_start", {}).get("p99_ms")
+            p99 = (_side(doc, "dramatiq", "enqueue_to_start") or {}).get("p99_ms")
             vs_dramatiq(doc, p99, doc.get("ratio_p99_dramatiq"))
         elif name == "coldstart":
             add("cold start s, spawn → first run done", doc, "median_s", "", doc["ratio"], "ratio")

@@ -51,7 +51,7 @@ def _suite_command(name: str, summary: str) -> None:
 
 
 for _name, _summary in (
-    ("all", "Every scenario below in one run (under 10 minutes), then the table of ratios."),
+    ("all", "Every scenario below in one run (about 10 minutes), then the table of ratios."),
     ("enqueue", "submit_many vs a stock delay() loop vs raw pipelined LPUSH (runs/s)."),
     ("dispatch", "Trivial runs drained by one worker vs no-op tasks (SQLite, PostgreSQL)."),
     ("latency", "Enqueue to first step started, p50/p95/p99, at half the saturation rate."),
