@@ -26,7 +26,8 @@ from bench.report import rate, ratio, scenario, target
 from bench.services import TRIVIAL, Services, cpu_seconds, postgres_problem, postgres_schema
 from bench.stock import NOOP
 
-TARGET_RATIO, AIM_RATIO = 0.8, 1.0
+TARGET_RATIO = 0.8  # the floor: agentq within 0.8x of stock Celery
+AIM_RATIO = 1.2  # issue 22: a durable trivial run at least 1.2x stock Celery, same run
 FILL_BATCH = 1000
 INPUT = "ping"
 
