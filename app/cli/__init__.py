@@ -166,7 +166,7 @@ def worker(
     # not per run.
     check_internals()  # and a Celery/kombu without what app.celery_ext relies on
     check_redis(settings)
-    runtime_for(app, node)
+    runtime_for(app, node, names)  # clients for the agents it serves only
     if not settings.worker.log_each_step:
         # Celery's "received" and "succeeded"/"ignored" INFO lines: two per step, ~8% of a
         # busy worker's CPU; Flower, metrics and the session store say the same.

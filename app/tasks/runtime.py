@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +38,15 @@ class WorkerRuntime:
 
     @classmethod
     def build(
-        cls, settings: Settings, registry: AgentRegistry, worker_name: str = ""
+        cls,
+        settings: Settings,
+        registry: AgentRegistry,
+        worker_name: str = "",
+        agents: Collection[str] | None = None,
     ) -> WorkerRuntime:
-        """Connect to the session store, Redis and the model server named by ``settings``."""
+        """Connect to the session store, Redis and the model servers named by ``settings``
+        that ``agents`` (the agent types the worker serves; default: all) use."""
+        served = [registry.spec(n) for n in agents] if agents is not None else list(registry)
         tracing.setup(settings.tracing)  # once per process: before the first step
         store = SessionStore.from_url(settings.database_url, migrate=False)
         # A schema behind is upgraded (auto_migrate) or refused; Alembic is imported only then.
@@ -47,10 +54,10 @@ class WorkerRuntime:
         client = redis_client(settings)
         pools = build_pools(
             settings,
-            agent_models(settings, ((s.backend, s.model) for s in registry)),
-            kinds={s.backend for s in registry},  # only the clients its agents use
+            agent_models(settings, ((s.backend, s.model) for s in served)),
+            kinds={s.backend for s in served},  # only the clients its agents use
         )
-        missing = sorted({s.backend for s in registry} - set(pools))
+        missing = sorted({s.backend for s in served} - set(pools))
         if missing:
             for pool in pools.values():
                 pool.close()
@@ -59,7 +66,7 @@ class WorkerRuntime:
                 "(set AGENTQ_OPENAI__REPLICAS)"
             )
         runner = StepRunner(settings, registry, store, client, pools, worker_name)
-        servers = [server for spec in registry for server in spec.mcp_servers]
+        servers = [server for spec in served for server in spec.mcp_servers]
         if servers:  # imports the mcp package: only workers whose agents use MCP servers
             from app.agents.mcp import McpPool
 
@@ -75,8 +82,11 @@ class WorkerRuntime:
         self.redis.close()
 
 
-def runtime_for(app: Celery, worker_name: str = "") -> WorkerRuntime:
-    """The runtime in ``app``'s context, built on first use (threads share it)."""
+def runtime_for(
+    app: Celery, worker_name: str = "", agents: Collection[str] | None = None
+) -> WorkerRuntime:
+    """The runtime in ``app``'s context, built on first use (threads share it) for ``agents``
+    (the agent types the worker serves; default: every one of the registry)."""
     context = context_of(app)
     runtime = context.runtime
     if runtime is None:
@@ -84,7 +94,7 @@ def runtime_for(app: Celery, worker_name: str = "") -> WorkerRuntime:
             runtime = context.runtime
             if runtime is None:
                 settings = context.settings
-                runtime = WorkerRuntime.build(settings, context.registry, worker_name)
+                runtime = WorkerRuntime.build(settings, context.registry, worker_name, agents)
                 runtime.pipeline_acks = acks_in_pipelines(
                     settings.broker, settings.redis_url, app.conf.broker_transport_options or {}
                 )

@@ -17,7 +17,14 @@ from app.memory.migrate import migrate
 
 pytestmark = pytest.mark.integration
 
-AGENTS = "agents:\n  - name: trivial\n    backend: echo\n    max_steps: 2\n"
+# The worker serves `trivial` only: the registry's Triton agent is another worker's.
+AGENTS = """agents:
+  - name: trivial
+    backend: echo
+    max_steps: 2
+  - name: holding
+    max_steps: 2
+"""
 
 # Neither an echo agent nor SQLite needs any of these: the Triton client, OpenTelemetry
 # (tracing off), Alembic (the schema is current), Flower, the CLI's tables, the deploy
