@@ -60,6 +60,7 @@ def print_table(table: Table) -> None:
     is no room for them and 12 characters of each other column."""
     from rich import box
     from rich.cells import cell_len
+    from rich.console import Console
 
     table.box, table.collapse_padding, table.pad_edge = box.SIMPLE_HEAD, True, False
     needed = 0
@@ -70,8 +71,6 @@ def print_table(table: Table) -> None:
             column.overflow = "fold"
             needed += 12
     needed += 2 * len(table.columns)  # a blank each side of a column, the padding
-    from rich.console import Console
-
     console = get_console()
     wide = console if needed <= console.width else Console(width=needed)
     wide.print(table, highlight=False)
