@@ -68,6 +68,7 @@ _WORKER = "tests/unit/celery_ext/test_worker.py"
 _EXIT = "tests/e2e/test_worker_exit.py"
 _SUBMIT = "tests/integration/producer/test_submit.py"
 _QUEUED = "tests/integration/celery_ext/test_queued_index.py"
+_INTAKE = "tests/integration/celery_ext/test_quarantine.py"
 
 _REDIS_CHANNEL = "kombu.transport.redis:Channel"
 
@@ -104,6 +105,10 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     PrivateName("kombu.transport.virtual.base:QoS", "can_consume_max_estimate", _FETCH),
     PrivateName(_REDIS_CHANNEL, "unacked_key", _FETCH),
     PrivateName(_REDIS_CHANNEL, "unacked_index_key", _FETCH),
+    # ... delivers a checked message with the body its check decoded (not decoded twice) ...
+    PrivateName("kombu.transport.virtual.base", "Message", _INTAKE),
+    PrivateName("kombu.transport.virtual.base:Channel", "Message", _INTAKE),
+    PrivateName("kombu.message:Message", "_decoded_cache", _INTAKE, set_in_init=True),
     # ... keeps one client per channel, and survives a close after its connection went.
     PrivateName(_REDIS_CHANNEL, "conn_or_acquire", _CLIENT),
     PrivateName(_REDIS_CHANNEL, "_create_client", _CLIENT),

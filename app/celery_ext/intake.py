@@ -17,8 +17,9 @@ import re
 from collections.abc import Callable, Container
 from dataclasses import dataclass
 from importlib import resources
-from json.scanner import make_scanner
 from typing import Any
+
+from kombu.utils.json import object_hook as kombu_object_hook
 
 from app.celery_ext.envelope import CONTENT_TYPE, compact_json
 
@@ -57,18 +58,19 @@ def _no_constant(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_no_constant)
-_scan = make_scanner(_DECODER)  # type: ignore[arg-type]  # typeshed: takes a decoder
+# A body as kombu decodes it: {"__type__": "datetime", "__value__": ...} made a datetime.
+_BODY_DECODER = json.JSONDecoder(parse_constant=_no_constant, object_hook=kombu_object_hook)
 _BLANKS = " \t\n\r"  # JSON's whitespace
 
 
-def parse(raw: bytes) -> Any:
+def parse(raw: bytes, decoder: json.JSONDecoder = _DECODER) -> Any:
     """``raw`` as JSON (strict: UTF-8, no NaN/Infinity); ValueError when it is not."""
     text = raw.decode("utf-8")
     # The scanner straight away: decode() adds two regex matches, a third of the time.
     try:
-        value, end = _scan(text, 0)
+        value, end = decoder.scan_once(text, 0)  # type: ignore[attr-defined]  # made by __init__
     except StopIteration:  # leading blanks, or not JSON: decode() says which
-        return _DECODER.decode(text)
+        return decoder.decode(text)
     if end != len(text) and text[end:].strip(_BLANKS):
         raise ValueError(f"extra data at character {end}")
     return value
@@ -158,16 +160,21 @@ def _typed(fields: dict[str, Any], types: dict[str, Callable[[Any], bool]]) -> b
 def check(message: Any, intake: Intake, size: int) -> QuarantineReason | None:
     """Why ``message`` (a parsed envelope, ``size`` characters of text) must be quarantined;
     None when it is accepted."""
+    return accept(message, intake, size)[0]
+
+
+def accept(message: Any, intake: Intake, size: int) -> tuple[QuarantineReason | None, Any]:
+    """:func:`check`, and an accepted message's body as kombu decodes it (``[args, kwargs,
+    embed]``; None when rejected): delivered with it, the body is not decoded twice."""
     try:
-        _check(message, intake, size)
+        return None, _check(message, intake, size)
     except _Reject as rejected:
-        return rejected.reason
+        return rejected.reason, None
     except RecursionError:  # headers nested too deep to encode again
-        return QuarantineReason.TOO_LARGE
-    return None
+        return QuarantineReason.TOO_LARGE, None
 
 
-def _check(message: Any, intake: Intake, size: int) -> None:
+def _check(message: Any, intake: Intake, size: int) -> Any:
     if type(message) is not dict:
         raise _Reject(QuarantineReason.NOT_AN_OBJECT)
     headers, props, body = message.get("headers"), message.get("properties"), message.get("body")
@@ -214,16 +221,18 @@ def _check(message: Any, intake: Intake, size: int) -> None:
         and _typed(call[2], _EMBED_TYPES)
     ):
         raise _Reject(QuarantineReason.NOT_A_CALL)
+    return call
 
 
 def _decoded_body(body: str, props: dict[str, Any]) -> Any:
+    """The body's value as kombu decodes it (its typed values, datetimes and UUIDs, made)."""
     encoding = props.get("body_encoding", _ABSENT)
     try:
         if encoding is _ABSENT:
-            return parse(body.encode("utf-8"))
+            return parse(body.encode("utf-8"), _BODY_DECODER)
         if encoding == "base64":
-            return parse(base64.b64decode(body, validate=True))
-    except (ValueError, binascii.Error, RecursionError):
+            return parse(base64.b64decode(body, validate=True), _BODY_DECODER)
+    except (ValueError, binascii.Error, RecursionError):  # a kombu type it does not know too
         raise _Reject(QuarantineReason.BODY_ENCODING) from None
     raise _Reject(QuarantineReason.NOT_AN_ENVELOPE)  # an encoding kombu would not undo
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from datetime import UTC, datetime
 
+import kombu.message
 import pytest
 from kombu import Consumer, Exchange, Queue
+from kombu.utils import json as kombu_json
 
 from app.celery_ext import transport
 from app.celery_ext.app import create_celery
@@ -96,3 +100,33 @@ def test_without_a_worker_check_only_what_cannot_be_recorded_is_quarantined(
     # The script escapes as intake.escaped does, every byte of it.
     assert (letter.reason, letter.raw) == ("not_json", escaped(every_byte))
     assert unescaped(letter.raw) == every_byte
+
+
+def test_a_checked_message_is_delivered_with_the_body_the_check_decoded(
+    redis_url, redis_client, checked, monkeypatch
+) -> None:
+    # The check decodes the body; kombu must not decode it again (Celery asks for it at once),
+    # and its typed values (a datetime, as kombu's JSON encodes one) come out as kombu makes them.
+    message = json.loads(valid_message(NAME, base64_body=True))
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    body = [[], {"agent": "research", "input": "hi", "at": at}, {}]
+    message["body"] = base64.b64encode(kombu_json.dumps(body).encode()).decode()
+    redis_client.lpush(NAME, json.dumps(message))
+    monkeypatch.setattr(kombu.message, "loads", _no_second_decode)
+
+    app = create_celery(Settings(_env_file=None, redis_url=redis_url))
+    got = []
+    with app.connection_for_write() as conn:
+        channel = conn.channel()
+        with Consumer(channel, [QUEUE], callbacks=[lambda b, m: got.append((b, m))]):
+            conn.drain_events(timeout=5)
+            [(decoded, delivered)] = got
+            assert decoded == delivered.payload == body
+            assert decoded[1]["at"] == at
+            delivered.ack()
+        channel.close()
+    app.close()
+
+
+def _no_second_decode(*_args: object, **_kwargs: object) -> object:
+    raise AssertionError("kombu decoded a body the intake check had decoded")
