@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import sys
 from typing import Any
@@ -89,6 +90,21 @@ def node_name(template: str) -> str:
     return str(host_format(template))
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+
+
+def cap_malloc_arenas(arenas: int) -> bool:
+    """Let this process's malloc use at most ``arenas`` arenas (0: leave glibc's default);
+    whether it took effect (not where the C library is not glibc)."""
+    if arenas <= 0:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # no dlopen of the process, or no mallopt (musl)
+        return False
+    return bool(mallopt(M_ARENA_MAX, arenas))
+
+
 def build_worker(
     app: Celery,
     *,
@@ -119,6 +135,8 @@ def build_worker(
 def run_worker(worker: Any) -> tuple[int, str | None]:
     """Run ``worker`` (:func:`build_worker`) until it stops: its exit code and, when an error
     stopped it, that error in one line."""
+    # Before the pool's threads allocate: each would otherwise keep an arena of its own.
+    cap_malloc_arenas(context_of(worker.app).settings.worker.malloc_arenas)
     fatal = _LastCritical()
     celery_log = logging.getLogger("celery")  # Celery's loggers all hang below it
     celery_log.addHandler(fatal)

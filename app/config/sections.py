@@ -102,6 +102,13 @@ class WorkerSettings(BaseModel):
         description="Subprocesses per worker process that run CPU-heavy tools (started on "
         "first use; one killed at a deadline is replaced).",
     )
+    malloc_arenas: int = Field(
+        default=2,
+        ge=0,
+        description="glibc malloc arenas a worker process may use (0: glibc's default, eight "
+        "per core). Pool threads that allocate at once each get an arena, kept for good: with "
+        "64 runs in flight, two hold about 8 MiB less. Ignored where malloc is not glibc's.",
+    )
 
 
 class LimitSettings(BaseModel):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import platform
 import socket
 from types import SimpleNamespace
 
 import pytest
 
 from app.celery_ext.app import create_celery
-from app.celery_ext.worker import consumed_queues, node_name
+from app.celery_ext.worker import cap_malloc_arenas, consumed_queues, node_name
 from app.config import Settings
 
 
@@ -39,3 +40,9 @@ def test_a_worker_lacking_a_private_name_stops_at_start_with_one_line(monkeypatc
     message = str(stopped.value.code)
     assert message.startswith("agentq: this Celery ") and "\n" not in message
     assert "kombu.transport.redis:Channel._q_for_pri" in message
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_malloc_arenas_are_capped_on_glibc_and_left_alone_at_zero() -> None:
+    assert cap_malloc_arenas(0) is False  # glibc's default stays
+    assert cap_malloc_arenas(8) is True  # the default's cap on this machine's cores at least
