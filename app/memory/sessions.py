@@ -8,6 +8,7 @@ commit the same step twice or one out of order.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -78,7 +79,7 @@ class SessionStore:
             if self._dialect == "sqlite"
             else engine.execution_options(isolation_level="AUTOCOMMIT")
         )
-        self._sql = Statements(self._dialect)
+        self._sql = Statements(self._dialect, engine.dialect)
         # SQLite has one writer at a time. A process's threads queue for it here, in order,
         # rather than in SQLite's busy handler, which sleeps and retries (measured: 120 ms
         # mean wait per write with 64 threads, most of it sleeping past a free lock).
@@ -117,13 +118,17 @@ class SessionStore:
         except DBAPIError as exc:
             raise store_error(exc, self._engine) from exc
 
-    @contextmanager
-    def _sqlite_transaction(self) -> Iterator[Connection]:
+    def _kept_writer(self) -> Connection:
         # One writer at a time, so one connection for all of them, kept between writes:
         # no pool checkout, connection object and reset per write. Dropped after an error.
         conn = self._sqlite_writer
         if conn is None or conn.closed or conn.invalidated:
             conn = self._sqlite_writer = self._writer.connect()
+        return conn
+
+    @contextmanager
+    def _sqlite_transaction(self) -> Iterator[Connection]:
+        conn = self._kept_writer()
         try:
             conn.begin()
             yield conn
@@ -323,15 +328,21 @@ class SessionStore:
                 "finished_at": now,
             }
         moved = {"next_step": record.step + 1, **ending}
-        created = (
+        if (
             new_run is not None
             and record.step == 0
-            and self._dialect == "postgresql"
             and not (drafted or record.tool_calls)  # its draft goes in the transaction below
-            and self._create_with_step(new_run, record, now, moved)
-        )
-        if created:
-            return True
+        ):
+            if self._dialect == "postgresql" and self._create_with_step(
+                new_run, record, now, moved
+            ):
+                return True
+            if (
+                self._write_lock is not None
+                and new_run.session_id is None
+                and self._sqlite_create_with_step(new_run, record, now, moved)
+            ):
+                return True
         # Otherwise (or the run was there already) the transaction says if this step is next.
         with self._transaction() as conn:
             created = False
@@ -383,6 +394,46 @@ class SessionStore:
         # Safe to repeat (the _read way) after a dropped connection: a run created by the
         # first try makes the second insert nothing, and the caller asks the store.
         return bool(self._read(lambda conn: conn.execute(statement, params).rowcount))
+
+    def _sqlite_create_with_step(
+        self, run: NewRun, record: StepRecord, now: datetime, moved: dict[str, Any]
+    ) -> bool:
+        """SQLite, a run without a session: create ``run`` as its first step ``record`` leaves
+        it, with that step, in one transaction run on the driver's cursor (0.15 ms of CPU,
+        0.30 through SQLAlchemy's execution); False (nothing written) when the run exists.
+        The same statements, bound the same way, as the transaction below."""
+        assert self._write_lock is not None
+        row = {
+            "id": run.id, "session_id": None, "agent": run.agent, "input": run.input,
+            "status": RunStatus.RUNNING, "created_at": run.created_at, "budget": run.budget,
+            **moved,
+        }  # fmt: skip
+        step = {**step_values(record), "run_id": run.id, "created_at": now}
+        insert_run = self._sql.prepared_insert(runs, frozenset(row))
+        insert_step = self._sql.prepared_insert(steps, frozenset(step))
+        with self._write_lock:
+            conn = self._kept_writer()
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            try:
+                driver.execute("BEGIN IMMEDIATE")
+                try:
+                    created = (
+                        driver.execute(insert_run.sql, insert_run.args(row)).rowcount == 1
+                        and driver.execute(insert_step.sql, insert_step.args(step)).rowcount == 1
+                    )
+                    driver.execute("COMMIT" if created else "ROLLBACK")
+                except BaseException:
+                    if driver.in_transaction:
+                        driver.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                self._sqlite_writer = None
+                conn.close()  # as the transaction below drops its connection after an error
+                error = DBAPIError.instance(insert_run.sql, None, exc, sqlite3.Error)
+                assert isinstance(error, DBAPIError)  # what a DB-API error becomes
+                raise store_error(error, self._engine) from exc
+        return created
 
     def fail_run(
         self,

@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from collections.abc import Collection, Mapping
+from typing import Any, cast
 
-from sqlalchemy import BindParameter, Table, and_, bindparam, delete, insert, select, update
+from sqlalchemy import (
+    BindParameter,
+    Dialect,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert
 
 from app.memory.records import CallRecord, RunStatus, StepDraft, StepRecord
@@ -50,6 +63,27 @@ def draft_record(values: Any, step: int, prefix: str = "") -> StepDraft:
     )
 
 
+class Prepared:
+    """``statement`` compiled once for ``dialect`` (a positional one: SQLite's) with ``keys``
+    as its parameters, to run on the driver's own cursor: its text, and its arguments bound
+    as SQLAlchemy binds them (JSON encoded, timestamps in UTC, enums as text)."""
+
+    def __init__(self, statement: ClauseElement, dialect: Dialect, keys: Collection[str]) -> None:
+        compiled = cast(SQLCompiler, statement.compile(dialect=dialect, column_keys=sorted(keys)))
+        self.sql = compiled.string
+        self._binds = [
+            (name, compiled.binds[name].type.bind_processor(dialect))
+            for name in compiled.positiontup or ()
+        ]
+
+    def args(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The statement's positional arguments for ``params`` (by parameter name)."""
+        return tuple(
+            params[name] if process is None else process(params[name])
+            for name, process in self._binds
+        )
+
+
 class Statements:
     """The step path's statements, built once and executed with parameters.
 
@@ -58,7 +92,9 @@ class Statements:
     built once keeps its cache key and compiles once per set of parameter names.
     """
 
-    def __init__(self, dialect: str) -> None:
+    def __init__(self, dialect: str, sql_dialect: Dialect | None = None) -> None:
+        self._dialect = sql_dialect  # for statements run on the driver (SQLite's step path)
+        self._prepared: dict[tuple[str, frozenset[str]], Prepared] = {}
         self.insert_session = insert_ignoring(dialect, sessions)
         self.insert_run = insert_ignoring(dialect, runs)
         self.insert_step = insert_ignoring(dialect, steps)
@@ -104,6 +140,17 @@ class Statements:
         self.delete_results = delete(tool_results).where(
             tool_results.c.run_id == run_id, tool_results.c.step == step
         )
+
+    def prepared_insert(self, table: Table, columns: frozenset[str]) -> Prepared:
+        """SQLite: the insert (ignoring a row that exists) of ``columns`` of ``table``, to run
+        on the driver's cursor; compiled once per table and set of columns."""
+        assert self._dialect is not None
+        key = (table.name, columns)
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            statement = insert_ignoring(self._dialect.name, table)
+            prepared = self._prepared[key] = Prepared(statement, self._dialect, columns)
+        return prepared
 
     def create_with_step(self, run_columns: frozenset[str], with_session: bool) -> Insert:
         """PostgreSQL: a new run (and its session) with its first step, in one statement:
