@@ -50,7 +50,7 @@ def test_threads_share_one_runtime_built_once(monkeypatch):
     class FakeRuntime:
         pipeline_acks = False
 
-    def build(settings, registry, worker_name=""):
+    def build(settings, registry, worker_name="", agents=None):
         gate.wait(5)  # every thread asks while the first build is still running
         built.append(worker_name)
         return FakeRuntime()
