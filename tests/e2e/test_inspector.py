@@ -103,8 +103,17 @@ def until(browser: Any, condition: Callable[[Any], Any], timeout: float = WAIT_S
 
 
 def text_of(browser: Any, element_id: str) -> str:
-    found = browser.find_elements("id", element_id)
-    return str(found[0].text) if found else ""
+    """The element's text on the page shown now ("" when it has none). A live page reloads
+    itself when its run ends: an element found just before the reload is read again."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(5):
+        found = browser.find_elements("id", element_id)
+        try:
+            return str(found[0].text) if found else ""
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError(f"#{element_id} kept being replaced while it was read")
 
 
 def submit(api_url: str, key: str, body: dict[str, Any]) -> str:
