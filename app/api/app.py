@@ -46,6 +46,7 @@ def create_app(settings: Settings, celery: Celery | None = None) -> FastAPI:
 
         celery = create_celery(settings)
     store = SessionStore.from_url(settings.database_url, migrate=settings.auto_migrate)
+    context_of(celery).store = store  # submits record accepted runs in it
     state = ApiState(settings, celery, store, ApiKeyStore(store.engine, settings.api.key_cache_s))
 
     @asynccontextmanager

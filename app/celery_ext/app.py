@@ -101,12 +101,14 @@ def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> 
     from app.ops.health import install as install_health
     from app.tasks import register_tasks
     from app.tasks.admission import AdmissionControl
+    from app.tasks.recovery import RecoveryStep
     from app.tasks.shutdown import GracefulShutdown
 
     app.steps["worker"].add(InternalsCheck)  # Celery/kombu still have what the fence lists
     app.steps["worker"].add(EnvelopeCheck)  # what the fetch takes is checked, or quarantined
     app.steps["consumer"].add(AdmissionControl)
     app.steps["worker"].add(GracefulShutdown)  # SIGTERM: finish steps, hand back the rest
+    app.steps["worker"].add(RecoveryStep)  # runs whose message Redis lost, published again
     install_health(app)  # /livez /readyz /metrics of each worker (health.enabled)
     register_tasks(app)
     worker_ready.connect(_freeze_startup_objects, dispatch_uid="agentq.gc_freeze", weak=False)

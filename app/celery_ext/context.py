@@ -20,6 +20,7 @@ from app.errors import ConfigurationError
 from app.ops.redis_clients import redis_client
 
 if TYPE_CHECKING:  # built by the worker's modules, which import this one
+    from app.memory.sessions import SessionStore
     from app.ops.health import WorkerHealth
     from app.tasks.runtime import WorkerRuntime
 
@@ -38,6 +39,7 @@ class AgentqContext:
     """Held while a lazy field is built, so threads build it once."""
     _redis: Redis | None = field(default=None, repr=False)
     _broker: Redis | None = field(default=None, repr=False)
+    _store: SessionStore | None = field(default=None, repr=False)
 
     @property
     def redis(self) -> Redis:
@@ -56,6 +58,26 @@ class AgentqContext:
                 if self._broker is None:
                     self._broker = redis_client(self.settings, self.settings.broker)
         return self._broker
+
+    @property
+    def store(self) -> SessionStore:
+        """The session store: the worker's, the one given (the API's), else one of the
+        producer's own (it records accepted runs: ``durability.accepted = "sql"``)."""
+        if self.runtime is not None:
+            return self.runtime.store
+        if self._store is None:
+            with self.lock:
+                if self._store is None:
+                    from app.memory.sessions import SessionStore
+
+                    self._store = SessionStore.from_url(
+                        self.settings.database_url, migrate=self.settings.auto_migrate
+                    )
+        return self._store
+
+    @store.setter
+    def store(self, store: SessionStore) -> None:
+        self._store = store
 
 
 _contexts: weakref.WeakKeyDictionary[Celery, AgentqContext] = weakref.WeakKeyDictionary()

@@ -26,6 +26,7 @@ LAZY_COMMANDS = {
     "api": "app.cli.api",
     "bench": "app.cli.bench",
     "dlq": "app.cli.dlq",
+    "maintenance": "app.cli.maintenance",
     "new": "app.cli.new",
     "purge": "app.cli.queues",
     "queues": "app.cli.queues",

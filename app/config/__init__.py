@@ -38,6 +38,7 @@ from app.config.paths import REPO_ROOT
 from app.config.sections import (
     ApiSettings,
     DeploySettings,
+    DurabilitySettings,
     ExporterSettings,
     FlowerSettings,
     HealthSettings,
@@ -52,6 +53,7 @@ __all__ = [
     "REPO_ROOT",
     "ApiSettings",
     "DeploySettings",
+    "DurabilitySettings",
     "ExporterSettings",
     "FlowerSettings",
     "HealthSettings",
@@ -213,6 +215,7 @@ class Settings(BaseSettings):
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    durability: DurabilitySettings = Field(default_factory=DurabilitySettings)
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="Log lines of workers, the exporter and Flower: Celery's text, or one JSON "
@@ -315,6 +318,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "AGENTQ_TRITON__GUIDED_DECODING": json.dumps(settings.triton.guided_decoding),
         "AGENTQ_INFERENCE": settings.inference.model_dump_json(),
         "AGENTQ_STREAM": settings.stream.model_dump_json(),
+        "AGENTQ_DURABILITY": settings.durability.model_dump_json(),
         "AGENTQ_REDIS_TLS": settings.redis_tls.model_dump_json(),
         "AGENTQ_REDIS_CONNECT_TIMEOUT_S": str(settings.redis_connect_timeout_s),
         "AGENTQ_REDIS_SOCKET_TIMEOUT_S": str(settings.redis_socket_timeout_s),

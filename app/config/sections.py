@@ -300,6 +300,36 @@ class FlowerSettings(BaseModel):
     )
 
 
+class DurabilitySettings(BaseModel):
+    """What survives a Redis that loses writes: accepted runs, and runs recovered from SQL
+    (docs/durability.md)."""
+
+    accepted: Literal["sql", "redis"] = Field(
+        default="sql",
+        description="What a submit writes before it tells the caller a run is accepted: "
+        "'sql' records the run in the session store first (it survives any loss of Redis "
+        "data: recovery publishes its first message again), 'redis' only pushes its message "
+        "(faster; a run Redis loses before a worker starts it is lost).",
+    )
+    recovery: bool = Field(
+        default=True,
+        description="Workers run recovery passes: runs whose next message Redis lost are "
+        "published again (`agentq maintenance recover` does one pass, for a CronJob).",
+    )
+    recovery_interval_s: float = Field(
+        default=30.0, gt=0, description="Time between two recovery passes of a worker."
+    )
+    recovery_grace_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a run must not have moved (no step committed, or not started "
+        "since it was accepted) before recovery looks for its message.",
+    )
+    recovery_batch: int = Field(
+        default=500, gt=0, description="Most runs one recovery pass looks at, oldest first."
+    )
+
+
 class TracingSettings(BaseModel):
     """OpenTelemetry spans from submit through each step to the model and tool calls."""
 

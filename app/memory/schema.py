@@ -169,6 +169,20 @@ tool_results = Table(
     Column("created_at", UtcDateTime, nullable=False),
 )
 
+# Runs a producer was told were accepted, written before their first message is pushed to
+# Redis (durability.accepted = "sql"), so a run survives a Redis that loses it before a worker
+# starts it: recovery (app.tasks.recovery) publishes its first message again, and drops the
+# row once the run is in ``runs``. No foreign key: the run's row comes later, from a worker.
+accepted_runs = Table(
+    "accepted_runs",
+    metadata,
+    Column("id", String, primary_key=True),  # the run id (its first message's task id)
+    Column("agent", String, nullable=False),
+    Column("kwargs", JsonValue, nullable=False),  # the first message's keyword arguments
+    Column("created_at", UtcDateTime, nullable=False),
+    Index("ix_accepted_runs_created", "created_at"),
+)
+
 # Keys of the HTTP run API (app.memory.api_keys): the secret's SHA-256, never the secret.
 api_keys = Table(
     "api_keys",

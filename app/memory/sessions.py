@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -522,6 +522,14 @@ class SessionStore:
             return set()
         query = select(runs.c.id).where(runs.c.id.in_(list(run_ids)))
         return set(self._read(lambda conn: conn.execute(query).scalars().all()))
+
+    def write(self) -> AbstractContextManager[Connection]:
+        """A write transaction, for the store's other tables (:mod:`app.memory.recovery`)."""
+        return self._transaction()
+
+    def read(self, query: Callable[[Connection], T]) -> T:
+        """``query``'s one read statement, as the store reads (:mod:`app.memory.recovery`)."""
+        return self._read(query)
 
     def ping(self) -> None:
         """``SELECT 1`` on the database; raises :class:`StoreError` when it is unreachable."""

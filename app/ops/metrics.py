@@ -117,11 +117,27 @@ QUARANTINED = Counter(
     "Messages taken off a queue that were no agentq message, moved to the dead letters.",
     ["reason"],
 )
+RUNS_RECOVERED = Counter(
+    "agentq_runs_recovered_total",
+    "Runs whose lost message recovery published again (kind: first step, or a later step).",
+    ["agent", "kind"],
+)
+RUNS_LOST = Gauge(
+    "agentq_recovery_lost_runs",
+    "Runs the last recovery pass of this process found with no message in Redis.",
+    multiprocess_mode="max",
+)
+RECOVERY_PASSES = Histogram(
+    "agentq_recovery_pass_duration_seconds",
+    "Time of one recovery pass (SQL reads, Redis checks, publishing).",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30),
+)
 
 METRICS = (
     RUNS_IN_FLIGHT, STEP_SECONDS, TOKENS_IN, TOKENS_OUT, OUTPUT_SPEED, RUN_SECONDS, RUNS,
     QUEUE_WAIT, MODEL_CALL_SECONDS, MODEL_CALL_ERRORS, TOOL_CALLS, TOOL_RESULTS_REUSED, TOOL_ERRORS,
     TOOL_CALLS_ABANDONED, STEP_RETRIES, DEAD_LETTERED, GUARDRAIL_STOPS, QUARANTINED,
+    RUNS_RECOVERED, RUNS_LOST, RECOVERY_PASSES,
 )  # fmt: skip
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:\-]")
@@ -279,6 +295,17 @@ def quarantined(reason: str) -> None:
 def guardrail_stop(agent: str, kind: ErrorType) -> None:
     """A guardrail (budget, tool allowlist, validator) stopped a run."""
     GUARDRAIL_STOPS.labels(label(agent), label(kind)).inc()
+
+
+def run_recovered(agent: str, kind: str) -> None:
+    """Recovery published a run's lost message again (``kind``: first, or step)."""
+    RUNS_RECOVERED.labels(label(agent), label(kind)).inc()
+
+
+def recovery_pass(lost: int, seconds: float) -> None:
+    """A recovery pass ended, having found ``lost`` runs without a message."""
+    RUNS_LOST.set(lost)
+    RECOVERY_PASSES.observe(seconds)
 
 
 # ---- exposition ----

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -19,9 +20,12 @@ from app.celery_ext.envelope import compact_json, message_headers, new_id, new_i
 from app.celery_ext.queued import time_of
 from app.constants import TASK_RUN_AGENT, idempotency_key
 from app.errors import IdempotencyConflictError, InvalidInputError
+from app.memory.recovery import forget_accepted, record_accepted
 from app.ops import tracing
 from app.ops.masking import task_kwargsrepr
 from app.producer.results import RunResult
+
+log = logging.getLogger(__name__)
 
 RUN_FIELDS = frozenset(
     {"agent", "input", "session_id", "run_id", "stream", "budget", "idempotency_key"}
@@ -112,6 +116,7 @@ def submit(
     existing = _claim(celery, req, idempotency_key)
     if existing is not None:
         return task.AsyncResult(existing)  # type: ignore[no-any-return]
+    recorded = _record_accepted(celery, [req])
     try:
         with _submit_span(celery, req):
             return task.apply_async(  # type: ignore[no-any-return]
@@ -123,7 +128,32 @@ def submit(
             )
     except BaseException:
         _release(celery, req, idempotency_key)
+        _forget_accepted(celery, recorded)
         raise
+
+
+def _record_accepted(celery: Celery, requests: list[RunRequest]) -> list[str]:
+    """Record ``requests`` as accepted runs in the session store before they are pushed
+    (``durability.accepted = "sql"``: a run Redis loses is published again by recovery);
+    the ids recorded."""
+    context = context_of(celery)
+    if context.settings.durability.accepted != "sql" or not requests:
+        return []
+    record_accepted(context.store, ((r.run_id, r.agent, r.kwargs()) for r in requests))
+    return [r.run_id for r in requests]
+
+
+def _forget_accepted(celery: Celery, run_ids: list[str]) -> None:
+    """The runs ``run_ids`` were not pushed after all: drop their records (best effort: a
+    record left behind makes recovery start a run the caller was told failed)."""
+    if not run_ids:
+        return
+    try:
+        forget_accepted(context_of(celery).store, run_ids)
+    except Exception:
+        log.exception(
+            "%d run(s) recorded as accepted were not enqueued; their records stay", len(run_ids)
+        )
 
 
 class RunResults(Sequence[RunResult]):
@@ -206,6 +236,7 @@ def submit_many(
     fresh = requests if not keys else []
     claimed: list[tuple[int, int]] = []  # (place in fresh, index) of runs whose key we took
     pushed = _Pushed()
+    recorded: list[str] = []
     try:
         if keys:
             for i, req in enumerate(requests):
@@ -216,8 +247,10 @@ def submit_many(
                 if i in keys:
                     claimed.append((len(fresh), i))
                 fresh.append(req)
+        recorded = _record_accepted(celery, fresh)
         _push(celery, fresh, batch_size, pushed, given)
     except BaseException:
+        _forget_accepted(celery, recorded[pushed.runs :])
         # Runs of the batches Redis executed are enqueued: their keys stay, so a retry of
         # this call names them instead of enqueueing them twice. The others' keys go.
         for place, i in claimed:
