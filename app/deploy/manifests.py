@@ -3,7 +3,8 @@
 Layout (``kubectl apply -f`` is not recursive, so each folder is one choice):
 
 - ``base/``: what every cluster needs: configuration, one worker Deployment + PDB per agent
-  type, the exporter, Triton (Deployment, Services, PDB), the run API, Flower;
+  type, the exporter, Triton (Deployment, Services, PDB), the run API, Flower, the recovery
+  CronJob;
 - ``keda/`` itself: KEDA's TriggerAuthentication, one ScaledObject (redis trigger) per
   agent type and Triton's (prometheus triggers);
 - ``prometheus-trigger/``: the same worker ScaledObjects on the exporter's true backlog;
@@ -193,6 +194,15 @@ def manifest_files(
             (
                 "`agentq api`: the HTTP run API (docs/api.md) on the workers' Redis and session",
                 "store; its Service is cluster-internal (put an Ingress or gateway in front).",
+            ),
+        ),
+        ManifestFile(
+            "base/recovery.yaml",
+            [services.recovery_cronjob(settings, mounted)],
+            (
+                "`agentq maintenance recover` every two minutes: runs whose next message Redis",
+                "lost are published again, also while the workers are scaled to zero",
+                "(docs/durability.md).",
             ),
         ),
         ManifestFile(

@@ -257,3 +257,49 @@ def api_objects(settings: Settings) -> list[Obj]:
         },
     }
     return [deployment, _service(API, "api", API_PORT_NAME, port), pdb]
+
+
+RECOVERY = "agentq-recovery"
+RECOVERY_SCHEDULE = "*/2 * * * *"
+
+
+def recovery_cronjob(settings: Settings, agents_file: str | None) -> Obj:
+    """``agentq maintenance recover`` every two minutes: runs whose message Redis lost are
+    published again also while every worker is scaled to zero (workers do it while they run;
+    the pass's lock keeps the two from publishing a step twice)."""
+    tmp, tmp_mount = tmp_volume()
+    volumes, mounts = [tmp], [tmp_mount]
+    if agents_file is not None:  # the registry names each agent type's queue
+        volumes.append({"name": "agents", "configMap": {"name": AGENTS_CONFIG_MAP}})
+        mounts.append({"name": "agents", "mountPath": AGENTS_DIR, "readOnly": True})
+    container = {
+        "name": "recover",
+        "image": image(settings.deploy.image, settings),
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["agentq", "maintenance", "recover"],
+        "envFrom": config_env(),
+        "volumeMounts": mounts,
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "128Mi"},
+            "limits": {"cpu": "500m", "memory": "256Mi"},
+        },
+        "securityContext": container_security(),
+    }
+    template = pod_template("recovery", None, container, 30, volumes, 0)
+    template["metadata"].pop("annotations")  # a job of seconds: nothing to scrape
+    template["spec"]["restartPolicy"] = "Never"  # the next schedule is the retry
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": meta(RECOVERY, "recovery"),
+        "spec": {
+            "schedule": RECOVERY_SCHEDULE,
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": 60,
+            "successfulJobsHistoryLimit": 1,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 300, "template": template}
+            },
+        },
+    }
