@@ -196,3 +196,26 @@ def test_a_recoverer_that_lost_the_lock_still_claims_each_step(rcelery, rstore, 
     assert second._pass(deadline=float("inf")).published == []
     assert [(w.run_id, w.step) for w in lost] == [("run-x", 1)]
     assert queued_task_ids(redis_client) == {step_task_id("run-x", 1): 1}
+
+
+def test_agentq_maintenance_recover_does_one_pass_for_a_cronjob(
+    rsettings, rstore, redis_client, monkeypatch
+):
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    stalled_run(rstore, "run-cron", steps_done=3)
+    monkeypatch.setenv("AGENTQ_REDIS_URL", rsettings.redis_url)
+    monkeypatch.setenv("AGENTQ_DATABASE_URL", rsettings.database_url)
+    result = CliRunner().invoke(main, ["maintenance", "recover", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["locked"] is False and report["stalled"] == 1
+    assert report["published"] == [{"run_id": "run-cron", "step": 3}]
+    assert queued_task_ids(redis_client) == {step_task_id("run-cron", 3): 1}
+    # Another recoverer holds the lock: the job says so and does nothing.
+    redis_client.set(LOCK_KEY, "someone", px=10_000)
+    result = CliRunner().invoke(main, ["maintenance", "recover"])
+    assert result.exit_code == 0
+    assert "another recoverer holds the lock" in result.output
