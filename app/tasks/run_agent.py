@@ -19,7 +19,7 @@ from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
 from kombu.exceptions import OperationalError
 
-from app.celery_ext.envelope import ENQUEUED_AT, NEW_RUN, message_headers, shadow_of
+from app.celery_ext.envelope import ENQUEUED_AT, NEW_RUN, message_headers, new_id, shadow_of
 from app.celery_ext.results import expecting_result
 from app.constants import TASK_RUN_AGENT
 from app.errors import (
@@ -92,11 +92,40 @@ class RunAgentTask(Task):  # type: ignore[misc]
             "kwargsrepr": task_kwargsrepr(kwargs),
             **(options.get("headers") or {}),
         }
+        if options.get("task_id") is None and not args and _starts_a_run(kwargs):
+            # delay() / apply_async() of a new run: every path of agentq's own names the task
+            # id. A run id that holds its submit time, the new-run mark (indexed as queued,
+            # its first step committed in one write) and, with durability.accepted = "sql",
+            # the run recorded as accepted before it is pushed, as submit() does.
+            return self._start_run(kwargs, options)
         # A later step's root is its run's first task (Flower links a run's steps by it).
         options.setdefault("root_id", (kwargs or {}).get("run_id"))
         # Sent with ignore_result, the worker still stores the run's result under the run id
         # (see _finish), so the handle must wait for it rather than return None.
         return expecting_result(super().apply_async(args, kwargs, **options))
+
+    def _start_run(self, kwargs: dict[str, Any], options: dict[str, Any]) -> Any:
+        from app.celery_ext.context import context_of
+        from app.memory.recovery import forget_accepted, record_accepted
+
+        run_id = options["task_id"] = new_id()
+        options["headers"] = {**message_headers(new_run=True), **options["headers"]}
+        context = context_of(self.app)
+        sql = context.settings.durability.accepted == "sql"
+        if sql:
+            record_accepted(context.store, [(run_id, str(kwargs.get("agent")), kwargs)])
+        try:
+            return self.apply_async(None, kwargs, **options)
+        except BaseException:
+            if sql:
+                with contextlib.suppress(Exception):
+                    forget_accepted(context.store, [run_id])
+            raise
+
+
+def _starts_a_run(kwargs: Any) -> bool:
+    """Whether keyword arguments ``kwargs`` are a new run's (not a later step's)."""
+    return isinstance(kwargs, dict) and not kwargs.get("run_id") and not kwargs.get("step")
 
 
 def register_run_agent(app: Celery) -> Task:
@@ -247,6 +276,7 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
     # to us and return a summary, so task events (Flower) show each step finished. A plain
     # delay()/send_task first message stores its answer the Celery way instead.
     own_results = bool(task.request.ignore_result)
+    marked = getattr(task.request, NEW_RUN, None) is True
     # Text, not a dict: Celery takes the saferepr of what a task returns (7x as long for a dict).
     said = summary(msg.step, result)
     match result.outcome:
@@ -261,6 +291,8 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
             if msg.stream:
                 runtime.runner.relay.end(msg.run_id, RunStatus.SUCCEEDED, answer=result.answer)
             if is_first and not own_results:
+                if marked:  # delay() of a new run: indexed as queued by the producer
+                    forget_queued(task, runtime, msg)
                 return result.answer
             store_answer(task, runtime, msg, result)
         case Outcome.FAILED:
@@ -269,7 +301,7 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
             error = run_error(result.reason, result.error_type)
             if own_results or not is_first:
                 task.backend.mark_as_failure(msg.run_id, error)
-            if own_results and is_first:  # submitted (and indexed) by submit()
+            if is_first and (own_results or marked):  # indexed as queued by the producer
                 forget_queued(task, runtime, msg)
             # Raised, so Flower and task events show the run's typed failure.
             raise error

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from app.celery_ext.backlog import priority_lists
 from app.config import DurabilitySettings, Settings, TritonSettings, WorkerSettings
+from app.constants import TASK_RUN_AGENT
 from app.local.processes import wait_until
 from app.local.redis import RedisServer
 from app.local.workers import WorkerProcess
@@ -140,10 +141,15 @@ def test_runs_in_sql_finish_after_redis_loses_everything_under_load(
     print(f"\nredis loss: {before} at the flush; all {RUNS} succeeded {moving_again_s:.1f} s after")
 
 
+@pytest.mark.parametrize("how", ["submit", "delay"])
 def test_a_run_acknowledged_then_lost_by_redis_before_any_worker_took_it_still_finishes(
-    lossy_redis, loss_settings, loss_celery, store, workers, tmp_path
+    how, lossy_redis, loss_settings, loss_celery, store, workers, tmp_path
 ):
-    result = submit("coder", 'count [tool:counter_incr {"key": "one"}]', celery=loss_celery)
+    text = 'count [tool:counter_incr {"key": "one"}]'
+    if how == "submit":
+        result = submit("coder", text, celery=loss_celery)
+    else:  # a plain Celery call on the task: accepted means recorded all the same
+        result = loss_celery.tasks[TASK_RUN_AGENT].delay(agent="coder", input=text)
     lossy_redis.client().flushall()  # no worker yet: the message is gone
     spawn(loss_settings, workers, tmp_path).wait_ready(loss_celery)
     assert result.get(timeout=60) == "Answer: 1"
