@@ -141,6 +141,7 @@ def worker(
     from app.celery_ext.app import create_celery
     from app.celery_ext.context import context_of
     from app.celery_ext.worker import build_worker, node_name, run_worker
+    from app.ops import redis_durability
     from app.ops.queues import select_agents
     from app.ops.redis_clients import check_redis
     from app.tasks.runtime import runtime_for
@@ -165,7 +166,7 @@ def worker(
     # Connect now (and check the schema): a bad config (password, TLS, URL) fails at start,
     # not per run.
     check_internals()  # and a Celery/kombu without what app.celery_ext relies on
-    check_redis(settings)
+    redis_warnings = check_redis(settings)  # a Redis that may evict its queues: refused
     runtime_for(app, node, names)  # clients for the agents it serves only
     if not settings.worker.log_each_step:
         # Celery's "received" and "succeeded"/"ignored" INFO lines: two per step, ~8% of a
@@ -181,6 +182,7 @@ def worker(
         loglevel=loglevel,
         quiet=settings.log_format == "json",  # no banner amid JSON
     )
+    redis_durability.warn(redis_warnings)  # now that Celery set up its log format
     code, reason = run_worker(built)
     if code:  # Kubernetes and compose restart it and count the failure
         fail(code, f"worker {node} stopped (exit code {code}): {reason or 'see its log'}")

@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -65,8 +66,10 @@ class RedisServer:
         binary: Path | None = None,
         password: str | None = None,
         tls: ServerTLS | None = None,
+        options: Sequence[str] = (),
     ) -> None:
         self.binary = binary or find_redis_server()
+        self.options = list(options)  # more redis-server options: ["--maxmemory-policy", ...]
         self.appendonly = appendonly
         self.password = password
         self.tls = tls
@@ -95,7 +98,7 @@ class RedisServer:
         args = [
             str(self.binary), str(config), "--bind", "127.0.0.1",
             "--dir", str(folder), "--save", "", "--logfile", str(log), "--daemonize", "no",
-            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendonly", "yes" if self.appendonly else "no", *self.options,
         ]  # fmt: skip
         if self.tls is None:
             args += ["--port", str(self.port)]

@@ -46,6 +46,13 @@ RUNS_IN_FLIGHT = Gauge(
     ["agent"],
     multiprocess_mode="livesum",
 )
+REDIS_PERSISTENCE = Gauge(
+    "agentq_redis_persistence",
+    "1 when the Redis of a role (broker, state, results) writes its data to disk (AOF or an "
+    "RDB save rule), 0 when it does not, -1 when it would not say; read at the worker's start.",
+    ["role"],
+    multiprocess_mode="max",
+)
 STEP_SECONDS = Histogram(
     "agentq_step_duration_seconds",
     "Time to run one step (model call and its tools).",
@@ -134,6 +141,7 @@ RECOVERY_PASSES = Histogram(
 )
 
 METRICS = (
+    REDIS_PERSISTENCE,
     RUNS_IN_FLIGHT, STEP_SECONDS, TOKENS_IN, TOKENS_OUT, OUTPUT_SPEED, RUN_SECONDS, RUNS,
     QUEUE_WAIT, MODEL_CALL_SECONDS, MODEL_CALL_ERRORS, TOOL_CALLS, TOOL_RESULTS_REUSED, TOOL_ERRORS,
     TOOL_CALLS_ABANDONED, STEP_RETRIES, DEAD_LETTERED, GUARDRAIL_STOPS, QUARANTINED,
@@ -216,6 +224,14 @@ def steps_in_flight() -> list[StepInFlight]:
     """Every step executing in this process now."""
     with _steps_lock:
         return list(_steps.values())
+
+
+# ---- what a starting worker found ----
+
+
+def redis_persistence(role: str, persistent: bool | None) -> None:
+    """The Redis serving ``role`` keeps its data on disk (``persistent``; None: unknown)."""
+    _child(REDIS_PERSISTENCE, role).set(-1.0 if persistent is None else float(persistent))
 
 
 # ---- what the worker reports ----

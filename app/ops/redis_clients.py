@@ -2,8 +2,8 @@
 
 A client gets the configured password (unless its URL has one), the TLS certificates for
 ``rediss://`` URLs, timeouts and a short retry on connection errors. :func:`check_redis`
-pings each Redis the settings name and turns a failure into one line saying what is wrong
-and what to do, with the URL's password masked.
+pings each Redis the settings name, checks that it keeps its data, and turns a failure into
+one line saying what is wrong and what to do, with the URL's password masked.
 """
 
 from __future__ import annotations
@@ -96,13 +96,18 @@ def celery_redis_options(settings: Settings) -> dict[str, Any]:
     return conf
 
 
-def check_redis(settings: Settings) -> None:
-    """Ping the broker, result backend and Redis of ``settings``; ConfigurationError on failure."""
-    urls = dict.fromkeys([settings.broker, settings.backend, settings.redis_url])
+def check_redis(settings: Settings) -> list[str]:
+    """Ping the broker, result backend and Redis of ``settings`` and check that each keeps
+    its data (:mod:`app.ops.redis_durability`); ConfigurationError on failure, else the
+    warnings to log (persistence off or unknown)."""
+    from app.ops import redis_durability  # imports the metrics: a worker's start only
+
+    urls = redis_durability.roles(settings)
     if any(is_tls(url) for url in urls):
         _check_tls_files(settings.redis_tls)
     timeout = settings.redis_connect_timeout_s  # a TLS handshake waits on the socket timeout
     deadline = time.monotonic() + settings.redis_startup_wait_s
+    warnings: list[str] = []
     for url in urls:
         client = redis_client(settings, url, retry=Retry(NoBackoff(), 0), socket_timeout=timeout)
         try:
@@ -118,8 +123,10 @@ def check_redis(settings: Settings) -> None:
                         raise ConfigurationError(describe_failure(settings, url, exc)) from None
                     log.warning("%s: waiting for Redis to come up", mask_url(url))
                     time.sleep(1.0)
+            warnings += redis_durability.check(client, url, urls[url])
         finally:
             client.close()
+    return warnings
 
 
 def _not_up_yet(exc: Exception) -> bool:

@@ -1,6 +1,6 @@
 """What `agentq worker` does before it consumes: it imports only what its agents and settings
 use, and refuses, in one line, a session store whose schema is behind when it may not
-migrate it."""
+migrate it, and a Redis that may evict its queues."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from app.cli.exits import ExitCode
 from app.config import child_env
+from app.local.redis import RedisServer
 from app.memory.migrate import migrate
 
 pytestmark = pytest.mark.integration
@@ -126,3 +127,36 @@ def test_a_schema_behind_stops_a_worker_that_may_not_migrate_in_one_line(
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("agentq: the session store at sqlite:///")
     assert "is at schema revision 0006" in lines[0] and "`agentq db upgrade`" in lines[0]
+
+
+def test_a_redis_that_may_evict_stops_the_worker_in_one_line_and_noeviction_starts_it(
+    tmp_path: Path,
+) -> None:
+    database_url = f"sqlite:///{tmp_path / 'agentq.sqlite3'}"
+    migrate(database_url)
+    with RedisServer(options=["--maxmemory-policy", "allkeys-lru"]) as server:
+        env = _env(tmp_path, server.url, database_url)
+        out = subprocess.run(
+            [sys.executable, "-m", "app.cli", "worker", "--agents", "trivial"],
+            env=env, cwd=Path(__file__).resolve().parents[3], capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert out.returncode == ExitCode.ERROR  # bad settings, as a wrong password
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1, out.stderr
+        assert lines[0].startswith(
+            f"agentq: Redis at {server.url} (broker, state, results) has maxmemory-policy "
+            "allkeys-lru: under memory pressure it would evict queued steps, leases and markers"
+        )
+        assert "`CONFIG SET maxmemory-policy noeviction`" in lines[0]
+
+        server.client().config_set("maxmemory-policy", "noeviction")
+        out = subprocess.run(
+            [sys.executable, "-c", PROBE], env=env, cwd=tmp_path, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert "celery.apps.worker" in out.stdout  # past every start-up check: the worker is built
+        # No AOF, no save rule: a warning in the worker's log, in Celery's format.
+        warning = next(line for line in out.stderr.splitlines() if "keeps no data" in line)
+        assert "WARNING/MainProcess] Redis at " in warning and "set appendonly yes" in warning

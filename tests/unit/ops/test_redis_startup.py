@@ -15,7 +15,8 @@ LOADING = redis.BusyLoadingError("Redis is loading the dataset in memory")
 
 
 class _Redis:
-    """Answers ``ping`` with each of ``replies`` in turn (an exception is raised)."""
+    """Answers ``ping`` with each of ``replies`` in turn (an exception is raised); keeps its
+    data (noeviction, AOF on)."""
 
     def __init__(self, replies: list[Any]) -> None:
         self.replies, self.pings = replies, 0
@@ -26,6 +27,12 @@ class _Redis:
         if isinstance(reply, Exception):
             raise reply
         return bool(reply)
+
+    def info(self, section: str) -> dict[str, Any]:
+        return {"maxmemory_policy": "noeviction", "aof_enabled": 1}
+
+    def config_get(self, name: str) -> dict[str, str]:
+        return {"save": ""}
 
     def close(self) -> None:
         pass
