@@ -99,7 +99,7 @@ def celery_redis_options(settings: Settings) -> dict[str, Any]:
 def check_redis(settings: Settings) -> list[str]:
     """Ping the broker, result backend and Redis of ``settings`` and check that each keeps
     its data (:mod:`app.ops.redis_durability`); ConfigurationError on failure, else the
-    warnings to log (persistence off or unknown)."""
+    warnings for the worker to log (persistence off, something it could not read)."""
     from app.ops import redis_durability  # imports the metrics: a worker's start only
 
     urls = redis_durability.roles(settings)
