@@ -61,6 +61,20 @@ for _name, _summary in (
     _suite_command(_name, _summary)
 
 
+@bench.command("chaos")
+@click.option("--quick", is_flag=True, help="500 runs on two workers (about 3 minutes).")
+@click.option("--runs", type=click.IntRange(10), default=None, help="Runs (default 2,000).")
+@click.option("--out-dir", type=click.Path(), default=None, help="Folder of chaos.json.")
+def bench_chaos(quick: bool, runs: int | None, out_dir: str | None) -> None:
+    """Faults one at a time under load (worker SIGKILL and SIGTERM, Redis kill -9 under
+    appendfsync everysec, FLUSHALL, a PostgreSQL crash, a SIGKILL storm): runs lost, steps
+    committed twice, tool calls run twice, time to every run moving again. Not in `all`."""
+    _bench_checkout("chaos.py")
+    from bench.chaos import main as run_chaos
+
+    sys.exit(run_chaos(quick, runs, out_dir, console))
+
+
 @bench.command("inference")
 @click.option(
     "--concurrency",

@@ -1,4 +1,4 @@
-"""Chaos: 500 multi-step runs while workers are SIGKILLed and SIGTERMed and Redis restarts.
+"""Chaos: 500 multi-step runs while workers are SIGKILLed and SIGTERMed and Redis is killed.
 
 Every run must complete exactly once: each of its steps committed once, each tool's side
 effect recorded once, its result readable, nothing dead-lettered, and no message left in Redis.
@@ -66,6 +66,9 @@ WORKER_ENV = {
     "AGENTQ_WORKER__RETRY_BACKOFF_MAX_S": str(WORKER.retry_backoff_max_s),
     "AGENTQ_WORKER__LOG_EACH_STEP": "true",  # one "received" line per delivery, counted below
     "AGENTQ_HEALTH__PORT": "0",
+    # Recovery looks soon: a run that stalls on a message gone with the crash moves again.
+    "AGENTQ_DURABILITY__RECOVERY_GRACE_S": "5",
+    "AGENTQ_DURABILITY__RECOVERY_INTERVAL_S": "2",
 }
 
 
@@ -107,6 +110,12 @@ class PersistentRedis:
         """SIGTERM by PID: Redis flushes its append-only file and exits."""
         if self.proc is not None:
             stop_process(self.proc)
+
+    def kill(self) -> None:
+        """SIGKILL by PID: a crash; with appendfsync always every acknowledged write is kept."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 @pytest.fixture
@@ -174,7 +183,8 @@ def chaos_runs() -> list[dict]:
 
 class Chaos:
     """At random points of the run's progress, SIGKILLs or SIGTERMs a random worker and
-    starts a replacement; once, stops Redis and starts it again on the same port and folder.
+    starts a replacement; once, kills Redis (SIGKILL) and starts it again on the same port and
+    folder (appendfsync always: nothing acknowledged is lost).
 
     The points are shares of the steps committed, not moments: however fast the workers
     are, every planned signal lands while steps are still running."""
@@ -264,8 +274,8 @@ class Chaos:
             self.error = exc
 
     def restart_redis(self, done: float) -> None:
-        self.log(f"stopping Redis (SIGTERM) at {done:.0%} of the steps")
-        self.server.stop()
+        self.log(f"killing Redis (SIGKILL) at {done:.0%} of the steps")
+        self.server.kill()
         down = self.rng.uniform(1.0, 2.0)
         time.sleep(down)
         self.server.start()
