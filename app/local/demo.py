@@ -275,14 +275,14 @@ def _print_results(
     for result in results:
         run = store.load_run(result.id)
         if run is None:
-            table.add_row(result.id[:8], "?", "queued", "0", "", *([""] * (1 + wide)))
+            table.add_row(result.id[-8:], "?", "queued", "0", "", *([""] * (1 + wide)))
             continue
         tools = [name for s in run.steps for name in s.tools]
         steps, tool_calls = steps + len(run.steps), tool_calls + len(tools)
         answer = _short(str(run.answer if run.answer is not None else run.error or ""))
         question = _short(_DIRECTIVE.sub("", str(run.input)).strip())
         status = run.status if run.status != RunStatus.FAILED else f"[red]{run.status}[/red]"
-        row = (run.id[:8], run.agent, status, str(len(run.steps)), ", ".join(tools) or "-")
+        row = (run.id[-8:], run.agent, status, str(len(run.steps)), ", ".join(tools) or "-")
         table.add_row(*row, *((question,) if wide else ()), answer)
     console.print(table)
     return steps, tool_calls
