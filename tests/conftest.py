@@ -25,6 +25,7 @@ pytest_plugins = [
     "tests.fixtures.triton",
     "tests.fixtures.postgres",
     "tests.fixtures.secure_redis",
+    "tests.fixtures.sentinel",
     "tests.fixtures.llama_server",
     "tests.fixtures.llm",
 ]

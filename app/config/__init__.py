@@ -47,6 +47,7 @@ from app.config.sections import (
     TracingSettings,
     WorkerSettings,
 )
+from app.config.sentinel import is_sentinel, parse_sentinel_url
 from app.errors import ConfigurationError
 
 __all__ = [
@@ -124,7 +125,10 @@ class SecretFileSource(PydanticBaseSettingsSource):
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for logs and error messages."""
+    """``url`` with its password replaced by ``***``, for logs and error messages (each
+    address of a ``sentinel://a;sentinel://b`` list)."""
+    if ";" in url:
+        return ";".join(mask_url(part) for part in url.split(";"))
     try:
         parts = urlsplit(url)
         password = parts.password
@@ -156,6 +160,12 @@ class Settings(BaseSettings):
     )
     result_backend: str | None = Field(
         default=None, description="Celery result backend URL; defaults to redis_url."
+    )
+    redis_sentinel_master: str = Field(
+        default="mymaster",
+        min_length=1,
+        description="Name of the master the Sentinels watch (`sentinel monitor <name> ...`), "
+        "for sentinel:// URLs (`sentinel://host1:26379;sentinel://host2:26379/0`).",
     )
     redis_password: SecretStr | None = Field(
         default=None,
@@ -249,8 +259,16 @@ class Settings(BaseSettings):
     @field_validator("redis_url", "broker_url", "result_backend")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"expected a redis:// or rediss:// URL, got {mask_url(value)!r}")
+        schemes = ("redis://", "rediss://", "unix://", "sentinel://")
+        if value is not None and not value.startswith(schemes):
+            raise ValueError(
+                f"expected a redis://, rediss:// or sentinel:// URL, got {mask_url(value)!r}"
+            )
+        if value is not None and is_sentinel(value):
+            try:
+                parse_sentinel_url(value)
+            except ConfigurationError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @classmethod
@@ -309,6 +327,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "AGENTQ_REDIS_URL": settings.redis_url,
         "AGENTQ_BROKER_URL": settings.broker,
         "AGENTQ_RESULT_BACKEND": settings.backend,
+        "AGENTQ_REDIS_SENTINEL_MASTER": settings.redis_sentinel_master,
         "AGENTQ_DATABASE_URL": settings.database_url,
         "AGENTQ_TRITON__URLS": json.dumps(settings.triton.urls),
         # How the models are spoken to: their chat templates and tokenizers (the local model's

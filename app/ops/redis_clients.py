@@ -1,9 +1,13 @@
 """Every Redis client agentq opens, built from settings in one place, and the start-up check.
 
 A client gets the configured password (unless its URL has one), the TLS certificates for
-``rediss://`` URLs, timeouts and a short retry on connection errors. :func:`check_redis`
-pings each Redis the settings name, checks that it keeps its data, and turns a failure into
-one line saying what is wrong and what to do, with the URL's password masked.
+``rediss://`` URLs, timeouts and a short retry on connection errors. A ``sentinel://`` URL
+(kombu's syntax: ``sentinel://[:password@]host:port[;sentinel://host2:port2...]/db``) gives a
+client of the master the Sentinels name for ``redis_sentinel_master``: redis-py asks them again
+on every new connection, and drops a connection to a master demoted by a failover (its
+READONLY reply), so the retry reconnects to the new master. :func:`check_redis` pings each
+Redis the settings name, checks that it keeps its data, and turns a failure into one line
+saying what is wrong and what to do, with the URL's password masked.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from app.config import RedisTLSSettings, Settings, mask_url
+from app.config.sentinel import is_sentinel, parse_sentinel_url
 from app.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -67,11 +74,27 @@ def client_options(settings: Settings, url: str) -> dict[str, Any]:
     return options
 
 
+def _sentinel_options(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` for the master of the ``sentinel://`` ``url``: its database and password."""
+    address = parse_sentinel_url(url)
+    options = {**options, "db": address.db}
+    if address.password is not None:
+        options.setdefault("password", address.password)
+        if address.username:
+            options.setdefault("username", address.username)
+    return options
+
+
 def redis_client(settings: Settings, url: str | None = None, **overrides: Any) -> redis.Redis:
-    """A client for ``url`` (default ``settings.redis_url``); ``overrides`` win over settings."""
+    """A client for ``url`` (default ``settings.redis_url``); ``overrides`` win over settings.
+    For a ``sentinel://`` URL, a client of the master that follows it through failovers."""
     url = url or settings.redis_url
     retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RETRIES)
     options = {"retry": retry, **client_options(settings, url), **overrides}
+    if is_sentinel(url):
+        options = _sentinel_options(url, options)
+        sentinel = redis.sentinel.Sentinel(parse_sentinel_url(url).sentinels, **options)
+        return sentinel.master_for(settings.redis_sentinel_master)
     return redis.Redis.from_url(url, **options)
 
 
@@ -79,7 +102,18 @@ def async_redis_client(settings: Settings, url: str | None = None) -> redis.asyn
     """:func:`redis_client` for asyncio."""
     url = url or settings.redis_url
     retry = AsyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RETRIES)
-    return redis.asyncio.Redis.from_url(url, retry=retry, **client_options(settings, url))
+    options = {"retry": retry, **client_options(settings, url)}
+    if is_sentinel(url):
+        options = _sentinel_options(url, options)
+        addresses = parse_sentinel_url(url).sentinels
+        sentinel = redis.asyncio.sentinel.Sentinel(addresses, **options)
+        return sentinel.master_for(settings.redis_sentinel_master)
+    return redis.asyncio.Redis.from_url(url, **options)
+
+
+def sentinel_transport_options(settings: Settings, url: str) -> dict[str, Any]:
+    """kombu's and Celery's transport options for ``url``: the master's name for Sentinels."""
+    return {"master_name": settings.redis_sentinel_master} if is_sentinel(url) else {}
 
 
 def celery_redis_options(settings: Settings) -> dict[str, Any]:
@@ -152,7 +186,7 @@ def _check_tls_files(tls: RedisTLSSettings) -> None:
 
 def describe_failure(settings: Settings, url: str, exc: Exception) -> str:
     """One line on why ``url`` failed with ``exc`` and what to do, without any password."""
-    where = f"Redis at {mask_url(url)}"
+    where = f"{'Redis Sentinels' if is_sentinel(url) else 'Redis'} at {mask_url(url)}"
     own = bool(urlsplit(url).password)
     password_setting = "the password in the URL" if own else "AGENTQ_REDIS_PASSWORD"
     detail = _scrub(str(exc), settings, url)
@@ -165,6 +199,14 @@ def describe_failure(settings: Settings, url: str, exc: Exception) -> str:
         return (
             f"{where} requires a password (NOAUTH): set AGENTQ_REDIS_PASSWORD "
             "or AGENTQ_REDIS_PASSWORD_FILE"
+        )
+    if isinstance(exc, redis.sentinel.MasterNotFoundError):
+        name = settings.redis_sentinel_master
+        if "refused" in detail.lower():
+            return f"{where}: no Sentinel answered: check the Sentinels' hosts and ports"
+        return (
+            f"{where}: no Sentinel knows a master named {name!r}: set "
+            "AGENTQ_REDIS_SENTINEL_MASTER to the name of `sentinel monitor <name> ...`"
         )
     if "certificate verify failed" in detail.lower():
         reason = detail.partition("certificate verify failed:")[2].split("(_ssl")[0].strip()

@@ -105,6 +105,7 @@ def test_a_rejected_setting_does_not_echo_its_value() -> None:
         ("postgresql://u@h/db", "postgresql://u@h/db"),
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
         ("sqlite:///agentq.sqlite3", "sqlite:///agentq.sqlite3"),
+        ("sentinel://:pw@a:1;sentinel://:pw@b:2/0", "sentinel://:***@a:1;sentinel://:***@b:2/0"),
     ],
 )
 def test_mask_url(url: str, masked: str) -> None:
