@@ -69,6 +69,7 @@ _EXIT = "tests/e2e/test_worker_exit.py"
 _SUBMIT = "tests/integration/producer/test_submit.py"
 _QUEUED = "tests/integration/celery_ext/test_queued_index.py"
 _INTAKE = "tests/integration/celery_ext/test_quarantine.py"
+_SENTINEL = "tests/e2e/test_sentinel_failover.py"
 
 _REDIS_CHANNEL = "kombu.transport.redis:Channel"
 
@@ -115,6 +116,11 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     PrivateName(_REDIS_CHANNEL, "pool", _CLIENT, common=True),
     PrivateName(_REDIS_CHANNEL, "_connparams", _TRANSPORT),
     PrivateName("kombu.transport", "TRANSPORT_ALIASES", _CLIENT),
+    # ... and runs on the master that Redis Sentinels name (kombu's sentinel pool).
+    PrivateName("kombu.transport.redis", "SentinelChannel", _SENTINEL),
+    PrivateName("kombu.transport.redis", "SentinelTransport", _SENTINEL),
+    PrivateName("kombu.transport.redis:SentinelTransport", "Channel", _SENTINEL),
+    PrivateName("kombu.transport.redis:SentinelChannel", "from_transport_options", _SENTINEL),
     # ... and pushes a new run's first message in one MULTI with its queued-runs index entry.
     PrivateName(_REDIS_CHANNEL, "_put", _QUEUED),
     PrivateName(_REDIS_CHANNEL, "_expires", _QUEUED, set_in_init=True),

@@ -15,7 +15,7 @@ from app.celery_ext.routes import AgentRouter
 from app.celery_ext.transport import install as install_broker_transport
 from app.celery_ext.worker import EnvelopeCheck, InternalsCheck
 from app.config import Settings
-from app.ops.redis_clients import celery_redis_options
+from app.ops.redis_clients import celery_redis_options, sentinel_transport_options
 
 
 def broker_transport_options(visibility_timeout_s: int) -> dict[str, int]:
@@ -76,8 +76,12 @@ def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> 
         broker_transport_options={
             **broker_transport_options(worker.visibility_timeout_s),
             "queued_ttl_s": settings.limits.queued_ttl_s,  # app.celery_ext.transport.Channel
+            **sentinel_transport_options(settings, settings.broker),
         },
-        result_backend_transport_options={"visibility_timeout": worker.visibility_timeout_s},
+        result_backend_transport_options={
+            "visibility_timeout": worker.visibility_timeout_s,
+            **sentinel_transport_options(settings, settings.backend),
+        },
         broker_connection_retry_on_startup=True,
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
         result_backend_always_retry=True,

@@ -33,8 +33,9 @@ the fetch are delivered at once.
 :data:`~app.celery_ext.envelope.NEW_RUN`) is pushed in one MULTI with the run's entry in the
 queued-runs index (:mod:`app.celery_ext.queued`), kept ``queued_ttl_s`` (a transport option).
 
-:func:`install` registers it for the ``redis://`` and ``rediss://`` schemes, so broker URLs
-read as usual (worker banner, Flower).
+:func:`install` registers it for the ``redis://`` and ``rediss://`` schemes, and its
+:class:`SentinelChannel` for ``sentinel://``, so broker URLs read as usual (worker banner,
+Flower).
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def acks_in_pipelines(broker_url: str, redis_url: str, transport_options: dict[s
     """Whether a step may acknowledge its message in its own pipeline on ``redis_url``: the
     broker is that Redis, with kombu's unacked key names."""
     renamed = {"global_keyprefix", "unacked_key", "unacked_index_key"} & set(transport_options)
-    return broker_url == redis_url and broker_url.startswith(("redis", "rediss")) and not renamed
+    same = broker_url == redis_url and broker_url.startswith(("redis", "rediss", "sentinel"))
+    return same and not renamed
 
 
 def acked(tag: str) -> None:
@@ -350,11 +352,29 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             _quarantined(reason, entry_id)
 
 
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):  # type: ignore[misc]
+    """:class:`Channel` on the master that Redis Sentinels name (kombu's connection pool for
+    ``sentinel://`` URLs, transport option ``master_name``): the same fetch, acks and client,
+    each new connection asking the Sentinels where the master is now."""
+
+    from_transport_options = tuple(  # type: ignore[assignment]
+        dict.fromkeys(
+            (*Channel.from_transport_options, *kombu_redis.SentinelChannel.from_transport_options)
+        )
+    )
+
+
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
 
 
+class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
+    Channel = SentinelChannel
+
+
 def install() -> None:
-    """Make ``redis://`` and ``rediss://`` broker URLs use this transport (idempotent)."""
+    """Make ``redis://``, ``rediss://`` and ``sentinel://`` broker URLs use this transport
+    (idempotent)."""
     for scheme in ("redis", "rediss"):
         TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
+    TRANSPORT_ALIASES["sentinel"] = f"{__name__}:SentinelTransport"

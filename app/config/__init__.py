@@ -165,7 +165,7 @@ class Settings(BaseSettings):
         default="mymaster",
         min_length=1,
         description="Name of the master the Sentinels watch (`sentinel monitor <name> ...`), "
-        "for sentinel:// URLs (`sentinel://host1:26379;sentinel://host2:26379/0`).",
+        "for sentinel:// URLs (`sentinel://host1:26379/0;sentinel://host2:26379/0`).",
     )
     redis_password: SecretStr | None = Field(
         default=None,

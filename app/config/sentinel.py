@@ -1,5 +1,5 @@
 """``sentinel://`` URLs: the Sentinels' addresses and the database and credentials of the
-master they name, read as kombu and Celery read them (from the first address)."""
+master they name, the same on every address (as kombu and Celery read them)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlsplit
 from app.errors import ConfigurationError
 
 SENTINEL_PORT = 26379
-_FORM = "sentinel://[:password@]host:port[;sentinel://host2:port2...]/db"
+_FORM = "sentinel://host1:port/db[;sentinel://host2:port/db...]"
 
 
 def is_sentinel(url: str) -> bool:
@@ -19,7 +19,8 @@ def is_sentinel(url: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class SentinelURL:
-    """What a ``sentinel://`` URL says."""
+    """What a ``sentinel://`` URL says: where the Sentinels are, and the database and
+    credentials of the master they name."""
 
     sentinels: list[tuple[str, int]]
     db: int = 0
@@ -28,9 +29,9 @@ class SentinelURL:
 
 
 def parse_sentinel_url(url: str) -> SentinelURL:
-    """Parse ``url`` (:data:`_FORM`). The database and password are the first address's, as
-    kombu and Celery take them: a later address that names others is refused, since the
-    broker, the result backend and agentq's clients would then disagree."""
+    """Parse ``url`` (:data:`_FORM`). Every address must name the same database and
+    credentials (none: database 0, no password): kombu reconnects through the addresses in
+    turn, each read with its own, and Celery's result backend reads the first's."""
     sentinels: list[tuple[str, int]] = []
     first: tuple[int, str | None, str | None] | None = None
     for index, part in enumerate(url.split(";")):
@@ -49,12 +50,12 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         user = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password else None
         here = (int(path or 0), user, password)
-        if first is None:
-            first = here
-        elif (path and here[0] != first[0]) or (password and here[1:] != first[1:]):
+        first = first or here
+        if here != first:
             raise ConfigurationError(
                 f"Sentinel address {index + 1} names another database or password than the "
-                "first: kombu and Celery use the first's; write them there only"
+                "first: kombu reconnects through each address with its own; write the same "
+                "on every one (or the password in AGENTQ_REDIS_PASSWORD)"
             )
         sentinels.append((parts.hostname, port))
     assert first is not None  # str.split gives at least one part

@@ -2,8 +2,8 @@
 
 A client gets the configured password (unless its URL has one), the TLS certificates for
 ``rediss://`` URLs, timeouts and a short retry on connection errors. A ``sentinel://`` URL
-(kombu's syntax: ``sentinel://[:password@]host:port[;sentinel://host2:port2...]/db``) gives a
-client of the master the Sentinels name for ``redis_sentinel_master``: redis-py asks them again
+(kombu's syntax: ``sentinel://host1:26379/0;sentinel://host2:26379/0``) gives a client of
+the master the Sentinels name for ``redis_sentinel_master``: redis-py asks them again
 on every new connection, and drops a connection to a master demoted by a failover (its
 READONLY reply), so the retry reconnects to the new master. :func:`check_redis` pings each
 Redis the settings name, checks that it keeps its data, and turns a failure into one line

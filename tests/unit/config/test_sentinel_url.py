@@ -15,7 +15,7 @@ from app.errors import ConfigurationError
     [
         ("sentinel://s1", SentinelURL([("s1", 26379)])),
         (
-            "sentinel://:pw@s1:26380/3;sentinel://s2:26381",
+            "sentinel://:pw@s1:26380/3;sentinel://:pw@s2:26381/3",
             SentinelURL([("s1", 26380), ("s2", 26381)], 3, None, "pw"),
         ),
         (
@@ -24,7 +24,7 @@ from app.errors import ConfigurationError
         ),
     ],
 )
-def test_the_first_address_gives_the_database_and_password(url: str, parsed: SentinelURL) -> None:
+def test_the_addresses_give_the_database_and_password(url: str, parsed: SentinelURL) -> None:
     assert parse_sentinel_url(url) == parsed
 
 
@@ -32,13 +32,15 @@ def test_the_first_address_gives_the_database_and_password(url: str, parsed: Sen
     ("url", "says"),
     [
         ("sentinel://s1:26379;sentinel://s2:26379/1", "another database or password"),
-        ("sentinel://s1;sentinel://:pw@s2", "another database or password"),
+        ("sentinel://:pw@s1/1;sentinel://s2/1", "another database or password"),
         ("sentinel://s1;redis://s2:6379", "is not sentinel://"),
         ("sentinel://s1/zero", "the database must be a number"),
         ("sentinel://s1:port", "bad Sentinel address 1"),
     ],
 )
-def test_a_url_kombu_and_celery_would_read_differently_is_refused(url: str, says: str) -> None:
+def test_a_url_kombu_would_read_differently_after_a_reconnect_is_refused(
+    url: str, says: str
+) -> None:
     with pytest.raises(ConfigurationError, match=says):
         parse_sentinel_url(url)
 

@@ -1,0 +1,79 @@
+"""A worker, a producer and results on Redis Sentinel: runs finish before and after a failover.
+
+The Redis is a master, its replica and two sentinels of the test's own
+(:mod:`tests.fixtures.sentinel`); the worker is a real ``agentq worker`` process given the
+``sentinel://`` URL by environment only, and keeps running through the failover.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from app.celery_ext.app import create_celery
+from app.config import Settings, TritonSettings
+from app.memory.sessions import SessionStore
+from app.ops.exporter import Exporter
+from app.producer.submit import submit
+from tests.fixtures.sentinel import SentinelGroup
+
+pytestmark = pytest.mark.e2e
+
+RUN = 'add [tool:calculator {"expression": "20+22"}]'  # two steps: the tool call, the answer
+RUNS = 4
+
+
+@pytest.fixture
+def sentinel_settings(sentinel_group: SentinelGroup, sqlite_url: str, triton_server) -> Settings:
+    return Settings(
+        _env_file=None,
+        redis_url=sentinel_group.url,
+        database_url=sqlite_url,
+        triton=TritonSettings(urls=[triton_server.grpc_url]),
+    )
+
+
+@pytest.fixture
+def producer(sentinel_settings: Settings):
+    app = create_celery(sentinel_settings)
+    yield app
+    app.close()
+
+
+@pytest.mark.parametrize("fault", ["SENTINEL FAILOVER", "master SIGKILLed"])
+def test_runs_submitted_after_a_failover_finish_on_the_same_worker(
+    fault: str,
+    sentinel_group: SentinelGroup,
+    sentinel_settings: Settings,
+    producer,
+    start_worker,
+) -> None:
+    worker = start_worker(["research"], settings=sentinel_settings, celery=producer)
+    exporter = Exporter(sentinel_settings)
+    before = [submit("research", RUN, celery=producer) for _ in range(RUNS)]
+    assert [r.get(timeout=60) for r in before] == ["Answer: 42"] * RUNS
+    assert b"agentq_exporter_redis_up 1.0" in exporter.metrics()[2]
+
+    if fault == "SENTINEL FAILOVER":
+        new = sentinel_group.failover()
+    else:
+        new = sentinel_group.kill_master()
+    after = [submit("research", RUN, celery=producer) for _ in range(RUNS)]
+    assert [r.get(timeout=90) for r in after] == ["Answer: 42"] * RUNS
+
+    assert worker.proc is not None and worker.proc.poll() is None  # reconnected, not restarted
+    store = SessionStore.from_url(sentinel_settings.database_url, migrate=False)
+    try:
+        for result in after:
+            run = store.load_run(result.id)
+            assert run is not None and run.status == "succeeded"
+            assert {step.worker for step in run.steps} == {worker.node}
+    finally:
+        store.close()
+    with sentinel_group.server(new).client() as master:
+        # The results of the later runs were written to the new master.
+        keys = [f"celery-task-meta-{result.id}" for result in after]
+        assert master.exists(*keys) == RUNS
+    # The exporter's clients, made before the failover, read the new master's queues.
+    scrape = exporter.metrics()[2].decode()
+    assert "agentq_exporter_redis_up 1.0" in scrape
+    assert 'agentq_backlog{agent="research",queue="agent.research"} 0.0' in scrape
