@@ -121,6 +121,8 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     PrivateName("kombu.transport.redis", "SentinelTransport", _SENTINEL),
     PrivateName("kombu.transport.redis:SentinelTransport", "Channel", _SENTINEL),
     PrivateName("kombu.transport.redis:SentinelChannel", "from_transport_options", _SENTINEL),
+    PrivateName("kombu.transport.redis:SentinelChannel", "_sentinel_managed_pool", _SENTINEL),
+    PrivateName(_REDIS_CHANNEL, "_sentinel_manager", _SENTINEL, set_in_init=True),
     # ... and pushes a new run's first message in one MULTI with its queued-runs index entry.
     PrivateName(_REDIS_CHANNEL, "_put", _QUEUED),
     PrivateName(_REDIS_CHANNEL, "_expires", _QUEUED, set_in_init=True),

@@ -49,7 +49,9 @@ from dataclasses import dataclass
 from queue import Empty
 from time import monotonic, time
 from typing import Any
+from urllib.parse import urlsplit
 
+import redis.sentinel
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as virtual
@@ -362,6 +364,36 @@ class SentinelChannel(Channel, kombu_redis.SentinelChannel):  # type: ignore[mis
             (*Channel.from_transport_options, *kombu_redis.SentinelChannel.from_transport_options)
         )
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The Sentinels' addresses, for a pool made after Celery detached the connection.
+        default_port = self.connection.default_port
+        self._sentinels = [
+            (parts.hostname, parts.port or default_port)
+            for parts in map(urlsplit, self.connection.client.alt)
+            if parts.scheme == "sentinel"
+        ] or [(self._sync_params["host"], self._sync_params["port"])]
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
+        # kombu reads the addresses from the kombu connection, which Celery detaches before
+        # it closes the channel after a connection loss (see Channel._connparams): the
+        # close's restore of unacked messages and late acks would kill the worker.
+        if asynchronous or self.connection.client is not None:
+            return super()._sentinel_managed_pool(asynchronous)
+        params = self._connparams()
+        params.pop("host", None)
+        params.pop("port", None)
+        manager = redis.sentinel.Sentinel(
+            self._sentinels,
+            min_other_sentinels=getattr(self, "min_other_sentinels", 0),
+            sentinel_kwargs=getattr(self, "sentinel_kwargs", None),
+            **params,
+        )
+        self._sentinel_manager = manager  # closed by kombu with the pool
+        credentials = {k: params[k] for k in ("username", "password") if k in params}
+        master = manager.master_for(getattr(self, "master_name", None), redis.Redis, **credentials)
+        return master.connection_pool
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
