@@ -11,11 +11,11 @@ import pytest
 
 from app.celery_ext.app import create_celery
 from app.celery_ext.transport import TAKE
-from app.config import Settings, TritonSettings
+from app.config import DurabilitySettings, Settings, TritonSettings
 from app.local.processes import wait_until
 from app.memory.sessions import SessionStore
 from app.ops.exporter import Exporter
-from app.producer.submit import submit
+from app.producer.submit import submit, submit_many
 from tests.fixtures.sentinel import SentinelGroup
 
 pytestmark = pytest.mark.e2e
@@ -25,6 +25,7 @@ RUN = 'add [tool:calculator {"expression": "20+22"}]'  # two steps: the tool cal
 LONG_RUN = "add " + " ".join(f'[tool:calculator {{"expression": "{i}+1"}}]' for i in range(3))
 LONG_RUN += " [delay:300]"
 RUNS = 4
+LOAD = 40
 # A step cut off by the failover holds its run's lease this long (default: the step timeout).
 FAST_RECOVERY = {"AGENTQ_WORKER__VISIBILITY_TIMEOUT_S": "3", "AGENTQ_WORKER__STEP_TIMEOUT_S": "3"}
 
@@ -90,3 +91,32 @@ def test_runs_submitted_after_a_failover_finish_on_the_same_worker(
     scrape = exporter.metrics()[2].decode()
     assert "agentq_exporter_redis_up 1.0" in scrape
     assert 'agentq_backlog{agent="research",queue="agent.research"}' in scrape
+
+
+def test_runs_under_load_all_finish_after_the_master_dies_with_its_last_writes(
+    sentinel_group: SentinelGroup, sentinel_settings: Settings, producer, start_worker
+) -> None:
+    """The master SIGKILLed mid-load, its replica not waited for: what it had not copied yet
+    is lost with it, and recovery from the step store moves those runs again."""
+    settings = sentinel_settings.model_copy(
+        update={"durability": DurabilitySettings(recovery_grace_s=3.0, recovery_interval_s=1.0)}
+    )
+    worker = start_worker(["research"], FAST_RECOVERY, settings=settings, celery=producer)
+    results = submit_many([{"agent": "research", "input": LONG_RUN}] * LOAD, celery=producer)
+    store = SessionStore.from_url(settings.database_url, migrate=False)
+    try:
+        assert wait_until(lambda: _succeeded(store, results) >= LOAD // 10, 120)
+        sentinel_group.kill_master(caught_up=False)
+        assert wait_until(lambda: _succeeded(store, results) == LOAD, 180)
+        for result in results:
+            run = store.load_run(result.id)
+            assert run is not None
+            assert [step.step for step in run.steps] == list(range(4))  # each step once
+    finally:
+        store.close()
+    assert worker.proc is not None and worker.proc.poll() is None
+
+
+def _succeeded(store: SessionStore, results) -> int:
+    runs = (store.load_run(result.id) for result in results)
+    return sum(1 for run in runs if run is not None and run.status == "succeeded")
