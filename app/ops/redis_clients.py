@@ -74,15 +74,17 @@ def client_options(settings: Settings, url: str) -> dict[str, Any]:
     return options
 
 
-def _sentinel_options(url: str, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` for the master of the ``sentinel://`` ``url``: its database and password."""
+def _sentinel_options(
+    url: str, options: dict[str, Any]
+) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """The Sentinels of ``url`` and ``options`` for its master: its database and password."""
     address = parse_sentinel_url(url)
     options = {**options, "db": address.db}
     if address.password is not None:
         options.setdefault("password", address.password)
         if address.username:
             options.setdefault("username", address.username)
-    return options
+    return address.sentinels, options
 
 
 def redis_client(settings: Settings, url: str | None = None, **overrides: Any) -> redis.Redis:
@@ -92,9 +94,10 @@ def redis_client(settings: Settings, url: str | None = None, **overrides: Any) -
     retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RETRIES)
     options = {"retry": retry, **client_options(settings, url), **overrides}
     if is_sentinel(url):
-        options = _sentinel_options(url, options)
-        sentinel = redis.sentinel.Sentinel(parse_sentinel_url(url).sentinels, **options)
-        return sentinel.master_for(settings.redis_sentinel_master)
+        sentinels, options = _sentinel_options(url, options)
+        return redis.sentinel.Sentinel(sentinels, **options).master_for(
+            settings.redis_sentinel_master
+        )
     return redis.Redis.from_url(url, **options)
 
 
@@ -104,10 +107,10 @@ def async_redis_client(settings: Settings, url: str | None = None) -> redis.asyn
     retry = AsyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RETRIES)
     options = {"retry": retry, **client_options(settings, url)}
     if is_sentinel(url):
-        options = _sentinel_options(url, options)
-        addresses = parse_sentinel_url(url).sentinels
-        sentinel = redis.asyncio.sentinel.Sentinel(addresses, **options)
-        return sentinel.master_for(settings.redis_sentinel_master)
+        sentinels, options = _sentinel_options(url, options)
+        return redis.asyncio.sentinel.Sentinel(sentinels, **options).master_for(
+            settings.redis_sentinel_master
+        )
     return redis.asyncio.Redis.from_url(url, **options)
 
 
