@@ -1,9 +1,10 @@
 """Chaos at scale: ``agentq bench chaos`` (issue 23; not part of ``bench all``).
 
 Thousands of four-step runs (three calls of the ``ledger`` tool, then the answer) go through
-several workers on a Redis with ``appendfsync everysec`` and a PostgreSQL cluster of the
-bench's own, while faults hit them one at a time: worker SIGKILLs and SIGTERMs, Redis killed
-with ``kill -9`` and restarted on its append-only file, a ``FLUSHALL``, PostgreSQL crashed
+several workers on Redis under Sentinel (a master and a replica with ``appendfsync
+everysec``, two sentinels) and a PostgreSQL cluster of the bench's own, while faults hit them
+one at a time: worker SIGKILLs and SIGTERMs, the master killed with ``kill -9`` and restarted
+on its append-only file, a ``FLUSHALL``, a Sentinel failover, PostgreSQL crashed
 (``pg_ctl stop -m immediate``) and restarted, and a storm of SIGKILLs every few seconds at
 the end. The producer keeps about two runs per worker thread unfinished, so a run waits on
 its fault, not on a backlog.
@@ -35,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import DurabilitySettings, Settings, TritonSettings, WorkerSettings
 from app.local.postgres import PostgresCluster
-from app.local.redis import RedisServer
+from app.local.sentinel import SentinelGroup
 from app.local.workers import WorkerProcess
 from app.memory.migrate import migrate
 from app.memory.schema import runs as runs_table
@@ -72,6 +73,7 @@ FAULTS = (
     "worker_sigterm",
     "redis_kill9",
     "flushall",
+    "sentinel_failover",
     "postgres_restart",
     "worker_sigkill",
 )
@@ -107,9 +109,13 @@ class Chaos:
 
     def setup(self) -> None:
         plan, tmp, stack = self.plan, self.tmp, self.stack
-        self.redis = RedisServer(appendonly=True, options=["--appendfsync", "everysec"])
-        stack.callback(self.redis.cleanup)
-        self.redis.start()
+        # A master with a replica under two Sentinels, both servers with an append-only file
+        # fsynced every second; a master down this long is failed over.
+        self.group = SentinelGroup(
+            appendonly=True, server_options=["--appendfsync", "everysec"], down_after_ms=5000
+        )
+        stack.callback(self.group.stop)
+        self.group.start()
         self.pg = PostgresCluster()
         stack.callback(self.pg.cleanup)
         self.pg.start()
@@ -117,7 +123,7 @@ class Chaos:
         triton = start_triton(stack, tmp)
         self.ledger = tmp / "ledger.txt"
         self.settings = Settings(
-            redis_url=self.redis.url,
+            redis_url=self.group.url,
             database_url=self.pg.url,
             include=["bench.chaos_tools"],
             triton=TritonSettings(urls=[triton.grpc_url]),
@@ -237,14 +243,18 @@ class Chaos:
                 self.spawn()  # as Kubernetes would, without waiting
                 return f"{victim.node}, replaced"
             case "redis_kill9":
-                self.redis.kill()  # appendfsync everysec: up to a second of writes lost
-                self.redis.start()
-                return "restarted on its append-only file"
+                master = self.group.server(self.group.master_port())
+                master.kill()  # appendfsync everysec: up to a second of writes lost
+                master.start()  # before the Sentinels call it down: the same master
+                return "the master restarted on its append-only file"
             case "flushall":
-                client = self.redis.client()
-                client.flushall()
-                client.close()
+                with self.group.server(self.group.master_port()).client() as client:
+                    client.flushall()  # replicated: the replica loses everything too
                 return "every key gone"
+            case "sentinel_failover":
+                old = self.group.master_port()
+                new = self.group.failover()
+                return f"master {old} -> {new}"
             case "postgres_restart":
                 self.pg.restart("immediate")  # a crash: no shutdown checkpoint
                 return "crashed and restarted"
