@@ -266,7 +266,10 @@ class Chaos:
         steps_before = self.step_count() or 0
         at = time.monotonic()
         result = FaultResult(fault, round(self.elapsed(), 1), len(before))
-        result.note = self.strike(fault)
+        try:
+            result.note = self.strike(fault)
+        except Exception as exc:  # reported, and the bench goes on to the next fault
+            result.note = f"the fault itself failed: {exc!r}"
         pending = dict(before)
         while pending and time.monotonic() - at < self.plan.settle_s:
             time.sleep(0.25)

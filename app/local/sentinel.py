@@ -124,8 +124,11 @@ class SentinelGroup:
         new = self.wait_for_new_master(old)
 
         def demoted() -> bool:
-            with self.server(old).client() as client:
-                return bool(client.info("replication")["role"] == "slave")
+            try:
+                with self.server(old).client() as client:
+                    return bool(client.info("replication")["role"] == "slave")
+            except redis.RedisError:  # dropping its clients while it changes role
+                return False
 
         if not wait_until(demoted, 60):
             raise LocalServiceError("the old master was not made a replica after the failover")
@@ -138,8 +141,11 @@ class SentinelGroup:
             ports = {_master_port(port) for port in self.sentinel_ports}
             if len(ports) != 1 or old in ports or None in ports:
                 return False
-            with self.server(ports.pop()).client() as client:  # type: ignore[arg-type]
-                return bool(client.info("replication")["role"] == "master")
+            try:
+                with self.server(ports.pop()).client() as client:  # type: ignore[arg-type]
+                    return bool(client.info("replication")["role"] == "master")
+            except redis.RedisError:
+                return False
 
         if not wait_until(moved, deadline_s):
             raise LocalServiceError(f"no new master within {deadline_s} s of a failover")
