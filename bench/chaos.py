@@ -42,10 +42,14 @@ from app.memory.migrate import migrate
 from app.memory.schema import runs as runs_table
 from app.memory.schema import steps as steps_table
 from app.producer.submit import submit_many
-from bench.chaos_tools import AGENT, LEDGER_ENV
 from bench.memory import start_triton
 
 SEED = 20261203
+# As bench/chaos_tools.py names them. That module declares an agent when imported, which
+# replaces the default agent types of the importing process: only the workers (and the
+# producer, through its settings' include) import it.
+AGENT = "chaos"
+LEDGER_ENV = "AGENTQ_BENCH_LEDGER"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from app.config import REPO_ROOT
 from app.local.postgres import PostgresCluster
 
 sys.path.insert(0, str(REPO_ROOT))
-from bench.chaos import FAULTS, ChaosPlan, run
+from bench.chaos import AGENT, FAULTS, LEDGER_ENV, ChaosPlan, run
+from tests.fixtures.declarations import declarations_restored
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,8 @@ def test_the_chaos_bench_loses_no_run_through_every_fault(tmp_path, triton_home)
     plan = ChaosPlan(
         runs=60, workers=2, concurrency=8, settle_s=45, gap_s=0.5, storm_s=3, storm_every_s=1.5
     )
-    doc = run(plan, tmp_path, progress=lambda line: None)
+    with declarations_restored():  # the bench's producer imports bench/chaos_tools.py
+        doc = run(plan, tmp_path, progress=lambda line: None)
     assert [f["fault"] for f in doc["faults"]] == list(FAULTS)
     assert all(f["unfinished"] > 0 for f in doc["faults"]), doc["faults"]  # each hit runs
     assert doc["all_ended"], doc["statuses"]
@@ -44,3 +46,10 @@ def test_the_chaos_bench_loses_no_run_through_every_fault(tmp_path, triton_home)
     # Every tool call ran at least once; a worker killed mid-call may have run it twice.
     assert doc["tool_calls_distinct"] == doc["tool_calls_expected"]
     assert doc["storm_sigkills"] >= 2
+
+
+def test_the_bench_names_its_agent_and_ledger_as_its_tool_module_does() -> None:
+    with declarations_restored():
+        import bench.chaos_tools as tools
+
+        assert (tools.AGENT, tools.LEDGER_ENV) == (AGENT, LEDGER_ENV)
