@@ -128,22 +128,29 @@ def submit(
             )
     except BaseException:
         _release(celery, req, idempotency_key)
-        _forget_accepted(celery, recorded)
+        forget_accepted_runs(celery, recorded)
         raise
 
 
 def _record_accepted(celery: Celery, requests: list[RunRequest]) -> list[str]:
-    """Record ``requests`` as accepted runs in the session store before they are pushed
-    (``durability.accepted = "sql"``: a run Redis loses is published again by recovery);
-    the ids recorded."""
+    """:func:`record_accepted_runs` of validated ``requests``."""
+    return record_accepted_runs(celery, [(r.run_id, r.agent, r.kwargs()) for r in requests])
+
+
+def record_accepted_runs(
+    celery: Celery, runs: list[tuple[str, str, Mapping[str, Any]]]
+) -> list[str]:
+    """Record ``runs`` ((run id, agent, first message's keyword arguments) each) as accepted
+    in the session store before they are pushed (``durability.accepted = "sql"``: a run Redis
+    loses is published again by recovery); the ids recorded."""
     context = context_of(celery)
-    if context.settings.durability.accepted != "sql" or not requests:
+    if context.settings.durability.accepted != "sql" or not runs:
         return []
-    record_accepted(context.store, ((r.run_id, r.agent, r.kwargs()) for r in requests))
-    return [r.run_id for r in requests]
+    record_accepted(context.store, runs)
+    return [run_id for run_id, _, _ in runs]
 
 
-def _forget_accepted(celery: Celery, run_ids: list[str]) -> None:
+def forget_accepted_runs(celery: Celery, run_ids: list[str]) -> None:
     """The runs ``run_ids`` were not pushed after all: drop their records (best effort: a
     record left behind makes recovery start a run the caller was told failed)."""
     if not run_ids:
@@ -250,7 +257,7 @@ def submit_many(
         recorded = _record_accepted(celery, fresh)
         _push(celery, fresh, batch_size, pushed, given)
     except BaseException:
-        _forget_accepted(celery, recorded[pushed.runs :])
+        forget_accepted_runs(celery, recorded[pushed.runs :])
         # Runs of the batches Redis executed are enqueued: their keys stay, so a retry of
         # this call names them instead of enqueueing them twice. The others' keys go.
         for place, i in claimed:

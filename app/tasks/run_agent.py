@@ -105,21 +105,15 @@ class RunAgentTask(Task):  # type: ignore[misc]
         return expecting_result(super().apply_async(args, kwargs, **options))
 
     def _start_run(self, kwargs: dict[str, Any], options: dict[str, Any]) -> Any:
-        from app.celery_ext.context import context_of
-        from app.memory.recovery import forget_accepted, record_accepted
+        from app.producer.submit import forget_accepted_runs, record_accepted_runs
 
         run_id = options["task_id"] = new_id()
         options["headers"] = {**message_headers(new_run=True), **options["headers"]}
-        context = context_of(self.app)
-        sql = context.settings.durability.accepted == "sql"
-        if sql:
-            record_accepted(context.store, [(run_id, str(kwargs.get("agent")), kwargs)])
+        recorded = record_accepted_runs(self.app, [(run_id, str(kwargs.get("agent")), kwargs)])
         try:
             return self.apply_async(None, kwargs, **options)
         except BaseException:
-            if sql:
-                with contextlib.suppress(Exception):
-                    forget_accepted(context.store, [run_id])
+            forget_accepted_runs(self.app, recorded)
             raise
 
 
