@@ -17,7 +17,7 @@ def maintenance() -> None:
 @maintenance.command("recover")
 @click.option(
     "--grace-s",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),  # as the setting: more than 0
     default=None,
     help="Seconds a run must not have moved to be looked at (default: "
     "AGENTQ_DURABILITY__RECOVERY_GRACE_S).",
