@@ -83,3 +83,9 @@ def prefix_key(pool: str, name: str) -> str:
     block's ``b:<hash>`` or a replica's ``held:<name>``. The hash tag keeps one pool's keys in
     one cluster slot."""
     return f"{KEY_PREFIX}prefix:{{{pool}}}:{name}"
+
+
+def history_key(session_id: str) -> str:
+    """Redis key caching a session's history: its last runs' input and answer, tagged with the
+    session's history version (:mod:`app.memory.history`)."""
+    return f"{KEY_PREFIX}session:{session_id}:history"

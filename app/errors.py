@@ -115,6 +115,16 @@ class NoSuchRunError(DeadLetteredError):
     no producer started, e.g. copied arguments); the message is dead-lettered."""
 
 
+class SessionBusyError(RunFailedError):
+    """Raised by ``AsyncResult.get()`` when a run failed because another run of its session was
+    running (``AGENTQ_SESSIONS__BUSY=fail``; ``requeue`` makes it wait instead)."""
+
+
+class SessionInUseError(AgentqError):
+    """Raised when a session is deleted while one of its runs is running (wait for it to end,
+    or force the deletion)."""
+
+
 class StoreError(AgentqError):
     """Raised when the session store cannot be reached or its schema is not migrated."""
 

@@ -31,6 +31,7 @@ LAZY_COMMANDS = {
     "purge": "app.cli.queues",
     "queues": "app.cli.queues",
     "runs": "app.cli.runs",
+    "session": "app.cli.sessions",
 }
 
 

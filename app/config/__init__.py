@@ -44,6 +44,7 @@ from app.config.sections import (
     HealthSettings,
     LimitSettings,
     RedisTLSSettings,
+    SessionSettings,
     TracingSettings,
     WorkerSettings,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "RedisTLSSettings",
     "ReplicaSettings",
     "SecretFileSource",
+    "SessionSettings",
     "Settings",
     "Strategy",
     "StreamSettings",
@@ -226,6 +228,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     durability: DurabilitySettings = Field(default_factory=DurabilitySettings)
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="Log lines of workers, the exporter and Flower: Celery's text, or one JSON "
@@ -338,6 +341,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "AGENTQ_INFERENCE": settings.inference.model_dump_json(),
         "AGENTQ_STREAM": settings.stream.model_dump_json(),
         "AGENTQ_DURABILITY": settings.durability.model_dump_json(),
+        "AGENTQ_SESSIONS": settings.sessions.model_dump_json(),
         "AGENTQ_REDIS_TLS": settings.redis_tls.model_dump_json(),
         "AGENTQ_REDIS_CONNECT_TIMEOUT_S": str(settings.redis_connect_timeout_s),
         "AGENTQ_REDIS_SOCKET_TIMEOUT_S": str(settings.redis_socket_timeout_s),

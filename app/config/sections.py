@@ -330,6 +330,35 @@ class DurabilitySettings(BaseModel):
     )
 
 
+class SessionSettings(BaseModel):
+    """A session's conversation across runs: its history cache and its one-run-at-a-time rule
+    (docs/memory.md)."""
+
+    history_turns: int = Field(
+        default=20,
+        gt=0,
+        description="Earlier runs of its session a run's prompt shows (their input and "
+        "answer, the last ones that succeeded).",
+    )
+    history_cache: bool = Field(
+        default=True,
+        description="Read a session's history through a Redis cache in front of SQL (one SQL "
+        "read per step fewer); off: every step reads it from SQL.",
+    )
+    history_cache_ttl_s: int = Field(
+        default=3600, gt=0, description="How long a session's cached history is kept unread."
+    )
+    busy: Literal["requeue", "fail"] = Field(
+        default="requeue",
+        description="What a run does when another run of its session is running: 'requeue' "
+        "(its first step comes back after busy_retry_s, until the session is free) or 'fail' "
+        "(it fails at once with error type session_busy).",
+    )
+    busy_retry_s: float = Field(
+        default=2.0, gt=0, description="Delay before a run waiting for its session tries again."
+    )
+
+
 class TracingSettings(BaseModel):
     """OpenTelemetry spans from submit through each step to the model and tool calls."""
 

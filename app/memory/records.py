@@ -40,6 +40,7 @@ class ErrorType(enum.StrEnum):
     INPUT_REJECTED = "input_rejected"
     UNKNOWN_AGENT = "unknown_agent"
     DEAD_LETTERED = "dead_lettered"
+    SESSION_BUSY = "session_busy"  # another run of its session was running (sessions.busy=fail)
 
     @property
     def guardrail(self) -> bool:
@@ -162,6 +163,21 @@ class RunState(RunRecord):
 
     steps: list[StepRecord] = field(default_factory=list)
     draft: StepDraft | None = None  # the reply of its next step, kept before its tool calls
+    # Its session's history version, read with it (None: no session): the history cache's tag.
+    history_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClaim:
+    """What a run's claim on its session found: the run that holds the session (this one when
+    the claim succeeded) and the session's history version."""
+
+    holder: str | None
+    history_version: int = 0
+
+    def held_by(self, run_id: str) -> bool:
+        """Whether ``run_id`` holds the session."""
+        return self.holder == run_id
 
 
 @dataclass(frozen=True, slots=True)

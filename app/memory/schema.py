@@ -97,6 +97,10 @@ sessions = Table(
     Column("agent", String, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    # The run that holds the session (its runs go one at a time); free once it is not running.
+    Column("active_run", String, nullable=True),
+    # Moves each time a run of the session succeeds: the history cache's entries carry it.
+    Column("history_version", Integer, nullable=False, server_default="0"),
 )
 
 runs = Table(

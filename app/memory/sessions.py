@@ -155,7 +155,12 @@ class SessionStore:
                 raise store_error(exc, self._engine) from exc
         raise AssertionError("unreachable")
 
-    def _insert_run(
+    def insert_session(self, conn: Connection, session_id: str, agent: str, now: datetime) -> bool:
+        """Create the session unless it exists; whether this call created it."""
+        row = {"id": session_id, "agent": agent, "created_at": now, "updated_at": now}
+        return bool(conn.execute(self._sql.insert_session, row).rowcount)
+
+    def insert_run(
         self, conn: Connection, run: NewRun, now: datetime, state: dict[str, Any] | None = None
     ) -> bool:
         """Create the run (and its session) unless it exists; whether this call created it.
@@ -166,17 +171,7 @@ class SessionStore:
         sql = self._sql
         new_session = False
         if run.session_id is not None:
-            new_session = bool(
-                conn.execute(
-                    sql.insert_session,
-                    {
-                        "id": run.session_id,
-                        "agent": run.agent,
-                        "created_at": now,
-                        "updated_at": now,
-                    },
-                ).rowcount
-            )
+            new_session = self.insert_session(conn, run.session_id, run.agent, now)
         row = {
             "id": run.id,
             "session_id": run.session_id,
@@ -198,7 +193,7 @@ class SessionStore:
     ) -> RunState:
         """Create the run (and its session) unless it exists, and return its current state."""
         with self._transaction() as conn:
-            self._insert_run(conn, NewRun(run_id, agent, input, session_id), utc_now())
+            self.insert_run(conn, NewRun(run_id, agent, input, session_id), utc_now())
             state = self._load(conn, run_id)
         assert state is not None  # inserted above or already there
         return state
@@ -222,7 +217,12 @@ class SessionStore:
             draft = self._with_results(
                 conn, run_id, draft_record(first, first["next_step"], "draft_")
             )
-        return RunState(**{c.name: first[c.name] for c in runs.c}, steps=records, draft=draft)
+        return RunState(
+            **{c.name: first[c.name] for c in runs.c},
+            steps=records,
+            draft=draft,
+            history_version=first["session_history_version"],
+        )
 
     def _with_results(self, conn: Connection, run_id: str, draft: StepDraft) -> StepDraft:
         """``draft`` with the results its calls have kept so far."""
@@ -250,7 +250,7 @@ class SessionStore:
         }
         with self._transaction() as conn:
             if new_run is not None:
-                self._insert_run(conn, new_run, now)
+                self.insert_run(conn, new_run, now)
             if conn.execute(self._sql.insert_draft, row).rowcount == 1:
                 return draft
             stored = (
@@ -304,6 +304,7 @@ class SessionStore:
         new_run: NewRun | None = None,
         drafted: bool = False,
         traceback: str | None = None,
+        session_id: str | None = None,
     ) -> bool:
         """Commit ``record`` as the run's next step; False if it is not the next step.
 
@@ -313,7 +314,9 @@ class SessionStore:
         the error it failed with). With ``new_run``
         the run is created first if it does not exist, in the same transaction. A step that made
         tool calls, or ``drafted`` (a draft of it may have been saved), deletes its draft and
-        kept results in the same transaction: the step row holds them now.
+        kept results in the same transaction: the step row holds them now. A run of
+        ``session_id`` that succeeds moves its session's history version, in the same
+        transaction (the history cache's entries for the old version are never read again).
         """
         now = utc_now()
         ending: dict[str, Any] = {}
@@ -333,8 +336,10 @@ class SessionStore:
             and record.step == 0
             and not (drafted or record.tool_calls)  # its draft goes in the transaction below
         ):
-            if self._dialect == "postgresql" and self._create_with_step(
-                new_run, record, now, moved
+            if (
+                self._dialect == "postgresql"
+                and new_run.session_id is None
+                and self._create_with_step(new_run, record, now, moved)
             ):
                 return True
             if (
@@ -349,9 +354,9 @@ class SessionStore:
             if new_run is not None and record.step == 0:
                 # A run created by this commit is at step 0 by construction: written as the
                 # step leaves it, no guard to check.
-                created = self._insert_run(conn, new_run, now, moved)
+                created = self.insert_run(conn, new_run, now, moved)
             elif new_run is not None:
-                self._insert_run(conn, new_run, now)
+                self.insert_run(conn, new_run, now)
             # The guard comes first: on PostgreSQL it locks the run row, so a concurrent
             # commit of the same step waits here and then matches no row.
             if not created and (
@@ -369,6 +374,9 @@ class SessionStore:
                 # The step row exists although next_step said otherwise: keep what is there.
                 conn.rollback()
                 return False
+            session_id = session_id or (new_run.session_id if new_run is not None else None)
+            if session_id is not None and final_answer is not NO_ANSWER:
+                conn.execute(self._sql.bump_history, {"b_id": session_id, "b_now": now})
             if drafted or record.tool_calls:
                 of_step = {"b_id": run_id, "b_step": record.step}
                 conn.execute(self._sql.delete_results, of_step)
@@ -451,7 +459,7 @@ class SessionStore:
         """
         with self._transaction() as conn:
             if new_run is not None:
-                self._insert_run(conn, new_run, utc_now())
+                self.insert_run(conn, new_run, utc_now())
             changed = conn.execute(
                 update(runs)
                 .where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING)

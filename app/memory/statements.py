@@ -116,13 +116,23 @@ class Statements:
         step_cols = [steps.c[name].label(f"step_{name}") for name in STEP_COLUMNS]
         draft_cols = [step_drafts.c[name].label(f"draft_{name}") for name in DRAFT_COLUMNS]
         drafted = and_(step_drafts.c.run_id == runs.c.id, step_drafts.c.step == runs.c.next_step)
+        # And its session's history version: the tag of the session's cached history.
+        version = sessions.c.history_version.label("session_history_version")
         self.load = (
-            select(*runs.c, *step_cols, *draft_cols)
+            select(*runs.c, *step_cols, *draft_cols, version)
             .select_from(
-                runs.outerjoin(steps, steps.c.run_id == runs.c.id).outerjoin(step_drafts, drafted)
+                runs.outerjoin(steps, steps.c.run_id == runs.c.id)
+                .outerjoin(step_drafts, drafted)
+                .outerjoin(sessions, sessions.c.id == runs.c.session_id)
             )
             .where(runs.c.id == bindparam("b_id"))
             .order_by(steps.c.step)
+        )
+        # A run of the session succeeded: its history changed.
+        self.bump_history = (
+            update(sessions)
+            .where(sessions.c.id == bindparam("b_id"))
+            .values(history_version=sessions.c.history_version + 1, updated_at=bindparam("b_now"))
         )
         self.insert_draft = insert_ignoring(dialect, step_drafts)
         self.insert_result = insert_ignoring(dialect, tool_results)

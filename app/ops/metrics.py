@@ -139,13 +139,23 @@ RECOVERY_PASSES = Histogram(
     "Time of one recovery pass (SQL reads, Redis checks, publishing).",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30),
 )
+HISTORY_CACHE = Counter(
+    "agentq_session_history_cache_total",
+    "Reads of a session's history from the Redis cache (outcome: hit; miss, read from SQL).",
+    ["outcome"],
+)
+SESSION_BUSY = Counter(
+    "agentq_session_busy_total",
+    "Runs that found another run of their session running (action: requeue or fail).",
+    ["agent", "action"],
+)
 
 METRICS = (
     REDIS_PERSISTENCE,
     RUNS_IN_FLIGHT, STEP_SECONDS, TOKENS_IN, TOKENS_OUT, OUTPUT_SPEED, RUN_SECONDS, RUNS,
     QUEUE_WAIT, MODEL_CALL_SECONDS, MODEL_CALL_ERRORS, TOOL_CALLS, TOOL_RESULTS_REUSED, TOOL_ERRORS,
     TOOL_CALLS_ABANDONED, STEP_RETRIES, DEAD_LETTERED, GUARDRAIL_STOPS, QUARANTINED,
-    RUNS_RECOVERED, RUNS_LOST, RECOVERY_PASSES,
+    RUNS_RECOVERED, RUNS_LOST, RECOVERY_PASSES, HISTORY_CACHE, SESSION_BUSY,
 )  # fmt: skip
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:\-]")
@@ -322,6 +332,16 @@ def recovery_pass(lost: int, seconds: float) -> None:
     """A recovery pass ended, having found ``lost`` runs without a message."""
     RUNS_LOST.set(lost)
     RECOVERY_PASSES.observe(seconds)
+
+
+def history_cache(hit: bool) -> None:
+    """A step read its session's history from the cache (``hit``) or from SQL."""
+    HISTORY_CACHE.labels("hit" if hit else "miss").inc()
+
+
+def session_busy(agent: str, action: str) -> None:
+    """A run found its session held by another run (``action``: requeue or fail)."""
+    SESSION_BUSY.labels(label(agent), label(action)).inc()
 
 
 # ---- exposition ----

@@ -29,6 +29,7 @@ from app.errors import (
     NoSuchRunError,
     OutputRejectedError,
     RunFailedError,
+    SessionBusyError,
     StoreError,
 )
 from app.inference.pool import backoff_delay
@@ -60,6 +61,7 @@ _RUN_ERRORS: dict[ErrorType | None, type[RunFailedError]] = {
     ErrorType.BUDGET_EXCEEDED: BudgetExceededError,
     ErrorType.OUTPUT_REJECTED: OutputRejectedError,
     ErrorType.DEAD_LETTERED: DeadLetteredError,
+    ErrorType.SESSION_BUSY: SessionBusyError,
 }
 
 
@@ -299,12 +301,16 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
                 forget_queued(task, runtime, msg)
             # Raised, so Flower and task events show the run's typed failure.
             raise error
-        case Outcome.BUSY:
-            # Another worker holds the run: come back shortly rather than wait in a thread.
+        case Outcome.BUSY | Outcome.SESSION_BUSY:
+            # Another worker holds the run, or another run its session: come back later
+            # rather than wait in a thread.
+            settings = runtime.settings
             task.apply_async(
                 kwargs=task.request.kwargs,
                 task_id=task.request.id,
-                countdown=runtime.settings.worker.lease_retry_s,
+                countdown=settings.worker.lease_retry_s
+                if result.outcome is Outcome.BUSY
+                else settings.sessions.busy_retry_s,
                 queue=runtime.registry.spec(msg.agent).queue_name,
                 ignore_result=own_results or not is_first,
                 headers=message_headers(),

@@ -43,6 +43,7 @@ from app.inference.backend import (
 )
 from app.inference.chat import Counted
 from app.inference.templates import repair_message
+from app.memory.history import SessionHistory, claim_session
 from app.memory.records import CallRecord, ErrorType, RunStatus, StepDraft, StepKind
 from app.memory.sessions import NO_ANSWER, NewRun, RunState, SessionStore, StepRecord
 from app.ops import metrics, tracing
@@ -80,6 +81,7 @@ class StepRunner:
         self.redis = redis
         self.backends = backends
         self.leases = HeldLeases(RunLease(redis), worker_name)
+        self.history = SessionHistory(store, redis, settings.sessions)
         self.relay = TokenRelay(redis, settings.stream)
         self.tools = tools or ToolSandbox.from_settings(settings)  # closed by WorkerRuntime
         self.worker_name = worker_name
@@ -162,7 +164,34 @@ class StepRunner:
                     f"run refused: {exc}", ErrorType.INPUT_REJECTED, traceback.format_exc()
                 )
                 return self._fail(msg, refused, state, new_run, deferred)
+            if state.session_id is not None and not state.steps:
+                claimed = self._claim_session(spec, msg, state, new_run)
+                if isinstance(claimed, StepResult):
+                    return claimed
+                state, new_run = claimed, None  # the claim created the run
         return self._execute(spec, msg, state, new_run, hold if deferred else None)
+
+    def _claim_session(
+        self, spec: AgentSpec, msg: StepMessage, state: RunState, new_run: NewRun | None
+    ) -> RunState | StepResult:
+        """Make the run its session's running run (creating it): its state then, with the
+        session's history version; or, when another run of the session is running, what
+        ``sessions.busy`` says: come back later, or fail."""
+        run = new_run or NewRun(
+            state.id, state.agent, state.input, state.session_id, state.budget, state.created_at
+        )
+        claim = claim_session(self.store, run)
+        if claim.held_by(run.id):
+            return replace(state, history_version=claim.history_version)
+        busy = self.settings.sessions.busy
+        metrics.session_busy(spec.name, busy)
+        if busy == "requeue":
+            return StepResult(Outcome.SESSION_BUSY)
+        reason = (
+            f"session {state.session_id!r} is busy: its run {claim.holder!r} is running "
+            "(runs of a session go one at a time; AGENTQ_SESSIONS__BUSY=requeue waits instead)"
+        )
+        return self._fail(msg, verdict.failed(reason, ErrorType.SESSION_BUSY), state, new_run)
 
     def _run_budget(self, spec: AgentSpec, msg: StepMessage) -> dict[str, Any]:
         """The limits a new run is stored with: its agent's, tightened by the message's (the
@@ -290,11 +319,7 @@ class StepRunner:
     def _request(self, spec: AgentSpec, state: RunState, new_run: NewRun | None) -> ChatRequest:
         """The step's model call: the run's turns so far after its session's earlier runs,
         the agent's tools and model."""
-        history = []
-        if state.session_id:
-            # A run not in the store yet comes after every run of its session that is.
-            before = None if new_run else state.id
-            history = self.store.history(state.session_id, before_run=before)
+        history = self.history.of(state)
         turns = [
             Turn(s.model_output, tuple((_call_of(c), c.result) for c in s.tool_calls))
             for s in state.steps
@@ -385,6 +410,7 @@ class StepRunner:
             error_type=decided.error_type,
             new_run=step.new_run,
             drafted=step.drafted,
+            session_id=step.state.session_id,
         )
         if not committed:
             stored = self._stored_outcome(msg) if step.deferred else None
@@ -559,7 +585,8 @@ class _Hold:
 
 def _deferred(msg: StepMessage) -> bool:
     """Whether ``msg`` puts off its load and lease (step 0 on its first delivery)."""
-    return msg.first and msg.step == 0
+    # A run with a session claims it first: that write creates the run.
+    return msg.first and msg.step == 0 and msg.session_id is None
 
 
 @functools.lru_cache(maxsize=256)

@@ -19,6 +19,7 @@ class Outcome(enum.Enum):
     DONE = "done"  # run succeeded: store `answer` for the run
     FAILED = "failed"  # run ended without an answer: store `reason`
     BUSY = "busy"  # another worker holds the run: try this message again shortly
+    SESSION_BUSY = "session_busy"  # another run holds its session: try again after a delay
     SKIP = "skip"  # a stale duplicate message: drop it
 
 
@@ -58,6 +59,7 @@ _OUTCOME_SAID = {
     Outcome.DONE: "answer",
     Outcome.FAILED: "run failed",
     Outcome.BUSY: "run busy on another worker, tried again shortly",
+    Outcome.SESSION_BUSY: "session busy with another run, tried again later",
     Outcome.SKIP: "duplicate message, skipped",
 }
 
