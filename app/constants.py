@@ -85,7 +85,11 @@ def prefix_key(pool: str, name: str) -> str:
     return f"{KEY_PREFIX}prefix:{{{pool}}}:{name}"
 
 
-def history_key(session_id: str) -> str:
-    """Redis key caching a session's history: its last runs' input and answer, tagged with the
-    session's history version (:mod:`app.memory.history`)."""
-    return f"{KEY_PREFIX}session:{session_id}:history"
+def history_keys(session_id: str) -> tuple[str, str]:
+    """Redis keys caching a session's history (:mod:`app.memory.history`): the session's
+    history version the cache holds, and the list of its last runs' turns (JSON). The hash
+    tag keeps both in one cluster slot."""
+    return (
+        f"{KEY_PREFIX}session:{{{session_id}}}:history:version",
+        f"{KEY_PREFIX}session:{{{session_id}}}:history",
+    )

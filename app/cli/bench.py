@@ -61,6 +61,25 @@ for _name, _summary in (
     _suite_command(_name, _summary)
 
 
+@bench.command("sessions")
+@click.option(
+    "--postgres-url",
+    default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    show_default=True,
+    help="PostgreSQL measured beside SQLite ('' to skip).",
+)
+@click.option("--redis-url", default=None, help="Redis to use (default: AGENTQ_REDIS_URL).")
+def bench_sessions(postgres_url: str, redis_url: str | None) -> None:
+    """The session history cache on the step path: SQL reads per step and runs/s with the
+    Redis cache and without it, sessions of 20 turns (its Redis database is emptied)."""
+    from app.config import Settings
+
+    _bench_checkout("session_history.py")
+    from bench.session_history import main as run_bench
+
+    run_bench(postgres_url or None, redis_url or Settings().redis_url, console)
+
+
 @bench.command("chaos")
 @click.option("--quick", is_flag=True, help="500 runs on two workers (about 3 minutes).")
 @click.option("--runs", type=click.IntRange(10), default=None, help="Runs (default 2,000).")

@@ -174,6 +174,7 @@ class SessionClaim:
 
     holder: str | None
     history_version: int = 0
+    started_at: datetime | None = None  # the claim created the run: when it started
 
     def held_by(self, run_id: str) -> bool:
         """Whether ``run_id`` holds the session."""

@@ -305,6 +305,7 @@ class SessionStore:
         drafted: bool = False,
         traceback: str | None = None,
         session_id: str | None = None,
+        history: list[int] | None = None,
     ) -> bool:
         """Commit ``record`` as the run's next step; False if it is not the next step.
 
@@ -316,7 +317,8 @@ class SessionStore:
         tool calls, or ``drafted`` (a draft of it may have been saved), deletes its draft and
         kept results in the same transaction: the step row holds them now. A run of
         ``session_id`` that succeeds moves its session's history version, in the same
-        transaction (the history cache's entries for the old version are never read again).
+        transaction (the history cache's entries for the old version are never read again);
+        the new version is appended to ``history`` when it is given.
         """
         now = utc_now()
         ending: dict[str, Any] = {}
@@ -376,7 +378,11 @@ class SessionStore:
                 return False
             session_id = session_id or (new_run.session_id if new_run is not None else None)
             if session_id is not None and final_answer is not NO_ANSWER:
-                conn.execute(self._sql.bump_history, {"b_id": session_id, "b_now": now})
+                moved_to = conn.execute(
+                    self._sql.bump_history, {"b_id": session_id, "b_now": now}
+                ).scalar()
+                if history is not None and moved_to is not None:
+                    history.append(moved_to)
             if drafted or record.tool_calls:
                 of_step = {"b_id": run_id, "b_step": record.step}
                 conn.execute(self._sql.delete_results, of_step)

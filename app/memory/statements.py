@@ -133,6 +133,7 @@ class Statements:
             update(sessions)
             .where(sessions.c.id == bindparam("b_id"))
             .values(history_version=sessions.c.history_version + 1, updated_at=bindparam("b_now"))
+            .returning(sessions.c.history_version)
         )
         self.insert_draft = insert_ignoring(dialect, step_drafts)
         self.insert_result = insert_ignoring(dialect, tool_results)

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select
 
-from app.constants import history_key, published_key, stream_key
+from app.constants import history_keys, published_key, stream_key
 from app.errors import SessionInUseError
 from app.memory.records import RunRecord, RunState, RunStatus
 from app.memory.schema import accepted_runs, runs, sessions, step_drafts, steps, tool_results
@@ -156,7 +156,7 @@ def delete_session(
         conn.execute(delete(accepted_runs).where(accepted_runs.c.id.in_(of_session)))
         run_count = conn.execute(delete(runs).where(runs.c.session_id == session_id)).rowcount
         conn.execute(delete(sessions).where(sessions.c.id == session_id))
-    keys = [history_key(session_id)]
+    keys = list(history_keys(session_id))
     for row in listed:
         keys.append(stream_key(row.id))
         keys.extend(published_key(row.id, step) for step in range(row.next_step + 1))

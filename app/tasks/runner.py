@@ -182,7 +182,8 @@ class StepRunner:
         )
         claim = claim_session(self.store, run)
         if claim.held_by(run.id):
-            return replace(state, history_version=claim.history_version)
+            started = claim.started_at or state.created_at
+            return replace(state, history_version=claim.history_version, created_at=started)
         busy = self.settings.sessions.busy
         metrics.session_busy(spec.name, busy)
         if busy == "requeue":
@@ -402,6 +403,7 @@ class StepRunner:
     def _commit(self, step: _Step, decided: Verdict, record: StepRecord) -> StepResult:
         """Commit the step as ``decided``, report it, and say what the task does next."""
         msg, agent = step.msg, step.spec.name
+        moved: list[int] = []  # the session's history version after a run that succeeds
         committed = self.store.commit_step(
             msg.run_id,
             record,
@@ -411,7 +413,10 @@ class StepRunner:
             new_run=step.new_run,
             drafted=step.drafted,
             session_id=step.state.session_id,
+            history=moved,
         )
+        if moved:
+            self.history.add(step.state, moved[0], decided.answer)
         if not committed:
             stored = self._stored_outcome(msg) if step.deferred else None
             return stored or StepResult(Outcome.SKIP)

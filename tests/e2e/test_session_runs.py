@@ -4,6 +4,7 @@ so; each sees the answers of the runs before it."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -33,7 +34,7 @@ def test_runs_of_a_session_submitted_at_once_run_one_after_another(
     assert answers == [f"Answer: {n}" for n in range(1, 5)]
     runs = sorted(store.list_runs(session_id="chat-1"), key=lambda r: r.created_at)
     assert [r.status for r in runs] == ["succeeded"] * 4
-    for earlier, later in zip(runs, runs[1:], strict=False):
+    for earlier, later in itertools.pairwise(runs):
         # A run starts (claims the session) only once the one before it has ended.
         assert earlier.finished_at is not None and earlier.finished_at <= later.created_at
     # The session's history moved once per run that succeeded.

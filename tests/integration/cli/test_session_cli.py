@@ -13,7 +13,7 @@ import yaml
 from sqlalchemy import func, select
 
 from app.config import Settings
-from app.constants import history_key, published_key, stream_key
+from app.constants import history_keys, published_key, stream_key
 from app.memory.history import SessionHistory, claim_session
 from app.memory.migrate import migrate
 from app.memory.records import CallRecord, NewRun, StepKind, StepRecord
@@ -69,7 +69,7 @@ def two_turns(store: SessionStore, client: redis.Redis) -> None:
     client.xadd(stream_key("x1"), {"event": "token"})
     state = store.load_run("x1")
     SessionHistory(store, client, Settings(_env_file=None).sessions).of(store.load_run("r2"))
-    assert state is not None and client.exists(history_key("s1"))
+    assert state is not None and client.exists(*history_keys("s1")) == 2
 
 
 def test_show_lists_the_runs_and_who_holds_the_session(
@@ -133,7 +133,7 @@ def test_delete_removes_the_session_everywhere_and_is_refused_while_a_run_runs(
         assert not redis_client.exists(
             stream_key(run_id), published_key(run_id, 1), f"celery-task-meta-{run_id}"
         )
-    assert not redis_client.exists(history_key("s1"))
+    assert not redis_client.exists(*history_keys("s1"))
     assert redis_client.exists(stream_key("x1"))
     forced = agentq(cli_settings, "session", "delete", "s2", "--force")
     assert forced.returncode == 0 and "1 run(s)" in forced.stdout

@@ -17,7 +17,7 @@ from sqlalchemy import event
 
 from app.agents.registry import AgentRegistry, AgentSpec
 from app.config import SessionSettings, Settings
-from app.constants import history_key
+from app.constants import history_keys
 from app.inference import text_protocol
 from app.inference.backend import ChatRequest, Completion
 from app.memory.history import SessionHistory, claim_session
@@ -79,7 +79,7 @@ def test_a_step_reads_the_history_from_redis_once_cached(
     assert reads.count == 1  # a miss: read from SQL, then cached
     assert history.of(state) == [("q1", "a1"), ("q2", "a2")]
     assert reads.count == 1  # a hit: no SQL
-    assert redis_client.ttl(history_key("s1")) > 0
+    assert all(redis_client.ttl(key) > 0 for key in history_keys("s1"))
 
 
 def test_a_run_that_succeeds_makes_the_cached_history_unused(
@@ -96,6 +96,37 @@ def test_a_run_that_succeeds_makes_the_cached_history_unused(
     assert history.of(store.load_run("r3")) == [("q1", "a1"), ("q2", "a2")]
 
 
+def test_the_run_that_succeeds_adds_its_turn_so_the_next_run_reads_no_sql(
+    store: SessionStore, redis_client: redis.Redis
+) -> None:
+    history = SessionHistory(store, redis_client, SessionSettings(history_turns=2))
+    succeed(store, "r1", "q1", "a1")
+    for n in (2, 3):
+        run_id = f"r{n}"
+        assert claim_session(store, NewRun(run_id, "chat", f"q{n}", "s1")).held_by(run_id)
+        state = store.load_run(run_id)
+        assert state is not None
+        reads = SqlReads(store)
+        seen = history.of(state)
+        assert reads.count == (1 if n == 2 else 0)  # filled once, then kept up to date
+        assert seen == [(f"q{i}", f"a{i}") for i in range(max(1, n - 2), n)]
+        moved: list[int] = []
+        final = StepRecord(step=0, kind="final", model_output=f"a{n}")
+        assert store.commit_step(
+            run_id, final, final_answer=f"a{n}", session_id="s1", history=moved
+        )
+        assert moved == [n]
+        history.add(state, moved[0], f"a{n}")
+    assert claim_session(store, NewRun("r4", "chat", "q4", "s1")).held_by("r4")
+    reads = SqlReads(store)
+    assert history.of(store.load_run("r4")) == [("q2", "a2"), ("q3", "a3")]  # the last two
+    assert reads.count == 1  # the load above only
+    # An add for a version the cache does not hold just before is not applied.
+    stale = store.load_run("r3")
+    history.add(stale, 9, "wrong")
+    assert history.of(store.load_run("r4")) == [("q2", "a2"), ("q3", "a3")]
+
+
 def test_the_cache_off_reads_sql_every_step(store: SessionStore, redis_client: redis.Redis) -> None:
     succeed(store, "r1", "q1", "a1")
     assert claim_session(store, NewRun("r2", "chat", "q2", "s1")).held_by("r2")
@@ -105,7 +136,7 @@ def test_the_cache_off_reads_sql_every_step(store: SessionStore, redis_client: r
     reads.count = 0
     for _ in range(3):
         assert history.of(state) == [("q1", "a1")]
-    assert reads.count == 3 and not redis_client.exists(history_key("s1"))
+    assert reads.count == 3 and not redis_client.exists(*history_keys("s1"))
 
 
 def test_only_the_last_turns_are_shown_and_a_run_sees_none_that_started_after_it(
