@@ -20,6 +20,7 @@ from app.api.health import router as health_router
 from app.api.limits import BodyLimit, body_limit
 from app.api.models import EVENT_DATA
 from app.api.runs import router as runs_router
+from app.api.sessions import router as sessions_router
 from app.api.state import ApiState
 from app.celery_ext.context import context_of
 from app.config import Settings
@@ -81,6 +82,7 @@ def create_app(settings: Settings, celery: Celery | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(health_router)  # before any key: probes carry none
     app.include_router(runs_router)
+    app.include_router(sessions_router)
     inspector.install(app)  # pages, outside the OpenAPI document
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app

@@ -28,6 +28,7 @@ from app.errors import (
     NotDeadLetteredError,
     PayloadTooLargeError,
     QuarantinedMessageError,
+    SessionInUseError,
     StoreError,
     SubmitError,
     UnknownAgentError,
@@ -74,6 +75,8 @@ INVALID_REQUEST = Kind("invalid-request", "The request does not match its schema
 UNAVAILABLE = Kind("service-unavailable", "A service the API needs is unavailable", 503)
 NOT_FOUND = Kind("not-found", "No such resource", 404)
 RUN_NOT_FOUND = Kind("run-not-found", "No such run", 404)
+SESSION_NOT_FOUND = Kind("session-not-found", "No such session", 404)
+SESSION_IN_USE = Kind("session-in-use", "A run of the session is running", 409)
 BAD_REQUEST = Kind("bad-request", "Bad request", 400)
 NOT_DEAD_LETTERED = Kind("not-dead-lettered", "The run is not in the dead-letter queue", 409)
 NOTHING_TO_REPLAY = Kind("nothing-to-replay", "The dead letter has no run to replay", 409)
@@ -92,6 +95,7 @@ PROBLEMS: dict[type[Exception], Kind] = {
     BadCursorError: BAD_REQUEST,
     NotDeadLetteredError: NOT_DEAD_LETTERED,
     QuarantinedMessageError: NOTHING_TO_REPLAY,
+    SessionInUseError: SESSION_IN_USE,
     StoreError: UNAVAILABLE,
     redis.RedisError: UNAVAILABLE,
     OperationalError: UNAVAILABLE,  # kombu's: the broker refused a publish
@@ -184,8 +188,9 @@ _DESCRIPTIONS = {
     401: "No API key, or one unknown or revoked (with WWW-Authenticate: Bearer).",
     403: "The API key lacks the scope this route needs.",
     429: "The API key is over its rate limit; retry after Retry-After (seconds).",
-    404: "No such run.",
-    409: "The run is not dead-lettered, or its dead letter has no run to replay.",
+    404: "No such run (or session).",
+    409: "The run is not dead-lettered, or its dead letter has no run to replay; or the "
+    "session to delete has a running run.",
     413: "The run's input is larger than the agent type allows.",
     422: "The request does not match its schema, or submit() refused the run.",
     503: "Redis, the broker or the session store did not answer; retry after Retry-After.",

@@ -20,6 +20,7 @@ from app.api.app import create_app
 from app.celery_ext.app import create_celery
 from app.config import Settings
 from app.memory.api_keys import SCOPES, ApiKeyStore
+from app.memory.history import claim_session
 from app.memory.records import NewRun, RunStatus, StepKind, StepRecord
 from app.memory.sessions import SessionStore
 from app.tasks.relay import TokenRelay
@@ -71,6 +72,8 @@ def test_every_route_is_declared_and_every_declared_path_served(api: TestClient)
         ("/v1/runs/{run_id}", "get"),
         ("/v1/runs/{run_id}/events", "get"),
         ("/v1/runs/{run_id}/replay", "post"),
+        ("/v1/sessions/{session_id}", "get"),
+        ("/v1/sessions/{session_id}", "delete"),
     }
     schemes = doc["components"]["securitySchemes"]
     assert schemes["HTTPBearer"] == {
@@ -98,6 +101,9 @@ def test_real_responses_validate_against_their_declared_schemas(
     store.commit_step(
         "stored", step, final_answer={"ok": True}, new_run=NewRun("stored", "coder", "x")
     )
+    for session_id in ("chat", "busy"):
+        claim_session(store, NewRun(f"in-{session_id}", "coder", "x", session_id))
+    store.commit_step("in-chat", step, final_answer="a", session_id="chat")
     store.close()
     relay = TokenRelay(redis_client, Settings(_env_file=None).stream)
     relay.attempt("streamed", 0)
@@ -129,6 +135,13 @@ def test_real_responses_validate_against_their_declared_schemas(
             api.get("/v1/runs/streamed/events", headers={"Last-Event-ID": "step-0"}),
         ),
     ]
+    calls += [
+        ("/v1/sessions/{session_id}", "get", api.get("/v1/sessions/chat")),
+        ("/v1/sessions/{session_id}", "get", api.get("/v1/sessions/nothing")),
+        ("/v1/sessions/{session_id}", "delete", api.delete("/v1/sessions/busy")),
+        ("/v1/sessions/{session_id}", "delete", api.delete("/v1/sessions/chat")),
+        ("/v1/sessions/{session_id}", "delete", api.delete("/v1/sessions/chat")),
+    ]
     read_only = {"Authorization": f"Bearer {make_key(database_url, ('read',))}"}
     calls += [
         ("/v1/runs", "post", api.post("/v1/runs", json={}, headers={"Authorization": ""})),
@@ -148,7 +161,7 @@ def test_real_responses_validate_against_their_declared_schemas(
         media_type = response.headers["content-type"].split(";")[0]
         _validate(doc, declared["content"][media_type]["schema"], response.json())
         seen.add(response.status_code)
-    assert seen == {202, 413, 422, 200, 404, 400, 401, 403, 429}
+    assert seen == {202, 413, 422, 200, 404, 400, 401, 403, 409, 429}
 
     stream = doc["paths"]["/v1/runs/{run_id}/events"]["get"]["responses"]["200"]["content"]
     kinds = stream["text/event-stream"]["x-events"]
