@@ -93,3 +93,17 @@ def history_keys(session_id: str) -> tuple[str, str]:
         f"{KEY_PREFIX}session:{{{session_id}}}:history:version",
         f"{KEY_PREFIX}session:{{{session_id}}}:history",
     )
+
+
+def tool_cache_key(identity: str, part: str) -> str:
+    """Redis key of a deterministic tool call's cache (:mod:`app.memory.tool_cache`):
+    ``identity`` is ``<tool>:<version>:<arguments digest>``, ``part`` one of ``result``,
+    ``lock`` (the call in flight) and ``error`` (its failure, for its waiters only). The hash
+    tag keeps one call's keys in one cluster slot."""
+    return f"{KEY_PREFIX}toolcache:{{{identity}}}:{part}"
+
+
+def response_cache_key(digest: str) -> str:
+    """Redis key of a cached model reply (:mod:`app.memory.response_cache`): ``digest`` hashes
+    the backend, model, model version, rendered prompt and generation parameters."""
+    return f"{KEY_PREFIX}respcache:{digest}"

@@ -83,6 +83,18 @@ class AgentSpec(BaseModel):
         default=None, gt=0, description="max_tokens per model call (else settings.triton)."
     )
     temperature: float | None = Field(default=None, ge=0, description="Sampling temperature.")
+    response_cache: bool = Field(
+        default=False,
+        description="Answer a model call from the response cache when an identical one was "
+        "made before (same backend, model and version, prompt and parameters); used only with "
+        "an explicit temperature 0, and while AGENTQ_CACHE__RESPONSES is on (docs/caches.md).",
+    )
+    model_version: str | None = Field(
+        default=None,
+        description="Version of the model, part of the response cache's key (change it when "
+        "the model changes); None: the version the server reports (Triton's model metadata, "
+        "an OpenAI-compatible server's last reply).",
+    )
     queue: str | None = Field(default=None, description="Queue override (default agent.<name>).")
     max_replicas: int | None = Field(
         default=None,

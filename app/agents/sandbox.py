@@ -86,6 +86,10 @@ class ToolSandbox:
             return self.processes.call(spec, args, ctx, deadline_s)
         return self.threads.call(spec.name, lambda: spec.invoke(values, ctx), deadline_s)
 
+    def is_mcp(self, name: str) -> bool:
+        """Whether ``name`` is a tool of an MCP server (whose results are not cached)."""
+        return self.mcp is not None and name in self.mcp
+
     def mcp_schemas(self, servers: tuple[McpServer, ...]) -> tuple[ToolSchema, ...]:
         """The tools listed by ``servers`` (an agent's MCP servers), as the model is told."""
         if self.mcp is None or not servers:

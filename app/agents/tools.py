@@ -69,6 +69,7 @@ class ToolSpec:
     deterministic: bool = False  # same arguments, same result: results may be cached
     side_effects: bool = False  # changes the world: shadow runs call it in dry-run mode
     version: str = "1"  # bump when results change meaning (cached results are per version)
+    cache_ttl_s: int | None = None  # how long its cached results live (None: cache.tool_ttl_s)
 
     def schema(self) -> ToolSchema:
         """The tool as the model is told of it."""
@@ -128,6 +129,7 @@ def tool(
     side_effects: bool = False,
     version: str = "1",
     description: str | None = None,
+    cache_ttl_s: int | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -141,6 +143,7 @@ def tool(
     side_effects: bool = False,
     version: str = "1",
     description: str | None = None,
+    cache_ttl_s: int | None = None,
 ) -> Any:
     """Register a function as a tool: ``@tool`` (named after the function) or
     ``@tool("name", ...)``; the function is returned unchanged.
@@ -149,7 +152,9 @@ def tool(
     tool runs in a subprocess killed at its deadline, so its module must be importable there
     (see :mod:`app.agents.sandbox`). ``deterministic``: its results may be cached across runs;
     ``side_effects``: shadow runs call it in dry-run mode; ``version`` names its behaviour
-    (change it when results change). ``description`` replaces the docstring's first paragraph.
+    (change it when results change; cached results are per version); ``cache_ttl_s``: how long
+    a deterministic tool's cached results live (default ``AGENTQ_CACHE__TOOL_TTL_S``; see
+    :mod:`app.memory.tool_cache`). ``description`` replaces the docstring's first paragraph.
     A bad declaration, or another function under a taken name, is a
     :class:`ConfigurationError`.
     """
@@ -157,6 +162,10 @@ def tool(
         return tool()(name)
     if deadline_s is not None and deadline_s <= 0:
         raise ConfigurationError(f"tool {name!r}: deadline_s must be positive, not {deadline_s}")
+    if cache_ttl_s is not None and cache_ttl_s <= 0:
+        raise ConfigurationError(
+            f"tool {name!r}: cache_ttl_s must be a positive number of seconds, not {cache_ttl_s}"
+        )
 
     def register(fn: F) -> F:
         named = name or fn.__name__
@@ -182,6 +191,7 @@ def tool(
             deterministic=deterministic,
             side_effects=side_effects,
             version=version,
+            cache_ttl_s=cache_ttl_s,
         )
         return fn
 

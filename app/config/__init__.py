@@ -37,6 +37,7 @@ from app.config.inference import (
 from app.config.paths import REPO_ROOT
 from app.config.sections import (
     ApiSettings,
+    CacheSettings,
     DeploySettings,
     DurabilitySettings,
     ExporterSettings,
@@ -54,6 +55,7 @@ from app.errors import ConfigurationError
 __all__ = [
     "REPO_ROOT",
     "ApiSettings",
+    "CacheSettings",
     "DeploySettings",
     "DurabilitySettings",
     "ExporterSettings",
@@ -229,6 +231,7 @@ class Settings(BaseSettings):
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     durability: DurabilitySettings = Field(default_factory=DurabilitySettings)
     sessions: SessionSettings = Field(default_factory=SessionSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="Log lines of workers, the exporter and Flower: Celery's text, or one JSON "

@@ -484,3 +484,45 @@ class DeploySettings(BaseModel):
 
 # Settings that may hold a secret: each may also come from the file named by
 # AGENTQ_<NAME>_FILE (Docker and Kubernetes secrets), e.g. AGENTQ_REDIS_PASSWORD_FILE.
+
+
+class CacheSettings(BaseModel):
+    """Caches that save model and tool cost: deterministic tools' results and deterministic
+    model replies, in Redis (see docs/caches.md)."""
+
+    tools: bool = Field(
+        default=True,
+        description="Cache the successful results of tools declared deterministic, shared by "
+        "every run and worker, with single-flight (identical calls at once run the tool once).",
+    )
+    tool_ttl_s: int = Field(
+        default=3600,
+        gt=0,
+        description="How long a cached tool result lives (a tool may declare its own cache_ttl_s).",
+    )
+    tool_wait_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Longest a call waits for an identical call in flight elsewhere before it "
+        "runs the tool itself (default: the tool's deadline plus lock_margin_s).",
+    )
+    lock_margin_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Added to a tool's deadline for the lock of the call in flight: a lock whose "
+        "owner died expires this long after the call would have been abandoned.",
+    )
+    responses: bool = Field(
+        default=True,
+        description="Allow the response cache of agents that turn it on (AgentSpec "
+        "response_cache, used only at temperature 0); false: off for every agent.",
+    )
+    response_ttl_s: int = Field(
+        default=86_400, gt=0, description="How long a cached model reply lives."
+    )
+    version_check_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a worker trusts the model version it learned (Triton's model "
+        "metadata; an OpenAI-compatible server's last reply) before it asks again.",
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from app.inference.chat import (
     ChatRequest,
@@ -27,6 +27,7 @@ __all__ = [
     "Route",
     "ToolCall",
     "ToolSchema",
+    "Versioned",
     "count_tokens",
 ]
 
@@ -82,4 +83,19 @@ class InferenceBackend(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class Versioned(Protocol):
+    """A backend that can say what identifies a reply, for the response cache
+    (:mod:`app.memory.response_cache`)."""
+
+    def cache_identity(self, request: ChatRequest) -> tuple[str, str]:
+        """The model serving ``request`` and the text it is sent, as the server reads it."""
+        ...
+
+    def model_version(self, request: ChatRequest) -> str | None:
+        """The version of the model(s) serving ``request`` as the server reports it now;
+        None when it does not say."""
         ...

@@ -170,6 +170,7 @@ class Completion:
     replica: str
     tool_calls: tuple[ToolCall, ...] = ()
     counted: Counted = "estimate"
+    model_version: str = ""  # the version the server says answered ("": it did not say)
 
 
 @dataclass(frozen=True, slots=True)

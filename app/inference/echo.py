@@ -44,6 +44,14 @@ class EchoBackend:
     ) -> Iterator[Delta]:
         yield Delta(echo_reply(request))
 
+    def cache_identity(self, request: ChatRequest) -> tuple[str, str]:
+        """The reply depends on the messages only."""
+        return self.name, echo_reply(request)
+
+    def model_version(self, request: ChatRequest) -> str | None:
+        """Echo never changes."""
+        return "1"
+
     def health(self) -> bool:
         return True
 

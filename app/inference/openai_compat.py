@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Collection, Generator
+from typing import Any
 
 import httpx
 
@@ -160,6 +161,7 @@ class OpenAICompatBackend:
             replica=self.base_url,
             tool_calls=reply.tool_calls,
             counted=counted,
+            model_version=_answered_version(data),
         )
 
     def _counts(
@@ -285,6 +287,17 @@ class OpenAICompatBackend:
         served = self._served_models()
         return wanted if served is None else [m for m in wanted if m not in served]
 
+    def cache_identity(self, request: ChatRequest) -> tuple[str, str]:
+        """The model serving ``request`` and what it is sent: the request body's canonical
+        JSON (messages, tools, tool_choice, sampling fields)."""
+        body = request_body(self.model, request, stream=False)
+        return body["model"], json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+    def model_version(self, request: ChatRequest) -> str | None:
+        """None: ``GET /models`` names models, not their versions; the response cache learns
+        the version from the replies (:func:`_answered_version`)."""
+        return None
+
     def health(self) -> bool:
         """True when ``GET /models`` answers 200 with a model list.
 
@@ -297,3 +310,12 @@ class OpenAICompatBackend:
         """Close the HTTP client if this backend created it."""
         if self._owns_client:
             self._client.close()
+
+
+def _answered_version(data: Any) -> str:
+    """The version a reply says answered it: the model it names (OpenAI names the dated
+    snapshot behind an alias) and its ``system_fingerprint`` (the serving configuration)."""
+    if not isinstance(data, dict):
+        return ""
+    model, fingerprint = data.get("model"), data.get("system_fingerprint")
+    return f"{model or ''}/{fingerprint or ''}" if model or fingerprint else ""

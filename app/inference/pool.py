@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 from app.config import InferenceSettings, Strategy
 from app.errors import InferenceError, InferenceUnavailableError, NoReplicaAvailableError
-from app.inference.backend import ChatRequest, Completion, Delta, InferenceBackend, Route
+from app.inference.backend import (
+    ChatRequest,
+    Completion,
+    Delta,
+    InferenceBackend,
+    Route,
+    Versioned,
+)
 from app.inference.breaker import CircuitBreaker
 from app.inference.engine_metrics import parse_engine_metrics
 from app.inference.prefix import PrefixIndex, chain_hashes
@@ -330,6 +337,26 @@ class ReplicaPool:
             self._release(replica, available=True)
 
         return end
+
+    def cache_identity(self, request: ChatRequest) -> tuple[str, str]:
+        """What identifies ``request``'s reply (the replicas serve the same models):
+        :class:`ValueError` when the replicas cannot say."""
+        backend = self.replicas[0].backend
+        if not isinstance(backend, Versioned):
+            raise ValueError(f"{self.kind} replicas cannot identify a request")
+        return backend.cache_identity(request)
+
+    def model_version(self, request: ChatRequest) -> str | None:
+        """Every version the replicas serve (``|``-joined: while a new version rolls out the
+        value changes); None when one does not say."""
+        versions = set()
+        for replica in self.replicas:
+            backend = replica.backend
+            version = backend.model_version(request) if isinstance(backend, Versioned) else None
+            if version is None:
+                return None
+            versions.add(version)
+        return "|".join(sorted(versions))
 
     def health(self) -> bool:
         """True when at least one replica's breaker is closed and it answers ready."""

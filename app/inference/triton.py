@@ -134,6 +134,11 @@ def _callback_error(replies: queue.Queue[tuple[Any, Any]]) -> InferenceServerExc
         return None
 
 
+def _version_order(version: str) -> tuple[int, str]:
+    """Triton's model versions are numbers: ``10`` is newer than ``9``."""
+    return (int(version), "") if version.isdigit() else (-1, version)
+
+
 def _is_final(result: grpcclient.InferResult) -> bool:
     param = result.get_response().parameters.get("triton_final_response")
     return bool(param is not None and param.bool_param)
@@ -275,6 +280,7 @@ class TritonBackend:
             replica=self.url,
             tool_calls=calls,
             counted=counted,
+            model_version=str(result.get_response().model_version or ""),
         )
 
     def stream(
@@ -353,6 +359,28 @@ class TritonBackend:
                 client.stop_stream(cancel_requests=not finished)
             with contextlib.suppress(InferenceServerException):
                 client.close()
+
+    def cache_identity(self, request: ChatRequest) -> tuple[str, str]:
+        """The model serving ``request`` and what it is sent: the template-rendered prompt and
+        the guide of guided decoding."""
+        call = self._prepare(request)
+        guide = "" if call.guide is None else "\n".join(call.guide)
+        return self.unary_model(request), f"{call.prompt}\0{guide}"
+
+    def model_version(self, request: ChatRequest) -> str | None:
+        """The newest version (the one Triton's default policy serves) of the model serving
+        ``request`` unary and of the one streaming it, as ``<unary>/<stream>`` from their
+        metadata; None when the server does not answer."""
+        try:
+            client, timeout = self._client(), self._probe_timeout()
+            versions = [
+                client.get_model_metadata(model, client_timeout=timeout).versions
+                for model in (self.unary_model(request), self.streaming_model(request))
+            ]
+        except Exception:  # a probe answers; it never raises
+            self._drop_client()
+            return None
+        return "/".join(max(v, key=_version_order, default="") for v in versions)
 
     def health(self) -> bool:
         """Server ready and the default models ready; False on any error."""

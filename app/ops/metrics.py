@@ -110,6 +110,19 @@ TOOL_CALLS_ABANDONED = Counter(
     "Tool calls past their deadline: abandoned in their thread or their subprocess killed.",
     ["tool"],
 )
+# outcome: hit, miss (ran it), waited (an identical call's result), takeover (its owner
+# died: ran it), wait_timeout (waited too long: ran it); app.memory.tool_cache.
+TOOL_CACHE = Counter(
+    "agentq_tool_cache_total",
+    "Calls of deterministic tools through the tool-result cache, by outcome.",
+    ["tool", "outcome"],
+)
+# outcome: hit, miss, unversioned (no model version known yet: not looked up).
+RESPONSE_CACHE = Counter(
+    "agentq_response_cache_total",
+    "Model calls of agents with the response cache on, by outcome.",
+    ["agent", "outcome"],
+)
 STEP_RETRIES = Counter(
     "agentq_step_retries_total", "Steps handed back to the queue for a retry.", ["agent", "reason"]
 )
@@ -296,6 +309,16 @@ def tool_call(agent: str, tool: str, cached: bool, error: bool) -> None:
         TOOL_RESULTS_REUSED.labels(agent, tool).inc()
     if error:
         TOOL_ERRORS.labels(agent, tool).inc()
+
+
+def tool_cache(tool: str, outcome: str) -> None:
+    """A deterministic tool's call through the tool-result cache, and how it was answered."""
+    TOOL_CACHE.labels(label(tool), outcome).inc()
+
+
+def response_cache(agent: str, outcome: str) -> None:
+    """A model call through the response cache, and whether it was answered from it."""
+    RESPONSE_CACHE.labels(label(agent), outcome).inc()
 
 
 def tool_abandoned(tool: str) -> None:

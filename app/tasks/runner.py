@@ -45,7 +45,9 @@ from app.inference.chat import Counted
 from app.inference.templates import repair_message
 from app.memory.history import SessionHistory, claim_session
 from app.memory.records import CallRecord, ErrorType, RunStatus, StepDraft, StepKind
+from app.memory.response_cache import ResponseCache
 from app.memory.sessions import NO_ANSWER, NewRun, RunState, SessionStore, StepRecord
+from app.memory.tool_cache import ToolCache
 from app.ops import metrics, tracing
 from app.tasks import verdict
 from app.tasks.leases import HeldLeases, RunLease
@@ -88,6 +90,8 @@ class StepRunner:
         self._budgets: dict[tuple[str, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
         self._tool_schemas: dict[str, tuple[ToolSchema, ...]] = {}
         self.token_counters = tokens.counters(settings)
+        self.tool_cache = ToolCache(redis, settings.cache) if settings.cache.tools else None
+        self.responses = ResponseCache(redis, settings.cache)
 
     def run_step(self, msg: StepMessage, *, keep_lease: bool = False) -> StepResult:
         """Execute ``msg`` once under the run's lease, or say why not.
@@ -450,6 +454,23 @@ class StepRunner:
     def _infer(
         self, spec: AgentSpec, msg: StepMessage, request: ChatRequest, session_id: str | None
     ) -> Completion:
+        """The model's reply, from the response cache when the agent uses it (a streamed run
+        gets a cached reply's text relayed in one piece)."""
+        if not self.responses.applies(spec):
+            return self._generate(spec, msg, request, session_id)
+        backend = self.backends[spec.backend]
+        completion, cached = self.responses.answer(
+            spec, backend, request, lambda: self._generate(spec, msg, request, session_id)
+        )
+        if cached and msg.stream:
+            self.relay.attempt(msg.run_id, msg.step)
+            if completion.text:
+                self.relay.token(msg.run_id, msg.step, completion.text)
+        return completion
+
+    def _generate(
+        self, spec: AgentSpec, msg: StepMessage, request: ChatRequest, session_id: str | None
+    ) -> Completion:
         backend = self.backends[spec.backend]
         route = Route(session_id, self.settings.inference.strategy_for(spec.name))
         if not msg.stream:
@@ -509,7 +530,7 @@ class StepRunner:
         )
         try:
             with tracing.span("agentq.tool_call", tool=call.name):
-                result, failed = self.tools.call(call.name, call.args, ctx), False
+                result, failed = self._tool_result(call, ctx), False
         except ToolError as exc:
             result, failed = {"error": str(exc)}, True
         kept = bounded(result, self.settings.limits.tool_result_max_bytes)
@@ -517,6 +538,20 @@ class StepRunner:
         self.store.keep_result(msg.run_id, msg.step, call.id, result, error=failed)
         metrics.tool_call(spec.name, call.name, cached=False, error=failed)
         return result, failed
+
+    def _tool_result(self, call: ToolCall, ctx: ToolContext) -> Any:
+        """The call's result: through the tool cache for a deterministic tool (not an MCP
+        server's), else made by the sandbox."""
+        spec, cache = TOOLS.get(call.name), self.tool_cache
+        if cache is None or spec is None or not spec.deterministic or self.tools.is_mcp(call.name):
+            return self.tools.call(call.name, call.args, ctx)
+        deadline_s = spec.deadline_s or self.settings.limits.tool_timeout_s
+        return cache.call(
+            spec,
+            spec.validate(call.args),
+            deadline_s,
+            lambda: self.tools.call(call.name, call.args, ctx),
+        )
 
     def _fail(
         self,
