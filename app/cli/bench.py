@@ -219,3 +219,21 @@ def bench_api(rates: str, seconds: float, streams: int, words: int, out: str | N
     if not offered or min(offered) <= 0:
         raise click.BadParameter("give one or more rates above 0", param_hint="--rates")
     sys.exit(run_api(Plan(offered, seconds, streams, words), out, console))
+
+
+@bench.command("caches")
+@click.option("--calls", type=click.IntRange(2), default=100, show_default=True,
+              help="Identical tool calls at once, over two worker processes.")  # fmt: skip
+@click.option("--tool-s", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="How long one execution of the slow tool takes.")  # fmt: skip
+@click.option("--samples", type=click.IntRange(1), default=20, show_default=True,
+              help="Model calls and cache hits timed per model.")  # fmt: skip
+@click.option("--out", type=click.Path(), default=None, help="JSON results file.")
+def bench_caches(calls: int, tool_s: float, samples: int, out: str | None) -> None:
+    """Single-flight (identical tool calls from two processes: executions, time) with and
+    without the tool cache, and a response-cache hit beside the model call it replaces."""
+    _bench_checkout("caches.py")
+    from bench.caches import Plan
+    from bench.caches import main as run_caches
+
+    sys.exit(run_caches(Plan(calls=calls, tool_s=tool_s, samples=samples), out, console))
