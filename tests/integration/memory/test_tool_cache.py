@@ -15,12 +15,16 @@ from typing import Any
 
 import pytest
 
+from app.agents.registry import AgentRegistry, AgentSpec
 from app.agents.tools import ToolContext, tool_spec
 from app.config.sections import CacheSettings
 from app.constants import tool_cache_key
 from app.errors import ToolError
+from app.inference.factory import build_pools
 from app.memory.tool_cache import ToolCache, call_identity
+from app.tasks.runner import Outcome, StepMessage, StepRunner
 from bench import cache_tools
+from tests.fixtures import steps as recorded
 from tests.fixtures.waiting import wait_for
 
 SPEC = tool_spec(cache_tools.TOOL)
@@ -140,3 +144,24 @@ def test_a_failure_is_raised_and_not_kept_for_later_calls(redis_client):
     assert len(calls) == 2
     assert cache.call(SPEC, values, 1.0, lambda: "fine") == "fine"
     assert cache.call(SPEC, values, 1.0, failing) == "fine"
+
+
+@pytest.mark.parametrize(("tools_cached", "expected"), [(True, 1), (False, 2)])
+def test_two_runs_share_a_deterministic_tools_result_each_step_keeping_it(
+    redis_client, store, settings, tools_cached, expected
+):
+    settings = settings.model_copy(update={"cache": CacheSettings(tools=tools_cached)})
+    spec = AgentSpec(name="prober", tools=(cache_tools.TOOL,), max_steps=3)
+    pools = build_pools(settings, kinds=["triton"])
+    runner = StepRunner(settings, AgentRegistry([spec]), store, redis_client, pools, "w1")
+    prompt = f'look [tool:{cache_tools.TOOL} {{"city": "Paris"}}]'
+    try:
+        for run_id in ("run-1", "run-2"):
+            step = runner.run_step(StepMessage(run_id, spec.name, 0, prompt))
+            assert step.outcome is Outcome.NEXT
+    finally:
+        for pool in pools.values():
+            pool.close()
+    kept = [recorded.result(store.load_run(r).steps[0]) for r in ("run-1", "run-2")]
+    assert kept == [{"city": "Paris", "days": 3, "forecast": "sunny"}] * 2
+    assert executions(redis_client) == expected
