@@ -546,6 +546,8 @@ class StepRunner:
         if cache is None or spec is None or not spec.deterministic or self.tools.is_mcp(call.name):
             return self.tools.call(call.name, call.args, ctx)
         deadline_s = spec.deadline_s or self.settings.limits.tool_timeout_s
+        if spec.cpu_heavy:  # it may wait its deadline for a tool process, then run as long
+            deadline_s *= 2
         return cache.call(
             spec,
             spec.validate(call.args),
