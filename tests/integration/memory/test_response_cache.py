@@ -15,9 +15,11 @@ from app.constants import stream_key
 from app.inference.backend import ChatRequest, GenerationParams
 from app.inference.echo import EchoBackend
 from app.inference.factory import build_pools
+from app.inference.openai_compat import OpenAICompatBackend
 from app.local.triton import TritonServer, install_triton
 from app.memory.response_cache import CACHED_REPLICA, ResponseCache
 from app.tasks.runner import Outcome, StepMessage, StepRunner
+from tests.fixtures.openai_server import OpenAIServer
 from tests.fixtures.triton import served_counts
 
 DETERMINISTIC = AgentSpec(name="det", temperature=0, response_cache=True)
@@ -130,3 +132,26 @@ def test_a_runner_answers_a_repeated_run_from_the_cache_and_relays_it(
     assert second.steps[0].replica == CACHED_REPLICA
     relayed = b"".join(b"".join(f.values()) for _, f in redis_client.xrange(stream_key("run-2")))
     assert b"same input" in relayed
+
+
+def test_an_openai_compatible_servers_version_is_learned_from_its_replies(redis_client):
+    now = [0.0]
+    cache = ResponseCache(redis_client, CacheSettings(version_check_s=30), clock=lambda: now[0])
+    spec = AgentSpec(name="det-openai", backend="openai", temperature=0, response_cache=True)
+    request = ask()
+    with OpenAIServer() as server:
+        backend = OpenAICompatBackend(server.base_url, server.model, timeout_s=30)
+        try:
+
+            def hit() -> bool:
+                return cache.answer(spec, backend, request, lambda: backend.generate(request))[1]
+
+            assert not hit()  # no version known yet: called, its reply's version learned
+            assert hit()
+            assert len(server.requests) == 1
+            now[0] = 31.0  # the learned version is stale: asked again (the server is called)
+            assert not hit()
+            assert hit()
+            assert len(server.requests) == 2
+        finally:
+            backend.close()
