@@ -129,7 +129,7 @@ def run(plan: Plan, tmp: Path, console: Any) -> dict[str, Any]:
             "cache": tool_side(server.url, plan, cached=True),
             "no_cache": tool_side(server.url, plan, cached=False),
         }
-        replies = []
+        replies: list[dict[str, Any]] = []
         home = install_triton(Settings().triton.home)
         repos = {"scripted": Settings().triton.model_repository}
         try:
