@@ -25,24 +25,17 @@ from app.errors import (
     InferenceUnavailableError,
     NoSuchRunError,
     SubmitError,
-    ToolCallParseError,
     ToolError,
 )
 from app.inference import tokens
 from app.inference.backend import (
     ChatRequest,
-    Completion,
-    Delta,
     GenerationParams,
     InferenceBackend,
-    Message,
-    Route,
     ToolCall,
     ToolSchema,
-    count_tokens,
 )
 from app.inference.chat import Counted
-from app.inference.templates import repair_message
 from app.memory.history import SessionHistory, claim_session
 from app.memory.records import CallRecord, ErrorType, RunStatus, StepDraft, StepKind
 from app.memory.response_cache import ResponseCache
@@ -51,6 +44,7 @@ from app.memory.tool_cache import ToolCache
 from app.ops import metrics, tracing
 from app.tasks import verdict
 from app.tasks.leases import HeldLeases, RunLease
+from app.tasks.model_calls import ModelCalls
 from app.tasks.relay import TokenRelay
 from app.tasks.steps import Outcome, StepMessage, StepResult, usage
 from app.tasks.verdict import Verdict
@@ -81,7 +75,6 @@ class StepRunner:
         self.registry = registry
         self.store = store
         self.redis = redis
-        self.backends = backends
         self.leases = HeldLeases(RunLease(redis), worker_name)
         self.history = SessionHistory(store, redis, settings.sessions)
         self.relay = TokenRelay(redis, settings.stream)
@@ -89,9 +82,11 @@ class StepRunner:
         self.worker_name = worker_name
         self._budgets: dict[tuple[str, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
         self._tool_schemas: dict[str, tuple[ToolSchema, ...]] = {}
-        self.token_counters = tokens.counters(settings)
         self.tool_cache = ToolCache(redis, settings.cache) if settings.cache.tools else None
-        self.responses = ResponseCache(redis, settings.cache)
+        self.model = ModelCalls(
+            settings, backends, self.relay, ResponseCache(redis, settings.cache),
+            tokens.counters(settings),
+        )  # fmt: skip
 
     def run_step(self, msg: StepMessage, *, keep_lease: bool = False) -> StepResult:
         """Execute ``msg`` once under the run's lease, or say why not.
@@ -239,11 +234,13 @@ class StepRunner:
         counted: Counted = "estimate"
         if reply is None:
             request = self._request(spec, state, new_run)
-            stop = verdict.before_call(budget, used, self._prompt_tokens(spec, request, budget))
+            stop = verdict.before_call(
+                budget, used, self.model.prompt_tokens(spec, request, budget)
+            )
             if stop is not None:
                 return self._fail(msg, stop, state, new_run, deferred)
             try:
-                completion = self._model_call(spec, msg, request, state.session_id)
+                completion = self.model.reply(spec, msg, request, state.session_id)
             except InferenceUnavailableError:
                 raise  # the task retries the step later; nothing was committed
             except InferenceError as exc:
@@ -263,7 +260,7 @@ class StepRunner:
             counted = completion.counted
         drafted = state.draft is not None
         if drafted:
-            counted = self._kept_counted(spec)
+            counted = self.model.kept_counted(spec)
         step = _Step(
             spec, msg, state, new_run, deferred, reply, drafted, fresh=not drafted, counted=counted
         )
@@ -347,55 +344,6 @@ class StepRunner:
         # Not kept: a server reached after start lists its tools then.
         return schemas + self.tools.mcp_schemas(spec.mcp_servers)
 
-    def _model_call(
-        self, spec: AgentSpec, msg: StepMessage, request: ChatRequest, session_id: str | None
-    ) -> Completion:
-        """The model's reply to ``request``, traced (and relayed when the run streams).
-
-        A reply whose tool call does not parse gets one repair turn in the same step: the
-        model is asked again with its reply and what was wrong; a second bad reply raises
-        the ToolCallParseError (the run fails with its reason)."""
-        try:
-            return self._traced_call(spec, msg, request, session_id)
-        except ToolCallParseError as exc:
-            bad = (Message("assistant", exc.reply), repair_message(exc.reason))
-            repair = replace(request, messages=request.messages + bad)
-            return self._traced_call(spec, msg, repair, session_id)
-
-    def _traced_call(
-        self, spec: AgentSpec, msg: StepMessage, request: ChatRequest, session_id: str | None
-    ) -> Completion:
-        with tracing.span("agentq.model_call", None, "client", backend=spec.backend) as span:
-            completion = self._infer(spec, msg, request, session_id)
-            span.set(
-                replica=completion.replica,
-                tokens_in=completion.tokens_in,
-                tokens_out=completion.tokens_out,
-                tokens_counted=completion.counted,
-            )
-        return completion
-
-    def _prompt_tokens(self, spec: AgentSpec, request: ChatRequest, budget: Budget) -> int:
-        """The conversation's tokens before the call (the budget's check): counted with the
-        agent's model's tokenizer when it has one, else estimated."""
-        if budget.max_tokens_in is None:
-            return 0  # nothing to check them against: not counted twice per call
-        counter = self.token_counters.get(spec.backend)
-        if counter is None:
-            return request.estimated_tokens()
-        return counter.request_tokens(request)[0]
-
-    def _kept_counted(self, spec: AgentSpec) -> Counted:
-        """How the reply an earlier delivery kept was counted (a draft does not say): as the
-        agent's backend counts, the server's usage on OpenAI, else the model's tokenizer."""
-        counter = self.token_counters.get(spec.backend)
-        if counter is None:
-            return "estimate"
-        if spec.backend == "openai":
-            return "server"
-        has_tokenizer = counter.tokenizer(spec.model or counter.default_model or "") is not None
-        return "tokenizer" if has_tokenizer else "estimate"
-
     def _lease_for_tool(self, msg: StepMessage, unleased: _Hold) -> StepResult | None:
         """Take the lease a deferred step needs before its tool call; the step's result
         instead when a copy of this message holds the run or has committed the step."""
@@ -450,52 +398,6 @@ class StepRunner:
         if decided.status is RunStatus.SUCCEEDED:
             return StepResult(Outcome.DONE, answer=decided.answer)
         return StepResult(Outcome.FAILED, reason=decided.reason, error_type=decided.error_type)
-
-    def _infer(
-        self, spec: AgentSpec, msg: StepMessage, request: ChatRequest, session_id: str | None
-    ) -> Completion:
-        """The model's reply, from the response cache when the agent uses it (a streamed run
-        gets a cached reply's text relayed in one piece)."""
-        if not self.responses.applies(spec):
-            return self._generate(spec, msg, request, session_id)
-        backend = self.backends[spec.backend]
-        completion, cached = self.responses.answer(
-            spec, backend, request, lambda: self._generate(spec, msg, request, session_id)
-        )
-        if cached and msg.stream:
-            self.relay.attempt(msg.run_id, msg.step)
-            if completion.text:
-                self.relay.token(msg.run_id, msg.step, completion.text)
-        return completion
-
-    def _generate(
-        self, spec: AgentSpec, msg: StepMessage, request: ChatRequest, session_id: str | None
-    ) -> Completion:
-        backend = self.backends[spec.backend]
-        route = Route(session_id, self.settings.inference.strategy_for(spec.name))
-        if not msg.stream:
-            return backend.generate(request, route=route)
-        started = time.perf_counter()
-        self.relay.attempt(msg.run_id, msg.step)
-        pieces: list[str] = []
-        calls: tuple[ToolCall, ...] = ()
-        counts = Delta()
-        replica: str = spec.backend  # a replica pool names the server on the first piece
-        for delta in backend.stream(request, route=route):
-            if delta.text:
-                pieces.append(delta.text)
-                self.relay.token(msg.run_id, msg.step, delta.text)
-            calls = delta.tool_calls or calls
-            replica = delta.replica or replica
-            if delta.counted is not None:  # the stream's counts (server or tokenizer)
-                counts = delta
-        text = "".join(pieces)
-        latency = time.perf_counter() - started
-        if counts.counted is None:  # a stream that does not count its tokens (echo)
-            tokens_in, tokens_out = request.estimated_tokens(), count_tokens(text)
-            return Completion(text, tokens_in, tokens_out, latency, replica, calls)
-        tokens_in, tokens_out = counts.tokens_in or 0, counts.tokens_out or 0
-        return Completion(text, tokens_in, tokens_out, latency, replica, calls, counts.counted)
 
     def _make_calls(
         self, spec: AgentSpec, msg: StepMessage, decided: Verdict, reply: StepDraft
