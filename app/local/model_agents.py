@@ -19,10 +19,12 @@ and decides when to answer; the agents, tools and worker stay the same.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from app.agents.registry import Agent
-from app.agents.tools import ToolContext, tool, word_count
+from app.agents.tools import ToolContext, tool
 
 
 @tool("arithmetic", deterministic=True)
@@ -45,6 +47,19 @@ def arithmetic(
     return int(value) if float(value).is_integer() else round(value, 6)
 
 
+@tool("count_words", deterministic=True)
+def count_words(ctx: ToolContext, text: Annotated[str, Field(max_length=160)]) -> int:
+    """Count the whitespace-separated words of a text.
+
+    Args:
+        text: The text to count, copied from the question.
+    """
+    # The length bound is the model's as much as the tool's: guided decoding closes the
+    # string by 160 characters, where a small model copying a sentence may run on until its
+    # reply budget cuts the call off.
+    return len(text.split())
+
+
 MATH = Agent(
     "math",
     system_prompt="You answer arithmetic questions. Use the tool, then state the result.",
@@ -57,7 +72,7 @@ MATH = Agent(
 WORDS = Agent(
     "words",
     system_prompt="You count the words of texts. Use the tool, then state the count.",
-    tools=[word_count],
+    tools=[count_words],
     tool_choice=("required", "none"),
     temperature=0.0,
     max_tokens=96,

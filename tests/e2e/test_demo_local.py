@@ -26,7 +26,7 @@ def test_the_local_demo_shows_the_models_calls_their_results_and_answers(tmp_pat
     # Every run's first reply is a schema-valid call the worker made: the transcript shows the
     # model's arguments and the tool's result for each agent's tool.
     assert re.search(r'arithmetic\(a=[-0-9.]+, op="[-+*/]", b=[-0-9.]+\)', out.stdout)
-    assert re.search(r'word_count\(text="[^"]+', out.stdout)
+    assert re.search(r'count_words\(text="[^"]+', out.stdout)
     assert "they make up the run's answer: yes" in out.stdout
     assert "everything stopped" in out.stdout
     assert list(tmp_path.iterdir()) == []  # nothing left in the working folder
