@@ -107,3 +107,10 @@ def response_cache_key(digest: str) -> str:
     """Redis key of a cached model reply (:mod:`app.memory.response_cache`): ``digest`` hashes
     the backend, model, model version, rendered prompt and generation parameters."""
     return f"{KEY_PREFIX}respcache:{digest}"
+
+
+PRUNED_ROWS = f"{KEY_PREFIX}pruned:rows"
+"""Redis hash of rows `agentq maintenance prune` deleted: JSON [agent, table] -> count, ever
+growing (the exporter serves it as a counter; app.ops.pruned)."""
+PRUNED_LAST_PASS = f"{KEY_PREFIX}pruned:last"
+"""Redis key: Unix time of the last prune pass that finished (app.ops.pruned)."""

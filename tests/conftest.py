@@ -28,6 +28,7 @@ pytest_plugins = [
     "tests.fixtures.sentinel",
     "tests.fixtures.llama_server",
     "tests.fixtures.llm",
+    "tests.fixtures.retention",
 ]
 
 

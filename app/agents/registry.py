@@ -35,7 +35,7 @@ from pydantic import (
 from app.agents.guardrails import Budget, Validator, ValidatorSpec, build_validators
 from app.agents.mcp_servers import McpServer
 from app.agents.tools import tool_name
-from app.config import LimitSettings
+from app.config import AgentRetention, LimitSettings
 from app.constants import QUEUE_PREFIX
 from app.errors import ConfigurationError, InvalidInputError, UnknownAgentError
 from app.inference.chat import AUTO, NONE, REQUIRED
@@ -118,6 +118,11 @@ class AgentSpec(BaseModel):
     output_validators: tuple[ValidatorSpec, ...] = Field(
         default=(),
         description="Checks on the final answer before it is returned, e.g. json_schema.",
+    )
+    retention: AgentRetention = Field(
+        default_factory=AgentRetention,
+        description="How long its finished runs and idle sessions are kept (max_age_days, "
+        "max_runs, session_idle_days; unset ones: settings.retention; docs/retention.md).",
     )
 
     @field_validator("tools", mode="before")

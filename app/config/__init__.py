@@ -36,6 +36,7 @@ from app.config.inference import (
 )
 from app.config.paths import REPO_ROOT
 from app.config.sections import (
+    AgentRetention,
     ApiSettings,
     CacheSettings,
     DeploySettings,
@@ -45,6 +46,7 @@ from app.config.sections import (
     HealthSettings,
     LimitSettings,
     RedisTLSSettings,
+    RetentionSettings,
     SessionSettings,
     TracingSettings,
     WorkerSettings,
@@ -54,6 +56,7 @@ from app.errors import ConfigurationError
 
 __all__ = [
     "REPO_ROOT",
+    "AgentRetention",
     "ApiSettings",
     "CacheSettings",
     "DeploySettings",
@@ -66,6 +69,7 @@ __all__ = [
     "OpenAISettings",
     "RedisTLSSettings",
     "ReplicaSettings",
+    "RetentionSettings",
     "SecretFileSource",
     "SessionSettings",
     "Settings",
@@ -232,6 +236,10 @@ class Settings(BaseSettings):
     durability: DurabilitySettings = Field(default_factory=DurabilitySettings)
     sessions: SessionSettings = Field(default_factory=SessionSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings,
+        description="What `agentq maintenance prune` removes from the session store.",
+    )
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="Log lines of workers, the exporter and Flower: Celery's text, or one JSON "

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 
 class WorkerSettings(BaseModel):
@@ -525,4 +525,59 @@ class CacheSettings(BaseModel):
         gt=0,
         description="How long a worker trusts the model version it learned (Triton's model "
         "metadata; an OpenAI-compatible server's last reply) before it asks again.",
+    )
+
+
+class RetentionSettings(BaseModel):
+    """What `agentq maintenance prune` removes from the session store (docs/retention.md); an
+    agent type's ``retention`` overrides the first three for its runs and sessions."""
+
+    max_age_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="Days a finished run (succeeded or failed) is kept after it finished, with "
+        "its steps; a running run is never pruned, nor a run its session's history still "
+        "needs (its last turns, while the session is kept).",
+    )
+    max_runs: int | None = Field(
+        default=None,
+        gt=0,
+        description="Most finished runs kept per agent type, the newest (older ones go even "
+        "if younger than max_age_days; a session's history runs stay); unset: no count limit.",
+    )
+    session_idle_days: float = Field(
+        default=90.0,
+        gt=0,
+        description="Days after its last run (started or finished) a session with no running "
+        "run is removed whole, its runs and history with it.",
+    )
+    batch: int = Field(
+        default=500,
+        gt=0,
+        description="Most runs (or sessions) one transaction of a prune pass deletes: short "
+        "transactions that never hold the store for long.",
+    )
+    interval_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Time between two passes of `agentq maintenance prune --every` when no "
+        "interval is given (the compose service's loop).",
+    )
+
+
+class AgentRetention(BaseModel):
+    """An agent type's own retention (``AgentSpec.retention``); unset fields: settings.retention."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_age_days: float | None = Field(
+        default=None, gt=0, description="Days a finished run is kept after it finished."
+    )
+    max_runs: int | None = Field(
+        default=None, gt=0, description="Most finished runs of this agent type kept, the newest."
+    )
+    session_idle_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Days after its last run a session of this agent type is removed whole.",
     )

@@ -4,7 +4,7 @@ Layout (``kubectl apply -f`` is not recursive, so each folder is one choice):
 
 - ``base/``: what every cluster needs: configuration, one worker Deployment + PDB per agent
   type, the exporter, Triton (Deployment, Services, PDB), the run API, Flower, the recovery
-  CronJob;
+  and prune CronJobs;
 - ``keda/`` itself: KEDA's TriggerAuthentication, one ScaledObject (redis trigger) per
   agent type and Triton's (prometheus triggers);
 - ``prometheus-trigger/``: the same worker ScaledObjects on the exporter's true backlog;
@@ -203,6 +203,15 @@ def manifest_files(
                 "`agentq maintenance recover` every two minutes: runs whose next message Redis",
                 "lost are published again, also while the workers are scaled to zero",
                 "(docs/durability.md).",
+            ),
+        ),
+        ManifestFile(
+            "base/prune.yaml",
+            [services.prune_cronjob(settings, mounted)],
+            (
+                "`agentq maintenance prune` every hour: finished runs and idle sessions past",
+                "their agent type's retention leave the session store, also while the workers",
+                "are scaled to zero (docs/retention.md).",
             ),
         ),
         ManifestFile(

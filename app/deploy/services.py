@@ -261,22 +261,49 @@ def api_objects(settings: Settings) -> list[Obj]:
 
 RECOVERY = "agentq-recovery"
 RECOVERY_SCHEDULE = "*/2 * * * *"
+PRUNE = "agentq-prune"
+PRUNE_SCHEDULE = "7 * * * *"  # hourly, off the full hour that other jobs crowd
+PRUNE_DEADLINE_S = 3000  # a pass stopped here loses nothing: each batch commits on its own
 
 
 def recovery_cronjob(settings: Settings, agents_file: str | None) -> Obj:
     """``agentq maintenance recover`` every two minutes: runs whose message Redis lost are
     published again also while every worker is scaled to zero (workers do it while they run;
     the pass's lock keeps the two from publishing a step twice)."""
+    return _maintenance_cronjob(
+        settings, agents_file, RECOVERY, "recovery", "recover", RECOVERY_SCHEDULE, 60, 300
+    )
+
+
+def prune_cronjob(settings: Settings, agents_file: str | None) -> Obj:
+    """``agentq maintenance prune`` every hour: finished runs and idle sessions past their
+    agent type's retention leave the session store, whatever the workers' scale."""
+    return _maintenance_cronjob(
+        settings, agents_file, PRUNE, "prune", "prune", PRUNE_SCHEDULE, 600, PRUNE_DEADLINE_S
+    )
+
+
+def _maintenance_cronjob(
+    settings: Settings,
+    agents_file: str | None,
+    name: str,
+    component: str,
+    command: str,
+    schedule: str,
+    starting_deadline_s: int,
+    active_deadline_s: int,
+) -> Obj:
+    """A CronJob running ``agentq maintenance <command>``, one job at a time."""
     tmp, tmp_mount = tmp_volume()
     volumes, mounts = [tmp], [tmp_mount]
-    if agents_file is not None:  # the registry names each agent type's queue
+    if agents_file is not None:  # the registry: queue names, retention overrides
         volumes.append({"name": "agents", "configMap": {"name": AGENTS_CONFIG_MAP}})
         mounts.append({"name": "agents", "mountPath": AGENTS_DIR, "readOnly": True})
     container = {
-        "name": "recover",
+        "name": command,
         "image": image(settings.deploy.image, settings),
         "imagePullPolicy": "IfNotPresent",
-        "command": ["agentq", "maintenance", "recover"],
+        "command": ["agentq", "maintenance", command],
         "envFrom": config_env(),
         "volumeMounts": mounts,
         "resources": {
@@ -285,21 +312,25 @@ def recovery_cronjob(settings: Settings, agents_file: str | None) -> Obj:
         },
         "securityContext": container_security(),
     }
-    template = pod_template("recovery", None, container, 30, volumes, 0)
-    template["metadata"].pop("annotations")  # a job of seconds: nothing to scrape
+    template = pod_template(component, None, container, 30, volumes, 0)
+    template["metadata"].pop("annotations")  # a short job: nothing to scrape
     template["spec"]["restartPolicy"] = "Never"  # the next schedule is the retry
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
-        "metadata": meta(RECOVERY, "recovery"),
+        "metadata": meta(name, component),
         "spec": {
-            "schedule": RECOVERY_SCHEDULE,
+            "schedule": schedule,
             "concurrencyPolicy": "Forbid",
-            "startingDeadlineSeconds": 60,
+            "startingDeadlineSeconds": starting_deadline_s,
             "successfulJobsHistoryLimit": 1,
             "failedJobsHistoryLimit": 3,
             "jobTemplate": {
-                "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 300, "template": template}
+                "spec": {
+                    "backoffLimit": 0,
+                    "activeDeadlineSeconds": active_deadline_s,
+                    "template": template,
+                }
             },
         },
     }

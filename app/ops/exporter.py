@@ -1,4 +1,5 @@
-"""``agentq exporter``: the cluster's backlog and dead letters, read from Redis at scrape time.
+"""``agentq exporter``: the cluster's backlog and dead letters, and the rows prune passes
+deleted (:mod:`app.ops.pruned`), read from Redis at scrape time.
 
 One process serves it for the whole cluster (workers come and go; a queue's backlog is not
 any one worker's). Prometheus scrapes it and KEDA's prometheus trigger scales each agent
@@ -17,12 +18,14 @@ from typing import Any
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from app.agents.loader import load_registry
 from app.agents.registry import AgentRegistry
 from app.celery_ext.backlog import read_backlog
 from app.config import Settings
+from app.ops import pruned
 from app.ops.http import Response, Served, json_response, serve
 from app.ops.redis_clients import redis_client
 from app.tasks import dead_letters as dlq
@@ -35,18 +38,20 @@ METRIC_NAMES = (
     "agentq_backlog_unacked",
     "agentq_dead_letters",
     "agentq_exporter_redis_up",
+    *pruned.METRIC_NAMES,
 )
 
 
 class BacklogCollector(Collector):
-    """Every agent queue's backlog and the dead-letter count, read when collected."""
+    """Every agent queue's backlog, the dead-letter count and the rows pruned, read when
+    collected."""
 
     def __init__(self, broker: Any, store: Any, registry: AgentRegistry) -> None:
         self.broker = broker  # the Redis holding the queues
-        self.store = store  # the Redis holding the dead letters (often the same)
+        self.store = store  # the Redis of the dead letters and prune counts (often the same)
         self.registry = registry
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
             "agentq_exporter_redis_up", "1 when the last scrape could read Redis."
         )
@@ -54,6 +59,7 @@ class BacklogCollector(Collector):
         try:
             backlog = read_backlog(self.broker, sorted(set(agents.values())))
             dead = dlq.count(self.store)
+            pruned_rows = list(pruned.families(self.store))
         except redis.RedisError as exc:
             # No sample rather than a wrong one: KEDA falls back, an alert fires on redis_up.
             log.warning("exporter: cannot read Redis: %s", exc)
@@ -89,6 +95,7 @@ class BacklogCollector(Collector):
         yield GaugeMetricFamily(
             "agentq_dead_letters", "Runs in the dead-letter queue.", value=float(dead)
         )
+        yield from pruned_rows
 
 
 class Exporter(Served):
