@@ -216,10 +216,11 @@ def _show(report: PruneReport, as_json: bool) -> None:
         print_table(table)
     else:
         click.echo(f"nothing to prune (now {report.now.isoformat()})")
-    click.echo(
-        f"{report.transactions} transaction(s), {report.seconds * 1000:.0f} ms"
-        + (" (dry run: nothing deleted)" if report.dry_run else "")
-    )
+    ms = f"{report.seconds * 1000:.0f} ms"
+    if report.dry_run:
+        click.echo(f"counted in {ms} (dry run: nothing deleted)")
+    else:
+        click.echo(f"{report.transactions} transaction(s), {ms}")
 
 
 def _loop(
