@@ -504,3 +504,27 @@ def test_the_rules_catch_a_broken_api_service(mutate, expected: str) -> None:
     mutate(doc)
     problems = rules.all_problems(doc, AGENT_TYPES, SOFT_SHUTDOWN_S)
     assert any(expected in p for p in problems), problems
+
+
+def test_the_prune_service_loops_on_the_session_store_and_is_healthy_while_passes_succeed():
+    from app.config import RetentionSettings
+
+    doc = rules.interpolate(load(), filled_env())
+    services = doc["services"]
+    prune = services["prune"]
+    command = prune["entrypoint"]
+    assert command[:3] == ["agentq", "maintenance", "prune"]
+    assert command[-1] == "--every"  # alone, last: every AGENTQ_RETENTION__INTERVAL_S
+    alive = command[command.index("--alive-file") + 1]
+    assert alive.startswith("/tmp/")  # the only place a read-only container may write
+    env = prune["environment"]
+    for key in ("AGENTQ_REDIS_URL", "AGENTQ_DATABASE_URL", "PGPASSWORD"):
+        assert env[key] == services["worker-coder"]["environment"][key], key
+    interval = float(env.get("AGENTQ_RETENTION__INTERVAL_S", RetentionSettings().interval_s))
+    # Healthy while its file is younger than two intervals: one slow or failed pass is fine.
+    test = prune["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL" and alive in test[1]
+    minutes = int(re.search(r"-mmin -(\d+)", test[1]).group(1))
+    assert minutes * 60 > 2 * interval
+    assert prune["depends_on"]["migrate"] == {"condition": rules.ONE_SHOT}
+    assert prune["restart"] == "unless-stopped"

@@ -312,3 +312,22 @@ def test_redis_rules_accept_host_and_port_and_check_the_auth() -> None:
     trigger["metadata"]["port"] = "6379"
     trigger["authenticationRef"]["name"] = "nowhere"
     assert redis_trigger_problems(trigger, _auths())
+
+
+def test_the_prune_cronjob_runs_one_pass_at_a_time_with_the_agents_retention(
+    settings: Settings,
+) -> None:
+    cron = _named("CronJob", "agentq-prune")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    job = cron["spec"]["jobTemplate"]["spec"]
+    pod = job["template"]["spec"]
+    assert pod["containers"][0]["command"] == ["agentq", "maintenance", "prune"]
+    assert pod["restartPolicy"] == "Never"
+    # With an agents file, the job reads it (the agent types' retention) where the
+    # ConfigMap says it is.
+    files = manifest_files(settings, AgentRegistry(EXAMPLE_AGENTS), ("agents.yaml", "agents:\n"))
+    docs = {d["metadata"]["name"]: d for f in files for d in f.docs if f.kubernetes}
+    mounted = docs["agentq-prune"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    mount = next(m for m in mounted["containers"][0]["volumeMounts"] if m["name"] == "agents")
+    path = docs["agentq-config"]["data"]["AGENTQ_AGENTS_FILE"]
+    assert path == f"{mount['mountPath']}/agents.yaml"
