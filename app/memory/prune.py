@@ -46,7 +46,11 @@ from app.memory.retention import HISTORY_TURNS, Policy, PruneReport, policies
 from app.memory.schema import accepted_runs, runs, sessions, step_drafts, steps, tool_results
 from app.memory.sessions import SessionStore, store_error
 
-FINISHED = (RunStatus.SUCCEEDED, RunStatus.FAILED)
+Key = tuple[datetime, str]
+"""A run's place in the order batches take runs in: (created_at, id)."""
+Batch = Callable[[Connection, Key | None], tuple[dict[str, int], Key | None]]
+"""One transaction's deletes, given the last run the previous one took: (rows deleted per
+table, the last run this one took)."""
 _RUN_ROWS = (steps, step_drafts, tool_results)  # keyed by run_id
 
 
@@ -124,27 +128,29 @@ class Pruner:
             self._count(found, now, report)
         else:
             left = max_batches
-            for phase in (self._session_batch, self._run_batch):
-                for agent, policy in found.items():
-                    left = self._drain(report, phase, agent, policy, now, left, progress)
+            for agent, policy in found.items():
+                batch = self._idle_batches(agent, policy, now)
+                left = self._drain(report, agent, batch, left, progress)
+            for agent, policy in found.items():
+                batch = self._expired_batches(agent, policy, now)
+                left = self._drain(report, agent, batch, left, progress)
         report.seconds = time.monotonic() - started
         return report
 
     def _drain(
         self,
         report: PruneReport,
-        batch: Callable[[Connection, str, Policy, datetime], dict[str, int]],
         agent: str,
-        policy: Policy,
-        now: datetime,
+        batch: Batch,
         left: int | None,
         progress: Callable[[PruneReport], None] | None,
     ) -> int | None:
         """Transactions of ``batch`` until one deletes less than a full batch or none of
         ``left`` (None: no limit) is left; what is left."""
+        after: Key | None = None
         while (left is None or left > 0) and not (self._stop and self._stop.is_set()):
             with self.store.write() as conn:
-                counts = batch(conn, agent, policy, now)
+                counts, after = batch(conn, after)
             report.transactions += 1
             left = None if left is None else left - 1
             report.add(agent, counts)
@@ -154,50 +160,64 @@ class Pruner:
                 break
         return left
 
-    def _session_batch(
-        self, conn: Connection, agent: str, policy: Policy, now: datetime
-    ) -> dict[str, int]:
-        """Up to ``batch`` runs of idle sessions, then up to ``batch`` idle sessions left
-        without runs."""
+    def _idle_batches(self, agent: str, policy: Policy, now: datetime) -> Batch:
+        """Each batch: up to ``batch`` runs of ``agent``'s idle sessions, then up to ``batch``
+        idle sessions left without runs."""
         idle = idle_sessions(agent, policy.sessions_before(now))
-        taken = self._lock(conn, select(runs.c.id).where(runs.c.session_id.in_(idle)))
-        counts = self._delete_runs(conn, taken)
         empty = (
             idle.where(~exists(select(runs.c.id).where(runs.c.session_id == sessions.c.id)))
             .limit(self.retention.batch)
             .with_for_update(skip_locked=True)
         )
-        gone = conn.execute(empty).scalars().all()
-        counts["sessions"] = (
-            conn.execute(delete(sessions).where(sessions.c.id.in_(gone))).rowcount if gone else 0
-        )
-        return counts
 
-    def _run_batch(
-        self, conn: Connection, agent: str, policy: Policy, now: datetime
-    ) -> dict[str, int]:
-        """Up to ``batch`` of ``agent``'s finished runs past its age or count limit."""
-        boundary = self._count_boundary(conn, agent, policy)
-        query = select(runs.c.id).where(self._expired(agent, policy, now, boundary))
-        return self._delete_runs(conn, self._lock(conn, query))
+        def batch(conn: Connection, _after: Key | None) -> tuple[dict[str, int], Key | None]:
+            taken, _ = self._lock(conn, runs.c.session_id.in_(idle))
+            counts = self._delete_runs(conn, taken)
+            gone = conn.execute(empty).scalars().all()
+            deleted = delete(sessions).where(sessions.c.id.in_(gone))
+            counts["sessions"] = conn.execute(deleted).rowcount if gone else 0
+            return counts, None
+
+        return batch
+
+    def _expired_batches(self, agent: str, policy: Policy, now: datetime) -> Batch:
+        """Each batch: up to ``batch`` of ``agent``'s finished runs past its age or count
+        limit, oldest first, after the previous batch's last (the runs it passed over, a
+        session's history, are not read again)."""
+        boundary = self.store.read(lambda conn: self._count_boundary(conn, agent, policy))
+        expired = self._expired(agent, policy, now, boundary)
+
+        def batch(conn: Connection, after: Key | None) -> tuple[dict[str, int], Key | None]:
+            where = expired
+            if after is not None:
+                where = and_(expired, tuple_(runs.c.created_at, runs.c.id) > after)
+            taken, last = self._lock(conn, where)
+            return self._delete_runs(conn, taken), last
+
+        return batch
 
     def _expired(
         self,
         agent: str,
         policy: Policy,
         now: datetime,
-        boundary: tuple[datetime, str] | None,
+        boundary: Key | None,
     ) -> ColumnElement[bool]:
         """``agent``'s finished runs past the age limit or beyond ``boundary`` (the newest
         run the count limit lets go), its sessions' history runs excepted."""
         cut = policy.runs_before(now)
-        past = and_(runs.c.created_at < cut, runs.c.finished_at < cut)  # created: the index
+        past = and_(runs.c.created_at < cut, runs.c.finished_at < cut)
+        upper = cut
         if boundary is not None:
             past = or_(past, tuple_(runs.c.created_at, runs.c.id) <= boundary)
+            upper = max(cut, boundary[0])
         kept = in_history(self.history_turns) if self.history_turns > 0 else None
         return and_(
             runs.c.agent == agent,
-            runs.c.status.in_(FINISHED),
+            runs.c.created_at <= upper,  # a range on ix_runs_created_id, in the batches' order
+            # Finished, written so that no index serves it: SQLite took ix_runs_status for
+            # status IN (...) and sorted every finished run for each batch.
+            runs.c.status != RunStatus.RUNNING,
             past,
             *(() if kept is None else (not_(kept),)),
         )
@@ -208,14 +228,14 @@ class Pruner:
         agent: str,
         policy: Policy,
         among: ColumnElement[bool] | None = None,
-    ) -> tuple[datetime, str] | None:
+    ) -> Key | None:
         """(created_at, id) of ``agent``'s newest finished run beyond its newest ``max_runs``
         (of the runs ``among`` selects); None when there is no count limit or no such run."""
         if policy.max_runs is None:
             return None
         query = (
             select(runs.c.created_at, runs.c.id)
-            .where(runs.c.agent == agent, runs.c.status.in_(FINISHED))
+            .where(runs.c.agent == agent, runs.c.status != RunStatus.RUNNING)
             .order_by(runs.c.created_at.desc(), runs.c.id.desc())
             .offset(policy.max_runs)
             .limit(1)
@@ -225,15 +245,19 @@ class Pruner:
         row = conn.execute(query).first()
         return None if row is None else (row.created_at, row.id)
 
-    def _lock(self, conn: Connection, query: Select[Any]) -> list[str]:
-        """The first ``batch`` run ids of ``query``, oldest first, locked against a replay
-        (PostgreSQL; SQLite's write transaction holds the whole store)."""
+    def _lock(self, conn: Connection, where: ColumnElement[bool]) -> tuple[list[str], Key | None]:
+        """The first ``batch`` runs ``where`` selects, oldest first, locked against a replay
+        (PostgreSQL; SQLite's write transaction holds the whole store): their ids, and the
+        (created_at, id) of the last."""
         batch = (
-            query.order_by(runs.c.created_at, runs.c.id)
+            select(runs.c.id, runs.c.created_at)
+            .where(where)
+            .order_by(runs.c.created_at, runs.c.id)
             .limit(self.retention.batch)
             .with_for_update(skip_locked=True)
         )
-        return list(conn.execute(batch).scalars().all())
+        rows = conn.execute(batch).all()
+        return [row.id for row in rows], (rows[-1].created_at, rows[-1].id) if rows else None
 
     @staticmethod
     def _delete_runs(conn: Connection, ids: list[str]) -> dict[str, int]:
