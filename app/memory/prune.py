@@ -171,7 +171,7 @@ class Pruner:
         )
 
         def batch(conn: Connection, _after: Key | None) -> tuple[dict[str, int], Key | None]:
-            taken, _ = self._lock(conn, runs.c.session_id.in_(idle))
+            taken, _ = self._lock(conn, runs.c.session_id.in_(idle), ordered=False)
             counts = self._delete_runs(conn, taken)
             gone = conn.execute(empty).scalars().all()
             deleted = delete(sessions).where(sessions.c.id.in_(gone))
@@ -245,17 +245,20 @@ class Pruner:
         row = conn.execute(query).first()
         return None if row is None else (row.created_at, row.id)
 
-    def _lock(self, conn: Connection, where: ColumnElement[bool]) -> tuple[list[str], Key | None]:
-        """The first ``batch`` runs ``where`` selects, oldest first, locked against a replay
-        (PostgreSQL; SQLite's write transaction holds the whole store): their ids, and the
-        (created_at, id) of the last."""
+    def _lock(
+        self, conn: Connection, where: ColumnElement[bool], *, ordered: bool = True
+    ) -> tuple[list[str], Key | None]:
+        """``batch`` runs ``where`` selects (``ordered``: the oldest), locked against a
+        replay (PostgreSQL; SQLite's write transaction holds the whole store): their ids, and
+        the (created_at, id) of the last."""
         batch = (
             select(runs.c.id, runs.c.created_at)
             .where(where)
-            .order_by(runs.c.created_at, runs.c.id)
             .limit(self.retention.batch)
             .with_for_update(skip_locked=True)
         )
+        if ordered:  # unordered, a session's runs come off ix_runs_session_created
+            batch = batch.order_by(runs.c.created_at, runs.c.id)
         rows = conn.execute(batch).all()
         return [row.id for row in rows], (rows[-1].created_at, rows[-1].id) if rows else None
 
