@@ -100,7 +100,6 @@ class Pruner:
         self.retention = retention
         self.overrides = dict(overrides or {})
         self.history_turns = history_turns
-        self._stop: threading.Event | None = None  # the running pass's
 
     def policies(self) -> dict[str, Policy]:
         """The policy of every agent type that has runs or sessions in the store."""
@@ -120,7 +119,6 @@ class Pruner:
         """One pass at time ``now``: what went (or, ``dry_run``, would go). It ends early,
         the next pass going on, after ``max_batches`` transactions or once ``stop`` is set
         (between two); ``progress`` is called after each transaction."""
-        self._stop = stop
         started = time.monotonic()
         report = PruneReport(now=now, dry_run=dry_run)
         found = self.policies()
@@ -130,10 +128,10 @@ class Pruner:
             left = max_batches
             for agent, policy in found.items():
                 batch = self._idle_batches(agent, policy, now)
-                left = self._drain(report, agent, batch, left, progress)
+                left = self._drain(report, agent, batch, left, progress, stop)
             for agent, policy in found.items():
                 batch = self._expired_batches(agent, policy, now)
-                left = self._drain(report, agent, batch, left, progress)
+                left = self._drain(report, agent, batch, left, progress, stop)
         report.seconds = time.monotonic() - started
         return report
 
@@ -144,11 +142,12 @@ class Pruner:
         batch: Batch,
         left: int | None,
         progress: Callable[[PruneReport], None] | None,
+        stop: threading.Event | None,
     ) -> int | None:
-        """Transactions of ``batch`` until one deletes less than a full batch or none of
-        ``left`` (None: no limit) is left; what is left."""
+        """Transactions of ``batch`` until one deletes less than a full batch, none of
+        ``left`` (None: no limit) is left or ``stop`` is set; what is left."""
         after: Key | None = None
-        while (left is None or left > 0) and not (self._stop and self._stop.is_set()):
+        while (left is None or left > 0) and not (stop is not None and stop.is_set()):
             with self.store.write() as conn:
                 counts, after = batch(conn, after)
             report.transactions += 1

@@ -3,6 +3,8 @@ each limit removes, what is never removed, bounded transactions, and dry runs.""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from app.config import AgentRetention, RetentionSettings
@@ -192,3 +194,17 @@ def test_a_dry_run_deletes_nothing_and_counts_what_the_pass_deletes(rows: Rows) 
     real = pruner(rows.store, **settings, batch=3).run(NOW)
     assert dry.rows == real.rows
     assert real.total("runs") == len(before - rows.run_ids())
+
+
+def test_a_stop_ends_the_pass_between_two_transactions(rows: Rows) -> None:
+    for i in range(7):
+        rows.run(f"old-{i}", 40 + i)
+    stop = threading.Event()
+
+    def progress(report: PruneReport) -> None:
+        if report.total("runs"):
+            stop.set()  # SIGTERM in the loop's process, after the first batch of runs
+
+    report = pruner(rows.store, batch=2).run(NOW, progress=progress, stop=stop)
+    assert report.total("runs") == 2
+    assert len(rows.run_ids()) == 5
