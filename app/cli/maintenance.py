@@ -252,7 +252,8 @@ def _loop(
                     click.echo(json.dumps(report.to_json()))
                 else:
                     totals = ", ".join(f"{report.total(t)} {t}" for t in TABLES)
-                    click.echo(f"prune pass at {report.now.isoformat()}: {totals} deleted")
+                    verb = "would go" if dry_run else "deleted"
+                    click.echo(f"prune pass at {report.now.isoformat()}: {totals} {verb}")
             stopped.wait(interval)
     except KeyboardInterrupt:
         pass
