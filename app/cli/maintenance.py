@@ -145,7 +145,8 @@ def prune(
     overrides = {spec.name: spec.retention for spec in load_registry(settings)}
     store = SessionStore.from_url(settings.database_url, migrate=False)
     try:
-        pruner = Pruner(store, settings.retention, overrides)
+        history = settings.sessions.history_turns  # what a kept session's runs read
+        pruner = Pruner(store, settings.retention, overrides, history_turns=history)
         if every is None:
             report = _pass(pruner, settings, now, dry_run, max_batches, alive_file, as_json)
             _show(report, as_json)

@@ -15,7 +15,7 @@ TABLES: Final = ("runs", "steps", "step_drafts", "tool_results", "accepted_runs"
 """The tables a prune pass deletes from, in the order a report lists them."""
 
 HISTORY_TURNS: Final = 20
-"""Succeeded runs a session's history holds (SessionStore.history's default ``limit``)."""
+"""Succeeded runs a session's history holds unless told (settings.sessions.history_turns)."""
 
 
 @dataclass(frozen=True, slots=True)
