@@ -4,6 +4,7 @@ what retention lets go, deleted from the session store)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import threading
@@ -21,6 +22,8 @@ from app.errors import AgentqError
 from app.memory.retention import TABLES
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from app.memory.prune import Pruner
     from app.memory.retention import PruneReport
 
@@ -167,34 +170,57 @@ def _pass(
     quiet: bool,
     stop: threading.Event | None = None,
 ) -> PruneReport:
-    """One pass; its counts added to the exporter's (not a dry run's); progress on a
-    terminal unless ``quiet``."""
-    from app.ops.pruned import record_pass
-    from app.ops.redis_clients import redis_client
-
-    at = now or datetime.now(UTC)
-    console = get_console()
-    if quiet or not console.is_terminal:
-        report = pruner.run(at, dry_run=dry_run, max_batches=max_batches, stop=stop)
+    """One pass; the cached history of the sessions it removed dropped and its counts added
+    to the exporter's (not a dry run's); progress on a terminal unless ``quiet``."""
+    if dry_run:
+        report = _run(pruner, now, dry_run, max_batches, quiet, stop, None)
     else:
-        with console.status("pruning…") as status:
+        from app.memory.history import SessionHistory
+        from app.ops.pruned import record_pass
+        from app.ops.redis_clients import redis_client
 
-            def progress(report: PruneReport) -> None:
-                status.update(
-                    f"pruning… {report.total('runs')} run(s), {report.total('sessions')} "
-                    f"session(s) deleted in {report.transactions} transaction(s)"
-                )
-
-            report = pruner.run(at, dry_run=dry_run, max_batches=max_batches, progress=progress)
-    if not dry_run:
         client = redis_client(settings)
         try:
+            history = SessionHistory(pruner.store, client, settings.sessions)
+            report = _run(pruner, now, dry_run, max_batches, quiet, stop, history.forget)
             record_pass(client, report, time.time())
         finally:
             client.close()
     if alive_file is not None:
         alive_file.touch()
     return report
+
+
+def _run(
+    pruner: Pruner,
+    now: datetime | None,
+    dry_run: bool,
+    max_batches: int | None,
+    quiet: bool,
+    stop: threading.Event | None,
+    forget: Callable[[Sequence[str]], None] | None,
+) -> PruneReport:
+    """The pass itself, a progress line on a terminal unless ``quiet``."""
+    run = functools.partial(
+        pruner.run,
+        now or datetime.now(UTC),
+        dry_run=dry_run,
+        max_batches=max_batches,
+        stop=stop,
+        forget=forget,
+    )
+    console = get_console()
+    if quiet or not console.is_terminal:
+        return run()
+    with console.status("pruning…") as status:
+
+        def progress(report: PruneReport) -> None:
+            status.update(
+                f"pruning… {report.total('runs')} run(s), {report.total('sessions')} "
+                f"session(s) deleted in {report.transactions} transaction(s)"
+            )
+
+        return run(progress=progress)
 
 
 def _show(report: PruneReport, as_json: bool) -> None:

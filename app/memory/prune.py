@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -115,10 +115,12 @@ class Pruner:
         max_batches: int | None = None,
         progress: Callable[[PruneReport], None] | None = None,
         stop: threading.Event | None = None,
+        forget: Callable[[Sequence[str]], None] | None = None,
     ) -> PruneReport:
         """One pass at time ``now``: what went (or, ``dry_run``, would go). It ends early,
         the next pass going on, after ``max_batches`` transactions or once ``stop`` is set
-        (between two); ``progress`` is called after each transaction."""
+        (between two); ``progress`` is called after each transaction, ``forget`` with the
+        ids of the sessions removed (their cached history goes too)."""
         started = time.monotonic()
         report = PruneReport(now=now, dry_run=dry_run)
         found = self.policies()
@@ -127,8 +129,11 @@ class Pruner:
         else:
             left = max_batches
             for agent, policy in found.items():
-                batch = self._idle_batches(agent, policy, now)
+                removed: list[str] = []
+                batch = self._idle_batches(agent, policy, now, removed)
                 left = self._drain(report, agent, batch, left, progress, stop)
+                if removed and forget is not None:
+                    forget(removed)
             for agent, policy in found.items():
                 batch = self._expired_batches(agent, policy, now)
                 left = self._drain(report, agent, batch, left, progress, stop)
@@ -159,9 +164,9 @@ class Pruner:
                 break
         return left
 
-    def _idle_batches(self, agent: str, policy: Policy, now: datetime) -> Batch:
+    def _idle_batches(self, agent: str, policy: Policy, now: datetime, removed: list[str]) -> Batch:
         """Each batch: up to ``batch`` runs of ``agent``'s idle sessions, then up to ``batch``
-        idle sessions left without runs."""
+        idle sessions left without runs (their ids added to ``removed``)."""
         idle = idle_sessions(agent, policy.sessions_before(now))
         empty = (
             idle.where(~exists(select(runs.c.id).where(runs.c.session_id == sessions.c.id)))
@@ -175,6 +180,7 @@ class Pruner:
             gone = conn.execute(empty).scalars().all()
             deleted = delete(sessions).where(sessions.c.id.in_(gone))
             counts["sessions"] = conn.execute(deleted).rowcount if gone else 0
+            removed.extend(gone)
             return counts, None
 
         return batch

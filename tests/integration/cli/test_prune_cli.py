@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.cli import main
 from app.config import Settings, child_env
+from app.constants import history_keys
 from app.local.processes import stop_process, wait_until
 from app.memory.records import RunStatus
 from app.memory.sessions import SessionStore
@@ -183,3 +184,19 @@ def test_the_loop_prunes_every_interval_until_sigterm(
     first = json.loads(output.splitlines()[0])
     assert first["total"]["runs"] >= 1  # one JSON line per pass
     assert "coder-running" in rows.run_ids()
+
+
+def test_a_removed_sessions_cached_history_goes_with_it(
+    env: dict[str, str], rows: Rows, redis_client: redis.Redis
+) -> None:
+    idle = rows.session("idle")
+    rows.run("idle-run", 200, session=idle)
+    kept = rows.session("kept")
+    rows.run("kept-run", 1, session=kept)
+    for session in (idle, kept):
+        for key in history_keys(session):
+            redis_client.set(key, "cached")
+    report = prune("--json")
+    assert report["total"]["sessions"] == 1 and rows.session_ids() == {kept}
+    assert [redis_client.exists(k) for k in history_keys(idle)] == [0, 0]
+    assert [redis_client.exists(k) for k in history_keys(kept)] == [1, 1]
