@@ -62,6 +62,9 @@ DEMO_INPUTS: dict[str, list[str]] = {
 }
 
 
+DEMO_BUSY_RETRY_S = 0.2
+
+
 def demo_runs(agents: list[str], count: int, model_latency_ms: int = 0) -> list[dict[str, Any]]:
     """``count`` runs spread round-robin over ``agents``, each agent cycling its inputs.
 
@@ -93,7 +96,7 @@ def run_demo(
         for agent in agents:  # before anything starts
             if agent not in registry:
                 raise AgentqError(f"unknown agent {agent!r}; known: {registry.names}")
-        settings = _start_services(settings, tmp, stack, console)
+        settings = _start_services(_waiting_briefly(settings), tmp, stack, console)
         celery, store = _start_workers(settings, registry, agents, tmp, stack, console)
         runs = demo_runs(agents, count, model_latency_ms)
         ok = _push_runs(celery, store, agents, runs, timeout_s, console)
@@ -116,6 +119,16 @@ def _demo_stack(console: Console) -> Iterator[tuple[ExitStack, Path]]:
             with console.status("stopping workers, Triton and Redis"):
                 stack.close()
             console.print("[green]✓[/green] everything stopped")
+
+
+def _waiting_briefly(settings: Settings) -> Settings:
+    """The demo pushes every run at once, several to each session, whose runs go one at a
+    time: a run whose session is busy tries again after 0.2 s rather than the default 2 s
+    (unless AGENTQ_SESSIONS__BUSY_RETRY_S says otherwise)."""
+    if "busy_retry_s" in settings.sessions.model_fields_set:
+        return settings
+    sessions = settings.sessions.model_copy(update={"busy_retry_s": DEMO_BUSY_RETRY_S})
+    return settings.model_copy(update={"sessions": sessions})
 
 
 def _start_workers(
