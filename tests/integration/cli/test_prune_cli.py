@@ -37,7 +37,7 @@ agents:
 
 @pytest.fixture
 def env(
-    retention_store: SessionStore,
+    sql_store: SessionStore,
     redis_client: redis.Redis,
     redis_url: str,
     tmp_path: Path,
@@ -48,7 +48,7 @@ def env(
     agents = tmp_path / "agents.yaml"
     agents.write_text(AGENTS)
     variables = {
-        "AGENTQ_DATABASE_URL": retention_store.engine.url.render_as_string(hide_password=False),
+        "AGENTQ_DATABASE_URL": sql_store.engine.url.render_as_string(hide_password=False),
         "AGENTQ_REDIS_URL": redis_url,
         "AGENTQ_AGENTS_FILE": str(agents),
         "AGENTQ_RETENTION__MAX_AGE_DAYS": "30",
@@ -60,8 +60,8 @@ def env(
 
 
 @pytest.fixture
-def rows(retention_store: SessionStore) -> Rows:
-    made = Rows(retention_store)
+def rows(sql_store: SessionStore) -> Rows:
+    made = Rows(sql_store)
     made.run("research-3", 3)
     made.run("research-7", 7, draft=True)
     made.run("research-8", 8, status=RunStatus.FAILED)

@@ -20,8 +20,8 @@ RUNNING, FAILED = RunStatus.RUNNING, RunStatus.FAILED
 
 
 @pytest.fixture
-def rows(retention_store: SessionStore) -> Rows:
-    return Rows(retention_store)
+def rows(sql_store: SessionStore) -> Rows:
+    return Rows(sql_store)
 
 
 def pruner(store: SessionStore, **settings: object) -> Pruner:

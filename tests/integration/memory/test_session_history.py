@@ -6,9 +6,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,29 +19,19 @@ from app.constants import history_keys
 from app.inference import text_protocol
 from app.inference.backend import ChatRequest, Completion
 from app.memory.history import SessionHistory, claim_session
-from app.memory.migrate import migrate
 from app.memory.records import ErrorType, NewRun
 from app.memory.sessions import SessionStore, StepRecord
 from app.tasks.runner import Outcome, StepMessage, StepRunner
-from tests.fixtures.postgres import fresh_schema
 
 pytestmark = pytest.mark.integration
 
 REGISTRY = AgentRegistry([AgentSpec(name="chat", tools=("calculator",), max_steps=4)])
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionStore]:
-    if request.param == "sqlite":
-        s = SessionStore.from_url(f"sqlite:///{tmp_path / 'db.sqlite3'}", migrate=True)
-        yield s
-        s.close()
-        return
-    with fresh_schema(request.getfixturevalue("postgres_server")) as url:
-        migrate(url)
-        s = SessionStore.from_url(url, migrate=False)
-        yield s
-        s.close()
+@pytest.fixture
+def store(sql_store: SessionStore) -> SessionStore:
+    """The store on SQLite, then on PostgreSQL."""
+    return sql_store
 
 
 class SqlReads:
