@@ -38,7 +38,7 @@ from app.inference.backend import (
 from app.inference.chat import Counted
 from app.memory.history import SessionHistory, claim_session
 from app.memory.records import CallRecord, ErrorType, RunStatus, StepDraft, StepKind
-from app.memory.response_cache import ResponseCache
+from app.memory.response_cache import CACHED_REPLICA, ResponseCache
 from app.memory.sessions import NO_ANSWER, NewRun, RunState, SessionStore, StepRecord
 from app.memory.tool_cache import ToolCache
 from app.ops import metrics, tracing
@@ -372,12 +372,15 @@ class StepRunner:
         if not committed:
             stored = self._stored_outcome(msg) if step.deferred else None
             return stored or StepResult(Outcome.SKIP)
+        # A reply from the response cache sent and generated no tokens: the step keeps its
+        # counts (budgets see the same run either way), the token metrics do not.
+        spent = record.replica != CACHED_REPLICA
         metrics.step_finished(
             agent,
             record.kind,
             record.latency_ms / 1000,
-            record.tokens_in,
-            record.tokens_out,
+            record.tokens_in if spent else 0,
+            record.tokens_out if spent else 0,
             step.counted,
         )
         if msg.stream:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from app.agents.registry import AgentRegistry, AgentSpec
 from app.config import Settings, TritonSettings
@@ -116,6 +117,17 @@ def test_a_new_model_version_on_the_server_misses(redis_client, settings, tmp_pa
         server.stop()
 
 
+def tokens_out(agent: str) -> float:
+    """``agentq_tokens_out_total`` of ``agent``, all ``counted`` labels together."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        if family.name == "agentq_tokens_out"
+        for sample in family.samples
+        if sample.name == "agentq_tokens_out_total" and sample.labels.get("agent") == agent
+    )
+
+
 def test_a_runner_answers_a_repeated_run_from_the_cache_and_relays_it(
     redis_client, store, settings
 ):
@@ -124,8 +136,11 @@ def test_a_runner_answers_a_repeated_run_from_the_cache_and_relays_it(
         settings, AgentRegistry([spec]), store, redis_client, {"echo": EchoBackend()}, "w1"
     )
     assert runner.run_step(StepMessage("run-1", spec.name, 0, "same input")).outcome is Outcome.DONE
+    generated = tokens_out(spec.name)
+    assert generated > 0
     streamed = StepMessage("run-2", spec.name, 0, "same input", stream=True)
     assert runner.run_step(streamed).outcome is Outcome.DONE
+    assert tokens_out(spec.name) == generated  # the hit generated nothing
     first, second = store.load_run("run-1"), store.load_run("run-2")
     assert first.answer == second.answer == "same input"
     assert first.steps[0].replica == "echo"
