@@ -58,7 +58,7 @@ def claim_session(store: SessionStore, run: NewRun) -> SessionClaim:
             conn.rollback()
             return SessionClaim(holder, version)
         now = utc_now()  # after the holder ended
-        created = store.insert_run(conn, replace(run, created_at=now), now)
+        created = store.insert_run(conn, replace(run, created_at=now), now, session_written=True)
         if holder != run.id:
             conn.execute(
                 sessions.update()

@@ -161,16 +161,24 @@ class SessionStore:
         return bool(conn.execute(self._sql.insert_session, row).rowcount)
 
     def insert_run(
-        self, conn: Connection, run: NewRun, now: datetime, state: dict[str, Any] | None = None
+        self,
+        conn: Connection,
+        run: NewRun,
+        now: datetime,
+        state: dict[str, Any] | None = None,
+        *,
+        session_written: bool = False,
     ) -> bool:
         """Create the run (and its session) unless it exists; whether this call created it.
 
         ``state`` gives the new row other values than a run before its first step (the commit
         of step 0 writes the run as that step leaves it: one statement less).
+        ``session_written``: the caller has created the session and moves its ``updated_at``
+        itself (a session claim), so neither is done here.
         """
         sql = self._sql
-        new_session = False
-        if run.session_id is not None:
+        new_session = session_written
+        if run.session_id is not None and not session_written:
             new_session = self.insert_session(conn, run.session_id, run.agent, now)
         row = {
             "id": run.id,

@@ -233,7 +233,7 @@ class StepRunner:
         reply = state.draft  # the model answered an earlier delivery: its reply stands
         counted: Counted = "estimate"
         if reply is None:
-            request = self._request(spec, state, new_run)
+            request = self._request(spec, state)
             stop = verdict.before_call(
                 budget, used, self.model.prompt_tokens(spec, request, budget)
             )
@@ -318,7 +318,7 @@ class StepRunner:
         )
         return self._commit(step, decided, record)
 
-    def _request(self, spec: AgentSpec, state: RunState, new_run: NewRun | None) -> ChatRequest:
+    def _request(self, spec: AgentSpec, state: RunState) -> ChatRequest:
         """The step's model call: the run's turns so far after its session's earlier runs,
         the agent's tools and model."""
         history = self.history.of(state)
