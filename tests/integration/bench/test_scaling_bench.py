@@ -53,7 +53,9 @@ def test_a_short_simulation_scales_both_triggers_out_and_back_to_zero() -> None:
         "phases": [{"name": "burst", "start_s": 0, "end_s": 5, "note": ""}],
         "runs": [{"at_s": i * 0.4, "steps": 2} for i in range(12)],
     }
-    cfg = replace(FAST, startup_s=10, max_replicas=4, tail_s=400)
+    # The cooldown (300 s) ends near 390 s when the last steps finish on time; the tail leaves
+    # 200 simulated seconds (4 s real) for a loaded machine's lag.
+    cfg = replace(FAST, time_scale=0.02, startup_s=10, max_replicas=4, tail_s=600)
     raw = simulate(cfg, arrivals, Console(quiet=True))
     result = report(cfg, arrivals, raw, 0.0)
     for trigger in result["triggers"].values():
