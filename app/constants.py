@@ -9,6 +9,10 @@ QUEUE_PREFIX = "agent."
 """An agent type's default queue is this prefix and its name (``AgentSpec.queue_name``)."""
 KEY_PREFIX = "agentq:"
 
+DEFAULT_TENANT = "default"
+"""The tenant of a run, session or memory nobody named one for (an API key without a tenant,
+``submit()`` without ``tenant=``, the CLI without ``--tenant``)."""
+
 
 def lease_key(run_id: str) -> str:
     """Redis key holding the worker that currently owns a run."""
@@ -20,9 +24,10 @@ def published_key(run_id: str, step: int) -> str:
     return f"{KEY_PREFIX}published:{run_id}:{step}"
 
 
-def stream_key(run_id: str) -> str:
-    """Redis stream relaying a run's tokens to its producer."""
-    return f"{KEY_PREFIX}stream:{run_id}"
+def stream_key(tenant: str, run_id: str) -> str:
+    """Redis stream relaying a run's tokens to its producer: under its tenant, so a reader
+    of another tenant, asking with its own, finds nothing."""
+    return f"{KEY_PREFIX}stream:{tenant}:{run_id}"
 
 
 DEAD_LETTERS = f"{KEY_PREFIX}dead"
@@ -50,9 +55,10 @@ def effect_key(run_id: str, step: int, name: str) -> str:
     return f"{KEY_PREFIX}effect:{run_id}:{step}:{name}"
 
 
-def idempotency_key(agent: str, key: str) -> str:
-    """Redis key mapping a submit's idempotency key to the run it created."""
-    return f"{KEY_PREFIX}idem:{agent}:{key}"
+def idempotency_key(tenant: str, agent: str, key: str) -> str:
+    """Redis key mapping a submit's idempotency key to the run it created (per tenant: two
+    tenants' keys never meet)."""
+    return f"{KEY_PREFIX}idem:{tenant}:{agent}:{key}"
 
 
 QUEUED_RUNS = f"{KEY_PREFIX}queued:runs"
@@ -95,18 +101,19 @@ def history_keys(session_id: str) -> tuple[str, str]:
     )
 
 
-def tool_cache_key(identity: str, part: str) -> str:
+def tool_cache_key(identity: str, part: str, tenant: str = DEFAULT_TENANT) -> str:
     """Redis key of a deterministic tool call's cache (:mod:`app.memory.tool_cache`):
     ``identity`` is ``<tool>:<version>:<arguments digest>``, ``part`` one of ``result``,
     ``lock`` (the call in flight) and ``error`` (its failure, for its waiters only). The hash
-    tag keeps one call's keys in one cluster slot."""
-    return f"{KEY_PREFIX}toolcache:{{{identity}}}:{part}"
+    tag keeps one call's keys in one cluster slot; a tenant's calls never meet another's."""
+    return f"{KEY_PREFIX}toolcache:{tenant}:{{{identity}}}:{part}"
 
 
-def response_cache_key(digest: str) -> str:
+def response_cache_key(digest: str, tenant: str = DEFAULT_TENANT) -> str:
     """Redis key of a cached model reply (:mod:`app.memory.response_cache`): ``digest`` hashes
-    the backend, model, model version, rendered prompt and generation parameters."""
-    return f"{KEY_PREFIX}respcache:{digest}"
+    the backend, model, model version, rendered prompt and generation parameters; under the
+    tenant whose run asked, so a tenant is never answered from another's."""
+    return f"{KEY_PREFIX}respcache:{tenant}:{digest}"
 
 
 PRUNED_ROWS = f"{KEY_PREFIX}pruned:rows"

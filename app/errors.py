@@ -120,6 +120,16 @@ class SessionBusyError(RunFailedError):
     running (``AGENTQ_SESSIONS__BUSY=fail``; ``requeue`` makes it wait instead)."""
 
 
+class TenantAccessError(AgentqError):
+    """Raised when a tenant reads, uses or deletes a run, session or memory of another tenant
+    (over HTTP the answer is the same 404 as for one that does not exist)."""
+
+
+class ForeignSessionError(RunFailedError, TenantAccessError):
+    """Raised by ``AsyncResult.get()`` when a run named a session of another tenant; the run
+    was refused before it did anything."""
+
+
 class SessionInUseError(AgentqError):
     """Raised when a session is deleted while one of its runs is running (wait for it to end,
     or force the deletion)."""

@@ -40,6 +40,7 @@ from concurrent.futures import Future
 from typing import IO, TYPE_CHECKING, Any
 
 from app.agents.tools import TOOLS, ToolContext, ToolSpec, run_tool, tool_spec
+from app.constants import DEFAULT_TENANT
 from app.errors import ToolError, ToolTimeoutError
 from app.ops import metrics
 
@@ -186,6 +187,8 @@ class ToolProcessPool:
                 "step": ctx.step,
                 "agent": ctx.agent,
                 "call_id": ctx.call_id,
+                "tenant": ctx.tenant,
+                "session_id": ctx.session_id,
                 "cpu_s": deadline_s,
             }
             try:
@@ -356,8 +359,9 @@ def serve(stdin: IO[bytes], out: IO[bytes]) -> None:
 def _answer(request: dict[str, Any]) -> dict[str, Any]:
     name = request["tool"]
     ctx = ToolContext(
-        request["run_id"], request["step"], request["agent"], None, request.get("call_id", "")
-    )
+        request["run_id"], request["step"], request["agent"], None, request.get("call_id", ""),
+        request.get("tenant", DEFAULT_TENANT), request.get("session_id"),
+    )  # fmt: skip
     try:
         if name not in TOOLS:  # registered in a module the worker imported, not yet here
             importlib.import_module(request["module"])

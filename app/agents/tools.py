@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from app.agents.calculator import evaluate
 from app.agents.signatures import qualified_name, read_signature
-from app.constants import EFFECT_TTL_S, effect_key, kv_key
+from app.constants import DEFAULT_TENANT, EFFECT_TTL_S, effect_key, kv_key
 from app.errors import ConfigurationError, ToolArgumentsError, ToolError
 from app.inference.chat import ToolSchema
 from app.ops.redis_scripts import Script
@@ -47,6 +47,8 @@ class ToolContext:
     agent: str
     redis: Any
     call_id: str = ""  # the id of the call within its step (several calls in one step)
+    tenant: str = DEFAULT_TENANT  # whose run: a tool keeps and reads that tenant's data only
+    session_id: str | None = None
 
 
 ToolFn = Callable[..., Any]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
@@ -14,6 +15,7 @@ from app.agents.guardrails import Budget, first_rejection
 from app.agents.registry import AgentRegistry
 from app.celery_ext.envelope import compact_json, new_id
 from app.config import Settings
+from app.constants import DEFAULT_TENANT
 from app.errors import InputRejectedError, InvalidInputError, PayloadTooLargeError
 
 
@@ -29,6 +31,7 @@ class RunRequest:
     stream: bool = False
     budget: dict[str, Any] | None = None  # limits tightening the agent type's budget
     input_json: str = field(default="", repr=False, compare=False)  # as validation measured it
+    tenant: str = DEFAULT_TENANT  # whose run it is
 
     def kwargs(self) -> dict[str, Any]:
         """The task's keyword arguments (the wire format, JSON)."""
@@ -37,6 +40,8 @@ class RunRequest:
             kwargs["stream"] = True
         if self.budget:
             kwargs["budget"] = self.budget
+        if self.tenant != DEFAULT_TENANT:
+            kwargs["tenant"] = self.tenant
         return kwargs
 
     def kwargs_json(self) -> str:
@@ -46,6 +51,8 @@ class RunRequest:
         extra = ',"stream":true' if self.stream else ""
         if self.budget:
             extra += f',"budget":{compact_json(self.budget)}'
+        if self.tenant != DEFAULT_TENANT:
+            extra += f',"tenant":{encode_basestring_ascii(self.tenant)}'
         agent = encode_basestring_ascii(self.agent)
         return f'{{"agent":{agent},"input":{text},"session_id":{session}{extra}}}'
 
@@ -85,9 +92,13 @@ def validate_run(
     run_id: str | None = None,
     stream: Any = False,
     budget: Any = None,
+    *,
+    tenant: Any = None,
 ) -> RunRequest:
-    """Check one run's fields and return it as a :class:`RunRequest`, or raise a SubmitError."""
+    """Check one run's fields and return it as a :class:`RunRequest`, or raise a SubmitError.
+    ``tenant`` None is the default tenant."""
     spec = registry.spec(agent)
+    tenant = DEFAULT_TENANT if tenant is None else check_tenant(tenant)
     if input is None or (isinstance(input, str) and not input.strip()):
         raise InvalidInputError("'input' is required and must not be empty")
     _check_json(input)
@@ -115,7 +126,23 @@ def validate_run(
         stream,
         None if budget is None else _budget(budget),
         text,
+        tenant,
     )
+
+
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_tenant(tenant: Any) -> str:
+    """``tenant`` if it is a tenant id (1-64 letters, digits, ``.``, ``_`` or ``-``, starting
+    with a letter or digit); else :class:`InvalidInputError`. It goes into Redis keys and metric
+    labels, hence the narrow alphabet."""
+    if not isinstance(tenant, str) or _TENANT.fullmatch(tenant) is None:
+        raise InvalidInputError(
+            f"'tenant' must be 1-64 letters, digits, '.', '_' or '-' (starting with a letter or "
+            f"digit), got {tenant!r}"
+        )
+    return tenant
 
 
 def _budget(value: Any) -> dict[str, Any] | None:

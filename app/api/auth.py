@@ -19,6 +19,7 @@ from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBea
 from starlette.exceptions import HTTPException
 
 from app.api.state import ApiState, api_state
+from app.constants import DEFAULT_TENANT
 from app.memory.api_keys import SCOPES, parse_scopes
 from app.ops.ratelimit import Rate, take
 
@@ -34,11 +35,12 @@ _cookie = APIKeyCookie(
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """The identity a request acts as: its key's id, scopes and tenant."""
+    """The identity a request acts as: its key's id, scopes and tenant (a key made without
+    one, and every request with ``api.auth = none``, acts for the default tenant)."""
 
     key_id: str | None
     scopes: frozenset[str]
-    tenant: str | None = None
+    tenant: str = DEFAULT_TENANT
 
 
 ANONYMOUS = Caller(key_id=None, scopes=frozenset(SCOPES))
@@ -65,7 +67,7 @@ def authenticate(api: ApiState, key: str | None) -> Caller:
         raise unauthenticated(
             f"API key {found.id} was revoked at {found.revoked_at:%Y-%m-%d %H:%M:%S} UTC"
         )
-    return Caller(found.id, frozenset(found.scopes), found.tenant)
+    return Caller(found.id, frozenset(found.scopes), found.tenant or DEFAULT_TENANT)
 
 
 def limit(api: ApiState, who: Caller) -> None:

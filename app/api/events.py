@@ -107,11 +107,11 @@ def _decoded(response: Any) -> list[StreamEvent]:
     return [decode(i, fields) for _key, entries in response or [] for i, fields in entries]
 
 
-async def saw_the_end(client: Any, run_id: str, resume: Resume, relayed: bool) -> bool:
+async def saw_the_end(client: Any, tenant: str, run_id: str, resume: Resume, relayed: bool) -> bool:
     """Whether a client resuming at ``resume`` has had the run's ``end`` event already."""
     if resume.ended or not relayed:
         return resume.ended
-    key = stream_key(run_id)
+    key = stream_key(tenant, run_id)
     tail = _decoded([(key, await client.xrevrange(key, count=1))])
     return (
         bool(tail)
@@ -121,14 +121,14 @@ async def saw_the_end(client: Any, run_id: str, resume: Resume, relayed: bool) -
 
 
 async def relayed_events(
-    client: Any, run_id: str, resume: Resume, load_run: LoadRun
+    client: Any, tenant: str, run_id: str, resume: Resume, load_run: LoadRun
 ) -> AsyncIterator[ServerSentEvent]:
     """The run's token stream from after ``resume.entry`` up to and including ``end``.
 
     Waits for entries as long as the client listens; a stream silent for
     :data:`STORE_CHECK_MS` whose run the store shows finished gets its ``end`` from the store.
     """
-    key, last = stream_key(run_id), resume.entry
+    key, last = stream_key(tenant, run_id), resume.entry
     while True:
         events = _decoded(await client.xread({key: last}, count=1024, block=STORE_CHECK_MS))
         if not events:

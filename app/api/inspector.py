@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 from app.api.auth import COOKIE, Caller, authenticate, limit, require
 from app.api.state import ApiState, api_state
 from app.celery_ext.context import context_of
-from app.errors import NotDeadLetteredError, QuarantinedMessageError
+from app.errors import NotDeadLetteredError, QuarantinedMessageError, TenantAccessError
 from app.ops import runs as runs_view
 from app.ops.queues import queue_stats
 from app.ops.runs import RunStatusName
@@ -129,14 +129,17 @@ def runs_page(
         cursor=cursor or None,
         limit=RUNS_SHOWN,
         queued_ttl_s=api.settings.limits.queued_ttl_s,
+        tenant=who.tenant,
     )
+    # Queues and dead letters are every tenant's: shown to operators only.
+    operator = "operate" in who.scopes
     return _page(
         request,
         "runs.html",
         runs=page.items,
         next_cursor=page.next_cursor,
-        queues=queue_stats(api.broker, registry, store=api.redis),
-        letters=dead_letters.list_letters(api.redis, LETTERS_SHOWN),
+        queues=queue_stats(api.broker, registry, store=api.redis) if operator else [],
+        letters=dead_letters.list_letters(api.redis, LETTERS_SHOWN) if operator else [],
         agents=registry.names,
         statuses=runs_view.STATUSES,
         agent=agent or "",
@@ -159,7 +162,12 @@ def _run_page(
     notice: str | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
-    detail = runs_view.run_detail(api.store, api.redis, run_id, broker=api.broker)
+    try:
+        detail = runs_view.run_detail(
+            api.store, api.redis, run_id, broker=api.broker, tenant=who.tenant
+        )
+    except TenantAccessError:
+        detail = None  # another tenant's run: shown as missing
     if detail is None:
         return _page(request, "missing.html", 404, run_id=run_id, who=who)
     letter = dead_letters.get(api.redis, run_id)
@@ -181,6 +189,11 @@ def _run_page(
 @router.post("/runs/{run_id}/replay", dependencies=[Depends(same_origin)])
 def replay_form(request: Request, run_id: str, api: State, who: Operator) -> Response:
     """The replay button: send the dead-lettered run back to its queue, then show the run."""
+    try:
+        if runs_view.run_detail(api.store, api.redis, run_id, tenant=who.tenant) is None:
+            return _page(request, "missing.html", 404, run_id=run_id, who=who)
+    except TenantAccessError:
+        return _page(request, "missing.html", 404, run_id=run_id, who=who)
     try:
         dead_letters.replay(
             api.celery, context_of(api.celery).registry, api.store, api.redis, run_id

@@ -14,7 +14,7 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api import problems
-from app.api.auth import caller, require
+from app.api.auth import Caller, caller, require
 from app.api.events import (
     BadEventIdError,
     relayed_events,
@@ -37,6 +37,7 @@ from app.celery_ext import queued
 from app.celery_ext.context import context_of
 from app.celery_ext.envelope import new_id
 from app.constants import stream_key
+from app.errors import TenantAccessError
 from app.memory.records import RunState
 from app.ops import runs as runs_view
 from app.producer.submit import submit
@@ -49,9 +50,9 @@ router = APIRouter(
     dependencies=[Depends(caller)],
     responses=problems.responses(401, 403, 429),
 )
-SUBMIT = [Depends(require("submit"))]
-READ = [Depends(require("read"))]
-OPERATE = [Depends(require("operate"))]
+Submitter = Annotated[Caller, Depends(require("submit"))]
+Reader = Annotated[Caller, Depends(require("read"))]
+Operator = Annotated[Caller, Depends(require("operate"))]
 
 State = Annotated[ApiState, Depends(api_state)]
 MAX_LIMIT = 500
@@ -81,10 +82,10 @@ def _not_found(run_id: str) -> JSONResponse:
     response_model=RunList,
     responses=problems.responses(400, 503),
     summary="List runs",
-    dependencies=READ,
 )
 def list_runs(
     api: State,
+    who: Reader,
     agent: Annotated[str | None, Query(description="Only this agent type's runs.")] = None,
     status: Annotated[RunStatusName | None, Query(description="Only runs in this status.")] = None,
     session_id: Annotated[str | None, Query(description="Only this session's runs.")] = None,
@@ -105,6 +106,7 @@ def list_runs(
         cursor=cursor,
         limit=limit,
         queued_ttl_s=api.settings.limits.queued_ttl_s,
+        tenant=who.tenant,
     )
     return RunList(items=[RunItem.of(run) for run in page.items], next_cursor=page.next_cursor)
 
@@ -114,12 +116,12 @@ def list_runs(
     status_code=202,
     responses=problems.responses(413, 422, 503),
     summary="Submit a run",
-    dependencies=SUBMIT,
 )
 def create_run(
     body: RunCreate,
     response: Response,
     api: State,
+    who: Submitter,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -139,6 +141,7 @@ def create_run(
         stream=body.stream,
         budget=body.budget.model_dump(exclude_none=True) if body.budget else None,
         idempotency_key=idempotency_key,
+        tenant=who.tenant,
         celery=api.celery,
     )
     if result.id != run_id:
@@ -153,13 +156,17 @@ def create_run(
     response_model=RunView,
     responses=problems.responses(404, 503),
     summary="Read a run",
-    dependencies=READ,
 )
-def read_run(run_id: str, api: State) -> RunView | JSONResponse:
+def read_run(run_id: str, api: State, who: Reader) -> RunView | JSONResponse:
     """The run: its status, steps (tool calls with arguments and results, tokens, latency,
     worker, replica) and answer or error. A run submitted whose first step is not stored yet
     is ``queued`` (``running`` while a worker holds it)."""
-    detail = runs_view.run_detail(api.store, api.redis, run_id, broker=api.broker)
+    try:
+        detail = runs_view.run_detail(
+            api.store, api.redis, run_id, broker=api.broker, tenant=who.tenant
+        )
+    except TenantAccessError:
+        detail = None  # another tenant's run: not this caller's to know of
     return _not_found(run_id) if detail is None else RunView.of_detail(detail)
 
 
@@ -175,11 +182,11 @@ def read_run(run_id: str, api: State) -> RunView | JSONResponse:
         **problems.responses(400, 404, 503),
     },
     summary="Follow a run's events",
-    dependencies=READ,
 )
 async def run_events(
     run_id: str,
     api: State,
+    who: Reader,
     last_event_id: Annotated[
         str | None,
         Header(alias="Last-Event-ID", description="Resume after this event (its `id:`)."),
@@ -188,10 +195,14 @@ async def run_events(
     """The run's events until its end (see the 200 response)."""
 
     async def load_run() -> RunState | None:
-        return await run_in_threadpool(api.store.load_run, run_id)
+        state = await run_in_threadpool(api.store.load_run, run_id)
+        return None if state is None or state.tenant != who.tenant else state
 
     waiting = await run_in_threadpool(queued.find, api.broker, run_id)  # not started yet
-    relayed = bool(await api.aredis.exists(stream_key(run_id))) or (
+    if waiting is not None and waiting.tenant != who.tenant:
+        waiting = None  # another tenant's run: not this caller's to know of
+    # The stream is kept under its run's tenant: another tenant's key holds nothing.
+    relayed = bool(await api.aredis.exists(stream_key(who.tenant, run_id))) or (
         waiting is not None and waiting.stream
     )
     try:
@@ -200,10 +211,10 @@ async def run_events(
         return problems.response(problems.problem(problems.BAD_REQUEST, str(exc)))
     if not relayed and waiting is None and await load_run() is None:
         return _not_found(run_id)
-    if await saw_the_end(api.aredis, run_id, resume, relayed):
+    if await saw_the_end(api.aredis, who.tenant, run_id, resume, relayed):
         return Response(status_code=204)  # the SSE spec's "stop reconnecting"
     if relayed:
-        source = relayed_events(api.aredis, run_id, resume, load_run)
+        source = relayed_events(api.aredis, who.tenant, run_id, resume, load_run)
     else:
         source = stored_events(load_run, resume, api.settings.api.poll_interval_s)
     return EventSourceResponse(
@@ -216,13 +227,17 @@ async def run_events(
 @router.post(
     "/{run_id}/replay",
     status_code=202,
-    responses=problems.responses(409, 503),
+    response_model=RunReplayed,
+    responses=problems.responses(404, 409, 503),
     summary="Replay a dead-lettered run",
-    dependencies=OPERATE,
 )
-def replay_run(run_id: str, api: State) -> RunReplayed:
+def replay_run(run_id: str, api: State, who: Operator) -> RunReplayed | JSONResponse:
     """Send a dead-lettered run back to its queue (as ``agentq dlq replay``); it resumes at
     the step that failed. 409 when the run is not dead-lettered."""
+    try:
+        runs_view.run_detail(api.store, api.redis, run_id, tenant=who.tenant)
+    except TenantAccessError:
+        return _not_found(run_id)  # another tenant's run: not this caller's to know of
     registry = context_of(api.celery).registry
     letter = dead_letters.replay(api.celery, registry, api.store, api.redis, run_id)
     return RunReplayed(id=run_id, step=letter.step, links=_links(run_id))

@@ -11,8 +11,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from app.api import problems
-from app.api.auth import caller, require
+from app.api.auth import Caller, caller, require
 from app.api.state import ApiState, api_state
+from app.errors import TenantAccessError
 from app.ops import sessions as sessions_view
 
 router = APIRouter(
@@ -28,6 +29,7 @@ class SessionView(BaseModel):
     """A session: a conversation across runs, one run at a time."""
 
     id: str
+    tenant: str = Field(description="Whose session it is (the API key's tenant).")
     agent: str = Field(description="The agent type of its first run.")
     created_at: datetime
     updated_at: datetime = Field(description="When a run of it last started or succeeded.")
@@ -56,12 +58,16 @@ def _not_found(session_id: str) -> JSONResponse:
     response_model=SessionView,
     responses=problems.responses(404, 503),
     summary="Read a session",
-    dependencies=[Depends(require("read"))],
 )
-def read_session(session_id: str, api: State) -> SessionView | JSONResponse:
+def read_session(
+    session_id: str, api: State, who: Annotated[Caller, Depends(require("read"))]
+) -> SessionView | JSONResponse:
     """The session: when it started and last moved, its runs by status and the run holding
     it; its runs are listed by ``GET /v1/runs?session_id=``."""
-    info = sessions_view.session_info(api.store, session_id)
+    try:
+        info = sessions_view.session_info(api.store, session_id, who.tenant)
+    except TenantAccessError:
+        info = None  # another tenant's session: not this caller's to know of
     if info is None:
         return _not_found(session_id)
     return SessionView(**info.to_json(), runs_url=f"/v1/runs?session_id={session_id}")
@@ -72,11 +78,11 @@ def read_session(session_id: str, api: State) -> SessionView | JSONResponse:
     response_model=SessionDeleted,
     responses=problems.responses(404, 409, 503),
     summary="Delete a session everywhere",
-    dependencies=[Depends(require("operate"))],
 )
 def delete_session(
     session_id: str,
     api: State,
+    who: Annotated[Caller, Depends(require("operate"))],
     force: Annotated[
         bool, Query(description="Delete it even while one of its runs is running.")
     ] = False,
@@ -84,9 +90,13 @@ def delete_session(
     """Delete the session, its runs and their steps from SQL, and its cached history and its
     runs' token streams, markers and results from Redis. 409 while one of its runs is running,
     unless ``force`` (that run's next step then finds no run and is dead-lettered)."""
-    deleted = sessions_view.delete_session(
-        api.store, api.redis, session_id, force=force, forget_result=api.celery.backend.forget
-    )
+    try:
+        deleted = sessions_view.delete_session(
+            api.store, api.redis, session_id, force=force,
+            forget_result=api.celery.backend.forget, tenant=who.tenant,
+        )  # fmt: skip
+    except TenantAccessError:
+        deleted = None  # another tenant's session: not this caller's to know of
     if deleted is None:
         return _not_found(session_id)
     return SessionDeleted(

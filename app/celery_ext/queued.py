@@ -14,9 +14,9 @@ On the broker's Redis, next to the queues:
 - :func:`~app.constants.queued_key` of each: a list of its run ids in push order (LPUSH: the
   newest at the head), the only write per run for most runs (the enqueue path pays for every
   command);
-- :data:`~app.constants.QUEUED_RUNS`: run id -> its agent, session, ``stream`` and submit
-  time ``at`` as compact JSON, for the runs that have a session or stream, or an id that
-  does not hold its submit time.
+- :data:`~app.constants.QUEUED_RUNS`: run id -> its agent, session, ``stream``, tenant and
+  submit time ``at`` as compact JSON, for the runs that have a session, stream or tenant
+  other than the default, or an id that does not hold its submit time.
 
 Run ids are version 7 UUIDs (:func:`~app.celery_ext.envelope.new_ids`): a run's submit time
 is its id's millisecond (:func:`time_of`), one batch's ids increase in submit order. The
@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring_ascii as _string
 from typing import Any
 
-from app.constants import QUEUED_AGENTS, QUEUED_RUNS, queued_key
+from app.constants import DEFAULT_TENANT, QUEUED_AGENTS, QUEUED_RUNS, queued_key
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -72,6 +72,7 @@ class QueuedRun:
     submitted_us: int  # Unix time in microseconds
     session_id: str | None = None
     stream: bool = False
+    tenant: str = DEFAULT_TENANT
 
     @property
     def submitted_at(self) -> datetime:
@@ -91,15 +92,22 @@ def time_of(run_id: str) -> int | None:
 
 
 def entry(
-    agent: str, session_id: str | None = None, stream: bool = False, at: int | None = None
+    agent: str,
+    session_id: str | None = None,
+    stream: bool = False,
+    at: int | None = None,
+    tenant: str = DEFAULT_TENANT,
 ) -> str | None:
-    """A run's value in :data:`QUEUED_RUNS`: its agent, session, ``stream``, and submit time
-    ``at`` (us) for a run whose id does not hold it; None for a run that needs none."""
-    if session_id is None and not stream and at is None:
+    """A run's value in :data:`QUEUED_RUNS`: its agent, session, ``stream``, tenant (when not
+    the default one), and submit time ``at`` (us) for a run whose id does not hold it; None
+    for a run that needs none."""
+    if session_id is None and not stream and at is None and tenant == DEFAULT_TENANT:
         return None
     text = f'{{"agent":{_string(agent)}'
     if session_id is not None:
         text += f',"session_id":{_string(session_id)}'
+    if tenant != DEFAULT_TENANT:
+        text += f',"tenant":{_string(tenant)}'
     if at is not None:
         text += f',"at":{at}'
     return text + (',"stream":true}' if stream else "}")
@@ -108,7 +116,14 @@ def entry(
 def parse(run_id: str, agent: str, submitted_us: int, raw: bytes | str | None) -> QueuedRun:
     """The run whose :func:`entry` is ``raw`` (None: it has none)."""
     data = {} if raw is None else json.loads(raw)
-    return QueuedRun(run_id, agent, submitted_us, data.get("session_id"), bool(data.get("stream")))
+    return QueuedRun(
+        run_id,
+        agent,
+        submitted_us,
+        data.get("session_id"),
+        bool(data.get("stream")),
+        data.get("tenant", DEFAULT_TENANT),
+    )
 
 
 def add(pipe: Any, runs: Mapping[str, list[str]], entries: Mapping[str, str], ttl_s: int) -> None:
@@ -129,11 +144,13 @@ def add(pipe: Any, runs: Mapping[str, list[str]], entries: Mapping[str, str], tt
 def add_one(pipe: Any, run_id: str, kwargs: Mapping[str, Any], ttl_s: int) -> None:
     """:func:`add` for one run from its first message's keyword arguments."""
     agent, session_id = str(kwargs.get("agent")), kwargs.get("session_id")
+    tenant = kwargs.get("tenant", DEFAULT_TENANT)
     text = entry(
         agent,
         session_id if isinstance(session_id, str) else None,
         bool(kwargs.get("stream")),
         None if time_of(run_id) is not None else now_us(),
+        tenant if isinstance(tenant, str) else str(tenant),
     )
     add(pipe, {agent: [run_id]}, {} if text is None else {run_id: text}, ttl_s)
 

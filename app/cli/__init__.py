@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from app.cli.exits import ExitCode, OneLineGroup, fail
+from app.cli.options import tenant_option
 from app.config import Settings
 from app.ops import logs
 
@@ -215,6 +216,7 @@ def flower() -> None:
     help="Submitting again with this key returns the first run instead of a new one.",
 )
 @click.option("--timeout", type=float, default=120.0, show_default=True)
+@tenant_option
 def submit(
     agent: str,
     text: str,
@@ -223,6 +225,7 @@ def submit(
     stream: bool,
     idempotency_key: str | None,
     timeout: float,
+    tenant: str,
 ) -> None:
     """Submit one run of AGENT with input TEXT (JSON objects are parsed)."""
     from celery.exceptions import TimeoutError as ResultTimeout
@@ -241,8 +244,9 @@ def submit(
         with contextlib.suppress(json.JSONDecodeError):
             run_input = json.loads(text)
     result = submit_run(
-        agent, run_input, session_id, stream=stream, idempotency_key=idempotency_key
-    )
+        agent, run_input, session_id, stream=stream, idempotency_key=idempotency_key,
+        tenant=tenant,
+    )  # fmt: skip
     console = get_console()
     console.print(f"run [bold]{result.id}[/bold] queued", highlight=False)
     try:

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
-from app.errors import AgentqError, StoreError, SubmitError
+from app.errors import AgentqError, StoreError, SubmitError, TenantAccessError
 
 
 class ExitCode(enum.IntEnum):
@@ -48,7 +48,7 @@ def exit_for(exc: Exception) -> tuple[ExitCode, str] | None:
     from pydantic import ValidationError
 
     match exc:
-        case SubmitError():
+        case SubmitError() | TenantAccessError():
             return ExitCode.REFUSED, f"refused: {exc}"
         case StoreError():
             return ExitCode.STORE_UNAVAILABLE, str(exc)

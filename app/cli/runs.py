@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from app.cli import console, echo_json, main, print_table
+from app.cli.options import tenant_option
 from app.config import Settings
 from app.ops.runs import STATUSES
 
@@ -51,6 +52,7 @@ def _sources() -> Iterator[tuple[Settings, Any, Any, Any]]:
 @click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=50, show_default=True)
 @click.option("--cursor", default=None, help="Where the previous page ended (it prints it).")
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout (GET /v1/runs's body).")
+@tenant_option
 def runs_list(
     agent: str | None,
     status: str | None,
@@ -58,6 +60,7 @@ def runs_list(
     limit: int,
     cursor: str | None,
     as_json: bool,
+    tenant: str,
 ) -> None:
     """Runs newest first: queued ones by when they were submitted, the others by when their
     first step started."""
@@ -77,6 +80,7 @@ def runs_list(
                 cursor=cursor,
                 limit=limit,
                 queued_ttl_s=settings.limits.queued_ttl_s,
+                tenant=tenant,
             )
         except BadCursorError as exc:
             raise click.BadParameter(str(exc), param_hint="--cursor") from None
@@ -105,14 +109,15 @@ def runs_list(
 @runs.command("show")
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout (GET /v1/runs/{id}'s body).")
-def runs_show(run_id: str, as_json: bool) -> None:
+@tenant_option
+def runs_show(run_id: str, as_json: bool, tenant: str) -> None:
     """One run: status, answer or error (and traceback), and each step's reply, tool calls with
     arguments and results, tokens, latency, worker and replica."""
     from app.api.models import RunView
     from app.ops.runs import run_detail
 
     with _sources() as (_settings, store, client, broker):
-        detail = run_detail(store, client, run_id, broker=broker)
+        detail = run_detail(store, client, run_id, broker=broker, tenant=tenant)
     if detail is None:
         raise click.ClickException(
             f"no run {run_id}: not in the session store, nor queued (submitted within "

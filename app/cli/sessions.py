@@ -13,6 +13,7 @@ from rich.text import Text
 
 from app.cli import console, echo_json, main, print_table
 from app.cli.exits import ExitCode, fail
+from app.cli.options import tenant_option
 from app.cli.runs import _short, _sources
 
 
@@ -30,13 +31,14 @@ def _missing(session_id: str) -> None:
 @click.option("--runs", "shown", type=click.IntRange(1, 500), default=20, show_default=True,
               help="How many of its latest runs to list.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
-def session_show(session_id: str, shown: int, as_json: bool) -> None:
+@tenant_option
+def session_show(session_id: str, shown: int, as_json: bool, tenant: str) -> None:
     """A session: when it started and last moved, its runs by status, the run holding it, and
     its latest runs with their input and answer."""
     from app.ops.sessions import session_info
 
     with _sources() as (_settings, store, _client, _broker):
-        info = session_info(store, session_id)
+        info = session_info(store, session_id, tenant)
         latest = store.list_runs(session_id=session_id, limit=shown) if info else []
     if info is None:
         _missing(session_id)
@@ -82,7 +84,8 @@ def session_show(session_id: str, shown: int, as_json: bool) -> None:
 @click.argument("session_id")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write to this file (default: stdout).")  # fmt: skip
-def session_export(session_id: str, output: Path | None) -> None:
+@tenant_option
+def session_export(session_id: str, output: Path | None, tenant: str) -> None:
     """The session and every run of it, oldest first, each as ``agentq runs show --json``
     prints it (steps, tool calls with arguments and results, tokens), as one JSON document."""
     from rich.progress import Progress
@@ -98,13 +101,14 @@ def session_export(session_id: str, output: Path | None) -> None:
 
     with _sources() as (_settings, store, _client, _broker):
         if output is None:
-            exported = export_session(store, session_id, view)
+            exported = export_session(store, session_id, view, tenant=tenant)
         else:
             with Progress(console=console, transient=True) as progress:
                 task = progress.add_task("exporting runs", total=None)
                 exported = export_session(
                     store, session_id, view,
                     lambda done, total: progress.update(task, completed=done, total=total),
+                    tenant=tenant,
                 )  # fmt: skip
     if exported is None:
         _missing(session_id)
@@ -124,7 +128,8 @@ def session_export(session_id: str, output: Path | None) -> None:
               help="Delete it even while one of its runs is running (that run is then "
               "dead-lettered at its next step).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
-def session_delete(session_id: str, force: bool, as_json: bool) -> None:
+@tenant_option
+def session_delete(session_id: str, force: bool, as_json: bool, tenant: str) -> None:
     """Delete the session everywhere: its runs and their steps in SQL, its cached history, and
     its runs' token streams, markers and results in Redis. Refused (exit 2) while one of its
     runs is running, unless --force."""
@@ -136,8 +141,9 @@ def session_delete(session_id: str, force: bool, as_json: bool) -> None:
         backend = create_celery(settings).backend
         try:
             deleted = delete_session(
-                store, client, session_id, force=force, forget_result=backend.forget
-            )
+                store, client, session_id, force=force, forget_result=backend.forget,
+                tenant=tenant,
+            )  # fmt: skip
         except SessionInUseError as exc:
             fail(ExitCode.REFUSED, str(exc))
     if deleted is None:

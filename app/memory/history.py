@@ -43,17 +43,21 @@ def claim_session(store: SessionStore, run: NewRun) -> SessionClaim:
     """Create ``run`` (and its session) unless they exist, and make it the session's running
     run unless another run of the session is running; in one transaction, undone when the
     claim fails (the run is then not created). A run created here starts now: when it got the
-    session. A run holds its session until it ends."""
+    session. A run holds its session until it ends. A session of another tenant than the run's
+    is neither claimed nor told about (``foreign``)."""
     assert run.session_id is not None
     with store.write() as conn:
-        store.insert_session(conn, run.session_id, run.agent, utc_now())
+        store.insert_session(conn, run.session_id, run.agent, utc_now(), run.tenant)
         # Locked first, then its holder read: on PostgreSQL each statement sees what was
         # committed before it, so a claim that waited here sees the run that got there first.
-        holder, version = conn.execute(
-            select(sessions.c.active_run, sessions.c.history_version)
+        holder, version, tenant = conn.execute(
+            select(sessions.c.active_run, sessions.c.history_version, sessions.c.tenant)
             .where(sessions.c.id == run.session_id)
             .with_for_update()
         ).one()
+        if tenant != run.tenant:
+            conn.rollback()
+            return SessionClaim(None, foreign=True)
         if holder not in (None, run.id) and _running(conn, holder):
             conn.rollback()
             return SessionClaim(holder, version)

@@ -21,7 +21,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 # The newest migration's revision id (tests/unit/memory/test_schema_revision.py holds it to
 # Alembic's head). Ids are zero-padded numbers, so a later revision's id sorts after.
-HEAD_REVISION: Final = "0009"
+HEAD_REVISION: Final = "0010"
 
 _VERSIONS = Table("alembic_version", MetaData(), Column("version_num", String))
 

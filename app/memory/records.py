@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from app.constants import DEFAULT_TENANT
+
 
 class RunStatus(enum.StrEnum):
     """Where a run stands (``runs.status``)."""
@@ -41,6 +43,7 @@ class ErrorType(enum.StrEnum):
     UNKNOWN_AGENT = "unknown_agent"
     DEAD_LETTERED = "dead_lettered"
     SESSION_BUSY = "session_busy"  # another run of its session was running (sessions.busy=fail)
+    FOREIGN_SESSION = "foreign_session"  # its session belongs to another tenant
 
     @property
     def guardrail(self) -> bool:
@@ -155,6 +158,7 @@ class RunRecord:
     error_type: ErrorType | None = None  # why a failed run ended
     budget: dict[str, Any] | None = None  # the run's limits (app.agents.guardrails.Budget)
     traceback: str | None = None  # of the error a failed run ended with, when one raised
+    tenant: str = DEFAULT_TENANT  # whose run it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +179,7 @@ class SessionClaim:
     holder: str | None
     history_version: int = 0
     started_at: datetime | None = None  # the claim created the run: when it started
+    foreign: bool = False  # the session is another tenant's: nothing was claimed or created
 
     def held_by(self, run_id: str) -> bool:
         """Whether ``run_id`` holds the session."""
@@ -196,6 +201,7 @@ class NewRun:
     budget: dict[str, Any] | None = None
     # When its first step started (not when that step commits): wall-time budgets count it.
     created_at: datetime = field(default_factory=lambda: utc_now())
+    tenant: str = DEFAULT_TENANT
 
     def state(self) -> RunState:
         """The run as it stands before its first step."""
@@ -211,6 +217,7 @@ class NewRun:
             self.created_at,
             None,
             budget=self.budget,
+            tenant=self.tenant,
         )
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from app.agents.registry import AgentSpec
 from app.config.sections import CacheSettings
-from app.constants import response_cache_key
+from app.constants import DEFAULT_TENANT, response_cache_key
 from app.inference.backend import ChatRequest, Completion, InferenceBackend, ToolCall, Versioned
 from app.memory.tool_cache import canonical_json
 from app.ops import metrics
@@ -38,7 +38,14 @@ CACHED_REPLICA = "response-cache"
 """The ``replica`` of a reply answered from the cache."""
 
 
-def reply_key(kind: str, model: str, version: str, prompt: str, request: ChatRequest) -> str:
+def reply_key(
+    kind: str,
+    model: str,
+    version: str,
+    prompt: str,
+    request: ChatRequest,
+    tenant: str = DEFAULT_TENANT,
+) -> str:
     """The Redis key of the reply to ``request`` (see the module docstring)."""
     parts = {
         "backend": kind,
@@ -47,7 +54,8 @@ def reply_key(kind: str, model: str, version: str, prompt: str, request: ChatReq
         "prompt": prompt,
         "params": dataclasses.asdict(request.params),
     }
-    return response_cache_key(hashlib.sha256(canonical_json(parts).encode()).hexdigest())
+    digest = hashlib.sha256(canonical_json(parts).encode()).hexdigest()
+    return response_cache_key(digest, tenant)
 
 
 class ResponseCache:
@@ -72,8 +80,10 @@ class ResponseCache:
         backend: InferenceBackend,
         request: ChatRequest,
         call: Callable[[], Completion],
+        tenant: str = DEFAULT_TENANT,
     ) -> tuple[Completion, bool]:
-        """The reply to ``request``: the cached one (and True), else ``call()``'s, stored."""
+        """The reply to ``request``: the cached one (and True), else ``call()``'s, stored;
+        among ``tenant``'s replies only."""
         started = time.perf_counter()
         identity = _identity(backend, request)
         if identity is None:
@@ -81,7 +91,11 @@ class ResponseCache:
             return call(), False
         model, prompt = identity
         version = spec.model_version or self._version(spec.backend, model, backend, request)
-        key = None if version is None else reply_key(spec.backend, model, version, prompt, request)
+        key = (
+            None
+            if version is None
+            else reply_key(spec.backend, model, version, prompt, request, tenant)
+        )
         if key is not None:
             data = self.redis.get(key)
             if data is not None:
@@ -93,7 +107,7 @@ class ResponseCache:
         if key is None and answered:
             # A server that reports no version up front: the version its reply names, learned.
             self._learn(spec.backend, model, answered)
-            key = reply_key(spec.backend, model, answered, prompt, request)
+            key = reply_key(spec.backend, model, answered, prompt, request, tenant)
         if key is not None:
             ttl_s = self.settings.response_ttl_s
             self.redis.set(key, _stored(completion), ex=ttl_s)

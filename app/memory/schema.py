@@ -24,6 +24,7 @@ from sqlalchemy import (
     TypeDecorator,
 )
 
+from app.constants import DEFAULT_TENANT
 from app.memory.records import ErrorType, RunStatus, StepKind
 
 
@@ -101,6 +102,9 @@ sessions = Table(
     Column("active_run", String, nullable=True),
     # Moves each time a run of the session succeeds: the history cache's entries carry it.
     Column("history_version", Integer, nullable=False, server_default="0"),
+    # Whose it is: only runs of this tenant may use it, only this tenant may read it.
+    Column("tenant", String, nullable=False, server_default=DEFAULT_TENANT),
+    Index("ix_sessions_tenant", "tenant"),
 )
 
 runs = Table(
@@ -119,11 +123,13 @@ runs = Table(
     Column("error_type", EnumText(ErrorType), nullable=True),  # why a failed run ended
     Column("budget", JsonValue, nullable=True),  # the run's limits (app.agents.guardrails.Budget)
     Column("traceback", Text, nullable=True),  # of the error a failed run ended with
+    Column("tenant", String, nullable=False, server_default=DEFAULT_TENANT),  # whose run it is
     CheckConstraint(allowed("status", RunStatus), name="ck_runs_status"),
     CheckConstraint(allowed("error_type", ErrorType), name="ck_runs_error_type"),
     Index("ix_runs_session_created", "session_id", "created_at"),
     Index("ix_runs_status", "status"),
     Index("ix_runs_created_id", "created_at", "id"),  # the run listing's order and cursor
+    Index("ix_runs_tenant_created", "tenant", "created_at"),  # a tenant's runs, newest first
 )
 
 steps = Table(

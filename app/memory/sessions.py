@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
+from app.constants import DEFAULT_TENANT
 from app.errors import StoreError
 from app.memory.engine import make_engine
 from app.memory.records import (
@@ -155,9 +156,19 @@ class SessionStore:
                 raise store_error(exc, self._engine) from exc
         raise AssertionError("unreachable")
 
-    def insert_session(self, conn: Connection, session_id: str, agent: str, now: datetime) -> bool:
-        """Create the session unless it exists; whether this call created it."""
-        row = {"id": session_id, "agent": agent, "created_at": now, "updated_at": now}
+    def insert_session(
+        self,
+        conn: Connection,
+        session_id: str,
+        agent: str,
+        now: datetime,
+        tenant: str = DEFAULT_TENANT,
+    ) -> bool:
+        """Create the session (``tenant``'s) unless it exists; whether this call created it."""
+        row = {
+            "id": session_id, "agent": agent, "created_at": now, "updated_at": now,
+            "tenant": tenant,
+        }  # fmt: skip
         return bool(conn.execute(self._sql.insert_session, row).rowcount)
 
     def insert_run(
@@ -179,9 +190,10 @@ class SessionStore:
         sql = self._sql
         new_session = session_written
         if run.session_id is not None and not session_written:
-            new_session = self.insert_session(conn, run.session_id, run.agent, now)
+            new_session = self.insert_session(conn, run.session_id, run.agent, now, run.tenant)
         row = {
             "id": run.id,
+            "tenant": run.tenant,
             "session_id": run.session_id,
             "agent": run.agent,
             "input": run.input,
@@ -405,13 +417,13 @@ class SessionStore:
         row = {
             "id": run.id, "session_id": run.session_id, "agent": run.agent, "input": run.input,
             "status": RunStatus.RUNNING, "created_at": run.created_at, "budget": run.budget,
-            **moved,
+            "tenant": run.tenant, **moved,
         }  # fmt: skip
         params = {f"r_{name}": value for name, value in row.items()}
         params.update({f"s_{name}": value for name, value in step_values(record).items()})
         params["s_created_at"] = now
         if run.session_id is not None:
-            params.update(session_id=run.session_id, agent=run.agent, now=now)
+            params.update(session_id=run.session_id, agent=run.agent, now=now, tenant=run.tenant)
         statement = self._sql.create_with_step(frozenset(row), run.session_id is not None)
         # Safe to repeat (the _read way) after a dropped connection: a run created by the
         # first try makes the second insert nothing, and the caller asks the store.
@@ -428,7 +440,7 @@ class SessionStore:
         row = {
             "id": run.id, "session_id": None, "agent": run.agent, "input": run.input,
             "status": RunStatus.RUNNING, "created_at": run.created_at, "budget": run.budget,
-            **moved,
+            "tenant": run.tenant, **moved,
         }  # fmt: skip
         step = {**step_values(record), "run_id": run.id, "created_at": now}
         insert_run = self._sql.prepared_insert(runs, frozenset(row))
@@ -521,10 +533,11 @@ class SessionStore:
         *,
         session_id: str | None = None,
         before: tuple[datetime, str] | None = None,
+        tenant: str | None = None,
     ) -> list[RunRecord]:
         """The most recent runs, newest first (by ``created_at``, then id), optionally of one
-        agent type, status or session; with ``before`` (created_at, id), only the runs that
-        come after it in that order: the next page of a listing."""
+        agent type, status, session or tenant; with ``before`` (created_at, id), only the runs
+        that come after it in that order: the next page of a listing."""
         query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
         if agent is not None:
             query = query.where(runs.c.agent == agent)
@@ -532,6 +545,8 @@ class SessionStore:
             query = query.where(runs.c.status == status)
         if session_id is not None:
             query = query.where(runs.c.session_id == session_id)
+        if tenant is not None:
+            query = query.where(runs.c.tenant == tenant)
         if before is not None:
             # A row value, not OR: PostgreSQL reads it straight off ix_runs_created_id.
             query = query.where(tuple_(runs.c.created_at, runs.c.id) < before)

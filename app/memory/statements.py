@@ -195,7 +195,7 @@ class Statements:
             touched = bindparam("now", type_=sessions.c.updated_at.type)
             session = postgresql.insert(sessions).values(
                 id=bindparam("session_id"), agent=bindparam("agent"), created_at=touched,
-                updated_at=touched,
+                updated_at=touched, tenant=bindparam("tenant"),
             )  # fmt: skip
             upsert = session.on_conflict_do_update(
                 index_elements=[sessions.c.id], set_={"updated_at": session.excluded.updated_at}

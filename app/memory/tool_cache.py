@@ -30,7 +30,7 @@ from pydantic_core import to_jsonable_python
 
 from app.agents.tools import ToolSpec
 from app.config.sections import CacheSettings
-from app.constants import tool_cache_key
+from app.constants import DEFAULT_TENANT, tool_cache_key
 from app.errors import ToolError
 from app.ops import metrics
 from app.ops.redis_scripts import Script
@@ -73,13 +73,19 @@ class ToolCache:
         self._clock = clock
 
     def call(
-        self, spec: ToolSpec, values: dict[str, Any], deadline_s: float, run: Callable[[], Any]
+        self,
+        spec: ToolSpec,
+        values: dict[str, Any],
+        deadline_s: float,
+        run: Callable[[], Any],
+        tenant: str = DEFAULT_TENANT,
     ) -> Any:
         """The result of ``spec`` with validated ``values``: cached, or that of an identical
         call in flight, or ``run()``'s (stored for later calls when it succeeds).
         :class:`ToolError` when the call (this one or the one waited on) fails."""
         identity = call_identity(spec, values)
-        keys = [tool_cache_key(identity, part) for part in ("result", "lock", "error")]
+        # Only ``tenant``'s identical calls are shared.
+        keys = [tool_cache_key(identity, part, tenant) for part in ("result", "lock", "error")]
         token = uuid.uuid4().hex
         lock_ms = int((deadline_s + self.settings.lock_margin_s) * 1000)
         wait_s = self.settings.tool_wait_s or lock_ms / 1000

@@ -24,8 +24,8 @@ from typing import Any, Literal, get_args
 
 from app.celery_ext import queued
 from app.celery_ext.queued import QueuedRun
-from app.constants import lease_key, stream_key
-from app.errors import BadCursorError
+from app.constants import DEFAULT_TENANT, lease_key, stream_key
+from app.errors import BadCursorError, TenantAccessError
 from app.memory.records import RunRecord, RunState
 from app.memory.sessions import SessionStore
 
@@ -76,6 +76,7 @@ class RunDetail:
     stream: bool | None = None  # known while queued, or while its token stream is kept
     submitted_at: datetime | None = None
     stored: RunState | None = None
+    tenant: str = DEFAULT_TENANT
 
 
 def encode_cursor(mark: tuple[int, str]) -> str:
@@ -110,9 +111,11 @@ def list_runs(
     cursor: str | None = None,
     limit: int = 50,
     queued_ttl_s: int = 7 * 86_400,
+    tenant: str | None = None,
 ) -> RunPage:
     """Runs newest first, queued ones included: ``limit`` of them after ``cursor``, of one
-    ``agent``, ``status`` (:data:`STATUSES`) and ``session_id`` when given.
+    ``agent``, ``status`` (:data:`STATUSES`), ``session_id`` and ``tenant`` when given (the
+    API and CLI always give the caller's tenant).
 
     ``redis`` holds the leases, ``broker`` (default: ``redis``) the queued-runs index."""
     if status is not None and status not in STATUSES:
@@ -124,12 +127,15 @@ def list_runs(
     found: dict[str, RunSummary] = {}
     if status not in ("succeeded", "failed"):
         for run in _queued_runs(
-            store, redis, index, agent, status, session_id, below, limit + 1, queued_ttl_s
-        ):
+            store, redis, index, agent, status, session_id, below, limit + 1, queued_ttl_s,
+            tenant,
+        ):  # fmt: skip
             found[run.id] = run
     if status != "queued":
         before = None if below is None else (queued.datetime_of(below[0]), below[1])
-        stored = store.list_runs(agent, status, limit + 1, session_id=session_id, before=before)
+        stored = store.list_runs(
+            agent, status, limit + 1, session_id=session_id, before=before, tenant=tenant
+        )
         found.update((record.id, _summary(record)) for record in stored)  # stored wins
     ordered = sorted(found.values(), key=lambda run: run.mark, reverse=True)
     items = ordered[:limit]
@@ -138,13 +144,20 @@ def list_runs(
 
 
 def run_detail(
-    store: SessionStore, redis: Any, run_id: str, *, broker: Any = None
+    store: SessionStore,
+    redis: Any,
+    run_id: str,
+    *,
+    broker: Any = None,
+    tenant: str | None = None,
 ) -> RunDetail | None:
     """The run ``run_id`` (queued, running or stored), or None when neither the store nor
-    the queued-runs index has it."""
+    the queued-runs index has it. With ``tenant``, a run of another tenant raises
+    :class:`TenantAccessError`."""
     stored = store.load_run(run_id)
     if stored is not None:
-        streamed = True if redis.exists(stream_key(run_id)) else None
+        check_tenant_of("run", run_id, stored.tenant, tenant)
+        streamed = True if redis.exists(stream_key(stored.tenant, run_id)) else None
         return RunDetail(
             stored.id,
             stored.agent,
@@ -152,13 +165,15 @@ def run_detail(
             stored.session_id,
             streamed,
             stored=stored,
+            tenant=stored.tenant,
         )
     index = redis if broker is None else broker
     entry = queued.find(index, run_id)
     if entry is None:
         return None
+    check_tenant_of("run", run_id, entry.tenant, tenant)
     if store.stored_ids([run_id]):  # its first step committed since the load above
-        return run_detail(store, redis, run_id, broker=broker)
+        return run_detail(store, redis, run_id, broker=broker, tenant=tenant)
     running = bool(redis.exists(lease_key(run_id)))
     return RunDetail(
         entry.id,
@@ -167,7 +182,15 @@ def run_detail(
         entry.session_id,
         entry.stream,
         entry.submitted_at,
+        tenant=entry.tenant,
     )
+
+
+def check_tenant_of(kind: str, name: str, owner: str, tenant: str | None) -> None:
+    """Raise :class:`TenantAccessError` when ``tenant`` (None: any) is not ``owner``, the
+    tenant of the ``kind`` (run, session, memory) ``name``."""
+    if tenant is not None and owner != tenant:
+        raise TenantAccessError(f"{kind} {name!r} is not tenant {tenant!r}'s")
 
 
 def _summary(record: RunRecord) -> RunSummary:
@@ -193,6 +216,7 @@ def _queued_runs(
     below: tuple[int, str] | None,
     want: int,
     ttl_s: int,
+    tenant: str | None = None,
 ) -> Iterator[RunSummary]:
     """Up to ``want`` indexed runs before ``below``, newest first, that match the filters and
     are not stored; entries of stored runs are dropped from the index on the way."""
@@ -225,6 +249,8 @@ def _queued_runs(
             if status not in (None, run_status):
                 continue
             if session_id is not None and run.session_id != session_id:
+                continue
+            if tenant is not None and run.tenant != tenant:
                 continue
             yield RunSummary(run.id, run.agent, run_status, run.submitted_at, run.session_id)
             given += 1

@@ -12,11 +12,12 @@ from typing import Any
 
 from sqlalchemy import delete, func, select
 
-from app.constants import history_keys, published_key, stream_key
+from app.constants import DEFAULT_TENANT, history_keys, published_key, stream_key
 from app.errors import SessionInUseError
 from app.memory.records import RunRecord, RunState, RunStatus
 from app.memory.schema import accepted_runs, runs, sessions, step_drafts, steps, tool_results
 from app.memory.sessions import SessionStore
+from app.ops.runs import check_tenant_of
 
 _PAGE = 200  # runs read per round trip when a session's runs are walked
 
@@ -32,10 +33,12 @@ class SessionInfo:
     history_version: int
     runs: dict[str, int] = field(default_factory=dict)  # status -> count
     active_run: str | None = None  # its running run, if one is
+    tenant: str = DEFAULT_TENANT
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "tenant": self.tenant,
             "agent": self.agent,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
@@ -55,13 +58,17 @@ class DeletedSession:
     redis_keys: int
 
 
-def session_info(store: SessionStore, session_id: str) -> SessionInfo | None:
-    """The session ``session_id``, or None when the store has no such session."""
+def session_info(
+    store: SessionStore, session_id: str, tenant: str | None = None
+) -> SessionInfo | None:
+    """The session ``session_id``, or None when the store has no such session. With
+    ``tenant``, a session of another tenant raises :class:`TenantAccessError`."""
     row = store.read(
         lambda conn: conn.execute(select(sessions).where(sessions.c.id == session_id)).first()
     )
     if row is None:
         return None
+    check_tenant_of("session", session_id, row.tenant, tenant)
     counts = select(runs.c.status, func.count()).where(runs.c.session_id == session_id)
     counted = store.read(lambda conn: conn.execute(counts.group_by(runs.c.status)).all())
     by_status = {str(status): int(n) for status, n in counted}
@@ -76,6 +83,7 @@ def session_info(store: SessionStore, session_id: str) -> SessionInfo | None:
         row.history_version,
         by_status,
         active,
+        row.tenant,
     )
 
 
@@ -97,11 +105,12 @@ def session_runs(store: SessionStore, session_id: str) -> Iterator[RunRecord]:
 
 def export_session(
     store: SessionStore, session_id: str, view: Callable[[RunState], dict[str, Any]],
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, tenant: str | None = None,
 ) -> dict[str, Any] | None:  # fmt: skip
     """The session and each of its runs (oldest first) with its steps, as ``view`` shows a
-    run; None when there is no such session. ``progress(done, total)`` after each run."""
-    info = session_info(store, session_id)
+    run; None when there is no such session. ``progress(done, total)`` after each run.
+    ``tenant``: as for :func:`session_info`."""
+    info = session_info(store, session_id, tenant)
     if info is None:
         return None
     records = list(session_runs(store, session_id))
@@ -123,21 +132,26 @@ def delete_session(
     *,
     force: bool = False,
     forget_result: Callable[[str], None] | None = None,
+    tenant: str | None = None,
 ) -> DeletedSession | None:
     """Delete the session and its runs from SQL (steps, drafts, kept tool results, accepted
     records), then its cached history and each run's token stream, published-step markers
     and (``forget_result``) result; None when there is no such session.
 
     Raises :class:`SessionInUseError` while one of its runs is running, unless ``force``
-    (that run's next step then finds no run and is dead-lettered).
+    (that run's next step then finds no run and is dead-lettered); with ``tenant``,
+    :class:`TenantAccessError` for a session of another tenant.
     """
     of_session = select(runs.c.id).where(runs.c.session_id == session_id)
     with store.write() as conn:
         found = conn.execute(
-            select(sessions.c.id).where(sessions.c.id == session_id).with_for_update()
+            select(sessions.c.id, sessions.c.tenant)
+            .where(sessions.c.id == session_id)
+            .with_for_update()
         ).first()
         if found is None:
             return None
+        check_tenant_of("session", session_id, found.tenant, tenant)
         listed = conn.execute(
             select(runs.c.id, runs.c.next_step, runs.c.status).where(
                 runs.c.session_id == session_id
@@ -158,7 +172,7 @@ def delete_session(
         conn.execute(delete(sessions).where(sessions.c.id == session_id))
     keys = list(history_keys(session_id))
     for row in listed:
-        keys.append(stream_key(row.id))
+        keys.append(stream_key(found.tenant, row.id))
         keys.extend(published_key(row.id, step) for step in range(row.next_step + 1))
     removed = 0
     for start in range(0, len(keys), 500):

@@ -14,7 +14,7 @@ from typing import Any
 from celery.result import AsyncResult
 
 from app.celery_ext.context import context_of
-from app.constants import stream_key
+from app.constants import DEFAULT_TENANT, stream_key
 from app.errors import StreamTimeoutError
 from app.ops.redis_clients import async_redis_client
 from app.tasks.relay import END, TOKEN, StreamEvent, decode
@@ -33,14 +33,19 @@ def _events(response: Any) -> list[StreamEvent]:
 
 
 def read_events(
-    client: Any, run_id: str, *, timeout_s: float = 300.0, block_ms: int = 1000
+    client: Any,
+    run_id: str,
+    *,
+    tenant: str = DEFAULT_TENANT,
+    timeout_s: float = 300.0,
+    block_ms: int = 1000,
 ) -> Iterator[StreamEvent]:
     """Every event of the run's stream from its start, as written, up to and including ``end``.
 
     Blocks until events come; raises StreamTimeoutError when the run has not ended within
     ``timeout_s``.
     """
-    key, last = stream_key(run_id), "0-0"
+    key, last = stream_key(tenant, run_id), "0-0"
     deadline = time.monotonic() + timeout_s
     while True:
         block = _deadline_ms(deadline, block_ms, run_id, timeout_s)
@@ -52,10 +57,15 @@ def read_events(
 
 
 async def aread_events(
-    client: Any, run_id: str, *, timeout_s: float = 300.0, block_ms: int = 1000
+    client: Any,
+    run_id: str,
+    *,
+    tenant: str = DEFAULT_TENANT,
+    timeout_s: float = 300.0,
+    block_ms: int = 1000,
 ) -> AsyncIterator[StreamEvent]:
     """:func:`read_events` for asyncio, on a ``redis.asyncio`` client."""
-    key, last = stream_key(run_id), "0-0"
+    key, last = stream_key(tenant, run_id), "0-0"
     deadline = time.monotonic() + timeout_s
     while True:
         block = _deadline_ms(deadline, block_ms, run_id, timeout_s)
@@ -70,14 +80,21 @@ class RunResult(AsyncResult):  # type: ignore[misc]
     """A run's ``AsyncResult`` that can also follow its tokens (runs submitted with stream=True).
 
     ``for token in result.stream(): print(token, end="")`` prints the model's reply as it is
-    generated; ``result.get()`` still gives the final answer.
+    generated; ``result.get()`` still gives the final answer. ``tenant``: whose run it is
+    (``submit(tenant=...)`` sets it; its stream is kept under it).
     """
+
+    def __init__(self, id: str, *args: Any, tenant: str = DEFAULT_TENANT, **kwargs: Any) -> None:
+        super().__init__(id, *args, **kwargs)
+        self.tenant = tenant
 
     def events(self, timeout: float = 300.0) -> Iterator[StreamEvent]:
         """Every event of the run's stream (see the module docstring) until it ends."""
         context = context_of(self.app)
         block_ms = context.settings.stream.read_block_ms
-        return read_events(context.redis, self.id, timeout_s=timeout, block_ms=block_ms)
+        return read_events(
+            context.redis, self.id, tenant=self.tenant, timeout_s=timeout, block_ms=block_ms
+        )
 
     def stream(self, timeout: float = 300.0) -> Iterator[str]:
         """The model's tokens of every step, in order, as they are generated."""
@@ -89,7 +106,11 @@ class RunResult(AsyncResult):  # type: ignore[misc]
         client = async_redis_client(settings)
         try:
             async for event in aread_events(
-                client, self.id, timeout_s=timeout, block_ms=settings.stream.read_block_ms
+                client,
+                self.id,
+                tenant=self.tenant,
+                timeout_s=timeout,
+                block_ms=settings.stream.read_block_ms,
             ):
                 yield event
         finally:

@@ -18,7 +18,7 @@ from app.celery_ext import queued
 from app.celery_ext.context import context_of
 from app.celery_ext.envelope import compact_json, message_headers, new_id, new_ids
 from app.celery_ext.queued import time_of
-from app.constants import TASK_RUN_AGENT, idempotency_key
+from app.constants import DEFAULT_TENANT, TASK_RUN_AGENT, idempotency_key
 from app.errors import IdempotencyConflictError, InvalidInputError
 from app.memory.recovery import forget_accepted, record_accepted
 from app.ops import tracing
@@ -28,7 +28,7 @@ from app.producer.results import RunResult
 log = logging.getLogger(__name__)
 
 RUN_FIELDS = frozenset(
-    {"agent", "input", "session_id", "run_id", "stream", "budget", "idempotency_key"}
+    {"agent", "input", "session_id", "run_id", "stream", "budget", "idempotency_key", "tenant"}
 )
 
 
@@ -41,7 +41,7 @@ def _default_celery(celery: Celery | None) -> Celery:
 
 
 def _digest(req: RunRequest) -> str:
-    fields = [req.agent, req.input, req.session_id, req.budget]
+    fields = [req.agent, req.input, req.session_id, req.budget, req.tenant]
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -55,7 +55,7 @@ def _claim(celery: Celery, req: RunRequest, key: Any) -> str | None:
         return None
     if not isinstance(key, str) or not key or len(key) > 256:
         raise InvalidInputError(f"'idempotency_key' must be a string of 1-256 chars, got {key!r}")
-    name = idempotency_key(req.agent, key)
+    name = idempotency_key(req.tenant, req.agent, key)
     value = json.dumps({"run_id": req.run_id, "digest": _digest(req)})
     context = context_of(celery)
     window = context.settings.limits.idempotency_window_s
@@ -85,7 +85,7 @@ def _submit_span(celery: Celery, req: RunRequest) -> AbstractContextManager[Any]
 def _release(celery: Celery, req: RunRequest, key: str | None) -> None:
     # The run was not enqueued after all: let a retry of this submit claim the key anew.
     if key is not None:
-        context_of(celery).redis.delete(idempotency_key(req.agent, key))
+        context_of(celery).redis.delete(idempotency_key(req.tenant, req.agent, key))
 
 
 def submit(
@@ -97,6 +97,7 @@ def submit(
     stream: bool = False,
     budget: Mapping[str, Any] | None = None,
     idempotency_key: str | None = None,
+    tenant: str | None = None,
     celery: Celery | None = None,
 ) -> RunResult:
     """Validate and enqueue one run; ``.get()`` on the result waits for its answer.
@@ -106,26 +107,31 @@ def submit(
     ``budget`` tightens the agent type's limits for this run (app.agents.guardrails.Budget).
     With ``idempotency_key``, a repeated submit within ``limits.idempotency_window_s``
     returns the run the first one created instead of enqueueing another.
+    ``tenant``: whose run it is (None: the default tenant); its session, if any, must be
+    that tenant's.
     """
     celery = _default_celery(celery)
     context = context_of(celery)
     req = validate_run(
-        context.registry, context.settings, agent, input, session_id, run_id, stream, budget
-    )
+        context.registry, context.settings, agent, input, session_id, run_id, stream, budget,
+        tenant=tenant,
+    )  # fmt: skip
     task = celery.tasks[TASK_RUN_AGENT]
     existing = _claim(celery, req, idempotency_key)
     if existing is not None:
-        return task.AsyncResult(existing)  # type: ignore[no-any-return]
+        return task.AsyncResult(existing, tenant=req.tenant)  # type: ignore[no-any-return]
     recorded = _record_accepted(celery, [req])
     try:
         with _submit_span(celery, req):
-            return task.apply_async(  # type: ignore[no-any-return]
+            result: RunResult = task.apply_async(
                 kwargs=req.kwargs(),
                 task_id=req.run_id,
                 queue=req.queue,
                 headers=message_headers(new_run=True),
                 ignore_result=True,  # the worker stores the run's result itself
             )
+            result.tenant = req.tenant
+            return result
     except BaseException:
         _release(celery, req, idempotency_key)
         forget_accepted_runs(celery, recorded)
@@ -168,9 +174,10 @@ class RunResults(Sequence[RunResult]):
     returns). A list of run ids that makes each :class:`RunResult` when it is first read:
     building tens of thousands of handles nobody reads would cost more than enqueueing."""
 
-    def __init__(self, task: Any, run_ids: list[str]) -> None:
+    def __init__(self, task: Any, run_ids: list[str], tenants: list[str] | None = None) -> None:
         self._task = task
         self.ids = run_ids
+        self._tenants = tenants
         self._handles: list[RunResult | None] = [None] * len(run_ids)
 
     def __len__(self) -> int:
@@ -187,7 +194,8 @@ class RunResults(Sequence[RunResult]):
             return [self[i] for i in range(*index.indices(len(self)))]
         handle = self._handles[index]
         if handle is None:
-            handle = self._handles[index] = self._task.AsyncResult(self.ids[index])
+            tenant = DEFAULT_TENANT if self._tenants is None else self._tenants[index]
+            handle = self._handles[index] = self._task.AsyncResult(self.ids[index], tenant=tenant)
         return handle
 
     def __repr__(self) -> str:
@@ -204,7 +212,8 @@ def submit_many(
     (``batch_size`` messages per round trip).
 
     Each item is a mapping with ``agent``, ``input`` and optionally ``session_id``,
-    ``run_id``, ``stream``, ``budget`` and ``idempotency_key`` (as for :func:`submit`).
+    ``run_id``, ``stream``, ``budget``, ``idempotency_key`` and ``tenant`` (as for
+    :func:`submit`).
     If any item is invalid, nothing is enqueued. The result is a sequence of
     :class:`RunResult`, one per item in order (``.ids`` lists the run ids).
     """
@@ -232,6 +241,7 @@ def submit_many(
             run_id or next(ids),
             get("stream", False),
             get("budget"),
+            tenant=get("tenant"),
         )
         if run_id:
             given.add(req.run_id)
@@ -264,7 +274,9 @@ def submit_many(
             if place >= pushed.runs:
                 _release(celery, requests[i], keys[i])
         raise
-    return RunResults(celery.tasks[TASK_RUN_AGENT], run_ids)
+    tenants = [r.tenant for r in requests]
+    named = any(t != DEFAULT_TENANT for t in tenants)
+    return RunResults(celery.tasks[TASK_RUN_AGENT], run_ids, tenants if named else None)
 
 
 class _Pushed:
@@ -336,10 +348,14 @@ def _batches(
             )
             batch.messages.setdefault(req.queue, []).append(message)
             run_id = req.run_id
-            if req.session_id is not None or req.stream or run_id in given:
-                text = queued.entry(
-                    agent, req.session_id, req.stream, at + i if time_of(run_id) is None else None
-                )
+            if (
+                req.session_id is not None
+                or req.stream
+                or run_id in given
+                or req.tenant != DEFAULT_TENANT
+            ):
+                at_us = at + i if time_of(run_id) is None else None
+                text = queued.entry(agent, req.session_id, req.stream, at_us, req.tenant)
                 if text is not None:  # a session, stream or submit time to keep
                     batch.entries[run_id] = text
             ids = batch.runs.get(agent)

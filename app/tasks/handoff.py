@@ -23,7 +23,7 @@ from app.celery_ext.envelope import (
 from app.celery_ext.results import queue_result, result_value, store_result, with_retries
 from app.celery_ext.transport import ack_on, acked
 from app.celery_ext.worker import delivery_tag
-from app.constants import published_key
+from app.constants import DEFAULT_TENANT, published_key
 from app.tasks.runner import StepMessage, StepResult
 from app.tasks.runtime import WorkerRuntime
 
@@ -105,6 +105,8 @@ def publish_step(
         "run_id": msg.run_id,
         "step": step,
         **({"stream": True} if msg.stream else {}),
+        # Whose run: the relay's stream key and the metrics' label need it before any load.
+        **({"tenant": msg.tenant} if msg.tenant != DEFAULT_TENANT else {}),
     }
     task_id, queue = step_task_id(msg.run_id, step), runtime.registry.spec(msg.agent).queue_name
     tag = own_ack(task, runtime)

@@ -106,12 +106,13 @@ class ModelCalls:
             return self._generate(spec, msg, request, session_id)
         backend = self.backends[spec.backend]
         completion, cached = self.responses.answer(
-            spec, backend, request, lambda: self._generate(spec, msg, request, session_id)
-        )
+            spec, backend, request, lambda: self._generate(spec, msg, request, session_id),
+            msg.tenant,
+        )  # fmt: skip
         if cached and msg.stream:
-            self.relay.attempt(msg.run_id, msg.step)
+            self.relay.attempt(msg.tenant, msg.run_id, msg.step)
             if completion.text:
-                self.relay.token(msg.run_id, msg.step, completion.text)
+                self.relay.token(msg.tenant, msg.run_id, msg.step, completion.text)
         return completion
 
     def _generate(
@@ -122,7 +123,7 @@ class ModelCalls:
         if not msg.stream:
             return backend.generate(request, route=route)
         started = time.perf_counter()
-        self.relay.attempt(msg.run_id, msg.step)
+        self.relay.attempt(msg.tenant, msg.run_id, msg.step)
         pieces: list[str] = []
         calls: tuple[ToolCall, ...] = ()
         counts = Delta()
@@ -130,7 +131,7 @@ class ModelCalls:
         for delta in backend.stream(request, route=route):
             if delta.text:
                 pieces.append(delta.text)
-                self.relay.token(msg.run_id, msg.step, delta.text)
+                self.relay.token(msg.tenant, msg.run_id, msg.step, delta.text)
             calls = delta.tool_calls or calls
             replica = delta.replica or replica
             if delta.counted is not None:  # the stream's counts (server or tokenizer)

@@ -82,8 +82,8 @@ class TokenRelay:
         self.redis = client
         self.settings = settings
 
-    def _add(self, run_id: str, fields: dict[str, str]) -> None:
-        key = stream_key(run_id)
+    def _add(self, tenant: str, run_id: str, fields: dict[str, str]) -> None:
+        key = stream_key(tenant, run_id)
         try:
             pipe = self.redis.pipeline(transaction=False)
             pipe.xadd(key, fields, maxlen=self.settings.max_len, approximate=True)
@@ -92,22 +92,29 @@ class TokenRelay:
         except redis.RedisError as exc:
             log.warning("token relay for run %s: write failed, stream incomplete: %s", run_id, exc)
 
-    def attempt(self, run_id: str, step: int) -> None:
+    def attempt(self, tenant: str, run_id: str, step: int) -> None:
         """A step's model call begins."""
-        self._add(run_id, encode(ATTEMPT, step))
+        self._add(tenant, run_id, encode(ATTEMPT, step))
 
-    def token(self, run_id: str, step: int, piece: str) -> None:
+    def token(self, tenant: str, run_id: str, step: int, piece: str) -> None:
         """A piece of the reply, as it left the model server."""
-        self._add(run_id, encode(TOKEN, step, piece))
+        self._add(tenant, run_id, encode(TOKEN, step, piece))
 
-    def step(self, run_id: str, step: int, kind: StepKind, tools: Sequence[str] = ()) -> None:
+    def step(
+        self, tenant: str, run_id: str, step: int, kind: StepKind, tools: Sequence[str] = ()
+    ) -> None:
         """The step is committed; ``tools``: the tools it called, in order (``tool``: the
         first, for readers of one call per step)."""
         data = {"kind": kind, "tool": tools[0] if tools else None, "tools": list(tools)}
-        self._add(run_id, encode(STEP, step, data=data))
+        self._add(tenant, run_id, encode(STEP, step, data=data))
 
     def end(
-        self, run_id: str, status: RunStatus, answer: Any = None, error: str | None = None
+        self,
+        tenant: str,
+        run_id: str,
+        status: RunStatus,
+        answer: Any = None,
+        error: str | None = None,
     ) -> None:
         """The run is over: ``status`` is succeeded or failed."""
         data: dict[str, Any] = {"status": status}
@@ -115,4 +122,4 @@ class TokenRelay:
             data["answer"] = answer
         else:
             data["error"] = error
-        self._add(run_id, encode(END, -1, data=data))
+        self._add(tenant, run_id, encode(END, -1, data=data))

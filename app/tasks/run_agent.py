@@ -21,10 +21,11 @@ from kombu.exceptions import OperationalError
 
 from app.celery_ext.envelope import ENQUEUED_AT, NEW_RUN, message_headers, new_id, shadow_of
 from app.celery_ext.results import expecting_result
-from app.constants import TASK_RUN_AGENT
+from app.constants import DEFAULT_TENANT, TASK_RUN_AGENT
 from app.errors import (
     BudgetExceededError,
     DeadLetteredError,
+    ForeignSessionError,
     InferenceUnavailableError,
     NoSuchRunError,
     OutputRejectedError,
@@ -62,6 +63,7 @@ _RUN_ERRORS: dict[ErrorType | None, type[RunFailedError]] = {
     ErrorType.OUTPUT_REJECTED: OutputRejectedError,
     ErrorType.DEAD_LETTERED: DeadLetteredError,
     ErrorType.SESSION_BUSY: SessionBusyError,
+    ErrorType.FOREIGN_SESSION: ForeignSessionError,
 }
 
 
@@ -144,6 +146,7 @@ def register_run_agent(app: Celery) -> Task:
         step: int = 0,
         stream: bool = False,
         budget: dict[str, Any] | None = None,
+        tenant: Any = DEFAULT_TENANT,
         **unknown: Any,
     ) -> Any:
         runtime = runtime_for(self.app, self.request.hostname or "")
@@ -156,8 +159,10 @@ def register_run_agent(app: Celery) -> Task:
             and not (request.delivery_info or {}).get("redelivered")
         )
         msg = StepMessage(
-            run_id or request.id, agent, step, input, session_id, stream, budget, first
-        )
+            run_id or request.id, agent, step, input, session_id, stream, budget, first,
+            # Not a string: kept as text, and step 0's validation refuses the run.
+            tenant if isinstance(tenant, str) else str(tenant),
+        )  # fmt: skip
         enqueued = getattr(request, ENQUEUED_AT, None)
         if isinstance(enqueued, (int, float)) and not request.retries:
             metrics.queue_wait(agent, max(0.0, time.time() - enqueued))
@@ -285,7 +290,9 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
             )  # fmt: skip
         case Outcome.DONE:
             if msg.stream:
-                runtime.runner.relay.end(msg.run_id, RunStatus.SUCCEEDED, answer=result.answer)
+                runtime.runner.relay.end(
+                    msg.tenant, msg.run_id, RunStatus.SUCCEEDED, answer=result.answer
+                )
             if is_first and not own_results:
                 if marked:  # delay() of a new run: indexed as queued by the producer
                     forget_queued(task, runtime, msg)
@@ -293,7 +300,9 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
             store_answer(task, runtime, msg, result)
         case Outcome.FAILED:
             if msg.stream:
-                runtime.runner.relay.end(msg.run_id, RunStatus.FAILED, error=result.reason)
+                runtime.runner.relay.end(
+                    msg.tenant, msg.run_id, RunStatus.FAILED, error=result.reason
+                )
             error = run_error(result.reason, result.error_type)
             if own_results or not is_first:
                 task.backend.mark_as_failure(msg.run_id, error)

@@ -140,8 +140,9 @@ class StepRunner:
                 )
             # Created by the commit of its first step: one write per step, step 0 included.
             new_run = NewRun(
-                msg.run_id, spec.name, msg.input, msg.session_id, self._run_budget(spec, msg)
-            )
+                msg.run_id, spec.name, msg.input, msg.session_id, self._run_budget(spec, msg),
+                tenant=msg.tenant,
+            )  # fmt: skip
             state = new_run.state()
         else:
             settled = _settled(msg, state)
@@ -157,6 +158,7 @@ class StepRunner:
                     state.input,
                     state.session_id,
                     msg.run_id,
+                    tenant=state.tenant,
                 )
             except SubmitError as exc:
                 refused = verdict.failed(
@@ -177,9 +179,19 @@ class StepRunner:
         session's history version; or, when another run of the session is running, what
         ``sessions.busy`` says: come back later, or fail."""
         run = new_run or NewRun(
-            state.id, state.agent, state.input, state.session_id, state.budget, state.created_at
-        )
+            state.id, state.agent, state.input, state.session_id, state.budget, state.created_at,
+            state.tenant,
+        )  # fmt: skip
         claim = claim_session(self.store, run)
+        if claim.foreign:
+            reason = (
+                f"run refused: session {state.session_id!r} is not tenant {state.tenant!r}'s "
+                "(a session belongs to the tenant whose run started it; use another session id)"
+            )
+            refused = verdict.failed(reason, ErrorType.FOREIGN_SESSION)
+            # Stored without the session: it is none of this run's, nor this run any of its.
+            alone = replace(new_run, session_id=None) if new_run is not None else None
+            return self._fail(msg, refused, replace(state, session_id=None), alone)
         if claim.held_by(run.id):
             started = claim.started_at or state.created_at
             return replace(state, history_version=claim.history_version, created_at=started)
@@ -384,7 +396,7 @@ class StepRunner:
             step.counted,
         )
         if msg.stream:
-            self.relay.step(msg.run_id, msg.step, record.kind, record.tools)
+            self.relay.step(msg.tenant, msg.run_id, msg.step, record.kind, record.tools)
         return self._outcome(agent, msg, step.state, decided)
 
     def _outcome(
@@ -431,8 +443,9 @@ class StepRunner:
             metrics.tool_call(spec.name, call.name, cached=False, error=True)
             return {"error": f"invalid arguments for tool {call.name!r}: {call.error}"}, True
         ctx = ToolContext(
-            run_id=msg.run_id, step=msg.step, agent=spec.name, redis=self.redis, call_id=call.id
-        )
+            run_id=msg.run_id, step=msg.step, agent=spec.name, redis=self.redis, call_id=call.id,
+            tenant=msg.tenant, session_id=msg.session_id,
+        )  # fmt: skip
         try:
             with tracing.span("agentq.tool_call", tool=call.name):
                 result, failed = self._tool_result(call, ctx), False
@@ -458,6 +471,7 @@ class StepRunner:
             spec.validate(call.args),
             deadline_s,
             lambda: self.tools.call(call.name, call.args, ctx),
+            ctx.tenant,
         )
 
     def _fail(

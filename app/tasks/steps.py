@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.agents.guardrails import Usage
+from app.constants import DEFAULT_TENANT
 from app.memory.records import ErrorType, RunState, StepKind
 from app.ops.masking import mask_text
 
@@ -38,6 +39,7 @@ class StepMessage:
     # retried or requeued): its run is almost never in the store yet, so the load is put
     # off until something depends on it (see StepRunner._run_leased).
     first: bool = False
+    tenant: str = DEFAULT_TENANT  # whose run it is (the store's row is what a step trusts)
 
 
 @dataclass(frozen=True, slots=True)

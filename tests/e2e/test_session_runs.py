@@ -11,7 +11,7 @@ import pytest
 
 from app.celery_ext.app import create_celery
 from app.config import SessionSettings, WorkerSettings
-from app.errors import SessionBusyError
+from app.errors import ForeignSessionError, SessionBusyError
 from app.producer.submit import submit
 
 pytestmark = pytest.mark.e2e
@@ -68,3 +68,23 @@ def test_with_busy_fail_a_run_whose_session_is_taken_fails_with_its_own_error(
         celery.close()
     stored = store.load_run(second.id)
     assert stored is not None and stored.error_type == "session_busy"
+
+
+def test_a_run_naming_another_tenants_session_is_refused_and_sees_nothing_of_it(
+    settings, celery_app, start_worker, store
+):
+    start_worker(["coder"], settings=settings)
+    mine = submit("coder", "remember teal", "chat-3", tenant="acme", celery=celery_app)
+    assert mine.get(timeout=60)
+    theirs = submit("coder", "what did I say?", "chat-3", tenant="globex", celery=celery_app)
+    with pytest.raises(ForeignSessionError, match="is not tenant 'globex'"):
+        theirs.get(timeout=60)
+    refused = store.load_run(theirs.id)
+    assert refused is not None and refused.error_type == "foreign_session"
+    assert refused.tenant == "globex" and refused.session_id is None  # kept apart from it
+    assert [s.kind for s in refused.steps] == ["error"]  # no model call was made
+    # The session is still acme's alone, its history untouched.
+    assert [r.id for r in store.list_runs(session_id="chat-3")] == [mine.id]
+    again = submit("coder", "and now?", "chat-3", tenant="acme", celery=celery_app)
+    assert again.get(timeout=60)
+    assert store.load_run(again.id).history_version == 2

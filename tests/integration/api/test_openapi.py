@@ -19,6 +19,7 @@ from jsonschema import Draft202012Validator
 from app.api.app import create_app
 from app.celery_ext.app import create_celery
 from app.config import Settings
+from app.constants import DEFAULT_TENANT
 from app.memory.api_keys import SCOPES, ApiKeyStore
 from app.memory.history import claim_session
 from app.memory.records import NewRun, RunStatus, StepKind, StepRecord
@@ -106,10 +107,10 @@ def test_real_responses_validate_against_their_declared_schemas(
     store.commit_step("in-chat", step, final_answer="a", session_id="chat")
     store.close()
     relay = TokenRelay(redis_client, Settings(_env_file=None).stream)
-    relay.attempt("streamed", 0)
-    relay.token("streamed", 0, "hi")
-    relay.step("streamed", 0, StepKind.TOOL, ["calculator"])
-    relay.end("streamed", RunStatus.FAILED, error="budget exceeded")
+    relay.attempt(DEFAULT_TENANT, "streamed", 0)
+    relay.token(DEFAULT_TENANT, "streamed", 0, "hi")
+    relay.step(DEFAULT_TENANT, "streamed", 0, StepKind.TOOL, ["calculator"])
+    relay.end(DEFAULT_TENANT, "streamed", RunStatus.FAILED, error="budget exceeded")
 
     accepted = api.post("/v1/runs", json={"agent": "research", "input": "q", "stream": True})
     queued = accepted.json()["id"]

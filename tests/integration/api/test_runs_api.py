@@ -21,6 +21,7 @@ from app.api import events as api_events
 from app.api.app import create_app
 from app.celery_ext.app import create_celery
 from app.config import Settings
+from app.constants import DEFAULT_TENANT
 from app.local.processes import free_port
 from app.memory.records import CallRecord, NewRun, RunStatus, StepKind, StepRecord
 from app.memory.sessions import SessionStore
@@ -258,11 +259,11 @@ def _read_events(client: TestClient, run_id: str, last_event_id: str | None = No
 
 
 def _relay_run(relay: TokenRelay, run_id: str, words: list[str]) -> None:
-    relay.attempt(run_id, 0)
+    relay.attempt(DEFAULT_TENANT, run_id, 0)
     for word in words:
-        relay.token(run_id, 0, word)
-    relay.step(run_id, 0, StepKind.FINAL)
-    relay.end(run_id, RunStatus.SUCCEEDED, answer="".join(words))
+        relay.token(DEFAULT_TENANT, run_id, 0, word)
+    relay.step(DEFAULT_TENANT, run_id, 0, StepKind.FINAL)
+    relay.end(DEFAULT_TENANT, run_id, RunStatus.SUCCEEDED, answer="".join(words))
 
 
 WORDS = ["w1", " w2", " w3", " w4", " w5"]
@@ -288,15 +289,15 @@ def test_a_listener_gets_tokens_as_they_are_written(
     client: TestClient, api_settings: Settings, redis_client: redis.Redis
 ) -> None:
     relay = TokenRelay(redis_client, api_settings.stream)
-    relay.attempt("run-live", 0)
+    relay.attempt(DEFAULT_TENANT, "run-live", 0)
     first_seen = threading.Event()
 
     def write_the_rest() -> None:
-        relay.token("run-live", 0, WORDS[0])
+        relay.token(DEFAULT_TENANT, "run-live", 0, WORDS[0])
         first_seen.wait(timeout=30)  # the reader holds the first token: the run is not over
         for word in WORDS[1:]:
-            relay.token("run-live", 0, word)
-        relay.end("run-live", RunStatus.SUCCEEDED, answer="".join(WORDS))
+            relay.token(DEFAULT_TENANT, "run-live", 0, word)
+        relay.end(DEFAULT_TENANT, "run-live", RunStatus.SUCCEEDED, answer="".join(WORDS))
 
     writer = threading.Thread(target=write_the_rest)
     writer.start()
@@ -320,7 +321,9 @@ def test_a_stream_without_its_end_ends_from_the_store(
 ) -> None:
     monkeypatch.setattr(api_events, "STORE_CHECK_MS", 100)
     relay = TokenRelay(redis_client, api_settings.stream)
-    relay.attempt("run-calc", 0)  # the worker's end write was lost; the store has the run
+    relay.attempt(
+        DEFAULT_TENANT, "run-calc", 0
+    )  # the worker's end write was lost; the store has the run
     _commit_tool_run(store, "run-calc")
     got = _read_events(client, "run-calc")
     assert [(e.event, e.id) for e in got][1:] == [("end", "end")]

@@ -14,7 +14,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.constants import history_keys, stream_key
+from app.constants import DEFAULT_TENANT, history_keys, stream_key
 from app.memory.api_keys import ApiKeyStore
 from app.memory.history import claim_session
 from app.memory.records import NewRun, StepKind, StepRecord
@@ -82,14 +82,14 @@ def test_only_an_operate_key_deletes_and_a_running_session_needs_force(
     store: SessionStore,
     redis_client: redis.Redis,
 ) -> None:
-    redis_client.xadd(stream_key("done"), {"event": "end"})
+    redis_client.xadd(stream_key(DEFAULT_TENANT, "done"), {"event": "end"})
     redis_client.set(history_keys("chat")[0], 1)
     assert client.delete("/v1/sessions/chat", headers=keys["read"]).status_code == 403
     deleted = client.delete("/v1/sessions/chat", headers=keys["operate"])
     assert deleted.status_code == 200
     assert deleted.json() == {"id": "chat", "runs": 1, "steps": 1, "redis_keys": 2}
     assert store.load_run("done") is None
-    assert not redis_client.exists(stream_key("done"), *history_keys("chat"))
+    assert not redis_client.exists(stream_key(DEFAULT_TENANT, "done"), *history_keys("chat"))
     assert client.get("/v1/sessions/chat", headers=keys["read"]).status_code == 404
     busy = client.delete("/v1/sessions/busy", headers=keys["operate"])
     assert busy.status_code == 409 and "running run(s) (live" in busy.json()["detail"]

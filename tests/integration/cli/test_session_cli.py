@@ -13,7 +13,7 @@ import yaml
 from sqlalchemy import func, select
 
 from app.config import Settings
-from app.constants import history_keys, published_key, stream_key
+from app.constants import DEFAULT_TENANT, history_keys, published_key, stream_key
 from app.memory.history import SessionHistory, claim_session
 from app.memory.migrate import migrate
 from app.memory.records import CallRecord, NewRun, StepKind, StepRecord
@@ -62,11 +62,11 @@ def two_turns(store: SessionStore, client: redis.Redis) -> None:
             assert store.commit_step("r1", StepRecord(0, StepKind.TOOL, "", (call,)))
         final = StepRecord(1 if run_id == "r1" else 0, StepKind.FINAL, f"answer {run_id}")
         assert store.commit_step(run_id, final, final_answer=f"answer {run_id}", session_id="s1")
-        client.xadd(stream_key(run_id), {"event": "end"})
+        client.xadd(stream_key(DEFAULT_TENANT, run_id), {"event": "end"})
         client.set(published_key(run_id, 1), 1)
         client.set(f"celery-task-meta-{run_id}", json.dumps({"status": "SUCCESS"}))
     assert claim_session(store, NewRun("x1", "chat", "other", "s2")).held_by("x1")
-    client.xadd(stream_key("x1"), {"event": "token"})
+    client.xadd(stream_key(DEFAULT_TENANT, "x1"), {"event": "token"})
     state = store.load_run("x1")
     SessionHistory(store, client, Settings(_env_file=None).sessions).of(store.load_run("r2"))
     assert state is not None and client.exists(*history_keys("s1")) == 2
@@ -131,12 +131,16 @@ def test_delete_removes_the_session_everywhere_and_is_refused_while_a_run_runs(
     assert left == {"sessions": 1, "runs": 1, "steps": 0}  # s2 and its running run stay
     for run_id in ("r1", "r2"):
         assert not redis_client.exists(
-            stream_key(run_id), published_key(run_id, 1), f"celery-task-meta-{run_id}"
+            stream_key(DEFAULT_TENANT, run_id),
+            published_key(run_id, 1),
+            f"celery-task-meta-{run_id}",
         )
     assert not redis_client.exists(*history_keys("s1"))
-    assert redis_client.exists(stream_key("x1"))
+    assert redis_client.exists(stream_key(DEFAULT_TENANT, "x1"))
     forced = agentq(cli_settings, "session", "delete", "s2", "--force")
     assert forced.returncode == 0 and "1 run(s)" in forced.stdout
-    assert store.load_run("x1") is None and not redis_client.exists(stream_key("x1"))
+    assert store.load_run("x1") is None and not redis_client.exists(
+        stream_key(DEFAULT_TENANT, "x1")
+    )
     again = agentq(cli_settings, "session", "delete", "s2")
     assert again.returncode == 2 and "no session 's2'" in again.stderr

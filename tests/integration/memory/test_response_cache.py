@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from app.agents.registry import AgentRegistry, AgentSpec
 from app.config import Settings, TritonSettings
 from app.config.sections import CacheSettings
-from app.constants import stream_key
+from app.constants import DEFAULT_TENANT, stream_key
 from app.inference.backend import ChatRequest, GenerationParams
 from app.inference.echo import EchoBackend
 from app.inference.factory import build_pools
@@ -145,7 +145,9 @@ def test_a_runner_answers_a_repeated_run_from_the_cache_and_relays_it(
     assert first.answer == second.answer == "same input"
     assert first.steps[0].replica == "echo"
     assert second.steps[0].replica == CACHED_REPLICA
-    relayed = b"".join(b"".join(f.values()) for _, f in redis_client.xrange(stream_key("run-2")))
+    relayed = b"".join(
+        b"".join(f.values()) for _, f in redis_client.xrange(stream_key(DEFAULT_TENANT, "run-2"))
+    )
     assert b"same input" in relayed
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import redis
 
-from app.constants import TASK_RUN_AGENT, idempotency_key
+from app.constants import DEFAULT_TENANT, TASK_RUN_AGENT, idempotency_key
 from app.errors import InvalidInputError, PayloadTooLargeError, RunFailedError, UnknownAgentError
 from app.producer.submit import submit, submit_many
 from app.tasks import dead_letters
@@ -160,7 +160,8 @@ def test_submit_many_failing_midway_keeps_the_keys_of_the_runs_it_enqueued(
         submit_many(runs, celery=celery_app, batch_size=10)
     assert redis_client.llen("agent.research") == 20  # the first two batches went in
     held = [
-        bool(redis_client.exists(idempotency_key(r["agent"], r["idempotency_key"]))) for r in runs
+        bool(redis_client.exists(idempotency_key(DEFAULT_TENANT, r["agent"], r["idempotency_key"])))
+        for r in runs
     ]
     assert held == [True] * 20 + [False] * 10
     redis_client.delete("agent.coder")
