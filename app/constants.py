@@ -12,6 +12,8 @@ KEY_PREFIX = "agentq:"
 DEFAULT_TENANT = "default"
 """The tenant of a run, session or memory nobody named one for (an API key without a tenant,
 ``submit()`` without ``tenant=``, the CLI without ``--tenant``)."""
+TENANT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+"""What a tenant id is: it goes into Redis keys and metric labels, hence the narrow alphabet."""
 
 
 def lease_key(run_id: str) -> str:

@@ -130,6 +130,11 @@ class ForeignSessionError(RunFailedError, TenantAccessError):
     was refused before it did anything."""
 
 
+class TenantInUseError(AgentqError):
+    """Raised when a tenant is deleted while one of its runs is running (wait for it to end,
+    or force the deletion)."""
+
+
 class SessionInUseError(AgentqError):
     """Raised when a session is deleted while one of its runs is running (wait for it to end,
     or force the deletion)."""

@@ -15,7 +15,7 @@ from app.agents.guardrails import Budget, first_rejection
 from app.agents.registry import AgentRegistry
 from app.celery_ext.envelope import compact_json, new_id
 from app.config import Settings
-from app.constants import DEFAULT_TENANT
+from app.constants import DEFAULT_TENANT, TENANT_PATTERN
 from app.errors import InputRejectedError, InvalidInputError, PayloadTooLargeError
 
 
@@ -130,7 +130,7 @@ def validate_run(
     )
 
 
-_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_TENANT = re.compile(TENANT_PATTERN)
 
 
 def check_tenant(tenant: Any) -> str:

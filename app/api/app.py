@@ -22,6 +22,7 @@ from app.api.models import EVENT_DATA
 from app.api.runs import router as runs_router
 from app.api.sessions import router as sessions_router
 from app.api.state import ApiState
+from app.api.tenants import router as tenants_router
 from app.celery_ext.context import context_of
 from app.config import Settings
 from app.memory.api_keys import ApiKeyStore
@@ -83,6 +84,7 @@ def create_app(settings: Settings, celery: Celery | None = None) -> FastAPI:
     app.include_router(health_router)  # before any key: probes carry none
     app.include_router(runs_router)
     app.include_router(sessions_router)
+    app.include_router(tenants_router)
     inspector.install(app)  # pages, outside the OpenAPI document
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app

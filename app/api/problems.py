@@ -31,6 +31,8 @@ from app.errors import (
     SessionInUseError,
     StoreError,
     SubmitError,
+    TenantAccessError,
+    TenantInUseError,
     UnknownAgentError,
 )
 
@@ -77,6 +79,7 @@ NOT_FOUND = Kind("not-found", "No such resource", 404)
 RUN_NOT_FOUND = Kind("run-not-found", "No such run", 404)
 SESSION_NOT_FOUND = Kind("session-not-found", "No such session", 404)
 SESSION_IN_USE = Kind("session-in-use", "A run of the session is running", 409)
+TENANT_IN_USE = Kind("tenant-in-use", "A run of the tenant is running", 409)
 BAD_REQUEST = Kind("bad-request", "Bad request", 400)
 NOT_DEAD_LETTERED = Kind("not-dead-lettered", "The run is not in the dead-letter queue", 409)
 NOTHING_TO_REPLAY = Kind("nothing-to-replay", "The dead letter has no run to replay", 409)
@@ -96,6 +99,8 @@ PROBLEMS: dict[type[Exception], Kind] = {
     NotDeadLetteredError: NOT_DEAD_LETTERED,
     QuarantinedMessageError: NOTHING_TO_REPLAY,
     SessionInUseError: SESSION_IN_USE,
+    TenantInUseError: TENANT_IN_USE,
+    TenantAccessError: NOT_FOUND,  # as if it did not exist: not this caller's to know of
     StoreError: UNAVAILABLE,
     redis.RedisError: UNAVAILABLE,
     OperationalError: UNAVAILABLE,  # kombu's: the broker refused a publish

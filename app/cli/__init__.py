@@ -33,6 +33,7 @@ LAZY_COMMANDS = {
     "queues": "app.cli.queues",
     "runs": "app.cli.runs",
     "session": "app.cli.sessions",
+    "tenant": "app.cli.tenants",
 }
 
 

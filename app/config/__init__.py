@@ -52,6 +52,7 @@ from app.config.sections import (
     WorkerSettings,
 )
 from app.config.sentinel import is_sentinel, parse_sentinel_url
+from app.config.tenants import TenantSettings
 from app.errors import ConfigurationError
 
 __all__ = [
@@ -75,6 +76,7 @@ __all__ = [
     "Settings",
     "Strategy",
     "StreamSettings",
+    "TenantSettings",
     "TracingSettings",
     "TritonSettings",
     "WorkerSettings",
@@ -236,6 +238,7 @@ class Settings(BaseSettings):
     durability: DurabilitySettings = Field(default_factory=DurabilitySettings)
     sessions: SessionSettings = Field(default_factory=SessionSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    tenants: TenantSettings = Field(default_factory=TenantSettings)
     retention: RetentionSettings = Field(
         default_factory=RetentionSettings,
         description="What `agentq maintenance prune` removes from the session store.",

@@ -80,6 +80,7 @@ class StepRunner:
         self.relay = TokenRelay(redis, settings.stream)
         self.tools = tools or ToolSandbox.from_settings(settings)  # closed by WorkerRuntime
         self.worker_name = worker_name
+        metrics.label_tenants(settings.tenants.labelled)
         self._budgets: dict[tuple[str, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
         self._tool_schemas: dict[str, tuple[ToolSchema, ...]] = {}
         self.tool_cache = ToolCache(redis, settings.cache) if settings.cache.tools else None
@@ -394,6 +395,7 @@ class StepRunner:
             record.tokens_in if spent else 0,
             record.tokens_out if spent else 0,
             step.counted,
+            step.state.tenant,
         )
         if msg.stream:
             self.relay.step(msg.tenant, msg.run_id, msg.step, record.kind, record.tools)
@@ -409,7 +411,7 @@ class StepRunner:
         if decided.error_type is not None and decided.error_type.guardrail:
             metrics.guardrail_stop(agent, decided.error_type)
         seconds = max(0.0, time.time() - state.created_at.timestamp())
-        metrics.run_finished(state.agent, decided.status, decided.error_type, seconds)
+        metrics.run_finished(state.agent, decided.status, decided.error_type, seconds, state.tenant)
         if decided.status is RunStatus.SUCCEEDED:
             return StepResult(Outcome.DONE, answer=decided.answer)
         return StepResult(Outcome.FAILED, reason=decided.reason, error_type=decided.error_type)

@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator
 from app.api.app import create_app
 from app.celery_ext.app import create_celery
 from app.config import Settings
-from app.constants import DEFAULT_TENANT
+from app.constants import DEFAULT_TENANT, stream_key
 from app.memory.api_keys import SCOPES, ApiKeyStore
 from app.memory.history import claim_session
 from app.memory.records import NewRun, RunStatus, StepKind, StepRecord
@@ -75,6 +75,8 @@ def test_every_route_is_declared_and_every_declared_path_served(api: TestClient)
         ("/v1/runs/{run_id}/replay", "post"),
         ("/v1/sessions/{session_id}", "get"),
         ("/v1/sessions/{session_id}", "delete"),
+        ("/v1/tenant/export", "get"),
+        ("/v1/tenant", "delete"),
     }
     schemes = doc["components"]["securitySchemes"]
     assert schemes["HTTPBearer"] == {
@@ -142,6 +144,7 @@ def test_real_responses_validate_against_their_declared_schemas(
         ("/v1/sessions/{session_id}", "delete", api.delete("/v1/sessions/busy")),
         ("/v1/sessions/{session_id}", "delete", api.delete("/v1/sessions/chat")),
         ("/v1/sessions/{session_id}", "delete", api.delete("/v1/sessions/chat")),
+        ("/v1/tenant", "delete", api.delete("/v1/tenant")),
     ]
     read_only = {"Authorization": f"Bearer {make_key(database_url, ('read',))}"}
     calls += [
@@ -152,7 +155,8 @@ def test_real_responses_validate_against_their_declared_schemas(
     for _ in range(RATE["rate_limit_burst"] + 1):
         over = api.get("/v1/runs/x", headers=limited)
     calls.append(("/v1/runs/{run_id}", "get", over))
-    end_id = redis_client.xrevrange("agentq:stream:streamed", count=1)[0][0].decode()
+    end_id = redis_client.xrevrange(stream_key(DEFAULT_TENANT, "streamed"), count=1)[0][0]
+    end_id = end_id.decode()
     ended = api.get("/v1/runs/streamed/events", headers={"Last-Event-ID": end_id})
     assert ended.status_code == 204
     assert "204" in doc["paths"]["/v1/runs/{run_id}/events"]["get"]["responses"]

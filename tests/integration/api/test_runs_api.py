@@ -21,7 +21,7 @@ from app.api import events as api_events
 from app.api.app import create_app
 from app.celery_ext.app import create_celery
 from app.config import Settings
-from app.constants import DEFAULT_TENANT
+from app.constants import DEFAULT_TENANT, stream_key
 from app.local.processes import free_port
 from app.memory.records import CallRecord, NewRun, RunStatus, StepKind, StepRecord
 from app.memory.sessions import SessionStore
@@ -277,7 +277,10 @@ def test_events_come_from_the_real_stream_and_resume_after_last_event_id(
     assert [e.event for e in got] == ["attempt", *["token"] * 5, "step", "end"]
     assert "".join(e.data["text"] for e in got if e.event == "token") == "w1 w2 w3 w4 w5"
     assert got[-1].data == {"status": "succeeded", "answer": "w1 w2 w3 w4 w5"}
-    entries = [entry_id.decode() for entry_id, _ in redis_client.xrange("agentq:stream:run-s")]
+    entries = [
+        entry_id.decode()
+        for entry_id, _ in redis_client.xrange(stream_key(DEFAULT_TENANT, "run-s"))
+    ]
     assert [e.id for e in got] == entries  # each event's id is its stream entry's
     for cut in (1, 3, 7):  # after the attempt, mid-tokens, after the step
         assert _read_events(client, "run-s", got[cut - 1].id) == got[cut:]

@@ -5,6 +5,7 @@ submitted with a key is its tenant's."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,3 +138,26 @@ def test_a_run_submitted_with_a_key_is_its_tenants_from_the_queue_on(
     acme_ids = [r["id"] for r in client.get("/v1/runs", headers=keys["acme"]).json()["items"]]
     globex_ids = [r["id"] for r in client.get("/v1/runs", headers=keys["globex"]).json()["items"]]
     assert run_id in acme_ids and run_id not in globex_ids
+
+
+def test_a_key_exports_and_deletes_its_own_tenant_only(
+    client: TestClient,
+    keys: dict[str, dict[str, str]],
+    store: SessionStore,
+    redis_client: redis.Redis,
+) -> None:
+    exported = client.get("/v1/tenant/export", headers=keys["acme"])
+    assert exported.status_code == 200
+    assert exported.headers["content-type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in exported.text.splitlines()]
+    assert [line["session"]["id"] for line in lines if "session" in line] == ["acme-chat"]
+    assert [line["run"]["id"] for line in lines if "run" in line] == ["acme-run"]
+    assert "globex" not in exported.text
+    deleted = client.delete("/v1/tenant", headers=keys["acme"])
+    assert deleted.status_code == 200
+    assert (deleted.json()["tenant"], deleted.json()["runs"], deleted.json()["sessions"]) == (
+        "acme", 1, 1,
+    )  # fmt: skip
+    assert store.load_run("acme-run") is None
+    assert not redis_client.exists(stream_key("acme", "acme-run"))
+    assert client.get("/v1/runs/globex-run", headers=keys["globex"]).status_code == 200

@@ -145,7 +145,10 @@ def test_several_processes_share_one_metrics_page_in_multiprocess_mode(tmp_path:
         }
 
     calls = (("backend", "triton"), ("replica", "t0:8001"))
-    runs = (("agent", "research"), ("error_type", "none"), ("status", "succeeded"))
+    runs = (
+        ("agent", "research"), ("error_type", "none"), ("status", "succeeded"),
+        ("tenant", "default"),
+    )  # fmt: skip
     page = samples()
     assert page[("agentq_model_call_duration_seconds_count", calls)] == 2
     assert page[("agentq_runs_total", runs)] == 2

@@ -139,13 +139,33 @@ def test_step_and_run_metrics_record_latency_tokens_and_speed() -> None:
     metrics.run_finished("unit2", "failed", "budget_exceeded", 7.0)
     metrics.model_call("triton", "http://u:p@t0:8001", 0.2, "unavailable")
     counted = {"agent": "unit2", "counted": "tokenizer"}
-    assert sample("agentq_tokens_in_total", **counted) == 100
-    assert sample("agentq_tokens_out_total", **counted) == 50
+    assert sample("agentq_tokens_in_total", **counted, tenant="default") == 100
+    assert sample("agentq_tokens_out_total", **counted, tenant="default") == 50
     assert sample("agentq_output_tokens_per_second_sum", **counted) == 25
     assert sample("agentq_step_duration_seconds_count", agent="unit2", kind="tool") == 1
-    runs = {"agent": "unit2", "status": "failed", "error_type": "budget_exceeded"}
+    runs = {
+        "agent": "unit2", "status": "failed", "error_type": "budget_exceeded", "tenant": "default"
+    }  # fmt: skip
     assert sample("agentq_runs_total", **runs) == 1
     errors = {"backend": "triton", "replica": "t0:8001", "error": "unavailable"}
     assert sample("agentq_model_call_errors_total", **errors) == 1
     body, _ = metrics.exposition(None)
     assert b'agentq_model_call_duration_seconds_count{backend="triton",replica="t0:8001"}' in body
+
+
+def test_only_listed_tenants_get_their_own_label_the_rest_count_as_other() -> None:
+    metrics.label_tenants(["acme"])
+    try:
+        for tenant in ("acme", "globex", "initech", "default"):
+            metrics.run_finished("unit3", "succeeded", None, 1.0, tenant)
+            metrics.step_finished("unit3", "final", 1.0, 10, 5, "server", tenant)
+    finally:
+        metrics.label_tenants([])
+    runs = {"agent": "unit3", "status": "succeeded", "error_type": "none"}
+    assert sample("agentq_runs_total", **runs, tenant="acme") == 1
+    assert sample("agentq_runs_total", **runs, tenant="default") == 1
+    assert sample("agentq_runs_total", **runs, tenant="other") == 2  # globex and initech
+    assert sample("agentq_runs_total", **runs, tenant="globex") == 0
+    tokens = {"agent": "unit3", "counted": "server"}
+    assert sample("agentq_tokens_in_total", **tokens, tenant="other") == 20
+    assert metrics.tenant_label("globex") == "other"

@@ -54,7 +54,8 @@ def bytes_tokenizer(tmp_path: Path) -> Path:
 
 
 def sample(name: str, agent: str, counted: str) -> float:
-    return REGISTRY.get_sample_value(name, {"agent": agent, "counted": counted}) or 0.0
+    labels = {"agent": agent, "counted": counted, "tenant": "default"}
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def run_streamed(store: SessionStore, agent: str, counts: Delta | None) -> None:
