@@ -40,9 +40,10 @@ QUARANTINE_COUNTER = f"{KEY_PREFIX}dead:quarantined"
 """Redis counter numbering quarantined messages (their dead-letter ids: quarantine-<n>)."""
 
 
-def kv_key(key: str) -> str:
-    """Redis key behind the key-value tools."""
-    return f"{KEY_PREFIX}kv:{key}"
+def kv_key(key: str, tenant: str = DEFAULT_TENANT) -> str:
+    """Redis key behind the key-value tools: under the run's tenant, so tenants never share
+    one."""
+    return f"{KEY_PREFIX}kv:{tenant}:{key}"
 
 
 # Prompt layout shared with the scripted model in models/ (it reads the same markers).

@@ -276,7 +276,7 @@ def kv_get(ctx: ToolContext, key: str) -> str | None:
     Args:
         key: The key to read.
     """
-    value = ctx.redis.get(kv_key(key))
+    value = ctx.redis.get(kv_key(key, ctx.tenant))
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -288,7 +288,7 @@ def kv_set(ctx: ToolContext, key: str, value: str) -> str:
         key: The key to write.
         value: The text to store under it.
     """
-    ctx.redis.set(kv_key(key), value)
+    ctx.redis.set(kv_key(key, ctx.tenant), value)
     return "ok"
 
 
@@ -305,7 +305,7 @@ def counter_incr(ctx: ToolContext, key: str) -> int:
     """
     # The increment and its record are one atomic Redis script: exactly once per call.
     effect = effect_key(ctx.run_id, ctx.step, f"incr:{ctx.call_id}:{key}")
-    return int(INCR_ONCE(ctx.redis, [kv_key(key), effect], [EFFECT_TTL_S]))
+    return int(INCR_ONCE(ctx.redis, [kv_key(key, ctx.tenant), effect], [EFFECT_TTL_S]))
 
 
 @tool("word_count", deterministic=True)

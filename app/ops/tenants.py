@@ -53,10 +53,12 @@ def memories_of(store: SessionStore) -> TenantMemories | None:
 
 
 def cache_patterns(tenant: str) -> list[str]:
-    """Redis key patterns of ``tenant``'s cached results: model replies, tool results,
-    idempotency keys and embeddings (their builders in :mod:`app.constants`)."""
+    """Redis key patterns of ``tenant``'s cached results and tool data: model replies, tool
+    results, idempotency keys, embeddings and the key-value tools' keys (their builders in
+    :mod:`app.constants`)."""
     return [
-        f"{KEY_PREFIX}{kind}:{tenant}:*" for kind in ("respcache", "toolcache", "idem", "embed")
+        f"{KEY_PREFIX}{kind}:{tenant}:*"
+        for kind in ("respcache", "toolcache", "idem", "embed", "kv")
     ]
 
 

@@ -51,6 +51,16 @@ def test_kv_round_trip_through_redis(ctx):
     assert run_tool("kv_get", {"key": "build"}, ctx) == "1042"
 
 
+def test_kv_keys_are_the_runs_tenants(ctx):
+    acme = ToolContext("r2", 0, "coder", ctx.redis, tenant="acme")
+    globex = ToolContext("r3", 0, "coder", ctx.redis, tenant="globex")
+    assert run_tool("kv_set", {"key": "plan", "value": "secret"}, acme) == "ok"
+    assert run_tool("kv_get", {"key": "plan"}, globex) is None
+    assert run_tool("counter_incr", {"key": "plan"}, globex) == 1  # its own counter
+    assert run_tool("kv_get", {"key": "plan"}, acme) == "secret"
+    assert run_tool("kv_get", {"key": "plan"}, ctx) is None  # the default tenant's
+
+
 def test_word_count(ctx):
     assert run_tool("word_count", {"text": "one two  three"}, ctx) == 3
 
