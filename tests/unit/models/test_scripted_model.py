@@ -47,6 +47,15 @@ def test_markers_match_the_prompt_builder() -> None:
     assert scripted.PROMPT_USER == constants.PROMPT_USER
     assert scripted.PROMPT_ASSISTANT == constants.PROMPT_ASSISTANT
     assert scripted.PROMPT_TOOL == constants.PROMPT_TOOL
+    assert scripted.PROMPT_SYSTEM == constants.PROMPT_SYSTEM
+
+
+def test_system_answers_with_the_system_prompt_after_the_tool_calls() -> None:
+    lines = "System: be scripted\nYou remember:\n- teal\nUser: what colour? [system]\nAssistant:"
+    assert reply(lines).text == "Answer: be scripted You remember: - teal"
+    asked = "what colour? [tool:calculator] [system]"
+    assert reply(prompt(asked)).text.startswith('{"tool"')  # the call comes first
+    assert reply(prompt(asked, "42")).text == "Answer: be scripted"
 
 
 def test_plain_input_is_answered_upper_cased_and_normalised() -> None:
@@ -224,3 +233,8 @@ def test_brokentool_stays_broken_after_a_repair_turn() -> None:
     )
     with pytest.raises(ToolCallParseError):
         HERMES.parse(template_reply(repaired))
+
+
+def test_system_reads_the_system_turn_of_a_chatml_prompt() -> None:
+    request = chatml("what colour? [system]")
+    assert template_reply(request).startswith("Answer: be scripted")

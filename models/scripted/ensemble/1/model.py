@@ -11,7 +11,9 @@ user's turn:
 - ``[delay:MS]``: sleep MS milliseconds before replying;
 - ``[error:MESSAGE]``: fail the call with MESSAGE;
 - ``[words:N]``: answer ``w1 w2 ... wN`` (long streams);
-- ``[pace:MS]``: when streaming, MS milliseconds between tokens (an LLM's decode step).
+- ``[pace:MS]``: when streaming, MS milliseconds between tokens (an LLM's decode step);
+- ``[system]``: answer with the system prompt (after any tool calls): what an agent was told,
+  its recalled memories included.
 
 Two ways to serve (the ``scheduling`` parameter of config.pbtxt):
 
@@ -50,6 +52,7 @@ except ImportError:  # unit tests import the pure logic below
 import numpy as np
 
 # Prompt markers; must match app/constants.py (a unit test checks), this file runs in Triton.
+PROMPT_SYSTEM = "System: "
 PROMPT_USER = "User: "
 PROMPT_ASSISTANT = "Assistant: "
 PROMPT_TOOL = "Tool: "
@@ -59,6 +62,7 @@ TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 REPAIR_PREFIX = "Your tool call did not parse"
 _RESPONSE = re.compile(r"<tool_response>\n?(.*?)\n?</tool_response>", re.DOTALL)
 
+SYSTEM_DIRECTIVE = "[system]"
 _DIRECTIVE = re.compile(r"\[(tool|badtool|brokentool|delay|error|words|pace):")
 _TOOL_NAME = re.compile(r"[^\s\]{]+")
 _NUMBER_END = re.compile(r"\s*(\d+)\s*\]")
@@ -79,6 +83,7 @@ class Directives:
     text: str = ""  # the user text with directives removed, whitespace-normalised
     pace_ms: int = 0
     broken: dict[int, bool] = field(default_factory=dict)  # tool index -> broken every time
+    system: bool = False  # answer with the system prompt
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,7 @@ class Turn:
     results: list[str]
     repair: bool = False
     chatml: bool = False
+    system: str = ""  # the system prompt
 
 
 def _chatml_turns(prompt: str) -> list[tuple[str, str]]:
@@ -160,14 +166,28 @@ def read_chatml(prompt: str) -> Turn:
     asked = [t for t in turns if t != ("assistant", "")]  # not the opened reply turn
     repair = bool(asked) and asked[-1][0] == "user" and asked[-1][1].startswith(REPAIR_PREFIX)
     user = turns[first][1] if users else ""
-    return Turn(user, results, repair, chatml=True)
+    system = "\n".join(content for role, content in turns if role == "system")
+    return Turn(user, results, repair, chatml=True, system=system)
 
 
 def read_prompt(prompt: str) -> Turn:
     """The prompt in either layout (see the module docstring)."""
     if IM_START in prompt:
         return read_chatml(prompt)
-    return Turn(*split_turn(prompt))
+    return Turn(*split_turn(prompt), system=system_of(prompt))
+
+
+def system_of(prompt: str) -> str:
+    """The system prompt of a prompt in lines: from ``System:`` up to the first other turn."""
+    lines = prompt.splitlines()
+    if not lines or not lines[0].startswith(PROMPT_SYSTEM):
+        return ""
+    kept = [lines[0][len(PROMPT_SYSTEM) :]]
+    for line in lines[1:]:
+        if line.startswith((PROMPT_USER, PROMPT_ASSISTANT, PROMPT_TOOL)):
+            break
+        kept.append(line)
+    return "\n".join(kept)
 
 
 def _number(text: str, pos: int, kind: str) -> tuple[int, int]:
@@ -199,6 +219,8 @@ def _tool(text: str, pos: int) -> tuple[tuple[str, dict[str, Any]], int]:
 
 def parse_directives(user_text: str) -> Directives:
     """Read the directives out of the user's text (see the module docstring)."""
+    system = SYSTEM_DIRECTIVE in user_text
+    user_text = user_text.replace(SYSTEM_DIRECTIVE, " ")
     tools: list[tuple[str, dict[str, Any]]] = []
     broken: dict[int, bool] = {}
     delay_ms, error, words, pace_ms = 0, None, None, 0
@@ -226,7 +248,7 @@ def parse_directives(user_text: str) -> Directives:
             error, pos = user_text[pos:end].strip(), end + 1
     kept.append(user_text[pos:])
     text = " ".join("".join(kept).split())
-    return Directives(tools, delay_ms, error, words, text, pace_ms, broken)
+    return Directives(tools, delay_ms, error, words, text, pace_ms, broken, system)
 
 
 def call_text(name: str, args: dict[str, Any], chatml: bool, broken: bool = False) -> str:
@@ -259,6 +281,8 @@ def plan_reply(prompt: str, max_tokens: int, default_delay_ms: int = 0) -> Reply
         text = call_text(name, args, turn.chatml, broken)
     elif d.words is not None:
         text = " ".join(f"w{i}" for i in range(1, d.words + 1))
+    elif d.system:
+        text = "Answer: " + " ".join(turn.system.split())
     elif k > 0:
         text = "Answer: " + tool_results[-1]
     else:
