@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
 # Triton on CPU serving the scripted model (models/scripted: `ensemble` and `ensemble_stream`,
-# the TensorRT-LLM ensemble interface), for laptops without an NVIDIA GPU. The server is the
+# the TensorRT-LLM ensemble interface) and the embedding model (models/embedding), for laptops without an NVIDIA GPU. The server is the
 # tritonserver 2.51 that `agentq triton install` copies out of the hash-pinned nvidia-pytriton
 # wheel (app/local/triton.py, shared/TRITON_ON_CPU.md), run with that module's command line on
 # the container's ports: HTTP 8000, gRPC 8001, metrics 8002, as the GPU image.
@@ -10,7 +10,7 @@
 # The worker image's base: the python backend stub is built per Python minor (3.11 here).
 FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS python-base
 LABEL org.opencontainers.image.title="agentq-triton-cpu" \
-      org.opencontainers.image.description="Triton 2.51 on CPU serving agentq's scripted model" \
+      org.opencontainers.image.description="Triton 2.51 on CPU serving agentq's scripted model and embedding model" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -32,9 +32,10 @@ COPY models ./models
 RUN --mount=type=cache,target=/root/.cache/uv \
     UV_PROJECT_ENVIRONMENT=/opt/install-venv uv sync --frozen --no-dev --no-editable --extra local-model \
     && AGENTQ_TRITON__HOME=/opt/triton /opt/install-venv/bin/agentq triton install
-# 2. The stub's environment: the locked runtime dependencies (numpy<2: pitfall 3 of the recipe).
+# 2. The stub's environment: the locked runtime dependencies (numpy<2: pitfall 3 of the recipe)
+#    and the embedding extra (onnxruntime, the int8 all-MiniLM-L6-v2 and its tokenizer.json).
 RUN --mount=type=cache,target=/root/.cache/uv \
-    UV_PROJECT_ENVIRONMENT=/opt/venv uv sync --frozen --no-dev --no-editable
+    UV_PROJECT_ENVIRONMENT=/opt/venv uv sync --frozen --no-dev --no-editable --extra embedding
 
 FROM python-base AS runtime
 RUN groupadd --system --gid 10001 triton \
@@ -43,6 +44,8 @@ RUN groupadd --system --gid 10001 triton \
 COPY --from=builder /opt/triton /opt/triton
 COPY --from=builder /opt/venv /opt/venv
 COPY models/scripted /models
+# Long-term memory's embedding model beside the scripted LLM (docs/memory.md).
+COPY models/embedding /models
 COPY --chmod=0755 scripts/http_probe.py /usr/local/bin/http-probe
 # The stub links libpython3.11 (the image's, in /usr/local/lib, first) and libcudart from the
 # wheel's libs; it takes sys.prefix from the first python3 on PATH: the venv with numpy.

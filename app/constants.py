@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 TASK_RUN_AGENT = "agentq.run_agent"
 """Stable task name; producers that do not import agentq ``send_task`` it."""
 
@@ -117,6 +119,15 @@ def response_cache_key(digest: str, tenant: str = DEFAULT_TENANT) -> str:
     the backend, model, model version, rendered prompt and generation parameters; under the
     tenant whose run asked, so a tenant is never answered from another's."""
     return f"{KEY_PREFIX}respcache:{tenant}:{digest}"
+
+
+def embedding_cache_key(tenant: str, model_version: str, digest: str) -> str:
+    """Redis key of a cached embedding (:mod:`app.inference.embeddings`): ``digest`` is the
+    SHA-256 (hex) of the text. Tenant and model version are percent-quoted, so no ``:`` of
+    theirs makes two keys alike; the hash tag keeps one tenant's embeddings of one model in one
+    cluster slot, so a batch is one MGET."""
+    scope = f"{quote(tenant, safe='')}|{quote(model_version, safe='')}"
+    return f"{KEY_PREFIX}embedding:{{{scope}}}:{digest}"
 
 
 PRUNED_ROWS = f"{KEY_PREFIX}pruned:rows"

@@ -29,6 +29,7 @@ pytest_plugins = [
     "tests.fixtures.llama_server",
     "tests.fixtures.llm",
     "tests.fixtures.retention",
+    "tests.fixtures.embedding",
 ]
 
 

@@ -237,3 +237,29 @@ def bench_caches(calls: int, tool_s: float, samples: int, out: str | None) -> No
     from bench.caches import main as run_caches
 
     sys.exit(run_caches(Plan(calls=calls, tool_s=tool_s, samples=samples), out, console))
+
+
+@bench.command("embedding")
+@click.option("--texts", type=click.IntRange(8), default=512, show_default=True,
+              help="Texts embedded per measurement.")  # fmt: skip
+@click.option("--threads", type=click.IntRange(1), default=8, show_default=True,
+              help="Client threads calling Triton at once.")  # fmt: skip
+@click.option("--big-batch", type=click.IntRange(2, 64), default=32, show_default=True,
+              help="Texts per request in the second setting.")  # fmt: skip
+@click.option("--samples", type=click.IntRange(1), default=50, show_default=True,
+              help="Cache hits (and model calls) timed.")  # fmt: skip
+@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True,
+              help="Alternating rounds of each side (medians reported).")  # fmt: skip
+@click.option("--out", type=click.Path(), default=None, help="JSON results file.")
+def bench_embedding(
+    texts: int, threads: int, big_batch: int, samples: int, rounds: int, out: str | None
+) -> None:
+    """The embedding model through Triton (dynamic batching, several client threads) vs the
+    same model in-process (texts/s, ratio), and a cache hit beside the model call (embedding
+    extra)."""
+    _bench_checkout("embedding.py")
+    from bench.embedding import Plan
+    from bench.embedding import main as run_embedding
+
+    plan = Plan(texts=texts, threads=threads, big_batch=big_batch, samples=samples, rounds=rounds)
+    sys.exit(run_embedding(plan, out, console))

@@ -41,6 +41,7 @@ from app.config.sections import (
     CacheSettings,
     DeploySettings,
     DurabilitySettings,
+    EmbeddingSettings,
     ExporterSettings,
     FlowerSettings,
     HealthSettings,
@@ -62,6 +63,7 @@ __all__ = [
     "CacheSettings",
     "DeploySettings",
     "DurabilitySettings",
+    "EmbeddingSettings",
     "ExporterSettings",
     "FlowerSettings",
     "HealthSettings",
@@ -239,6 +241,7 @@ class Settings(BaseSettings):
     sessions: SessionSettings = Field(default_factory=SessionSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     tenants: TenantSettings = Field(default_factory=TenantSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     retention: RetentionSettings = Field(
         default_factory=RetentionSettings,
         description="What `agentq maintenance prune` removes from the session store.",

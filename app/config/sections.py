@@ -581,3 +581,61 @@ class AgentRetention(BaseModel):
         gt=0,
         description="Days after its last run a session of this agent type is removed whole.",
     )
+
+
+class EmbeddingSettings(BaseModel):
+    """The embedding model of long-term memory and its Redis cache (docs/memory.md, "Long-term
+    memory: the embedding model")."""
+
+    backend: Literal["triton", "openai"] = Field(
+        default="triton",
+        description="triton: the `minilm` python model on Triton (gRPC, dynamic batching); "
+        "openai: an OpenAI-compatible POST /v1/embeddings (vLLM, llama.cpp server).",
+    )
+    url: str | None = Field(
+        default=None,
+        description="Triton's gRPC address (host:port) or the OpenAI-compatible base URL "
+        "(http://host:8000/v1); unset with triton: the first Triton replica's.",
+    )
+    model: str = Field(default="minilm", description="The embedding model's name on Triton.")
+    tokenizer_model: str = Field(
+        default="minilm_tokenizer",
+        description="The Triton model that hands workers the embedding model's tokenizer.json "
+        "(for cutting long documents into chunks).",
+    )
+    openai_model: str = Field(
+        default="all-MiniLM-L6-v2",
+        description="The 'model' field of each /v1/embeddings request (backend openai).",
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="Bearer token of the OpenAI-compatible server; never logged."
+    )
+    tokenizer_path: Path | None = Field(
+        default=None,
+        description="tokenizer.json of the model behind the OpenAI-compatible server (backend "
+        "openai), for chunking; unset: the `embedding` extra's all-MiniLM-L6-v2 tokenizer.",
+    )
+    dim: int = Field(default=384, gt=0, description="Dimensions of one embedding.")
+    max_tokens: int = Field(
+        default=256,
+        gt=2,
+        description="Word pieces the model sees (special tokens included): a query is cut "
+        "there, a stored document is chunked to fit.",
+    )
+    chunk_overlap_tokens: int = Field(
+        default=32, ge=0, description="Word pieces two neighbouring chunks of a document share."
+    )
+    batch_size: int = Field(
+        default=64,
+        gt=0,
+        description="Texts per request to the model (Triton's minilm takes up to 64 rows).",
+    )
+    timeout_s: float = Field(default=30.0, gt=0, description="Deadline of one embedding call.")
+    cache: bool = Field(
+        default=True,
+        description="Keep embeddings in Redis by tenant, model version and SHA-256 of the text: "
+        "a text embedded once is not sent to the model again while its entry lives.",
+    )
+    cache_ttl_s: int = Field(
+        default=7 * 86_400, gt=0, description="How long a cached embedding lives."
+    )

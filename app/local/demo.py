@@ -22,6 +22,7 @@ from app.agents.registry import AgentRegistry
 from app.celery_ext.app import create_celery
 from app.config import Settings, mask_url
 from app.errors import AgentqError
+from app.local import embedding
 from app.local.redis import RedisServer
 from app.local.triton import TritonServer, install_triton
 from app.local.workers import WorkerProcess
@@ -186,6 +187,9 @@ def _start_services(
         home = install_triton(settings.triton.home)
     with console.status(f"starting Triton (CPU, {model_name})"):
         repository = repository or settings.triton.model_repository
+        if embedding.available():  # long-term memory's embedding model beside the LLM's
+            repository = embedding.repository_with_embedding(repository, tmp / "models")
+            model_name += " + minilm embeddings"
         server = TritonServer(home, repository, log_path=tmp / "triton.log")
         server.start()
         stack.callback(server.stop)

@@ -440,6 +440,20 @@ def serve(home: Path, model_repository: Path) -> int:
         server.stop()
 
 
+def with_embedding(repository: Path, tmp: Path) -> Path:
+    """``repository`` plus long-term memory's embedding model (``minilm``, ``minilm_tokenizer``)
+    when the ``embedding`` extra is installed (a copy in ``tmp``, or ``repository`` itself when
+    it already lies in ``tmp``); else ``repository`` as it is."""
+    from app.local import embedding
+
+    if not embedding.available():
+        return repository
+    dest = repository if repository.is_relative_to(tmp) else tmp / "models"
+    embedding.repository_with_embedding(repository, dest)
+    print(f"embedding model served too: {', '.join(embedding.MODELS)}", flush=True)
+    return dest
+
+
 def serve_local_model(home: Path) -> int:
     """:func:`serve` the real local model (the ``llm`` extra), after printing the variables
     that make workers render and count for it (its tokenizer folder lives while it runs)."""
@@ -447,7 +461,7 @@ def serve_local_model(home: Path) -> int:
 
     with tempfile.TemporaryDirectory(prefix="agentq-llm-") as tmp:
         folder = llm.prepare_model(Path(tmp) / "tokenizer")
-        repository = llm.llm_repository(Path(tmp) / "models")
+        repository = with_embedding(llm.llm_repository(Path(tmp) / "models"), Path(tmp))
         print("workers and producers calling it need:")
         for name, value in llm.worker_env(folder).items():
             print(f"  export {name}={shlex.quote(value)}")
@@ -472,7 +486,8 @@ def run_serve(settings: Settings, model: str = "scripted") -> int:
     print(f"tritonserver in {home}", flush=True)
     if model == "local":
         return serve_local_model(home)
-    return serve(home, settings.triton.model_repository)
+    with tempfile.TemporaryDirectory(prefix="agentq-triton-") as tmp:
+        return serve(home, with_embedding(settings.triton.model_repository, Path(tmp)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -169,6 +169,28 @@ SESSION_BUSY = Counter(
     "Runs that found another run of their session running (action: requeue or fail).",
     ["agent", "action"],
 )
+# outcome: hit (from Redis), miss (sent to the model); app.inference.embeddings.
+EMBEDDING_CACHE = Counter(
+    "agentq_embedding_cache_total",
+    "Texts looked up in the embedding cache, by outcome (hit: from Redis; miss: embedded).",
+    ["outcome"],
+)
+EMBEDDING_TEXTS = Counter(
+    "agentq_embedding_texts_total",
+    "Texts sent to the embedding model (cache misses), by backend.",
+    ["backend"],
+)
+EMBEDDING_TRUNCATED = Counter(
+    "agentq_embedding_truncated_total",
+    "Texts longer than the embedding model's word-piece limit: it saw only their start.",
+    ["backend"],
+)
+EMBEDDING_SECONDS = Histogram(
+    "agentq_embedding_seconds",
+    "Time of one request to the embedding model (a batch of texts), by backend.",
+    ["backend"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 
 METRICS = (
     REDIS_PERSISTENCE,
@@ -176,7 +198,7 @@ METRICS = (
     QUEUE_WAIT, MODEL_CALL_SECONDS, MODEL_CALL_ERRORS, TOOL_CALLS, TOOL_RESULTS_REUSED, TOOL_ERRORS,
     TOOL_CALLS_ABANDONED, STEP_RETRIES, DEAD_LETTERED, GUARDRAIL_STOPS, QUARANTINED,
     RUNS_RECOVERED, RUNS_LOST, RECOVERY_PASSES, HISTORY_CACHE, SESSION_BUSY, TOOL_CACHE,
-    RESPONSE_CACHE,
+    RESPONSE_CACHE, EMBEDDING_CACHE, EMBEDDING_TEXTS, EMBEDDING_TRUNCATED, EMBEDDING_SECONDS,
 )  # fmt: skip
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:\-]")
@@ -420,3 +442,21 @@ def process_exited(multiproc_dir: Path | None, pid: int) -> None:
     """Drop a dead process's live gauges (multiprocess mode; call when a process exits)."""
     if multiproc_dir is not None:
         multiprocess.mark_process_dead(pid, str(multiproc_dir))
+
+
+def embedding_cache(hits: int, misses: int) -> None:
+    """A batch looked up in the embedding cache: ``hits`` found, ``misses`` to embed."""
+    if hits:
+        EMBEDDING_CACHE.labels("hit").inc(hits)
+    if misses:
+        EMBEDDING_CACHE.labels("miss").inc(misses)
+
+
+def embedding_call(backend: str, texts: int, seconds: float, truncated: int = 0) -> None:
+    """One request of ``texts`` texts to the embedding model took ``seconds``; ``truncated``
+    of them were cut at the model's limit."""
+    backend = label(backend)
+    EMBEDDING_SECONDS.labels(backend).observe(seconds)
+    EMBEDDING_TEXTS.labels(backend).inc(texts)
+    if truncated:
+        EMBEDDING_TRUNCATED.labels(backend).inc(truncated)

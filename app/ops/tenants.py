@@ -56,9 +56,11 @@ def cache_patterns(tenant: str) -> list[str]:
     """Redis key patterns of ``tenant``'s cached results and tool data: model replies, tool
     results, idempotency keys, embeddings and the key-value tools' keys (their builders in
     :mod:`app.constants`)."""
+    # A tenant id needs no quoting (TENANT_PATTERN), and a glob's "{" is no special character.
+    embeddings = f"{KEY_PREFIX}embedding:{{{tenant}|*"
     return [
-        f"{KEY_PREFIX}{kind}:{tenant}:*"
-        for kind in ("respcache", "toolcache", "idem", "embed", "kv")
+        *(f"{KEY_PREFIX}{kind}:{tenant}:*" for kind in ("respcache", "toolcache", "idem", "kv")),
+        embeddings,
     ]
 
 

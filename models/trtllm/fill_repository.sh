@@ -35,6 +35,10 @@
 #   ENABLE_CHUNKED_CONTEXT          split long prompts across steps (true)
 #   GUIDED_DECODING                 true | false: XGrammar guided decoding (true)
 #   XGRAMMAR_TOKENIZER_INFO_PATH    ENGINE_DIR/tokenizer/xgrammar_tokenizer_info.json
+#   EMBEDDING_MODELS                folder of the embedding models (minilm, minilm_tokenizer) copied
+#                                   in beside the LLM's: all-MiniLM-L6-v2 on onnxruntime (CPU),
+#                                   docs/memory.md (default: ../embedding beside this script, as
+#                                   the image lays it out; empty: no embedding model)
 #   ADD_SPECIAL_TOKENS              preprocessing adds the tokenizer's BOS to each prompt (false:
 #                                   workers render prompts with the model's chat template, which
 #                                   writes the BOS itself where the model wants one)
@@ -58,6 +62,7 @@ ENABLE_CHUNKED_CONTEXT=${ENABLE_CHUNKED_CONTEXT:-true}
 GUIDED_DECODING=${GUIDED_DECODING:-true}
 XGRAMMAR_TOKENIZER_INFO_PATH=${XGRAMMAR_TOKENIZER_INFO_PATH:-$ENGINE_DIR/tokenizer/xgrammar_tokenizer_info.json}
 ADD_SPECIAL_TOKENS=${ADD_SPECIAL_TOKENS:-false}
+EMBEDDING_MODELS=${EMBEDDING_MODELS-$here/../embedding}
 case "$SERVE_MODELS" in
   both) KV_CACHE_FREE_GPU_MEM_FRACTION=${KV_CACHE_FREE_GPU_MEM_FRACTION:-0.45} ;;
   unary | stream) KV_CACHE_FREE_GPU_MEM_FRACTION=${KV_CACHE_FREE_GPU_MEM_FRACTION:-0.9} ;;
@@ -112,6 +117,14 @@ add_pair() {
 }
 if [[ "$SERVE_MODELS" != stream ]]; then add_pair tensorrt_llm ensemble false; fi
 if [[ "$SERVE_MODELS" != unary ]]; then add_pair tensorrt_llm_stream ensemble_stream true; fi
+
+if [[ -n "$EMBEDDING_MODELS" ]]; then
+  for model in minilm minilm_tokenizer; do
+    [[ -f "$EMBEDDING_MODELS/$model/config.pbtxt" ]] \
+      || { echo "fill_repository: no embedding model $model in $EMBEDDING_MODELS" >&2; exit 1; }
+    cp -r "$EMBEDDING_MODELS/$model" "$out/$model"
+  done
+fi
 
 python3 "$here/check_interface.py" "$reference" "$out"
 echo "fill_repository: model repository ready in $out ($SERVE_MODELS)"

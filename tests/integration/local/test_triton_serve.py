@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc as grpcclient
 
 from app.config import child_env
+from app.local import embedding
 from app.local.triton import STUB_NAME, descendants
 
 pytestmark = pytest.mark.integration
@@ -66,7 +68,13 @@ def test_serve_stops_tritonserver_and_every_stub_on_a_signal(triton_home, sig, c
     )  # fmt: skip
     tree: dict[int, int] = {}
     try:
-        _wait_for_line(proc, "grpc ", timeout_s=120)  # printed once the models are ready
+        line = _wait_for_line(proc, "grpc ", timeout_s=120)  # printed once the models are ready
+        if embedding.available():  # the embedding model beside the scripted one
+            client = grpcclient.InferenceServerClient(line.split()[1])
+            try:
+                assert client.is_model_ready("minilm") and client.is_model_ready("ensemble")
+            finally:
+                client.close()
         tree = descendants(proc.pid)
         names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in tree}
         assert {"tritonserver", STUB_NAME[:15]} <= names  # the server and its stubs run

@@ -9,8 +9,10 @@ import pytest
 import redis
 
 from app.constants import (
+    embedding_cache_key,
     history_keys,
     idempotency_key,
+    kv_key,
     published_key,
     response_cache_key,
     stream_key,
@@ -47,6 +49,8 @@ def seed(store: SessionStore, client: redis.Redis) -> dict[str, list[str]]:
             response_cache_key("d1", tenant),
             tool_cache_key("calc:1:abc", "result", tenant),
             idempotency_key(tenant, "chat", "k1"),
+            embedding_cache_key(tenant, "minilm:1", "ab" * 32),
+            kv_key("notes", tenant),
         ]
         for key in made:
             client.set(key, tenant)

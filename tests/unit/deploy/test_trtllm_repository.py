@@ -236,14 +236,25 @@ def test_only_placeholders_in_string_values_may_stay_unfilled() -> None:
 # --- fill_repository.sh -------------------------------------------------------------------------
 
 
+def test_fill_repository_without_the_embedding_model(tmp_path, image) -> None:
+    out = tmp_path / "repo"
+    result = run("fill_repository.sh", str(out), env={**image, "EMBEDDING_MODELS": ""})
+    assert result.returncode == 0, result.stderr
+    assert not (out / "minilm").exists()
+    elsewhere = {**image, "EMBEDDING_MODELS": "/nonexistent"}
+    missing = run("fill_repository.sh", str(tmp_path / "r2"), env=elsewhere)
+    assert missing.returncode == 1 and "no embedding model minilm" in missing.stderr
+
+
 def test_fill_repository_serves_the_unary_and_the_streaming_ensemble(tmp_path, image) -> None:
     out = tmp_path / "repo"
     result = run("fill_repository.sh", str(out), env=image)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == [
-        "ensemble", "ensemble_stream", "postprocessing", "preprocessing", "tensorrt_llm",
-        "tensorrt_llm_stream",
+        "ensemble", "ensemble_stream", "minilm", "minilm_tokenizer", "postprocessing",
+        "preprocessing", "tensorrt_llm", "tensorrt_llm_stream",
     ]  # fmt: skip
+    assert (out / "minilm" / "1" / "model.py").is_file()
     unary, streaming = (out / m / "config.pbtxt" for m in ("tensorrt_llm", "tensorrt_llm_stream"))
     assert 'name: "tensorrt_llm"' in unary.read_text()
     assert "decoupled: false" in unary.read_text()
