@@ -10,7 +10,7 @@ text is taken verbatim (documented in docs/agents.md).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,3 +65,26 @@ def answer_of(text: str) -> Any:
         if isinstance(data, dict) and "final" in data:
             return data["final"]
     return text
+
+
+MEMORY_HEADER = "What you remember from earlier conversations (most relevant first):"
+
+
+def memory_section(
+    texts: Sequence[str], max_tokens: int, count: Callable[[str], int]
+) -> tuple[str, int]:
+    """The system prompt's section of retrieved memories and how many it shows: the header,
+    then ``- <text>`` per memory in the order given (best first), each added only if the
+    section stays within ``max_tokens`` (``count``: a text's tokens); empty when none fits."""
+    used = count(MEMORY_HEADER)
+    lines = []
+    for text in texts:
+        line = "- " + " ".join(text.split())
+        tokens = count(line)
+        if used + tokens > max_tokens:
+            continue  # a shorter one further down may still fit
+        lines.append(line)
+        used += tokens
+    if not lines:
+        return "", 0
+    return "\n".join([MEMORY_HEADER, *lines]), len(lines)

@@ -35,7 +35,7 @@ from pydantic import (
 from app.agents.guardrails import Budget, Validator, ValidatorSpec, build_validators
 from app.agents.mcp_servers import McpServer
 from app.agents.tools import tool_name
-from app.config import AgentRetention, LimitSettings
+from app.config import AgentMemory, AgentRetention, LimitSettings
 from app.constants import QUEUE_PREFIX
 from app.errors import ConfigurationError, InvalidInputError, UnknownAgentError
 from app.inference.chat import AUTO, NONE, REQUIRED
@@ -118,6 +118,11 @@ class AgentSpec(BaseModel):
     output_validators: tuple[ValidatorSpec, ...] = Field(
         default=(),
         description="Checks on the final answer before it is returned, e.g. json_schema.",
+    )
+    memory: AgentMemory = Field(
+        default_factory=AgentMemory,
+        description="Long-term memory: automatic retrieval into its prompt (recall, scope, k, "
+        "max_tokens, min_score; docs/memory.md). Its remember / recall tools are listed in tools.",
     )
     retention: AgentRetention = Field(
         default_factory=AgentRetention,

@@ -34,6 +34,7 @@ from app.config.inference import (
     StreamSettings,
     TritonSettings,
 )
+from app.config.memory import AgentMemory, EmbeddingSettings, MemorySettings
 from app.config.paths import REPO_ROOT
 from app.config.sections import (
     AgentRetention,
@@ -41,7 +42,6 @@ from app.config.sections import (
     CacheSettings,
     DeploySettings,
     DurabilitySettings,
-    EmbeddingSettings,
     ExporterSettings,
     FlowerSettings,
     HealthSettings,
@@ -58,6 +58,7 @@ from app.errors import ConfigurationError
 
 __all__ = [
     "REPO_ROOT",
+    "AgentMemory",
     "AgentRetention",
     "ApiSettings",
     "CacheSettings",
@@ -69,6 +70,7 @@ __all__ = [
     "HealthSettings",
     "InferenceSettings",
     "LimitSettings",
+    "MemorySettings",
     "OpenAISettings",
     "RedisTLSSettings",
     "ReplicaSettings",
@@ -242,6 +244,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     tenants: TenantSettings = Field(default_factory=TenantSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     retention: RetentionSettings = Field(
         default_factory=RetentionSettings,
         description="What `agentq maintenance prune` removes from the session store.",
