@@ -1,7 +1,7 @@
 """The conversation a step sends: system, the session's earlier runs, the input, each step's
 calls and results as turns; and the answer read from a final reply."""
 
-from app.agents.prompts import Turn, answer_of, conversation
+from app.agents.prompts import MEMORY_HEADER, Turn, answer_of, conversation, memory_section
 from app.inference.chat import Message, ToolCall
 
 ADD = ToolCall("c1", "calculator", {"expression": "2+3"})
@@ -38,3 +38,16 @@ def test_final_reply_forms():
     assert answer_of("Answer: 42") == "Answer: 42"
     assert answer_of("{not json") == "{not json"
     assert answer_of('{"other": 1}') == '{"other": 1}'
+
+
+def test_the_memory_section_keeps_the_best_memories_that_fit_its_budget() -> None:
+    def words(text: str) -> int:
+        return len(text.split())
+
+    header = words(MEMORY_HEADER)
+    texts = ["teal is the favourite colour", "a very long memory " * 10, "likes   cats"]
+    section, shown = memory_section(texts, header + 10, words)
+    assert shown == 2  # the long one does not fit; the one after it does
+    assert section.splitlines() == [MEMORY_HEADER, "- teal is the favourite colour", "- likes cats"]
+    assert memory_section(texts, header, words) == ("", 0)
+    assert memory_section([], 100, words) == ("", 0)
