@@ -16,6 +16,8 @@ DEFAULT_TENANT = "default"
 ``submit()`` without ``tenant=``, the CLI without ``--tenant``)."""
 TENANT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 """What a tenant id is: it goes into Redis keys and metric labels, hence the narrow alphabet."""
+EMBEDDING_DIM = 384
+"""Length of a long-term memory's embedding (all-MiniLM-L6-v2); the memories table's vector size."""
 
 
 def lease_key(run_id: str) -> str:

@@ -144,6 +144,16 @@ class StoreError(AgentqError):
     """Raised when the session store cannot be reached or its schema is not migrated."""
 
 
+class MemoryNotFoundError(AgentqError):
+    """Raised when a long-term memory id is not among the tenant's memories (another tenant's
+    memory reads the same: not found)."""
+
+
+class InvalidMemoryError(AgentqError):
+    """Raised when a memory or a memory search is malformed: an embedding that is not a
+    finite, unit-length vector of ``EMBEDDING_DIM`` values, an empty tenant, or ``k`` < 1."""
+
+
 class UnknownScopeError(AgentqError):
     """Raised when an API key is asked for a scope other than submit, read and operate."""
 

@@ -24,6 +24,7 @@ TEST_REDIS_DB = 13
 pytest_plugins = [
     "tests.fixtures.triton",
     "tests.fixtures.postgres",
+    "tests.fixtures.pgvector",
     "tests.fixtures.secure_redis",
     "tests.fixtures.sentinel",
     "tests.fixtures.llama_server",

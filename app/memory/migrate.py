@@ -21,7 +21,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 # The newest migration's revision id (tests/unit/memory/test_schema_revision.py holds it to
 # Alembic's head). Ids are zero-padded numbers, so a later revision's id sorts after.
-HEAD_REVISION: Final = "0010"
+HEAD_REVISION: Final = "0011"
 
 _VERSIONS = Table("alembic_version", MetaData(), Column("version_num", String))
 
@@ -80,7 +80,15 @@ def migrate(engine_or_url: Engine | str, revision: str = "head") -> None:
     """
     from alembic import command
 
-    _alembic(engine_or_url, command.upgrade, revision)
+    def upgrade(config: Config, revision: str) -> None:
+        command.upgrade(config, revision)
+        connection = config.attributes["connection"]
+        if connection.dialect.name == "postgresql":
+            from app.memory.vector_pg import enable_pgvector
+
+            enable_pgvector(connection)  # pgvector installed since migration 0010 ran
+
+    _alembic(engine_or_url, upgrade, revision)
 
 
 def downgrade(engine_or_url: Engine | str, revision: str) -> None:

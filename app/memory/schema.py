@@ -6,6 +6,8 @@ import enum
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import numpy as np
+from numpy.typing import NDArray
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -17,14 +19,16 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     Text,
     TypeDecorator,
 )
+from sqlalchemy.types import UserDefinedType
 
-from app.constants import DEFAULT_TENANT
+from app.constants import DEFAULT_TENANT, EMBEDDING_DIM
 from app.memory.records import ErrorType, RunStatus, StepKind
 
 
@@ -87,6 +91,51 @@ class JsonValue(TypeDecorator[Any]):
 
             return dialect.type_descriptor(JSONB(none_as_null=True))
         return dialect.type_descriptor(self.impl_instance)
+
+
+class PgVector(UserDefinedType[str]):
+    """pgvector's ``vector(dim)`` type; its values travel as the text ``[x,y,...]``."""
+
+    cache_ok = True
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def get_col_spec(self, **_kw: Any) -> str:
+        return f"vector({self.dim})"
+
+
+class Embedding(TypeDecorator[NDArray[np.float32]]):
+    """A memory's embedding (float32): pgvector's ``vector(EMBEDDING_DIM)`` on PostgreSQL,
+    little-endian float32 bytes elsewhere (SQLite). On a PostgreSQL without pgvector the
+    migration makes the column BYTEA (the pgvector store then refuses to run)."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(PgVector(EMBEDDING_DIM))
+        return dialect.type_descriptor(LargeBinary())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        array = np.asarray(value, dtype="<f4")
+        if dialect.name == "postgresql":
+            return "[" + ",".join(map(repr, array.tolist())) + "]"
+        return array.tobytes()
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> NDArray[np.float32] | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # pgvector's text form
+            return np.array(value.strip("[]").split(","), dtype=np.float32)
+        return np.frombuffer(value, dtype="<f4").copy()
+
+    def compare_against_backend(self, dialect: Dialect, conn_type: Any) -> bool | None:
+        # Alembic's autogenerate: vector(384) or the BYTEA stand-in are both this column.
+        return True
 
 
 metadata = MetaData()
@@ -204,4 +253,40 @@ api_keys = Table(
     Column("name", String, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("revoked_at", UtcDateTime, nullable=True),
+)
+
+# Long-term memories (app.memory.vectors): a text, its metadata and its embedding, always of
+# one tenant. ``seq`` numbers a tenant's memories in the order they were added (from
+# memory_changes.seq): the embedded backend's in-process matrix loads only the rows past the
+# last it holds. On PostgreSQL with pgvector the migration also creates an HNSW index on
+# ``embedding`` (vector_cosine_ops), which is not listed here: SQLite has no such index.
+memories = Table(
+    "memories",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("tenant", String, nullable=False),
+    Column("agent", String, nullable=True),
+    Column("session_id", String, nullable=True),
+    Column("text", Text, nullable=False),
+    Column("metadata", JsonValue, nullable=False),
+    Column("embedding", Embedding, nullable=False),
+    Column("model", String, nullable=False),  # the embedding model (and version) that made it
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Index("ix_memories_tenant_agent", "tenant", "agent"),
+    Index("ix_memories_tenant_session", "tenant", "session_id"),
+    Index("ix_memories_tenant_seq", "tenant", "seq", unique=True),
+)
+
+# One row per tenant with memories: the last ``seq`` given out, a count of deletions, and a
+# random id of the row itself (a tenant deleted and started again gets a new one). A search on
+# the embedded backend reads this row (a primary-key lookup) to know whether its in-process
+# copy of the tenant's vectors is current, whichever process wrote.
+memory_changes = Table(
+    "memory_changes",
+    metadata,
+    Column("tenant", String, primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("deletions", Integer, nullable=False),
+    Column("generation", String, nullable=False),
 )

@@ -5,29 +5,23 @@ store, Redis). Shared by ``agentq tenant`` and ``/v1/tenant``; no CLI or web fra
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import dataclasses
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import delete, select
 
 from app.constants import KEY_PREFIX, history_keys, published_key, stream_key
-from app.errors import TenantInUseError
+from app.errors import ConfigurationError, TenantInUseError
 from app.memory.records import RunState, RunStatus
 from app.memory.schema import accepted_runs, runs, sessions, step_drafts, steps, tool_results
 from app.memory.sessions import SessionStore
+from app.memory.vectors import Memory, VectorStore, vector_store
 from app.ops.sessions import session_info
 
 _PAGE = 500  # runs read or deleted per round trip
-
-
-class TenantMemories(Protocol):
-    """What a tenant's export and deletion need of the long-term memory store."""
-
-    def export(self, tenant: str) -> Iterable[Any]: ...
-
-    def delete_tenant(self, tenant: str) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +37,20 @@ class TenantDeleted:
     by_table: dict[str, int] = field(default_factory=dict)
 
 
-def memories_of(store: SessionStore) -> TenantMemories | None:
-    """The long-term memory store beside ``store`` (None before it exists)."""
+def memories_of(store: SessionStore) -> VectorStore | None:
+    """The long-term memory store beside ``store``; None on a PostgreSQL without pgvector,
+    where no memory can have been stored."""
     try:
-        from app.memory.vectors import vector_store  # type: ignore[import-not-found]
-    except ImportError:
+        return vector_store(store)
+    except ConfigurationError:
         return None
-    return vector_store(store)  # type: ignore[no-any-return]
+
+
+def memory_json(memory: Memory) -> dict[str, Any]:
+    """A memory as the export writes it (its embedding left out: the model can remake it)."""
+    data = dataclasses.asdict(memory)
+    data["created_at"] = memory.created_at.isoformat()
+    return data
 
 
 def cache_patterns(tenant: str) -> list[str]:
@@ -91,7 +92,7 @@ def export_tenant(
     store: SessionStore,
     tenant: str,
     view: Callable[[RunState], dict[str, Any]],
-    memories: TenantMemories | None = None,
+    memories: VectorStore | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Everything of ``tenant``, one JSON object at a time: ``{"session": ...}`` for each
@@ -112,7 +113,7 @@ def export_tenant(
             progress(done)
     if memories is not None:
         for memory in memories.export(tenant):
-            yield {"memory": memory.to_json() if hasattr(memory, "to_json") else memory}
+            yield {"memory": memory_json(memory)}
 
 
 def delete_tenant(
@@ -122,7 +123,7 @@ def delete_tenant(
     *,
     force: bool = False,
     forget_result: Callable[[str], None] | None = None,
-    memories: TenantMemories | None = None,
+    memories: VectorStore | None = None,
 ) -> TenantDeleted:
     """Delete every run (with its steps, drafts, kept tool results and accepted record),
     session and memory of ``tenant``, and its token streams, markers, results, cached
