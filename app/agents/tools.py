@@ -49,6 +49,7 @@ class ToolContext:
     call_id: str = ""  # the id of the call within its step (several calls in one step)
     tenant: str = DEFAULT_TENANT  # whose run: a tool keeps and reads that tenant's data only
     session_id: str | None = None
+    memory: Any = None  # the worker's long-term memory (app.memory.long_term.LazyMemory)
 
 
 ToolFn = Callable[..., Any]
@@ -316,3 +317,7 @@ def word_count(ctx: ToolContext, text: str) -> int:
         text: The text to count.
     """
     return len(text.split())
+
+
+# The memory tools: their module imports nothing heavy (the memory is made on first use).
+from app.agents import memory_tools  # noqa: E402, F401

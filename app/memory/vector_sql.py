@@ -81,17 +81,24 @@ class SqlVectorStore(VectorStore):
 
     def add(self, items: Sequence[NewMemory]) -> list[str]:
         rows = [self._row(item, index) for index, item in enumerate(items)]
-        by_tenant: dict[str, list[dict[str, Any]]] = {}
-        for row in rows:
-            by_tenant.setdefault(row["tenant"], []).append(row)
+        named = [item.id for item in items if item.id is not None]
         try:
             with self._writer.begin() as conn:
+                if named:
+                    found = select(memories.c.id).where(memories.c.id.in_(named))
+                    stored = {row.id for row in conn.execute(found)}
+                    new = [row for row in rows if row["id"] not in stored]
+                else:
+                    new = rows
+                by_tenant: dict[str, list[dict[str, Any]]] = {}
+                for row in new:
+                    by_tenant.setdefault(row["tenant"], []).append(row)
                 for tenant, tenant_rows in by_tenant.items():
                     last = self._take_seqs(conn, tenant, len(tenant_rows))
                     for offset, row in enumerate(tenant_rows):
                         row["seq"] = last - len(tenant_rows) + 1 + offset
-                if rows:
-                    conn.execute(memories.insert(), rows)
+                if new:
+                    conn.execute(memories.insert(), new)
         except DBAPIError as exc:
             raise store_error(exc, self._engine) from exc
         return [row["id"] for row in rows]
@@ -101,7 +108,7 @@ class SqlVectorStore(VectorStore):
         if not isinstance(item.text, str) or not isinstance(item.model, str) or not item.model:
             raise InvalidMemoryError(f"memory {index}: text and model must be strings")
         return {
-            "id": uuid.uuid4().hex,
+            "id": item.id or uuid.uuid4().hex,
             "tenant": checked_tenant(item.tenant),
             "agent": item.agent,
             "session_id": item.session_id,

@@ -54,6 +54,8 @@ class NewMemory:
     agent: str | None = None
     session_id: str | None = None
     metadata: Mapping[str, JSON] = field(default_factory=dict)
+    # Its id when the caller makes it (a tool call's, so storing it again stores nothing new).
+    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +85,8 @@ class VectorStore(ABC):
 
     @abstractmethod
     def add(self, items: Sequence[NewMemory]) -> list[str]:
-        """Store ``items`` in one transaction; their new ids, in order."""
+        """Store ``items`` in one transaction; their ids, in order. An item whose ``id`` is
+        stored already is left as it is (a repeated add stores nothing new)."""
 
     @abstractmethod
     def search(

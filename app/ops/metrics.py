@@ -191,6 +191,11 @@ EMBEDDING_SECONDS = Histogram(
     ["backend"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+MEMORIES_RECALLED = Counter(
+    "agentq_memories_recalled_total",
+    "Long-term memories put into agents' prompts by automatic retrieval (AgentSpec.memory).",
+    ["agent"],
+)
 
 METRICS = (
     REDIS_PERSISTENCE,
@@ -199,6 +204,7 @@ METRICS = (
     TOOL_CALLS_ABANDONED, STEP_RETRIES, DEAD_LETTERED, GUARDRAIL_STOPS, QUARANTINED,
     RUNS_RECOVERED, RUNS_LOST, RECOVERY_PASSES, HISTORY_CACHE, SESSION_BUSY, TOOL_CACHE,
     RESPONSE_CACHE, EMBEDDING_CACHE, EMBEDDING_TEXTS, EMBEDDING_TRUNCATED, EMBEDDING_SECONDS,
+    MEMORIES_RECALLED,
 )  # fmt: skip
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:\-]")
@@ -460,3 +466,9 @@ def embedding_call(backend: str, texts: int, seconds: float, truncated: int = 0)
     EMBEDDING_TEXTS.labels(backend).inc(texts)
     if truncated:
         EMBEDDING_TRUNCATED.labels(backend).inc(truncated)
+
+
+def memories_recalled(agent: str, count: int) -> None:
+    """Automatic retrieval put ``count`` memories into a prompt of ``agent``."""
+    if count:
+        _child(MEMORIES_RECALLED, agent).inc(count)

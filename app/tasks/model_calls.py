@@ -86,6 +86,13 @@ class ModelCalls:
             return request.estimated_tokens()
         return counter.request_tokens(request)[0]
 
+    def text_tokens(self, spec: AgentSpec, text: str) -> int:
+        """``text``'s tokens for the agent's model: its tokenizer's count, else an estimate."""
+        counter = self.token_counters.get(spec.backend)
+        if counter is None:
+            return count_tokens(text)
+        return counter.count(spec.model or counter.default_model or "", text)[0]
+
     def kept_counted(self, spec: AgentSpec) -> Counted:
         """How the reply an earlier delivery kept was counted (a draft does not say): as the
         agent's backend counts, the server's usage on OpenAI, else the model's tokenizer."""

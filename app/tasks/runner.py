@@ -37,6 +37,7 @@ from app.inference.backend import (
 )
 from app.inference.chat import Counted
 from app.memory.history import SessionHistory, claim_session
+from app.memory.long_term import LazyMemory
 from app.memory.records import CallRecord, ErrorType, RunStatus, StepDraft, StepKind
 from app.memory.response_cache import CACHED_REPLICA, ResponseCache
 from app.memory.sessions import NO_ANSWER, NewRun, RunState, SessionStore, StepRecord
@@ -45,6 +46,7 @@ from app.ops import metrics, tracing
 from app.tasks import verdict
 from app.tasks.leases import HeldLeases, RunLease
 from app.tasks.model_calls import ModelCalls
+from app.tasks.recall import with_memories
 from app.tasks.relay import TokenRelay
 from app.tasks.steps import Outcome, StepMessage, StepResult, usage
 from app.tasks.verdict import Verdict
@@ -81,6 +83,7 @@ class StepRunner:
         self.tools = tools or ToolSandbox.from_settings(settings)  # closed by WorkerRuntime
         self.worker_name = worker_name
         metrics.label_tenants(settings.tenants.labelled)
+        self.long_term = LazyMemory(settings, store, redis)  # made on first use
         self._budgets: dict[tuple[str, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
         self._tool_schemas: dict[str, tuple[ToolSchema, ...]] = {}
         self.tool_cache = ToolCache(redis, settings.cache) if settings.cache.tools else None
@@ -343,7 +346,12 @@ class StepRunner:
             max_tokens=spec.max_tokens or self.settings.triton.max_tokens,
             temperature=spec.temperature,
         )
-        messages = conversation(spec.system_prompt, state.input, turns, history)
+        system = spec.system_prompt
+        if spec.memory.recall:
+            system = with_memories(
+                self.long_term, spec, state, lambda text: self.model.text_tokens(spec, text)
+            )
+        messages = conversation(system, state.input, turns, history)
         tools = self._tools_of(spec)
         choice = spec.tool_choice_at(len(turns))
         return ChatRequest(messages, params, tools, spec.model, tool_choice=choice)
@@ -446,7 +454,7 @@ class StepRunner:
             return {"error": f"invalid arguments for tool {call.name!r}: {call.error}"}, True
         ctx = ToolContext(
             run_id=msg.run_id, step=msg.step, agent=spec.name, redis=self.redis, call_id=call.id,
-            tenant=msg.tenant, session_id=msg.session_id,
+            tenant=msg.tenant, session_id=msg.session_id, memory=self.long_term,
         )  # fmt: skip
         try:
             with tracing.span("agentq.tool_call", tool=call.name):

@@ -269,3 +269,14 @@ def test_a_malformed_embedding_is_refused(store: VectorStore, rng: np.random.Gen
     with pytest.raises(InvalidMemoryError, match="k must be"):
         store.search(unit(rng)[0], tenant="acme", k=0)
     assert list(store.export("acme")) == []
+
+
+def test_an_add_with_the_ids_it_made_before_stores_nothing_new(
+    store: VectorStore, rng: np.random.Generator
+) -> None:
+    vector = unit(rng)[0]
+    first = store.add([memory(vector, "teal", id="call-1:0"), memory(vector, "plain")])
+    again = store.add([memory(vector, "teal", id="call-1:0")])  # a tool call run again
+    assert again == [first[0]] == ["call-1:0"]
+    hits = store.search(vector, tenant="acme", k=10)
+    assert sorted(h.memory.text for h in hits) == ["plain", "teal"]
