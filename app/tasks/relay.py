@@ -1,6 +1,6 @@
 """Token relay through Redis Streams: workers append a streamed run's tokens, producers read.
 
-One stream per run (``agentq:stream:<run id>``). Each entry is one event:
+One stream per run (``agentq:stream:<tenant>:<run id>``). Each entry is one event:
 
 - ``attempt``: a step's model call begins; a second ``attempt`` of the same step means the
   first was cut off (worker lost, model server gone) and its tokens are void;

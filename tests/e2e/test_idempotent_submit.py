@@ -9,6 +9,7 @@ import pytest
 
 from app.celery_ext.app import create_celery
 from app.config import LimitSettings
+from app.constants import kv_key
 from app.errors import IdempotencyConflictError
 from app.producer.submit import submit, submit_many
 from tests.fixtures.cli import agentq
@@ -38,7 +39,7 @@ def test_a_repeated_submit_returns_the_first_run(celery_app, redis_client, start
     )
     assert again.id == batch.id == results[0].id and again.get(timeout=5) == "Answer: 1"
     assert [r.id for r in store.list_runs()] == [results[0].id]
-    assert int(redis_client.get("agentq:kv:orders")) == 1
+    assert int(redis_client.get(kv_key("orders"))) == 1
 
 
 def test_a_key_reused_for_a_different_run_is_refused(celery_app, redis_client):

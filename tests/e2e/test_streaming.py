@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.constants import stream_key
+from app.constants import DEFAULT_TENANT, stream_key
 from app.producer.submit import submit
 from app.tasks.relay import ATTEMPT, END, STEP, TOKEN
 from tests.fixtures.cli import agentq
@@ -73,7 +73,7 @@ def test_without_a_reader_the_run_finishes_and_its_stream_expires(
     start_worker(["research"], env={"AGENTQ_STREAM__TTL_S": "120"})
     result = submit("research", "[words:300] nobody listens", stream=True, celery=celery_app)
     assert result.get(timeout=60).startswith("w1 w2")
-    key = stream_key(result.id)
+    key = stream_key(DEFAULT_TENANT, result.id)
     assert 0 < redis_client.ttl(key) <= 120
     assert redis_client.xlen(key) >= 300  # every token was written, none waited on a reader
 
@@ -82,7 +82,7 @@ def test_non_streamed_runs_write_no_stream(celery_app, start_worker, redis_clien
     start_worker(["research"])
     result = submit("research", "[words:5] plain", celery=celery_app)
     assert result.get(timeout=60) == "w1 w2 w3 w4 w5"
-    assert not redis_client.exists(stream_key(result.id))
+    assert not redis_client.exists(stream_key(DEFAULT_TENANT, result.id))
 
 
 def test_cli_submit_stream_prints_tokens_as_they_come(settings, start_worker) -> None:
