@@ -29,7 +29,7 @@ from typing import Any
 from celery import Celery, states
 
 from app.agents.registry import AgentRegistry
-from app.constants import DEAD_LETTER_INDEX, DEAD_LETTERS, TASK_RUN_AGENT
+from app.constants import DEAD_LETTER_INDEX, DEAD_LETTERS, DEFAULT_TENANT, TASK_RUN_AGENT
 from app.errors import (
     DeadLetteredError,
     NotDeadLetteredError,
@@ -144,6 +144,7 @@ def dead_letter(
     letter: DeadLetter,
     run_input: Any = None,
     session_id: str | None = None,
+    tenant: str = DEFAULT_TENANT,
 ) -> DeadLetteredError:
     """Record ``letter``, then fail its run in the store; the error to end the run with.
 
@@ -152,7 +153,11 @@ def dead_letter(
     """
     push(redis, letter)
     reason = f"dead-lettered ({letter.kind}): {letter.reason}"
-    first = NewRun(letter.run_id, letter.agent, run_input, session_id) if letter.step == 0 else None
+    first = (
+        NewRun(letter.run_id, letter.agent, run_input, session_id, tenant=tenant)
+        if letter.step == 0
+        else None
+    )
     try:
         store.fail_run(
             letter.run_id,

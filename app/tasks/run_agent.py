@@ -243,7 +243,7 @@ def _dead_letter(
         failed_at=time.time(),
         traceback="".join(traceback.format_exception(exc)),
     )
-    error = dead_letter(runtime.redis, runtime.store, letter, msg.input, msg.session_id)
+    error = dead_letter(runtime.redis, runtime.store, letter, msg.input, msg.session_id, msg.tenant)
     return StepResult(Outcome.FAILED, reason=str(error), error_type=ErrorType.DEAD_LETTERED)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fakeredis
 
+from app.memory.sessions import SessionStore
 from app.tasks import dead_letters as dlq
 
 
@@ -52,3 +53,14 @@ def test_remove():
     assert [x.run_id for x in dlq.list_letters(client)] == ["r2", "r1"]
     assert dlq.remove(client, ["r1", "r2"]) == 2
     assert dlq.count(client) == 0 and dlq.list_letters(client) == []
+
+
+def test_a_dead_lettered_first_step_is_stored_as_its_tenants_run(tmp_path):
+    store = SessionStore.from_url(f"sqlite:///{tmp_path / 's.sqlite3'}", migrate=True)
+    try:
+        error = dlq.dead_letter(fakeredis.FakeRedis(), store, letter("r-acme"), "hi", None, "acme")
+        stored = store.load_run("r-acme")
+        assert stored is not None and stored.tenant == "acme"
+        assert stored.error_type == "dead_lettered" and str(error).startswith("dead-lettered")
+    finally:
+        store.close()
