@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from app.agents.tools import ToolContext, tool, tool_spec
-from app.config.sections import CacheSettings
+from app.config import CacheSettings
 from app.errors import ToolError
 from app.memory.tool_cache import ToolCache
 

@@ -26,8 +26,7 @@ from typing import Any
 import redis
 
 from app.agents.registry import AgentSpec
-from app.config import REPO_ROOT, Settings, TritonSettings
-from app.config.sections import CacheSettings
+from app.config import REPO_ROOT, CacheSettings, Settings, TritonSettings
 from app.errors import ConfigurationError
 from app.inference.backend import ChatRequest, GenerationParams
 from app.inference.factory import build_pools

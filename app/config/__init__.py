@@ -34,12 +34,18 @@ from app.config.inference import (
     StreamSettings,
     TritonSettings,
 )
-from app.config.memory import AgentMemory, EmbeddingSettings, MemorySettings
+from app.config.memory import (
+    AgentMemory,
+    AgentRetention,
+    CacheSettings,
+    EmbeddingSettings,
+    MemorySettings,
+    RetentionSettings,
+    SessionSettings,
+)
 from app.config.paths import REPO_ROOT
 from app.config.sections import (
-    AgentRetention,
     ApiSettings,
-    CacheSettings,
     DeploySettings,
     DurabilitySettings,
     ExporterSettings,
@@ -47,8 +53,6 @@ from app.config.sections import (
     HealthSettings,
     LimitSettings,
     RedisTLSSettings,
-    RetentionSettings,
-    SessionSettings,
     TracingSettings,
     WorkerSettings,
 )

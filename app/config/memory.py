@@ -123,3 +123,129 @@ class AgentMemory(BaseModel):
         le=1,
         description="Least cosine similarity of a retrieved memory (default: memory.min_score).",
     )
+
+
+class SessionSettings(BaseModel):
+    """A session's conversation across runs: its history cache and its one-run-at-a-time rule
+    (docs/memory.md)."""
+
+    history_turns: int = Field(
+        default=20,
+        gt=0,
+        description="Earlier runs of its session a run's prompt shows (their input and "
+        "answer, the last ones that succeeded).",
+    )
+    history_cache: bool = Field(
+        default=True,
+        description="Read a session's history through a Redis cache in front of SQL (one SQL "
+        "read per step fewer); off: every step reads it from SQL.",
+    )
+    history_cache_ttl_s: int = Field(
+        default=3600, gt=0, description="How long a session's cached history is kept unread."
+    )
+    busy: Literal["requeue", "fail"] = Field(
+        default="requeue",
+        description="What a run does when another run of its session is running: 'requeue' "
+        "(its first step comes back after busy_retry_s, until the session is free) or 'fail' "
+        "(it fails at once with error type session_busy).",
+    )
+    busy_retry_s: float = Field(
+        default=2.0, gt=0, description="Delay before a run waiting for its session tries again."
+    )
+
+
+class CacheSettings(BaseModel):
+    """Caches that save model and tool cost: deterministic tools' results and deterministic
+    model replies, in Redis (see docs/caches.md)."""
+
+    tools: bool = Field(
+        default=True,
+        description="Cache the successful results of tools declared deterministic, shared by "
+        "every run and worker, with single-flight (identical calls at once run the tool once).",
+    )
+    tool_ttl_s: int = Field(
+        default=3600,
+        gt=0,
+        description="How long a cached tool result lives (a tool may declare its own cache_ttl_s).",
+    )
+    tool_wait_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Longest a call waits for an identical call in flight elsewhere before it "
+        "runs the tool itself (default: the tool's deadline plus lock_margin_s).",
+    )
+    lock_margin_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Added to a tool's deadline for the lock of the call in flight: a lock whose "
+        "owner died expires this long after the call would have been abandoned.",
+    )
+    responses: bool = Field(
+        default=True,
+        description="Allow the response cache of agents that turn it on (AgentSpec "
+        "response_cache, used only at temperature 0); false: off for every agent.",
+    )
+    response_ttl_s: int = Field(
+        default=86_400, gt=0, description="How long a cached model reply lives."
+    )
+    version_check_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a worker trusts the model version it learned (Triton's model "
+        "metadata; an OpenAI-compatible server's last reply) before it asks again.",
+    )
+
+
+class RetentionSettings(BaseModel):
+    """What `agentq maintenance prune` removes from the session store (docs/retention.md); an
+    agent type's ``retention`` overrides the first three for its runs and sessions."""
+
+    max_age_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="Days a finished run (succeeded or failed) is kept after it finished, with "
+        "its steps; a running run is never pruned, nor a run its session's history still "
+        "needs (its last turns, while the session is kept).",
+    )
+    max_runs: int | None = Field(
+        default=None,
+        gt=0,
+        description="Most finished runs kept per agent type, the newest (older ones go even "
+        "if younger than max_age_days; a session's history runs stay); unset: no count limit.",
+    )
+    session_idle_days: float = Field(
+        default=90.0,
+        gt=0,
+        description="Days after its last run (started or finished) a session with no running "
+        "run is removed whole, its runs and history with it.",
+    )
+    batch: int = Field(
+        default=500,
+        gt=0,
+        description="Most runs (or sessions) one transaction of a prune pass deletes: short "
+        "transactions that never hold the store for long.",
+    )
+    interval_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Time between two passes of `agentq maintenance prune --every` when no "
+        "interval is given (the compose service's loop).",
+    )
+
+
+class AgentRetention(BaseModel):
+    """An agent type's own retention (``AgentSpec.retention``); unset fields: settings.retention."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_age_days: float | None = Field(
+        default=None, gt=0, description="Days a finished run is kept after it finished."
+    )
+    max_runs: int | None = Field(
+        default=None, gt=0, description="Most finished runs of this agent type kept, the newest."
+    )
+    session_idle_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Days after its last run a session of this agent type is removed whole.",
+    )

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.agents.registry import AgentSpec
-from app.config.sections import CacheSettings
+from app.config import CacheSettings
 from app.constants import DEFAULT_TENANT, response_cache_key
 from app.inference.backend import ChatRequest, Completion, InferenceBackend, ToolCall, Versioned
 from app.memory.tool_cache import canonical_json

@@ -29,7 +29,7 @@ from typing import Any
 from pydantic_core import to_jsonable_python
 
 from app.agents.tools import ToolSpec
-from app.config.sections import CacheSettings
+from app.config import CacheSettings
 from app.constants import DEFAULT_TENANT, tool_cache_key
 from app.errors import ToolError
 from app.ops import metrics

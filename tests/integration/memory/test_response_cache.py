@@ -10,8 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from app.agents.registry import AgentRegistry, AgentSpec
-from app.config import Settings, TritonSettings
-from app.config.sections import CacheSettings
+from app.config import CacheSettings, Settings, TritonSettings
 from app.constants import DEFAULT_TENANT, stream_key
 from app.inference.backend import ChatRequest, GenerationParams
 from app.inference.echo import EchoBackend

@@ -17,7 +17,7 @@ import pytest
 
 from app.agents.registry import AgentRegistry, AgentSpec
 from app.agents.tools import ToolContext, tool_spec
-from app.config.sections import CacheSettings
+from app.config import CacheSettings
 from app.constants import tool_cache_key
 from app.errors import ToolError
 from app.inference.factory import build_pools

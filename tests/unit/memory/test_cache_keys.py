@@ -8,7 +8,7 @@ import fakeredis
 import pytest
 
 from app.agents.tools import tool, tool_spec
-from app.config.sections import CacheSettings
+from app.config import CacheSettings
 from app.constants import tool_cache_key
 from app.errors import ConfigurationError
 from app.inference.backend import ChatRequest, GenerationParams
