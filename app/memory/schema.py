@@ -6,8 +6,6 @@ import enum
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import numpy as np
-from numpy.typing import NDArray
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -105,10 +103,12 @@ class PgVector(UserDefinedType[str]):
         return f"vector({self.dim})"
 
 
-class Embedding(TypeDecorator[NDArray[np.float32]]):
-    """A memory's embedding (float32): pgvector's ``vector(EMBEDDING_DIM)`` on PostgreSQL,
-    little-endian float32 bytes elsewhere (SQLite). On a PostgreSQL without pgvector the
-    migration makes the column BYTEA (the pgvector store then refuses to run)."""
+class Embedding(TypeDecorator[Any]):
+    """A memory's embedding (a float32 numpy array): pgvector's ``vector(EMBEDDING_DIM)`` on
+    PostgreSQL, little-endian float32 bytes elsewhere (SQLite). On a PostgreSQL without
+    pgvector the migration makes the column BYTEA (the pgvector store then refuses to run).
+    numpy is imported when a value is converted: a worker that stores no memory never loads
+    it."""
 
     impl = LargeBinary
     cache_ok = True
@@ -121,14 +121,18 @@ class Embedding(TypeDecorator[NDArray[np.float32]]):
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
             return None
+        import numpy as np
+
         array = np.asarray(value, dtype="<f4")
         if dialect.name == "postgresql":
             return "[" + ",".join(map(repr, array.tolist())) + "]"
         return array.tobytes()
 
-    def process_result_value(self, value: Any, dialect: Dialect) -> NDArray[np.float32] | None:
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
             return None
+        import numpy as np
+
         if isinstance(value, str):  # pgvector's text form
             return np.array(value.strip("[]").split(","), dtype=np.float32)
         return np.frombuffer(value, dtype="<f4").copy()
