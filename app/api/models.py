@@ -168,6 +168,12 @@ class RunView(BaseModel):
         )
 
 
+def run_json(run: RunState) -> dict[str, Any]:
+    """A stored run as JSON, as ``GET /v1/runs/{id}`` and ``agentq runs show --json`` show it
+    (what session and tenant exports write per run)."""
+    return RunView.of(run).model_dump(mode="json")
+
+
 class RunItem(BaseModel):
     """A run as the listing shows it (GET its ``links.self`` for its steps)."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -14,12 +14,10 @@ from pydantic import BaseModel, Field
 
 from app.api import problems
 from app.api.auth import Caller, caller, require
-from app.api.models import RunView
+from app.api.models import run_json
 from app.api.state import ApiState, api_state
 from app.errors import TenantInUseError
-from app.memory.records import RunState
 from app.ops import tenants as tenants_view
-from app.ops.runs import RunDetail
 
 router = APIRouter(
     prefix="/v1/tenant",
@@ -42,14 +40,6 @@ class TenantDeleted(BaseModel):
     redis_keys: int = Field(description="Streams, markers, results and cached entries.")
 
 
-def _view(state: RunState) -> dict[str, Any]:
-    detail = RunDetail(
-        state.id, state.agent, state.status.value, state.session_id, stored=state,
-        tenant=state.tenant,
-    )  # fmt: skip
-    return RunView.of_detail(detail).model_dump(mode="json")
-
-
 @router.get(
     "/export",
     response_class=StreamingResponse,
@@ -66,7 +56,7 @@ def _view(state: RunState) -> dict[str, Any]:
 def export_tenant(api: State, who: Operator) -> StreamingResponse:
     """Everything of the key's tenant, one JSON object per line, streamed."""
     items = tenants_view.export_tenant(
-        api.store, who.tenant, _view, tenants_view.memories_of(api.store)
+        api.store, who.tenant, run_json, tenants_view.memories_of(api.store)
     )
 
     def lines() -> Iterator[bytes]:

@@ -10,7 +10,8 @@ import click
 from app.constants import DEFAULT_TENANT
 
 
-def _tenant(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+def tenant_id(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """A click callback: ``value`` if it is a tenant id, else a usage error (exit 2)."""
     from app.agents.validation import check_tenant
     from app.errors import InvalidInputError
 
@@ -28,6 +29,6 @@ def tenant_option(command: Callable[..., Any]) -> Callable[..., Any]:
         default=DEFAULT_TENANT,
         show_default=True,
         envvar="AGENTQ_TENANT",
-        callback=_tenant,
+        callback=tenant_id,
         help="The tenant acted for; another tenant's runs and sessions are refused.",
     )(command)

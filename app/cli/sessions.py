@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.table import Table
@@ -90,23 +89,17 @@ def session_export(session_id: str, output: Path | None, tenant: str) -> None:
     prints it (steps, tool calls with arguments and results, tokens), as one JSON document."""
     from rich.progress import Progress
 
-    from app.api.models import RunView
-    from app.ops.runs import RunDetail
+    from app.api.models import run_json
     from app.ops.sessions import export_session
-
-    def view(state: Any) -> dict[str, Any]:
-        detail = RunDetail(state.id, state.agent, state.status.value, state.session_id,
-                           stored=state)  # fmt: skip
-        return RunView.of_detail(detail).model_dump(mode="json")
 
     with _sources() as (_settings, store, _client, _broker):
         if output is None:
-            exported = export_session(store, session_id, view, tenant=tenant)
+            exported = export_session(store, session_id, run_json, tenant=tenant)
         else:
             with Progress(console=console, transient=True) as progress:
                 task = progress.add_task("exporting runs", total=None)
                 exported = export_session(
-                    store, session_id, view,
+                    store, session_id, run_json,
                     lambda done, total: progress.update(task, completed=done, total=total),
                     tenant=tenant,
                 )  # fmt: skip

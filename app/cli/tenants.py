@@ -12,16 +12,8 @@ import click
 
 from app.cli import console, echo_json, main
 from app.cli.exits import ExitCode, fail
+from app.cli.options import tenant_id
 from app.cli.runs import _sources
-from app.constants import TENANT_PATTERN
-
-
-def _tenant_id(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    import re
-
-    if re.fullmatch(TENANT_PATTERN, value) is None:
-        raise click.BadParameter(f"{value!r} is not a tenant id")
-    return value
 
 
 @main.group()
@@ -30,7 +22,7 @@ def tenant() -> None:
 
 
 @tenant.command("export")
-@click.argument("tenant_id", metavar="TENANT", callback=_tenant_id)
+@click.argument("tenant_id", metavar="TENANT", callback=tenant_id)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write to this file (default: stdout).")  # fmt: skip
 def tenant_export(tenant_id: str, output: Path | None) -> None:
@@ -38,18 +30,12 @@ def tenant_export(tenant_id: str, output: Path | None) -> None:
     (as ``agentq runs show --json`` prints it), {"memory": ...} per long-term memory."""
     from rich.progress import Progress
 
-    from app.api.models import RunView
-    from app.ops.runs import RunDetail
+    from app.api.models import run_json
     from app.ops.tenants import export_tenant, memories_of
-
-    def view(state: Any) -> dict[str, Any]:
-        detail = RunDetail(state.id, state.agent, state.status.value, state.session_id,
-                           stored=state, tenant=state.tenant)  # fmt: skip
-        return RunView.of_detail(detail).model_dump(mode="json")
 
     def export_to(out: IO[str], store: Any, progress: Any = None) -> int:
         lines = 0
-        for item in export_tenant(store, tenant_id, view, memories_of(store), progress):
+        for item in export_tenant(store, tenant_id, run_json, memories_of(store), progress):
             out.write(json.dumps(item, default=str) + "\n")
             lines += 1
         return lines
@@ -65,7 +51,7 @@ def tenant_export(tenant_id: str, output: Path | None) -> None:
 
 
 @tenant.command("delete")
-@click.argument("tenant_id", metavar="TENANT", callback=_tenant_id)
+@click.argument("tenant_id", metavar="TENANT", callback=tenant_id)
 @click.option("--force", is_flag=True,
               help="Delete it even while one of its runs is running (that run is then "
               "dead-lettered at its next step).")  # fmt: skip

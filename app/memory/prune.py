@@ -54,6 +54,22 @@ table, the last run this one took)."""
 _RUN_ROWS = (steps, step_drafts, tool_results)  # keyed by run_id
 
 
+def delete_runs(conn: Connection, ids: list[str]) -> dict[str, int]:
+    """Delete the runs ``ids`` with their steps, drafts, kept tool results and accepted
+    records; rows deleted per table."""
+    if not ids:
+        return {"runs": 0}
+    counts = {
+        table.name: conn.execute(delete(table).where(table.c.run_id.in_(ids))).rowcount
+        for table in _RUN_ROWS
+    }
+    counts["accepted_runs"] = conn.execute(
+        delete(accepted_runs).where(accepted_runs.c.id.in_(ids))
+    ).rowcount
+    counts["runs"] = conn.execute(delete(runs).where(runs.c.id.in_(ids))).rowcount
+    return counts
+
+
 def idle_sessions(agent: str, before: datetime) -> Select[Any]:
     """Ids of ``agent``'s sessions whose last run started and finished before ``before`` and
     that have no running run."""
@@ -176,7 +192,7 @@ class Pruner:
 
         def batch(conn: Connection, _after: Key | None) -> tuple[dict[str, int], Key | None]:
             taken, _ = self._lock(conn, runs.c.session_id.in_(idle), ordered=False)
-            counts = self._delete_runs(conn, taken)
+            counts = delete_runs(conn, taken)
             gone = conn.execute(empty).scalars().all()
             deleted = delete(sessions).where(sessions.c.id.in_(gone))
             counts["sessions"] = conn.execute(deleted).rowcount if gone else 0
@@ -197,7 +213,7 @@ class Pruner:
             if after is not None:
                 where = and_(expired, tuple_(runs.c.created_at, runs.c.id) > after)
             taken, last = self._lock(conn, where)
-            return self._delete_runs(conn, taken), last
+            return delete_runs(conn, taken), last
 
         return batch
 
@@ -266,21 +282,6 @@ class Pruner:
             batch = batch.order_by(runs.c.created_at, runs.c.id)
         rows = conn.execute(batch).all()
         return [row.id for row in rows], (rows[-1].created_at, rows[-1].id) if rows else None
-
-    @staticmethod
-    def _delete_runs(conn: Connection, ids: list[str]) -> dict[str, int]:
-        """Delete the runs ``ids`` and their rows; rows deleted per table."""
-        if not ids:
-            return {"runs": 0}
-        counts = {
-            table.name: conn.execute(delete(table).where(table.c.run_id.in_(ids))).rowcount
-            for table in _RUN_ROWS
-        }
-        counts["accepted_runs"] = conn.execute(
-            delete(accepted_runs).where(accepted_runs.c.id.in_(ids))
-        ).rowcount
-        counts["runs"] = conn.execute(delete(runs).where(runs.c.id.in_(ids))).rowcount
-        return counts
 
     def _count(self, found: dict[str, Policy], now: datetime, report: PruneReport) -> None:
         """A dry run: the rows the pass would delete, counted with the same conditions (runs

@@ -174,10 +174,16 @@ def delete_session(
     for row in listed:
         keys.append(stream_key(found.tenant, row.id))
         keys.extend(published_key(row.id, step) for step in range(row.next_step + 1))
-    removed = 0
-    for start in range(0, len(keys), 500):
-        removed += int(redis.delete(*keys[start : start + 500]))
+    removed = delete_keys(redis, keys)
     if forget_result is not None:
         for row in listed:
             forget_result(row.id)
     return DeletedSession(session_id, run_count, step_count, removed)
+
+
+def delete_keys(redis: Any, keys: list[Any], page: int = 500) -> int:
+    """Delete ``keys`` from Redis, ``page`` per command; how many were there."""
+    removed = 0
+    for start in range(0, len(keys), page):
+        removed += int(redis.delete(*keys[start : start + page]))
+    return removed

@@ -9,17 +9,20 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select
 
 from app.constants import KEY_PREFIX, history_keys, published_key, stream_key
 from app.errors import ConfigurationError, TenantInUseError
+from app.memory.prune import delete_runs
 from app.memory.records import RunState, RunStatus
-from app.memory.schema import accepted_runs, runs, sessions, step_drafts, steps, tool_results
+from app.memory.schema import runs, sessions
 from app.memory.sessions import SessionStore
-from app.memory.vectors import Memory, VectorStore, vector_store
-from app.ops.sessions import session_info
+from app.ops.sessions import delete_keys, session_info
+
+if TYPE_CHECKING:  # numpy loads with the memory store, not with the API or the CLI
+    from app.memory.vectors import Memory, VectorStore
 
 _PAGE = 500  # runs read or deleted per round trip
 
@@ -40,6 +43,8 @@ class TenantDeleted:
 def memories_of(store: SessionStore) -> VectorStore | None:
     """The long-term memory store beside ``store``; None on a PostgreSQL without pgvector,
     where no memory can have been stored."""
+    from app.memory.vectors import vector_store
+
     try:
         return vector_store(store)
     except ConfigurationError:
@@ -148,12 +153,8 @@ def delete_tenant(
             listed = conn.execute(
                 select(runs.c.id, runs.c.next_step).where(runs.c.id.in_(page))
             ).all()
-            for table in (steps, step_drafts, tool_results):
-                gone = conn.execute(delete(table).where(table.c.run_id.in_(page))).rowcount
-                counts[table.name] = counts.get(table.name, 0) + gone
-            conn.execute(delete(accepted_runs).where(accepted_runs.c.id.in_(page)))
-            gone = conn.execute(delete(runs).where(runs.c.id.in_(page))).rowcount
-            counts["runs"] = counts.get("runs", 0) + gone
+            for table, gone in delete_runs(conn, page).items():
+                counts[table] = counts.get(table, 0) + gone
         for row in listed:
             keys.append(stream_key(tenant, row.id))
             keys.extend(published_key(row.id, step) for step in range(row.next_step + 1))
@@ -164,9 +165,9 @@ def delete_tenant(
             delete(sessions).where(sessions.c.tenant == tenant)
         ).rowcount
     keys.extend(key for session_id in session_ids for key in history_keys(session_id))
-    removed = _delete_keys(redis, keys)
+    removed = delete_keys(redis, keys)
     for pattern in cache_patterns(tenant):
-        removed += _delete_keys(redis, list(redis.scan_iter(match=pattern, count=1000)))
+        removed += delete_keys(redis, list(redis.scan_iter(match=pattern, count=1000)))
     if forget_result is not None:
         for run_id in run_ids:
             forget_result(run_id)
@@ -184,10 +185,3 @@ def delete_tenant(
 
 def _all(query: Any, conn: Any) -> list[Any]:
     return list(conn.execute(query).all())
-
-
-def _delete_keys(redis: Any, keys: list[Any]) -> int:
-    removed = 0
-    for start in range(0, len(keys), _PAGE):
-        removed += int(redis.delete(*keys[start : start + _PAGE]))
-    return removed
