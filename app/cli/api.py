@@ -10,6 +10,7 @@ import click
 
 from app.cli import main
 from app.cli.exits import ExitCode, fail
+from app.cli.options import tenant_id
 from app.config import Settings
 from app.ops import logs
 
@@ -67,7 +68,7 @@ def _key_store() -> ApiKeyStore:
 @click.option(
     "--scopes", required=True, help="What the key may do, comma-separated: submit, read, operate."
 )
-@click.option("--tenant", default=None, help="The tenant the key acts for.")
+@click.option("--tenant", default=None, callback=tenant_id, help="The tenant the key acts for.")
 @click.option("--name", default=None, help="A name to tell the key by (its owner, its use).")
 def key_new(scopes: str, tenant: str | None, name: str | None) -> None:
     """Make a key and print it, alone on stdout, this once: it cannot be shown again."""

@@ -10,8 +10,11 @@ import click
 from app.constants import DEFAULT_TENANT
 
 
-def tenant_id(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    """A click callback: ``value`` if it is a tenant id, else a usage error (exit 2)."""
+def tenant_id(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+    """A click callback: ``value`` if it is a tenant id (or None), else a usage error (exit
+    2)."""
+    if value is None:
+        return None
     from app.agents.validation import check_tenant
     from app.errors import InvalidInputError
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
@@ -22,7 +23,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
-from app.errors import UnknownScopeError
+from app.constants import TENANT_PATTERN
+from app.errors import InvalidInputError, UnknownScopeError
 from app.memory.engine import make_engine
 from app.memory.records import utc_now
 from app.memory.schema import api_keys
@@ -132,7 +134,13 @@ class ApiKeyStore:
         self, scopes: str | Iterable[str], tenant: str | None = None, name: str | None = None
     ) -> tuple[ApiKey, str]:
         """A new key with ``scopes``: its record and the key itself (``aq_<id>_<secret>``),
-        which nothing can show again."""
+        which nothing can show again. :class:`InvalidInputError` for a tenant that is no
+        tenant id (runs of the key would be refused)."""
+        if tenant is not None and re.fullmatch(TENANT_PATTERN, tenant) is None:
+            raise InvalidInputError(
+                f"tenant {tenant!r} is not a tenant id: 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
         key = ApiKey(secrets.token_hex(8), parse_scopes(scopes), tenant, name, utc_now())
         secret = secrets.token_urlsafe(32)
         row = {**_row(key), "hash": digest(secret)}

@@ -74,6 +74,13 @@ def test_an_unknown_scope_is_refused_with_exit_2(database_url: str) -> None:
     assert json.loads(agentq("list", "--json").stdout) == []
 
 
+def test_a_tenant_that_is_no_tenant_id_is_refused_with_exit_2(database_url: str) -> None:
+    refused = agentq("new", "--scopes", "read", "--tenant", "no spaces")
+    assert refused.exit_code == ExitCode.REFUSED == 2
+    assert "'tenant' must be 1-64 letters" in refused.output
+    assert json.loads(agentq("list", "--json").stdout) == []
+
+
 def test_revoking_an_unknown_key_says_so(database_url: str) -> None:
     result = agentq("revoke", "nobody")
     assert result.exit_code == 1

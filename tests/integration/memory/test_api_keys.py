@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from app.errors import UnknownScopeError
+from app.errors import InvalidInputError, UnknownScopeError
 from app.memory.api_keys import ApiKeyStore, parse_scopes, split_key
 from app.memory.engine import make_engine
 from app.memory.schema import api_keys
@@ -120,3 +120,9 @@ def test_a_key_splits_into_its_id_and_secret() -> None:
     assert split_key("ab_abc_secret") is None
     assert split_key("aq__secret") is None
     assert split_key("aq_abc_") is None
+
+
+def test_a_key_for_a_tenant_that_is_no_tenant_id_is_refused(keys: ApiKeyStore) -> None:
+    with pytest.raises(InvalidInputError, match="is not a tenant id"):
+        keys.create("read", tenant="no spaces")
+    assert keys.list() == []
