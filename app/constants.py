@@ -30,6 +30,16 @@ def published_key(run_id: str, step: int) -> str:
     return f"{KEY_PREFIX}published:{run_id}:{step}"
 
 
+def cancel_key(run_id: str) -> str:
+    """Set when a run's cancellation is asked for: a worker's in-flight model call for it stops
+    (the session store's ``runs.cancel_requested_at`` is the record; this is the fast path)."""
+    return f"{KEY_PREFIX}cancel:{run_id}"
+
+
+CANCEL_CHANNEL = f"{KEY_PREFIX}cancel"
+"""Redis pub/sub channel a cancellation publishes its run id on (workers abort its model call)."""
+
+
 def stream_key(tenant: str, run_id: str) -> str:
     """Redis stream relaying a run's tokens to its producer: under its tenant, so a reader
     of another tenant, asking with its own, finds nothing."""

@@ -64,6 +64,11 @@ class ToolCallParseError(ModelRefusedError):
         self.reply = reply  # the whole reply (a stream's once it ended), for the repair turn
 
 
+class ModelCallCancelledError(InferenceError):
+    """Raised when a model call in flight is aborted because its run was cancelled (the stream
+    or connection is closed, so the server stops generating); the run ends ``cancelled``."""
+
+
 class InferenceUnavailableError(InferenceError):
     """Raised when no model server could be reached within the deadline (retried later)."""
 
@@ -118,6 +123,42 @@ class NoSuchRunError(DeadLetteredError):
 class SessionBusyError(RunFailedError):
     """Raised by ``AsyncResult.get()`` when a run failed because another run of its session was
     running (``AGENTQ_SESSIONS__BUSY=fail``; ``requeue`` makes it wait instead)."""
+
+
+class RunCancelledError(RunFailedError):
+    """Raised by ``AsyncResult.get()`` when a run was cancelled (by ``agentq cancel``, the API,
+    :func:`app.cancel` or its parent's cancellation)."""
+
+
+class ChildRunFailedError(RunFailedError):
+    """Raised by ``AsyncResult.get()`` when a run ended because a sub-agent run it delegated to
+    failed under the failure policy ``fail``."""
+
+
+class WaitTimedOutError(RunFailedError):
+    """Raised by ``AsyncResult.get()`` when a run's durable wait (a signal, its sub-agents)
+    passed its timeout under the timeout policy ``fail``."""
+
+
+class SignalError(AgentqError):
+    """Base of the errors a signal raises: it resumed nothing."""
+
+
+class UnknownRunError(SignalError):
+    """Raised when a signal or a cancellation names a run the store does not have (or another
+    tenant's)."""
+
+
+class RunEndedError(SignalError):
+    """Raised when a signal names a run that has ended (succeeded, failed or cancelled)."""
+
+
+class NotWaitingError(SignalError):
+    """Raised when a signal names a run that is not waiting for a signal of that name."""
+
+
+class SignalTooLargeError(SignalError):
+    """Raised when a signal's payload is larger than ``orchestration.signal_max_bytes``."""
 
 
 class TenantAccessError(AgentqError):
