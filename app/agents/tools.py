@@ -24,6 +24,8 @@ from pydantic import BaseModel, ValidationError
 
 from app.agents.calculator import evaluate
 from app.agents.signatures import qualified_name, read_signature
+from app.agents.waits import Delegate, Sleep, WaitForSignal
+from app.agents.waits import to_json as wait_json
 from app.constants import DEFAULT_TENANT, EFFECT_TTL_S, effect_key, kv_key
 from app.errors import ConfigurationError, ToolArgumentsError, ToolError
 from app.inference.chat import ToolSchema
@@ -50,6 +52,32 @@ class ToolContext:
     tenant: str = DEFAULT_TENANT  # whose run: a tool keeps and reads that tenant's data only
     session_id: str | None = None
     memory: Any = None  # the worker's long-term memory (app.memory.long_term.LazyMemory)
+
+    # Waits a tool of your own returns to park its run (app.agents.waits): the call's result
+    # is filled in when the wait ends.
+    @staticmethod
+    def delegate(tasks: Any, **options: Any) -> Any:
+        """Sub-agent runs: ``tasks`` are :class:`~app.agents.waits.Task` or (agent, input)
+        pairs; ``options`` as :class:`~app.agents.waits.Delegate`'s."""
+        from app.agents.waits import Delegate, Task
+
+        made = tuple(t if isinstance(t, Task) else Task(*t) for t in tasks)
+        return Delegate(made, **options)
+
+    @staticmethod
+    def wait_for_signal(name: str, **options: Any) -> Any:
+        """Wait for the signal ``name`` (``options``: as
+        :class:`~app.agents.waits.WaitForSignal`'s)."""
+        from app.agents.waits import WaitForSignal
+
+        return WaitForSignal(name, **options)
+
+    @staticmethod
+    def sleep(seconds: float) -> Any:
+        """Wait ``seconds`` (a durable timer)."""
+        from app.agents.waits import Sleep
+
+        return Sleep(seconds)
 
 
 ToolFn = Callable[..., Any]
@@ -107,6 +135,8 @@ class ToolSpec:
             raise ToolError(f"tool {self.name!r} failed: {type(exc).__name__}: {exc}") from exc
         if isinstance(result, BaseModel):
             result = result.model_dump(mode="json")
+        elif isinstance(result, WAITS):
+            result = wait_json(result)
         try:
             json.dumps(result)
         except (TypeError, ValueError) as exc:
@@ -115,6 +145,7 @@ class ToolSpec:
 
 
 TOOLS: dict[str, ToolSpec] = {}
+WAITS = (Delegate, WaitForSignal, Sleep)
 
 
 @overload
@@ -320,4 +351,5 @@ def word_count(ctx: ToolContext, text: str) -> int:
 
 
 # The memory tools: their module imports nothing heavy (the memory is made on first use).
-from app.agents import memory_tools  # noqa: E402, F401
+# The orchestration tools: delegate, wait_for_signal, sleep (they park the run).
+from app.agents import memory_tools, orchestration_tools  # noqa: E402, F401

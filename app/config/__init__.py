@@ -43,6 +43,7 @@ from app.config.memory import (
     RetentionSettings,
     SessionSettings,
 )
+from app.config.orchestration import OrchestrationSettings
 from app.config.paths import REPO_ROOT
 from app.config.sections import (
     ApiSettings,
@@ -76,6 +77,7 @@ __all__ = [
     "LimitSettings",
     "MemorySettings",
     "OpenAISettings",
+    "OrchestrationSettings",
     "RedisTLSSettings",
     "ReplicaSettings",
     "RetentionSettings",
@@ -247,6 +249,7 @@ class Settings(BaseSettings):
     sessions: SessionSettings = Field(default_factory=SessionSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     tenants: TenantSettings = Field(default_factory=TenantSettings)
+    orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     retention: RetentionSettings = Field(

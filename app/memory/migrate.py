@@ -21,7 +21,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 # The newest migration's revision id (tests/unit/memory/test_schema_revision.py holds it to
 # Alembic's head). Ids are zero-padded numbers, so a later revision's id sorts after.
-HEAD_REVISION: Final = "0011"
+HEAD_REVISION: Final = "0012"
 
 _VERSIONS = Table("alembic_version", MetaData(), Column("version_num", String))
 

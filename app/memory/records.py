@@ -19,8 +19,15 @@ class RunStatus(enum.StrEnum):
     """Where a run stands (``runs.status``)."""
 
     RUNNING = "running"
+    WAITING = "waiting"  # parked: on sub-agents, a signal or a timer; no message, no worker
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def ended(self) -> bool:
+        """Whether the run is over (succeeded, failed or cancelled)."""
+        return self in _ENDED
 
 
 class StepKind(enum.StrEnum):
@@ -30,6 +37,29 @@ class StepKind(enum.StrEnum):
     DENIED = "denied"  # the model asked for a tool its agent may not use; the run goes on
     FINAL = "final"  # the model gave an answer (accepted, or rejected by a validator)
     ERROR = "error"  # no model output kept: the run ended before or at the model call
+
+
+class WaitKind(enum.StrEnum):
+    """What a parked run waits for (``waits.kind``)."""
+
+    CHILDREN = "children"  # its sub-agent runs to end
+    SIGNAL = "signal"  # a named signal (a person's approval, an external event)
+    TIMER = "timer"  # a time
+
+
+class TimeoutPolicy(enum.StrEnum):
+    """What a wait's timeout does (``waits.on_timeout``)."""
+
+    FAIL = "fail"  # the run fails (wait_timed_out); its sub-agent runs are cancelled
+    CONTINUE = "continue"  # the run goes on, the call's result says it timed out
+
+
+class FailurePolicy(enum.StrEnum):
+    """What a failed sub-agent run does to the run that delegated to it."""
+
+    FAIL = "fail"  # the parent fails (child_failed); its other sub-agent runs are cancelled
+    SKIP = "skip"  # the parent goes on; the child's result is its error
+    RETRY = "retry"  # started again (as a new run), up to its retries; then as ``fail``
 
 
 class ErrorType(enum.StrEnum):
@@ -44,12 +74,17 @@ class ErrorType(enum.StrEnum):
     DEAD_LETTERED = "dead_lettered"
     SESSION_BUSY = "session_busy"  # another run of its session was running (sessions.busy=fail)
     FOREIGN_SESSION = "foreign_session"  # its session belongs to another tenant
+    CANCELLED = "cancelled"  # a cancelled run's (status cancelled)
+    CHILD_FAILED = "child_failed"  # a sub-agent run failed under the failure policy "fail"
+    WAIT_TIMED_OUT = "wait_timed_out"  # a durable wait passed its timeout (policy "fail")
 
     @property
     def guardrail(self) -> bool:
         """Whether a guardrail (budget, tool allowlist, validator) raised it."""
         return self in _GUARDRAILS
 
+
+_ENDED = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
 
 _GUARDRAILS = frozenset(
     {ErrorType.BUDGET_EXCEEDED, ErrorType.OUTPUT_REJECTED, ErrorType.TOOL_NOT_ALLOWED}
@@ -159,6 +194,11 @@ class RunRecord:
     budget: dict[str, Any] | None = None  # the run's limits (app.agents.guardrails.Budget)
     traceback: str | None = None  # of the error a failed run ended with, when one raised
     tenant: str = DEFAULT_TENANT  # whose run it is
+    parent_id: str | None = None  # the run that delegated to this one (a sub-agent run)
+    lineage: list[str] | None = None  # agent types of its ancestors, the root's first
+    cancel_requested_at: datetime | None = None  # cancelled while running: ends at its next step
+    child_tokens_in: int = 0  # what its sub-agent runs spent (their budgets are part of its)
+    child_tokens_out: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +242,8 @@ class NewRun:
     # When its first step started (not when that step commits): wall-time budgets count it.
     created_at: datetime = field(default_factory=lambda: utc_now())
     tenant: str = DEFAULT_TENANT
+    parent_id: str | None = None  # a sub-agent run: the run that delegated to it
+    lineage: list[str] | None = None  # its ancestors' agent types, the root's first
 
     def state(self) -> RunState:
         """The run as it stands before its first step."""
@@ -218,6 +260,8 @@ class NewRun:
             None,
             budget=self.budget,
             tenant=self.tenant,
+            parent_id=self.parent_id,
+            lineage=self.lineage,
         )
 
 

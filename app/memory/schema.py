@@ -27,7 +27,14 @@ from sqlalchemy import (
 from sqlalchemy.types import UserDefinedType
 
 from app.constants import DEFAULT_TENANT, EMBEDDING_DIM
-from app.memory.records import ErrorType, RunStatus, StepKind
+from app.memory.records import (
+    ErrorType,
+    FailurePolicy,
+    RunStatus,
+    StepKind,
+    TimeoutPolicy,
+    WaitKind,
+)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -177,12 +184,21 @@ runs = Table(
     Column("budget", JsonValue, nullable=True),  # the run's limits (app.agents.guardrails.Budget)
     Column("traceback", Text, nullable=True),  # of the error a failed run ended with
     Column("tenant", String, nullable=False, server_default=DEFAULT_TENANT),  # whose run it is
+    # A sub-agent run: the run that delegated to it, and its ancestors' agent types.
+    Column("parent_id", String, nullable=True),
+    Column("lineage", JsonValue, nullable=True),
+    # Cancelled while running: the run ends ``cancelled`` at its next step boundary.
+    Column("cancel_requested_at", UtcDateTime, nullable=True),
+    # What its sub-agent runs spent: they count against its budget once they have ended.
+    Column("child_tokens_in", Integer, nullable=False, server_default="0"),
+    Column("child_tokens_out", Integer, nullable=False, server_default="0"),
     CheckConstraint(allowed("status", RunStatus), name="ck_runs_status"),
     CheckConstraint(allowed("error_type", ErrorType), name="ck_runs_error_type"),
     Index("ix_runs_session_created", "session_id", "created_at"),
     Index("ix_runs_status", "status"),
     Index("ix_runs_created_id", "created_at", "id"),  # the run listing's order and cursor
     Index("ix_runs_tenant_created", "tenant", "created_at"),  # a tenant's runs, newest first
+    Index("ix_runs_parent", "parent_id"),  # a run's sub-agent runs (the tree, cancellation)
 )
 
 steps = Table(
@@ -293,4 +309,58 @@ memory_changes = Table(
     Column("seq", Integer, nullable=False),
     Column("deletions", Integer, nullable=False),
     Column("generation", String, nullable=False),
+)
+
+
+# A parked run's wait, one row per step that parked (app.memory.waits): what it waits for
+# (its sub-agent runs, a signal, a time), the tool call its end answers, and when it times
+# out. ``due_at`` is set only while the wait is open (a timer's time, or a timeout), so the
+# workers' poll for due waits reads ix_waits_due alone; an ended wait keeps its row with
+# ``resolved_at`` and ``resolution``: a signal sent twice is known as delivered.
+waits = Table(
+    "waits",
+    metadata,
+    Column("run_id", String, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("step", Integer, primary_key=True),  # the step that parked (committed)
+    Column("kind", EnumText(WaitKind), nullable=False),
+    Column("name", String, nullable=True),  # a signal's name
+    Column("call_id", String, nullable=False),  # the call a signal's or timer's end answers
+    Column("agent", String, nullable=False),  # the run's agent type: its queue, its backlog
+    Column("tenant", String, nullable=False, server_default=DEFAULT_TENANT),
+    Column("due_at", UtcDateTime, nullable=True),
+    Column("on_timeout", EnumText(TimeoutPolicy), nullable=False),
+    Column("pending", Integer, nullable=False, server_default="0"),  # sub-agent runs not ended
+    Column("message", JsonValue, nullable=False),  # the next step's message arguments
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("resolved_at", UtcDateTime, nullable=True),
+    Column("resolution", String, nullable=True),  # signal, timer, children, timeout, cancelled
+    CheckConstraint(allowed("kind", WaitKind), name="ck_waits_kind"),
+    CheckConstraint(allowed("on_timeout", TimeoutPolicy), name="ck_waits_on_timeout"),
+    Index("ix_waits_due", "due_at"),
+)
+
+# The sub-agent runs a parked step started, one row each, written with the step's commit:
+# the fan-in's record. A child run's end settles its row and counts its parent's wait down in
+# its own commit's transaction; the one that counts it to zero resumes the parent.
+run_children = Table(
+    "run_children",
+    metadata,
+    Column("child_id", String, primary_key=True),
+    Column("parent_id", String, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("step", Integer, nullable=False),  # the parent's step that delegated
+    Column("call_id", String, nullable=False),  # the delegate call whose result it is part of
+    Column("position", Integer, nullable=False),  # its place among that call's tasks
+    Column("agent", String, nullable=False),
+    Column("input", JsonValue, nullable=True),
+    Column("on_failure", EnumText(FailurePolicy), nullable=False),
+    Column("retries_left", Integer, nullable=False, server_default="0"),
+    Column("status", EnumText(RunStatus), nullable=False),  # running until it ends
+    Column("answer", JsonValue, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("attempt", Integer, nullable=False, server_default="1"),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("ended_at", UtcDateTime, nullable=True),
+    CheckConstraint(allowed("on_failure", FailurePolicy), name="ck_run_children_on_failure"),
+    CheckConstraint(allowed("status", RunStatus), name="ck_run_children_status"),
+    Index("ix_run_children_parent", "parent_id", "step"),
 )

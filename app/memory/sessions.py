@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError
 
 from app.constants import DEFAULT_TENANT
 from app.errors import StoreError
+from app.memory import waits
 from app.memory.engine import make_engine
 from app.memory.records import (
     NO_ANSWER,
@@ -47,6 +48,7 @@ from app.memory.statements import (
     step_record,
     step_values,
 )
+from app.memory.waits import Effects, Park
 
 __all__ = [
     "NO_ANSWER",
@@ -201,6 +203,7 @@ class SessionStore:
             "next_step": 0,
             "created_at": run.created_at,
             "budget": run.budget,
+            **({"parent_id": run.parent_id, "lineage": run.lineage} if run.parent_id else {}),
             **(state or {}),
         }
         created = bool(conn.execute(sql.insert_run, row).rowcount)
@@ -326,6 +329,9 @@ class SessionStore:
         traceback: str | None = None,
         session_id: str | None = None,
         history: list[int] | None = None,
+        park: Park | None = None,
+        parent_id: str | None = None,
+        effects: Effects | None = None,
     ) -> bool:
         """Commit ``record`` as the run's next step; False if it is not the next step.
 
@@ -338,7 +344,11 @@ class SessionStore:
         kept results in the same transaction: the step row holds them now. A run of
         ``session_id`` that succeeds moves its session's history version, in the same
         transaction (the history cache's entries for the old version are never read again);
-        the new version is appended to ``history`` when it is given.
+        the new version is appended to ``history`` when it is given. With ``park`` the run
+        waits (``waiting``) instead of going on, its wait and sub-agent runs recorded in the
+        same transaction; a sub-agent run (``parent_id``) that ends settles its parent's wait
+        in it too. What to carry out after the commit is added to ``effects``
+        (:mod:`app.memory.waits`).
         """
         now = utc_now()
         ending: dict[str, Any] = {}
@@ -346,15 +356,21 @@ class SessionStore:
             ending = {"status": RunStatus.SUCCEEDED, "answer": final_answer, "finished_at": now}
         elif failed_reason is not None:
             ending = {
-                "status": RunStatus.FAILED,
+                "status": RunStatus.CANCELLED
+                if error_type is ErrorType.CANCELLED
+                else RunStatus.FAILED,
                 "error": failed_reason,
                 "error_type": error_type,
                 "traceback": traceback,
                 "finished_at": now,
             }
+        if park is not None:
+            ending = {"status": RunStatus.WAITING}
         moved = {"next_step": record.step + 1, **ending}
+        parent_id = parent_id or (new_run.parent_id if new_run is not None else None)
         if (
             new_run is not None
+            and parent_id is None  # a sub-agent run's end settles its parent's wait below
             and record.step == 0
             and not (drafted or record.tool_calls)  # its draft goes in the transaction below
         ):
@@ -407,6 +423,16 @@ class SessionStore:
                 of_step = {"b_id": run_id, "b_step": record.step}
                 conn.execute(self._sql.delete_results, of_step)
                 conn.execute(self._sql.delete_draft, of_step)
+            done = Effects()
+            if park is not None:
+                done = waits.park(conn, run_id, record.step, park, now)
+            elif parent_id is not None and ending:
+                answer = final_answer if final_answer is not NO_ANSWER else None
+                done = waits.settle_child(
+                    conn, run_id, ending["status"], answer, failed_reason, now
+                )
+            if effects is not None:
+                effects.extend(done)
         return True
 
     def _create_with_step(
@@ -477,15 +503,18 @@ class SessionStore:
         *,
         error_type: ErrorType | None = None,
         traceback: str | None = None,
+        effects: Effects | None = None,
     ) -> bool:
         """End a running run as failed without a step; False if it is not running.
 
         With ``new_run`` a run that has not committed a step yet is created first;
-        ``traceback``: of the error the run failed with.
+        ``traceback``: of the error the run failed with. A sub-agent run settles its parent's
+        wait in the same transaction (what to carry out then is added to ``effects``).
         """
         with self._transaction() as conn:
+            now = utc_now()
             if new_run is not None:
-                self.insert_run(conn, new_run, utc_now())
+                self.insert_run(conn, new_run, now)
             changed = conn.execute(
                 update(runs)
                 .where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING)
@@ -494,9 +523,13 @@ class SessionStore:
                     error=reason,
                     error_type=error_type,
                     traceback=traceback,
-                    finished_at=utc_now(),
+                    finished_at=now,
                 )
             ).rowcount
+            if changed == 1:
+                done = waits.settle_child(conn, run_id, RunStatus.FAILED, None, reason, now)
+                if effects is not None:
+                    effects.extend(done)
         return changed == 1
 
     def reopen_run(self, run_id: str, error_types: tuple[ErrorType, ...]) -> bool:

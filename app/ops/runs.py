@@ -29,7 +29,7 @@ from app.errors import BadCursorError, TenantAccessError
 from app.memory.records import RunRecord, RunState
 from app.memory.sessions import SessionStore
 
-RunStatusName = Literal["queued", "running", "succeeded", "failed"]
+RunStatusName = Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[str, ...] = get_args(RunStatusName)
 """Every status a run can be listed with."""
 

@@ -23,7 +23,7 @@ from app.celery_ext.envelope import (
 from app.celery_ext.results import queue_result, result_value, store_result, with_retries
 from app.celery_ext.transport import ack_on, acked
 from app.celery_ext.worker import delivery_tag
-from app.constants import DEFAULT_TENANT, published_key
+from app.constants import published_key
 from app.tasks.runner import StepMessage, StepResult
 from app.tasks.runtime import WorkerRuntime
 
@@ -99,15 +99,7 @@ def publish_step(
     if check and runtime.redis.exists(marker):
         return
     backend, marker_ttl = task.backend, 2 * runtime.settings.worker.visibility_timeout_s
-    kwargs = {
-        "agent": msg.agent,
-        "session_id": msg.session_id,
-        "run_id": msg.run_id,
-        "step": step,
-        **({"stream": True} if msg.stream else {}),
-        # Whose run: the relay's stream key and the metrics' label need it before any load.
-        **({"tenant": msg.tenant} if msg.tenant != DEFAULT_TENANT else {}),
-    }
+    kwargs = msg.next_kwargs(step)
     task_id, queue = step_task_id(msg.run_id, step), runtime.registry.spec(msg.agent).queue_name
     tag = own_ack(task, runtime)
     result = None  # the run's STARTED result, when it rides in the MULTI below

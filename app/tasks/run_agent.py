@@ -15,23 +15,26 @@ import traceback
 from typing import Any, NoReturn
 
 import redis
-from celery import Celery, Task
+from celery import Celery, Task, states
 from celery.exceptions import Ignore, Reject, Retry
 from kombu.exceptions import OperationalError
 
 from app.celery_ext.envelope import ENQUEUED_AT, NEW_RUN, message_headers, new_id, shadow_of
-from app.celery_ext.results import expecting_result
+from app.celery_ext.results import expecting_result, store_result
 from app.constants import DEFAULT_TENANT, TASK_RUN_AGENT
 from app.errors import (
     BudgetExceededError,
+    ChildRunFailedError,
     DeadLetteredError,
     ForeignSessionError,
     InferenceUnavailableError,
     NoSuchRunError,
     OutputRejectedError,
+    RunCancelledError,
     RunFailedError,
     SessionBusyError,
     StoreError,
+    WaitTimedOutError,
 )
 from app.inference.pool import backoff_delay
 from app.memory.records import ErrorType, RunStatus
@@ -40,6 +43,7 @@ from app.ops.masking import task_kwargsrepr
 from app.producer.results import RunResult
 from app.tasks import dead_letters as dlq
 from app.tasks.dead_letters import DeadLetterKind, dead_letter
+from app.tasks.effects import carry_out
 from app.tasks.handoff import forget_queued, publish_step, store_answer
 from app.tasks.runner import Outcome, StepMessage, StepResult
 from app.tasks.runtime import WorkerRuntime, runtime_for
@@ -64,6 +68,9 @@ _RUN_ERRORS: dict[ErrorType | None, type[RunFailedError]] = {
     ErrorType.DEAD_LETTERED: DeadLetteredError,
     ErrorType.SESSION_BUSY: SessionBusyError,
     ErrorType.FOREIGN_SESSION: ForeignSessionError,
+    ErrorType.CANCELLED: RunCancelledError,
+    ErrorType.CHILD_FAILED: ChildRunFailedError,
+    ErrorType.WAIT_TIMED_OUT: WaitTimedOutError,
 }
 
 
@@ -147,6 +154,7 @@ def register_run_agent(app: Celery) -> Task:
         stream: bool = False,
         budget: dict[str, Any] | None = None,
         tenant: Any = DEFAULT_TENANT,
+        parent: dict[str, Any] | None = None,
         **unknown: Any,
     ) -> Any:
         runtime = runtime_for(self.app, self.request.hostname or "")
@@ -162,6 +170,7 @@ def register_run_agent(app: Celery) -> Task:
             run_id or request.id, agent, step, input, session_id, stream, budget, first,
             # Not a string: kept as text, and step 0's validation refuses the run.
             tenant if isinstance(tenant, str) else str(tenant),
+            parent if isinstance(parent, dict) else None,
         )  # fmt: skip
         enqueued = getattr(request, ENQUEUED_AT, None)
         if isinstance(enqueued, (int, float)) and not request.retries:
@@ -280,6 +289,8 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
     marked = getattr(task.request, NEW_RUN, None) is True
     # Text, not a dict: Celery takes the saferepr of what a task returns (7x as long for a dict).
     said = summary(msg.step, result)
+    if result.effects:
+        carry_out(task.app, result.effects)  # sub-agent runs started, a parent resumed...
     match result.outcome:
         case Outcome.NEXT | Outcome.REPUBLISH:
             assert result.next_step is not None
@@ -301,7 +312,12 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
         case Outcome.FAILED:
             if msg.stream:
                 runtime.runner.relay.end(
-                    msg.tenant, msg.run_id, RunStatus.FAILED, error=result.reason
+                    msg.tenant,
+                    msg.run_id,
+                    RunStatus.CANCELLED
+                    if result.error_type is ErrorType.CANCELLED
+                    else RunStatus.FAILED,
+                    error=result.reason,
                 )
             error = run_error(result.reason, result.error_type)
             if own_results or not is_first:
@@ -310,6 +326,10 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
                 forget_queued(task, runtime, msg)
             # Raised, so Flower and task events show the run's typed failure.
             raise error
+        case Outcome.PARKED if is_first:
+            # Started, and waiting: no longer a queued run (its result says it started).
+            store_result(task.backend, msg.run_id, states.STARTED, {"next_step": msg.step + 1})
+            forget_queued(task, runtime, msg)
         case Outcome.BUSY | Outcome.SESSION_BUSY:
             # Another worker holds the run, or another run its session: come back later
             # rather than wait in a thread.

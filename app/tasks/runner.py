@@ -38,12 +38,13 @@ from app.inference.backend import (
 from app.inference.chat import Counted
 from app.memory.history import SessionHistory, claim_session
 from app.memory.long_term import LazyMemory
-from app.memory.records import CallRecord, ErrorType, RunStatus, StepDraft, StepKind
+from app.memory.records import CallRecord, ErrorType, RunStatus, StepDraft, StepKind, utc_now
 from app.memory.response_cache import CACHED_REPLICA, ResponseCache
 from app.memory.sessions import NO_ANSWER, NewRun, RunState, SessionStore, StepRecord
 from app.memory.tool_cache import ToolCache
+from app.memory.waits import CANCELLED_REASON, Effects, Park
 from app.ops import metrics, tracing
-from app.tasks import verdict
+from app.tasks import parking, verdict
 from app.tasks.leases import HeldLeases, RunLease
 from app.tasks.model_calls import ModelCalls
 from app.tasks.recall import with_memories
@@ -143,15 +144,18 @@ class StepRunner:
                     " (later steps are sent by workers only; submit a new run)"
                 )
             # Created by the commit of its first step: one write per step, step 0 included.
+            parent = msg.parent or {}
             new_run = NewRun(
                 msg.run_id, spec.name, msg.input, msg.session_id, self._run_budget(spec, msg),
-                tenant=msg.tenant,
+                tenant=msg.tenant, parent_id=parent.get("run"), lineage=parent.get("lineage"),
             )  # fmt: skip
             state = new_run.state()
         else:
             settled = _settled(msg, state)
             if settled is not None:
                 return settled
+            if state.cancel_requested_at is not None:  # the step boundary a cancel waits for
+                return self._fail(msg, verdict.failed(CANCELLED_REASON, ErrorType.CANCELLED), state)
         if msg.step == 0:
             # Producers that bypass submit() (send_task from other services) are checked here.
             try:
@@ -184,7 +188,7 @@ class StepRunner:
         ``sessions.busy`` says: come back later, or fail."""
         run = new_run or NewRun(
             state.id, state.agent, state.input, state.session_id, state.budget, state.created_at,
-            state.tenant,
+            state.tenant, state.parent_id, state.lineage,
         )  # fmt: skip
         claim = claim_session(self.store, run)
         if claim.foreign:
@@ -319,6 +323,12 @@ class StepRunner:
                     return self._act(step, budget, used, None, started)
                 step = replace(step, new_run=None, drafted=True)
             calls = self._make_calls(spec, msg, decided, reply)
+            calls, park = parking.plan(
+                self.registry, self.settings, spec, msg, step.state, calls, budget, used,
+                utc_now(),
+            )  # fmt: skip
+            if park is not None:
+                step = replace(step, park=park)
         record = StepRecord(
             step=msg.step,
             kind=decided.kind,
@@ -377,6 +387,7 @@ class StepRunner:
         """Commit the step as ``decided``, report it, and say what the task does next."""
         msg, agent = step.msg, step.spec.name
         moved: list[int] = []  # the session's history version after a run that succeeds
+        effects = Effects()
         committed = self.store.commit_step(
             msg.run_id,
             record,
@@ -387,6 +398,9 @@ class StepRunner:
             drafted=step.drafted,
             session_id=step.state.session_id,
             history=moved,
+            park=step.park,
+            parent_id=step.state.parent_id,
+            effects=effects,
         )
         if moved:
             self.history.add(step.state, moved[0], decided.answer)
@@ -407,7 +421,10 @@ class StepRunner:
         )
         if msg.stream:
             self.relay.step(msg.tenant, msg.run_id, msg.step, record.kind, record.tools)
-        return self._outcome(agent, msg, step.state, decided)
+        if step.park is not None:
+            return StepResult(Outcome.PARKED, kind=record.kind, tools=tuple(record.tools),
+                              effects=effects)  # fmt: skip
+        return replace(self._outcome(agent, msg, step.state, decided), effects=effects or None)
 
     def _outcome(
         self, agent: str, msg: StepMessage, state: RunState, decided: Verdict
@@ -496,6 +513,7 @@ class StepRunner:
         record = StepRecord(
             step=msg.step, kind=StepKind.ERROR, model_output="", worker=self.worker_name
         )
+        effects = Effects()
         committed = self.store.commit_step(
             msg.run_id,
             record,
@@ -503,9 +521,12 @@ class StepRunner:
             error_type=decided.error_type,
             new_run=new_run,
             traceback=decided.traceback,
+            parent_id=state.parent_id,
+            effects=effects,
         )
         if committed:
-            return self._outcome(msg.agent, msg, state, decided)
+            outcome = self._outcome(msg.agent, msg, state, decided)
+            return replace(outcome, effects=effects or None)
         if deferred:
             # The run was in the store after all: its outcome is the store's, not this one.
             return self._stored_outcome(msg) or StepResult(Outcome.SKIP)
@@ -525,6 +546,7 @@ class _Step:
     drafted: bool  # the reply is kept as the step's draft
     fresh: bool  # the reply is this delivery's (not an earlier one's draft)
     counted: Counted = "estimate"  # how the reply's tokens were counted
+    park: Park | None = None  # what the run waits on once the step commits
 
 
 def _numbered(calls: tuple[ToolCall, ...], step: int) -> tuple[ToolCall, ...]:
@@ -572,8 +594,11 @@ def _settled(msg: StepMessage, state: RunState) -> StepResult | None:
     or newer is a duplicate. None: the message is the run's next step."""
     if state.status == RunStatus.SUCCEEDED:
         return StepResult(Outcome.DONE, answer=state.answer)
-    if state.status == RunStatus.FAILED:
+    if state.status in (RunStatus.FAILED, RunStatus.CANCELLED):
         return StepResult(Outcome.FAILED, reason=state.error, error_type=state.error_type)
+    if state.status == RunStatus.WAITING:
+        # Parked: only its wait's end publishes its next step; this is a copy of an older one.
+        return StepResult(Outcome.SKIP)
     if msg.step != state.next_step:
         if msg.step == state.next_step - 1:
             return StepResult(Outcome.REPUBLISH, next_step=state.next_step)

@@ -41,10 +41,10 @@ class Verdict:
 
 def failed(reason: str, error_type: ErrorType, traceback: str | None = None) -> Verdict:
     """The run ends with an error step that keeps no model output (``traceback``: of the
-    error it ends with)."""
+    error it ends with); a cancellation ends it ``cancelled``."""
     return Verdict(
         StepKind.ERROR,
-        RunStatus.FAILED,
+        RunStatus.CANCELLED if error_type is ErrorType.CANCELLED else RunStatus.FAILED,
         reason=reason,
         error_type=error_type,
         traceback=traceback,

@@ -151,7 +151,7 @@ def test_failed_is_an_error_step_that_ends_the_run() -> None:
 
 def test_enum_values_are_the_strings_stored_and_sent() -> None:
     assert [str(k) for k in StepKind] == ["tool", "denied", "final", "error"]
-    assert [str(s) for s in RunStatus] == ["running", "succeeded", "failed"]
+    assert [str(s) for s in RunStatus] == ["running", "waiting", "succeeded", "failed", "cancelled"]
     assert {e for e in ErrorType if e.guardrail} == {
         ErrorType.BUDGET_EXCEEDED, ErrorType.OUTPUT_REJECTED, ErrorType.TOOL_NOT_ALLOWED
     }  # fmt: skip
