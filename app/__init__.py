@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from app.agents.registry import Agent
     from app.agents.tools import ToolContext, tool
     from app.producer import submit, submit_many
+    from app.producer.control import cancel, signal
 
-__all__ = ["Agent", "ToolContext", "submit", "submit_many", "tool"]
+__all__ = ["Agent", "ToolContext", "cancel", "signal", "submit", "submit_many", "tool"]
 
 _HOMES = {
     "Agent": "app.agents.registry",
@@ -29,6 +30,8 @@ _HOMES = {
     "tool": "app.agents.tools",
     "submit": "app.producer",
     "submit_many": "app.producer",
+    "signal": "app.producer.control",
+    "cancel": "app.producer.control",
 }
 
 

@@ -62,7 +62,8 @@ def _json_text(value: Any) -> str:
     return encode_basestring_ascii(value) if type(value) is str else compact_json(value)
 
 
-def _check_json(value: Any, path: str = "input") -> None:
+def check_json_value(value: Any, path: str = "input") -> None:
+    """Raise :class:`InvalidInputError` unless ``value`` is a JSON value (``path`` names it)."""
     # json.dumps accepts NaN and non-str keys are coerced; both break other consumers.
     if value is None or isinstance(value, (str, bool, int)):
         return
@@ -72,13 +73,13 @@ def _check_json(value: Any, path: str = "input") -> None:
         return
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            _check_json(item, f"{path}[{i}]")
+            check_json_value(item, f"{path}[{i}]")
         return
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidInputError(f"{path} has a non-string key {key!r}")
-            _check_json(item, f"{path}.{key}")
+            check_json_value(item, f"{path}.{key}")
         return
     raise InvalidInputError(f"{path} holds a {type(value).__name__}, which is not JSON")
 
@@ -101,7 +102,7 @@ def validate_run(
     tenant = DEFAULT_TENANT if tenant is None else check_tenant(tenant)
     if input is None or (isinstance(input, str) and not input.strip()):
         raise InvalidInputError("'input' is required and must not be empty")
-    _check_json(input)
+    check_json_value(input)
     if session_id is not None and (not isinstance(session_id, str) or not session_id):
         raise InvalidInputError(f"'session_id' must be a non-empty string, got {session_id!r}")
     if not isinstance(stream, bool):

@@ -107,12 +107,14 @@ def create_celery(settings: Settings, registry: AgentRegistry | None = None) -> 
     from app.tasks.admission import AdmissionControl
     from app.tasks.recovery import RecoveryStep
     from app.tasks.shutdown import GracefulShutdown
+    from app.tasks.timers import TimerStep
 
     app.steps["worker"].add(InternalsCheck)  # Celery/kombu still have what the fence lists
     app.steps["worker"].add(EnvelopeCheck)  # what the fetch takes is checked, or quarantined
     app.steps["consumer"].add(AdmissionControl)
     app.steps["worker"].add(GracefulShutdown)  # SIGTERM: finish steps, hand back the rest
     app.steps["worker"].add(RecoveryStep)  # runs whose message Redis lost, published again
+    app.steps["worker"].add(TimerStep)  # parked runs' timers and timeouts that fall due
     install_health(app)  # /livez /readyz /metrics of each worker (health.enabled)
     register_tasks(app)
     worker_ready.connect(_freeze_startup_objects, dispatch_uid="agentq.gc_freeze", weak=False)

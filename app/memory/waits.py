@@ -572,3 +572,33 @@ def fire(conn: Connection, wait: OpenWait, now: datetime) -> Effects:
 def due_at(now: datetime, seconds: float | None) -> datetime | None:
     """``seconds`` from ``now`` (None: never)."""
     return None if seconds is None else now + timedelta(seconds=seconds)
+
+
+def cancel_queued(
+    conn: Connection,
+    run_id: str,
+    agent: str,
+    input: Any,
+    tenant: str,
+    now: datetime,
+    reason: str = CANCELLED_REASON,
+) -> Effects:
+    """Store a run that has not started as cancelled (its first message then finds it ended);
+    nothing when it has started meanwhile (the caller cancels it as a stored run)."""
+    stmt = insert(runs).values(
+        id=run_id,
+        agent=agent,
+        input=input,
+        status=RunStatus.CANCELLED,
+        next_step=0,
+        created_at=now,
+        finished_at=now,
+        error=reason,
+        error_type=ErrorType.CANCELLED,
+        tenant=tenant,
+    )
+    exists = conn.execute(select(runs.c.id).where(runs.c.id == run_id)).first()
+    if exists is not None:
+        return Effects()
+    conn.execute(stmt)
+    return Effects(ended=[Ended(run_id, tenant, RunStatus.CANCELLED, reason, ErrorType.CANCELLED)])
