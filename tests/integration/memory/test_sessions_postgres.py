@@ -25,7 +25,7 @@ class TestPostgresStore(StoreContract):
         # The schema is the test session's; each test starts from empty tables.
         engine = create_engine(pg_url)
         with engine.begin() as conn:
-            conn.execute(text("TRUNCATE steps, runs, sessions"))
+            conn.execute(text("TRUNCATE steps, waits, run_children, runs, sessions"))
         engine.dispose()
 
     def test_jsonb_on_postgres(self, session_store: SessionStore) -> None:

@@ -31,7 +31,7 @@ def store(pg_url: str):
     # The schema is the test session's: leave its tables empty for the next test.
     engine = create_engine(pg_url)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE steps, runs, sessions"))
+        conn.execute(text("TRUNCATE steps, waits, run_children, runs, sessions"))
     engine.dispose()
 
 
