@@ -81,7 +81,7 @@ def delegate(store: SessionStore, n: int) -> waits.Effects:
             },
             "call_0",
             i,
-        )  # fmt: skip
+        )
         for i in range(n)
     )
     message = {"agent": "coder", "session_id": None, "run_id": "boss", "step": 1}
