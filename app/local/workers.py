@@ -9,7 +9,9 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from app.config import Settings, child_env, settings_env
 from app.errors import LocalServiceError
@@ -78,7 +80,10 @@ class WorkerProcess:
         """Wait until the worker answers a ping over the broker, or stop it and raise."""
 
         def answers() -> bool:
-            return bool(celery.control.ping(destination=[self.node], timeout=0.5))
+            try:
+                return bool(celery.control.ping(destination=[self.node], timeout=0.5))
+            except (OperationalError, redis.ConnectionError):
+                return False  # a connection Redis dropped (a restart): the next ping redials
 
         if self.proc is None or not wait_until(answers, deadline_s, self.proc):
             self.stop()
