@@ -6,7 +6,11 @@ One stream per run (``agentq:stream:<tenant>:<run id>``). Each entry is one even
   first was cut off (worker lost, model server gone) and its tokens are void;
 - ``token``: a piece of the model's reply, in order (pieces concatenate);
 - ``step``: the step is committed (``data``: its kind and tool);
-- ``end``: the run is over (``data``: ``status`` and ``answer`` or ``error``).
+- ``end``: the run is over (``data``: ``status`` and ``answer`` or ``error``);
+- ``waiting``: the step parked the run (``data``: ``kind``, a signal's ``name``, the sub-agent
+  runs' ids as ``children``);
+- ``child``: a sub-agent run's step was committed or it ended (``data``: its ``run_id``,
+  ``agent``, and ``kind`` and ``tools``, or ``status``), in its root run's stream.
 
 Writes never block the worker on a reader: ``XADD`` returns at once, the stream is capped
 (``MAXLEN ~``) and expires ``ttl_s`` after its last entry, so a slow or absent reader costs
@@ -33,6 +37,7 @@ from app.memory.records import RunStatus, StepKind
 log = logging.getLogger(__name__)
 
 ATTEMPT, TOKEN, STEP, END = "attempt", "token", "step", "end"
+WAITING, CHILD = "waiting", "child"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,3 +128,11 @@ class TokenRelay:
         else:
             data["error"] = error
         self._add(tenant, run_id, encode(END, -1, data=data))
+
+    def waiting(self, tenant: str, run_id: str, step: int, data: dict[str, Any]) -> None:
+        """The step parked the run (on what: ``data``)."""
+        self._add(tenant, run_id, encode(WAITING, step, data=data))
+
+    def child(self, tenant: str, root_id: str, step: int, data: dict[str, Any]) -> None:
+        """A sub-agent run's step or end, shown in its root run's stream."""
+        self._add(tenant, root_id, encode(CHILD, step, data=data))

@@ -291,6 +291,9 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
     said = summary(msg.step, result)
     if result.effects:
         carry_out(task.app, result.effects)  # sub-agent runs started, a parent resumed...
+    if msg.stream_to and result.outcome in (Outcome.DONE, Outcome.FAILED):
+        ended = {"run_id": msg.run_id, "agent": msg.agent, "status": _status_of(result)}
+        runtime.runner.relay.child(msg.tenant, msg.stream_to, msg.step, ended)
     match result.outcome:
         case Outcome.NEXT | Outcome.REPUBLISH:
             assert result.next_step is not None
@@ -314,9 +317,7 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
                 runtime.runner.relay.end(
                     msg.tenant,
                     msg.run_id,
-                    RunStatus.CANCELLED
-                    if result.error_type is ErrorType.CANCELLED
-                    else RunStatus.FAILED,
+                    _status_of(result),
                     error=result.reason,
                 )
             error = run_error(result.reason, result.error_type)
@@ -349,3 +350,10 @@ def _finish(task: Task, runtime: WorkerRuntime, msg: StepMessage, result: StepRe
     if own_results:
         return said
     raise Ignore()
+
+
+def _status_of(result: StepResult) -> RunStatus:
+    """How the run a step ended ended."""
+    if result.outcome is Outcome.DONE:
+        return RunStatus.SUCCEEDED
+    return RunStatus.CANCELLED if result.error_type is ErrorType.CANCELLED else RunStatus.FAILED

@@ -421,6 +421,12 @@ class StepRunner:
         )
         if msg.stream:
             self.relay.step(msg.tenant, msg.run_id, msg.step, record.kind, record.tools)
+            if step.park is not None:
+                self.relay.waiting(msg.tenant, msg.run_id, msg.step, _parked_on(step.park))
+        if msg.stream_to:  # a sub-agent run of a streamed run: shown in the root's stream
+            shown = {"run_id": msg.run_id, "agent": agent, "kind": record.kind,
+                     "tools": record.tools}  # fmt: skip
+            self.relay.child(msg.tenant, msg.stream_to, msg.step, shown)
         if step.park is not None:
             return StepResult(Outcome.PARKED, kind=record.kind, tools=tuple(record.tools),
                               effects=effects)  # fmt: skip
@@ -547,6 +553,16 @@ class _Step:
     fresh: bool  # the reply is this delivery's (not an earlier one's draft)
     counted: Counted = "estimate"  # how the reply's tokens were counted
     park: Park | None = None  # what the run waits on once the step commits
+
+
+def _parked_on(park: Park) -> dict[str, Any]:
+    """What a streamed run's ``waiting`` event says it waits for."""
+    return {
+        "kind": park.kind,
+        "name": park.name,
+        "children": [child.run_id for child in park.children],
+        "due_at": park.due_at.isoformat() if park.due_at else None,
+    }
 
 
 def _numbered(calls: tuple[ToolCall, ...], step: int) -> tuple[ToolCall, ...]:

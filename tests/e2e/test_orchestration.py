@@ -74,10 +74,20 @@ def test_an_orchestrator_fans_out_to_three_specialists_and_merges_their_answers(
     try:
         start_worker(["orchestrator"], settings=configured, celery=celery)
         start_worker(SPECIALISTS, settings=configured, celery=celery)
-        result = submit("orchestrator", _orchestrate([300, 100, 200]), celery=celery)
+        result = submit("orchestrator", _orchestrate([300, 100, 200]), stream=True, celery=celery)
         merged = _merged(str(result.get(timeout=120)))
+        events = list(result.events(timeout=30))
     finally:
         celery.close()
+    # The parent's stream shows it waiting, then each child's step and end, then its answer.
+    [waiting] = [e for e in events if e.kind == "waiting"]
+    assert waiting.data["kind"] == "children" and len(waiting.data["children"]) == 3
+    ends = {e.data["run_id"]: e.data for e in events if e.kind == "child" and "status" in e.data}
+    assert sorted(ends) == sorted(waiting.data["children"])
+    assert {(d["agent"], d["status"]) for d in ends.values()} == {
+        (agent, "succeeded") for agent in SPECIALISTS
+    }
+    assert events[-1].kind == "end" and events[-1].data["status"] == "succeeded"
     assert [(m["agent"], m["answer"]) for m in merged] == [
         ("researcher", "Answer: PART 0"),
         ("coder", "Answer: PART 1"),
