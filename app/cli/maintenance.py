@@ -44,11 +44,13 @@ def maintenance() -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout instead of a line.")
 def recover(grace_s: float | None, as_json: bool) -> None:
     """One recovery pass: runs that have not moved for the grace period and whose message
-    is in no queue (Redis lost it) get it published again; exits 0 also when another
-    recoverer holds the lock (it does the pass)."""
+    is in no queue (Redis lost it) get it published again, and parked runs whose timer or
+    timeout is due are resumed or ended; exits 0 also when another recoverer holds the lock
+    (it does the pass)."""
     from app.celery_ext.app import create_celery
     from app.celery_ext.context import context_of
     from app.tasks.recovery import Recoverer
+    from app.tasks.timers import fire_due
 
     settings = Settings()
     if grace_s is not None:
@@ -56,15 +58,19 @@ def recover(grace_s: float | None, as_json: bool) -> None:
     celery = create_celery(settings)
     context = context_of(celery)
     report = Recoverer.for_app(celery, context.store).run_once()
+    # Parked runs whose timer or timeout is due: resumed (or ended) here too, so their step
+    # lands in its queue and wakes a worker of an agent type scaled to zero.
+    fired = fire_due(celery, context.store, settings.orchestration.timer_batch)
     if as_json:
-        echo_json({"locked": report is None, **({} if report is None else report.to_json())})
+        body = {} if report is None else report.to_json()
+        echo_json({"locked": report is None, **body, "due_waits_ended": fired})
     elif report is None:
-        click.echo("another recoverer holds the lock: nothing done")
+        click.echo(f"another recoverer holds the lock: nothing done; {fired} due wait(s) ended")
     else:
         click.echo(
             f"{report.stalled} run(s) stalled, {report.waiting} accepted run(s) not started, "
-            f"{len(report.lost)} without a message, {len(report.published)} published again "
-            f"({report.seconds * 1000:.0f} ms)"
+            f"{len(report.lost)} without a message, {len(report.published)} published again, "
+            f"{fired} due wait(s) ended ({report.seconds * 1000:.0f} ms)"
         )
 
 

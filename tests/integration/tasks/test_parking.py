@@ -4,6 +4,7 @@ committed the change died before publishing it."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import timedelta
 
@@ -143,3 +144,26 @@ def test_recovery_publishes_what_a_dead_process_committed_but_never_published(
     again = Recoverer.for_app(pcelery, pstore).run_once()
     assert again is not None and again.published == []
     assert queued(redis_client, "agent.coder") == {step_task_id("boss", 1): 1}
+
+
+def test_the_recover_cronjob_resumes_a_due_timer_so_its_step_wakes_a_worker(
+    psettings, pstore, redis_client, monkeypatch
+) -> None:
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    message = {"agent": "coder", "session_id": None, "run_id": "nap", "step": 1}
+    record = StepRecord(0, StepKind.TOOL, "", (CallRecord("c", "sleep", {}, "wait"),))
+    due = utc_now() - timedelta(seconds=1)
+    pstore.commit_step(
+        "nap", record, new_run=NewRun("nap", "coder", "x"),
+        park=waits.Park(WaitKind.TIMER, "c", message, due_at=due),
+    )  # fmt: skip
+    monkeypatch.setenv("AGENTQ_REDIS_URL", psettings.redis_url)
+    monkeypatch.setenv("AGENTQ_DATABASE_URL", psettings.database_url)
+    result = CliRunner().invoke(main, ["maintenance", "recover", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["due_waits_ended"] == 1
+    assert queued(redis_client, "agent.coder") == {step_task_id("nap", 1): 1}
+    assert pstore.load_run("nap").steps[0].tool_calls[0].result == {"slept": True}
