@@ -74,7 +74,8 @@ def claim_session(store: SessionStore, run: NewRun) -> SessionClaim:
 
 def _running(conn: Connection, run_id: str) -> bool:
     status = conn.execute(select(runs.c.status).where(runs.c.id == run_id)).scalar()
-    return status == RunStatus.RUNNING
+    # A parked run is still its session's: the session's next run waits for it to end.
+    return status in (RunStatus.RUNNING, RunStatus.WAITING)
 
 
 class SessionHistory:

@@ -43,7 +43,16 @@ from sqlalchemy.exc import DBAPIError
 from app.config import AgentRetention, RetentionSettings
 from app.memory.records import RunStatus
 from app.memory.retention import HISTORY_TURNS, Policy, PruneReport, policies
-from app.memory.schema import accepted_runs, runs, sessions, step_drafts, steps, tool_results
+from app.memory.schema import (
+    accepted_runs,
+    run_children,
+    runs,
+    sessions,
+    step_drafts,
+    steps,
+    tool_results,
+    waits,
+)
 from app.memory.sessions import SessionStore, store_error
 
 Key = tuple[datetime, str]
@@ -51,7 +60,9 @@ Key = tuple[datetime, str]
 Batch = Callable[[Connection, Key | None], tuple[dict[str, int], Key | None]]
 """One transaction's deletes, given the last run the previous one took: (rows deleted per
 table, the last run this one took)."""
-_RUN_ROWS = (steps, step_drafts, tool_results)  # keyed by run_id
+_RUN_ROWS = (steps, step_drafts, tool_results, waits)  # keyed by run_id
+# Runs that have not ended: never pruned (a parked run may wait for days).
+UNFINISHED = (RunStatus.RUNNING, RunStatus.WAITING)
 
 
 def delete_runs(conn: Connection, ids: list[str]) -> dict[str, int]:
@@ -63,6 +74,11 @@ def delete_runs(conn: Connection, ids: list[str]) -> dict[str, int]:
         table.name: conn.execute(delete(table).where(table.c.run_id.in_(ids))).rowcount
         for table in _RUN_ROWS
     }
+    counts["run_children"] = conn.execute(
+        delete(run_children).where(
+            or_(run_children.c.parent_id.in_(ids), run_children.c.child_id.in_(ids))
+        )
+    ).rowcount
     counts["accepted_runs"] = conn.execute(
         delete(accepted_runs).where(accepted_runs.c.id.in_(ids))
     ).rowcount
@@ -76,7 +92,7 @@ def idle_sessions(agent: str, before: datetime) -> Select[Any]:
     r = runs.alias("busy")  # not the outer query's runs, which this may sit inside
     busy = select(r.c.id).where(
         r.c.session_id == sessions.c.id,
-        or_(r.c.status == RunStatus.RUNNING, r.c.created_at >= before, r.c.finished_at >= before),
+        or_(r.c.status.in_(UNFINISHED), r.c.created_at >= before, r.c.finished_at >= before),
     )
     return select(sessions.c.id).where(
         sessions.c.agent == agent, sessions.c.updated_at < before, ~exists(busy)
@@ -238,7 +254,7 @@ class Pruner:
             runs.c.created_at <= upper,  # a range on ix_runs_created_id, in the batches' order
             # Finished, written so that no index serves it: SQLite took ix_runs_status for
             # status IN (...) and sorted every finished run for each batch.
-            runs.c.status != RunStatus.RUNNING,
+            runs.c.status.not_in(UNFINISHED),
             past,
             *(() if kept is None else (not_(kept),)),
         )
@@ -256,7 +272,7 @@ class Pruner:
             return None
         query = (
             select(runs.c.created_at, runs.c.id)
-            .where(runs.c.agent == agent, runs.c.status != RunStatus.RUNNING)
+            .where(runs.c.agent == agent, runs.c.status.not_in(UNFINISHED))
             .order_by(runs.c.created_at.desc(), runs.c.id.desc())
             .offset(policy.max_runs)
             .limit(1)

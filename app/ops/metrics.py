@@ -197,6 +197,18 @@ MEMORIES_RECALLED = Counter(
     ["agent"],
 )
 
+RUNS_PARKED = Counter(
+    "agentq_runs_parked_total",
+    "Steps that parked their run (kind: children, signal or timer): the run holds no worker "
+    "until its wait ends.",
+    ["agent", "kind"],
+)
+CHILD_RUNS = Counter(
+    "agentq_child_runs_started_total",
+    "Sub-agent runs started by delegating steps (agent: the delegating run's type).",
+    ["agent"],
+)
+
 METRICS = (
     REDIS_PERSISTENCE,
     RUNS_IN_FLIGHT, STEP_SECONDS, TOKENS_IN, TOKENS_OUT, OUTPUT_SPEED, RUN_SECONDS, RUNS,
@@ -204,7 +216,7 @@ METRICS = (
     TOOL_CALLS_ABANDONED, STEP_RETRIES, DEAD_LETTERED, GUARDRAIL_STOPS, QUARANTINED,
     RUNS_RECOVERED, RUNS_LOST, RECOVERY_PASSES, HISTORY_CACHE, SESSION_BUSY, TOOL_CACHE,
     RESPONSE_CACHE, EMBEDDING_CACHE, EMBEDDING_TEXTS, EMBEDDING_TRUNCATED, EMBEDDING_SECONDS,
-    MEMORIES_RECALLED,
+    MEMORIES_RECALLED, RUNS_PARKED, CHILD_RUNS,
 )  # fmt: skip
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:\-]")
@@ -472,3 +484,10 @@ def memories_recalled(agent: str, count: int) -> None:
     """Automatic retrieval put ``count`` memories into a prompt of ``agent``."""
     if count:
         _child(MEMORIES_RECALLED, agent).inc(count)
+
+
+def run_parked(agent: str, kind: str, children: int) -> None:
+    """A step of ``agent`` parked its run on ``kind``, starting ``children`` sub-agent runs."""
+    _child(RUNS_PARKED, agent, kind).inc()
+    if children:
+        _child(CHILD_RUNS, agent).inc(children)

@@ -14,6 +14,7 @@ from sqlalchemy import delete, func, select
 
 from app.constants import DEFAULT_TENANT, history_keys, published_key, stream_key
 from app.errors import SessionInUseError
+from app.memory.prune import UNFINISHED
 from app.memory.records import RunRecord, RunState, RunStatus
 from app.memory.schema import accepted_runs, runs, sessions, step_drafts, steps, tool_results
 from app.memory.sessions import SessionStore
@@ -72,7 +73,8 @@ def session_info(
     counts = select(runs.c.status, func.count()).where(runs.c.session_id == session_id)
     counted = store.read(lambda conn: conn.execute(counts.group_by(runs.c.status)).all())
     by_status = {str(status): int(n) for status, n in counted}
-    active = row.active_run if by_status.get(RunStatus.RUNNING) else None
+    unfinished = by_status.get(RunStatus.RUNNING) or by_status.get(RunStatus.WAITING)
+    active = row.active_run if unfinished else None
     if active is not None and not _is_running(store, active):
         active = None  # a run started since, or one running without holding it (pre-0009)
     return SessionInfo(
@@ -89,7 +91,7 @@ def session_info(
 
 def _is_running(store: SessionStore, run_id: str) -> bool:
     query = select(runs.c.status).where(runs.c.id == run_id)
-    return store.read(lambda conn: conn.execute(query).scalar()) == RunStatus.RUNNING
+    return store.read(lambda conn: conn.execute(query).scalar()) in UNFINISHED
 
 
 def session_runs(store: SessionStore, session_id: str) -> Iterator[RunRecord]:
@@ -157,7 +159,7 @@ def delete_session(
                 runs.c.session_id == session_id
             )
         ).all()
-        running = [row.id for row in listed if row.status == RunStatus.RUNNING]
+        running = [row.id for row in listed if row.status in UNFINISHED]
         if running and not force:
             raise SessionInUseError(
                 f"session {session_id!r} has {len(running)} running run(s) ({running[0]} ...): "

@@ -15,8 +15,8 @@ from sqlalchemy import delete, select
 
 from app.constants import KEY_PREFIX, history_keys, published_key, stream_key
 from app.errors import ConfigurationError, TenantInUseError
-from app.memory.prune import delete_runs
-from app.memory.records import RunState, RunStatus
+from app.memory.prune import UNFINISHED, delete_runs
+from app.memory.records import RunState
 from app.memory.schema import runs, sessions
 from app.memory.sessions import SessionStore
 from app.ops.sessions import delete_keys, session_info
@@ -134,11 +134,11 @@ def delete_tenant(
     session and memory of ``tenant``, and its token streams, markers, results, cached
     histories and cached replies, tool results, idempotency keys and embeddings in Redis.
 
-    Raises :class:`TenantInUseError` while one of its runs is running, unless ``force`` (that
-    run's next step then finds no run and is dead-lettered). Runs still queued, not started,
-    are not in the store: stop the tenant's producers first.
+    Raises :class:`TenantInUseError` while one of its runs is running or parked, unless
+    ``force`` (that run's next step then finds no run and is dead-lettered). Runs still
+    queued, not started, are not in the store: stop the tenant's producers first.
     """
-    running = select(runs.c.id).where(runs.c.tenant == tenant, runs.c.status == RunStatus.RUNNING)
+    running = select(runs.c.id).where(runs.c.tenant == tenant, runs.c.status.in_(UNFINISHED))
     held = store.read(lambda conn: conn.execute(running.limit(3)).all())
     if held and not force:
         raise TenantInUseError(

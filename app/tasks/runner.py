@@ -428,6 +428,7 @@ class StepRunner:
                      "tools": record.tools}  # fmt: skip
             self.relay.child(msg.tenant, msg.stream_to, msg.step, shown)
         if step.park is not None:
+            metrics.run_parked(agent, step.park.kind, len(step.park.children))
             return StepResult(Outcome.PARKED, kind=record.kind, tools=tuple(record.tools),
                               effects=effects)  # fmt: skip
         return replace(self._outcome(agent, msg, step.state, decided), effects=effects or None)
