@@ -126,3 +126,42 @@ def test_tracing_off_writes_nothing_and_adds_no_header(
     message = json.loads(redis_client.lindex("agent.coder", 0))
     assert not {"traceparent", "tracestate"} & set(message["headers"])
     assert not spans_file.exists()
+
+
+def test_sub_agent_runs_are_in_their_parents_trace(
+    settings, start_worker, producer_spans, tmp_path
+) -> None:
+    from app.celery_ext.app import create_celery
+
+    agents_file = tmp_path / "agents.yaml"
+    agents_file.write_text("agents:\n  - name: boss\n    tools: [delegate]\n  - name: aide\n")
+    configured = settings.model_copy(update={"agents_file": agents_file})
+    spans_file = tmp_path / "worker-spans.jsonl"
+    env = {"AGENTQ_TRACING__EXPORTER": "console", "AGENTQ_TRACING__CONSOLE_FILE": str(spans_file)}
+    celery = create_celery(configured)
+    try:
+        start_worker(["boss", "aide"], env=env, settings=configured, celery=celery)
+        tasks = {"tasks": [{"agent": "aide", "input": "one"}, {"agent": "aide", "input": "two"}]}
+        run = submit("boss", f"[tool:delegate {json.dumps(tasks)}]", celery=celery)
+        run.get(timeout=60)
+    finally:
+        celery.close()
+    (submitted,) = producer_spans.get_finished_spans()
+
+    def steps() -> list[dict]:
+        return [s for s in read_spans(spans_file) if s["name"] == "agentq.step"]
+
+    assert wait_until(lambda: len(steps()) == 4, 30), read_spans(spans_file)  # 2 + 2 children
+    found = steps()
+    assert {s["context"]["trace_id"] for s in found} == {hex_id(submitted.context.trace_id)}
+    boss = {
+        s["attributes"]["agentq.step"]: s
+        for s in found
+        if s["attributes"]["agentq.agent"] == "boss"
+    }
+    aides = [s for s in found if s["attributes"]["agentq.agent"] == "aide"]
+    # Each child's first step hangs under the step that delegated; the parent's next step
+    # under the child step that ended the fan-in.
+    assert {a["parent_id"] for a in aides} == {boss[0]["context"]["span_id"]}
+    assert boss[1]["parent_id"] in {a["context"]["span_id"] for a in aides}
+    assert boss[0]["attributes"]["agentq.outcome"] == "parked"
