@@ -3,12 +3,15 @@
 
 Relayed events carry the stream entry's id as their SSE ``id``, so a client that reconnects
 with ``Last-Event-ID`` resumes after the last event it got, missing none. Events read from the
-store are ``step`` and ``end`` only, with ids ``step-<index>`` and ``end``.
+store are ``step`` and ``end`` only, with ids ``step-<index>`` and ``end``. A kind this module
+does not know (a worker newer than the API) passes through as an event of its own name. A
+parked run (``waiting``) has not ended: its stream stays open until it does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -83,7 +86,9 @@ def end_event(
 
 
 def relayed_event(event: StreamEvent) -> ServerSentEvent | None:
-    """The SSE of one token stream entry (None for a kind this API does not know)."""
+    """The SSE of one token stream entry; a kind not known here passes through under its own
+    name with ``step``, its ``text`` if any and its data's fields (None: an entry without a
+    kind)."""
     if event.kind == TOKEN:
         data = event_data(TOKEN, step=event.step, text=event.text)
     elif event.kind == ATTEMPT:
@@ -98,9 +103,26 @@ def relayed_event(event: StreamEvent) -> ServerSentEvent | None:
         return end_event(
             info.get("status", "failed"), info.get("answer"), info.get("error"), event.id
         )
+    elif _EVENT_NAME.match(event.kind):
+        data = json.dumps(_passed_through(event), separators=(",", ":"), default=str)
     else:
         return None
     return ServerSentEvent(data=data, event=event.kind, id=event.id)
+
+
+_EVENT_NAME = re.compile(r"^[A-Za-z][\w.-]{0,63}$")  # a name that cannot break the SSE framing
+
+
+def _passed_through(event: StreamEvent) -> dict[str, Any]:
+    """The data of an event of a kind not known here: ``step``, ``text``, the data's fields."""
+    fields: dict[str, Any] = {"step": event.step}
+    if event.text:
+        fields["text"] = event.text
+    if isinstance(event.data, dict):
+        fields.update(event.data)
+    elif event.data is not None:
+        fields["data"] = event.data
+    return fields
 
 
 def _decoded(response: Any) -> list[StreamEvent]:
@@ -133,7 +155,7 @@ async def relayed_events(
         events = _decoded(await client.xread({key: last}, count=1024, block=STORE_CHECK_MS))
         if not events:
             run = await load_run()
-            if run is None or run.status is RunStatus.RUNNING:
+            if run is None or not run.status.ended:  # running, or parked: more will come
                 continue
             events = _decoded(await client.xread({key: last}, count=1024))
             if not any(e.kind == END for e in events):
@@ -165,7 +187,7 @@ async def stored_events(
                     data = event_data(STEP, index=step.step, kind=step.kind, tools=step.tools)
                     yield ServerSentEvent(data=data, event=STEP, id=f"step-{step.step}")
                     sent = step.step
-            if run.status is not RunStatus.RUNNING:
+            if run.status.ended:
                 yield end_event(run.status, run.answer, run.error)
                 return
         await asyncio.sleep(poll_s)

@@ -3,8 +3,9 @@
 ``/inspector`` lists runs (newest first; filters agent and status) and each agent type's
 queue; ``/inspector/runs/{id}`` shows a run's steps (the model's reply, each tool call with its
 arguments and result, tokens, latency, worker and replica), the error and traceback of a
-failed run, a running run's tokens as they arrive (a few lines of inline JS on the run's
-events), and a button that replays a dead-lettered run. Jinja2 templates beside this module,
+failed run, its parent and sub-agent runs (links, a tree) and what a parked run waits for, a
+running run's tokens as they arrive (a few lines of inline JS on the run's events), and a
+button that replays a dead-lettered run. Jinja2 templates beside this module,
 inline CSS: no build step, nothing fetched from elsewhere.
 
 The pages sit behind the API's keys: ``/inspector/login`` takes a key and keeps it in cookie
@@ -179,7 +180,11 @@ def _run_page(
         run_id=run_id,
         agent=detail.agent,
         status=detail.status,
-        live=detail.status in ("queued", "running"),
+        live=detail.status in ("queued", "running", "waiting"),
+        parent_id=detail.parent_id,
+        children=detail.children,
+        children_truncated=detail.children_truncated,
+        waiting=detail.waiting_for,
         letter=letter if letter is not None and letter.replayable else None,
         notice=notice,
         who=who,

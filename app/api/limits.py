@@ -21,13 +21,14 @@ FIELDS_ALLOWANCE = 64 * 1024
 
 
 def body_limit(registry: AgentRegistry, settings: Settings) -> int:
-    """The largest body worth reading: twice the largest input any agent type takes (JSON
-    escaping), plus :data:`FIELDS_ALLOWANCE`."""
+    """The largest body worth reading: twice the largest input any agent type takes, or a
+    signal's data (JSON escaping), plus :data:`FIELDS_ALLOWANCE`."""
     default = settings.limits.max_input_bytes
     largest = max(
         (registry.spec(name).max_input_bytes or default for name in registry.names),
         default=default,
     )
+    largest = max(largest, settings.orchestration.signal_max_bytes)
     return 2 * largest + FIELDS_ALLOWANCE
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, Strict
 
 from app.agents.guardrails import Budget
 from app.memory.records import RunState, StepRecord
+from app.memory.run_tree import ChildRun, WaitInfo
 from app.ops.runs import RunDetail, RunStatusName, RunSummary
 
 
@@ -104,6 +105,65 @@ class StepView(BaseModel):
         )
 
 
+class ChildView(BaseModel):
+    """A sub-agent run, with its own (a tree)."""
+
+    id: str
+    agent: str
+    status: RunStatusName = Field(description="`queued` while it has not started.")
+    answer: JsonValue = None
+    error: str | None = None
+    step: int = Field(description="The step of the run above that delegated to it.")
+    attempt: int = Field(description="1, or the retry that started it (on_failure: retry).")
+    children: list[ChildView] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, child: ChildRun) -> ChildView:
+        """The view of one node of :func:`app.memory.run_tree.children_tree`."""
+        return cls(
+            id=child.run_id,
+            agent=child.agent,
+            status=child.status,  # type: ignore[arg-type]  # a run status or "queued"
+            answer=child.answer,
+            error=child.error,
+            step=child.step,
+            attempt=child.attempt,
+            children=[cls.of(c) for c in child.children],
+        )
+
+
+class WaitingView(BaseModel):
+    """What a parked (``waiting``) run waits for."""
+
+    kind: Literal["children", "signal", "timer"]
+    step: int = Field(description="The step that parked the run.")
+    signal: str | None = Field(default=None, description="The signal's name (kind signal).")
+    pending: int | None = Field(
+        default=None, description="Sub-agent runs not ended yet (kind children)."
+    )
+    due_at: datetime | None = Field(
+        default=None, description="A timer's time, or when the wait times out (none: never)."
+    )
+    on_timeout: Literal["fail", "continue"] | None = Field(
+        default=None, description="What the timeout does (none for a timer)."
+    )
+    since: datetime = Field(description="When the run parked.")
+
+    @classmethod
+    def of(cls, wait: WaitInfo) -> WaitingView:
+        """The view of a run's open wait."""
+        timer = wait.kind == "timer"
+        return cls(
+            kind=wait.kind.value,
+            step=wait.step,
+            signal=wait.name if wait.kind == "signal" else None,
+            pending=wait.pending if wait.kind == "children" else None,
+            due_at=wait.due_at,
+            on_timeout=None if timer else wait.on_timeout.value,
+            since=wait.since,
+        )
+
+
 class RunView(BaseModel):
     """A run: where it stands, its steps, its answer or error.
 
@@ -133,12 +193,30 @@ class RunView(BaseModel):
         description="When its first step started; for a queued run, when it was submitted.",
     )
     finished_at: datetime | None = None
+    parent_id: str | None = Field(
+        default=None, description="A sub-agent run: the run that delegated to it."
+    )
+    children: list[ChildView] = Field(
+        default_factory=list,
+        description="Its sub-agent runs, each with its own, in the order they were started.",
+    )
+    waiting_for: WaitingView | None = Field(
+        default=None, description="While `waiting`: the signal, sub-agent runs or time."
+    )
+    children_truncated: bool = Field(
+        default=False, description="The tree had more sub-agent runs than are shown (1000)."
+    )
 
     @classmethod
     def of_detail(cls, detail: RunDetail) -> RunView:
         """The view of a run as :func:`app.ops.runs.run_detail` reads it."""
         if detail.stored is not None:
-            return cls.of(detail.stored, detail.stream)
+            view = cls.of(detail.stored, detail.stream)
+            view.children = [ChildView.of(child) for child in detail.children]
+            view.children_truncated = detail.children_truncated
+            if detail.waiting_for is not None:
+                view.waiting_for = WaitingView.of(detail.waiting_for)
+            return view
         return cls(
             id=detail.id,
             agent=detail.agent,
@@ -165,6 +243,7 @@ class RunView(BaseModel):
             traceback=run.traceback,
             created_at=run.created_at,
             finished_at=run.finished_at,
+            parent_id=run.parent_id,
         )
 
 
@@ -206,6 +285,35 @@ class RunItem(BaseModel):
         )
 
 
+class SignalCreate(BaseModel):
+    """A signal's payload (``POST /v1/runs/{id}/signals/{name}``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: JsonValue = Field(
+        default=None, description="Any JSON value: the result of the run's wait_for_signal call."
+    )
+
+
+class SignalSent(BaseModel):
+    """What a signal did: ``resumed`` the run, or found the same signal delivered before."""
+
+    run_id: str
+    name: str
+    resumed: bool = Field(description="False: delivered before, nothing resumed this time.")
+
+
+class CancelDone(BaseModel):
+    """What a cancellation did."""
+
+    run_id: str
+    was: RunStatusName = Field(description="The run's status before (queued: not started).")
+    cancelled: bool = Field(
+        description="True: ended now (waiting, queued) or asked to stop at its next step "
+        "(running); false: it had ended, nothing was done."
+    )
+
+
 class RunList(BaseModel):
     """A page of runs, newest first."""
 
@@ -239,7 +347,7 @@ class StepData(BaseModel):
 class EndData(BaseModel):
     """``end``: the run is over, with its answer or its error (the last event)."""
 
-    status: Literal["succeeded", "failed"]
+    status: Literal["succeeded", "failed", "cancelled"]
     answer: JsonValue = None
     error: str | None = None
 

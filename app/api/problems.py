@@ -26,14 +26,18 @@ from app.errors import (
     InputRejectedError,
     InvalidInputError,
     NotDeadLetteredError,
+    NotWaitingError,
     PayloadTooLargeError,
     QuarantinedMessageError,
+    RunEndedError,
     SessionInUseError,
+    SignalTooLargeError,
     StoreError,
     SubmitError,
     TenantAccessError,
     TenantInUseError,
     UnknownAgentError,
+    UnknownRunError,
 )
 
 log = logging.getLogger(__name__)
@@ -83,6 +87,9 @@ TENANT_IN_USE = Kind("tenant-in-use", "A run of the tenant is running", 409)
 BAD_REQUEST = Kind("bad-request", "Bad request", 400)
 NOT_DEAD_LETTERED = Kind("not-dead-lettered", "The run is not in the dead-letter queue", 409)
 NOTHING_TO_REPLAY = Kind("nothing-to-replay", "The dead letter has no run to replay", 409)
+RUN_ENDED = Kind("run-ended", "The run has ended", 409)
+NOT_WAITING = Kind("not-waiting", "The run is not waiting for this signal", 409)
+SIGNAL_TOO_LARGE = Kind("signal-too-large", "The signal's data is too large", 413)
 UNAUTHENTICATED = Kind("unauthenticated", "Missing, unknown or revoked API key", 401)
 FORBIDDEN = Kind("forbidden", "The API key lacks the scope this route needs", 403)
 RATE_LIMITED = Kind("rate-limited", "The API key is over its rate limit", 429)
@@ -98,6 +105,10 @@ PROBLEMS: dict[type[Exception], Kind] = {
     BadCursorError: BAD_REQUEST,
     NotDeadLetteredError: NOT_DEAD_LETTERED,
     QuarantinedMessageError: NOTHING_TO_REPLAY,
+    UnknownRunError: RUN_NOT_FOUND,  # another tenant's run too: not this caller's to know of
+    RunEndedError: RUN_ENDED,
+    NotWaitingError: NOT_WAITING,
+    SignalTooLargeError: SIGNAL_TOO_LARGE,
     SessionInUseError: SESSION_IN_USE,
     TenantInUseError: TENANT_IN_USE,
     TenantAccessError: NOT_FOUND,  # as if it did not exist: not this caller's to know of
@@ -195,8 +206,9 @@ _DESCRIPTIONS = {
     429: "The API key is over its rate limit; retry after Retry-After (seconds).",
     404: "No such run (or session).",
     409: "The run is not dead-lettered, or its dead letter has no run to replay; or the "
-    "session to delete has a running run.",
-    413: "The run's input is larger than the agent type allows.",
+    "session to delete has a running run; or a signal's run has ended or does not wait for "
+    "it.",
+    413: "The run's input (or a signal's data) is larger than allowed.",
     422: "The request does not match its schema, or submit() refused the run.",
     503: "Redis, the broker or the session store did not answer; retry after Retry-After.",
 }

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -23,6 +24,7 @@ from app.api.events import (
     stored_events,
 )
 from app.api.models import (
+    CancelDone,
     RunAccepted,
     RunCreate,
     RunItem,
@@ -31,15 +33,18 @@ from app.api.models import (
     RunReplayed,
     RunStatusName,
     RunView,
+    SignalCreate,
+    SignalSent,
 )
 from app.api.state import ApiState, api_state
 from app.celery_ext import queued
 from app.celery_ext.context import context_of
 from app.celery_ext.envelope import new_id
 from app.constants import stream_key
-from app.errors import TenantAccessError
+from app.errors import InvalidInputError, TenantAccessError
 from app.memory.records import RunState
 from app.ops import runs as runs_view
+from app.producer import control
 from app.producer.submit import submit
 from app.tasks import dead_letters
 
@@ -61,8 +66,10 @@ EVENTS_DESCRIPTION = """\
 Server-Sent Events, each with `id:` (send it back as `Last-Event-ID` to resume) and `data:`
 a JSON object: `attempt` (a step's model call begins; a second one for the same step voids
 that step's earlier tokens), `token`, `step`, then `end`, the last. Runs submitted without
-`stream` get `step` and `end` only, read from the session store. Comments (`: ping`) keep an
-idle connection open. A reconnect after `end` gets 204, which stops an EventSource."""
+`stream` get `step` and `end` only, read from the session store. Other kinds a worker writes
+(about waits and sub-agent runs) come as events of their own name, with `step` and their
+data. Comments (`: ping`) keep an idle connection open. A reconnect after `end` gets 204,
+which stops an EventSource."""
 
 
 def _links(run_id: str) -> RunLinks:
@@ -241,3 +248,55 @@ def replay_run(run_id: str, api: State, who: Operator) -> RunReplayed | JSONResp
     registry = context_of(api.celery).registry
     letter = dead_letters.replay(api.celery, registry, api.store, api.redis, run_id)
     return RunReplayed(id=run_id, step=letter.step, links=_links(run_id))
+
+
+SIGNAL_BODY = {
+    "required": False,
+    "content": {"application/json": {"schema": SignalCreate.model_json_schema()}},
+}
+
+
+@router.post(
+    "/{run_id}/signals/{name}",
+    response_model=SignalSent,
+    responses=problems.responses(400, 404, 409, 413, 503),
+    openapi_extra={"requestBody": SIGNAL_BODY},
+    summary="Signal a waiting run",
+)
+async def signal_run(
+    run_id: str,
+    name: Annotated[str, Path(min_length=1, description="The signal's name.")],
+    request: Request,
+    api: State,
+    who: Submitter,
+) -> SignalSent | JSONResponse:
+    """Send the signal ``name`` to a run parked by ``wait_for_signal`` on that name (as
+    ``agentq signal``): it resumes once, with ``data`` as the call's result. The same signal
+    sent again answers ``resumed: false`` and resumes nothing. 409 ``run-ended`` or
+    ``not-waiting``, 413 for data over ``orchestration.signal_max_bytes``, 400 for a body that
+    is not ``{"data": ...}``."""
+    raw = await request.body()
+    try:
+        body = SignalCreate.model_validate_json(raw) if raw.strip() else SignalCreate()
+        sent = await run_in_threadpool(
+            control.signal, run_id, name, body.data, tenant=who.tenant, celery=api.celery
+        )
+    except (ValidationError, InvalidInputError) as exc:
+        detail = f'the body must be a JSON object {{"data": <any JSON value>}}: {exc}'
+        return problems.response(problems.problem(problems.BAD_REQUEST, detail))
+    return SignalSent(run_id=sent.run_id, name=sent.name, resumed=sent.resumed)
+
+
+@router.post(
+    "/{run_id}/cancel",
+    response_model=CancelDone,
+    responses=problems.responses(404, 503),
+    summary="Cancel a run",
+)
+def cancel_run(run_id: str, api: State, who: Submitter) -> CancelDone:
+    """Cancel the run and its sub-agent runs (as ``agentq cancel``): a waiting or queued run
+    ends ``cancelled`` now, a running one stops at its next step (its model call in flight is
+    aborted). A run that has ended is left as it is: ``cancelled: false``."""
+    done = control.cancel(run_id, tenant=who.tenant, celery=api.celery)
+    was = "queued" if done.was is None else done.was.value
+    return CancelDone(run_id=done.run_id, was=was, cancelled=done.cancelled)  # type: ignore[arg-type]

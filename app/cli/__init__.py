@@ -1,6 +1,7 @@
 """The ``agentq`` command line: the main group and the commands that run things (worker,
-Flower, exporter, demo); dead letters are in :mod:`app.cli.dlq`, benchmarks in
-:mod:`app.cli.bench`, ``agentq new`` in :mod:`app.cli.new`, the HTTP API in :mod:`app.cli.api`."""
+Flower, exporter, demo); dead letters are in :mod:`app.cli.dlq`, signals and cancellation in
+:mod:`app.cli.control`, benchmarks in :mod:`app.cli.bench`, ``agentq new`` in
+:mod:`app.cli.new`, the HTTP API in :mod:`app.cli.api`."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 LAZY_COMMANDS = {
     "api": "app.cli.api",
     "bench": "app.cli.bench",
+    "cancel": "app.cli.control",
     "dlq": "app.cli.dlq",
     "maintenance": "app.cli.maintenance",
     "new": "app.cli.new",
@@ -33,6 +35,7 @@ LAZY_COMMANDS = {
     "queues": "app.cli.queues",
     "runs": "app.cli.runs",
     "session": "app.cli.sessions",
+    "signal": "app.cli.control",
     "tenant": "app.cli.tenants",
 }
 

@@ -14,7 +14,16 @@ from typing import Any, NoReturn
 
 import click
 
-from app.errors import AgentqError, StoreError, SubmitError, TenantAccessError
+from app.errors import (
+    AgentqError,
+    NotWaitingError,
+    RunEndedError,
+    SignalTooLargeError,
+    StoreError,
+    SubmitError,
+    TenantAccessError,
+    UnknownRunError,
+)
 
 
 class ExitCode(enum.IntEnum):
@@ -27,6 +36,9 @@ class ExitCode(enum.IntEnum):
     STORE_UNAVAILABLE = 4  # the session store unreachable or without its schema
     RUN_FAILED = 5  # the run ended without an answer
     TIMED_OUT = 6  # no answer within --timeout (the run may still finish)
+    UNKNOWN_RUN = 7  # signal, cancel: no such run (nor queued), or another tenant's
+    RUN_ENDED = 8  # a signal to a run that has ended
+    NOT_WAITING = 9  # a signal to a run that does not wait for it
 
 
 def fail(code: int, message: str) -> NoReturn:
@@ -48,8 +60,14 @@ def exit_for(exc: Exception) -> tuple[ExitCode, str] | None:
     from pydantic import ValidationError
 
     match exc:
-        case SubmitError() | TenantAccessError():
+        case SubmitError() | TenantAccessError() | SignalTooLargeError():
             return ExitCode.REFUSED, f"refused: {exc}"
+        case UnknownRunError():
+            return ExitCode.UNKNOWN_RUN, str(exc)
+        case RunEndedError():
+            return ExitCode.RUN_ENDED, str(exc)
+        case NotWaitingError():
+            return ExitCode.NOT_WAITING, str(exc)
         case StoreError():
             return ExitCode.STORE_UNAVAILABLE, str(exc)
         case OperationalError() | redis.ConnectionError() | redis.TimeoutError():

@@ -6,23 +6,29 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 
 from app.cli import console, echo_json, main, print_table
 from app.cli.options import tenant_option
 from app.config import Settings
 from app.ops.runs import STATUSES
 
+if TYPE_CHECKING:
+    from app.api.models import ChildView, RunView, WaitingView
+
 MAX_LIMIT = 500
 
 
 @main.group()
 def runs() -> None:
-    """Runs: queued (submitted, no step stored yet), running, succeeded and failed."""
+    """Runs: queued (submitted, no step stored yet), running, waiting (parked), succeeded,
+    failed and cancelled."""
 
 
 @contextmanager
@@ -111,9 +117,11 @@ def runs_list(
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout (GET /v1/runs/{id}'s body).")
 @tenant_option
 def runs_show(run_id: str, as_json: bool, tenant: str) -> None:
-    """One run: status, answer or error (and traceback), and each step's reply, tool calls with
-    arguments and results, tokens, latency, worker and replica."""
+    """One run: status, answer or error (and traceback), its parent and what it waits for, its
+    sub-agent runs as a tree, and each step's reply, tool calls with arguments and results,
+    tokens, latency, worker and replica."""
     from app.api.models import RunView
+    from app.memory.run_tree import MAX_NODES
     from app.ops.runs import run_detail
 
     with _sources() as (_settings, store, client, broker):
@@ -135,6 +143,8 @@ def runs_show(run_id: str, as_json: bool, tenant: str) -> None:
         ("agent", view.agent),
         ("status", view.status),
         ("session", view.session_id),
+        ("parent", view.parent_id),
+        ("waiting for", _waiting(view.waiting_for) if view.waiting_for else None),
         ("created", view.created_at),
         ("finished", view.finished_at),
         ("answer", view.answer),
@@ -143,6 +153,10 @@ def runs_show(run_id: str, as_json: bool, tenant: str) -> None:
         if value is not None:
             fields.add_row(name, Text(str(value)))  # text as it is: no markup in answers
     console.print(fields, highlight=False)
+    if view.children:
+        console.print(_tree(view), highlight=False)
+        if view.children_truncated:
+            console.print(f"(more sub-agent runs than shown: the tree is cut at {MAX_NODES})")
     if view.steps:
         table = Table("step", "kind", "tool calls", "tokens in/out", "ms", "worker", "replica")
         for column in (table.columns[0], table.columns[1], table.columns[3]):
@@ -164,6 +178,43 @@ def runs_show(run_id: str, as_json: bool, tenant: str) -> None:
         print_table(table)
     if view.traceback:
         console.print(view.traceback, highlight=False, markup=False)
+
+
+def _waiting(wait: WaitingView) -> str:
+    """What a parked run waits for, in words."""
+    if wait.kind == "signal":
+        text = f"signal {wait.signal!r}"
+    elif wait.kind == "children":
+        text = f"{wait.pending} sub-agent run(s) to end"
+    else:
+        text = f"a timer, due {_utc(wait.due_at)}"
+    if wait.kind != "timer" and wait.due_at is not None:
+        text += f", times out {_utc(wait.due_at)} ({wait.on_timeout})"
+    return f"{text} (step {wait.step})"
+
+
+def _utc(when: datetime | None) -> str:
+    return "" if when is None else f"{when:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _tree(view: RunView) -> Tree:
+    """The run and its sub-agent runs, each with its own: agent, run id, status, answer or
+    error cut short."""
+    tree = Tree(Text.assemble((view.agent, "bold"), f"  {view.id}  {view.status}"))
+
+    def add(node: Tree, children: list[ChildView]) -> None:
+        for child in children:
+            outcome = f"error: {child.error}" if child.error else _short(child.answer, 80)
+            label = Text.assemble(
+                (child.agent, "bold"),
+                f"  {child.id}  {child.status}",
+                f"  (retry {child.attempt - 1})" if child.attempt > 1 else "",
+                f"  {outcome}" if child.error or child.answer is not None else "",
+            )
+            add(node.add(label), child.children)
+
+    add(tree, view.children)
+    return tree
 
 
 def _short(value: Any, width: int = 200) -> str:

@@ -370,6 +370,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "AGENTQ_DURABILITY": settings.durability.model_dump_json(),
         "AGENTQ_SESSIONS": settings.sessions.model_dump_json(),
         "AGENTQ_CACHE": settings.cache.model_dump_json(),
+        "AGENTQ_ORCHESTRATION": settings.orchestration.model_dump_json(),
         "AGENTQ_REDIS_TLS": settings.redis_tls.model_dump_json(),
         "AGENTQ_REDIS_CONNECT_TIMEOUT_S": str(settings.redis_connect_timeout_s),
         "AGENTQ_REDIS_SOCKET_TIMEOUT_S": str(settings.redis_socket_timeout_s),

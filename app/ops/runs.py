@@ -26,7 +26,8 @@ from app.celery_ext import queued
 from app.celery_ext.queued import QueuedRun
 from app.constants import DEFAULT_TENANT, lease_key, stream_key
 from app.errors import BadCursorError, TenantAccessError
-from app.memory.records import RunRecord, RunState
+from app.memory.records import RunRecord, RunState, RunStatus
+from app.memory.run_tree import ChildRun, WaitInfo, family
 from app.memory.sessions import SessionStore
 
 RunStatusName = Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled"]
@@ -77,6 +78,10 @@ class RunDetail:
     submitted_at: datetime | None = None
     stored: RunState | None = None
     tenant: str = DEFAULT_TENANT
+    parent_id: str | None = None  # a sub-agent run: the run that delegated to it
+    children: tuple[ChildRun, ...] = ()  # its sub-agent runs, each with its own
+    waiting_for: WaitInfo | None = None  # a parked run's open wait
+    children_truncated: bool = False  # the tree was too large to read whole
 
 
 def encode_cursor(mark: tuple[int, str]) -> str:
@@ -125,7 +130,7 @@ def list_runs(
     below = None if cursor is None else decode_cursor(cursor)
     index = redis if broker is None else broker
     found: dict[str, RunSummary] = {}
-    if status not in ("succeeded", "failed"):
+    if status in (None, "queued", "running"):  # the statuses an unstored run can have
         for run in _queued_runs(
             store, redis, index, agent, status, session_id, below, limit + 1, queued_ttl_s,
             tenant,
@@ -152,12 +157,15 @@ def run_detail(
     tenant: str | None = None,
 ) -> RunDetail | None:
     """The run ``run_id`` (queued, running or stored), or None when neither the store nor
-    the queued-runs index has it. With ``tenant``, a run of another tenant raises
+    the queued-runs index has it; a stored run with its parent, its sub-agent runs (a tree)
+    and, parked, what it waits for. With ``tenant``, a run of another tenant raises
     :class:`TenantAccessError`."""
     stored = store.load_run(run_id)
     if stored is not None:
         check_tenant_of("run", run_id, stored.tenant, tenant)
         streamed = True if redis.exists(stream_key(stored.tenant, run_id)) else None
+        parked = stored.status is RunStatus.WAITING
+        kin = store.read(lambda conn: family(conn, run_id, parked))
         return RunDetail(
             stored.id,
             stored.agent,
@@ -166,6 +174,10 @@ def run_detail(
             streamed,
             stored=stored,
             tenant=stored.tenant,
+            parent_id=stored.parent_id,
+            children=kin.children,
+            waiting_for=kin.waiting_for,
+            children_truncated=kin.truncated,
         )
     index = redis if broker is None else broker
     entry = queued.find(index, run_id)

@@ -140,8 +140,9 @@ def delete_session(
     records), then its cached history and each run's token stream, published-step markers
     and (``forget_result``) result; None when there is no such session.
 
-    Raises :class:`SessionInUseError` while one of its runs is running, unless ``force``
-    (that run's next step then finds no run and is dead-lettered); with ``tenant``,
+    Raises :class:`SessionInUseError` while one of its runs is running or parked
+    (``waiting``), unless ``force`` (that run's next step then finds no run and is
+    dead-lettered; a parked one's signal finds no run); with ``tenant``,
     :class:`TenantAccessError` for a session of another tenant.
     """
     of_session = select(runs.c.id).where(runs.c.session_id == session_id)

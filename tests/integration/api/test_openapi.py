@@ -25,6 +25,7 @@ from app.memory.history import claim_session
 from app.memory.records import NewRun, RunStatus, StepKind, StepRecord
 from app.memory.sessions import SessionStore
 from app.tasks.relay import TokenRelay
+from tests.fixtures.parked import park_on_signal
 from tests.fixtures.sse import events
 
 RATE = {"rate_limit_per_s": 0.01, "rate_limit_burst": 100}
@@ -73,6 +74,8 @@ def test_every_route_is_declared_and_every_declared_path_served(api: TestClient)
         ("/v1/runs/{run_id}", "get"),
         ("/v1/runs/{run_id}/events", "get"),
         ("/v1/runs/{run_id}/replay", "post"),
+        ("/v1/runs/{run_id}/signals/{name}", "post"),
+        ("/v1/runs/{run_id}/cancel", "post"),
         ("/v1/sessions/{session_id}", "get"),
         ("/v1/sessions/{session_id}", "delete"),
         ("/v1/tenant/export", "get"),
@@ -92,6 +95,8 @@ def test_every_route_is_declared_and_every_declared_path_served(api: TestClient)
         "$ref": "#/components/schemas/RunCreate"
     }
     assert "Idempotency-Key" in [p["name"] for p in post["parameters"]]
+    signal = doc["paths"]["/v1/runs/{run_id}/signals/{name}"]["post"]
+    assert "data" in signal["requestBody"]["content"]["application/json"]["schema"]["properties"]
 
 
 def test_real_responses_validate_against_their_declared_schemas(
@@ -107,6 +112,7 @@ def test_real_responses_validate_against_their_declared_schemas(
     for session_id in ("chat", "busy"):
         claim_session(store, NewRun(f"in-{session_id}", "coder", "x", session_id))
     store.commit_step("in-chat", step, final_answer="a", session_id="chat")
+    park_on_signal(store, "parked")
     store.close()
     relay = TokenRelay(redis_client, Settings(_env_file=None).stream)
     relay.attempt(DEFAULT_TENANT, "streamed", 0)
@@ -137,6 +143,21 @@ def test_real_responses_validate_against_their_declared_schemas(
             "get",
             api.get("/v1/runs/streamed/events", headers={"Last-Event-ID": "step-0"}),
         ),
+    ]
+    signals = "/v1/runs/{run_id}/signals/{name}"
+    calls += [
+        (signals, "post", api.post("/v1/runs/parked/signals/approval", json={"data": 1})),
+        (signals, "post", api.post("/v1/runs/parked/signals/approval", json={"data": 1})),
+        (signals, "post", api.post("/v1/runs/stored/signals/approval", json={})),
+        (signals, "post", api.post("/v1/runs/nothing/signals/approval", json={})),
+        (signals, "post", api.post("/v1/runs/parked/signals/approval", content=b"[")),
+        (
+            signals,
+            "post",
+            api.post("/v1/runs/parked/signals/approval", json={"data": "x" * 70_000}),
+        ),
+        ("/v1/runs/{run_id}/cancel", "post", api.post("/v1/runs/parked/cancel")),
+        ("/v1/runs/{run_id}/cancel", "post", api.post("/v1/runs/nothing/cancel")),
     ]
     calls += [
         ("/v1/sessions/{session_id}", "get", api.get("/v1/sessions/chat")),

@@ -50,6 +50,7 @@ def api_settings(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> S
         database_url=f"sqlite:///{tmp_path / 'agentq.sqlite3'}",
         agents_file=agents,
         api={"auth": "none"},  # keys: test_auth_api.py
+        orchestration={"signal_max_bytes": 64},  # the body limit is the agent's (below)
     )
 
 
@@ -139,7 +140,8 @@ def test_each_refusal_is_a_problem_with_its_status_and_nothing_is_enqueued(
 def test_a_body_far_over_every_input_limit_is_refused_unread(
     client: TestClient, redis_client: redis.Redis
 ) -> None:
-    # The only agent takes 64 bytes of input: the API reads 2 x 64 bytes + 64 KiB at most.
+    # The only agent takes 64 bytes of input, a signal 64 bytes of data: the API reads
+    # 2 x 64 bytes + 64 KiB at most.
     huge = b'{"agent": "guarded", "input": "' + b"x" * 300_000 + b'"}'
     declared = client.post("/v1/runs", content=huge, headers={"content-type": "application/json"})
     assert declared.status_code == 413

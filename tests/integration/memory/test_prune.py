@@ -16,7 +16,7 @@ from tests.fixtures.retention import NOW, STEPS_PER_RUN, Rows
 
 pytestmark = pytest.mark.integration
 
-RUNNING, FAILED = RunStatus.RUNNING, RunStatus.FAILED
+RUNNING, FAILED, WAITING = RunStatus.RUNNING, RunStatus.FAILED, RunStatus.WAITING
 
 
 @pytest.fixture
@@ -56,6 +56,16 @@ def test_a_running_run_is_never_pruned_whatever_its_age_or_count(rows: Rows) -> 
     rows.run("done", 1)
     pruner(rows.store, max_age_days=1 / 24, max_runs=1).run(NOW)
     assert rows.run_ids() == {"old-running"}
+
+
+def test_a_parked_run_is_never_pruned_nor_its_idle_session(rows: Rows) -> None:
+    # Parked on a signal for a year: not over, so neither it nor its session goes.
+    parked = rows.session("parked")
+    rows.run("old-waiting", 400, status=WAITING, session=parked)
+    rows.run("done", 1)
+    pruner(rows.store, max_age_days=1 / 24, max_runs=1, session_idle_days=90).run(NOW)
+    assert rows.run_ids() == {"old-waiting"}
+    assert rows.session_ids() == {parked}
 
 
 def test_the_count_limit_keeps_each_agent_types_newest_finished_runs(rows: Rows) -> None:

@@ -18,11 +18,13 @@ from app.constants import (
     stream_key,
     tool_cache_key,
 )
-from app.errors import TenantInUseError
+from app.errors import SessionInUseError, TenantInUseError
 from app.memory.history import claim_session
 from app.memory.records import NewRun, StepKind, StepRecord
 from app.memory.sessions import SessionStore
+from app.ops.sessions import delete_session
 from app.ops.tenants import delete_tenant, export_tenant
+from tests.fixtures.parked import park_on_signal
 
 pytestmark = pytest.mark.integration
 
@@ -84,6 +86,18 @@ def test_deleting_a_tenant_removes_it_everywhere_and_leaves_the_other_whole(
     assert len(sql_store.list_runs(tenant="globex")) == 3
     again = delete_tenant(sql_store, redis_client, "acme")
     assert (again.runs, again.sessions, again.redis_keys) == (0, 0, 0)
+
+
+def test_a_tenant_or_session_with_a_parked_run_is_kept_unless_forced(
+    sql_store: SessionStore, redis_client: redis.Redis
+) -> None:
+    park_on_signal(sql_store, "parked", tenant="acme", session_id="acme-chat")
+    with pytest.raises(TenantInUseError, match="parked"):
+        delete_tenant(sql_store, redis_client, "acme")
+    with pytest.raises(SessionInUseError, match="parked"):
+        delete_session(sql_store, redis_client, "acme-chat")
+    assert sql_store.load_run("parked") is not None
+    assert delete_tenant(sql_store, redis_client, "acme", force=True).runs == 1
 
 
 def test_a_tenant_with_a_running_run_is_kept_unless_forced(

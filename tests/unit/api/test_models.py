@@ -76,7 +76,13 @@ def test_a_relayed_entry_keeps_its_stream_id_as_the_event_id() -> None:
         "kind": "tool",
         "tools": ["calc"],
     }
-    assert relayed_event(StreamEvent("gossip", 0, id="2-0")) is None
+    # A kind not known here (a newer worker's) passes through under its own name.
+    gossip = relayed_event(StreamEvent("gossip", 2, data={"who": "kid-a"}, id="2-0"))
+    assert gossip is not None and (gossip.event, gossip.id) == ("gossip", "2-0")
+    assert json.loads(gossip.data) == {"step": 2, "who": "kid-a"}
+    # One without a kind, or whose name would break the SSE framing, is dropped.
+    assert relayed_event(StreamEvent("", 0, id="3-0")) is None
+    assert relayed_event(StreamEvent("a\nevent: end", 0, id="4-0")) is None
 
 
 def test_last_event_id_resumes_where_the_client_stopped() -> None:

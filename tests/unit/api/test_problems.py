@@ -17,10 +17,14 @@ from app.errors import (
     IdempotencyConflictError,
     InputRejectedError,
     InvalidInputError,
+    NotWaitingError,
     PayloadTooLargeError,
+    RunEndedError,
+    SignalTooLargeError,
     StoreError,
     SubmitError,
     UnknownAgentError,
+    UnknownRunError,
 )
 
 
@@ -33,6 +37,10 @@ from app.errors import (
         (IdempotencyConflictError("key reused"), 422, "idempotency-conflict"),
         (PayloadTooLargeError("input is 70000 bytes"), 413, "input-too-large"),
         (StoreError("database unreachable"), 503, "service-unavailable"),
+        (UnknownRunError("no run 'x'"), 404, "run-not-found"),
+        (RunEndedError("run x has ended"), 409, "run-ended"),
+        (NotWaitingError("run x is running"), 409, "not-waiting"),
+        (SignalTooLargeError("70000 bytes"), 413, "signal-too-large"),
         (redis.ConnectionError("Error 111 connecting"), 503, "service-unavailable"),
         (OperationalError("broker refused"), 503, "service-unavailable"),
     ],
