@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -47,7 +48,9 @@ class InferenceBackend(Protocol):
     """A model server as the workers use it; safe to call from many threads.
 
     ``timeout_s`` bounds one call (default: the backend's own); ``route`` places it on a
-    replica when the backend is a pool.
+    replica when the backend is a pool; ``cancel``, once set, aborts the call in flight within
+    about :data:`app.inference.cancel.CHECK_S` (the server is told: the stream or connection
+    is closed) and raises ModelCallCancelledError, never retried.
     """
 
     def generate(
@@ -56,6 +59,7 @@ class InferenceBackend(Protocol):
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> Completion:
         """The whole reply; raises ModelRefusedError (ModelNotFoundError when the server has
         no such model) or InferenceUnavailableError."""
@@ -67,6 +71,7 @@ class InferenceBackend(Protocol):
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> Iterator[Delta]:
         """The reply as pieces: text pieces that concatenate to the whole text, and the
         reply's tool calls in one delta once they are whole."""

@@ -9,9 +9,11 @@ conversation and commits its step; it ends after that one step, with its input a
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Collection, Iterator
 
 from app.inference.backend import ChatRequest, Completion, Delta, Route, count_tokens
+from app.inference.cancel import check
 
 
 def echo_reply(request: ChatRequest) -> str:
@@ -31,7 +33,9 @@ class EchoBackend:
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> Completion:
+        check(cancel, self.name)
         text = echo_reply(request)
         return Completion(text, request.estimated_tokens(), count_tokens(text), 0.0, self.name)
 
@@ -41,7 +45,9 @@ class EchoBackend:
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> Iterator[Delta]:
+        check(cancel, self.name)
         yield Delta(echo_reply(request))
 
     def cache_identity(self, request: ChatRequest) -> tuple[str, str]:

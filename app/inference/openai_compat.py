@@ -11,9 +11,11 @@ ModelNotFoundError when the server has no such model.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
-from collections.abc import Collection, Generator
+from collections.abc import Collection, Generator, Iterator
 from typing import Any
 
 import httpx
@@ -25,7 +27,9 @@ from app.errors import (
     ModelRefusedError,
 )
 from app.inference.backend import Route
+from app.inference.cancel import abort_when, check
 from app.inference.chat import ChatRequest, Completion, Counted, Delta, ToolCall
+from app.inference.http_abort import CallSocket, abortable_transport, tracking
 from app.inference.openai_wire import (
     ToolCallAssembler,
     error_in_body,
@@ -57,6 +61,10 @@ class OpenAICompatBackend:
 
     Token counts are the server's ``usage`` (asked for on streams too); a reply without one is
     counted with the model's tokenizer (``counter``), else estimated.
+
+    A call given a ``cancel`` event that gets set is aborted: its connection is shut (through
+    the client this backend made; a client passed in is only checked between stream chunks)
+    and ModelCallCancelledError raised.
     """
 
     def __init__(
@@ -77,9 +85,11 @@ class OpenAICompatBackend:
         self._owns_client = client is None
         self._client = client or httpx.Client(
             timeout=timeout_s,
-            limits=httpx.Limits(
-                max_connections=MAX_CONNECTIONS,
-                max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS,
+            transport=abortable_transport(
+                limits=httpx.Limits(
+                    max_connections=MAX_CONNECTIONS,
+                    max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS,
+                )
             ),
         )
 
@@ -125,19 +135,23 @@ class OpenAICompatBackend:
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> Completion:
         """One non-streamed chat completion: its text and the tool calls it asks for."""
         started = time.perf_counter()
+        check(cancel, self.base_url)
         body = request_body(self.model, request, stream=False)
-        try:
-            response = self._client.post(
-                f"{self.base_url}/chat/completions",
-                json=body,
-                headers=self._headers,
-                timeout=timeout_s or self.timeout_s,
-            )
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from exc
+        with self._abortable(cancel):
+            try:
+                response = self._client.post(
+                    f"{self.base_url}/chat/completions",
+                    json=body,
+                    headers=self._headers,
+                    timeout=timeout_s or self.timeout_s,
+                )
+            except httpx.HTTPError as exc:
+                check(cancel, self.base_url)  # the connection was shut on purpose
+                raise self._unreachable(exc) from exc
         if not response.is_success:
             raise self._status_error(response, body["model"])
         try:
@@ -164,6 +178,16 @@ class OpenAICompatBackend:
             model_version=_answered_version(data),
         )
 
+    @contextlib.contextmanager
+    def _abortable(self, cancel: threading.Event | None) -> Iterator[None]:
+        """Calls made in the block are aborted (their connection shut) once ``cancel`` is set."""
+        if cancel is None:
+            yield
+            return
+        call = CallSocket()
+        with abort_when(cancel, call.abort), tracking(call):
+            yield
+
     def _counts(
         self,
         request: ChatRequest,
@@ -187,6 +211,7 @@ class OpenAICompatBackend:
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> Generator[Delta, None, None]:
         """The reply from the event stream, in order, within the timeout: text pieces as they
         come, then the reply's tool calls in one delta once the choice has finished; last,
@@ -194,20 +219,36 @@ class OpenAICompatBackend:
 
         Closing the generator early closes the response, so the server sees the connection go.
         """
+        check(cancel, self.base_url)
         timeout = timeout_s or self.timeout_s
         deadline = time.monotonic() + timeout
         body = request_body(self.model, request, stream=True)
+        call = CallSocket()
+        sent = self._client.build_request(
+            "POST",
+            f"{self.base_url}/chat/completions",
+            json=body,
+            headers=self._headers,
+            timeout=timeout,
+        )
         try:
-            with self._client.stream(
-                "POST",
-                f"{self.base_url}/chat/completions",
-                json=body,
-                headers=self._headers,
-                timeout=timeout,
-            ) as response:
-                yield from self._read_stream(response, request, body["model"], deadline, timeout)
+            with abort_when(cancel, call.abort):
+                # Only while the request is sent: between pieces this thread is the reader's.
+                with tracking(call) if cancel is not None else contextlib.nullcontext():
+                    response = self._client.send(sent, stream=True)
+                try:
+                    read = self._read_stream(response, request, body["model"], deadline, timeout)
+                    for delta in read:
+                        check(cancel, self.base_url)
+                        yield delta
+                finally:
+                    response.close()
         except httpx.HTTPError as exc:
+            check(cancel, self.base_url)  # the connection was shut on purpose
             raise self._unreachable(exc) from exc
+        except InferenceUnavailableError:  # a shut connection can read as a cut stream
+            check(cancel, self.base_url)
+            raise
 
     def _read_stream(
         self,

@@ -4,9 +4,10 @@ A call goes to a replica chosen by the agent's strategy
 (:func:`app.inference.strategies.choose_replica`) among those whose breaker is closed. A
 retryable failure (the replica did not serve the call) counts against its breaker and the call
 is tried again on another replica after an exponential, jittered backoff, within the call's
-deadline and ``attempts``. When no replica is left the pool raises at once: the Celery task
-retries the step later instead of a thread spinning here. A background thread scrapes each
-replica's load (queue depth, running requests, KV-cache use:
+deadline and ``attempts``; a call its run cancelled (ModelCallCancelledError) is neither retried
+nor held against its replica's breaker. When no replica is left the pool raises at once: the
+Celery task retries the step later instead of a thread spinning here. A background thread
+scrapes each replica's load (queue depth, running requests, KV-cache use:
 :mod:`app.inference.engine_metrics`) and probes open breakers' readiness
 (``/v2/health/ready`` for Triton) before they close. The ``prefix`` strategy looks the
 request's conversation up in a :class:`~app.inference.prefix.PrefixIndex` before the choice
@@ -25,7 +26,12 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeVar
 
 from app.config import InferenceSettings, Strategy
-from app.errors import InferenceError, InferenceUnavailableError, NoReplicaAvailableError
+from app.errors import (
+    InferenceError,
+    InferenceUnavailableError,
+    ModelCallCancelledError,
+    NoReplicaAvailableError,
+)
 from app.inference.backend import (
     ChatRequest,
     Completion,
@@ -35,6 +41,7 @@ from app.inference.backend import (
     Versioned,
 )
 from app.inference.breaker import CircuitBreaker
+from app.inference.cancel import check
 from app.inference.engine_metrics import parse_engine_metrics
 from app.inference.prefix import PrefixIndex, chain_hashes
 from app.inference.strategies import ReplicaView, choose_replica
@@ -51,9 +58,11 @@ _SCRAPE_TIMEOUT_S = 1.0
 
 def error_kind(exc: BaseException) -> str:
     """A model call failure as a metric label: the replica did not serve it, or the model
-    answered with an error, or something else broke."""
+    answered with an error, or its run cancelled it, or something else broke."""
     if isinstance(exc, InferenceUnavailableError):
         return "unavailable"
+    if isinstance(exc, ModelCallCancelledError):
+        return "cancelled"
     if isinstance(exc, InferenceError):
         return "model_error"
     return "other"
@@ -183,9 +192,13 @@ class ReplicaPool:
             self.prefix.record(hashes, replica.name)
         return replica
 
-    def _release(self, replica: Replica, *, available: bool) -> None:
+    def _release(self, replica: Replica, *, available: bool | None) -> None:
+        """The call left ``replica``: it served it (``available``), did not, or None: the
+        call says nothing of the replica (its run cancelled it)."""
         with self._lock:
             replica.in_flight -= 1
+            if available is None:
+                return
             if available:
                 replica.breaker.record_success()
                 return
@@ -229,13 +242,16 @@ class ReplicaPool:
         *,
         request: ChatRequest | None = None,
         hold: bool = False,
+        cancel: threading.Event | None = None,
     ) -> T:
         """``call`` on a chosen replica, retried on others; ``hold`` keeps it acquired on success
-        (the caller releases it). ``request`` is what the prefix strategy places."""
+        (the caller releases it). ``request`` is what the prefix strategy places; ``cancel``
+        set stops the tries."""
         deadline = self._clock() + (timeout_s or self.settings.deadline_s)
         tried: list[str] = []
         last: InferenceUnavailableError | None = None
         for attempt in range(self.settings.attempts):
+            check(cancel, "the replica pool")
             remaining = deadline - self._clock()
             if remaining <= 0:
                 break
@@ -245,6 +261,9 @@ class ReplicaPool:
                 result = call(replica, remaining)
             except BaseException as exc:
                 self._observe(replica, started, exc)
+                if isinstance(exc, ModelCallCancelledError):
+                    self._release(replica, available=None)
+                    raise
                 if not isinstance(exc, InferenceUnavailableError):
                     self._release(replica, available=True)  # the replica answered (model error)
                     raise
@@ -271,13 +290,18 @@ class ReplicaPool:
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> Completion:
-        """One reply from a replica chosen by ``route.strategy``, retried on another on failure."""
+        """One reply from a replica chosen by ``route.strategy``, retried on another on failure
+        (not once ``cancel`` is set: ModelCallCancelledError)."""
         return self._with_retries(
             route or Route(),
             timeout_s,
-            lambda replica, remaining: replica.backend.generate(request, timeout_s=remaining),
+            lambda replica, remaining: replica.backend.generate(
+                request, timeout_s=remaining, cancel=cancel
+            ),
             request=request,
+            cancel=cancel,
         )
 
     def stream(
@@ -286,15 +310,17 @@ class ReplicaPool:
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> Iterator[Delta]:
-        """Pieces of one reply. Retried on another replica only until the first piece arrives.
-        Read it to the end or close it: either frees the replica."""
+        """Pieces of one reply. Retried on another replica only until the first piece arrives
+        (not once ``cancel`` is set). Read it to the end or close it: either frees the
+        replica."""
 
         def first_piece(
             replica: Replica, remaining: float
         ) -> tuple[Replica, Iterator[Delta], Delta | None, float]:
             started = time.perf_counter()
-            pieces = replica.backend.stream(request, timeout_s=remaining)
+            pieces = replica.backend.stream(request, timeout_s=remaining, cancel=cancel)
             try:
                 return replica, pieces, next(pieces, None), started
             except BaseException:
@@ -304,7 +330,7 @@ class ReplicaPool:
         # Once the first piece is in, the rest of the stream is the caller's to read: a failure
         # then is not retried here (the pieces are out), and the replica stays counted in flight.
         replica, pieces, first, started = self._with_retries(
-            route or Route(), timeout_s, first_piece, request=request, hold=True
+            route or Route(), timeout_s, first_piece, request=request, hold=True, cancel=cancel
         )
         return _HeldStream(
             self._rest(replica, first, pieces, started), self._ended(replica, pieces)
@@ -326,7 +352,7 @@ class ReplicaPool:
         finally:
             _close(pieces)
             self._observe(replica, started, failure)
-            self._release(replica, available=not isinstance(failure, InferenceUnavailableError))
+            self._release(replica, available=_served(failure))
 
     def _ended(self, replica: Replica, pieces: Iterator[Delta]) -> Callable[[], None]:
         """What closing an unread stream owes: the server's stream closed (the request
@@ -496,6 +522,14 @@ class _HeldStream(Iterator[Delta]):
         self._pieces.close()
         if unread is not None:
             unread()
+
+
+def _served(failure: BaseException | None) -> bool | None:
+    """What a call's end says of its replica: it served the call (or answered with an error),
+    it did not, or nothing (the run cancelled the call)."""
+    if isinstance(failure, ModelCallCancelledError):
+        return None
+    return not isinstance(failure, InferenceUnavailableError)
 
 
 def _close(pieces: Iterator[Delta]) -> None:

@@ -29,6 +29,7 @@ from app.inference.backend import (
     GenerationParams,
     Route,
 )
+from app.inference.cancel import abort_when, check
 from app.inference.chat import NONE, ToolCall
 from app.inference.templates import LINES, ChatTemplate, call_of_body, load_template
 from app.inference.tokens import TokenCounter
@@ -43,6 +44,10 @@ RETRYABLE_CODES = (
     "CANCELLED",
 )
 _HEALTH_TIMEOUT_S = 5.0
+# Put in a call's reply queue when its run is cancelled: the waiting thread wakes and aborts.
+_CANCELLED = object()
+# A unary call's wait outlasts its gRPC deadline by this much before it gives up by itself.
+_DEADLINE_SLACK_S = 5.0
 
 
 def map_error(exc: InferenceServerException, url: str, model: str = "") -> InferenceError:
@@ -251,17 +256,21 @@ class TritonBackend:
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> Completion:
-        """One unary call to the request's model."""
+        """One unary call to the request's model; ``cancel`` set aborts it (the gRPC call is
+        cancelled, Triton cancels the request) with ModelCallCancelledError."""
         started = time.perf_counter()
+        check(cancel, self.url)
         call = self._prepare(request)
         model, prompt = self.unary_model(request), call.prompt
+        inputs = build_inputs(prompt, request.params, guide=call.guide)
+        timeout = timeout_s or self.timeout_s
         try:
-            result = self._client().infer(
-                model,
-                build_inputs(prompt, request.params, guide=call.guide),
-                client_timeout=timeout_s or self.timeout_s,
-            )
+            if cancel is None:
+                result = self._client().infer(model, inputs, client_timeout=timeout)
+            else:  # async_infer's call can be cancelled; infer's cannot
+                result = self._cancellable_infer(model, inputs, timeout, cancel)
         except InferenceServerException as exc:
             error = map_error(exc, self.url, model)
             if isinstance(error, InferenceUnavailableError):
@@ -283,20 +292,53 @@ class TritonBackend:
             model_version=str(result.get_response().model_version or ""),
         )
 
+    def _cancellable_infer(
+        self,
+        model: str,
+        inputs: list[grpcclient.InferInput],
+        timeout: float,
+        cancel: threading.Event,
+    ) -> grpcclient.InferResult:
+        """``infer`` whose gRPC call is cancelled once ``cancel`` is set."""
+        done: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        context = self._client().async_infer(
+            model,
+            inputs,
+            callback=lambda result, error: done.put((result, error)),
+            client_timeout=timeout,
+        )
+        try:
+            with abort_when(cancel, lambda: done.put((_CANCELLED, None))):
+                result, error = done.get(timeout=timeout + _DEADLINE_SLACK_S)
+        except queue.Empty:
+            context.cancel()
+            raise InferenceUnavailableError(
+                f"Triton at {self.url}: no reply within {timeout} s"
+            ) from None
+        if result is _CANCELLED:
+            context.cancel()
+            check(cancel, self.url)
+        if error is not None:
+            raise error
+        return result
+
     def stream(
         self,
         request: ChatRequest,
         *,
         route: Route | None = None,
         timeout_s: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> Generator[Delta, None, None]:
         """Pieces of the reply from the decoupled model, in order, within the timeout; then
         the reply's tool calls in one delta when the whole text asks for any; then the
-        call's token counts."""
+        call's token counts. ``cancel`` set stops it with ModelCallCancelledError (the stream
+        is closed with its request cancelled, so Triton stops generating)."""
+        check(cancel, self.url)
         pieces: list[str] = []
         call = self._prepare(request)
         prompt = call.prompt
-        source = self._pieces(self.streaming_model(request), call, timeout_s)
+        source = self._pieces(self.streaming_model(request), call, timeout_s, cancel)
         try:
             for piece in source:
                 pieces.append(piece)
@@ -317,7 +359,11 @@ class TritonBackend:
         )
 
     def _pieces(
-        self, model: str, call: _Call, timeout_s: float | None
+        self,
+        model: str,
+        call: _Call,
+        timeout_s: float | None,
+        cancel: threading.Event | None,
     ) -> Generator[str, None, None]:
         replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
         timeout = timeout_s or self.timeout_s
@@ -325,32 +371,34 @@ class TritonBackend:
         client = grpcclient.InferenceServerClient(self.url)
         finished = False
         try:
-            # tritonclient calls the callback with keywords: the names must be result and error.
-            client.start_stream(
-                callback=lambda result, error: replies.put((result, error)),
-                stream_timeout=timeout,
-            )
-            client.async_stream_infer(
-                model,
-                build_inputs(call.prompt, call.request.params, stream=True, guide=call.guide),
-                enable_empty_final_response=True,
-            )
-            while True:
-                try:
-                    result, error = replies.get(timeout=max(deadline - time.monotonic(), 0))
-                except queue.Empty:
-                    raise InferenceUnavailableError(
-                        f"Triton at {self.url}: stream not finished within {timeout} s"
-                    ) from None
-                if error is not None:
-                    finished = True  # the server ends the request with its error
-                    raise map_error(error, self.url, model)
-                piece = _text(result)
-                if piece:
-                    yield piece
-                if _is_final(result):
-                    finished = True
-                    return
+            with abort_when(cancel, lambda: replies.put((_CANCELLED, None))):
+                # tritonclient calls the callback with keywords: the names must be result and error.
+                client.start_stream(
+                    callback=lambda result, error: replies.put((result, error)),
+                    stream_timeout=timeout,
+                )
+                client.async_stream_infer(
+                    model,
+                    build_inputs(call.prompt, call.request.params, stream=True, guide=call.guide),
+                    enable_empty_final_response=True,
+                )
+                while True:
+                    try:
+                        result, error = replies.get(timeout=max(deadline - time.monotonic(), 0))
+                    except queue.Empty:
+                        raise InferenceUnavailableError(
+                            f"Triton at {self.url}: stream not finished within {timeout} s"
+                        ) from None
+                    check(cancel, self.url)  # the finally below cancels the request
+                    if error is not None:
+                        finished = True  # the server ends the request with its error
+                        raise map_error(error, self.url, model)
+                    piece = _text(result)
+                    if piece:
+                        yield piece
+                    if _is_final(result):
+                        finished = True
+                        return
         except InferenceServerException as exc:
             raise map_error(_callback_error(replies) or exc, self.url, model) from exc
         finally:

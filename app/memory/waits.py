@@ -514,6 +514,9 @@ def _cancel_children(conn: Connection, parent: str, now: datetime) -> Effects:
                     ErrorType.CANCELLED,
                 )
             )
+            # Its first step may be under way unstored (a first delivery commits at its end):
+            # told too, so a model call it is making is aborted.
+            effects.cancel.append(child.child_id)
     return effects
 
 
@@ -601,4 +604,5 @@ def cancel_queued(
     if exists is not None:
         return Effects()
     conn.execute(stmt)
-    return Effects(ended=[Ended(run_id, tenant, RunStatus.CANCELLED, reason, ErrorType.CANCELLED)])
+    ended = Ended(run_id, tenant, RunStatus.CANCELLED, reason, ErrorType.CANCELLED)
+    return Effects(ended=[ended], cancel=[run_id])  # its first step may be under way

@@ -4,6 +4,7 @@ are counted."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -23,6 +24,7 @@ from app.inference.backend import (
     ToolCall,
     count_tokens,
 )
+from app.inference.cancel import check
 from app.inference.chat import Counted
 from app.inference.templates import repair_message
 from app.memory.response_cache import ResponseCache
@@ -49,25 +51,36 @@ class ModelCalls:
         self.token_counters = token_counters
 
     def reply(
-        self, spec: AgentSpec, msg: StepMessage, request: ChatRequest, session_id: str | None
+        self,
+        spec: AgentSpec,
+        msg: StepMessage,
+        request: ChatRequest,
+        session_id: str | None,
+        cancel: threading.Event | None = None,
     ) -> Completion:
         """The model's reply to ``request``, traced (and relayed when the run streams).
 
         A reply whose tool call does not parse gets one repair turn in the same step: the
         model is asked again with its reply and what was wrong; a second bad reply raises
-        the ToolCallParseError (the run fails with its reason)."""
+        the ToolCallParseError (the run fails with its reason). ``cancel`` set (the run was
+        cancelled) aborts the call in flight and stops the relay: ModelCallCancelledError."""
         try:
-            return self._traced(spec, msg, request, session_id)
+            return self._traced(spec, msg, request, session_id, cancel)
         except ToolCallParseError as exc:
             bad = (Message("assistant", exc.reply), repair_message(exc.reason))
             repair = replace(request, messages=request.messages + bad)
-            return self._traced(spec, msg, repair, session_id)
+            return self._traced(spec, msg, repair, session_id, cancel)
 
     def _traced(
-        self, spec: AgentSpec, msg: StepMessage, request: ChatRequest, session_id: str | None
+        self,
+        spec: AgentSpec,
+        msg: StepMessage,
+        request: ChatRequest,
+        session_id: str | None,
+        cancel: threading.Event | None,
     ) -> Completion:
         with tracing.span("agentq.model_call", None, "client", backend=spec.backend) as span:
-            completion = self._infer(spec, msg, request, session_id)
+            completion = self._infer(spec, msg, request, session_id, cancel)
             span.set(
                 replica=completion.replica,
                 tokens_in=completion.tokens_in,
@@ -105,16 +118,21 @@ class ModelCalls:
         return "tokenizer" if has_tokenizer else "estimate"
 
     def _infer(
-        self, spec: AgentSpec, msg: StepMessage, request: ChatRequest, session_id: str | None
+        self,
+        spec: AgentSpec,
+        msg: StepMessage,
+        request: ChatRequest,
+        session_id: str | None,
+        cancel: threading.Event | None,
     ) -> Completion:
         """The model's reply, from the response cache when the agent uses it (a streamed run
         gets a cached reply's text relayed in one piece)."""
         if not self.responses.applies(spec):
-            return self._generate(spec, msg, request, session_id)
+            return self._generate(spec, msg, request, session_id, cancel)
         backend = self.backends[spec.backend]
         completion, cached = self.responses.answer(
-            spec, backend, request, lambda: self._generate(spec, msg, request, session_id),
-            msg.tenant,
+            spec, backend, request,
+            lambda: self._generate(spec, msg, request, session_id, cancel), msg.tenant,
         )  # fmt: skip
         if cached and msg.stream:
             self.relay.attempt(msg.tenant, msg.run_id, msg.step)
@@ -123,26 +141,38 @@ class ModelCalls:
         return completion
 
     def _generate(
-        self, spec: AgentSpec, msg: StepMessage, request: ChatRequest, session_id: str | None
+        self,
+        spec: AgentSpec,
+        msg: StepMessage,
+        request: ChatRequest,
+        session_id: str | None,
+        cancel: threading.Event | None,
     ) -> Completion:
         backend = self.backends[spec.backend]
         route = Route(session_id, self.settings.inference.strategy_for(spec.name))
         if not msg.stream:
-            return backend.generate(request, route=route)
+            return backend.generate(request, route=route, cancel=cancel)
         started = time.perf_counter()
         self.relay.attempt(msg.tenant, msg.run_id, msg.step)
         pieces: list[str] = []
         calls: tuple[ToolCall, ...] = ()
         counts = Delta()
         replica: str = spec.backend  # a replica pool names the server on the first piece
-        for delta in backend.stream(request, route=route):
-            if delta.text:
-                pieces.append(delta.text)
-                self.relay.token(msg.tenant, msg.run_id, msg.step, delta.text)
-            calls = delta.tool_calls or calls
-            replica = delta.replica or replica
-            if delta.counted is not None:  # the stream's counts (server or tokenizer)
-                counts = delta
+        stream = backend.stream(request, route=route, cancel=cancel)
+        try:
+            for delta in stream:
+                check(cancel, spec.backend)  # nothing more is relayed once the run is cancelled
+                if delta.text:
+                    pieces.append(delta.text)
+                    self.relay.token(msg.tenant, msg.run_id, msg.step, delta.text)
+                calls = delta.tool_calls or calls
+                replica = delta.replica or replica
+                if delta.counted is not None:  # the stream's counts (server or tokenizer)
+                    counts = delta
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:  # stopped early: the server is told now, not at GC
+                close()
         text = "".join(pieces)
         latency = time.perf_counter() - started
         if counts.counted is None:  # a stream that does not count its tokens (echo)

@@ -23,6 +23,7 @@ from app.config import Settings
 from app.errors import (
     InferenceError,
     InferenceUnavailableError,
+    ModelCallCancelledError,
     NoSuchRunError,
     SubmitError,
     ToolError,
@@ -45,6 +46,7 @@ from app.memory.tool_cache import ToolCache
 from app.memory.waits import CANCELLED_REASON, Effects, Park
 from app.ops import metrics, tracing
 from app.tasks import parking, verdict
+from app.tasks.cancel_watch import CancelWatcher
 from app.tasks.leases import HeldLeases, RunLease
 from app.tasks.model_calls import ModelCalls
 from app.tasks.recall import with_memories
@@ -85,6 +87,7 @@ class StepRunner:
         self.worker_name = worker_name
         metrics.label_tenants(settings.tenants.labelled)
         self.long_term = LazyMemory(settings, store, redis)  # made on first use
+        self.cancels = CancelWatcher(redis)  # aborts a model call whose run is cancelled
         self._budgets: dict[tuple[str, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
         self._tool_schemas: dict[str, tuple[ToolSchema, ...]] = {}
         self.tool_cache = ToolCache(redis, settings.cache) if settings.cache.tools else None
@@ -260,7 +263,11 @@ class StepRunner:
             if stop is not None:
                 return self._fail(msg, stop, state, new_run, deferred)
             try:
-                completion = self.model.reply(spec, msg, request, state.session_id)
+                with self.cancels.watch(msg.run_id) as cancel:
+                    completion = self.model.reply(spec, msg, request, state.session_id, cancel)
+            except ModelCallCancelledError:
+                stop = verdict.failed(CANCELLED_REASON, ErrorType.CANCELLED)
+                return self._fail(msg, stop, state, new_run, deferred)
             except InferenceUnavailableError:
                 raise  # the task retries the step later; nothing was committed
             except InferenceError as exc:

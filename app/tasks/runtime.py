@@ -76,6 +76,7 @@ class WorkerRuntime:
     def close(self) -> None:
         """Release connections (MCP servers started by the worker are stopped)."""
         self.runner.tools.close()
+        self.runner.cancels.close()
         self.runner.long_term.close()
         for pool in self.pools.values():
             pool.close()

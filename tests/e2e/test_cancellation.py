@@ -6,13 +6,16 @@ cancelling a run that has ended changes nothing."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from app.celery_ext.app import create_celery
+from app.celery_ext.backlog import read_backlog
 from app.config import Settings
 from app.errors import RunCancelledError, RunEndedError
 from app.memory.records import RunStatus, StepKind
@@ -89,26 +92,45 @@ def test_a_parked_run_is_cancelled_at_once(ccelery: Any, start_worker: Any, stor
     assert cancel(result.id, celery=ccelery).cancelled is False
 
 
-def test_cancelling_a_parent_cancels_its_sub_agent_runs(
-    ccelery: Any, start_worker: Any, store: Any
+def _counter(server: Any, name: str, model: str) -> float:
+    """A counter the scripted model publishes on Triton's /metrics."""
+    text = httpx.get(server.metrics_url, timeout=5).text
+    match = re.search(rf'^{name}{{model="{model}"(?:,version="1")?}} (\S+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_cancelling_a_parent_cancels_its_sub_agent_runs_and_aborts_their_model_calls(
+    ccelery: Any, start_worker: Any, store: Any, redis_client: Any, triton_server: Any
 ) -> None:
     _start(start_worker, ccelery, ["busy", "helper"])
     tasks = [{"agent": "helper", "input": f"slow {i} [delay:30000]"} for i in range(2)]
     result = submit("busy", f"[tool:delegate {json.dumps({'tasks': tasks})}]", celery=ccelery)
     _until(
         lambda: (
-            store.load_run(result.id).status is RunStatus.WAITING
-            and len(store.list_runs(agent="helper")) == 2
+            _status(store, result.id) is RunStatus.WAITING
+            and read_backlog(redis_client, ["agent.helper"])["agent.helper"].unacked == 2
         ),
-        "the parent to park and its children to start",
+        "the parent to park and both children's model calls to be under way",
     )
+    before = _counter(triton_server, "scripted_requests_cancelled", "ensemble")
     assert cancel(result.id, celery=ccelery).cancelled
     with pytest.raises(RunCancelledError):
         result.get(timeout=30)
-    # Each child ends cancelled: its model call (30 s) was aborted, not waited out (a child
-    # that finished its call would have succeeded).
     _until(
-        lambda: all(k.status is RunStatus.CANCELLED for k in store.list_runs(agent="helper")),
+        lambda: (
+            len(kids := store.list_runs(agent="helper")) == 2
+            and all(k.status is RunStatus.CANCELLED for k in kids)
+        ),
         "the children to end cancelled",
+    )
+    # Their 30 s model calls were aborted at the server, not waited out.
+    _until(
+        lambda: _counter(triton_server, "scripted_requests_cancelled", "ensemble") >= before + 2,
+        "the scripted model to count both calls cancelled",
+        timeout_s=20,
+    )
+    _until(
+        lambda: read_backlog(redis_client, ["agent.helper"])["agent.helper"].total == 0,
+        "the children's messages to be acknowledged",
         timeout_s=20,
     )

@@ -6,12 +6,15 @@ behaviour against real Triton servers is in tests/integration/test_replica_pool.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from app.config import Strategy
 from app.errors import (
     InferenceError,
     InferenceUnavailableError,
+    ModelCallCancelledError,
     ModelNotFoundError,
     NoReplicaAvailableError,
 )
@@ -197,3 +200,58 @@ def test_a_stream_closed_before_its_first_read_frees_its_replica() -> None:
     stream.close()
     assert [s.in_flight for s in pool.status()] == [0]
     assert pool.status()[0].ready  # a reader that left is not the replica's failure
+
+
+def test_a_cancelled_call_is_not_retried_and_does_not_count_against_the_breaker() -> None:
+    a, b = Server("a"), Server("b")
+    pool, clock = make_pool(a, b, breaker_failures=2, strategy=Strategy.LEAST_IN_FLIGHT)
+    a.up = False
+    pool.generate(ask())  # a failed once (b answered): one more failure would open its breaker
+    assert (a.calls, b.calls) == (1, 1)
+    a.up, a.cancelled_after = True, 0
+    cancel = threading.Event()
+    with pytest.raises(ModelCallCancelledError):
+        pool.generate(ask(), cancel=cancel)
+    assert a.cancels == [cancel]  # the replica was given the event
+    assert (a.calls, b.calls) == (2, 1)  # not tried again on b
+    a_status = pool.status()[0]
+    assert a_status.ready and a_status.in_flight == 0 and a_status.failures == 1
+    assert pool.replicas[0].breaker.failures == 1  # neither a failure nor a success
+    assert len(clock.slept) == 1  # the first call's backoff only: none before giving up
+
+
+def test_a_stream_cancelled_midway_frees_its_replica_without_a_failure() -> None:
+    a = Server("a", up=False)
+    pool, _ = make_pool(a, Server("b"), strategy=Strategy.LEAST_IN_FLIGHT)
+    pool.generate(ask())  # a failed once
+    a.up, a.cancelled_after = True, 1
+    got = []
+    with pytest.raises(ModelCallCancelledError):
+        for piece in pool.stream(ask(), cancel=threading.Event()):
+            got.append(piece.text)
+    assert got == ["a0 "]
+    status = pool.status()[0]
+    assert status.ready and status.in_flight == 0 and status.failures == 1
+    assert pool.replicas[0].breaker.failures == 1  # neither a failure nor a success
+
+
+def test_a_stream_cancelled_before_its_first_piece_is_not_retried() -> None:
+    a, b = Server("a"), Server("b")
+    a.cancelled_after = 0
+    pool, _ = make_pool(a, b, strategy=Strategy.LEAST_IN_FLIGHT)
+    with pytest.raises(ModelCallCancelledError):
+        list(pool.stream(ask(), cancel=threading.Event()))
+    assert (a.calls, b.calls) == (1, 0)
+    assert all(s.ready and s.in_flight == 0 and s.failures == 0 for s in pool.status())
+
+
+def test_a_call_whose_run_is_already_cancelled_reaches_no_replica() -> None:
+    a, b = Server("a"), Server("b")
+    pool, _ = make_pool(a, b)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(ModelCallCancelledError):
+        pool.generate(ask(), cancel=cancel)
+    with pytest.raises(ModelCallCancelledError):
+        pool.stream(ask(), cancel=cancel)
+    assert a.calls + b.calls == 0

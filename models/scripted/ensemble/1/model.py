@@ -24,6 +24,11 @@ Two ways to serve (the ``scheduling`` parameter of config.pbtxt):
   whatever else is running, as TensorRT-LLM's in-flight batcher serves calls while the GPU
   has room: a fixed per-call latency (the inference bench).
 
+A request its client cancelled stops where it is: no further token is sent, a batch's delay
+ends once all its requests are cancelled (in-flight scheduling drops a unary reply when it is
+due). Triton's /metrics counts such requests (``scripted_requests_cancelled``) and the tokens
+streamed (``scripted_tokens_sent``), so tests see a cancelled call stop generating.
+
 The prompt is read in either layout the agent sends: ChatML as the model's chat template
 renders it (models/tokenizers/scripted: ``<|im_start|>user`` turns, tool results as
 ``<tool_response>`` blocks in a user turn; calls answered as ``<tool_call>`` blocks), or
@@ -386,16 +391,55 @@ class Timeline:
         self._thread.join(timeout=30)
 
 
+# Counters on Triton's /metrics (the python backend's custom metrics), labelled by model.
+CANCELLED_METRIC = "scripted_requests_cancelled"
+TOKENS_METRIC = "scripted_tokens_sent"
+# How often a delay looks for cancelled requests (a client's cancellation ends it this soon).
+CANCEL_CHECK_S = 0.05
+
+
+class Observed:
+    """What the model did, on Triton's /metrics: requests it stopped because their client
+    cancelled them, and tokens it streamed (tests see a cancelled call stop generating)."""
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        labels = {"model": args["model_name"]}
+        counter = pb_utils.MetricFamily.COUNTER
+        # The families must stay referenced: the backend drops a metric whose family is gone.
+        self._families = (
+            pb_utils.MetricFamily(CANCELLED_METRIC, "Requests stopped as cancelled", counter),
+            pb_utils.MetricFamily(TOKENS_METRIC, "Tokens streamed", counter),
+        )
+        self._cancelled = self._families[0].Metric(labels=labels)
+        self._tokens = self._families[1].Metric(labels=labels)
+
+    def cancelled(self) -> None:
+        self._cancelled.increment(1)
+
+    def tokens(self, n: int) -> None:
+        self._tokens.increment(n)
+
+
+def cancelled_response() -> Any:
+    """The answer to a request its client cancelled (nobody reads it; Triton counts it)."""
+    error = pb_utils.TritonError("request cancelled by its client", pb_utils.TritonError.CANCELLED)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+
+def wait_unless_cancelled(requests: list[Any], delay_s: float) -> list[bool]:
+    """Wait ``delay_s`` (a batch's delay), ending early once every request in it is cancelled;
+    which of ``requests`` were cancelled meanwhile."""
+    cancelled = [False] * len(requests)
+    end = time.monotonic() + delay_s
+    while (left := end - time.monotonic()) > 0 and not all(cancelled):
+        time.sleep(min(CANCEL_CHECK_S, left))
+        cancelled = [c or bool(r.is_cancelled()) for c, r in zip(cancelled, requests, strict=True)]
+    return cancelled
+
+
 def longest_delay_s(replies: list[Reply]) -> float:
     """The longest delay of ``replies`` (the rows of a request, or a whole batch), in s."""
     return max((r.delay_ms for r in replies), default=0) / 1000
-
-
-def sleep_for(replies: list[Reply]) -> None:
-    """Wait once for the longest delay: a batch is served together, as an LLM server's is."""
-    delay_s = longest_delay_s(replies)
-    if delay_s > 0:
-        time.sleep(delay_s)
 
 
 def response_for(replies: list[Reply]) -> Any:
@@ -412,22 +456,32 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         self.delay_ms = default_delay(args)
         self.timeline = Timeline() if scheduling(args) == INFLIGHT else None
+        self.observed = Observed(args)
 
     def execute(self, requests: list[Any]) -> list[Any] | None:
         batch = [replies_for(request, self.delay_ms) for request in requests]
         if self.timeline is None:
             # Dynamic batching hands over every request that queued meanwhile; they finish
-            # together.
-            sleep_for([reply for replies in batch for reply in replies])
-            return [response_for(replies) for replies in batch]
+            # together, or earlier when every one of them was cancelled.
+            delay_s = longest_delay_s([reply for replies in batch for reply in replies])
+            cancelled = wait_unless_cancelled(requests, delay_s)
+            return [self._answer(r, gone) for r, gone in zip(batch, cancelled, strict=True)]
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         for request, replies in zip(requests, batch, strict=True):
             sender = request.get_response_sender()
             self.timeline.after(
                 longest_delay_s(replies),
-                lambda s=sender, r=replies: s.send(response_for(r), flags=final),
+                lambda q=request, s=sender, r=replies: s.send(
+                    self._answer(r, bool(q.is_cancelled())), flags=final
+                ),
             )
         return None  # each request is answered through its sender when its time comes
+
+    def _answer(self, replies: list[Reply], cancelled: bool) -> Any:
+        if cancelled:
+            self.observed.cancelled()
+            return cancelled_response()
+        return response_for(replies)
 
     def finalize(self) -> None:
         if self.timeline is not None:

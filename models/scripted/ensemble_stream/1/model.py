@@ -30,6 +30,43 @@ def _wants_stream(request: Any) -> bool:
     return flags is None or bool(flags.any())
 
 
+class _Stream:
+    """One request's tokens being sent, one row per decode step; a request its client
+    cancelled stops at the next step, its other tokens never made."""
+
+    def __init__(self, request: Any, sender: Any, rows: list[Any], observed: Any) -> None:
+        self.request, self.sender, self.rows, self.observed = request, sender, rows, observed
+        self.sent = 0
+        self.ended = False
+        self.next_check = 0.0
+
+    def send(self, i: int) -> None:
+        """Send row ``i`` (then the FINAL flag after the last row) unless the stream ended."""
+        if self.ended or i >= len(self.rows):
+            return
+        if self._cancelled():
+            self.observed.cancelled()
+            self._end()
+            return
+        self.sender.send(pb_utils.InferenceResponse(output_tensors=[self.rows[i]]))
+        self.sent += 1
+        if i == len(self.rows) - 1:
+            self._end()
+
+    def _cancelled(self) -> bool:
+        # Each look is a message to the server: at most one per check interval per stream.
+        now = time.monotonic()
+        if now < self.next_check:
+            return False
+        self.next_check = now + scripted.CANCEL_CHECK_S
+        return bool(self.request.is_cancelled())
+
+    def _end(self) -> None:
+        self.ended = True
+        self.observed.tokens(self.sent)  # once per stream: each metric update is a message
+        self.sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
 class TritonPythonModel:
     """Decoupled scripted model: responses go through each request's sender."""
 
@@ -37,6 +74,7 @@ class TritonPythonModel:
         self.delay_ms = scripted.default_delay(args)
         inflight = scripted.scheduling(args) == scripted.INFLIGHT
         self.timeline = scripted.Timeline() if inflight else None
+        self.observed = scripted.Observed(args)
 
     def finalize(self) -> None:
         if self.timeline is not None:
@@ -50,41 +88,42 @@ class TritonPythonModel:
                 delay_s = scripted.longest_delay_s(replies)
                 self.timeline.after(delay_s, lambda q=request, r=replies: self._begin(q, r))
             return None
-        # Dynamic batching hands over every request that queued meanwhile; they start together.
-        scripted.sleep_for([reply for _, replies in batch for reply in replies])
-        streams = [s for r, replies in batch if (s := self._start(r, replies)) is not None]
+        # Dynamic batching hands over every request that queued meanwhile; they start together
+        # (cancelled ones while they wait are not started).
+        delay_s = scripted.longest_delay_s([reply for _, replies in batch for reply in replies])
+        cancelled = scripted.wait_unless_cancelled(requests, delay_s)
+        streams = []
+        for (request, replies), gone in zip(batch, cancelled, strict=True):
+            if gone:
+                self.observed.cancelled()
+                request.get_response_sender().send(
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+                )
+            elif (started := self._start(request, replies)) is not None:
+                streams.append(started)
         # Tokens leave step by step across the batch, as an LLM decodes its batch together;
         # [pace:MS] is the time one such step takes.
-        pace_ms = max((pace for _, _, pace in streams), default=0)
-        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        for i in range(max((len(p) for _, p, _ in streams), default=0)):
+        pace_ms = max((pace for _, pace in streams), default=0)
+        for i in range(max((len(s.rows) for s, _ in streams), default=0)):
+            if all(stream.ended for stream, _ in streams):
+                break  # every one cancelled: the instance is free for the next batch
             if i and pace_ms:
                 time.sleep(pace_ms / 1000)
-            for sender, pieces, _ in streams:
-                if i < len(pieces):
-                    sender.send(pb_utils.InferenceResponse(output_tensors=[pieces[i]]))
-                    if i == len(pieces) - 1:
-                        sender.send(flags=final)
+            for stream, _ in streams:
+                stream.send(i)
         return None
 
     def _begin(self, request: Any, replies: list[Any]) -> None:
         """In-flight scheduling: start one call's stream, its tokens put on the timeline."""
-        stream = self._start(request, replies)
-        if stream is None or self.timeline is None:
+        started = self._start(request, replies)
+        if started is None or self.timeline is None:
             return
-        sender, rows, pace_ms = stream
-        start, final = time.monotonic(), pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        stream, pace_ms = started
+        start = time.monotonic()
+        for i in range(len(stream.rows)):
+            self.timeline.at(start + i * pace_ms / 1000, lambda i=i: stream.send(i))
 
-        def send(row: Any, last: bool) -> None:
-            sender.send(pb_utils.InferenceResponse(output_tensors=[row]))
-            if last:
-                sender.send(flags=final)
-
-        last = len(rows) - 1
-        for i, row in enumerate(rows):
-            self.timeline.at(start + i * pace_ms / 1000, lambda r=row, e=i == last: send(r, e))
-
-    def _start(self, request: Any, replies: list[Any]) -> tuple[Any, list[Any], int] | None:
+    def _start(self, request: Any, replies: list[Any]) -> tuple[_Stream, int] | None:
         """Answer at once (an error, or ``stream`` false), or return what to stream."""
         sender = request.get_response_sender()
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -106,4 +145,4 @@ class TritonPythonModel:
         rows = [
             scripted.text_tensor([p[i] if i < len(p) else "" for p in pieces]) for i in range(steps)
         ]
-        return sender, rows, max(r.pace_ms for r in replies)
+        return _Stream(request, sender, rows, self.observed), max(r.pace_ms for r in replies)
