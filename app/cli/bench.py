@@ -284,3 +284,51 @@ def bench_embedding(
 
     plan = Plan(texts=texts, threads=threads, big_batch=big_batch, samples=samples, rounds=rounds)
     sys.exit(run_embedding(plan, out, console))
+
+
+@bench.command("orchestration")
+@click.option("--quick", is_flag=True, help="2,000 parked, 50 children, 5 repeats, one round.")
+@click.option("--parked", type=click.IntRange(1), default=None,
+              help="Runs parked on a signal (default 10,000).")  # fmt: skip
+@click.option("--runs", type=click.IntRange(10), default=None,
+              help="Trivial runs per dispatch round (default 2,000).")  # fmt: skip
+@click.option("--rounds", type=click.IntRange(1), default=None,
+              help="Dispatch rounds of each kind, a/b/a/b (default 3).")  # fmt: skip
+@click.option("--children", type=click.IntRange(1), default=None,
+              help="Tasks of the one delegate call (default 100, the max_fan_out).")  # fmt: skip
+@click.option("--repeats", type=click.IntRange(1), default=None,
+              help="Fan-outs timed each way (default 20).")  # fmt: skip
+@click.option("--only", type=click.Choice(["parked", "fan-out"]), default=None,
+              help="One of the two benches.")  # fmt: skip
+@click.option("--postgres-url", default=None, help="PostgreSQL measured too ('' to skip).")
+@click.option("--out-dir", type=click.Path(), default=None, help="JSON folder.")
+def bench_orchestration(
+    quick: bool,
+    parked: int | None,
+    runs: int | None,
+    rounds: int | None,
+    children: int | None,
+    repeats: int | None,
+    only: str | None,
+    postgres_url: str | None,
+    out_dir: str | None,
+) -> None:
+    """Parked runs cost nothing (one worker's dispatch rate with none and with 10,000 runs
+    parked on a signal, then 10,000 signals) and fan-out/fan-in latency (an orchestrator
+    delegating 100 children vs a client waiting on their AsyncResults)."""
+    from dataclasses import replace
+    from pathlib import Path
+    from typing import Any
+
+    _bench_checkout("orchestration.py")
+    from bench.orchestration import QUICK, Plan
+    from bench.orchestration import main as run_orchestration
+
+    given: dict[str, Any] = {"parked": parked, "dispatch_runs": runs, "rounds": rounds,
+                             "children": children, "repeats": repeats}  # fmt: skip
+    plan = replace(QUICK if quick else Plan(), **{k: v for k, v in given.items() if v})
+    if postgres_url is not None:
+        plan = replace(plan, postgres_url=postgres_url or None)
+    if only is not None:
+        plan = replace(plan, benches=(only.replace("-", "_"),))
+    sys.exit(run_orchestration(plan, Path(out_dir) if out_dir else None, console))
