@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 
 from app.constants import DEFAULT_TENANT
 from app.errors import StoreError
-from app.memory import waits
+from app.memory import endings, waits
 from app.memory.engine import make_engine
 from app.memory.records import (
     NO_ANSWER,
@@ -428,7 +428,7 @@ class SessionStore:
                 done = waits.park(conn, run_id, record.step, park, now)
             elif parent_id is not None and ending:
                 answer = final_answer if final_answer is not NO_ANSWER else None
-                done = waits.settle_child(
+                done = endings.settle_child(
                     conn, run_id, ending["status"], answer, failed_reason, now
                 )
             if effects is not None:
@@ -527,7 +527,7 @@ class SessionStore:
                 )
             ).rowcount
             if changed == 1:
-                done = waits.settle_child(conn, run_id, RunStatus.FAILED, None, reason, now)
+                done = endings.settle_child(conn, run_id, RunStatus.FAILED, None, reason, now)
                 if effects is not None:
                     effects.extend(done)
         return changed == 1

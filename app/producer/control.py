@@ -27,7 +27,7 @@ from app.errors import (
     SignalTooLargeError,
     UnknownRunError,
 )
-from app.memory import waits
+from app.memory import endings, waits
 from app.memory.records import RunStatus, WaitKind, utc_now
 from app.memory.schema import accepted_runs, runs
 from app.tasks.effects import carry_out
@@ -160,12 +160,12 @@ def cancel(run_id: str, *, tenant: str | None = None, celery: Celery | None = No
             owner = str(kwargs.get("tenant", DEFAULT_TENANT))
             if not kwargs or (tenant is not None and owner != tenant):
                 raise UnknownRunError(f"no run {run_id!r}")
-            effects = waits.cancel_queued(
+            effects = endings.cancel_queued(
                 conn, run_id, str(kwargs["agent"]), kwargs.get("input"), owner, now, reason
             )
             was, done = None, bool(effects)
         else:
-            was_status, effects = waits.cancel(conn, run_id, now, reason)
+            was_status, effects = endings.cancel(conn, run_id, now, reason)
             was, done = was_status, not row.status.ended
     carry_out(celery, effects)
     return CancelResult(run_id, was, done)

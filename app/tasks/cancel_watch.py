@@ -3,9 +3,9 @@
 A cancellation sets ``cancel_key(run_id)`` and then PUBLISHes the run id on
 ``CANCEL_CHANNEL``. One daemon thread per process subscribes to the channel and sets the
 events of the runs being watched. A message published while the thread was not subscribed
-(before a run started being watched, or while Redis restarted) is not lost: the keys of the
-runs a watch starts for are read, in one pipeline per batch, soon after the watch starts, and
-every watched run's key after each (re)subscription.
+(while Redis restarted) is not lost: every watched run's key is read after each
+(re)subscription, in one pipeline; a watch may ask for its run's key to be read when it starts
+(``check_key``).
 """
 
 from __future__ import annotations
@@ -46,13 +46,18 @@ class CancelWatcher:
         self._pid = 0
 
     @contextlib.contextmanager
-    def watch(self, run_id: str) -> Iterator[threading.Event]:
-        """An event set once ``run_id``'s cancellation is asked for (also when it was asked
-        before the watch started), while the block runs."""
+    def watch(self, run_id: str, *, check_key: bool = False) -> Iterator[threading.Event]:
+        """An event set once ``run_id``'s cancellation is asked for while the block runs.
+
+        ``check_key``: also when it was asked before the watch started (its key is read, in
+        the thread's next batch). A step does without: it has read its run's
+        ``cancel_requested_at`` from SQL just before, and a first step that did not is found
+        cancelled by its commit; so a step sends Redis nothing here."""
         event = threading.Event()
         with self._lock:
             self._runs.setdefault(run_id, []).append(event)
-            self._unchecked.add(run_id)
+            if check_key:
+                self._unchecked.add(run_id)
         self._start()
         try:
             yield event

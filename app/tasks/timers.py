@@ -1,7 +1,7 @@
 """A worker's poll for parked runs whose time has come: a timer (``sleep``) falls due, a wait
 passes its timeout. Every ``orchestration.timer_poll_s`` one read finds the due waits (of any
 agent type; ix_waits_due keeps it one index range), and only when there are some a write
-transaction ends them (:func:`app.memory.waits.fire`); the runs that resume are published as
+transaction ends them (:func:`app.memory.endings.fire`); the runs that resume are published as
 a signal's are. Workers race safely: a wait ends once, whichever worker's transaction gets
 there first. With every worker scaled to zero, the exporter counts due waits in
 ``agentq_backlog``, so KEDA starts one.
@@ -17,7 +17,7 @@ from typing import Any
 from celery import Celery, bootsteps
 
 from app.celery_ext.context import context_of
-from app.memory import waits
+from app.memory import endings, waits
 from app.memory.records import utc_now
 from app.memory.sessions import SessionStore
 from app.tasks.effects import carry_out
@@ -34,7 +34,7 @@ def fire_due(celery: Celery, store: SessionStore, limit: int) -> int:
     with store.write() as conn:
         due = waits.due(conn, now, None, limit)
         for wait in due:
-            effects.extend(waits.fire(conn, wait, now))
+            effects.extend(endings.fire(conn, wait, now))
     carry_out(celery, effects)
     return len(due)
 

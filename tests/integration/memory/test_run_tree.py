@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import update
 
 from app.memory import run_tree
+from app.memory.endings import settle_child
 from app.memory.records import (
     FailurePolicy,
     NewRun,
@@ -19,7 +20,6 @@ from app.memory.records import (
 )
 from app.memory.schema import run_children
 from app.memory.sessions import SessionStore
-from app.memory.waits import settle_child
 from tests.fixtures.parked import park_on_children, park_on_signal
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, select, text
 
-from app.memory import waits
+from app.memory import endings, waits
 from app.memory.migrate import migrate
 from app.memory.records import (
     CallRecord,
@@ -221,8 +221,8 @@ def test_a_signal_wait_times_out_by_its_policy(
         assert waits.due(conn, utc_now(), None, 10) == []
         [due] = waits.due(conn, soon, ["boss"], 10)
         assert waits.due_by_agent(conn, soon) == {"boss": 1}
-        effects = waits.fire(conn, due, soon)
-        assert waits.fire(conn, due, soon) == waits.Effects()  # a second poller: nothing
+        effects = endings.fire(conn, due, soon)
+        assert endings.fire(conn, due, soon) == waits.Effects()  # a second poller: nothing
     run = store.load_run("p")
     assert run.status is status and run.steps[0].tool_calls[0].result == result
     if policy is TimeoutPolicy.FAIL:
@@ -236,7 +236,7 @@ def test_cancelling_a_parked_parent_cancels_its_children(store: SessionStore) ->
     record = StepRecord(0, StepKind.TOOL, "", (CallRecord("k", "search", {}, 1),))
     store.commit_step("c0", record, new_run=NewRun("c0", "worker", "t", parent_id="p"))
     with store.write() as conn:
-        was, effects = waits.cancel(conn, "p", utc_now())
+        was, effects = endings.cancel(conn, "p", utc_now())
     assert was is RunStatus.WAITING
     assert store.load_run("p").status is RunStatus.CANCELLED
     assert store.load_run("c0").cancel_requested_at is not None  # running: stops at its step

@@ -55,7 +55,7 @@ def test_a_cancellation_asked_before_the_watch_sets_the_event_at_once(
         redis_client.publish(CANCEL_CHANNEL, "other")
         wait_for(other.is_set, 5, "the other run's event")  # run-a's message was read before
     # Only the key is left to tell.
-    with watcher.watch("run-a") as a, watcher.watch("run-b") as b:
+    with watcher.watch("run-a", check_key=True) as a, watcher.watch("run-b") as b:
         wait_for(a.is_set, 5, "run-a's event from its key")
         assert not b.is_set()
 
