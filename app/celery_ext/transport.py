@@ -13,7 +13,8 @@ them in one round trip, not one per thread.
 While the lists are empty the channel blocks on ``BLMOVE q q LEFT LEFT`` (a rotation that
 moves nothing: it only wakes the channel when its first queue gets a message), then fetches
 with the script; other queues and the priority sub-lists are looked at on every fetch and at
-least every ``brpop_timeout``. Consumers without acknowledgements (Celery's reply queues) keep
+least every ``brpop_timeout`` (every :data:`MULTI_QUEUE_WAIT_S` for a channel of several
+queues, which rotate into the first place). Consumers without acknowledgements (Celery's reply queues) keep
 kombu's ``BRPOP``.
 
 **One client.** kombu builds a new ``redis.Redis`` object for every ack, QoS update and queue
@@ -79,6 +80,8 @@ log = logging.getLogger(__name__)
 TAKE = Script("app.celery_ext", "lua/take.lua")
 FETCH_MAX = 64
 """Messages one fetch takes at most (fewer when the prefetch limit leaves fewer free)."""
+MULTI_QUEUE_WAIT_S = 0.1
+"""Longest idle wait of a channel that consumes several queues (see the module docstring)."""
 
 _FETCH, _WAIT = "fetch", "wait"
 # kombu's default key names (transport options can rename them: see acks_in_pipelines).
@@ -266,6 +269,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         else:
             self._sent = _WAIT
             wait = self.brpop_timeout if timeout is None else timeout
+            if len(queues) > 1:
+                # The wait wakes for its first queue only: a worker of several agent types
+                # looks at the others this often, or a hop between them (a sub-agent run, its
+                # parent's next step) would wait up to brpop_timeout.
+                wait = min(wait or MULTI_QUEUE_WAIT_S, MULTI_QUEUE_WAIT_S)
             first = keys[0]
             connection.send_command("BLMOVE", first, first, "LEFT", "LEFT", wait or 0)
 

@@ -3,6 +3,8 @@ recorded as unacknowledged by the same script, in the order they were published.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from kombu import Consumer, Exchange, Producer, Queue
 
@@ -91,3 +93,41 @@ def test_a_message_acknowledged_in_a_steps_pipeline_is_not_acknowledged_twice(
             assert redis_client.hkeys("unacked") == [first.delivery_tag.encode()]
         channel.close()
     app.close()
+
+
+OTHER = Queue(
+    "agent.fetch-other", Exchange("agent.fetch-other", type="direct"), "agent.fetch-other"
+)
+
+
+@pytest.mark.parametrize(("queues", "longest"), [([QUEUE], 1.0), ([QUEUE, OTHER], 0.1)])
+def test_an_idle_consumer_of_several_queues_looks_at_each_often(
+    redis_url, redis_client, monkeypatch, queues, longest
+):
+    """The idle wait (BLMOVE) wakes for the channel's first queue only: with several queues it
+    is short, so a message on another (a sub-agent run's, its parent's next step) is not left
+    waiting for brpop_timeout (1 s)."""
+
+    import redis.connection
+
+    sent: list[tuple] = []
+    real = redis.connection.Connection.send_command
+
+    def spy(self, *args, **kwargs):
+        if args and args[0] == "BLMOVE":
+            sent.append(args)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_command", spy)
+    app = create_celery(Settings(_env_file=None, redis_url=redis_url))
+    with app.connection_for_write() as conn:
+        channel = conn.channel()
+        with Consumer(channel, queues, accept=["json"]) as consumer:
+            consumer.qos(prefetch_count=4)
+            for _ in range(3):  # a fetch that finds nothing, then the waits
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=1.5)
+        channel.close()
+    app.close()
+    assert sent, "the idle consumer sent no wait"
+    assert max(float(args[-1]) for args in sent) == longest
