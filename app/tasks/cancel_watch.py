@@ -3,8 +3,8 @@
 A cancellation sets ``cancel_key(run_id)`` and then PUBLISHes the run id on
 ``CANCEL_CHANNEL``. One daemon thread per process subscribes to the channel and sets the
 events of the runs being watched. A message published while the thread was not subscribed
-(while Redis restarted) is not lost: every watched run's key is read after each
-(re)subscription, in one pipeline; a watch may ask for its run's key to be read when it starts
+(while Redis restarted) is not lost: every watched run's key is read after each subscription
+that follows a failure, in one pipeline; a watch may ask for its run's key to be read when it starts
 (``check_key``).
 """
 
@@ -41,6 +41,7 @@ class CancelWatcher:
         self._lock = threading.Lock()
         self._runs: dict[str, list[threading.Event]] = {}
         self._unchecked: set[str] = set()  # watched runs whose key is still to be read
+        self._subscribed = False  # the thread has subscribed once (a later one is again)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -99,8 +100,12 @@ class CancelWatcher:
                 while not self._stop.is_set():
                     self._handle(pubsub.get_message(timeout=POLL_S))
                     self._check_keys()
-            except redis.RedisError as exc:
-                log.warning("cancellations: Redis failed (%s); subscribing again", exc)
+            except Exception as exc:  # the thread must outlive any one failure
+                # Redis errors, and what redis-py raises for a connection closed under the
+                # read (a TypeError from its parser): subscribe again rather than stop telling.
+                if self._stop.is_set():
+                    return
+                log.warning("cancellations: Redis failed (%r); subscribing again", exc)
                 self._stop.wait(RECONNECT_S)
             finally:
                 with contextlib.suppress(redis.RedisError):
@@ -110,9 +115,13 @@ class CancelWatcher:
         if message is None:
             return
         if message["type"] == "subscribe":
-            # (Re)subscribed: what was published before is read from the keys.
+            # Subscribed again (Redis failed it): what was published meanwhile is read from
+            # the keys. Not at the first subscription: a step has read its run's cancellation
+            # from SQL just before its watch, as it does without the thread.
             with self._lock:
-                self._unchecked.update(self._runs)
+                if self._subscribed:
+                    self._unchecked.update(self._runs)
+                self._subscribed = True
             return
         if message["type"] == "message":
             data = message["data"]
