@@ -14,8 +14,8 @@ While the lists are empty the channel blocks on ``BLMOVE q q LEFT LEFT`` (a rota
 moves nothing: it only wakes the channel when its first queue gets a message), then fetches
 with the script; other queues and the priority sub-lists are looked at on every fetch and at
 least every ``brpop_timeout`` (every :data:`MULTI_QUEUE_WAIT_S` for a channel of several
-queues, which rotate into the first place). Consumers without acknowledgements (Celery's reply queues) keep
-kombu's ``BRPOP``.
+queues, which rotate into the first place). Consumers without acknowledgements (Celery's
+reply queues) keep kombu's ``BRPOP``.
 
 **One client.** kombu builds a new ``redis.Redis`` object for every ack, QoS update and queue
 operation (``Channel.conn_or_acquire``); with redis-py 8 that costs ~150 us of CPU each time,
