@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery
 
 from app.agents.registry import AgentRegistry
 from app.celery_ext import queued
@@ -45,6 +44,7 @@ from app.memory.records import utc_now
 from app.memory.recovery import Waiting, accepted_waiting, stalled_runs, still_waiting
 from app.memory.sessions import SessionStore
 from app.ops import metrics
+from app.tasks.periodic import Periodic, PeriodicStep
 
 log = logging.getLogger(__name__)
 
@@ -252,59 +252,24 @@ class Recoverer:
         return mine
 
 
-class RecoveryThread:
-    """A worker's recovery passes, every ``durability.recovery_interval_s``, in a thread of
-    their own (a pass reads SQL and scans Redis: not on the consumer's event loop). The
-    recoverer is made at the first pass (``make``), on the worker's clients by then."""
-
-    def __init__(self, make: Callable[[], Recoverer], interval_s: float) -> None:
-        self.make, self.interval_s = make, interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="agentq-recovery", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        recoverer: Recoverer | None = None
-        while not self._stop.wait(self.interval_s):
-            try:
-                recoverer = recoverer or self.make()
-                recoverer.run_once()
-            except Exception:  # Redis or SQL away: the next pass tries again
-                log.warning("recovery pass failed", exc_info=True)
-
-
-class RecoveryStep(bootsteps.StartStopStep):  # type: ignore[misc]
+class RecoveryStep(PeriodicStep):
     """Worker bootstep: run recovery passes while the worker runs (``durability.recovery``)."""
 
     label = "agentq recovery"
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        self.thread: RecoveryThread | None = None
-
-    def start(self, worker: Any) -> None:
+    def periodic(self, worker: Any) -> Periodic | None:
         settings = context_of(worker.app).settings
         if not settings.durability.recovery:
-            return
+            return None
         app, hostname = worker.app, worker.hostname or ""
 
-        def make() -> Recoverer:
-            from app.tasks.runtime import runtime_for
+        made: list[Recoverer] = []  # at the first pass, on the worker's clients by then
 
-            return Recoverer.for_app(app, runtime_for(app, hostname).store)
+        def run_pass() -> None:
+            if not made:
+                from app.tasks.runtime import runtime_for
 
-        self.thread = RecoveryThread(make, settings.durability.recovery_interval_s)
-        self.thread.start()
+                made.append(Recoverer.for_app(app, runtime_for(app, hostname).store))
+            made[0].run_once()
 
-    def stop(self, worker: Any) -> None:
-        if self.thread is not None:
-            self.thread.stop()
-            self.thread = None
-
-    shutdown = stop
+        return Periodic("recovery pass", run_pass, settings.durability.recovery_interval_s)

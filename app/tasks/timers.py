@@ -9,20 +9,16 @@ there first. With every worker scaled to zero, the exporter counts due waits in
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Callable
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery
 
 from app.celery_ext.context import context_of
 from app.memory import endings, waits
 from app.memory.records import utc_now
 from app.memory.sessions import SessionStore
 from app.tasks.effects import carry_out
-
-log = logging.getLogger(__name__)
+from app.tasks.periodic import Periodic, PeriodicStep
 
 
 def fire_due(celery: Celery, store: SessionStore, limit: int) -> int:
@@ -39,56 +35,20 @@ def fire_due(celery: Celery, store: SessionStore, limit: int) -> int:
     return len(due)
 
 
-class TimerThread:
-    """Polls every ``interval_s`` in a thread of its own (``store`` made at the first poll)."""
-
-    def __init__(
-        self, celery: Celery, store: Callable[[], SessionStore], interval_s: float, limit: int
-    ) -> None:
-        self.celery, self.store, self.interval_s, self.limit = celery, store, interval_s, limit
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="agentq-timers", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                while fire_due(self.celery, self.store(), self.limit) >= self.limit:
-                    pass  # a full batch: more may be due
-            except Exception:  # the store or Redis away: the next poll tries again
-                log.warning("timer poll failed", exc_info=True)
-
-
-class TimerStep(bootsteps.StartStopStep):  # type: ignore[misc]
+class TimerStep(PeriodicStep):
     """Worker bootstep: fire due timers and timeouts of parked runs while the worker runs."""
 
     label = "agentq timers"
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        self.thread: TimerThread | None = None
-
-    def start(self, worker: Any) -> None:
+    def periodic(self, worker: Any) -> Periodic | None:
         app, hostname = worker.app, worker.hostname or ""
         settings = context_of(app).settings.orchestration
 
-        def store() -> SessionStore:
-            from app.tasks.runtime import runtime_for
+        def poll() -> None:
+            from app.tasks.runtime import runtime_for  # the worker's clients by then
 
-            return runtime_for(app, hostname).store
+            store = runtime_for(app, hostname).store
+            while fire_due(app, store, settings.timer_batch) >= settings.timer_batch:
+                pass  # a full batch: more may be due
 
-        self.thread = TimerThread(app, store, settings.timer_poll_s, settings.timer_batch)
-        self.thread.start()
-
-    def stop(self, worker: Any) -> None:
-        if self.thread is not None:
-            self.thread.stop()
-            self.thread = None
-
-    shutdown = stop
+        return Periodic("timer poll", poll, settings.timer_poll_s)
