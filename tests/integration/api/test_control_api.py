@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import redis
-import yaml
 
 pytest.importorskip("fastapi")
 
@@ -27,14 +26,13 @@ from app.producer import control
 from app.tasks.relay import TokenRelay, encode
 from tests.fixtures.api import api_client
 from tests.fixtures.parked import (
-    AGENTS,
     finish,
     park_on_children,
     park_on_signal,
     queued_steps,
     start_running,
+    store_settings,
 )
-from tests.fixtures.postgres import fresh_schema
 from tests.fixtures.sse import Event, events
 
 pytestmark = pytest.mark.integration
@@ -44,24 +42,14 @@ pytestmark = pytest.mark.integration
 def api_settings(
     request: pytest.FixtureRequest, redis_client: redis.Redis, redis_url: str, tmp_path: Path
 ) -> Iterator[Settings]:
-    agents = tmp_path / "agents.yaml"
-    agents.write_text(yaml.safe_dump(AGENTS))
-
-    def settings(url: str) -> Settings:
-        return Settings(
-            _env_file=None,
-            redis_url=redis_url,
-            database_url=url,
-            agents_file=agents,
-            orchestration={"signal_max_bytes": 64},
-            api={"poll_interval_s": 0.05},
-        )
-
-    if request.param == "sqlite":
-        yield settings(f"sqlite:///{tmp_path / 'agentq.sqlite3'}")
-        return
-    with fresh_schema(request.getfixturevalue("postgres_server")) as url:
-        yield settings(url)
+    with store_settings(
+        request,
+        redis_url,
+        tmp_path,
+        orchestration={"signal_max_bytes": 64},
+        api={"poll_interval_s": 0.05},
+    ) as settings:
+        yield settings
 
 
 @pytest.fixture
@@ -75,7 +63,7 @@ def client(api_settings: Settings) -> Iterator[TestClient]:
 
 @pytest.fixture
 def store(api_settings: Settings, client: TestClient) -> Iterator[SessionStore]:
-    s = SessionStore.from_url(api_settings.database_url, migrate=False)  # the app migrated it
+    s = SessionStore.from_url(api_settings.database_url, migrate=False)
     yield s
     s.close()
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import redis
-import yaml
 from sqlalchemy import select
 
 from app.celery_ext.app import create_celery
@@ -18,20 +17,18 @@ from app.cli.exits import ExitCode
 from app.config import Settings
 from app.constants import cancel_key
 from app.errors import RunCancelledError
-from app.memory.migrate import migrate
 from app.memory.records import RunStatus
 from app.memory.schema import runs
 from app.memory.sessions import SessionStore
 from tests.fixtures.cli import agentq, one_line
 from tests.fixtures.parked import (
-    AGENTS,
     finish,
     park_on_children,
     park_on_signal,
     queued_steps,
     start_running,
+    store_settings,
 )
-from tests.fixtures.postgres import fresh_schema
 
 pytestmark = pytest.mark.integration
 
@@ -40,25 +37,8 @@ pytestmark = pytest.mark.integration
 def cli_settings(
     request: pytest.FixtureRequest, redis_client: redis.Redis, redis_url: str, tmp_path: Path
 ) -> Iterator[Settings]:
-    agents = tmp_path / "agents.yaml"
-    agents.write_text(yaml.safe_dump(AGENTS))
-
-    def settings(url: str) -> Settings:
-        return Settings(
-            _env_file=None,
-            redis_url=redis_url,
-            database_url=url,
-            agents_file=agents,
-        )
-
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'agentq.sqlite3'}"
-        migrate(url)
-        yield settings(url)
-        return
-    with fresh_schema(request.getfixturevalue("postgres_server")) as url:
-        migrate(url)
-        yield settings(url)
+    with store_settings(request, redis_url, tmp_path) as settings:
+        yield settings
 
 
 @pytest.fixture
