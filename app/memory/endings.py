@@ -22,6 +22,7 @@ from app.memory.waits import (
     add_child,
     resolve,
     resume,
+    unpark,
 )
 
 
@@ -34,23 +35,21 @@ def end_waiting(
     error_type: ErrorType,
     resolution: str,
     now: datetime,
+    *,
+    settle: bool = True,
 ) -> Effects:
     """End a run parked at ``step`` (cancelled, timed out, a child failed), with its other
-    sub-agent runs cancelled and its parent told; nothing when it is not parked there."""
-    moved = conn.execute(
-        update(runs)
-        .where(
-            runs.c.id == run_id, runs.c.status == RunStatus.WAITING, runs.c.next_step == step + 1
-        )
-        .values(status=status, error=reason, error_type=error_type, finished_at=now)
-    ).rowcount
+    sub-agent runs cancelled and (``settle``) its parent told; nothing when it is not parked
+    there."""
     effects = Effects()
-    if moved != 1:
+    ended = {"status": status, "error": reason, "error_type": error_type, "finished_at": now}
+    if not unpark(conn, run_id, step, ended):
         return effects
     row = resolve(conn, run_id, step, resolution, now)
     effects.ended.append(Ended(run_id, row["tenant"], status, reason, error_type))
     effects.extend(_cancel_children(conn, run_id, now))
-    effects.extend(settle_child(conn, run_id, status, None, reason, now))
+    if settle:
+        effects.extend(settle_child(conn, run_id, status, None, reason, now))
     return effects
 
 
@@ -189,32 +188,15 @@ def cancel(
     """Cancel ``run_id`` and its sub-agent runs: a parked run ends now, a running one is asked
     to stop at its next step; its status before (None: no such run) and what to carry out.
     ``settle``: tell its parent (not when the parent is the one cancelling)."""
-    row = conn.execute(
-        select(runs.c.status, runs.c.next_step, runs.c.tenant).where(runs.c.id == run_id)
-    ).first()
+    row = conn.execute(select(runs.c.status, runs.c.next_step).where(runs.c.id == run_id)).first()
     if row is None:
         return None, Effects()
-    status = row.status
-    effects = Effects()
+    status, effects = row.status, Effects()
     if status is RunStatus.WAITING:
-        moved = conn.execute(
-            update(runs)
-            .where(runs.c.id == run_id, runs.c.status == RunStatus.WAITING)
-            .values(
-                status=RunStatus.CANCELLED,
-                error=reason,
-                error_type=ErrorType.CANCELLED,
-                finished_at=now,
-            )
-        ).rowcount
-        if moved == 1:
-            resolve(conn, run_id, row.next_step - 1, "cancelled", now)
-            effects.ended.append(
-                Ended(run_id, row.tenant, RunStatus.CANCELLED, reason, ErrorType.CANCELLED)
-            )
-            effects.extend(_cancel_children(conn, run_id, now))
-            if settle:
-                effects.extend(settle_child(conn, run_id, RunStatus.CANCELLED, None, reason, now))
+        effects = end_waiting(
+            conn, run_id, row.next_step - 1, RunStatus.CANCELLED, reason, ErrorType.CANCELLED,
+            "cancelled", now, settle=settle,
+        )  # fmt: skip
     elif status is RunStatus.RUNNING:
         conn.execute(
             update(runs)

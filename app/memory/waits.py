@@ -223,18 +223,19 @@ def resume(
     """Move a run parked at ``step`` back to running, with ``results`` (call id -> result) as
     the results of the calls that parked it; None when it is not parked there (resumed or
     ended by someone else first)."""
-    moved = conn.execute(
-        update(runs)
-        .where(
-            runs.c.id == run_id, runs.c.status == RunStatus.WAITING, runs.c.next_step == step + 1
-        )
-        .values(status=RunStatus.RUNNING)
-    ).rowcount
-    if moved != 1:
+    if not unpark(conn, run_id, step, {"status": RunStatus.RUNNING}):
         return None
     row = resolve(conn, run_id, step, resolution, now)
     _fill_results(conn, run_id, step, results)
     return Resumed(run_id, row["agent"], step + 1, dict(row["message"]))
+
+
+def unpark(conn: Connection, run_id: str, step: int, values: Mapping[str, Any]) -> bool:
+    """Move ``run_id`` out of ``waiting`` (to ``values``) if it is parked at ``step``: the
+    conditional update that makes a wait end once, whoever races for it."""
+    where = and_(runs.c.id == run_id, runs.c.status == RunStatus.WAITING,
+                 runs.c.next_step == step + 1)  # fmt: skip
+    return int(conn.execute(update(runs).where(where).values(**values)).rowcount) == 1
 
 
 def resolve(conn: Connection, run_id: str, step: int, resolution: str, now: datetime) -> RowMapping:
