@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
+from sqlalchemy import select
 
 from app.agents.validation import check_json_value
 from app.celery_ext import queued
@@ -119,16 +120,14 @@ def _waiting_for(wait: waits.OpenWait | None) -> str:
 
 
 def _status(conn: Any, run_id: str, tenant: str | None) -> RunStatus:
-    row = conn.execute(select_status(run_id)).first()
+    row = conn.execute(_select_status(run_id)).first()
     if row is None or (tenant is not None and row.tenant != tenant):
         raise UnknownRunError(f"no run {run_id!r}" + (f" of tenant {tenant!r}" if tenant else ""))
     status: RunStatus = row.status
     return status
 
 
-def select_status(run_id: str) -> Any:
-    from sqlalchemy import select
-
+def _select_status(run_id: str) -> Any:
     return select(runs.c.status, runs.c.tenant).where(runs.c.id == run_id)
 
 
@@ -137,14 +136,12 @@ def cancel(run_id: str, *, tenant: str | None = None, celery: Celery | None = No
 
     Raises :class:`UnknownRunError` for a run the store and the queue do not have (or another
     ``tenant``'s)."""
-    from sqlalchemy import select
-
     celery = _celery(celery)
     context = context_of(celery)
     reason = "run cancelled by request"
     with context.store.write() as conn:
         now = utc_now()
-        row = conn.execute(select_status(run_id)).first()
+        row = conn.execute(_select_status(run_id)).first()
         if row is not None and tenant is not None and row.tenant != tenant:
             raise UnknownRunError(f"no run {run_id!r} of tenant {tenant!r}")
         if row is None:
